@@ -1,0 +1,16 @@
+"""faust agents only: each module wires one stream to the pure functions of :mod:`app`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import faust
+
+    from app.settings import Settings
+    from app.topics import Topics
+
+
+def attach_agents(app: faust.App, settings: Settings, topics: Topics) -> None:
+    """Register every agent, table and service of the forwarder on ``app``."""
+    del app, settings, topics  # the ingest and sink agents attach here (issues 3 and 4)

@@ -1,0 +1,5 @@
+"""``python -m app`` is ``mpcio``."""
+
+from app.cli import main
+
+main()

@@ -1,0 +1,148 @@
+"""``mpcio``: the command line of the forwarder.
+
+Every command validates the settings first; a configuration error prints one line naming the
+``MPCIO_*`` variable and exits 2, before anything connects anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.errors import MpcioError
+from app.settings import Settings, load_settings
+
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``mpcio`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        code = handler(args)
+    except MpcioError as exc:
+        print(f"mpcio: {exc}", file=sys.stderr)
+        code = EXIT_CONFIG if exc.fatal else EXIT_FAILURE
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpcio", description="Self-hosted mParticle → Customer.io stream forwarder."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    worker = commands.add_parser("worker", help="run the forwarder (production entry point)")
+    worker.set_defaults(handler=_cmd_worker)
+
+    kafka = commands.add_parser("kafka", help="run a local Apache Kafka broker (no Docker)")
+    kafka.add_argument("--port", type=int, default=9092, help="client port (default 9092)")
+    kafka.add_argument("--data-dir", type=Path, default=None, help="keep data here")
+    kafka.add_argument("--fetch-only", action="store_true", help="only download the jars")
+    kafka.set_defaults(handler=_cmd_kafka)
+
+    demo = commands.add_parser(
+        "demo", help="local Kafka + worker on sample data: the one command to try it"
+    )
+    demo.add_argument("--kafka-port", type=int, default=None, help="default: a free port")
+    demo.set_defaults(handler=_cmd_demo)
+
+    check = commands.add_parser("check-config", help="validate the settings and print them")
+    check.set_defaults(handler=_cmd_check_config)
+    return parser
+
+
+def _cmd_worker(_: argparse.Namespace) -> int:
+    settings = load_settings()  # before importing faust: a bad setting stops at once
+    from app.worker import run_worker  # noqa: PLC0415 - faust import is slow; only here
+
+    run_worker(settings)
+    return 0
+
+
+def _cmd_check_config(_: argparse.Namespace) -> int:
+    settings = load_settings()
+    for name, value in settings.redacted().items():
+        print(f"{name:32} {value}")
+    print("settings: ok")
+    return 0
+
+
+def _cmd_kafka(args: argparse.Namespace) -> int:
+    from app.localkafka import LocalKafka, fetch_kafka  # noqa: PLC0415
+
+    if args.fetch_only:
+        print(f"Kafka jars in {fetch_kafka()}")
+        return 0
+    broker = LocalKafka(port=args.port, data_dir=args.data_dir)
+    broker.start()
+    print(f"Kafka ready at {broker.bootstrap} in {broker.started_in:.1f}s (log: {broker.log_file})")
+    print("Ctrl-C stops it.")
+    _wait_for_signal()
+    broker.close()
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from app.kafka_admin import ensure_topics  # noqa: PLC0415
+    from app.localkafka import LocalKafka  # noqa: PLC0415
+    from app.topics import topics_for  # noqa: PLC0415
+
+    with LocalKafka(port=args.kafka_port) as broker:
+        print(f"local Kafka ready at {broker.bootstrap} in {broker.started_in:.1f}s")
+        settings = Settings(broker=broker.url, store="memory://", forwarding_enabled=False)
+        asyncio.run(ensure_topics(settings.bootstrap_servers, topics_for(settings)))
+        print("topics:", ", ".join(spec.name for spec in topics_for(settings).all()))
+        process = _spawn_worker(settings)
+        print(f"worker started (pid {process.pid}); metrics on :{settings.web_port}. Ctrl-C stops.")
+        try:
+            _wait_for_signal(process)
+        finally:
+            process.terminate()
+            process.wait(30)
+    return 0
+
+
+def _spawn_worker(settings: Settings) -> Any:
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    env = {**os.environ, **_as_env(settings)}
+    return subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env)
+
+
+def _as_env(settings: Settings) -> dict[str, str]:
+    env: dict[str, str] = {}
+    dumped = settings.model_dump(mode="json")
+    if settings.customerio_api_key is not None:
+        dumped["customerio_api_key"] = settings.customerio_api_key.get_secret_value()
+    for name, value in dumped.items():
+        if value is None:
+            continue
+        text = ",".join(sorted(value)) if isinstance(value, list) else str(value)
+        env[f"MPCIO_{name.upper()}"] = text.lower() if isinstance(value, bool) else text
+    return env
+
+
+def _wait_for_signal(process: Any = None) -> None:
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while not stop and (process is None or process.poll() is None):
+        time.sleep(0.2)

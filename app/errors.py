@@ -1,0 +1,47 @@
+"""One error tree for the whole forwarder.
+
+Every error the product raises on purpose derives from :class:`MpcioError`. Each class says
+whether trying the same thing again can succeed (``retriable``) and whether it must stop the
+worker (``fatal``), so callers branch on those flags, not on class names scattered through the
+code.
+"""
+
+from __future__ import annotations
+
+
+class MpcioError(Exception):
+    """Root of every error the forwarder raises on purpose."""
+
+    retriable: bool = False
+    fatal: bool = False
+
+
+class ConfigError(MpcioError):
+    """Settings or credentials are wrong: the worker stops with one clear message."""
+
+    fatal = True
+
+
+class InvalidRecordError(MpcioError):
+    """An input record cannot be used at all; it goes to the dead-letter topic with ``reason``.
+
+    ``reason`` is a short stable slug used as a metric label and for filtering dead letters;
+    the message carries the detail.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class BrokerError(MpcioError):
+    """Kafka could not be reached or did not answer in time."""
+
+    retriable = True
+
+
+class LocalKafkaError(MpcioError):
+    """The local development broker could not be fetched or started."""
+
+    fatal = True

@@ -1,0 +1,60 @@
+"""Topic administration with aiokafka: create what is missing, check co-partitioning.
+
+Failure semantics: :func:`ensure_topics` raises :class:`~app.errors.ConfigError` when existing
+input topics disagree on their partition count (the per-user table needs co-partitioned
+inputs; running anyway would split one user's state across workers), and
+:class:`~app.errors.BrokerError` when the broker cannot be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from app.errors import BrokerError, ConfigError
+from app.topics import Topics, TopicSpec
+
+
+async def ensure_topics(bootstrap: list[str], topics: Topics, replication_factor: int = 1) -> None:
+    """Create every missing topic of ``topics``; verify the inputs are co-partitioned."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        raise BrokerError(f"cannot reach Kafka at {','.join(bootstrap)}: {exc}") from exc
+    try:
+        existing = await _partition_counts(admin, [spec.name for spec in topics.all()])
+        missing = [spec for spec in topics.all() if spec.name not in existing]
+        if missing:
+            # another worker may create them between our two calls
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([_new_topic(s, replication_factor) for s in missing])
+            existing = await _partition_counts(admin, [spec.name for spec in topics.all()])
+        counts = {spec.name: existing.get(spec.name) for spec in topics.inputs()}
+        if len(set(counts.values())) != 1:
+            raise ConfigError(
+                "input topics must be co-partitioned (same partition count): "
+                + ", ".join(f"{name}={count}" for name, count in counts.items())
+            )
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    described = await admin.describe_topics(names)
+    return {
+        entry["topic"]: len(entry["partitions"])
+        for entry in described
+        if entry.get("error_code", 0) == 0 and entry["partitions"]
+    }
+
+
+def _new_topic(spec: TopicSpec, replication_factor: int) -> NewTopic:
+    configs: dict[str, str] = {}
+    if spec.compacted:
+        configs["cleanup.policy"] = "compact"
+    if spec.retention_ms is not None:
+        configs["retention.ms"] = str(spec.retention_ms)
+    return NewTopic(spec.name, spec.partitions, replication_factor, topic_configs=configs)

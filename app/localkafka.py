@@ -1,0 +1,323 @@
+"""A real Apache Kafka broker on loopback, without Docker (SPEC §8).
+
+Used by the integration tests (a session fixture), ``mpcio kafka``, ``mpcio demo`` and the
+benchmarks. It fetches ``org.apache.kafka:kafka_2.13`` and a log4j2 backend from Maven Central
+with Maven into a cache folder (reused by every later run), formats KRaft storage once per data
+directory, and runs one combined broker+controller on free loopback ports.
+
+Failure semantics: every step raises :class:`~app.errors.LocalKafkaError` with what went wrong
+and where the broker's own log is; :meth:`LocalKafka.stop` always leaves no Java process behind
+(SIGTERM to the process group, SIGKILL after the grace period).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from base64 import urlsafe_b64encode
+from pathlib import Path
+from types import TracebackType
+
+from app.errors import LocalKafkaError
+
+KAFKA_VERSION = "4.0.2"
+LOG4J_VERSION = "2.24.3"
+SLF4J_VERSION = "2.0.17"
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.mpcio</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+    <!-- log4j-slf4j2-impl needs the SLF4J 2 API; Kafka alone pulls 1.7 -->
+    <dependency>
+      <groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId>
+      <version>{slf4j}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J2 = """status = error
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = WARN
+logger.apache.name = org.apache.kafka
+logger.apache.level = WARN
+"""
+
+
+def default_cache_dir() -> Path:
+    """``$MPCIO_KAFKA_CACHE``, else ``.cache/kafka`` of a source checkout, else ``~/.cache``."""
+    if env := os.environ.get("MPCIO_KAFKA_CACHE"):
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").exists():
+        return checkout / ".cache" / "kafka"
+    return Path.home() / ".cache" / "mpcio" / "kafka"
+
+
+def fetch_kafka(cache_dir: Path | None = None, version: str = KAFKA_VERSION) -> Path:
+    """Return the folder of the broker's jars, downloading them with Maven the first time.
+
+    A finished download is marked by a ``.complete`` file, so an interrupted one is redone.
+    """
+    libs = (cache_dir or default_cache_dir()) / version / "libs"
+    if (libs / ".complete").exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise LocalKafkaError("Maven (mvn) is not on PATH; it fetches Kafka from Maven Central")
+    work = libs.parent
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(libs, ignore_errors=True)
+    (work / "pom.xml").write_text(
+        _POM.format(kafka=version, log4j=LOG4J_VERSION, slf4j=SLF4J_VERSION), encoding="utf-8"
+    )
+    command = [
+        "mvn", "-q", "-B", "-f", str(work / "pom.xml"),
+        "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={libs}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    if result.returncode != 0:
+        raise LocalKafkaError(
+            f"fetching Kafka {version} with Maven failed:\n{result.stdout[-2000:]}"
+            f"{result.stderr[-2000:]}"
+        )
+    (libs / ".complete").write_text(version, encoding="utf-8")
+    return libs
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def metadata_round_trip(bootstrap: str, timeout: float = 10.0) -> bool:
+    """True when the broker answers a metadata request within ``timeout`` seconds.
+
+    Runs in its own thread and event loop, so it is safe to call from sync code and from
+    inside a running loop alike.
+    """
+    outcome: list[bool] = []
+
+    async def probe() -> bool:
+        from aiokafka.client import AIOKafkaClient  # noqa: PLC0415 - heavy import, used here only
+
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+        try:
+            await asyncio.wait_for(client.bootstrap(), timeout)
+            return bool(client.cluster.brokers())
+        except Exception:  # noqa: BLE001 - any failure here means "not ready yet"
+            return False
+        finally:
+            await client.close()
+
+    thread = threading.Thread(target=lambda: outcome.append(asyncio.run(probe())), daemon=True)
+    thread.start()
+    thread.join(timeout + 5)
+    return bool(outcome and outcome[0])
+
+
+def _port_open(port: int) -> bool:
+    # A plain connect first keeps aiokafka from logging a refused connection per probe.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class LocalKafka:
+    """One single-node KRaft broker on 127.0.0.1.
+
+    ``data_dir`` survives :meth:`stop` and :meth:`kill` so a restart on the same directory keeps
+    every topic and offset (the reliability tests rely on it); a temporary one is removed by
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        version: str = KAFKA_VERSION,
+        heap: str = "768m",
+    ) -> None:
+        self.port = port or free_port()
+        self.controller_port = free_port()
+        self._owns_data_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="mpcio-kafka-"))
+        self.cache_dir = cache_dir
+        self.version = version
+        self.heap = heap
+        self._process: subprocess.Popen[bytes] | None = None
+        self.started_in: float | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "server.log"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Fetch if needed, format storage on first use, start, and wait for a metadata answer.
+
+        ``started_in`` is the seconds from launching Java to the first metadata answer.
+        """
+        libs = fetch_kafka(self.cache_dir, self.version)
+        classpath = f"{libs}/*"
+        config = self._write_config()
+        logs_dir = self.data_dir / "kraft"
+        if not (logs_dir / "meta.properties").exists():
+            cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            self._java(classpath, "kafka.tools.StorageTool", "format", "--standalone",
+                       "-t", cluster_id, "-c", str(config))  # fmt: skip
+        began = time.monotonic()
+        self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [self._java_bin(), f"-Xmx{self.heap}", *self._jvm_flags(), "-cp", classpath,
+             "kafka.Kafka", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.data_dir / "stderr.log").open("ab"),
+            start_new_session=True,  # own process group: stop() reaches every child
+        )  # fmt: skip
+        while time.monotonic() - began < timeout:
+            if self._process.poll() is not None:
+                raise LocalKafkaError(f"Kafka exited at start-up; see {self.log_file}")
+            if _port_open(self.port) and metadata_round_trip(self.bootstrap, timeout=5.0):
+                self.started_in = time.monotonic() - began
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise LocalKafkaError(f"Kafka did not answer within {timeout:.0f}s; see {self.log_file}")
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop gracefully (SIGTERM), then SIGKILL after ``grace`` seconds. Idempotent."""
+        self._signal(signal.SIGTERM, grace)
+
+    def kill(self) -> None:
+        """SIGKILL the broker at once, as a crash would; the data directory stays."""
+        self._signal(signal.SIGKILL, 10.0)
+
+    def close(self) -> None:
+        """Stop and remove a data directory this object created."""
+        self.stop()
+        if self._owns_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalKafka:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _signal(self, signum: signal.Signals, grace: float) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signum)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+    def _write_config(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        properties = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            "log.dirs": str(self.data_dir / "kraft"),
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+        }
+        config = self.data_dir / "server.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()), encoding="utf-8")
+        (self.data_dir / "log4j2.properties").write_text(
+            _LOG4J2.format(log=self.log_file), encoding="utf-8"
+        )
+        return config
+
+    def _jvm_flags(self) -> list[str]:
+        return [
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "-XX:+UseG1GC",
+            "-Xshare:auto",
+            "-Djava.awt.headless=true",
+        ]
+
+    @staticmethod
+    def _java_bin() -> str:
+        java = shutil.which("java")
+        if java is None:
+            raise LocalKafkaError("java is not on PATH; the local broker needs JDK 17+")
+        return java
+
+    def _java(self, classpath: str, main: str, *args: str) -> None:
+        result = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [self._java_bin(), *self._jvm_flags(), "-cp", classpath, main, *args],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise LocalKafkaError(f"{main} failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")

@@ -1,0 +1,240 @@
+"""The one typed settings object of the forwarder.
+
+Every option comes from the environment with the prefix ``MPCIO_`` (or a ``.env`` file in the
+working directory), is validated once at start-up, and is never logged with its secret: the
+Customer.io API key is a :class:`~pydantic.SecretStr` and :meth:`Settings.redacted` is what logs
+show.
+
+Failure semantics: :func:`load_settings` raises :class:`~app.errors.ConfigError` with one line
+per invalid variable, each naming the ``MPCIO_*`` variable; the CLI prints it and exits 2 before
+anything connects to Kafka or Customer.io.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from app.errors import ConfigError
+
+ENV_PREFIX = "MPCIO_"
+
+CUSTOMERIO_HOSTS = {
+    "us": "https://track.customer.io",
+    "eu": "https://track-eu.customer.io",
+}
+
+
+class Environment(StrEnum):
+    """mParticle's batch environments."""
+
+    PRODUCTION = "production"
+    DEVELOPMENT = "development"
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Everything the worker, the CLI and the tests configure.
+
+    Field names map to environment variables as ``MPCIO_<FIELD NAME IN UPPER CASE>``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+        frozen=True,
+    )
+
+    # --- Kafka -------------------------------------------------------------------------------
+    broker: str = Field(
+        "kafka://127.0.0.1:9092",
+        description="Kafka bootstrap servers as a faust URL: kafka://host:port[;host:port].",
+    )
+    app_id: str = Field(
+        "mpcio",
+        description="Faust application id: consumer group, changelog and internal topic prefix.",
+        pattern=r"^[A-Za-z0-9._-]+$",
+    )
+    topic_batches: str = Field("mparticle-batches", description="Input: mParticle JSON batches.")
+    topic_audiences: str = Field(
+        "mparticle-audiences", description="Input: audience membership changes."
+    )
+    topic_erasure: str = Field("mparticle-erasure", description="Input: erasure requests.")
+    topic_operations: str = Field(
+        "customerio-operations", description="Internal: Customer.io operations (Avro)."
+    )
+    topic_deadletter: str = Field(
+        "customerio-deadletter", description="Output: everything rejected, with its reason."
+    )
+    topic_partitions: PositiveInt = Field(
+        8,
+        description="Partitions of every topic the worker creates; the input topics must all "
+        "have this count (co-partitioning).",
+    )
+    topic_replication_factor: PositiveInt = Field(
+        1, description="Replication factor of the topics the worker creates."
+    )
+    store: str = Field(
+        "rocksdb://",
+        description="Faust table store: rocksdb:// in production, memory:// for tests.",
+    )
+    data_dir: str = Field("./data", description="Where faust keeps RocksDB tables.")
+    web_host: str = Field("127.0.0.1", description="Bind address of /metrics and health.")
+    web_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        6066, description="Port of the worker's web server (/metrics, health, /users)."
+    )
+
+    # --- Customer.io -------------------------------------------------------------------------
+    forwarding_enabled: bool = Field(
+        True,
+        description="Send to Customer.io. When false the worker only transforms (no credentials "
+        "needed), e.g. to check a new mapping on production data.",
+    )
+    customerio_site_id: str | None = Field(None, description="Customer.io Site ID.")
+    customerio_api_key: SecretStr | None = Field(None, description="Customer.io Track API key.")
+    customerio_region: Literal["us", "eu"] = Field(
+        "us", description="Workspace region: us or eu (picks the Track API host)."
+    )
+    customerio_url: str | None = Field(
+        None,
+        description="Override the Track API base URL (the local emulator); empty = by region.",
+        pattern=r"^https?://[^\s/]+(:\d+)?/?$",
+    )
+
+    # --- The seed's connection settings -------------------------------------------------------
+    include_user_attributes: bool = Field(
+        True, description="Forward every user attribute, not only email and names."
+    )
+    send_created_at: bool = Field(
+        False, description="Send created_at: first-seen time of the last seen device type."
+    )
+    resubscribe_on_opt_in: bool = Field(
+        False, description="Send unsubscribed=false when a user opts back in."
+    )
+    one_attribute_per_audience: bool = Field(
+        False, description="Also send 'In <Audience Name>' = true/false per audience."
+    )
+    environments: Annotated[frozenset[Environment], NoDecode] = Field(
+        frozenset({Environment.PRODUCTION, Environment.DEVELOPMENT}),
+        description="Environments to forward, comma-separated: production,development.",
+    )
+
+    # --- Delivery ------------------------------------------------------------------------------
+    rate_limit_per_second: PositiveFloat = Field(
+        100.0, description="Client-side cap on Customer.io requests per second."
+    )
+    batch_max_items: Annotated[int, Field(gt=0, le=10_000)] = Field(
+        1000, description="Most items in one v2 batch request."
+    )
+    batch_max_bytes: Annotated[int, Field(ge=33_000, le=500_000)] = Field(
+        500_000, description="Most bytes in one v2 batch request (Customer.io: 500 KB)."
+    )
+    batch_linger_ms: Annotated[int, Field(ge=0)] = Field(
+        100, description="How long the sink waits to fill a request before sending it."
+    )
+    request_timeout_seconds: PositiveFloat = Field(10.0, description="Per-request timeout.")
+    retry_max_attempts: PositiveInt = Field(
+        12, description="Attempts per request before its items are dead-lettered."
+    )
+    retry_max_seconds: PositiveFloat = Field(
+        600.0, description="Time budget per request before its items are dead-lettered."
+    )
+    retry_backoff_initial_seconds: PositiveFloat = Field(
+        0.5, description="First back-off (exponential, full jitter)."
+    )
+    retry_backoff_max_seconds: PositiveFloat = Field(30.0, description="Back-off cap.")
+
+    # --- Logging -------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    log_format: Literal["text", "json"] = Field("text")
+
+    @field_validator("environments", mode="before")
+    @classmethod
+    def _split_environments(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        if not value.startswith("kafka://") or not value.removeprefix("kafka://").strip(";"):
+            raise ValueError("must look like kafka://host:port[;host:port]")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials_when_forwarding(self) -> Settings:
+        if self.forwarding_enabled:
+            missing = [
+                name
+                for name, value in (
+                    ("customerio_site_id", self.customerio_site_id),
+                    ("customerio_api_key", self.customerio_api_key),
+                )
+                if value is None or not _secret_text(value).strip()
+            ]
+            if missing:
+                raise ValueError(
+                    "required when MPCIO_FORWARDING_ENABLED is true: "
+                    + ", ".join(ENV_PREFIX + name.upper() for name in missing)
+                )
+        if not self.environments:
+            raise ValueError("MPCIO_ENVIRONMENTS must name at least one environment")
+        return self
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """The broker URL as aiokafka's list of host:port."""
+        return [hp for hp in self.broker.removeprefix("kafka://").split(";") if hp]
+
+    @property
+    def customerio_base_url(self) -> str:
+        """The Track API base URL: the override, else the region's own host (never a redirect)."""
+        if self.customerio_url:
+            return self.customerio_url.rstrip("/")
+        return CUSTOMERIO_HOSTS[self.customerio_region]
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict safe to log: the API key is replaced by ``**********``."""
+        return self.model_dump(mode="json")
+
+
+def _secret_text(value: str | SecretStr) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings; raise :class:`ConfigError` naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:  # an env value that cannot even be decoded
+        raise ConfigError(f"invalid setting: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        message = error["msg"].removeprefix("Value error, ")
+        if not field:  # a rule across several settings names them in its message
+            lines.append(f"invalid settings: {message}")
+            continue
+        if "input" in error and not _is_secret_field(field):
+            message += f" (got {error['input']!r})"
+        lines.append(f"invalid setting {ENV_PREFIX}{field.upper()}: {message}")
+    return "; ".join(lines)
+
+
+def _is_secret_field(field: str) -> bool:
+    return field == "customerio_api_key"

@@ -1,0 +1,62 @@
+"""Run the forwarder: the production entry point behind ``mpcio worker``.
+
+Start-up order: settings were validated by the caller; topics are created if missing and the
+inputs' co-partitioning is checked before the first agent consumes (a mismatch stops the worker
+with one :class:`~app.errors.ConfigError` line); then faust runs until SIGTERM/SIGINT, which
+stop it gracefully (agents finish the record in hand, the producer is flushed, offsets of
+acked records are committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from faust.worker import Worker
+
+from agents import attach_agents
+from app.faust_app import create_app
+from app.kafka_admin import ensure_topics
+from app.logs import configure_logging
+from app.settings import Settings
+from app.topics import topics_for
+
+log = logging.getLogger(__name__)
+
+
+class ForwarderWorker(Worker):
+    """faust's worker with our logging (redacted, text or JSON) instead of mode's."""
+
+    def __init__(self, app: faust.App, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(app, loglevel=settings.log_level, **kwargs)
+        self.settings = settings
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:  # noqa: ARG002
+        secret = self.settings.customerio_api_key
+        configure_logging(
+            self.settings.log_level,
+            self.settings.log_format,
+            secrets=(secret.get_secret_value(),) if secret else (),
+        )
+
+
+def build_worker_app(settings: Settings) -> faust.App:
+    """The faust app with every agent attached."""
+    app = create_app(settings)
+    attach_agents(app, settings, topics_for(settings))
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    """Check topics, then run until stopped by a signal; exits the process like faust does."""
+    asyncio.run(
+        ensure_topics(
+            settings.bootstrap_servers, topics_for(settings), settings.topic_replication_factor
+        )
+    )
+    app = build_worker_app(settings)
+    worker = ForwarderWorker(app, settings)
+    log.info("settings: %s", settings.redacted())
+    worker.execute_from_commandline()

@@ -1,0 +1,131 @@
+"""Helpers shared by integration tests: produce, consume until a condition, run a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 4) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1) for name in names])
+    finally:
+        await admin.close()
+
+
+async def produce(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]
+) -> None:
+    """Send ``(key, value)`` pairs in order and wait until all are acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def consume_until(
+    bootstrap: str,
+    topic: str,
+    done: Callable[[list[ConsumerRecord[bytes, bytes]]], bool],
+    timeout: float = 60.0,
+    workers: Iterable[WorkerProcess] = (),
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Read ``topic`` from the beginning until ``done(records)`` holds.
+
+    Fails after ``timeout``, or at once when one of ``workers`` has exited (with its log).
+    """
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not done(records):
+            for worker in workers:
+                worker.assert_running()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"condition on {topic} not met within {timeout}s; got {len(records)} records"
+                )
+            batch = await consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
+            for partition_records in batch.values():
+                records.extend(partition_records)
+        return records
+    finally:
+        await consumer.stop()
+
+
+class WorkerProcess:
+    """A worker in a subprocess, stopped like an orchestrator would (SIGTERM) or killed."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str], log: Path) -> None:
+        self.argv = argv
+        self.env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, *self.argv],
+                env=self.env,
+                cwd=self.log.parent,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def terminate(self, timeout: float = 30.0) -> float:
+        """SIGTERM and wait; return how long the worker took to exit."""
+        assert self.process is not None
+        began = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(
+                f"worker ignored SIGTERM for {timeout}s; log: {self.log}"
+            ) from None
+        return time.monotonic() - began
+
+    def assert_running(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise AssertionError(f"worker exited early; log tail:\n{self.output()[-4000:]}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` (cheap, local) until true; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,130 @@
+"""Settings: typed, validated once, one clear line per bad variable, secrets never shown."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.errors import ConfigError
+from app.settings import Environment, load_settings
+
+CREDENTIALS = {"customerio_site_id": "site", "customerio_api_key": "k3y-s3cr3t"}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("MPCIO_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env file
+
+
+def test_defaults_follow_the_seed() -> None:
+    settings = load_settings(**CREDENTIALS)
+    assert settings.include_user_attributes is True
+    assert settings.send_created_at is False
+    assert settings.resubscribe_on_opt_in is False
+    assert settings.environments == {Environment.PRODUCTION, Environment.DEVELOPMENT}
+    assert settings.rate_limit_per_second == 100
+    assert settings.customerio_base_url == "https://track.customer.io"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"MPCIO_CUSTOMERIO_REGION": "mars"}, "MPCIO_CUSTOMERIO_REGION"),
+        ({"MPCIO_TOPIC_PARTITIONS": "0"}, "MPCIO_TOPIC_PARTITIONS"),
+        ({"MPCIO_ENVIRONMENTS": "prod"}, "MPCIO_ENVIRONMENTS"),
+        ({"MPCIO_BROKER": "localhost:9092"}, "MPCIO_BROKER"),
+        ({"MPCIO_RATE_LIMIT_PER_SECOND": "-1"}, "MPCIO_RATE_LIMIT_PER_SECOND"),
+        ({"MPCIO_BATCH_MAX_BYTES": "900000"}, "MPCIO_BATCH_MAX_BYTES"),
+        ({"MPCIO_CUSTOMERIO_URL": "not a url"}, "MPCIO_CUSTOMERIO_URL"),
+    ],
+    ids=["region", "partitions", "environment", "broker", "rate", "batch-bytes", "url"],
+)
+def test_invalid_setting_is_named(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=named):
+        load_settings(**CREDENTIALS)
+
+
+def test_missing_credentials_when_forwarding_names_both_variables() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "MPCIO_CUSTOMERIO_SITE_ID" in str(caught.value)
+    assert "MPCIO_CUSTOMERIO_API_KEY" in str(caught.value)
+
+
+def test_credentials_not_needed_when_forwarding_is_off() -> None:
+    assert load_settings(forwarding_enabled=False).customerio_api_key is None
+
+
+def test_environments_from_comma_separated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPCIO_ENVIRONMENTS", "production")
+    assert load_settings(**CREDENTIALS).environments == {Environment.PRODUCTION}
+
+
+def test_eu_region_uses_eu_host_never_a_redirect() -> None:
+    settings = load_settings(**CREDENTIALS, customerio_region="eu")
+    assert settings.customerio_base_url == "https://track-eu.customer.io"
+
+
+def test_url_override_wins_over_region() -> None:
+    settings = load_settings(**CREDENTIALS, customerio_url="http://127.0.0.1:8080/")
+    assert settings.customerio_base_url == "http://127.0.0.1:8080"
+
+
+def test_api_key_is_redacted_and_never_echoed_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(**CREDENTIALS)
+    assert "k3y-s3cr3t" not in repr(settings)
+    assert "k3y-s3cr3t" not in str(settings.redacted())
+    monkeypatch.setenv("MPCIO_CUSTOMERIO_REGION", "mars")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**CREDENTIALS)
+    assert "k3y-s3cr3t" not in str(caught.value)
+
+
+def test_bootstrap_servers_from_broker_url() -> None:
+    settings = load_settings(forwarding_enabled=False, broker="kafka://a:1;b:2")
+    assert settings.bootstrap_servers == ["a:1", "b:2"]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (
+            {
+                "MPCIO_CUSTOMERIO_REGION": "mars",
+                **{f"MPCIO_{k.upper()}": v for k, v in CREDENTIALS.items()},
+            },
+            "MPCIO_CUSTOMERIO_REGION",
+        ),
+        ({}, "MPCIO_CUSTOMERIO_API_KEY"),
+    ],
+    ids=["bad-region", "missing-api-key"],
+)
+def test_cli_stops_with_one_line_and_nonzero_exit(
+    env: dict[str, str], named: str, tmp_path: Path
+) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MPCIO_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "worker"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert named in lines[0]
+    assert "Traceback" not in result.stderr
