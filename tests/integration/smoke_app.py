@@ -37,7 +37,8 @@ def build() -> tuple[faust.App, Settings]:
 
     @app.agent(source, concurrency=1)
     async def count(stream: Any) -> AsyncIterator[None]:
-        async for key in stream.keys():
+        async for event in stream.events():
+            key = event.key
             count = int(counts[key] or b"0") + 1
             counts[key] = str(count).encode()
             await sink.send(key=key, value=f"{key.decode()}:{count}".encode())
