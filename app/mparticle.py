@@ -1,0 +1,584 @@
+"""Parse mParticle event batches (SPEC §2) into the few typed values the mapping needs.
+
+One Kafka record holds one batch (a JSON object) or several (a JSON array of objects, the bulk
+form). :func:`parse_record` returns the batches in order, already normalised:
+
+- ``mpid``, ``batch_id`` and ``event_id`` become canonical signed 64-bit decimal strings whether
+  they arrived as JSON integers or decimal strings; they never pass through a float.
+  (``session_id`` is not used by the mapping, so it is not read.)
+- ``user_identities`` may be the outbound array of ``{identity_type, identity}``, the inbound
+  object map, or null/absent; only ``customer_id`` and ``email`` are kept.
+- reserved ``$`` user attributes are matched case-insensitively and their aliases merged: keys
+  are canonicalised to ``$`` + lower case (``$FirstName`` → ``$firstname``, ``$Zipcode`` →
+  ``$zip``, ``$MobileNumber`` → ``$mobile``); custom keys keep their exact names.
+- only events the mapping uses are kept (``custom_event``, ``screen_view``, ``opt_out`` and the
+  install signals ``first_run`` / ``application_state_transition`` with ``is_first_run``), but
+  the time range of *all* valid events is kept for first-seen bookkeeping.
+
+Failure semantics. A whole record is rejected with :class:`~app.errors.InvalidRecordError`
+(reason slugs: ``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``events_not_a_list``,
+``identities_invalid``, ``mpid_missing``, ``mpid_invalid``, ``environment_invalid``) when it
+cannot be used at all; in the bulk form one bad batch rejects the record, so the dead letter
+holds exactly what arrived. A bad event is dropped and counted in ``Batch.invalid_events`` by
+reason (``event_not_object``, ``event_type_missing``, ``data_not_object``,
+``event_name_missing``, ``screen_name_missing``, ``opt_out_flag_missing``); names that are blank
+after trimming count as missing, which also enforces Customer.io's "event name not blank".
+Anything else unusable is ignored and counted in ``Batch.ignored`` (see the ``IGNORED_*``
+names) or, for event types, in ``Batch.ignored_events``. Nothing is logged here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias
+
+import orjson
+
+from app.errors import InvalidRecordError
+from app.ulid import MAX_TIME_MS
+
+Scalar: TypeAlias = str | int | float | bool
+AttributeValue: TypeAlias = Scalar | list[Scalar] | None
+EventKind: TypeAlias = Literal["custom_event", "screen_view", "opt_out", "install"]
+
+UNKNOWN_DEVICE_TYPE: Final = "Unknown"
+DEFAULT_ENVIRONMENT: Final = "production"
+FIRST_NAME_KEY: Final = "$firstname"
+LAST_NAME_KEY: Final = "$lastname"
+
+# Batch.ignored keys: things that were unusable but did not invalidate the batch or the event.
+IGNORED_UNKNOWN_KEYS: Final = "unknown_keys"
+IGNORED_UNKNOWN_DATA_KEYS: Final = "unknown_data_keys"
+IGNORED_ATTRIBUTE_VALUE: Final = "attribute_value_invalid"
+IGNORED_USER_ATTRIBUTES: Final = "user_attributes_invalid"
+IGNORED_DELETED_ATTRIBUTE: Final = "deleted_attribute_invalid"
+IGNORED_IDENTITY: Final = "identity_invalid"
+IGNORED_TIMESTAMP: Final = "timestamp_invalid"
+IGNORED_ID: Final = "id_invalid"
+IGNORED_CUSTOM_ATTRIBUTES: Final = "custom_attributes_invalid"
+IGNORED_DEVICE_INFO: Final = "device_info_invalid"
+
+# Batch.ignored_events key for event types mParticle does not document.
+UNKNOWN_EVENT_TYPE: Final = "unknown"
+
+_INT64_MIN: Final = -(1 << 63)
+_INT64_MAX: Final = (1 << 63) - 1
+
+_RESERVED_ALIASES: Final = {"$zipcode": "$zip", "$mobilenumber": "$mobile"}
+
+KNOWN_BATCH_KEYS: Final = frozenset(
+    {
+        "api_key",
+        "api_keys",
+        "application_info",
+        "attribution_info",
+        "batch_id",
+        "consent_state",
+        "context",
+        "deleted_user_attributes",
+        "device_info",
+        "environment",
+        "events",
+        "integration_attributes",
+        "ip",
+        "job_id",
+        "mp_deviceid",
+        "mpid",
+        "origin_mpid",
+        "partner_identities",
+        "partner_identity",
+        "sdk_version",
+        "source_info",
+        "source_request_id",
+        "timestamp_unixtime_ms",
+        "user_attributes",
+        "user_identities",
+    }
+)
+
+KNOWN_EVENT_TYPES: Final = frozenset(
+    {
+        "application_state_transition",
+        "breadcrumb",
+        "commerce_event",
+        "crash_report",
+        "custom_event",
+        "first_run",
+        "network_performance",
+        "opt_out",
+        "pre_attribution",
+        "profile",
+        "push_message",
+        "push_reaction",
+        "push_registration",
+        "screen_view",
+        "session_end",
+        "session_start",
+        "uninstall",
+        "user_attribute_change",
+        "user_identity_change",
+    }
+)
+
+# Every ``data`` property of every event type in mParticle's Events API JSON Schema.
+KNOWN_DATA_KEYS: Final = frozenset(
+    {
+        "action_identifier",
+        "activity_type",
+        "application_state",
+        "application_transition_type",
+        "breadcrumbs",
+        "bytes_in",
+        "bytes_out",
+        "canonical_name",
+        "class_name",
+        "currency_code",
+        "current_mpid",
+        "custom_attributes",
+        "custom_event_type",
+        "custom_flags",
+        "data",
+        "data_connection_type",
+        "deleted",
+        "device_current_state",
+        "event_id",
+        "event_name",
+        "event_num",
+        "event_start_unixtime_ms",
+        "event_system_notification_info",
+        "exception_handled",
+        "http_verb",
+        "ios_image_base_address",
+        "ios_image_size",
+        "is_first_run",
+        "is_goal_defined",
+        "is_main_thread",
+        "is_new_attribute",
+        "is_non_interactive",
+        "is_opted_out",
+        "is_upgrade",
+        "label",
+        "launch_referral",
+        "lifetime_value_attribute_name",
+        "lifetime_value_change",
+        "location",
+        "message",
+        "network",
+        "new",
+        "old",
+        "pl_crash_report_file_base64",
+        "previous_mpid",
+        "product_action",
+        "product_impressions",
+        "profile_event_type",
+        "promotion_action",
+        "push_message_behavior",
+        "push_message_token",
+        "push_message_type",
+        "push_notification_payload",
+        "register",
+        "registration_token",
+        "response_code",
+        "screen_name",
+        "session_duration_ms",
+        "session_id",
+        "session_number",
+        "session_start_unixtime_ms",
+        "session_uuid",
+        "severity",
+        "shopping_cart",
+        "source_message_id",
+        "stack_trace",
+        "successfully_closed",
+        "time_elapsed",
+        "timestamp_unixtime_ms",
+        "topmost_context",
+        "url",
+        "user_attribute_name",
+        "view_controller",
+    }
+)
+
+_EVENT_KEYS: Final = frozenset({"event_type", "data"})
+_NAME_KEYS: Final = frozenset({FIRST_NAME_KEY, LAST_NAME_KEY})
+_SCALAR_TYPES: Final = frozenset({str, int, float, bool})
+
+
+@dataclass(slots=True)
+class Event:
+    """One event the mapping uses, in batch order.
+
+    ``timestamp_ms`` is the event's own time, else the batch's, else ``None``. ``name`` is the
+    raw ``event_name`` / ``screen_name`` (empty for opt-out and install events).
+    ``is_opted_out`` is meaningful for ``opt_out`` events only. ``position`` is the index in the
+    batch's ``events`` array (all events counted), part of the fallback event identity.
+    """
+
+    kind: EventKind
+    position: int
+    timestamp_ms: int | None
+    name: str = ""
+    custom_attributes: dict[str, Any] | None = None
+    source_message_id: str | None = None
+    event_id: str | None = None
+    is_opted_out: bool = False
+
+
+@dataclass(slots=True)
+class Batch:
+    """One mParticle batch, normalised; see the module docstring for the rules."""
+
+    mpid: str
+    environment: str
+    timestamp_ms: int | None
+    batch_id: str | None
+    email: str | None
+    customer_id: str | None
+    user_attributes: dict[str, AttributeValue]
+    deleted_user_attributes: list[str]
+    device_type: str
+    events: list[Event]
+    first_event_ms: int | None
+    last_event_ms: int | None
+    invalid_events: dict[str, int]
+    ignored_events: dict[str, int]
+    ignored: dict[str, int]
+
+
+def parse_record(value: bytes) -> list[Batch]:
+    """The batches of one Kafka record value, in order (empty for an empty JSON array)."""
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as utf8_exc:
+            raise InvalidRecordError("invalid_utf8", str(utf8_exc)) from None
+        raise InvalidRecordError("invalid_json", str(exc)) from None
+    if type(document) is dict:
+        return [parse_batch(document)]
+    if type(document) is list:
+        batches = []
+        for index, item in enumerate(document):
+            if type(item) is not dict:
+                raise InvalidRecordError(
+                    "not_an_object", f"bulk item {index} is {_json_type(item)}, not an object"
+                )
+            batches.append(parse_batch(item))
+        return batches
+    raise InvalidRecordError(
+        "not_an_object", f"top level is {_json_type(document)}, not an object or array"
+    )
+
+
+def parse_batch(raw: dict[str, Any]) -> Batch:
+    """Normalise one decoded batch object; raises :class:`InvalidRecordError` (see module)."""
+    ignored: dict[str, int] = {}
+    _add(ignored, IGNORED_UNKNOWN_KEYS, len(raw.keys() - KNOWN_BATCH_KEYS))
+
+    raw_mpid = raw.get("mpid")
+    if raw_mpid is None:
+        raise InvalidRecordError("mpid_missing", "batch has no mpid")
+    mpid = int64_text(raw_mpid)
+    if mpid is None:
+        raise InvalidRecordError(
+            "mpid_invalid", f"mpid is not a signed 64-bit integer: {raw_mpid!r:.40}"
+        )
+
+    environment = raw.get("environment")
+    if environment is None:
+        environment = DEFAULT_ENVIRONMENT
+    elif type(environment) is str:
+        environment = environment.lower()
+    else:
+        raise InvalidRecordError("environment_invalid", f"environment is {_json_type(environment)}")
+
+    raw_events = raw.get("events")
+    if raw_events is None:
+        raw_events = []
+    elif type(raw_events) is not list:
+        raise InvalidRecordError("events_not_a_list", f"events is {_json_type(raw_events)}")
+
+    timestamp_ms = _timestamp(raw.get("timestamp_unixtime_ms"), ignored)
+    email, customer_id = _identities(raw.get("user_identities"), ignored)
+    batch = Batch(
+        mpid=mpid,
+        environment=environment,
+        timestamp_ms=timestamp_ms,
+        batch_id=_optional_id(raw.get("batch_id"), ignored),
+        email=email,
+        customer_id=customer_id,
+        user_attributes=_user_attributes(raw.get("user_attributes"), ignored),
+        deleted_user_attributes=_deleted_attributes(raw.get("deleted_user_attributes"), ignored),
+        device_type=_device_type(raw.get("application_info"), raw.get("device_info"), ignored),
+        events=[],
+        first_event_ms=None,
+        last_event_ms=None,
+        invalid_events={},
+        ignored_events={},
+        ignored=ignored,
+    )
+    _parse_events(raw_events, batch)
+    return batch
+
+
+def _parse_events(raw_events: list[Any], batch: Batch) -> None:
+    """Fill ``batch.events``, its event time range and its event counters."""
+    ignored = batch.ignored
+    for position, raw_event in enumerate(raw_events):
+        if type(raw_event) is not dict:
+            _count(batch.invalid_events, "event_not_object")
+            continue
+        event_type = raw_event.get("event_type")
+        if type(event_type) is not str:
+            _count(batch.invalid_events, "event_type_missing")
+            continue
+        data = raw_event.get("data")
+        if type(data) is not dict:
+            _count(batch.invalid_events, "data_not_object")
+            continue
+        if len(raw_event) > 2:
+            _add(ignored, IGNORED_UNKNOWN_KEYS, len(raw_event.keys() - _EVENT_KEYS))
+        _add(ignored, IGNORED_UNKNOWN_DATA_KEYS, len(data.keys() - KNOWN_DATA_KEYS))
+
+        raw_time = data.get("timestamp_unixtime_ms")
+        own_time = None if raw_time is None else _timestamp(raw_time, ignored)
+        event = _event(
+            event_type,
+            data,
+            position,
+            batch.timestamp_ms if own_time is None else own_time,
+            ignored,
+        )
+        if isinstance(event, str):
+            _count(batch.invalid_events, event)
+            continue
+        if event is None:
+            _count(
+                batch.ignored_events,
+                event_type if event_type in KNOWN_EVENT_TYPES else UNKNOWN_EVENT_TYPE,
+            )
+        else:
+            batch.events.append(event)
+        if own_time is not None:
+            if batch.first_event_ms is None or own_time < batch.first_event_ms:
+                batch.first_event_ms = own_time
+            if batch.last_event_ms is None or own_time > batch.last_event_ms:
+                batch.last_event_ms = own_time
+
+
+def _event(
+    event_type: str,
+    data: dict[str, Any],
+    position: int,
+    event_time: int | None,
+    ignored: dict[str, int],
+) -> Event | str | None:
+    """The :class:`Event` to keep, an invalid-event reason, or ``None`` for an unused type."""
+    if event_type == "custom_event":
+        kind: EventKind = "custom_event"
+        name = data.get("event_name")
+    elif event_type == "screen_view":
+        kind = "screen_view"
+        name = data.get("screen_name")
+    elif event_type == "opt_out":
+        is_opted_out = data.get("is_opted_out")
+        if type(is_opted_out) is not bool:
+            return "opt_out_flag_missing"
+        return Event(
+            kind="opt_out", position=position, timestamp_ms=event_time, is_opted_out=is_opted_out
+        )
+    elif event_type == "first_run" or (
+        event_type == "application_state_transition" and data.get("is_first_run") is True
+    ):
+        return Event(kind="install", position=position, timestamp_ms=event_time)
+    else:
+        return None
+    if type(name) is not str or not name.strip():
+        return "event_name_missing" if kind == "custom_event" else "screen_name_missing"
+    return Event(
+        kind=kind,
+        position=position,
+        timestamp_ms=event_time,
+        name=name,
+        custom_attributes=_custom_attributes(data.get("custom_attributes"), ignored),
+        source_message_id=_source_message_id(data.get("source_message_id")),
+        event_id=_optional_id(data.get("event_id"), ignored),
+    )
+
+
+def int64_text(value: object) -> str | None:
+    """``value`` as a canonical signed 64-bit decimal string, or ``None`` if it is not one.
+
+    Accepts a JSON integer (never a bool or a float) or a string of ASCII digits with an
+    optional leading ``-``; leading zeros are dropped (``"007"`` → ``"7"``).
+    """
+    if type(value) is int:
+        return str(value) if _INT64_MIN <= value <= _INT64_MAX else None
+    if type(value) is str:
+        digits = value[1:] if value[:1] == "-" else value
+        if not (digits.isascii() and digits.isdigit()) or len(digits.lstrip("0")) > 19:
+            return None
+        number = int(value)
+        return str(number) if _INT64_MIN <= number <= _INT64_MAX else None
+    return None
+
+
+def _optional_id(value: object, ignored: dict[str, int]) -> str | None:
+    if value is None:
+        return None
+    text = int64_text(value)
+    if text is None:
+        _count(ignored, IGNORED_ID)
+    return text
+
+
+def _timestamp(value: object, ignored: dict[str, int]) -> int | None:
+    """Unix milliseconds from an integer (or integral float / digit string), else ``None``."""
+    if value is None:
+        return None
+    milliseconds: int | None = None
+    if type(value) is int:
+        milliseconds = value
+    elif (type(value) is float and value.is_integer()) or (
+        type(value) is str and value.isascii() and value.isdigit() and len(value) <= 15
+    ):
+        milliseconds = int(value)
+    if milliseconds is None or not 0 <= milliseconds <= MAX_TIME_MS:
+        _count(ignored, IGNORED_TIMESTAMP)
+        return None
+    return milliseconds
+
+
+def _identities(value: object, ignored: dict[str, int]) -> tuple[str | None, str | None]:
+    """``(email, customer_id)`` from any of the three accepted shapes."""
+    if value is None:
+        return None, None
+    if type(value) is dict:
+        return (
+            _identity_value(value.get("email"), ignored, integer_allowed=False),
+            _identity_value(value.get("customer_id"), ignored, integer_allowed=True),
+        )
+    if type(value) is not list:
+        raise InvalidRecordError("identities_invalid", f"user_identities is {_json_type(value)}")
+    email = customer_id = None
+    for entry in value:
+        if type(entry) is not dict or type(entry.get("identity_type")) is not str:
+            _count(ignored, IGNORED_IDENTITY)
+            continue
+        identity_type = entry["identity_type"].lower()
+        if identity_type == "email":
+            email = _identity_value(entry.get("identity"), ignored, integer_allowed=False) or email
+        elif identity_type == "customer_id":
+            customer_id = (
+                _identity_value(entry.get("identity"), ignored, integer_allowed=True) or customer_id
+            )
+    return email, customer_id
+
+
+def _identity_value(value: object, ignored: dict[str, int], *, integer_allowed: bool) -> str | None:
+    """A trimmed, non-empty identity; integer customer ids (some feeds) become text."""
+    if value is None:
+        return None
+    if type(value) is str:
+        return value.strip() or None
+    if integer_allowed and type(value) is int:
+        return str(value)
+    _count(ignored, IGNORED_IDENTITY)
+    return None
+
+
+def canonical_attribute_name(name: str) -> str:
+    """Reserved ``$`` names → ``$`` + lower case with aliases merged; custom names unchanged."""
+    if name[:1] != "$":
+        return name
+    lowered = name.lower()
+    return _RESERVED_ALIASES.get(lowered, lowered)
+
+
+def _user_attributes(value: object, ignored: dict[str, int]) -> dict[str, AttributeValue]:
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        _count(ignored, IGNORED_USER_ATTRIBUTES)
+        return {}
+    attributes: dict[str, AttributeValue] = {}
+    for name, item in value.items():
+        key = canonical_attribute_name(name)
+        if key in _NAME_KEYS:
+            valid = item is None or type(item) is str
+        else:
+            valid = (
+                item is None
+                or type(item) in _SCALAR_TYPES
+                or (type(item) is list and all(type(part) in _SCALAR_TYPES for part in item))
+            )
+        if valid:
+            attributes[key] = item
+        else:
+            _count(ignored, IGNORED_ATTRIBUTE_VALUE)
+    return attributes
+
+
+def _deleted_attributes(value: object, ignored: dict[str, int]) -> list[str]:
+    if value is None:
+        return []
+    if type(value) is not list:
+        _count(ignored, IGNORED_DELETED_ATTRIBUTE)
+        return []
+    names = []
+    for name in value:
+        if type(name) is str and name:
+            names.append(canonical_attribute_name(name))
+        else:
+            _count(ignored, IGNORED_DELETED_ATTRIBUTE)
+    return names
+
+
+def _device_type(application_info: object, device_info: object, ignored: dict[str, int]) -> str:
+    """``application_info.os``, else ``device_info.platform``, else ``Unknown``."""
+    for info, key in ((application_info, "os"), (device_info, "platform")):
+        if info is None:
+            continue
+        if type(info) is not dict:
+            _count(ignored, IGNORED_DEVICE_INFO)
+            continue
+        name = info.get(key)
+        if type(name) is str and name.strip():
+            return name.strip()
+    return UNKNOWN_DEVICE_TYPE
+
+
+def _custom_attributes(value: object, ignored: dict[str, int]) -> dict[str, Any] | None:
+    if value is None or type(value) is dict:
+        return value
+    _count(ignored, IGNORED_CUSTOM_ATTRIBUTES)
+    return None
+
+
+def _source_message_id(value: object) -> str | None:
+    return value if type(value) is str and value else None
+
+
+def _count(counters: dict[str, int], key: str) -> None:
+    counters[key] = counters.get(key, 0) + 1
+
+
+def _add(counters: dict[str, int], key: str, amount: int) -> None:
+    if amount:
+        counters[key] = counters.get(key, 0) + amount
+
+
+def _json_type(value: object) -> str:
+    """The JSON type name of a decoded value, for messages that must not echo the data."""
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return "a boolean"
+    if type(value) in (int, float):
+        return "a number"
+    if type(value) is str:
+        return "a string"
+    if type(value) is list:
+        return "an array"
+    return "an object"

@@ -1,0 +1,272 @@
+"""Per-user state (the ``users`` table value, keyed by mpid) and how a batch folds into it.
+
+:func:`fold` is a pure function built so that the at-least-once pipeline cannot corrupt it
+(SPEC §7: table updates and offset commits are not atomic, so a batch may be folded twice, and a
+redelivered older batch may arrive after a newer one was already folded):
+
+- Idempotent: ``fold(fold(s, b), b) == fold(s, b)`` for every state ``s`` and batch ``b``.
+- Profile (identities, user attributes) is last-writer-wins by batch time: a batch older than the
+  newest one applied (``profile_at_ms``) does not overwrite it; it only fills in an email or
+  customer id the state does not know yet.
+- Opt-out is last-writer-wins by event time (ties: later in the batch wins), so a redelivered
+  old opt-out cannot undo a newer opt-in.
+- First-seen per device type is the earliest time seen, except that an explicit install signal
+  (``first_run``, or ``application_state_transition`` with ``is_first_run``) wins over plain
+  activity; the most recently seen device type is the maximum of (time, device type). Both are
+  commutative, so batch order does not matter.
+
+``person_id``, ``sent_digest`` and ``unsubscribed_sent`` record what was last sent to
+Customer.io; only :mod:`app.transform` sets them. ``audiences`` is carried through unchanged
+(filled by the audience agent).
+
+Failure semantics: :func:`fold` never raises for a parsed batch. :func:`decode_state` raises
+:class:`~app.errors.InvalidRecordError` (reason ``avro_decode``) for bytes that are not a
+``user_state`` record, including a stored attribute JSON that is corrupt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from app.avro import codec
+from app.errors import InvalidRecordError
+from app.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch
+
+
+@dataclass(frozen=True, slots=True)
+class FirstSeen:
+    """When a user was first seen on one device type; ``install`` = from an install signal."""
+
+    ms: int
+    install: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """Everything remembered about one mpid. Attribute keys are canonical (see mparticle)."""
+
+    email: str | None = None
+    customer_id: str | None = None
+    person_id: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    profile_at_ms: int | None = None
+    sent_digest: bytes | None = None
+    opted_out: bool = False
+    opt_out_at_ms: int | None = None
+    unsubscribed_sent: bool = False
+    first_seen: dict[str, FirstSeen] = field(default_factory=dict)
+    last_device_type: str | None = None
+    last_seen_ms: int | None = None
+    audiences: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def created_at_ms(self) -> int | None:
+        """First-seen time of the most recently seen device type (SPEC §3 rule 10)."""
+        if self.last_device_type is None:
+            return None
+        first_seen = self.first_seen.get(self.last_device_type)
+        return None if first_seen is None else first_seen.ms
+
+
+EMPTY_STATE = UserState()
+
+
+def fold(state: UserState | None, batch: Batch) -> UserState:
+    """The state after ``batch``; see the module docstring for the guarantees."""
+    previous = EMPTY_STATE if state is None else state
+    email, customer_id, first_name, last_name, attributes, profile_at_ms = _fold_profile(
+        previous, batch
+    )
+    opted_out, opt_out_at_ms = previous.opted_out, previous.opt_out_at_ms
+    for event in batch.events:
+        if event.kind == "opt_out":
+            opted_out, opt_out_at_ms = apply_opt_out(
+                opted_out, opt_out_at_ms, event.is_opted_out, event.timestamp_ms
+            )
+    first_seen, last_device_type, last_seen_ms = _fold_devices(previous, batch)
+    return UserState(
+        email=email,
+        customer_id=customer_id,
+        person_id=previous.person_id,
+        first_name=first_name,
+        last_name=last_name,
+        attributes=attributes,
+        profile_at_ms=profile_at_ms,
+        sent_digest=previous.sent_digest,
+        opted_out=opted_out,
+        opt_out_at_ms=opt_out_at_ms,
+        unsubscribed_sent=previous.unsubscribed_sent,
+        first_seen=first_seen,
+        last_device_type=last_device_type,
+        last_seen_ms=last_seen_ms,
+        audiences=previous.audiences,
+    )
+
+
+def apply_opt_out(
+    opted_out: bool, opted_out_at_ms: int | None, is_opted_out: bool, event_ms: int | None
+) -> tuple[bool, int | None]:
+    """``(opted_out, opt_out_at_ms)`` after one opt-out event: newest event time wins.
+
+    An event without any time counts as time 0, so it never overrides a timed decision.
+    """
+    event_time = event_ms or 0
+    if opted_out_at_ms is None or event_time >= opted_out_at_ms:
+        return is_opted_out, event_time
+    return opted_out, opted_out_at_ms
+
+
+_Profile = tuple[
+    str | None, str | None, str | None, str | None, dict[str, AttributeValue], int | None
+]
+
+
+def _fold_profile(previous: UserState, batch: Batch) -> _Profile:
+    batch_ms = batch.timestamp_ms
+    newest = (
+        batch_ms is None or previous.profile_at_ms is None or batch_ms >= previous.profile_at_ms
+    )
+    if not newest:
+        return (
+            previous.email or batch.email,
+            previous.customer_id or batch.customer_id,
+            previous.first_name,
+            previous.last_name,
+            previous.attributes,
+            previous.profile_at_ms,
+        )
+    first_name, last_name = previous.first_name, previous.last_name
+    attributes = previous.attributes
+    if batch.user_attributes or batch.deleted_user_attributes:
+        attributes = {**previous.attributes, **batch.user_attributes}
+        first_name = _name(attributes.pop(FIRST_NAME_KEY, first_name))
+        last_name = _name(attributes.pop(LAST_NAME_KEY, last_name))
+        for name in batch.deleted_user_attributes:
+            if name == FIRST_NAME_KEY:
+                first_name = None
+            elif name == LAST_NAME_KEY:
+                last_name = None
+            else:
+                attributes.pop(name, None)
+        if attributes == previous.attributes:
+            attributes = previous.attributes
+    return (
+        batch.email or previous.email,
+        batch.customer_id or previous.customer_id,
+        first_name,
+        last_name,
+        attributes,
+        previous.profile_at_ms if batch_ms is None else batch_ms,
+    )
+
+
+def _name(value: AttributeValue) -> str | None:
+    # The parser admits only strings and null for $FirstName / $LastName.
+    return value if isinstance(value, str) else None
+
+
+def _fold_devices(
+    previous: UserState, batch: Batch
+) -> tuple[dict[str, FirstSeen], str | None, int | None]:
+    device = batch.device_type
+    first_seen = previous.first_seen
+    seen_from = batch.timestamp_ms if batch.first_event_ms is None else batch.first_event_ms
+    candidates = [] if seen_from is None else [FirstSeen(seen_from, install=False)]
+    candidates.extend(
+        FirstSeen(event.timestamp_ms, install=True)
+        for event in batch.events
+        if event.kind == "install" and event.timestamp_ms is not None
+    )
+    current = first_seen.get(device)
+    best = current
+    for candidate in candidates:
+        best = earlier_first_seen(best, candidate)
+    if best is not current and best is not None:
+        first_seen = {**first_seen, device: best}
+
+    last_device_type, last_seen_ms = previous.last_device_type, previous.last_seen_ms
+    seen_until = batch.timestamp_ms if batch.last_event_ms is None else batch.last_event_ms
+    if seen_until is not None and (
+        last_seen_ms is None
+        or last_device_type is None
+        or (seen_until, device) > (last_seen_ms, last_device_type)
+    ):
+        last_device_type, last_seen_ms = device, seen_until
+    return first_seen, last_device_type, last_seen_ms
+
+
+def earlier_first_seen(current: FirstSeen | None, candidate: FirstSeen) -> FirstSeen:
+    """The first-seen that wins: an install signal beats plain activity, then the earliest.
+
+    Commutative, associative and idempotent, so folding order and repetition do not matter.
+    """
+    if current is None:
+        return candidate
+    if current.install != candidate.install:
+        return current if current.install else candidate
+    return current if current.ms <= candidate.ms else candidate
+
+
+# --- Avro ------------------------------------------------------------------------------------
+
+
+def encode_state(state: UserState) -> bytes:
+    """The ``schemas/user_state.avsc`` single-object encoding of ``state``."""
+    return codec("user_state").encode(
+        {
+            "email": state.email,
+            "customer_id": state.customer_id,
+            "person_id": state.person_id,
+            "first_name": state.first_name,
+            "last_name": state.last_name,
+            "attributes_json": orjson.dumps(state.attributes).decode("utf-8"),
+            "profile_at_ms": state.profile_at_ms,
+            "sent_digest": state.sent_digest,
+            "opted_out": state.opted_out,
+            "opt_out_at_ms": state.opt_out_at_ms,
+            "unsubscribed_sent": state.unsubscribed_sent,
+            "first_seen": {
+                device: {"ms": seen.ms, "install": seen.install}
+                for device, seen in state.first_seen.items()
+            },
+            "last_device_type": state.last_device_type,
+            "last_seen_ms": state.last_seen_ms,
+            "audiences": state.audiences,
+        }
+    )
+
+
+def decode_state(data: bytes) -> UserState:
+    """The :class:`UserState` encoded by :func:`encode_state`."""
+    record = codec("user_state").decode(data)
+    try:
+        attributes: Any = orjson.loads(record["attributes_json"])
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecordError("avro_decode", f"corrupt user_state attributes: {exc}") from exc
+    if type(attributes) is not dict:
+        raise InvalidRecordError("avro_decode", "user_state attributes are not a JSON object")
+    return UserState(
+        email=record["email"],
+        customer_id=record["customer_id"],
+        person_id=record["person_id"],
+        first_name=record["first_name"],
+        last_name=record["last_name"],
+        attributes=attributes,
+        profile_at_ms=record["profile_at_ms"],
+        sent_digest=record["sent_digest"],
+        opted_out=record["opted_out"],
+        opt_out_at_ms=record["opt_out_at_ms"],
+        unsubscribed_sent=record["unsubscribed_sent"],
+        first_seen={
+            device: FirstSeen(seen["ms"], seen["install"])
+            for device, seen in record["first_seen"].items()
+        },
+        last_device_type=record["last_device_type"],
+        last_seen_ms=record["last_seen_ms"],
+        audiences=record["audiences"],
+    )

@@ -1,0 +1,412 @@
+"""Map one parsed mParticle batch to Customer.io Track API v2 batch items (SPEC §3, rules 1-12).
+
+:func:`transform` folds the batch into the user's previous state (:func:`app.state.fold`) and
+returns the new state together with the ordered operations and counters. It is pure and
+deterministic: the same batch and the same previous state always give the same result, and
+transforming a batch a second time with the state the first run returned sends no identify
+again and repeats the same event ids (ULIDs), which Customer.io de-duplicates.
+
+Operations, in order: the identify item(s) when needed (rule 8), then the user's events.
+An identify is needed the first time a user is forwarded, when the profile digest (email,
+names, created_at when enabled, other attributes when enabled) differs from the one last sent,
+when the person id changed (rule 11) and on an opt-out transition (rule 9). Every item is
+serialised once here (``Operation.payload``) to enforce Customer.io's size limits.
+
+Failure semantics: nothing raises for a parsed batch. What Customer.io would reject is cut or
+dropped before sending and counted in ``Transformed.limits`` (keys ``LIMIT_*``):
+person id empty or over 150 bytes drops the whole batch's operations; an attribute name that is
+empty, over 150 bytes or one of the names this forwarder sets itself is dropped; a string
+value over 1000 bytes is cut at a UTF-8 boundary; a list value over 1000 bytes of JSON is
+dropped; more than 300 attributes or more than 32,000 bytes split an identify into several;
+event names over 100 bytes are cut; event data making an item exceed 32,000 bytes is dropped
+(which also keeps it under Customer.io's 100,000-byte event data limit) and the event is sent
+without it. Names that are blank after trimming never get here (the parser rejects them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+
+import orjson
+
+from app.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch, Event
+from app.state import UserState, apply_opt_out, fold
+from app.ulid import event_ulid
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+BatchOutcome: TypeAlias = Literal[
+    "forwarded", "skipped_no_email", "environment_filtered", "person_id_invalid"
+]
+
+# Customer.io Track API limits (SPEC §3, end).
+MAX_PERSON_ID_BYTES: Final = 150
+MAX_ATTRIBUTE_NAME_BYTES: Final = 150
+MAX_ATTRIBUTE_VALUE_BYTES: Final = 1000
+MAX_ATTRIBUTES_PER_IDENTIFY: Final = 300
+MAX_EVENT_NAME_BYTES: Final = 100
+# v2 items may be 32 KB; 32,000 leaves room for either reading of "KB".
+MAX_ITEM_BYTES: Final = 32_000
+
+# Transformed.limits keys.
+LIMIT_PERSON_ID: Final = "person_id_invalid"
+LIMIT_ATTRIBUTE_NAME: Final = "attribute_name_dropped"
+LIMIT_ATTRIBUTE_RESERVED: Final = "attribute_name_reserved"
+LIMIT_ATTRIBUTE_VALUE_CUT: Final = "attribute_value_truncated"
+LIMIT_ATTRIBUTE_VALUE_DROPPED: Final = "attribute_value_dropped"
+LIMIT_IDENTIFY_SPLIT: Final = "identify_split"
+LIMIT_EVENT_NAME_CUT: Final = "event_name_truncated"
+LIMIT_EVENT_DATA_DROPPED: Final = "event_data_dropped"
+
+# Transformed.events keys (custom_event and screen_view events only).
+EVENTS_FORWARDED: Final = "forwarded"
+EVENTS_OPTED_OUT: Final = "opted_out"
+
+# Attribute names this forwarder sets itself; a user attribute mapped to one of them is dropped.
+RESERVED_OUTPUT_NAMES: Final = frozenset(
+    {
+        "email",
+        "first_name",
+        "last_name",
+        "created_at",
+        "unsubscribed",
+        "id",
+        "cio_id",
+        "_update",
+        "cio_subscription_preferences",
+        "cio_relationships",
+    }
+)
+
+_ACTIONS: Final = {"custom_event": "event", "screen_view": "screen"}
+
+
+@dataclass(slots=True)
+class Operation:
+    """One Customer.io v2 batch item: ``item`` as a dict and ``payload`` its exact JSON bytes."""
+
+    action: str
+    person_id: str
+    item: dict[str, Any]
+    payload: bytes
+
+
+@dataclass(slots=True)
+class Transformed:
+    """The result of :func:`transform`.
+
+    ``state`` is what to store for the mpid (``None`` only if there was none and the batch was
+    filtered out); ``state_changed`` says whether it differs from the previous one, so an
+    unchanged state need not be written. ``events`` counts the batch's custom and screen events
+    by outcome (``forwarded``, ``opted_out``, or the batch outcome when the whole batch is not
+    forwarded); ``limits`` counts what was cut or dropped by kind.
+    """
+
+    state: UserState | None
+    state_changed: bool
+    operations: list[Operation]
+    outcome: BatchOutcome
+    events: dict[str, int] = field(default_factory=dict)
+    limits: dict[str, int] = field(default_factory=dict)
+
+
+def transform(batch: Batch, state: UserState | None, settings: Settings) -> Transformed:
+    """Fold ``batch`` into ``state`` and derive the Customer.io operations (module docstring)."""
+    forwardable = sum(1 for event in batch.events if event.kind in _ACTIONS)
+    if batch.environment not in settings.environments:
+        return _not_forwarded(state, state, "environment_filtered", forwardable, {})
+
+    folded = fold(state, batch)
+    email = folded.email
+    if email is None:
+        return _not_forwarded(state, folded, "skipped_no_email", forwardable, {})
+    customer_id = folded.customer_id
+    person_id = customer_id or email
+    limits: dict[str, int] = {}
+    if len(person_id.encode("utf-8")) > MAX_PERSON_ID_BYTES:
+        limits[LIMIT_PERSON_ID] = 1
+        return _not_forwarded(state, folded, "person_id_invalid", forwardable, limits)
+    identifiers = {"id": customer_id} if customer_id else {"email": email}
+
+    # Rule 9 compares with what Customer.io was told, not with the previous state, so a user
+    # who opted out before having an email is unsubscribed on the first identify.
+    unsubscribed: bool | None = None
+    if folded.opted_out and not folded.unsubscribed_sent:
+        unsubscribed = True
+    elif folded.unsubscribed_sent and not folded.opted_out and settings.resubscribe_on_opt_in:
+        unsubscribed = False
+
+    digest = profile_digest(folded, settings)
+    operations: list[Operation] = []
+    if digest != folded.sent_digest or person_id != folded.person_id or unsubscribed is not None:
+        attributes = _identify_attributes(folded, batch, settings, unsubscribed, limits)
+        operations.extend(_identifies(person_id, identifiers, attributes, limits))
+        folded = _with_sent(folded, person_id, digest)
+    elif folded.unsubscribed_sent and not folded.opted_out:
+        folded = _with_sent(folded, person_id, digest)  # opted in, resubscribe disabled
+
+    events: dict[str, int] = {}
+    opted_out = state is not None and state.opted_out
+    opted_out_at_ms = None if state is None else state.opt_out_at_ms
+    for event in batch.events:
+        if event.kind == "opt_out":
+            opted_out, opted_out_at_ms = apply_opt_out(
+                opted_out, opted_out_at_ms, event.is_opted_out, event.timestamp_ms
+            )
+        elif event.kind in _ACTIONS:
+            if opted_out:
+                events[EVENTS_OPTED_OUT] = events.get(EVENTS_OPTED_OUT, 0) + 1
+                continue
+            operations.append(_event_operation(event, batch, person_id, identifiers, limits))
+            events[EVENTS_FORWARDED] = events.get(EVENTS_FORWARDED, 0) + 1
+    return Transformed(
+        state=folded,
+        state_changed=folded != state,
+        operations=operations,
+        outcome="forwarded",
+        events=events,
+        limits=limits,
+    )
+
+
+def profile_digest(state: UserState, settings: Settings) -> bytes:
+    """BLAKE2b-128 of everything an identify would carry for ``state`` under ``settings``."""
+    material = (
+        state.email,
+        state.first_name,
+        state.last_name,
+        state.created_at_ms // 1000
+        if settings.send_created_at and state.created_at_ms is not None
+        else None,
+        state.attributes if settings.include_user_attributes else None,
+    )
+    return blake2b(orjson.dumps(material, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+
+
+def output_attribute_name(canonical: str) -> str:
+    """The Customer.io attribute name of a canonical mParticle attribute name (rules 3-4)."""
+    if canonical[:1] != "$":
+        return canonical
+    if canonical == FIRST_NAME_KEY:
+        return "first_name"
+    if canonical == LAST_NAME_KEY:
+        return "last_name"
+    return canonical[1:]
+
+
+def event_name(raw: str) -> str:
+    """Rule 6: trim leading and trailing whitespace, then each space becomes ``_``."""
+    return raw.strip().replace(" ", "_")
+
+
+def event_identity(event: Event, batch: Batch) -> bytes:
+    """What names an event uniquely, for its ULID (rule 7); never the person id.
+
+    ``source_message_id``, else mpid + ``event_id``, else mpid + batch (``batch_id``, else
+    batch time) + position in the batch. The prefixes keep the three kinds apart.
+    """
+    if event.source_message_id is not None:
+        return b"m\x00" + event.source_message_id.encode("utf-8")
+    if event.event_id is not None:
+        return f"e\x00{batch.mpid}\x00{event.event_id}".encode()
+    batch_ref = batch.batch_id if batch.batch_id is not None else f"t{batch.timestamp_ms}"
+    return f"p\x00{batch.mpid}\x00{batch_ref}\x00{event.position}".encode()
+
+
+def _not_forwarded(
+    previous: UserState | None,
+    state: UserState | None,
+    outcome: BatchOutcome,
+    forwardable: int,
+    limits: dict[str, int],
+) -> Transformed:
+    return Transformed(
+        state=state,
+        state_changed=state != previous,
+        operations=[],
+        outcome=outcome,
+        events={outcome: forwardable} if forwardable else {},
+        limits=limits,
+    )
+
+
+def _with_sent(state: UserState, person_id: str, digest: bytes) -> UserState:
+    """``state`` recording that Customer.io now knows ``person_id``, ``digest`` and its
+    subscription (unsubscribed exactly when opted out)."""
+    return UserState(
+        email=state.email,
+        customer_id=state.customer_id,
+        person_id=person_id,
+        first_name=state.first_name,
+        last_name=state.last_name,
+        attributes=state.attributes,
+        profile_at_ms=state.profile_at_ms,
+        sent_digest=digest,
+        opted_out=state.opted_out,
+        opt_out_at_ms=state.opt_out_at_ms,
+        unsubscribed_sent=state.opted_out,
+        first_seen=state.first_seen,
+        last_device_type=state.last_device_type,
+        last_seen_ms=state.last_seen_ms,
+        audiences=state.audiences,
+    )
+
+
+def _identify_attributes(
+    state: UserState,
+    batch: Batch,
+    settings: Settings,
+    unsubscribed: bool | None,
+    limits: dict[str, int],
+) -> dict[str, AttributeValue]:
+    """Rules 3, 4, 5, 9, 10: the attributes of the identify, limits applied, email first."""
+    attributes: dict[str, AttributeValue] = {"email": state.email}
+    for name, known in (("first_name", state.first_name), ("last_name", state.last_name)):
+        if known is not None:
+            attributes[name] = _fit_value(known, limits)[1]
+    if settings.send_created_at and state.created_at_ms is not None:
+        attributes["created_at"] = state.created_at_ms // 1000
+    if unsubscribed is not None:
+        attributes["unsubscribed"] = unsubscribed
+    if settings.include_user_attributes:
+        # Custom names first, then reserved ($) ones, so "$City" wins over a custom "city".
+        user_attributes = state.attributes
+        for canonical in sorted(user_attributes, key=_reserved_last):
+            name = output_attribute_name(canonical)
+            if _usable_name(name, limits):
+                keep, value = _fit_value(user_attributes[canonical], limits)
+                if keep:
+                    attributes[name] = value
+    for canonical in batch.deleted_user_attributes:
+        name = output_attribute_name(canonical)
+        if canonical in (FIRST_NAME_KEY, LAST_NAME_KEY) or (
+            settings.include_user_attributes and _usable_name(name, limits)
+        ):
+            attributes[name] = ""
+    return attributes
+
+
+def _reserved_last(canonical: str) -> bool:
+    return canonical[:1] == "$"
+
+
+def _usable_name(name: str, limits: dict[str, int]) -> bool:
+    if name in RESERVED_OUTPUT_NAMES:
+        limits[LIMIT_ATTRIBUTE_RESERVED] = limits.get(LIMIT_ATTRIBUTE_RESERVED, 0) + 1
+        return False
+    if not name or (
+        len(name) * 4 > MAX_ATTRIBUTE_NAME_BYTES
+        and len(name.encode("utf-8")) > MAX_ATTRIBUTE_NAME_BYTES
+    ):
+        limits[LIMIT_ATTRIBUTE_NAME] = limits.get(LIMIT_ATTRIBUTE_NAME, 0) + 1
+        return False
+    return True
+
+
+def _fit_value(value: AttributeValue, limits: dict[str, int]) -> tuple[bool, AttributeValue]:
+    """``(keep, value)`` within 1000 bytes: strings are cut at a UTF-8 boundary, long lists
+    are not kept."""
+    if type(value) is str:
+        if len(value) * 4 <= MAX_ATTRIBUTE_VALUE_BYTES:
+            return True, value
+        encoded = value.encode("utf-8")
+        if len(encoded) <= MAX_ATTRIBUTE_VALUE_BYTES:
+            return True, value
+        limits[LIMIT_ATTRIBUTE_VALUE_CUT] = limits.get(LIMIT_ATTRIBUTE_VALUE_CUT, 0) + 1
+        return True, _cut_utf8(encoded, MAX_ATTRIBUTE_VALUE_BYTES)
+    if type(value) is list and len(orjson.dumps(value)) > MAX_ATTRIBUTE_VALUE_BYTES:
+        limits[LIMIT_ATTRIBUTE_VALUE_DROPPED] = limits.get(LIMIT_ATTRIBUTE_VALUE_DROPPED, 0) + 1
+        return False, None
+    return True, value
+
+
+def _identifies(
+    person_id: str,
+    identifiers: dict[str, str],
+    attributes: dict[str, AttributeValue],
+    limits: dict[str, int],
+) -> list[Operation]:
+    """One identify, or several when over 300 attributes or 32,000 bytes; email in each."""
+    item = _identify_item(identifiers, attributes)
+    payload = orjson.dumps(item)
+    if len(attributes) <= MAX_ATTRIBUTES_PER_IDENTIFY and len(payload) <= MAX_ITEM_BYTES:
+        return [Operation("identify", person_id, item, payload)]
+
+    email = attributes["email"]
+    base_bytes = len(orjson.dumps(_identify_item(identifiers, {"email": email})))
+    operations: list[Operation] = []
+    chunk: dict[str, AttributeValue] = {"email": email}
+    chunk_bytes = base_bytes
+    for name, value in attributes.items():
+        if name == "email":
+            continue
+        size = len(orjson.dumps({name: value})) - 1  # '{' '}' out, ',' in
+        if len(chunk) == MAX_ATTRIBUTES_PER_IDENTIFY or chunk_bytes + size > MAX_ITEM_BYTES:
+            operations.append(_identify_operation(person_id, identifiers, chunk))
+            chunk = {"email": email}
+            chunk_bytes = base_bytes
+        chunk[name] = value
+        chunk_bytes += size
+    operations.append(_identify_operation(person_id, identifiers, chunk))
+    limits[LIMIT_IDENTIFY_SPLIT] = limits.get(LIMIT_IDENTIFY_SPLIT, 0) + len(operations) - 1
+    return operations
+
+
+def _identify_item(
+    identifiers: dict[str, str], attributes: dict[str, AttributeValue]
+) -> dict[str, Any]:
+    return {
+        "type": "person",
+        "identifiers": identifiers,
+        "action": "identify",
+        "attributes": attributes,
+    }
+
+
+def _identify_operation(
+    person_id: str, identifiers: dict[str, str], attributes: dict[str, AttributeValue]
+) -> Operation:
+    item = _identify_item(identifiers, attributes)
+    return Operation("identify", person_id, item, orjson.dumps(item))
+
+
+def _event_operation(
+    event: Event,
+    batch: Batch,
+    person_id: str,
+    identifiers: dict[str, str],
+    limits: dict[str, int],
+) -> Operation:
+    """Rules 6 and 7: a Customer.io event or screen item for ``event``."""
+    action = _ACTIONS[event.kind]
+    name = event_name(event.name)
+    if len(name) * 4 > MAX_EVENT_NAME_BYTES:
+        encoded = name.encode("utf-8")
+        if len(encoded) > MAX_EVENT_NAME_BYTES:
+            name = _cut_utf8(encoded, MAX_EVENT_NAME_BYTES)
+            limits[LIMIT_EVENT_NAME_CUT] = limits.get(LIMIT_EVENT_NAME_CUT, 0) + 1
+    item: dict[str, Any] = {
+        "type": "person",
+        "identifiers": identifiers,
+        "action": action,
+        "name": name,
+        "id": event_ulid(event.timestamp_ms, event_identity(event, batch)),
+    }
+    if event.timestamp_ms is not None:
+        item["timestamp"] = event.timestamp_ms // 1000
+    if event.custom_attributes:
+        item["attributes"] = event.custom_attributes
+    payload = orjson.dumps(item)
+    if len(payload) > MAX_ITEM_BYTES:
+        del item["attributes"]
+        payload = orjson.dumps(item)
+        limits[LIMIT_EVENT_DATA_DROPPED] = limits.get(LIMIT_EVENT_DATA_DROPPED, 0) + 1
+    return Operation(action, person_id, item, payload)
+
+
+def _cut_utf8(encoded: bytes, limit: int) -> str:
+    """The longest prefix of ``encoded`` within ``limit`` bytes that ends on a character."""
+    return encoded[:limit].decode("utf-8", "ignore")

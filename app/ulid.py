@@ -1,0 +1,63 @@
+"""Deterministic ULIDs for Customer.io event ids (SPEC §3 rule 7).
+
+A ULID is 128 bits: a 48-bit big-endian unix time in milliseconds, then 80 bits of
+"randomness", written as 26 characters of Crockford base32 (the top two of the 130 encoded
+bits are always zero, so the first character is ``0`` to ``7``). Customer.io silently drops an
+event whose id it has already seen, so the id must be the same every time the same mParticle
+event is processed: the randomness is a BLAKE2b hash of what identifies the event, never a
+random number and never the person id.
+
+Failure semantics: :func:`ulid` raises ``ValueError`` for a time outside ``0 .. 2**48 - 1`` or
+randomness that is not exactly 10 bytes (callers pass validated values, so that is a bug).
+"""
+
+from __future__ import annotations
+
+from hashlib import blake2b
+
+MAX_TIME_MS = (1 << 48) - 1
+RANDOMNESS_BYTES = 10
+CROCKFORD_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+# Every pair of Crockford digits, indexed by the 10 bits it encodes: 13 lookups encode 130 bits,
+# about three times faster than base64.b32encode (pure Python in 3.11) plus a translation.
+_DIGIT_PAIRS = tuple(
+    first + second for first in CROCKFORD_ALPHABET for second in CROCKFORD_ALPHABET
+)
+
+
+def ulid(time_ms: int, randomness: bytes) -> str:
+    """The ULID made of ``time_ms`` (48 bits) and ``randomness`` (10 bytes)."""
+    if not 0 <= time_ms <= MAX_TIME_MS:
+        raise ValueError(f"ULID time {time_ms} is outside 0..2**48-1")
+    if len(randomness) != RANDOMNESS_BYTES:
+        raise ValueError(f"ULID randomness must be {RANDOMNESS_BYTES} bytes")
+    value = (time_ms << 80) | int.from_bytes(randomness, "big")
+    pairs = _DIGIT_PAIRS
+    return "".join(
+        (
+            pairs[value >> 120],
+            pairs[(value >> 110) & 1023],
+            pairs[(value >> 100) & 1023],
+            pairs[(value >> 90) & 1023],
+            pairs[(value >> 80) & 1023],
+            pairs[(value >> 70) & 1023],
+            pairs[(value >> 60) & 1023],
+            pairs[(value >> 50) & 1023],
+            pairs[(value >> 40) & 1023],
+            pairs[(value >> 30) & 1023],
+            pairs[(value >> 20) & 1023],
+            pairs[(value >> 10) & 1023],
+            pairs[value & 1023],
+        )
+    )
+
+
+def event_ulid(time_ms: int | None, identity: bytes) -> str:
+    """A deterministic ULID for an event: time part ``time_ms``, randomness BLAKE2b(identity).
+
+    ``identity`` is the byte string that names the event uniquely (the transform builds it from
+    ``source_message_id``, else mpid + ``event_id``, else mpid + batch + position). An event
+    without any usable time gets time part 0, which is still deterministic.
+    """
+    return ulid(time_ms or 0, blake2b(identity, digest_size=RANDOMNESS_BYTES).digest())

@@ -1,0 +1,698 @@
+"""Mapping tests: one or more tests per numbered rule of SPEC §3, the Customer.io limits, and
+validation of every produced item against Customer.io's OpenAPI /api/v2/batch schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from app.mparticle import Batch, parse_batch, parse_record
+from app.settings import Settings
+from app.state import UserState
+from app.transform import (
+    LIMIT_ATTRIBUTE_NAME,
+    LIMIT_ATTRIBUTE_RESERVED,
+    LIMIT_ATTRIBUTE_VALUE_CUT,
+    LIMIT_ATTRIBUTE_VALUE_DROPPED,
+    LIMIT_EVENT_DATA_DROPPED,
+    LIMIT_EVENT_NAME_CUT,
+    LIMIT_IDENTIFY_SPLIT,
+    LIMIT_PERSON_ID,
+    MAX_ITEM_BYTES,
+    Operation,
+    Transformed,
+    event_name,
+    transform,
+)
+
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+T0 = 1_700_000_000_000
+EMAIL = "ann@example.com"
+CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings(forwarding_enabled=False, **overrides)
+
+
+DEFAULT = settings()
+
+
+def custom(name: str = "Add To Cart", at: int | None = T0 - 1000, **data: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"event_name": name, "custom_event_type": "other", **data}
+    if at is not None:
+        body["timestamp_unixtime_ms"] = at
+    return {"event_type": "custom_event", "data": body}
+
+
+def screen(name: str = "Home", at: int = T0 - 500, **data: Any) -> dict[str, Any]:
+    return {
+        "event_type": "screen_view",
+        "data": {"screen_name": name, "timestamp_unixtime_ms": at, **data},
+    }
+
+
+def install(at: int) -> dict[str, Any]:
+    return {"event_type": "first_run", "data": {"timestamp_unixtime_ms": at}}
+
+
+def opt_out(value: bool, at: int = T0 - 700) -> dict[str, Any]:
+    return {"event_type": "opt_out", "data": {"is_opted_out": value, "timestamp_unixtime_ms": at}}
+
+
+def make_batch(
+    *,
+    email: str | None = EMAIL,
+    customer_id: str | None = None,
+    at: int = T0,
+    events: list[Any] | None = None,
+    **fields: Any,
+) -> Batch:
+    identities = {"email": email, "customer_id": customer_id}
+    raw: dict[str, Any] = {
+        "mpid": 99,
+        "environment": "production",
+        "timestamp_unixtime_ms": at,
+        "batch_id": 5,
+        "user_identities": {key: value for key, value in identities.items() if value},
+        "application_info": {"os": "IOS"},
+        "events": [] if events is None else events,
+    }
+    raw.update(fields)
+    return parse_batch(raw)
+
+
+def run(
+    batches: list[Batch], config: Settings = DEFAULT, state: UserState | None = None
+) -> list[Transformed]:
+    results = []
+    for batch in batches:
+        result = transform(batch, state, config)
+        state = result.state
+        results.append(result)
+    return results
+
+
+def items(result: Transformed) -> list[dict[str, Any]]:
+    return [operation.item for operation in result.operations]
+
+
+def identifies(result: Transformed) -> list[dict[str, Any]]:
+    return [item for item in items(result) if item["action"] == "identify"]
+
+
+def attributes(result: Transformed) -> dict[str, Any]:
+    (identify,) = identifies(result)
+    return identify["attributes"]  # type: ignore[no-any-return]
+
+
+# --- rule 1 ----------------------------------------------------------------------------------
+
+
+def test_rule_01_users_without_email_are_skipped() -> None:
+    (result,) = run([make_batch(email=None, customer_id="c1", events=[custom(), screen()])])
+    assert result.operations == []
+    assert result.outcome == "skipped_no_email"
+    assert result.events == {"skipped_no_email": 2}
+    assert result.state is not None
+    assert result.state.customer_id == "c1"  # remembered for when an email arrives
+    assert result.state_changed
+
+
+def test_rule_01_email_remembered_from_earlier_batch_is_enough() -> None:
+    _, second = run([make_batch(), make_batch(email=None, at=T0 + 1, events=[custom()])])
+    assert second.outcome == "forwarded"
+    assert [item["identifiers"] for item in items(second)] == [{"email": EMAIL}]
+
+
+# --- rule 2 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("customer_id", "identifiers"),
+    [
+        pytest.param("c-1", {"id": "c-1"}, id="customer-id-when-known"),
+        pytest.param(None, {"email": EMAIL}, id="email-otherwise"),
+    ],
+)
+def test_rule_02_person_id_is_customer_id_else_email(
+    customer_id: str | None, identifiers: dict[str, str]
+) -> None:
+    (result,) = run([make_batch(customer_id=customer_id, events=[custom()])])
+    assert [item["identifiers"] for item in items(result)] == [identifiers, identifiers]
+    assert all(operation.person_id == next(iter(identifiers.values()))
+               for operation in result.operations)  # fmt: skip
+
+
+# --- rules 3 and 4 ---------------------------------------------------------------------------
+
+USER_ATTRIBUTES = {
+    "$FirstName": "Ann",
+    "$LastName": "Lee",
+    "$City": "Porto",
+    "$Zipcode": "4000",
+    "$MobileNumber": "+351",
+    "plan": "pro",
+    "Score": 7,
+}
+
+
+@pytest.mark.parametrize(
+    ("include", "expected"),
+    [
+        pytest.param(
+            False, {"email": EMAIL, "first_name": "Ann", "last_name": "Lee"}, id="names-only"
+        ),
+        pytest.param(
+            True,
+            {"email": EMAIL, "first_name": "Ann", "last_name": "Lee", "plan": "pro", "Score": 7,
+             "city": "Porto", "zip": "4000", "mobile": "+351"},
+            id="all-attributes",
+        ),
+    ],
+)  # fmt: skip
+def test_rule_03_and_04_attributes_sent(include: bool, expected: dict[str, Any]) -> None:
+    (result,) = run(
+        [make_batch(user_attributes=USER_ATTRIBUTES)], settings(include_user_attributes=include)
+    )
+    assert attributes(result) == expected
+
+
+def test_rule_03_email_and_names_always_sent_even_without_other_attributes() -> None:
+    (result,) = run([make_batch(user_attributes={"$firstname": "Ann"})])
+    assert attributes(result) == {"email": EMAIL, "first_name": "Ann"}
+
+
+def test_rule_04_reserved_key_wins_over_custom_key_with_the_same_output_name() -> None:
+    (result,) = run([make_batch(user_attributes={"$City": "Porto", "city": "custom"})])
+    assert attributes(result)["city"] == "Porto"
+
+
+def test_rule_04_user_attribute_cannot_override_forwarder_attributes() -> None:
+    (result,) = run([make_batch(user_attributes={"email": "x@evil.io", "unsubscribed": False})])
+    assert attributes(result) == {"email": EMAIL}
+    assert result.limits[LIMIT_ATTRIBUTE_RESERVED] == 2
+
+
+def test_rule_04_changing_include_setting_sends_identify() -> None:
+    batch = make_batch(user_attributes={"plan": "pro"})
+    (first,) = run([batch], settings(include_user_attributes=False))
+    (second,) = run([batch], DEFAULT, state=first.state)
+    assert attributes(second)["plan"] == "pro"
+
+
+# --- rule 5 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("include", "expected"),
+    [
+        pytest.param(True, {"email": EMAIL, "first_name": "", "plan": "", "zip": ""},
+                     id="include-all"),
+        pytest.param(False, {"email": EMAIL, "first_name": ""}, id="names-only"),
+    ],
+)  # fmt: skip
+def test_rule_05_deleted_attributes_are_sent_as_empty_string(
+    include: bool, expected: dict[str, Any]
+) -> None:
+    config = settings(include_user_attributes=include)
+    _, second = run(
+        [
+            make_batch(user_attributes={"$FirstName": "Ann", "plan": "pro", "$Zip": "1"}),
+            make_batch(at=T0 + 1, deleted_user_attributes=["$firstname", "plan", "$Zipcode"]),
+        ],
+        config,
+    )
+    assert attributes(second) == expected
+    assert second.state is not None
+    assert second.state.attributes == {}
+
+
+# --- rule 6 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param("  Add To Cart ", "Add_To_Cart", id="trim-and-underscore"),
+        pytest.param("Checkout", "Checkout", id="unchanged"),
+        pytest.param("a  b", "a__b", id="each-space"),
+        pytest.param("\tTabbed name\n", "Tabbed_name", id="trim-all-whitespace"),
+    ],
+)
+def test_rule_06_event_name_trimmed_and_spaces_replaced(raw: str, expected: str) -> None:
+    assert event_name(raw) == expected
+
+
+def test_rule_06_custom_event_and_screen_view_mapping() -> None:
+    (result,) = run(
+        [
+            make_batch(
+                events=[
+                    custom("  Add To Cart ", at=T0 - 1999, custom_attributes={"sku": "A1"}),
+                    screen("Home Screen", at=T0 - 500),
+                    custom("No Time", at=None),
+                ]
+            )
+        ]
+    )
+    identify, event, screen_item, untimed = items(result)
+    assert identify["action"] == "identify"
+    assert (event["action"], event["name"], event["timestamp"], event["attributes"]) == (
+        "event", "Add_To_Cart", (T0 - 1999) // 1000, {"sku": "A1"}
+    )  # fmt: skip
+    assert (screen_item["action"], screen_item["name"]) == ("screen", "Home_Screen")
+    assert "attributes" not in screen_item
+    assert untimed["timestamp"] == T0 // 1000  # fallback: the batch timestamp
+    assert all(type(item["timestamp"]) is int for item in (event, screen_item, untimed))
+    assert result.events == {"forwarded": 3}
+
+
+def test_rule_06_other_event_types_are_not_forwarded() -> None:
+    (result,) = run(
+        [make_batch(events=[{"event_type": "commerce_event", "data": {}},
+                            {"event_type": "first_run", "data": {}}])]
+    )  # fmt: skip
+    assert [item["action"] for item in items(result)] == ["identify"]
+
+
+# --- rule 7 ----------------------------------------------------------------------------------
+
+
+def test_rule_07_event_ids_are_deterministic_ulids() -> None:
+    batch = make_batch(
+        customer_id="c1",
+        events=[
+            custom("a", source_message_id="smid-1"),
+            custom("b", event_id=123),
+            custom("c"),
+            custom("d"),
+        ],
+    )
+    first = [item["id"] for item in items(transform(batch, None, DEFAULT))[1:]]
+    again = [item["id"] for item in items(transform(batch, None, DEFAULT))[1:]]
+    assert first == again
+    assert len(set(first)) == 4
+    for ulid_text in first:
+        assert len(ulid_text) == 26
+        assert set(ulid_text) <= CROCKFORD
+        assert ulid_text != "c1"
+
+
+@pytest.mark.parametrize(
+    ("event_a", "event_b", "same_id"),
+    [
+        pytest.param(custom("x", source_message_id="m1"), custom("y", source_message_id="m1"),
+                     True, id="same-source-message-id"),
+        pytest.param(custom("x", source_message_id="m1"), custom("x", source_message_id="m2"),
+                     False, id="other-source-message-id"),
+        pytest.param(custom("x", event_id=1), custom("y", event_id=1), True, id="same-event-id"),
+        pytest.param(custom("x", event_id=1), custom("x", event_id=2), False,
+                     id="other-event-id"),
+        pytest.param(custom("x", at=T0 - 1, source_message_id="m1"),
+                     custom("x", at=T0 - 2000, source_message_id="m1"), False,
+                     id="time-part-differs"),
+    ],
+)  # fmt: skip
+def test_rule_07_event_id_derivation(
+    event_a: dict[str, Any], event_b: dict[str, Any], same_id: bool
+) -> None:
+    id_a = items(transform(make_batch(events=[event_a]), None, DEFAULT))[1]["id"]
+    id_b = items(transform(make_batch(events=[event_b]), None, DEFAULT))[1]["id"]
+    assert (id_a == id_b) is same_id
+
+
+def test_rule_07_position_fallback_depends_on_batch() -> None:
+    id_a = items(transform(make_batch(events=[custom()]), None, DEFAULT))[1]["id"]
+    id_b = items(transform(make_batch(events=[custom()], batch_id=6), None, DEFAULT))[1]["id"]
+    assert id_a != id_b
+
+
+def test_rule_07_event_id_time_part_is_event_time() -> None:
+    event_id = items(transform(make_batch(events=[custom(at=T0 - 1)]), None, DEFAULT))[1]["id"]
+    value = 0
+    for char in event_id:
+        value = value * 32 + "0123456789ABCDEFGHJKMNPQRSTVWXYZ".index(char)
+    assert value >> 80 == T0 - 1
+
+
+# --- rule 8 ----------------------------------------------------------------------------------
+
+
+def test_rule_08_identify_only_on_change() -> None:
+    results = run(
+        [
+            make_batch(user_attributes={"plan": "pro"}, events=[custom()]),
+            make_batch(at=T0 + 1, user_attributes={"plan": "pro"}, events=[custom()]),
+            make_batch(at=T0 + 2, user_attributes={"plan": "max"}),
+            make_batch(at=T0 + 3),
+        ]
+    )
+    assert [len(identifies(result)) for result in results] == [1, 0, 1, 0]
+    assert attributes(results[2]) == {"email": EMAIL, "plan": "max"}
+
+
+def test_rule_08_identify_precedes_events() -> None:
+    (result,) = run([make_batch(events=[custom(), screen()])])
+    assert [item["action"] for item in items(result)] == ["identify", "event", "screen"]
+
+
+def test_rule_08_same_batch_twice_sends_no_second_identify_and_same_event_ids() -> None:
+    batch = make_batch(user_attributes={"plan": "pro"}, events=[custom(), screen()])
+    first, second = run([batch, batch])
+    assert [item["action"] for item in items(second)] == ["event", "screen"]
+    assert [item["id"] for item in items(second)] == [item["id"] for item in items(first)[1:]]
+    assert second.state == first.state
+    assert not second.state_changed
+
+
+# --- rule 9 ----------------------------------------------------------------------------------
+
+
+def test_rule_09_opt_out_sends_unsubscribed_and_suppresses_events() -> None:
+    (result,) = run([make_batch(events=[custom("before"), opt_out(True), custom("after")])])
+    assert [(item["action"], item.get("name")) for item in items(result)] == [
+        ("identify", None),
+        ("event", "before"),
+    ]
+    assert attributes(result)["unsubscribed"] is True
+    assert result.events == {"forwarded": 1, "opted_out": 1}
+
+
+def test_rule_09_events_stay_suppressed_while_opted_out() -> None:
+    _, second = run([make_batch(events=[opt_out(True)]), make_batch(at=T0 + 1, events=[custom()])])
+    assert second.operations == []
+    assert second.events == {"opted_out": 1}
+
+
+def test_rule_09_opted_out_profile_is_kept_and_updated() -> None:
+    _, second = run(
+        [make_batch(events=[opt_out(True)]), make_batch(at=T0 + 1, user_attributes={"a": 1})]
+    )
+    assert [item["action"] for item in items(second)] == ["identify"]
+    assert all(item["action"] != "delete" for item in items(second))
+
+
+@pytest.mark.parametrize(
+    ("resubscribe", "expected_unsubscribed"),
+    [
+        pytest.param(False, None, id="default-does-not-resubscribe"),
+        pytest.param(True, False, id="resubscribe-on-opt-in"),
+    ],
+)
+def test_rule_09_opt_in_resumes_forwarding(
+    resubscribe: bool, expected_unsubscribed: bool | None
+) -> None:
+    config = settings(resubscribe_on_opt_in=resubscribe)
+    _, second = run(
+        [
+            make_batch(events=[opt_out(True, at=T0 - 700)]),
+            make_batch(at=T0 + 1, events=[opt_out(False, at=T0 + 1), custom(at=T0 + 1)]),
+        ],
+        config,
+    )
+    assert [item["action"] for item in items(second)][-1] == "event"
+    sent = [item["attributes"].get("unsubscribed") for item in identifies(second)]
+    assert sent == ([] if expected_unsubscribed is None else [expected_unsubscribed])
+
+
+def test_rule_09_opt_out_before_email_is_sent_with_first_identify() -> None:
+    _, second = run(
+        [make_batch(email=None, events=[opt_out(True)]), make_batch(at=T0 + 1, events=[custom()])]
+    )
+    assert attributes(second)["unsubscribed"] is True
+    assert second.events == {"opted_out": 1}
+
+
+def test_rule_09_opt_out_again_after_opt_in_without_resubscribe() -> None:
+    results = run(
+        [
+            make_batch(events=[opt_out(True, at=T0)]),
+            make_batch(at=T0 + 1, events=[opt_out(False, at=T0 + 1)]),
+            make_batch(at=T0 + 2, events=[opt_out(True, at=T0 + 2)]),
+        ]
+    )
+    assert [[i["attributes"].get("unsubscribed") for i in identifies(r)] for r in results] == [
+        [True],
+        [],
+        [True],
+    ]
+
+
+def test_rule_09_opt_out_not_repeated_on_redelivery() -> None:
+    batch = make_batch(events=[opt_out(True)])
+    _, second = run([batch, batch])
+    assert second.operations == []
+
+
+# --- rule 10 ---------------------------------------------------------------------------------
+
+
+def test_rule_10_created_at_is_first_seen_of_most_recent_device_type() -> None:
+    config = settings(send_created_at=True)
+    ios_first = make_batch(events=[custom(at=T0 - 5000)])
+    android_later = make_batch(
+        at=T0 + 10_000, application_info={"os": "Android"}, events=[custom(at=T0 + 9000)]
+    )
+    ios_again = make_batch(at=T0 + 20_000, events=[custom(at=T0 + 19_000)])
+    first, second, third = run([ios_first, android_later, ios_again], config)
+    assert attributes(first)["created_at"] == (T0 - 5000) // 1000
+    assert attributes(second)["created_at"] == (T0 + 9000) // 1000
+    assert attributes(third)["created_at"] == (T0 - 5000) // 1000
+
+
+def test_rule_10_install_signal_wins() -> None:
+    config = settings(send_created_at=True)
+    (result,) = run(
+        [make_batch(events=[custom(at=T0 - 9000), install(at=T0 - 10)])],
+        config,
+    )  # fmt: skip
+    assert attributes(result)["created_at"] == (T0 - 10) // 1000
+
+
+def test_rule_10_created_at_not_sent_by_default() -> None:
+    (result,) = run([make_batch(events=[custom()])])
+    assert "created_at" not in attributes(result)
+
+
+# --- rule 11 ---------------------------------------------------------------------------------
+
+
+def test_rule_11_identity_change_identifies_new_id_with_email() -> None:
+    first, second, third = run(
+        [
+            make_batch(events=[custom()]),
+            make_batch(at=T0 + 1, customer_id="c-9", events=[custom()]),
+            make_batch(at=T0 + 2, customer_id="c-9", events=[custom()]),
+        ]
+    )
+    assert identifies(first)[0]["identifiers"] == {"email": EMAIL}
+    (identify,) = identifies(second)
+    assert identify["identifiers"] == {"id": "c-9"}
+    assert identify["attributes"]["email"] == EMAIL
+    assert items(second)[1]["identifiers"] == {"id": "c-9"}
+    assert second.state is not None
+    assert second.state.person_id == "c-9"
+    assert identifies(third) == []
+
+
+# --- rule 12 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environments", "environment", "forwarded"),
+    [
+        pytest.param("production,development", "development", True, id="both-default"),
+        pytest.param("production", "development", False, id="development-filtered"),
+        pytest.param("production", "production", True, id="production-kept"),
+        pytest.param("development", "staging", False, id="unknown-environment-filtered"),
+    ],
+)
+def test_rule_12_environment_filter(environments: str, environment: str, forwarded: bool) -> None:
+    config = settings(environments=environments)
+    previous = UserState(email="old@example.com")
+    result = transform(make_batch(environment=environment, events=[custom()]), previous, config)
+    assert bool(result.operations) is forwarded
+    if not forwarded:
+        assert result.outcome == "environment_filtered"
+        assert result.events == {"environment_filtered": 1}
+        assert result.state is previous
+        assert not result.state_changed
+
+
+# --- Customer.io limits ----------------------------------------------------------------------
+
+
+def test_limit_person_id_over_150_bytes_drops_batch() -> None:
+    (result,) = run([make_batch(customer_id="é" * 76, events=[custom()])])
+    assert result.operations == []
+    assert result.outcome == "person_id_invalid"
+    assert result.limits == {LIMIT_PERSON_ID: 1}
+    assert result.events == {"person_id_invalid": 1}
+
+
+def test_limit_person_id_of_150_bytes_is_accepted() -> None:
+    (result,) = run([make_batch(customer_id="é" * 75)])
+    assert result.outcome == "forwarded"
+
+
+@pytest.mark.parametrize(
+    ("name", "kept"),
+    [
+        pytest.param("n" * 150, True, id="150-bytes"),
+        pytest.param("n" * 151, False, id="151-bytes"),
+        pytest.param("é" * 76, False, id="152-utf8-bytes"),
+        pytest.param("", False, id="empty"),
+    ],
+)
+def test_limit_attribute_name(name: str, kept: bool) -> None:
+    (result,) = run([make_batch(user_attributes={name: 1})])
+    assert (name in attributes(result)) is kept
+    assert result.limits.get(LIMIT_ATTRIBUTE_NAME, 0) == (0 if kept else 1)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected", "counter"),
+    [
+        pytest.param("x" * 1000, "x" * 1000, None, id="1000-bytes-kept"),
+        pytest.param("x" * 1001, "x" * 1000, LIMIT_ATTRIBUTE_VALUE_CUT, id="cut-to-1000"),
+        pytest.param("€" * 400, "€" * 333, LIMIT_ATTRIBUTE_VALUE_CUT, id="cut-at-utf8-boundary"),
+        pytest.param(["y" * 600, "z" * 600], None, LIMIT_ATTRIBUTE_VALUE_DROPPED,
+                     id="long-list-dropped"),
+    ],
+)  # fmt: skip
+def test_limit_attribute_value(value: Any, expected: Any, counter: str | None) -> None:
+    (result,) = run([make_batch(user_attributes={"v": value})])
+    assert attributes(result).get("v") == expected
+    assert result.limits == ({counter: 1} if counter else {})
+
+
+def test_limit_300_attributes_per_identify_splits() -> None:
+    many = {f"attr_{index:03d}": index for index in range(650)}
+    (result,) = run([make_batch(user_attributes=many)])
+    sent = identifies(result)
+    assert len(sent) == 3
+    assert all(len(item["attributes"]) <= 300 for item in sent)
+    assert all(item["attributes"]["email"] == EMAIL for item in sent)
+    merged = {key: value for item in sent for key, value in item["attributes"].items()}
+    assert merged == {"email": EMAIL, **many}
+    assert result.limits[LIMIT_IDENTIFY_SPLIT] == 2
+
+
+def test_limit_item_bytes_splits_identify() -> None:
+    big = {f"attr_{index:02d}": "v" * 1000 for index in range(80)}
+    (result,) = run([make_batch(user_attributes=big)])
+    sent = result.operations
+    assert len(sent) >= 3
+    assert all(len(operation.payload) <= MAX_ITEM_BYTES for operation in sent)
+    merged = {key: value for op in sent for key, value in op.item["attributes"].items()}
+    assert merged == {"email": EMAIL, **big}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected", "cut"),
+    [
+        pytest.param("n" * 100, "n" * 100, False, id="100-bytes"),
+        pytest.param("n" * 101, "n" * 100, True, id="101-bytes"),
+        pytest.param("ü" * 60, "ü" * 50, True, id="utf8-boundary"),
+    ],
+)
+def test_limit_event_name_100_bytes(raw: str, expected: str, cut: bool) -> None:
+    (result,) = run([make_batch(events=[custom(raw)])])
+    assert items(result)[-1]["name"] == expected
+    assert result.limits.get(LIMIT_EVENT_NAME_CUT, 0) == int(cut)
+
+
+def test_limit_event_data_too_large_is_dropped_event_kept() -> None:
+    data = {f"k{index}": "v" * 900 for index in range(40)}
+    (result,) = run([make_batch(events=[custom(custom_attributes=data)])])
+    event = items(result)[-1]
+    assert event["action"] == "event"
+    assert "attributes" not in event
+    assert result.limits == {LIMIT_EVENT_DATA_DROPPED: 1}
+
+
+def test_payload_is_the_json_of_the_item() -> None:
+    (result,) = run([make_batch(user_attributes={"a": 1}, events=[custom(), screen()])])
+    for operation in result.operations:
+        assert orjson.loads(operation.payload) == operation.item
+        assert operation.action == operation.item["action"]
+
+
+# --- OpenAPI validation ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batch_validator() -> Any:
+    spec_path = REFERENCE / "customerio-track-api-openapi.json"
+    if not spec_path.exists():
+        pytest.skip(f"Customer.io OpenAPI spec not found at {spec_path}")
+    document = json.loads(spec_path.read_text(encoding="utf-8"))
+    uri = "urn:customerio-track-api"
+    registry: Registry[Any] = Registry().with_resource(
+        uri, Resource.from_contents(document, default_specification=DRAFT202012)
+    )
+
+    def validator(pointer: str) -> Draft202012Validator:
+        return Draft202012Validator({"$ref": f"{uri}#{pointer}"}, registry=registry)
+
+    return {
+        "batch": validator(
+            "/paths/~1api~1v2~1batch/post/requestBody/content/application~1json/schema"
+        ),
+        "identify": validator("/components/schemas/identify_person"),
+        "event": validator("/components/schemas/person_event"),
+        "screen": validator("/components/schemas/person_screen"),
+    }
+
+
+def every_kind_of_operation() -> list[Operation]:
+    config = settings(send_created_at=True, resubscribe_on_opt_in=True)
+    batches = [
+        make_batch(
+            user_attributes={**USER_ATTRIBUTES, "tags": ["a", "b"], "n": None, "f": 1.5},
+            events=[custom("  Add To Cart ", custom_attributes={"sku": "A1", "price": 3.5}),
+                    screen("Home")],
+        ),
+        make_batch(at=T0 + 1, customer_id="c-1", deleted_user_attributes=["plan"],
+                   events=[opt_out(True, at=T0 + 1)]),
+        make_batch(at=T0 + 2, customer_id="c-1", events=[opt_out(False, at=T0 + 2), custom()]),
+        make_batch(at=T0 + 3, user_attributes={f"a{index}": index for index in range(400)}),
+    ]  # fmt: skip
+    operations = [op for result in run(batches, config) for op in result.operations]
+    sample = REFERENCE / "mparticle-eventsapi-sample.json"
+    if sample.exists():
+        for batch in parse_record(sample.read_bytes()):
+            batch.email = EMAIL
+            operations.extend(transform(batch, None, config).operations)
+    return operations
+
+
+def test_every_item_validates_against_customerio_openapi_batch_schema(
+    batch_validator: dict[str, Any],
+) -> None:
+    operations = every_kind_of_operation()
+    assert {op.action for op in operations} == {"identify", "event", "screen"}
+    batch_errors = list(
+        batch_validator["batch"].iter_errors({"batch": [op.item for op in operations]})
+    )
+    assert batch_errors == []
+    for operation in operations:
+        errors = list(batch_validator[operation.action].iter_errors(operation.item))
+        assert errors == [], (operation.item, [error.message for error in errors])
+        assert len(operation.item["identifiers"]) == 1
+        if operation.action != "identify":
+            assert len(operation.item["id"]) == 26
+            assert set(operation.item["id"]) <= CROCKFORD
+
+
+def test_openapi_validator_catches_a_broken_item(batch_validator: dict[str, Any]) -> None:
+    broken = {"type": "person", "identifiers": {"id": 5}, "action": "event", "name": "x"}
+    assert list(batch_validator["event"].iter_errors(broken)) != []
