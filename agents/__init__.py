@@ -13,4 +13,6 @@ if TYPE_CHECKING:
 
 def attach_agents(app: faust.App, settings: Settings, topics: Topics) -> None:
     """Register every agent, table and service of the forwarder on ``app``."""
-    del app, settings, topics  # the ingest and sink agents attach here (issues 3 and 4)
+    from agents.ingest import attach_ingest  # noqa: PLC0415 - keeps `agents` import light
+
+    attach_ingest(app, settings, topics)

@@ -58,6 +58,24 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--kafka-port", type=int, default=None, help="default: a free port")
     demo.set_defaults(handler=_cmd_demo)
 
+    dry = commands.add_parser(
+        "dry-run", help="print the Customer.io items a JSON Lines file of batches would send"
+    )
+    dry.add_argument("file", type=Path, help="JSON Lines, one mParticle batch per line; - = stdin")
+    dry.add_argument(
+        "--include-user-attributes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override MPCIO_INCLUDE_USER_ATTRIBUTES",
+    )
+    dry.add_argument(
+        "--send-created-at",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override MPCIO_SEND_CREATED_AT",
+    )
+    dry.set_defaults(handler=_cmd_dry_run)
+
     check = commands.add_parser("check-config", help="validate the settings and print them")
     check.set_defaults(handler=_cmd_check_config)
     return parser
@@ -68,6 +86,31 @@ def _cmd_worker(_: argparse.Namespace) -> int:
     from app.worker import run_worker  # noqa: PLC0415 - faust import is slow; only here
 
     run_worker(settings)
+    return 0
+
+
+def _cmd_dry_run(args: argparse.Namespace) -> int:
+    from app.dryrun import dry_run  # noqa: PLC0415
+
+    overrides = {
+        name: getattr(args, name)
+        for name in ("include_user_attributes", "send_created_at")
+        if getattr(args, name) is not None
+    }
+    settings = load_settings(forwarding_enabled=False, **overrides)
+    try:
+        source = sys.stdin.buffer if str(args.file) == "-" else args.file.open("rb")
+    except OSError as exc:
+        print(f"mpcio: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    with source:
+        summary = dry_run(source, settings, sys.stdout.buffer, sys.stderr)
+    sys.stdout.flush()
+    print(
+        f"dry-run: {summary.lines} lines, {summary.invalid_lines} invalid, "
+        f"{summary.batches} batches, {summary.operations} operations",
+        file=sys.stderr,
+    )
     return 0
 
 

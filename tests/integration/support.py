@@ -129,3 +129,23 @@ async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def worker_env(broker_url: str, prefix: str, web_port: int, **overrides: str) -> dict[str, str]:
+    """``MPCIO_*`` variables for a worker with its own app id and topics (``prefix``-*)."""
+    env = {
+        "MPCIO_BROKER": broker_url,
+        "MPCIO_APP_ID": f"{prefix}-app",
+        "MPCIO_TOPIC_BATCHES": f"{prefix}-batches",
+        "MPCIO_TOPIC_AUDIENCES": f"{prefix}-audiences",
+        "MPCIO_TOPIC_ERASURE": f"{prefix}-erasure",
+        "MPCIO_TOPIC_OPERATIONS": f"{prefix}-operations",
+        "MPCIO_TOPIC_DEADLETTER": f"{prefix}-deadletter",
+        "MPCIO_TOPIC_PARTITIONS": "4",
+        "MPCIO_STORE": "memory://",
+        "MPCIO_WEB_PORT": str(web_port),
+        "MPCIO_FORWARDING_ENABLED": "false",
+        "MPCIO_LOG_LEVEL": "INFO",
+    }
+    env.update({f"MPCIO_{name.upper()}": value for name, value in overrides.items()})
+    return env

@@ -1,0 +1,115 @@
+"""Ingest on the real broker: mParticle batches in, exact Customer.io operations out."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import orjson
+import pytest
+
+from app.avro import codec
+from app.dryrun import dry_run
+from app.kafka_admin import ensure_topics
+from app.localkafka import free_port
+from app.settings import load_settings
+from app.topics import topics_for
+from tests.integration.support import (
+    REPO,
+    WorkerProcess,
+    consume_until,
+    produce,
+    worker_env,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from app.localkafka import LocalKafka
+    from tests.integration.conftest import Names
+
+pytestmark = pytest.mark.integration
+
+SAMPLE = REPO / "samples" / "mparticle-batches.jsonl"
+
+
+def _key(line: bytes) -> bytes | None:
+    """The record key mParticle would set: the batch's mpid (none for unparseable lines)."""
+    try:
+        document = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    first = document[0] if isinstance(document, list) else document
+    return str(first.get("mpid")).encode()
+
+
+async def test_sample_batches_become_exact_operations_and_dead_letters(
+    kafka: LocalKafka, names: Names, tmp_path: Path
+) -> None:
+    env = worker_env(kafka.url, names.prefix, free_port())
+    settings = load_settings(**{k.removeprefix("MPCIO_").lower(): v for k, v in env.items()})
+    topics = topics_for(settings)
+    await ensure_topics(settings.bootstrap_servers, topics)
+    lines = [line for line in SAMPLE.read_bytes().splitlines() if line.strip()]
+    await produce(kafka.bootstrap, topics.batches.name, [(_key(line), line) for line in lines])
+
+    worker = WorkerProcess(["-m", "app", "worker"], env, tmp_path / "worker.log").start()
+    try:
+        expected_count = 18  # what `mpcio dry-run` prints for the sample (asserted below)
+        op_records = await consume_until(
+            kafka.bootstrap, topics.operations.name,
+            lambda rs: sum(len(codec("operation_batch").decode(r.value)["operations"])
+                           for r in rs) >= expected_count,
+            workers=[worker],
+        )  # fmt: skip
+        dead = await consume_until(
+            kafka.bootstrap, topics.deadletter.name, lambda rs: len(rs) >= 3, workers=[worker]
+        )
+    finally:
+        stop_seconds = worker.terminate()
+    assert stop_seconds < 30
+
+    # Per user, the operations are exactly what the pure pipeline computes, in order.
+    received: dict[str, list[dict]] = defaultdict(list)
+    for record in op_records:
+        batch = codec("operation_batch").decode(record.value)
+        assert record.key == batch["mpid"].encode()
+        received[batch["mpid"]].extend(orjson.loads(op["item"]) for op in batch["operations"])
+    expected_all = io.BytesIO()
+    errors = io.StringIO()
+    dry_run(lines, settings, expected_all, errors)
+    expected = [orjson.loads(raw) for raw in expected_all.getvalue().splitlines()]
+    assert len(expected) == expected_count
+    assert sorted(map(orjson.dumps, expected)) == sorted(
+        orjson.dumps(item) for items in received.values() for item in items
+    )
+    for items in received.values():  # per-user order preserved across batches
+        positions = [expected.index(item) for item in items]
+        assert positions == sorted(positions)
+
+    # Rule checks on what actually went through Kafka.
+    ada = received["8016563786744591001"]
+    assert [(i["action"], i.get("name")) for i in ada] == [
+        ("identify", None), ("screen", "Home"), ("event", "Add_To_Cart"), ("event", "Purchase"),
+    ]  # fmt: skip
+    bob = received["-4432100987654321"]
+    assert [i["identifiers"] for i in bob if i["action"] == "identify"] == [
+        {"email": "bob@example.org"}, {"id": "cust-bob"},
+    ]  # fmt: skip
+    assert bob[2]["attributes"]["newsletter"] == ""  # deleted attribute
+    dee = received["9002"]
+    assert dee[0]["attributes"]["unsubscribed"] is True
+    assert [i["attributes"]["sku"] for i in dee if i["action"] == "event"] == ["B-2", "B-4"]
+    assert "7001" in received  # Cy: skipped until an email arrived, then forwarded
+    assert received["7001"][0]["attributes"]["email"] == "cy@example.net"
+
+    letters = [codec("dead_letter").decode(r.value) for r in dead]
+    assert sorted(letter["reason"] for letter in letters) == [
+        "events_not_a_list", "invalid_json", "mpid_invalid",
+    ]  # fmt: skip
+    for letter in letters:
+        assert letter["source_topic"] == topics.batches.name
+        assert letter["payload"] in lines
+        assert letter["stage"] == "ingest"
+    assert "Traceback" not in worker.output()

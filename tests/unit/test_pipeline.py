@@ -1,0 +1,139 @@
+"""The ingest step as a plain function: state updates, one operations record, dead letters."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from app.avro import codec
+from app.pipeline import SourcePosition, process_batch_record
+from app.settings import Settings, load_settings
+from app.state import UserState, decode_state, encode_state
+
+SOURCE = SourcePosition("mparticle-batches", 2, 41)
+T = 1_764_400_000_000
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return load_settings(forwarding_enabled=False)
+
+
+def _batch(mpid: int | str = 42, email: str | None = "ada@example.com", events: int = 2) -> dict:
+    return {
+        "mpid": mpid,
+        "environment": "production",
+        "timestamp_unixtime_ms": T,
+        "user_identities": {"email": email} if email else None,
+        "user_attributes": {"$FirstName": "Ada"},
+        "events": [
+            {
+                "event_type": "custom_event",
+                "data": {"event_name": f"e{i}", "timestamp_unixtime_ms": T + i,
+                         "source_message_id": f"m{i}"},
+            }
+            for i in range(events)
+        ],
+    }  # fmt: skip
+
+
+def _run(value: bytes, key: bytes | None, store: dict[str, bytes], settings: Settings):  # type: ignore[no-untyped-def]
+    result = process_batch_record(key, value, SOURCE, store.get, settings, clock=lambda: 7)
+    store.update(result.states)
+    return result
+
+
+def test_one_operations_record_per_input_record_in_order(settings: Settings) -> None:
+    result = _run(orjson.dumps(_batch()), b"42", {}, settings)
+    assert result.operations is not None
+    mpid, value = result.operations
+    record = codec("operation_batch").decode(value)
+    assert mpid == "42"
+    assert (record["source_partition"], record["source_offset"]) == (2, 41)
+    assert [op["action"] for op in record["operations"]] == ["identify", "event", "event"]
+    items = [orjson.loads(op["item"]) for op in record["operations"]]
+    assert items[1]["name"] == "e0"
+    assert items[0]["identifiers"] == {"email": "ada@example.com"}
+    assert result.counts["operations", "event"] == 2
+
+
+def test_state_written_only_when_changed_and_redelivery_is_harmless(settings: Settings) -> None:
+    store: dict[str, bytes] = {}
+    value = orjson.dumps(_batch())
+    first = _run(value, b"42", store, settings)
+    assert set(first.states) == {"42"}
+    again = _run(value, b"42", store, settings)
+    assert again.states == {}  # folding the same batch twice changes nothing
+    assert again.operations is not None
+    ops = codec("operation_batch").decode(again.operations[1])["operations"]
+    assert [op["action"] for op in ops] == ["event", "event"]  # no second identify
+    first_ids = [orjson.loads(op["item"])["id"] for op in
+                 codec("operation_batch").decode(first.operations[1])["operations"][1:]]  # type: ignore[index]  # fmt: skip
+    assert first_ids == [orjson.loads(op["item"])["id"] for op in ops]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"\xff\xfe", "invalid_utf8"),
+        (b'{"mpid": 1, "events": ', "invalid_json"),
+        (b"[1, 2]", "not_an_object"),
+        (b'{"mpid": 1, "events": {}}', "events_not_a_list"),
+        (b'{"mpid": 1.5}', "mpid_invalid"),
+    ],
+    ids=["utf8", "json", "array-of-scalars", "events", "mpid"],
+)
+def test_bad_record_becomes_one_dead_letter_with_reason(
+    settings: Settings, value: bytes, reason: str
+) -> None:
+    result = _run(value, b"1", {}, settings)
+    assert result.operations is None
+    assert len(result.dead_letters) == 1
+    letter = codec("dead_letter").decode(result.dead_letters[0])
+    assert letter["reason"] == reason
+    assert letter["payload"] == value
+    assert (letter["source_topic"], letter["source_offset"]) == ("mparticle-batches", 41)
+    assert letter["stage"] == "ingest"
+    assert result.counts["dead_letters", "ingest", reason] == 1
+
+
+def test_keyless_record_is_rekeyed_not_processed(settings: Settings) -> None:
+    result = _run(orjson.dumps(_batch(mpid="-9")), None, {}, settings)
+    assert result.operations is None
+    assert result.states == {}
+    assert [(mpid, orjson.loads(raw)["mpid"]) for mpid, raw in result.rekeyed] == [("-9", "-9")]
+
+
+def test_bulk_record_processes_own_batches_and_rekeys_others(settings: Settings) -> None:
+    value = orjson.dumps([_batch(mpid=42, events=1), _batch(mpid=43, events=1),
+                          _batch(mpid=42, events=1)])  # fmt: skip
+    result = _run(value, b"42", {}, settings)
+    assert [mpid for mpid, _ in result.rekeyed] == ["43"]
+    assert result.operations is not None
+    ops = codec("operation_batch").decode(result.operations[1])["operations"]
+    assert [op["action"] for op in ops] == ["identify", "event", "event"]
+
+
+def test_user_without_email_is_remembered_not_forwarded(settings: Settings) -> None:
+    store: dict[str, bytes] = {}
+    result = _run(orjson.dumps(_batch(email=None)), b"42", store, settings)
+    assert result.operations is None
+    assert result.counts["batches", "skipped_no_email"] == 1
+    assert decode_state(store["42"]).first_name == "Ada"  # kept for when an email arrives
+
+
+def test_corrupt_stored_state_is_dead_lettered_and_user_starts_afresh(settings: Settings) -> None:
+    store = {"42": b"garbage"}
+    result = _run(orjson.dumps(_batch()), b"42", store, settings)
+    reasons = [codec("dead_letter").decode(d)["reason"] for d in result.dead_letters]
+    assert reasons == ["state_corrupt"]
+    assert result.operations is not None
+
+
+def test_existing_state_is_used(settings: Settings) -> None:
+    opted_out = UserState(
+        email="ada@example.com", opted_out=True, unsubscribed_sent=True, opt_out_at_ms=T - 1
+    )
+    store = {"42": encode_state(opted_out)}
+    result = _run(orjson.dumps(_batch()), b"42", store, settings)
+    assert result.counts["events", "all", "opted_out"] == 2
