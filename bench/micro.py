@@ -9,7 +9,10 @@ single-event batch (~600 bytes) and a ten-event batch, on one core, for:
   first batch of a new user (identify + events);
 - ``encode``: ``orjson.dumps`` of every operation's item (transform already returns the bytes in
   ``Operation.payload``; this is the cost of doing it again);
-- ``state avro``: :func:`app.state.encode_state` / :func:`app.state.decode_state`.
+- ``state avro``: :func:`app.state.encode_state` / :func:`app.state.decode_state`;
+- ``ingest record``: :func:`app.pipeline.process_batch_record`, the whole per-record work of the
+  ingest agent (state decode, parse, fold + transform, state encode when changed, operations
+  record Avro encode) for a known user; the issue's target is <= 60 µs for one event.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.mparticle import parse_record
+from app.pipeline import SourcePosition, process_batch_record
 from app.settings import Settings
 from app.state import decode_state, encode_state
 from app.transform import transform
 
 BATCH_TIME_MS = 1_700_000_000_000
+SOURCE = SourcePosition("mparticle-batches", 0, 0)
 
 
 def make_batch(event_count: int) -> bytes:
@@ -99,6 +104,12 @@ def main() -> None:
             "state avro encode": per_call_us(lambda known=known: encode_state(known), runs),
             "state avro decode": per_call_us(
                 lambda state_bytes=state_bytes: decode_state(state_bytes), runs
+            ),
+            "ingest record (known user)": per_call_us(
+                lambda raw=raw, state_bytes=state_bytes: process_batch_record(
+                    b"-7636538281262557000", raw, SOURCE, lambda _: state_bytes, settings
+                ),
+                runs,
             ),
         }
         print(
