@@ -1,0 +1,1 @@
+"""Customer.io Track API: client, batching, rate limit, outcome policy and delivery loop."""

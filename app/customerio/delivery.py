@@ -1,0 +1,173 @@
+"""Deliver one v2 batch request: retry what is retryable, report what must be dead-lettered.
+
+:func:`deliver` sends the same request again (same items, same order) after each retryable
+failure, backing off exponentially with full jitter (``Retry-After`` wins when present), until
+it succeeds or the retry budget is spent: ``max_attempts`` attempts *or* ``max_seconds`` since
+the first attempt, whichever comes first. Then every item is reported for the dead-letter topic
+with reason ``retries_exhausted``; nothing is ever dropped silently.
+
+Failure semantics: a 401/403 (or a redirect, meaning the wrong region's host) raises
+:class:`FatalDeliveryError` before anything is reported: the caller must stop consuming and
+keep its offsets; no item is dead-lettered for a configuration error. Nothing else raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+import orjson
+
+from app.customerio.classify import Decision, HttpAnswer, Outcome, TransportFailure, classify
+from app.errors import ConfigError
+
+if TYPE_CHECKING:
+    from app.customerio.batching import BatchRequest
+
+Ref = TypeVar("Ref")
+
+
+class FatalDeliveryError(ConfigError):
+    """Customer.io refused our credentials (401/403) or pointed us at another host (3xx)."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(
+            f"Customer.io answered {decision.reason}: check MPCIO_CUSTOMERIO_SITE_ID, "
+            "MPCIO_CUSTOMERIO_API_KEY and MPCIO_CUSTOMERIO_REGION; delivery is stopped and "
+            "offsets are kept, nothing was dead-lettered"
+        )
+        self.decision = decision
+
+
+class BatchSender(Protocol):
+    async def post_batch(self, body: bytes) -> HttpAnswer | TransportFailure: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int
+    max_seconds: float
+    initial_backoff: float
+    max_backoff: float
+
+    def backoff(self, retry: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based)."""
+        if retry_after is not None:
+            return retry_after
+        ceiling = min(self.max_backoff, self.initial_backoff * (2 ** (retry - 1)))
+        return rng.uniform(0, ceiling)  # full jitter
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected(Generic[Ref]):
+    """One item for the dead-letter topic, with why."""
+
+    payload: bytes
+    ref: Ref
+    reason: str
+    detail: str
+    http_status: int | None
+    response: str | None
+    attempts: int
+
+
+@dataclass(slots=True)
+class DeliveryReport(Generic[Ref]):
+    delivered: int = 0
+    attempts: int = 0
+    rejected: list[Rejected[Ref]] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)  # one per attempt, for metrics
+    seconds: list[float] = field(default_factory=list)  # latency per attempt
+
+
+async def deliver(
+    request: BatchRequest[Ref],
+    sender: BatchSender,
+    policy: RetryPolicy,
+    *,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> DeliveryReport[Ref]:
+    """Send ``request`` until done, partly rejected, rejected, or out of retry budget."""
+    pause = sleep or asyncio.sleep
+    rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+    report: DeliveryReport[Ref] = DeliveryReport()
+    body = request.body()
+    started = clock()
+    while True:
+        report.attempts += 1
+        sent_at = clock()
+        answer = await sender.post_batch(body)
+        report.seconds.append(clock() - sent_at)
+        decision = classify(answer)
+        report.decisions.append(decision)
+        status = answer.status if isinstance(answer, HttpAnswer) else None
+        if decision.outcome is Outcome.DONE:
+            report.delivered = len(request)
+            return report
+        if decision.outcome is Outcome.FATAL:
+            raise FatalDeliveryError(decision)
+        if decision.outcome is Outcome.PARTIAL:
+            _reject_named(request, decision, status, report)
+            return report
+        if decision.outcome is Outcome.DEAD_LETTER:
+            _reject_all(request, decision.reason, _answer_text(answer), status, report)
+            return report
+        delay = policy.backoff(report.attempts, decision.retry_after, rng)
+        elapsed = clock() - started
+        if report.attempts >= policy.max_attempts or elapsed + delay > policy.max_seconds:
+            detail = (
+                f"retries_exhausted after {report.attempts} attempts in {elapsed:.1f}s; "
+                f"last: {decision.reason}"
+            )
+            _reject_all(request, "retries_exhausted", detail, status, report)
+            return report
+        await pause(delay)
+
+
+def _answer_text(answer: HttpAnswer | TransportFailure) -> str:
+    if isinstance(answer, TransportFailure):
+        return answer.detail
+    return answer.body[:2000].decode("utf-8", errors="replace")
+
+
+def _reject_all(
+    request: BatchRequest[Ref],
+    reason: str,
+    detail: str,
+    status: int | None,
+    report: DeliveryReport[Ref],
+) -> None:
+    report.rejected.extend(
+        Rejected(payload, ref, reason, detail, status, None, report.attempts)
+        for payload, ref in zip(request.payloads, request.refs, strict=True)
+    )
+
+
+def _reject_named(
+    request: BatchRequest[Ref], decision: Decision, status: int | None, report: DeliveryReport[Ref]
+) -> None:
+    named: dict[int, list[dict[str, str]]] = {}
+    for error in decision.item_errors:
+        if 0 <= error.batch_index < len(request):
+            named.setdefault(error.batch_index, []).append(
+                {"reason": error.reason, "field": error.field, "message": error.message}
+            )
+    for index, errors in sorted(named.items()):
+        report.rejected.append(
+            Rejected(
+                request.payloads[index],
+                request.refs[index],
+                "customerio_rejected_item",
+                "; ".join(f"{e['field']}: {e['message']}" for e in errors)[:2000],
+                status,
+                orjson.dumps(errors).decode(),
+                report.attempts,
+            )
+        )
+    report.delivered = len(request) - len(named)

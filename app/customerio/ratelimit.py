@@ -1,0 +1,37 @@
+"""Client-side request-rate limit: request starts spaced at least ``1/rate`` seconds apart.
+
+Spacing (rather than a bucket with a burst allowance) guarantees that no one-second window
+ever holds more than ``rate`` request starts, which is what Customer.io's fair-use limit and
+the emulator's request log check. Callers share one limiter per workspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        rate_per_second: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if rate_per_second <= 0:
+            raise ValueError("rate_per_second must be positive")
+        # 0.1% slack so float rounding can never fit rate + 1 starts into one second
+        self.interval = 1.001 / rate_per_second
+        self._clock = clock
+        self._sleep = sleep
+        self._next_slot = 0.0
+
+    async def acquire(self) -> None:
+        """Wait for this caller's slot. Slots are handed out first come, first served."""
+        now = self._clock()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + self.interval
+        if slot > now:
+            await self._sleep(slot - now)

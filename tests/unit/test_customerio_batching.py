@@ -1,0 +1,57 @@
+"""Packing items into requests: limits by count and bytes, order kept, oversized reported."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from app.customerio.batching import ENVELOPE_BYTES, pack
+from app.customerio.ratelimit import RateLimiter
+
+
+def _items(sizes: list[int]) -> list[tuple[bytes, int]]:
+    return [(b'"' + b"x" * (size - 2) + b'"', index) for index, size in enumerate(sizes)]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "max_items", "max_bytes", "expected"),
+    [
+        ([10] * 5, 2, 10_000, [[0, 1], [2, 3], [4]]),
+        ([100] * 4, 100, ENVELOPE_BYTES + 100 * 2 + 1, [[0, 1], [2, 3]]),
+        ([100] * 4, 100, ENVELOPE_BYTES + 100 * 2, [[0], [1], [2], [3]]),
+        ([], 10, 1000, []),
+    ],
+    ids=["by-count", "by-bytes-fits-comma", "by-bytes-exact", "empty"],
+)
+def test_pack_respects_limits_and_order(
+    sizes: list[int], max_items: int, max_bytes: int, expected: list[list[int]]
+) -> None:
+    packed = pack(_items(sizes), max_items=max_items, max_bytes=max_bytes)
+    assert [request.refs for request in packed.requests] == expected
+    for request in packed.requests:
+        body = request.body()
+        assert len(body) == request.size <= max_bytes
+        assert len(orjson.loads(body)["batch"]) == len(request)
+
+
+def test_oversized_items_are_reported_not_sent() -> None:
+    packed = pack(_items([10, 50, 10]), max_items=10, max_bytes=1000, max_item_bytes=40)
+    assert [ref for _, ref in packed.oversized] == [1]
+    assert [request.refs for request in packed.requests] == [[0, 2]]
+
+
+async def test_rate_limiter_spaces_request_starts() -> None:
+    now = [0.0]
+    starts: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    limiter = RateLimiter(100, clock=lambda: now[0], sleep=fake_sleep)
+    for _ in range(250):
+        await limiter.acquire()
+        starts.append(now[0])
+    for index, start in enumerate(starts):  # never more than 100 starts in any 1 s window
+        window = [s for s in starts[index:] if s < start + 1.0]
+        assert len(window) <= 100
+    assert starts[-1] == pytest.approx(2.49, rel=0.01)

@@ -1,0 +1,185 @@
+"""The delivery policy (SPEC §6): classify, back-off, retry budget, 207 handling."""
+
+from __future__ import annotations
+
+import random
+from email.utils import formatdate
+
+import orjson
+import pytest
+
+from app.customerio.batching import BatchRequest
+from app.customerio.classify import (
+    HttpAnswer,
+    Outcome,
+    TransportFailure,
+    classify,
+    retry_after_seconds,
+)
+from app.customerio.delivery import FatalDeliveryError, RetryPolicy, deliver
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (200, Outcome.DONE), (201, Outcome.DONE), (204, Outcome.DONE),
+        (301, Outcome.FATAL), (302, Outcome.FATAL), (307, Outcome.FATAL),
+        (400, Outcome.DEAD_LETTER), (404, Outcome.DEAD_LETTER), (413, Outcome.DEAD_LETTER),
+        (422, Outcome.DEAD_LETTER),
+        (401, Outcome.FATAL), (403, Outcome.FATAL),
+        (408, Outcome.RETRY), (429, Outcome.RETRY),
+        (500, Outcome.RETRY), (502, Outcome.RETRY), (503, Outcome.RETRY), (504, Outcome.RETRY),
+        (599, Outcome.RETRY),
+        (501, Outcome.DEAD_LETTER), (505, Outcome.DEAD_LETTER),
+        (100, Outcome.DEAD_LETTER), (600, Outcome.DEAD_LETTER),
+    ],
+)  # fmt: skip
+def test_classify_every_status_class(status: int, outcome: Outcome) -> None:
+    assert classify(HttpAnswer(status, b"{}")).outcome is outcome
+
+
+@pytest.mark.parametrize("kind", ["timeout", "connection"])
+def test_classify_transport_failure_is_retried(kind: str) -> None:
+    decision = classify(TransportFailure(kind, "boom"))
+    assert decision.outcome is Outcome.RETRY
+    assert decision.reason == f"transport_{kind}"
+
+
+def test_classify_207_names_items() -> None:
+    body = orjson.dumps({"errors": [{"batch_index": 1, "reason": "invalid", "field": "name",
+                                     "message": "too long"}]})  # fmt: skip
+    decision = classify(HttpAnswer(207, body))
+    assert decision.outcome is Outcome.PARTIAL
+    assert [e.batch_index for e in decision.item_errors] == [1]
+
+
+def test_classify_207_without_errors_is_done() -> None:
+    assert classify(HttpAnswer(207, b"{}")).outcome is Outcome.DONE
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "7"}, 7.0),
+        ({"retry-after": " 0 "}, 0.0),
+        ({"Retry-After": formatdate(1_000_030, usegmt=True)}, 30.0),
+        ({"Retry-After": "soon"}, None),
+        ({}, None),
+    ],
+    ids=["seconds", "lowercase-zero", "http-date", "garbage", "absent"],
+)
+def test_retry_after(headers: dict[str, str], expected: float | None) -> None:
+    assert retry_after_seconds(headers, now=1_000_000) == expected
+
+
+def test_429_carries_retry_after() -> None:
+    decision = classify(HttpAnswer(429, b"", {"Retry-After": "3"}))
+    assert (decision.outcome, decision.retry_after) == (Outcome.RETRY, 3.0)
+
+
+POLICY = RetryPolicy(max_attempts=5, max_seconds=100, initial_backoff=1, max_backoff=8)
+
+
+def test_backoff_is_full_jitter_capped() -> None:
+    rng = random.Random(1)
+    for retry in range(1, 10):
+        ceiling = min(8, 2 ** (retry - 1))
+        assert all(0 <= POLICY.backoff(retry, None, rng) <= ceiling for _ in range(50))
+    assert POLICY.backoff(3, 42.0, rng) == 42.0  # Retry-After wins
+
+
+class ScriptedSender:
+    """Answers from a script; records every body sent."""
+
+    def __init__(self, *answers: HttpAnswer | TransportFailure) -> None:
+        self.answers = list(answers)
+        self.bodies: list[bytes] = []
+
+    async def post_batch(self, body: bytes) -> HttpAnswer | TransportFailure:
+        self.bodies.append(body)
+        return self.answers.pop(0)
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def _request(n: int = 3) -> BatchRequest[int]:
+    request: BatchRequest[int] = BatchRequest()
+    for i in range(n):
+        request.payloads.append(b'{"i":%d}' % i)
+        request.refs.append(i)
+    return request
+
+
+async def _deliver(sender: ScriptedSender, policy: RetryPolicy = POLICY):  # type: ignore[no-untyped-def]
+    fake = FakeTime()
+    report = await deliver(_request(), sender, policy, rng=random.Random(0), clock=fake.clock,
+                           sleep=fake.sleep)  # fmt: skip
+    return report, fake
+
+
+async def test_retries_same_body_until_success() -> None:
+    sender = ScriptedSender(HttpAnswer(503), TransportFailure("timeout", "t"), HttpAnswer(200))
+    report, fake = await _deliver(sender)
+    assert report.delivered == 3
+    assert report.attempts == 3
+    assert len(set(sender.bodies)) == 1  # same batch again, order kept
+    assert len(fake.slept) == 2
+
+
+async def test_retry_after_is_honoured() -> None:
+    sender = ScriptedSender(HttpAnswer(429, b"", {"Retry-After": "5"}), HttpAnswer(200))
+    _, fake = await _deliver(sender)
+    assert fake.slept == [5.0]
+
+
+async def test_attempt_budget_ends_in_dead_letter() -> None:
+    sender = ScriptedSender(*[HttpAnswer(500)] * 5)
+    report, _ = await _deliver(sender)
+    assert report.attempts == 5
+    assert [r.ref for r in report.rejected] == [0, 1, 2]
+    assert {r.reason for r in report.rejected} == {"retries_exhausted"}
+    assert report.delivered == 0
+
+
+async def test_time_budget_ends_in_dead_letter() -> None:
+    policy = RetryPolicy(max_attempts=100, max_seconds=10, initial_backoff=1, max_backoff=8)
+    sender = ScriptedSender(*[HttpAnswer(429, b"", {"Retry-After": "4"})] * 10)
+    report, fake = await _deliver(sender, policy)
+    assert sum(fake.slept) <= 10
+    assert report.attempts == 3
+    assert report.rejected[0].reason == "retries_exhausted"
+
+
+async def test_207_dead_letters_only_named_items() -> None:
+    body = orjson.dumps({"errors": [{"batch_index": 2, "reason": "invalid", "field": "name",
+                                     "message": "blank"}, {"batch_index": 9}]})  # fmt: skip
+    report, _ = await _deliver(ScriptedSender(HttpAnswer(207, body)))
+    assert [(r.ref, r.reason) for r in report.rejected] == [(2, "customerio_rejected_item")]
+    assert report.rejected[0].http_status == 207
+    assert report.delivered == 2
+
+
+async def test_400_dead_letters_every_item_with_the_answer() -> None:
+    report, _ = await _deliver(ScriptedSender(HttpAnswer(400, b'{"errors":["bad"]}')))
+    assert [r.ref for r in report.rejected] == [0, 1, 2]
+    assert report.rejected[0].reason == "http_400"
+    assert "bad" in report.rejected[0].detail
+
+
+@pytest.mark.parametrize("status", [401, 403, 301])
+async def test_fatal_raises_and_rejects_nothing(status: int) -> None:
+    with pytest.raises(FatalDeliveryError) as caught:
+        await _deliver(ScriptedSender(HttpAnswer(status)))
+    assert caught.value.fatal
+    assert "MPCIO_CUSTOMERIO_API_KEY" in str(caught.value)
