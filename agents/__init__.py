@@ -14,5 +14,8 @@ if TYPE_CHECKING:
 def attach_agents(app: faust.App, settings: Settings, topics: Topics) -> None:
     """Register every agent, table and service of the forwarder on ``app``."""
     from agents.ingest import attach_ingest  # noqa: PLC0415 - keeps `agents` import light
+    from agents.sink import attach_sink  # noqa: PLC0415
 
     attach_ingest(app, settings, topics)
+    if settings.forwarding_enabled:
+        attach_sink(app, settings, topics)

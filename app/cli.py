@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.errors import MpcioError
+from app.errors import ConfigError, MpcioError
 from app.settings import Settings, load_settings
 
 EXIT_CONFIG = 2
@@ -58,6 +58,25 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--kafka-port", type=int, default=None, help="default: a free port")
     demo.set_defaults(handler=_cmd_demo)
 
+    emulator = commands.add_parser(
+        "emulator", help="run the Customer.io Track API emulator in the foreground"
+    )
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8089)
+    emulator.add_argument("--site-id", default="demo-site", help="Basic auth user")
+    emulator.add_argument("--api-key", default="demo-key", help="Basic auth password")
+    emulator.add_argument("--region", choices=("us", "eu"), default="us")
+    emulator.add_argument("--rate-limit", type=float, default=None, help="requests/s, then 429")
+    emulator.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="a fault rule as JSON (repeatable), see docs/emulator.md",
+    )
+    emulator.add_argument("--seed", type=int, default=None, help="seed of probabilistic faults")
+    emulator.set_defaults(handler=_cmd_emulator)
+
     dry = commands.add_parser(
         "dry-run", help="print the Customer.io items a JSON Lines file of batches would send"
     )
@@ -86,6 +105,35 @@ def _cmd_worker(_: argparse.Namespace) -> int:
     from app.worker import run_worker  # noqa: PLC0415 - faust import is slow; only here
 
     run_worker(settings)
+    return 0
+
+
+def _cmd_emulator(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from app.emulator.faults import RateLimit, parse_faults  # noqa: PLC0415
+    from app.emulator.server import EmulatorConfig, serve  # noqa: PLC0415
+
+    rules = []
+    limit = RateLimit(args.rate_limit) if args.rate_limit else None
+    for text in args.fault:
+        try:
+            parsed, parsed_limit = parse_faults(json.loads(text))
+        except ValueError as exc:  # JSONDecodeError is a ValueError
+            raise ConfigError(f"invalid --fault {text!r}: {exc}") from None
+        rules.extend(parsed)
+        limit = parsed_limit or limit
+    config = EmulatorConfig(
+        site_id=args.site_id,
+        api_key=args.api_key,
+        region=args.region,
+        rate_limit=limit,
+        faults=tuple(rules),
+        seed=args.seed,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    serve(config, host=args.host, port=args.port)
     return 0
 
 

@@ -142,6 +142,16 @@ class Settings(BaseSettings):
         100, description="How long the sink waits to fill a request before sending it."
     )
     request_timeout_seconds: PositiveFloat = Field(10.0, description="Per-request timeout.")
+    sink_lanes: Annotated[int, Field(gt=0, le=64)] = Field(
+        4,
+        description="Requests in flight at once; partition p is always delivered by lane "
+        "p % lanes, so one user's operations stay in order.",
+    )
+    credentials_probe_seconds: PositiveFloat = Field(
+        30.0,
+        description="After a 401/403, how often the stopped sink re-checks GET /auth before "
+        "resuming on its own.",
+    )
     retry_max_attempts: PositiveInt = Field(
         12, description="Attempts per request before its items are dead-lettered."
     )

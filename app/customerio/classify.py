@@ -65,8 +65,18 @@ class ItemError:
 class Decision:
     outcome: Outcome
     reason: str
+    status: int | None = None  # None: no HTTP answer (transport failure)
     retry_after: float | None = None
     item_errors: tuple[ItemError, ...] = ()
+
+    @property
+    def status_class(self) -> str:
+        """Metric label: ``transport``, ``207``, ``429`` or ``2xx``/``3xx``/``4xx``/``5xx``."""
+        if self.status is None:
+            return "transport"
+        if self.status in (207, 429):
+            return str(self.status)
+        return f"{self.status // 100}xx"
 
 
 RETRYABLE_STATUSES = frozenset({408, 429})
@@ -83,19 +93,18 @@ def classify(  # noqa: PLR0911 - one return per row of the policy table reads be
     if status == 207:
         errors = _item_errors(answer.body)
         if not errors:  # a 207 that names nothing: everything was applied
-            return Decision(Outcome.DONE, "ok")
-        return Decision(Outcome.PARTIAL, "customerio_rejected_item", item_errors=errors)
+            return Decision(Outcome.DONE, "ok", status)
+        return Decision(Outcome.PARTIAL, "customerio_rejected_item", status, item_errors=errors)
     if 200 <= status < 300:
-        return Decision(Outcome.DONE, "ok")
+        return Decision(Outcome.DONE, "ok", status)
     if status in (401, 403):
-        return Decision(Outcome.FATAL, f"http_{status}_credentials")
+        return Decision(Outcome.FATAL, f"http_{status}_credentials", status)
     if 300 <= status < 400:
-        return Decision(Outcome.FATAL, f"http_{status}_redirect_wrong_region")
+        return Decision(Outcome.FATAL, f"http_{status}_redirect_wrong_region", status)
     if status in RETRYABLE_STATUSES or (500 <= status < 600 and status not in NOT_RETRYABLE_5XX):
-        return Decision(
-            Outcome.RETRY, f"http_{status}", retry_after=retry_after_seconds(answer.headers, now)
-        )
-    return Decision(Outcome.DEAD_LETTER, f"http_{status}")
+        retry_after = retry_after_seconds(answer.headers, now)
+        return Decision(Outcome.RETRY, f"http_{status}", status, retry_after=retry_after)
+    return Decision(Outcome.DEAD_LETTER, f"http_{status}", status)
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:

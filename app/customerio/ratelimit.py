@@ -1,4 +1,4 @@
-"""Client-side request-rate limit: request starts spaced at least ``1/rate`` seconds apart.
+"""Client-side request-rate limit: request starts spaced ``1.05/rate`` seconds apart.
 
 Spacing (rather than a bucket with a burst allowance) guarantees that no one-second window
 ever holds more than ``rate`` request starts, which is what Customer.io's fair-use limit and
@@ -11,6 +11,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+HEADROOM = 1.05
+
 
 class RateLimiter:
     def __init__(
@@ -22,8 +24,9 @@ class RateLimiter:
     ) -> None:
         if rate_per_second <= 0:
             raise ValueError("rate_per_second must be positive")
-        # 0.1% slack so float rounding can never fit rate + 1 starts into one second
-        self.interval = 1.001 / rate_per_second
+        # Aim 5% under the limit: rate + 1 starts span 1.05 s, so up to 50 ms of network or
+        # scheduling jitter still cannot put more than ``rate`` arrivals into one second.
+        self.interval = HEADROOM / rate_per_second
         self._clock = clock
         self._sleep = sleep
         self._next_slot = 0.0

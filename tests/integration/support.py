@@ -109,6 +109,19 @@ class WorkerProcess:
             ) from None
         return time.monotonic() - began
 
+    async def stop(self, timeout: float = 30.0) -> float:
+        """SIGTERM and wait without blocking the event loop (in-process servers keep serving)."""
+        assert self.process is not None
+        began = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        while self.process.poll() is None:
+            if time.monotonic() - began > timeout:
+                self.process.kill()
+                self.process.wait(10)
+                raise AssertionError(f"worker ignored SIGTERM for {timeout}s; log: {self.log}")
+            await asyncio.sleep(0.05)
+        return time.monotonic() - began
+
     def assert_running(self) -> None:
         if self.process is None or self.process.poll() is not None:
             raise AssertionError(f"worker exited early; log tail:\n{self.output()[-4000:]}")

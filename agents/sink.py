@@ -1,0 +1,354 @@
+"""Sink: ``customerio-operations`` → Customer.io Track API v2 batch requests.
+
+A faust service (started and stopped with the worker) that drains the operations topic with
+its own aiokafka consumer (group ``<app id>-sink``, no auto-commit), because it must commit an
+offset only after the operations before it were delivered or dead-lettered, and because a bare
+consumer moves operations at many times faust's per-record rate (ARCHITECTURE.md).
+
+Loop: take what is fetched (waiting up to ``batch_linger_ms`` to fill requests), split the
+operations into ``sink_lanes`` lanes by partition (partition p → lane p % lanes, so a user's
+operations stay in order), pack each lane into v2 requests within Customer.io's limits and
+deliver the lanes' requests concurrently, each lane's in order. Then write the dead letters
+and wait for the broker to confirm them, then commit the chunk's offsets.
+
+Failure semantics:
+- retryable answers are retried inside :func:`~app.customerio.delivery.deliver` until the
+  retry budget is spent, then dead-lettered (``retries_exhausted``); 4xx and items named in a
+  207 are dead-lettered with status and reason; nothing is dropped silently;
+- 401/403/3xx stop delivery: nothing is dead-lettered or committed, the chunk's partitions are
+  rewound and paused, one clear error is logged, ``mpcio_sink_stopped`` is 1, and ``GET /auth``
+  is re-checked every ``credentials_probe_seconds``; delivery resumes on its own once it passes
+  (and, after a restart, from the last committed offsets);
+- an unexpected error in a chunk is logged, the chunk is rewound and retried after a pause;
+  no exception escapes the loop.
+Offsets move only after every operation of a chunk was accepted or its dead letter confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from mode import Service
+
+from app import metrics
+from app.avro import codec
+from app.customerio.batching import pack
+from app.customerio.classify import HttpAnswer
+from app.customerio.client import TrackClient
+from app.customerio.delivery import FatalDeliveryError, Rejected, RetryPolicy, deliver
+from app.customerio.ratelimit import RateLimiter
+from app.errors import InvalidRecordError
+from app.pipeline import SourcePosition, dead_letter, now_ms
+
+if TYPE_CHECKING:
+    import faust
+    from aiokafka import ConsumerRecord
+
+    from app.customerio.delivery import DeliveryReport
+    from app.settings import Settings
+    from app.topics import Topics
+
+log = logging.getLogger(__name__)
+
+STAGE_SINK = "sink"
+MAX_RECORDS_PER_FETCH = 2000
+UNEXPECTED_ERROR_PAUSE_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRef:
+    """Where an operation came from, for its dead letter and latency metric."""
+
+    partition: int
+    offset: int
+    mpid: str
+    ingested_at_ms: int
+
+
+Chunk = dict[TopicPartition, list["ConsumerRecord[bytes, bytes]"]]
+
+
+class OperationsSink(Service):
+    """Drains the operations topic into Customer.io (see the module docstring)."""
+
+    def __init__(self, settings: Settings, topics: Topics, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.topics = topics
+        self.stopped_reason: str | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._client: TrackClient | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._policy = RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            max_seconds=settings.retry_max_seconds,
+            initial_backoff=settings.retry_backoff_initial_seconds,
+            max_backoff=settings.retry_backoff_max_seconds,
+        )
+
+    @property
+    def ready(self) -> bool:
+        """Assigned partitions and not stopped by a configuration error."""
+        consumer = self._consumer
+        return self.stopped_reason is None and consumer is not None and bool(consumer.assignment())
+
+    async def on_start(self) -> None:
+        settings = self.settings
+        api_key = settings.customerio_api_key
+        if api_key is None or settings.customerio_site_id is None:  # validated by Settings
+            raise RuntimeError("sink started without Customer.io credentials")
+        self._client = TrackClient(
+            settings.customerio_base_url,
+            settings.customerio_site_id,
+            api_key,
+            timeout_seconds=settings.request_timeout_seconds,
+            limiter=RateLimiter(settings.rate_limit_per_second),
+            max_connections=settings.sink_lanes * 2,
+        )
+        await self._client.__aenter__()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=f"{settings.app_id}-sink",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=MAX_RECORDS_PER_FETCH,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self._consumer.subscribe([self.topics.operations.name], listener=_FinishBeforeRevoke(self))
+        await self._consumer.start()
+
+    async def on_stop(self) -> None:
+        # Let the chunk in hand finish (delivered chunks get committed); a slower one is
+        # simply redelivered after the restart.
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout=20)
+        except TimeoutError:
+            log.warning("sink stopped with a chunk in flight; it will be redelivered")
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._client is not None:
+            await self._client.__aexit__()
+
+    @Service.task
+    async def _drain(self) -> None:
+        while not self.should_stop:
+            chunk = await self._next_chunk()
+            if not chunk:
+                continue
+            self.idle.clear()
+            try:
+                await self._deliver_chunk(chunk)
+            except FatalDeliveryError as exc:
+                self._rewind(chunk)
+                self.idle.set()  # nothing in flight while stopped: rebalances may proceed
+                await self._stop_until_credentials_work(exc)
+            except Exception:  # never let an error escape: rewind and try the chunk again
+                log.exception("sink chunk failed unexpectedly; retrying it")
+                self._rewind(chunk)
+                await self.sleep(UNEXPECTED_ERROR_PAUSE_SECONDS)
+            finally:
+                self.idle.set()
+
+    async def _next_chunk(self) -> Chunk:
+        assert self._consumer is not None
+        chunk: Chunk = await self._consumer.getmany(timeout_ms=500)
+        if not chunk:
+            return chunk
+        # Linger briefly so a trickle still fills requests; a full fetch goes at once.
+        deadline = time.monotonic() + self.settings.batch_linger_ms / 1000
+        while (
+            sum(len(records) for records in chunk.values()) < MAX_RECORDS_PER_FETCH
+            and (remaining := deadline - time.monotonic()) > 0
+        ):
+            more = await self._consumer.getmany(timeout_ms=int(remaining * 1000) or 1)
+            if not more:
+                break
+            for tp, records in more.items():
+                chunk.setdefault(tp, []).extend(records)
+        return chunk
+
+    async def _deliver_chunk(self, chunk: Chunk) -> None:
+        lanes: dict[int, list[tuple[bytes, ItemRef]]] = defaultdict(list)
+        letters: list[bytes] = []
+        for tp, records in chunk.items():
+            lane = lanes[tp.partition % self.settings.sink_lanes]
+            for record in records:
+                try:
+                    batch = codec("operation_batch").decode(record.value)
+                except InvalidRecordError as exc:
+                    letters.append(self._letter_for_record(record, exc))
+                    continue
+                ref = ItemRef(tp.partition, record.offset, batch["mpid"], batch["ingested_at_ms"])
+                lane.extend((operation["item"], ref) for operation in batch["operations"])
+        reports = await asyncio.gather(
+            *(self._deliver_lane(items) for items in lanes.values()), return_exceptions=True
+        )
+        fatal = next((r for r in reports if isinstance(r, FatalDeliveryError)), None)
+        if fatal is not None:
+            raise fatal
+        for report in reports:
+            if isinstance(report, BaseException):
+                raise report
+            letters.extend(report)
+        await self._write_dead_letters(letters)
+        assert self._consumer is not None
+        await self._consumer.commit(
+            {tp: records[-1].offset + 1 for tp, records in chunk.items() if records}
+        )
+
+    async def _deliver_lane(self, items: list[tuple[bytes, ItemRef]]) -> list[bytes]:
+        """Deliver one lane's requests in order; return its dead letters (encoded)."""
+        assert self._client is not None
+        packed = pack(
+            items,
+            max_items=self.settings.batch_max_items,
+            max_bytes=self.settings.batch_max_bytes,
+        )
+        letters = [
+            self._letter_for_rejected(
+                Rejected(payload, ref, "item_too_large", "item exceeds 32 KB", None, None, 0)
+            )
+            for payload, ref in packed.oversized
+        ]
+        for request in packed.requests:
+            metrics.SINK_ITEMS_PER_REQUEST.observe(len(request))
+            report = await deliver(request, self._client, self._policy)
+            self._record(report, request.refs)
+            letters.extend(self._letter_for_rejected(rejected) for rejected in report.rejected)
+        return letters
+
+    def _record(self, report: DeliveryReport[ItemRef], refs: list[ItemRef]) -> None:
+        for decision, seconds in zip(report.decisions, report.seconds, strict=True):
+            metrics.SINK_REQUEST_SECONDS.observe(seconds)
+            metrics.SINK_REQUESTS.labels(decision.status_class).inc()
+            if decision.status == 429:
+                metrics.SINK_THROTTLED.inc()
+        if report.attempts > 1:
+            metrics.SINK_RETRIES.inc(report.attempts - 1)
+        if report.delivered:
+            metrics.SINK_ITEMS_DELIVERED.inc(report.delivered)
+            now = now_ms()
+            metrics.SINK_END_TO_END_SECONDS.observe((now - refs[-1].ingested_at_ms) / 1000)
+        for rejected in report.rejected:
+            metrics.DEAD_LETTERS.labels(STAGE_SINK, rejected.reason).inc()
+
+    async def _write_dead_letters(self, letters: list[bytes]) -> None:
+        if not letters:
+            return
+        assert self._producer is not None
+        futures = [
+            await self._producer.send(self.topics.deadletter.name, letter) for letter in letters
+        ]
+        await asyncio.gather(*futures)  # confirmed by the broker before any commit
+
+    def _letter_for_rejected(self, rejected: Rejected[ItemRef]) -> bytes:
+        ref = rejected.ref
+        return dead_letter(
+            rejected.reason,
+            rejected.detail,
+            stage=STAGE_SINK,
+            source=SourcePosition(self.topics.operations.name, ref.partition, ref.offset),
+            key=ref.mpid.encode(),
+            payload=rejected.payload,
+            failed_at_ms=now_ms(),
+            http_status=rejected.http_status,
+            response=rejected.response,
+            attempts=rejected.attempts,
+        )
+
+    def _letter_for_record(
+        self, record: ConsumerRecord[bytes, bytes], exc: InvalidRecordError
+    ) -> bytes:
+        metrics.DEAD_LETTERS.labels(STAGE_SINK, exc.reason).inc()
+        return dead_letter(
+            exc.reason,
+            exc.detail,
+            stage=STAGE_SINK,
+            source=SourcePosition(record.topic, record.partition, record.offset),
+            key=record.key,
+            payload=record.value or b"",
+            failed_at_ms=now_ms(),
+        )
+
+    def _rewind(self, chunk: Chunk) -> None:
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        for tp, records in chunk.items():
+            if records and tp in assigned:
+                self._consumer.seek(tp, records[0].offset)
+
+    async def _stop_until_credentials_work(self, exc: FatalDeliveryError) -> None:
+        assert self._consumer is not None
+        assert self._client is not None
+        self.stopped_reason = str(exc)
+        metrics.SINK_FATAL_STOPS.inc()
+        metrics.SINK_STOPPED.set(1)
+        log.error("delivery stopped: %s", exc)
+        self._consumer.pause(*self._consumer.assignment())
+        try:
+            while not self.should_stop:
+                await self.sleep(self.settings.credentials_probe_seconds)
+                # Keep polling so the group keeps us as a member; partitions assigned meanwhile
+                # are not paused yet: rewind what they returned and pause them too.
+                fetched = await self._consumer.getmany(timeout_ms=10)
+                if fetched:
+                    self._rewind(fetched)
+                    self._consumer.pause(*fetched)
+                answer = await self._client.check_auth()
+                if isinstance(answer, HttpAnswer) and answer.status == 200:
+                    log.warning("Customer.io accepts the credentials again; resuming delivery")
+                    return
+        finally:
+            self._consumer.resume(*self._consumer.assignment())
+            self.stopped_reason = None
+            metrics.SINK_STOPPED.set(0)
+
+
+class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On a rebalance, let the chunk in flight finish and commit before partitions move."""
+
+    def __init__(self, sink: OperationsSink) -> None:
+        self.sink = sink
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:  # noqa: ARG002
+        try:
+            await asyncio.wait_for(self.sink.idle.wait(), timeout=30)
+        except TimeoutError:
+            log.warning("rebalance while a chunk is in flight; it will be redelivered")
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:  # noqa: ARG002
+        return None
+
+
+class SinkHandle:
+    """Lets the web endpoints reach the sink the app instantiates at start-up."""
+
+    instance: OperationsSink | None = None
+
+
+def attach_sink(app: faust.App, settings: Settings, topics: Topics) -> SinkHandle:
+    """Have the app create, start and stop the sink with the worker."""
+    handle = SinkHandle()
+
+    class ConfiguredSink(OperationsSink):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(settings, topics, **kwargs)
+            handle.instance = self
+
+    app.service(ConfiguredSink)
+    return handle

@@ -1,0 +1,322 @@
+"""End to end on the real broker and the emulator: batches in → people and events out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+import pytest
+
+from app.avro import codec
+from app.emulator.faults import parse_faults
+from app.emulator.server import EmulatorConfig, RunningEmulator, running_emulator
+from app.kafka_admin import ensure_topics
+from app.localkafka import free_port
+from app.settings import Settings, load_settings
+from app.topics import topics_for
+from tests.integration import workload
+from tests.integration.support import (
+    REPO,
+    WorkerProcess,
+    consume_until,
+    produce,
+    wait_for,
+    worker_env,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from app.localkafka import LocalKafka
+    from tests.integration.conftest import Names
+
+pytestmark = pytest.mark.integration
+
+SITE_ID, API_KEY = "site-e2e", "key-e2e"
+FAST_RETRIES = {
+    "retry_backoff_initial_seconds": "0.05",
+    "retry_backoff_max_seconds": "0.5",
+    "batch_linger_ms": "50",
+}
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[RunningEmulator]:
+    async with running_emulator(EmulatorConfig(site_id=SITE_ID, api_key=API_KEY)) as running:
+        yield running
+
+
+class Deployment:
+    """Topics, settings and worker processes of one test."""
+
+    def __init__(
+        self, kafka: LocalKafka, names: Names, tmp_path: Path, emulator_url: str, **overrides: str
+    ) -> None:
+        self.kafka = kafka
+        self.tmp_path = tmp_path
+        self.env = worker_env(
+            kafka.url,
+            names.prefix,
+            free_port(),
+            forwarding_enabled="true",
+            customerio_site_id=SITE_ID,
+            customerio_api_key=API_KEY,
+            customerio_url=emulator_url,
+            **{**FAST_RETRIES, **overrides},
+        )
+        self.settings: Settings = load_settings(
+            **{k.removeprefix("MPCIO_").lower(): v for k, v in self.env.items()}
+        )
+        self.topics = topics_for(self.settings)
+        self.workers: list[WorkerProcess] = []
+
+    async def prepare(self) -> None:
+        await ensure_topics(self.settings.bootstrap_servers, self.topics)
+
+    def start_worker(self, **env: str) -> WorkerProcess:
+        overrides = {f"MPCIO_{k.upper()}": v for k, v in env.items()}
+        log = self.tmp_path / f"worker-{len(self.workers) + 1}.log"
+        worker = WorkerProcess(["-m", "app", "worker"], {**self.env, **overrides}, log).start()
+        self.workers.append(worker)
+        return worker
+
+    async def stop_all(self) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.poll() is None:
+                await worker.stop()
+
+
+@pytest.fixture
+async def deployment(
+    kafka: LocalKafka, names: Names, tmp_path: Path, emulator: RunningEmulator
+) -> AsyncIterator[Deployment]:
+    made = Deployment(kafka, names, tmp_path, emulator.url)
+    await made.prepare()
+    yield made
+    await made.stop_all()
+
+
+async def _inspect(emulator: RunningEmulator, what: str) -> Any:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{emulator.url}/_emulator/{what}") as response,
+    ):
+        return await response.json()
+
+
+async def _wait_for_events(
+    emulator: RunningEmulator, count: int, workers: list[WorkerProcess], timeout: float = 90
+) -> None:
+    def enough() -> bool:
+        for worker in workers:
+            worker.assert_running()
+        return len(emulator.state.store.events) >= count
+
+    await wait_for(enough, timeout, f"{count} events at the emulator")
+
+
+def _event_ids(items: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(item["id"] for item in items if item["action"] in ("event", "screen"))
+
+
+async def test_sample_reaches_customerio_following_the_seed(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    lines = [
+        line
+        for line in (REPO / "samples" / "mparticle-batches.jsonl").read_bytes().splitlines()
+        if line.strip()
+    ]
+    keys = []
+    for line in lines:
+        try:
+            document = orjson.loads(line)
+            first = document[0] if isinstance(document, list) else document
+            keys.append(str(first["mpid"]).encode())
+        except (orjson.JSONDecodeError, KeyError):
+            keys.append(None)
+    expected = workload.expected_items(lines, deployment.settings)
+    await produce(
+        deployment.kafka.bootstrap,
+        deployment.topics.batches.name,
+        list(zip(keys, lines, strict=True)),
+    )
+    worker = deployment.start_worker()
+    await _wait_for_events(emulator, sum(_event_ids(expected).values()), [worker])
+
+    people = {p["email"]: p for p in (await _inspect(emulator, "people"))["people"]}
+    assert set(people) == {
+        "ada@example.com",
+        "bob@example.org",
+        "cy@example.net",
+        "dee@example.com",
+        "eve@example.com",
+        "fay@example.com",
+    }
+    assert people["ada@example.com"]["id"] == "cust-ada"
+    assert people["ada@example.com"]["attributes"]["first_name"] == "Ada"
+    assert people["bob@example.org"]["id"] == "cust-bob"  # identity change updated the person
+    assert "newsletter" not in people["bob@example.org"]["attributes"]  # deleted attribute
+    assert people["dee@example.com"]["unsubscribed"] is True  # opt-in does not resubscribe
+    events = (await _inspect(emulator, "events"))["events"]
+    assert Counter(e["id"] for e in events) == _event_ids(expected)
+    names = {e["name"] for e in events}
+    assert "Add_To_Cart" in names
+    assert all(isinstance(e["timestamp"], int) for e in events)
+    dead = await consume_until(
+        deployment.kafka.bootstrap,
+        deployment.topics.deadletter.name,
+        lambda rs: len(rs) >= 3,
+        workers=[worker],
+    )
+    assert len(dead) == 3
+    assert emulator.state.stats()["requests_by_status"].keys() == {"200"}
+
+
+async def test_5xx_burst_and_429_storm_lose_and_duplicate_nothing(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    records = workload.batches(users=60, batches_per_user=4, events_per_batch=5)
+    expected = workload.expected_items([value for _, value in records], deployment.settings)
+    rules, _ = parse_faults(
+        [
+            {"kind": "status", "status": 503, "count": 4},
+            {"kind": "status", "status": 500, "count": 2},
+            {"kind": "throttle", "retry_after": 1, "count": 2},
+            {"kind": "throttle", "count": 4},
+            {"kind": "drop", "count": 2},
+        ]
+    )
+    emulator.faults.add(rules)
+    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, records)
+    worker = deployment.start_worker(batch_max_items="50")
+    await _wait_for_events(emulator, sum(_event_ids(expected).values()), [worker])
+    await asyncio.sleep(0)  # let the emulator finish bookkeeping of the last request
+
+    events = (await _inspect(emulator, "events"))["events"]
+    assert Counter(e["id"] for e in events) == _event_ids(expected)  # nothing lost or doubled
+    stats = emulator.state.stats()
+    faults = stats["faults_injected"]
+    assert sum(faults.values()) == 14, faults
+    people = (await _inspect(emulator, "people"))["people"]
+    assert len(people) == 54  # 60 users, every 10th without email
+    assert all(p["attributes"]["tier"] == 1 for p in people)  # latest attributes won
+    assert await _message_count(deployment, deployment.topics.deadletter.name) == 0
+
+
+async def test_poison_item_is_dead_lettered_and_the_rest_delivered(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    good = [
+        {
+            "type": "person",
+            "identifiers": {"id": f"p{i}"},
+            "action": "event",
+            "name": "ok",
+            "id": f"01KB76YVZ81KCWPR9P11ZZAW{i:02d}",
+            "timestamp": 1764400000,
+        }
+        for i in range(10)
+    ]
+    poison = {
+        "type": "person",
+        "identifiers": {"id": "p1", "email": "two@ids.example"},
+        "action": "event",
+        "name": "x",
+        "id": "01KB76YVZ81KCWPR9P11ZZAWZZ",
+    }
+    items = [*good[:5], poison, *good[5:]]
+    value = codec("operation_batch").encode(
+        {
+            "mpid": "1",
+            "source_topic": "test",
+            "source_partition": 0,
+            "source_offset": 0,
+            "ingested_at_ms": int(time.time() * 1000),
+            "operations": [
+                {"action": i["action"], "person_id": "p", "item": orjson.dumps(i)} for i in items
+            ],
+        }
+    )
+    await produce(deployment.kafka.bootstrap, deployment.topics.operations.name, [(b"1", value)])
+    worker = deployment.start_worker()
+    dead = await consume_until(
+        deployment.kafka.bootstrap,
+        deployment.topics.deadletter.name,
+        lambda rs: len(rs) >= 1,
+        workers=[worker],
+    )
+    letter = codec("dead_letter").decode(dead[0].value)
+    assert letter["reason"] == "customerio_rejected_item"
+    assert letter["http_status"] == 207
+    assert orjson.loads(letter["payload"]) == poison
+    assert letter["stage"] == "sink"
+    await _wait_for_events(emulator, 10, [worker])
+    assert sorted(e["id"] for e in (await _inspect(emulator, "events"))["events"]) == sorted(
+        i["id"] for i in good
+    )
+
+
+async def test_bad_credentials_stop_delivery_then_fixed_key_delivers_backlog(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    records = workload.batches(users=20, batches_per_user=2, events_per_batch=3)
+    expected = workload.expected_items([value for _, value in records], deployment.settings)
+    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, records)
+    bad = deployment.start_worker(customerio_api_key="wrong-key")
+    await wait_for(
+        lambda: emulator.state.stats()["requests_by_status"].get("401", 0) >= 1,
+        60,
+        "a 401 from the emulator",
+    )
+    await wait_for(lambda: "delivery stopped" in bad.output(), 30, "the fatal-stop log line")
+    bad.assert_running()  # stopped delivering, not crashed
+    assert emulator.state.store.events == []
+    assert await bad.stop() < 30
+    assert await _message_count(deployment, deployment.topics.deadletter.name) == 0
+
+    good = deployment.start_worker()
+    await _wait_for_events(emulator, sum(_event_ids(expected).values()), [good])
+    events = (await _inspect(emulator, "events"))["events"]
+    assert Counter(e["id"] for e in events) == _event_ids(expected)
+
+
+async def test_steady_load_fills_requests_and_respects_the_rate_limit(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    records = workload.batches(users=200, batches_per_user=5, events_per_batch=10)
+    expected = workload.expected_items([value for _, value in records], deployment.settings)
+    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, records)
+    worker = deployment.start_worker(rate_limit_per_second="5", batch_max_items="500")
+    await _wait_for_events(emulator, sum(_event_ids(expected).values()), [worker], timeout=120)
+    requests = [
+        r
+        for r in (await _inspect(emulator, "requests"))["requests"]
+        if r["path"] == "/api/v2/batch"
+    ]
+    items_per_request = sum(r["items"] for r in requests) / len(requests)
+    print(
+        f"\nsteady load: {len(requests)} requests, {items_per_request:.0f} items per request, "
+        f"max {emulator.state.stats()['max_requests_per_second']} requests in any second"
+    )
+    assert items_per_request >= 100
+    assert emulator.state.stats()["max_requests_per_second"] <= 5
+
+
+async def _message_count(deployment: Deployment, topic: str) -> int:
+    """How many records ``topic`` holds now (sum of end offsets; nothing is compacted here)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=deployment.kafka.bootstrap)
+    await consumer.start()
+    try:
+        partitions = range(deployment.settings.topic_partitions)
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return sum(ends.values())
+    finally:
+        await consumer.stop()
