@@ -7,13 +7,11 @@ Every command validates the settings first; a configuration error prints one lin
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from app.errors import ConfigError, MpcioError
 from app.settings import Settings, load_settings
@@ -56,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="local Kafka + worker on sample data: the one command to try it"
     )
     demo.add_argument("--kafka-port", type=int, default=None, help="default: a free port")
+    demo.add_argument(
+        "--keep-running", action="store_true", help="leave everything up until Ctrl-C"
+    )
     demo.set_defaults(handler=_cmd_demo)
 
     emulator = commands.add_parser(
@@ -186,34 +187,14 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from app.kafka_admin import ensure_topics  # noqa: PLC0415
-    from app.localkafka import LocalKafka  # noqa: PLC0415
-    from app.topics import topics_for  # noqa: PLC0415
+    from app.demo import run_demo  # noqa: PLC0415
 
-    with LocalKafka(port=args.kafka_port) as broker:
-        print(f"local Kafka ready at {broker.bootstrap} in {broker.started_in:.1f}s")
-        settings = Settings(broker=broker.url, store="memory://", forwarding_enabled=False)
-        asyncio.run(ensure_topics(settings.bootstrap_servers, topics_for(settings)))
-        print("topics:", ", ".join(spec.name for spec in topics_for(settings).all()))
-        process = _spawn_worker(settings)
-        print(f"worker started (pid {process.pid}); metrics on :{settings.web_port}. Ctrl-C stops.")
-        try:
-            _wait_for_signal(process)
-        finally:
-            process.terminate()
-            process.wait(30)
+    run_demo(kafka_port=args.kafka_port, keep_running=args.keep_running)
     return 0
 
 
-def _spawn_worker(settings: Settings) -> Any:
-    import os  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-
-    env = {**os.environ, **_as_env(settings)}
-    return subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env)
-
-
-def _as_env(settings: Settings) -> dict[str, str]:
+def settings_as_env(settings: Settings) -> dict[str, str]:
+    """``MPCIO_*`` variables that reproduce ``settings`` in a child process (key included)."""
     env: dict[str, str] = {}
     dumped = settings.model_dump(mode="json")
     if settings.customerio_api_key is not None:
@@ -226,7 +207,7 @@ def _as_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _wait_for_signal(process: Any = None) -> None:
+def _wait_for_signal() -> None:
     stop = False
 
     def _stop(*_: object) -> None:
@@ -235,5 +216,5 @@ def _wait_for_signal(process: Any = None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    while not stop and (process is None or process.poll() is None):
+    while not stop:
         time.sleep(0.2)

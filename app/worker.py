@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.worker import Worker
 
 from agents import attach_agents
@@ -45,6 +46,8 @@ class ForwarderWorker(Worker):
 def build_worker_app(settings: Settings) -> faust.App:
     """The faust app with every agent attached."""
     app = create_app(settings)
+    # faust's own metrics (faust_*) and ours (mpcio_*) share the default registry on /metrics.
+    setup_prometheus_sensors(app, name_prefix="faust")
     attach_agents(app, settings, topics_for(settings))
     return app
 

@@ -1,0 +1,261 @@
+"""``mpcio demo`` (the README's ``make run``): the whole product on one machine, on sample data.
+
+Starts a local Kafka broker, the Customer.io emulator and a worker (subprocesses), produces the
+sample mParticle batches shipped in ``samples/``, shows progress while they flow, then prints
+what Customer.io received (people, events, unsubscribed users) and the dead letters, and where
+the metrics are. Everything it started is stopped at the end or on Ctrl-C; ``--keep-running``
+leaves it all up until Ctrl-C for exploring.
+
+Failure semantics: a part that does not come up stops the demo with a message naming it and
+the log to read; whatever was started is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from app.avro import codec
+from app.dryrun import dry_run
+from app.errors import MpcioError
+from app.kafka_admin import ensure_topics
+from app.localkafka import LocalKafka, free_port
+from app.settings import Settings
+from app.topics import topics_for
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "mparticle-batches.jsonl"
+SITE_ID, API_KEY = "demo-site", "demo-key"
+WAIT_SECONDS = 90
+
+
+class DemoError(MpcioError):
+    """A part of the demo did not come up or did not finish."""
+
+
+def run_demo(*, kafka_port: int | None, keep_running: bool, sample: Path = SAMPLE) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="mpcio-demo-"))
+    lines = [line for line in sample.read_bytes().splitlines() if line.strip()]
+    with LocalKafka(port=kafka_port) as broker, _emulator(workdir) as emulator_url:
+        print(
+            f"✓ Kafka {broker.version} on {broker.bootstrap} (started in {broker.started_in:.1f}s)"
+        )
+        print(f"✓ Customer.io emulator on {emulator_url}")
+        web_port = free_port()
+        settings = Settings(
+            broker=broker.url,
+            store="memory://",
+            topic_partitions=4,
+            web_port=web_port,
+            customerio_site_id=SITE_ID,
+            customerio_api_key=API_KEY,
+            customerio_url=emulator_url,
+            batch_linger_ms=20,
+            data_dir=str(workdir / "data"),
+        )
+        topics = topics_for(settings)
+        asyncio.run(ensure_topics(settings.bootstrap_servers, topics))
+        with _worker(settings, workdir / "worker.log") as worker:
+            print(
+                f"✓ worker started (pid {worker.pid}); metrics on "
+                f"http://127.0.0.1:{web_port}/metrics"
+            )
+            asyncio.run(_produce(settings, topics.batches.name, lines))
+            print(f"→ produced {len(lines)} records from {sample.name} to {topics.batches.name}")
+            expected = _expected_events(lines, settings)
+            _show_progress(emulator_url, expected, worker, workdir / "worker.log")
+            _report(emulator_url, settings)
+            if keep_running:
+                print("\nEverything keeps running; Ctrl-C stops it.")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while worker.poll() is None:
+                        time.sleep(0.5)
+    print("✓ stopped the worker, the emulator and Kafka")
+
+
+@contextlib.contextmanager
+def _emulator(workdir: Path) -> Iterator[str]:
+    port = free_port()
+    log = (workdir / "emulator.log").open("wb")
+    process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed argv
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "emulator",
+            "--port",
+            str(port),
+            "--site-id",
+            SITE_ID,
+            "--api-key",
+            API_KEY,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until(
+            lambda: _get(url, "/_emulator/stats") is not None,
+            30,
+            "the emulator",
+            workdir / "emulator.log",
+        )
+        yield url
+    finally:
+        process.terminate()
+        process.wait(15)
+        log.close()
+
+
+@contextlib.contextmanager
+def _worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    from app.cli import settings_as_env  # noqa: PLC0415 - avoid a cycle at import time
+
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "worker"],
+        env={**os.environ, **settings_as_env(settings)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+async def _produce(settings: Settings, topic: str, lines: list[bytes]) -> None:
+    from aiokafka import AIOKafkaProducer  # noqa: PLC0415
+
+    # A topic created a moment ago answers "not leader" once or twice; the producer retries.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for line in lines:
+            await producer.send(topic, line, key=_mpid_key(line))
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def _mpid_key(line: bytes) -> bytes | None:
+    """What mParticle's Kafka output uses as the key: the batch's mpid."""
+    try:
+        document = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    first = document[0] if isinstance(document, list) and document else document
+    mpid = first.get("mpid") if isinstance(first, dict) else None
+    return None if mpid is None else str(mpid).encode()
+
+
+def _expected_events(lines: list[bytes], settings: Settings) -> int:
+    import io  # noqa: PLC0415
+
+    out = io.BytesIO()
+    dry_run(lines, settings, out, io.StringIO())
+    return sum(
+        1 for raw in out.getvalue().splitlines() if orjson.loads(raw)["action"] != "identify"
+    )
+
+
+def _show_progress(url: str, expected: int, worker: subprocess.Popen[bytes], log: Path) -> None:
+    began = time.monotonic()
+    stored = 0
+    while stored < expected:
+        if worker.poll() is not None:
+            raise DemoError(f"the worker exited; see {log}")
+        if time.monotonic() - began > WAIT_SECONDS:
+            raise DemoError(
+                f"only {stored}/{expected} events arrived in {WAIT_SECONDS}s; see {log}"
+            )
+        stats = _get(url, "/_emulator/stats") or {}
+        stored = int(stats.get("events_stored", 0))
+        bar = "#" * (30 * stored // max(expected, 1))
+        print(
+            f"\r  Customer.io events [{bar:<30}] {stored}/{expected} "
+            f"({time.monotonic() - began:.1f}s)",
+            end="",
+            flush=True,
+        )
+        time.sleep(0.2)
+    print()
+
+
+def _report(url: str, settings: Settings) -> None:
+    people = (_get(url, "/_emulator/people") or {}).get("people", [])
+    events = (_get(url, "/_emulator/events") or {}).get("events", [])
+    stats = _get(url, "/_emulator/stats") or {}
+    print(
+        f"\nCustomer.io now holds {len(people)} people and {len(events)} events "
+        f"({stats.get('requests')} requests, {stats.get('items_accepted')} items):"
+    )
+    per_person = Counter(e["person_email"] or e["person_id"] for e in events)
+    for person in people:
+        flag = "  UNSUBSCRIBED" if person["unsubscribed"] else ""
+        names = ", ".join(sorted(k for k in person["attributes"] if k != "email"))
+        print(
+            f"  {person['id'] or '-':>10}  {person['email']:<18} "
+            f"{per_person[person['email']]:>2} events  [{names}]{flag}"
+        )
+    letters = asyncio.run(_dead_letters(settings))
+    print(f"\nDead letters ({len(letters)}) in {settings.topic_deadletter}:")
+    for letter in letters:
+        where = f"p{letter['source_partition']}@{letter['source_offset']}"
+        print(f"  {where:>7}  {letter['reason']}: {letter['detail']}")
+
+
+async def _dead_letters(settings: Settings) -> list[dict[str, Any]]:
+    from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
+
+    consumer = AIOKafkaConsumer(
+        settings.topic_deadletter,
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    letters: list[dict[str, Any]] = []
+    try:
+        for _ in range(3):  # the topic is small: a few fetches reach its end
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                letters.extend(codec("dead_letter").decode(r.value) for r in records if r.value)
+    finally:
+        await consumer.stop()
+    return sorted(letters, key=lambda letter: letter["source_offset"] or 0)
+
+
+def _get(url: str, path: str) -> Any:
+    try:
+        with urllib.request.urlopen(url + path, timeout=2) as response:  # noqa: S310 - loopback
+            return orjson.loads(response.read())
+    except OSError:
+        return None
+
+
+def _wait_until(condition: Any, seconds: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise DemoError(f"{what} did not start within {seconds:.0f}s; see {log}")
+        time.sleep(0.1)
