@@ -1,22 +1,24 @@
-"""Ingest agent: ``mparticle-batches`` → table ``users`` → ``customerio-operations``.
+"""Ingest agents: the three input topics → table ``users`` → ``customerio-operations``.
 
-One faust record per input record: the agent reads the user's stored state from the table,
-hands everything to :func:`app.pipeline.process_batch_record`, and writes what it returns.
-All operations of a record travel as ONE record on the operations topic (key = mpid), so the
-per-record cost of faust is paid once per mParticle batch, not once per Customer.io operation
-(ARCHITECTURE.md has the measurements behind this).
+One agent per input topic (``mparticle-batches``, ``mparticle-audiences``,
+``mparticle-erasure``), all co-partitioned by mpid and sharing the ``users`` table, so one
+user's batches, membership changes and erasures meet the same state on the same worker. Each
+agent reads the user's stored state, hands the record to its pure function in
+:mod:`app.pipeline`, and writes what it returns. All operations of a record travel as ONE
+record on the operations topic (key = mpid): faust's per-record cost is paid once per input
+record, not once per Customer.io operation (ARCHITECTURE.md has the measurements).
 
-Delivery semantics (SPEC §7): ``concurrency=1``; the table update and the produced records are
-buffered and flushed by faust before it commits this record's offset, so a crash redelivers
-the record; folding it again is idempotent and re-sent events carry the same ULIDs. The agent
-never lets an exception escape (faust would ack the record and lose it): an unexpected error
-dead-letters the record with reason ``internal_error`` and the stream continues.
+Delivery semantics (SPEC §7): ``concurrency=1``; table updates and produced records are
+buffered and flushed by faust before it commits the record's offset, so a crash redelivers the
+record; folding it again is idempotent and re-sent events carry the same ULIDs. No exception
+escapes an agent (faust would ack the record and lose it): an unexpected error dead-letters
+the record with reason ``internal_error`` and the stream continues.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from app import metrics
@@ -26,9 +28,11 @@ from app.pipeline import (
     SourcePosition,
     dead_letter,
     now_ms,
+    process_audience_record,
     process_batch_record,
+    process_erasure_record,
 )
-from app.topics import USERS_TABLE
+from app.topics import ERASURES_TABLE, USERS_TABLE
 
 if TYPE_CHECKING:
     import faust
@@ -38,33 +42,47 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Process = Callable[[Any, SourcePosition], IngestResult]
+
 
 def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
-    """Declare the ``users`` table and the ingest agent on ``app``; return the table."""
+    """Declare the tables and the three ingest agents on ``app``; return the users table."""
+    partitions = settings.topic_partitions
+    # bytes key/value types select faust's raw codec: values are our own Avro / decimal text.
     users = app.Table(
         USERS_TABLE,
-        partitions=settings.topic_partitions,
-        key_type=bytes,  # bytes types select faust's raw codec: values are our Avro bytes
+        partitions=partitions,
+        key_type=bytes,
         value_type=bytes,
         help="Per-user state (app.state.UserState as Avro), keyed by mpid.",
     )
-    source = _raw_topic(app, topics.batches.name, settings.topic_partitions)
-    operations = _raw_topic(app, topics.operations.name, settings.topic_partitions)
-    deadletters = _raw_topic(app, topics.deadletter.name, settings.topic_partitions)
+    erasures = app.Table(
+        ERASURES_TABLE,
+        partitions=partitions,
+        key_type=bytes,
+        value_type=bytes,
+        help="mpid -> Kafka time (ms, decimal) of its last erasure request.",
+    )
+    batches = _raw_topic(app, topics.batches.name, partitions)
+    audiences = _raw_topic(app, topics.audiences.name, partitions)
+    erasure = _raw_topic(app, topics.erasure.name, partitions)
+    operations = _raw_topic(app, topics.operations.name, partitions)
+    deadletters = _raw_topic(app, topics.deadletter.name, partitions)
 
-    @app.agent(source, name="ingest", concurrency=1)
-    async def ingest(stream: Any) -> AsyncIterator[None]:
+    def load(mpid: str) -> bytes | None:
+        value: bytes | None = users.get(mpid.encode())
+        return value
+
+    def erased_at(key: bytes | None) -> int | None:
+        marker = None if key is None else erasures.get(key)
+        return None if marker is None else int(marker)
+
+    async def run(stream: Any, process: Process, rekey_topic: Any) -> None:
         async for event in stream.events():
             message = event.message
             position = SourcePosition(message.topic, message.partition, message.offset)
             try:
-                result = process_batch_record(
-                    event.key,
-                    event.value,
-                    position,
-                    lambda mpid: users.get(mpid.encode()),
-                    settings,
-                )
+                result = process(event, position)
             except Exception as exc:  # a bug must not lose the record: dead-letter it
                 log.exception("ingest failed on %s", position)
                 result = IngestResult(
@@ -83,36 +101,92 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
                 result.counts["dead_letters", STAGE_INGEST, "internal_error"] += 1
             for mpid, state in result.states.items():
                 users[mpid.encode()] = state
+            for mpid in result.purged:
+                users.pop(mpid.encode(), None)  # tombstone in the changelog
+            for mpid, erased_ms in result.erased.items():
+                erasures[mpid.encode()] = str(erased_ms).encode()
             if result.operations is not None:
                 mpid, value = result.operations
-                await operations.send(key=mpid.encode(), value=value)
+                await operations.send(key=mpid.encode() or None, value=value)
             for mpid, raw in result.rekeyed:
-                await source.send(key=mpid.encode(), value=raw)
+                await rekey_topic.send(key=mpid.encode(), value=raw)
             for letter in result.dead_letters:
                 await deadletters.send(key=event.key, value=letter)
             record_metrics(result)
-            yield None
+
+    @app.agent(batches, name="ingest_batches", concurrency=1)
+    async def ingest_batches(stream: Any) -> AsyncIterator[None]:
+        await run(
+            stream,
+            lambda event, position: process_batch_record(
+                event.key,
+                event.value,
+                position,
+                load,
+                settings,
+                erased_at_ms=erased_at(event.key),
+                record_ms=_record_ms(event),
+            ),
+            batches,
+        )
+        yield None
+
+    @app.agent(audiences, name="ingest_audiences", concurrency=1)
+    async def ingest_audiences(stream: Any) -> AsyncIterator[None]:
+        await run(
+            stream,
+            lambda event, position: process_audience_record(
+                event.key,
+                event.value,
+                position,
+                load,
+                settings,
+            ),
+            audiences,
+        )
+        yield None
+
+    @app.agent(erasure, name="ingest_erasure", concurrency=1)
+    async def ingest_erasure(stream: Any) -> AsyncIterator[None]:
+        await run(
+            stream,
+            lambda event, position: process_erasure_record(
+                event.key,
+                event.value,
+                position,
+                load,
+                record_ms=_record_ms(event),
+            ),
+            erasure,
+        )
+        yield None
 
     return users
+
+
+def _record_ms(event: Any) -> int | None:
+    """The record's Kafka timestamp in ms (faust gives seconds as a float)."""
+    seconds = event.message.timestamp
+    return None if seconds is None else round(seconds * 1000)
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
     return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions)
 
 
+_COUNTERS: dict[str, Any] = {
+    "batches": metrics.BATCHES,
+    "audience_updates": metrics.AUDIENCE_UPDATES,
+    "erasures": metrics.ERASURES,
+    "events": metrics.EVENTS,
+    "operations": metrics.OPERATIONS,
+    "dead_letters": metrics.DEAD_LETTERS,
+    "limits": metrics.LIMITS,
+    "ignored": metrics.IGNORED,
+}
+
+
 def record_metrics(result: IngestResult) -> None:
     """Apply the increments of one record to the Prometheus counters."""
-    for labels, count in result.counts.items():
-        kind, *values = labels
-        if kind == "batches":
-            metrics.BATCHES.labels(*values).inc(count)
-        elif kind == "events":
-            metrics.EVENTS.labels(*values).inc(count)
-        elif kind == "operations":
-            metrics.OPERATIONS.labels(*values).inc(count)
-        elif kind == "dead_letters":
-            metrics.DEAD_LETTERS.labels(*values).inc(count)
-        elif kind == "limits":
-            metrics.LIMITS.labels(*values).inc(count)
-        elif kind == "ignored":
-            metrics.IGNORED.labels(*values).inc(count)
+    for (kind, *values), count in result.counts.items():
+        _COUNTERS[kind].labels(*values).inc(count)

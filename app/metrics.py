@@ -21,6 +21,17 @@ EVENTS = Counter(
     "skipped_no_email, environment_filtered, invalid, ignored).",
     ["event_type", "outcome"],
 )
+AUDIENCE_UPDATES = Counter(
+    "mpcio_audience_updates_total",
+    "Audience membership updates read, by outcome (forwarded, skipped_no_email, rekeyed, "
+    "rejected, ...).",
+    ["outcome"],
+)
+ERASURES = Counter(
+    "mpcio_erasure_requests_total",
+    "Erasure requests read, by outcome (erased, no_match, not_erasure, rekeyed, rejected).",
+    ["outcome"],
+)
 OPERATIONS = Counter(
     "mpcio_operations_total", "Customer.io operations produced, by action.", ["action"]
 )

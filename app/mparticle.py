@@ -300,7 +300,7 @@ def parse_batch(raw: dict[str, Any]) -> Batch:
         raise InvalidRecordError("events_not_a_list", f"events is {_json_type(raw_events)}")
 
     timestamp_ms = _timestamp(raw.get("timestamp_unixtime_ms"), ignored)
-    email, customer_id = _identities(raw.get("user_identities"), ignored)
+    email, customer_id = parse_identities(raw.get("user_identities"), ignored)
     batch = Batch(
         mpid=mpid,
         environment=environment,
@@ -450,8 +450,12 @@ def _timestamp(value: object, ignored: dict[str, int]) -> int | None:
     return milliseconds
 
 
-def _identities(value: object, ignored: dict[str, int]) -> tuple[str | None, str | None]:
-    """``(email, customer_id)`` from any of the three accepted shapes."""
+def parse_identities(value: object, ignored: dict[str, int]) -> tuple[str | None, str | None]:
+    """``(email, customer_id)`` from any of the three accepted shapes.
+
+    Array entries may be outbound ``{identity_type, identity}`` or audience-feed
+    ``{type, value}`` objects.
+    """
     if value is None:
         return None, None
     if type(value) is dict:
@@ -463,16 +467,19 @@ def _identities(value: object, ignored: dict[str, int]) -> tuple[str | None, str
         raise InvalidRecordError("identities_invalid", f"user_identities is {_json_type(value)}")
     email = customer_id = None
     for entry in value:
-        if type(entry) is not dict or type(entry.get("identity_type")) is not str:
+        if type(entry) is not dict:
             _count(ignored, IGNORED_IDENTITY)
             continue
-        identity_type = entry["identity_type"].lower()
+        identity_type = entry.get("identity_type", entry.get("type"))
+        if type(identity_type) is not str:
+            _count(ignored, IGNORED_IDENTITY)
+            continue
+        identity = entry.get("identity", entry.get("value"))
+        identity_type = identity_type.lower()
         if identity_type == "email":
-            email = _identity_value(entry.get("identity"), ignored, integer_allowed=False) or email
+            email = _identity_value(identity, ignored, integer_allowed=False) or email
         elif identity_type == "customer_id":
-            customer_id = (
-                _identity_value(entry.get("identity"), ignored, integer_allowed=True) or customer_id
-            )
+            customer_id = _identity_value(identity, ignored, integer_allowed=True) or customer_id
     return email, customer_id
 
 

@@ -1,8 +1,11 @@
-"""One input record of ``mparticle-batches`` → state updates, operations and dead letters.
+"""One input record → state updates, operations and dead letters, for each input topic.
 
-:func:`process_batch_record` is the whole ingest step as a plain function: the agent gives it
-the record, a way to read a user's stored state and the settings, and writes what it returns
-(table updates, one operations record, dead letters, re-keyed batches). It does no I/O.
+:func:`process_batch_record`, :func:`process_audience_record` and
+:func:`process_erasure_record` are the whole ingest step of ``mparticle-batches``,
+``mparticle-audiences`` and ``mparticle-erasure`` as plain functions: the agent gives one the
+record, a way to read a user's stored state and the settings, and writes what it returns
+(table updates and deletions, one operations record, dead letters, re-keyed records). They do
+no I/O.
 
 Failure semantics: nothing raises for bad input. A record that cannot be parsed becomes one
 dead letter (stage ``ingest``, the parser's reason, the raw bytes and source position). A
@@ -19,15 +22,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
+from app.audiences import apply_membership, parse_audience_record
 from app.avro import codec
+from app.erasure import parse_erasure_record, plan_erasure
 from app.errors import InvalidRecordError
 from app.mparticle import parse_record
 from app.state import UserState, decode_state, encode_state
-from app.transform import transform
+from app.transform import Operation, Transformed, transform
 
 if TYPE_CHECKING:
     from app.mparticle import Batch
@@ -49,13 +54,17 @@ class SourcePosition:
 class IngestResult:
     """What the agent must write for one input record, in this order.
 
-    ``states``: encoded :class:`UserState` per mpid (changed ones only); ``operations``: at most
+    ``states``: encoded :class:`UserState` per mpid (changed ones only); ``purged``: mpids
+    whose state must be deleted (tombstone); ``erased``: erasure markers (mpid → Kafka time of
+    the request) to keep; ``operations``: at most
     one encoded ``OperationBatch`` (key = mpid); ``rekeyed``: (mpid, raw batch JSON) to send
     back to the input topic; ``dead_letters``: encoded ``DeadLetter`` records.
     ``counts`` holds metric increments keyed by (metric, label values).
     """
 
     states: dict[str, bytes] = field(default_factory=dict)
+    purged: list[str] = field(default_factory=list)
+    erased: dict[str, int] = field(default_factory=dict)
     operations: tuple[str, bytes] | None = None
     rekeyed: list[tuple[str, bytes]] = field(default_factory=list)
     dead_letters: list[bytes] = field(default_factory=list)
@@ -105,75 +114,209 @@ def process_batch_record(
     load_state: Callable[[str], bytes | None],
     settings: Settings,
     *,
+    erased_at_ms: int | None = None,
+    record_ms: int | None = None,
     clock: Callable[[], int] = now_ms,
 ) -> IngestResult:
-    """Parse, fold and transform one record of the batches topic (see module docstring)."""
+    """Parse, fold and transform one record of the batches topic (see module docstring).
+
+    ``erased_at_ms`` is when the key's user was erased (if ever) and ``record_ms`` the record's
+    Kafka timestamp: a batch that reached Kafka before the erasure is dropped (counted as
+    ``erased``), so an erasure is never undone by a batch still in flight.
+    """
     result = IngestResult()
     try:
         batches = parse_record(value)
     except InvalidRecordError as exc:
-        result.dead_letters.append(
-            dead_letter(
-                exc.reason,
-                exc.detail,
-                stage=STAGE_INGEST,
-                source=source,
-                key=key,
-                payload=value,
-                failed_at_ms=clock(),
-            )
-        )
-        result.counts["dead_letters", STAGE_INGEST, exc.reason] += 1
-        result.counts["batches", "rejected"] += 1
+        _reject(result, exc, source, key, value, clock, counter="batches")
         return result
 
     record_mpid = _key_text(key)
     mine = [b for b in batches if b.mpid == record_mpid]
     if len(mine) != len(batches):
-        result.rekeyed = _rekey(value, batches, record_mpid)
+        result.rekeyed = _rekey(value, [b.mpid for b in batches], record_mpid)
         result.counts["batches", "rekeyed"] += len(result.rekeyed)
     if not mine:
+        return result
+    if erased_at_ms is not None and (record_ms is None or record_ms <= erased_at_ms):
+        result.counts["batches", "erased"] += len(mine)
         return result
 
     mpid = mine[0].mpid
     state = _load(mpid, load_state, result, source, key, clock)
     stored = state
-    operations: list[dict[str, Any]] = []
+    operations: list[Operation] = []
     for batch in mine:
         _count_input(batch, result.counts)
         transformed = transform(batch, state, settings)
         state = transformed.state
-        result.counts["batches", transformed.outcome] += 1
-        for outcome, count in transformed.events.items():
-            result.counts["events", "all", outcome] += count
-        for kind, count in transformed.limits.items():
-            result.counts["limits", kind] += count
-        for operation in transformed.operations:
-            operations.append(
-                {
-                    "action": operation.action,
-                    "person_id": operation.person_id,
-                    "item": operation.payload,
-                }
-            )
-            result.counts["operations", operation.action] += 1
+        _count_transformed(transformed, result.counts, "batches")
+        operations.extend(transformed.operations)
+    _finish(result, mpid, stored, state, operations, source, clock)
+    return result
+
+
+def process_audience_record(
+    key: bytes | None,
+    value: bytes,
+    source: SourcePosition,
+    load_state: Callable[[str], bytes | None],
+    settings: Settings,
+    *,
+    clock: Callable[[], int] = now_ms,
+) -> IngestResult:
+    """Fold membership changes into the state and identify the new membership (SPEC §4).
+
+    A user without an email keeps the membership in state; it is sent with the first identify
+    once an email is known. Records for another mpid than the key are returned in
+    ``rekeyed`` (for the audiences topic)."""
+    result = IngestResult()
+    try:
+        updates = parse_audience_record(value)
+    except InvalidRecordError as exc:
+        _reject(result, exc, source, key, value, clock, counter="audience_updates")
+        return result
+    record_mpid = _key_text(key)
+    mine = [u for u in updates if u.mpid == record_mpid]
+    if len(mine) != len(updates):
+        result.rekeyed = _rekey(value, [u.mpid for u in updates], record_mpid, "user_profiles")
+        result.counts["audience_updates", "rekeyed"] += len(result.rekeyed)
+    if not mine:
+        return result
+    mpid = mine[0].mpid
+    state = _load(mpid, load_state, result, source, key, clock)
+    stored = state
+    environment = next(iter(sorted(settings.environments)))
+    operations: list[Operation] = []
+    for update in mine:
+        transformed = transform(
+            update.as_batch(environment), apply_membership(state, update.changes), settings
+        )
+        state = transformed.state
+        _count_transformed(transformed, result.counts, "audience_updates")
+        operations.extend(transformed.operations)
+    _finish(result, mpid, stored, state, operations, source, clock)
+    return result
+
+
+def process_erasure_record(
+    key: bytes | None,
+    value: bytes,
+    source: SourcePosition,
+    load_state: Callable[[str], bytes | None],
+    *,
+    record_ms: int | None,
+    clock: Callable[[], int] = now_ms,
+) -> IngestResult:
+    """Plan one erasure request (SPEC §5): Customer.io deletes, state purge, erasure marker.
+
+    The marker (``erased``: mpid → the request's Kafka timestamp) lets later batches that
+    reached Kafka before the erasure be dropped; it holds no personal data."""
+    result = IngestResult()
+    try:
+        request = parse_erasure_record(value)
+    except InvalidRecordError as exc:
+        _reject(result, exc, source, key, value, clock, counter="erasures")
+        return result
+    record_mpid = _key_text(key)
+    if request.mpid is not None and request.mpid != record_mpid:
+        result.rekeyed = [(request.mpid, value)]
+        result.counts["erasures", "rekeyed"] += 1
+        return result
+    stored = None if request.mpid is None else load_state(request.mpid)
+    state = None
+    if stored is not None:
+        try:
+            state = decode_state(stored)
+        except InvalidRecordError:
+            state = None  # corrupt or not, it is purged below
+    plan = plan_erasure(request, state)
+    result.counts["erasures", plan.outcome] += 1
+    if request.mpid is not None and plan.outcome == "erased":
+        result.purged.append(request.mpid)
+        result.erased[request.mpid] = record_ms if record_ms is not None else clock()
+    operations = [
+        Operation("delete", next(iter(item["identifiers"].values())), item, orjson.dumps(item))
+        for item in plan.deletes
+    ]
+    for operation in operations:
+        result.counts["operations", operation.action] += 1
+    if operations:
+        result.operations = _operations_record(request.mpid or "", operations, source, clock)
+    return result
+
+
+def _reject(  # noqa: PLR0917 - private helper, every argument is needed
+    result: IngestResult,
+    exc: InvalidRecordError,
+    source: SourcePosition,
+    key: bytes | None,
+    value: bytes,
+    clock: Callable[[], int],
+    *,
+    counter: str,
+) -> None:
+    result.dead_letters.append(
+        dead_letter(
+            exc.reason,
+            exc.detail,
+            stage=STAGE_INGEST,
+            source=source,
+            key=key,
+            payload=value,
+            failed_at_ms=clock(),
+        )
+    )
+    result.counts["dead_letters", STAGE_INGEST, exc.reason] += 1
+    result.counts[counter, "rejected"] += 1
+
+
+def _count_transformed(
+    transformed: Transformed, counts: Counter[tuple[str, ...]], counter: str
+) -> None:
+    counts[counter, transformed.outcome] += 1
+    for outcome, count in transformed.events.items():
+        counts["events", "all", outcome] += count
+    for kind, count in transformed.limits.items():
+        counts["limits", kind] += count
+    for operation in transformed.operations:
+        counts["operations", operation.action] += 1
+
+
+def _finish(  # noqa: PLR0917 - private helper, every argument is needed
+    result: IngestResult,
+    mpid: str,
+    stored: UserState | None,
+    state: UserState | None,
+    operations: list[Operation],
+    source: SourcePosition,
+    clock: Callable[[], int],
+) -> None:
     if state is not None and state != stored:
         result.states[mpid] = encode_state(state)
     if operations:
-        result.operations = (
-            mpid,
-            codec("operation_batch").encode(
-                {
-                    "mpid": mpid,
-                    "source_topic": source.topic,
-                    "source_partition": source.partition,
-                    "source_offset": source.offset,
-                    "ingested_at_ms": clock(),
-                    "operations": operations,
-                }
-            ),
-        )
-    return result
+        result.operations = _operations_record(mpid, operations, source, clock)
+
+
+def _operations_record(
+    mpid: str, operations: list[Operation], source: SourcePosition, clock: Callable[[], int]
+) -> tuple[str, bytes]:
+    return (
+        mpid,
+        codec("operation_batch").encode(
+            {
+                "mpid": mpid,
+                "source_topic": source.topic,
+                "source_partition": source.partition,
+                "source_offset": source.offset,
+                "ingested_at_ms": clock(),
+                "operations": [
+                    {"action": op.action, "person_id": op.person_id, "item": op.payload}
+                    for op in operations
+                ],
+            }
+        ),
+    )
 
 
 def _key_text(key: bytes | None) -> str | None:
@@ -185,14 +328,18 @@ def _key_text(key: bytes | None) -> str | None:
         return None
 
 
-def _rekey(value: bytes, batches: list[Batch], record_mpid: str | None) -> list[tuple[str, bytes]]:
-    # Rare path (keyless or mixed bulk records): decode again to forward each raw batch as is.
+def _rekey(
+    value: bytes, mpids: list[str], record_mpid: str | None, list_key: str | None = None
+) -> list[tuple[str, bytes]]:
+    # Rare path (keyless or mixed bulk records): decode again to forward each raw part as is.
     document = orjson.loads(value)
+    if list_key is not None and isinstance(document, dict) and list_key in document:
+        document = document[list_key]
     raws = document if isinstance(document, list) else [document]
     return [
-        (batch.mpid, orjson.dumps(raw))
-        for batch, raw in zip(batches, raws, strict=True)
-        if batch.mpid != record_mpid
+        (mpid, orjson.dumps(raw))
+        for mpid, raw in zip(mpids, raws, strict=True)
+        if mpid != record_mpid
     ]
 
 

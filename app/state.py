@@ -63,6 +63,7 @@ class UserState:
     last_device_type: str | None = None
     last_seen_ms: int | None = None
     audiences: dict[str, str] = field(default_factory=dict)
+    audiences_left: dict[str, str] = field(default_factory=dict)
 
     @property
     def created_at_ms(self) -> int | None:
@@ -105,6 +106,7 @@ def fold(state: UserState | None, batch: Batch) -> UserState:
         last_device_type=last_device_type,
         last_seen_ms=last_seen_ms,
         audiences=previous.audiences,
+        audiences_left=previous.audiences_left,
     )
 
 
@@ -237,6 +239,7 @@ def encode_state(state: UserState) -> bytes:
             "last_device_type": state.last_device_type,
             "last_seen_ms": state.last_seen_ms,
             "audiences": state.audiences,
+            "audiences_left": state.audiences_left,
         }
     )
 
@@ -269,4 +272,5 @@ def decode_state(data: bytes) -> UserState:
         last_device_type=record["last_device_type"],
         last_seen_ms=record["last_seen_ms"],
         audiences=record["audiences"],
+        audiences_left=record["audiences_left"],
     )

@@ -55,6 +55,7 @@ class Topics:
 
 
 USERS_TABLE = "users"
+ERASURES_TABLE = "erasures"
 SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
 THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
 

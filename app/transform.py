@@ -60,6 +60,9 @@ LIMIT_ATTRIBUTE_VALUE_DROPPED: Final = "attribute_value_dropped"
 LIMIT_IDENTIFY_SPLIT: Final = "identify_split"
 LIMIT_EVENT_NAME_CUT: Final = "event_name_truncated"
 LIMIT_EVENT_DATA_DROPPED: Final = "event_data_dropped"
+LIMIT_MEMBERSHIP_CUT: Final = "segment_membership_truncated"
+
+MEMBERSHIP_ATTRIBUTE: Final = "SegmentMembership"
 
 # Transformed.events keys (custom_event and screen_view events only).
 EVENTS_FORWARDED: Final = "forwarded"
@@ -141,7 +144,12 @@ def transform(batch: Batch, state: UserState | None, settings: Settings) -> Tran
 
     digest = profile_digest(folded, settings)
     operations: list[Operation] = []
-    if digest != folded.sent_digest or person_id != folded.person_id or unsubscribed is not None:
+    if (
+        digest != folded.sent_digest
+        or person_id != folded.person_id
+        or unsubscribed is not None
+        or folded.audiences_left
+    ):
         attributes = _identify_attributes(folded, batch, settings, unsubscribed, limits)
         operations.extend(_identifies(person_id, identifiers, attributes, limits))
         folded = _with_sent(folded, person_id, digest)
@@ -182,6 +190,7 @@ def profile_digest(state: UserState, settings: Settings) -> bytes:
         if settings.send_created_at and state.created_at_ms is not None
         else None,
         state.attributes if settings.include_user_attributes else None,
+        sorted(state.audiences.items()),
     )
     return blake2b(orjson.dumps(material, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
 
@@ -252,6 +261,7 @@ def _with_sent(state: UserState, person_id: str, digest: bytes) -> UserState:
         last_device_type=state.last_device_type,
         last_seen_ms=state.last_seen_ms,
         audiences=state.audiences,
+        audiences_left={},  # the identify just built carried them
     )
 
 
@@ -286,7 +296,38 @@ def _identify_attributes(
             settings.include_user_attributes and _usable_name(name, limits)
         ):
             attributes[name] = ""
+    attributes.update(membership_attributes(state, settings, limits))
     return attributes
+
+
+def membership_attributes(
+    state: UserState, settings: Settings, limits: dict[str, int]
+) -> dict[str, AttributeValue]:
+    """SPEC §4: ``SegmentMembership`` = quoted, comma-separated ids of the user's audiences
+    (empty once the last one is left), and ``In <Audience Name>`` true/false when enabled.
+    Nothing for a user who never was in an audience."""
+    if not state.audiences and not state.audiences_left:
+        return {}
+    quoted = [f"'{audience_id}'" for audience_id in sorted(state.audiences, key=_id_order)]
+    membership = ",".join(quoted)
+    if len(membership.encode("utf-8")) > MAX_ATTRIBUTE_VALUE_BYTES:
+        # Cut at a whole id: a half id could match another audience's "contains '12'".
+        limits[LIMIT_MEMBERSHIP_CUT] = limits.get(LIMIT_MEMBERSHIP_CUT, 0) + 1
+        while len(membership.encode("utf-8")) > MAX_ATTRIBUTE_VALUE_BYTES:
+            quoted.pop()
+            membership = ",".join(quoted)
+    attributes: dict[str, AttributeValue] = {MEMBERSHIP_ATTRIBUTE: membership}
+    if settings.one_attribute_per_audience:
+        for flag, audiences in ((False, state.audiences_left), (True, state.audiences)):
+            for name in audiences.values():
+                attribute = f"In {name}"
+                if _usable_name(attribute, limits):
+                    attributes[attribute] = flag
+    return attributes
+
+
+def _id_order(audience_id: str) -> tuple[int, str]:
+    return (int(audience_id), "") if audience_id.isdigit() else (1 << 62, audience_id)
 
 
 def _reserved_last(canonical: str) -> bool:

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from app.localkafka import LocalKafka
+from app.emulator.server import EmulatorConfig, RunningEmulator, running_emulator
+from app.kafka_admin import ensure_topics
+from app.localkafka import LocalKafka, free_port
+from app.settings import Settings, load_settings
+from app.topics import topics_for
+from tests.integration.support import WorkerProcess, worker_env
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +58,67 @@ class Names:
 def names(request: pytest.FixtureRequest) -> Names:
     test = request.node.name.replace("[", "-").replace("]", "").replace("_", "-")[:40]
     return Names(f"t-{test}-{uuid.uuid4().hex[:8]}")
+
+
+SITE_ID, API_KEY = "site-e2e", "key-e2e"
+FAST_RETRIES = {
+    "retry_backoff_initial_seconds": "0.05",
+    "retry_backoff_max_seconds": "0.5",
+    "batch_linger_ms": "50",
+}
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[RunningEmulator]:
+    async with running_emulator(EmulatorConfig(site_id=SITE_ID, api_key=API_KEY)) as running:
+        yield running
+
+
+class Deployment:
+    """Topics, settings and worker processes of one test, forwarding to its emulator."""
+
+    def __init__(
+        self, kafka: LocalKafka, names: Names, tmp_path: Path, emulator_url: str, **overrides: str
+    ) -> None:
+        self.kafka = kafka
+        self.tmp_path = tmp_path
+        self.env = worker_env(
+            kafka.url,
+            names.prefix,
+            free_port(),
+            forwarding_enabled="true",
+            customerio_site_id=SITE_ID,
+            customerio_api_key=API_KEY,
+            customerio_url=emulator_url,
+            **{**FAST_RETRIES, **overrides},
+        )
+        self.settings: Settings = load_settings(
+            **{k.removeprefix("MPCIO_").lower(): v for k, v in self.env.items()}
+        )
+        self.topics = topics_for(self.settings)
+        self.workers: list[WorkerProcess] = []
+
+    async def prepare(self) -> None:
+        await ensure_topics(self.settings.bootstrap_servers, self.topics)
+
+    def start_worker(self, **env: str) -> WorkerProcess:
+        overrides = {f"MPCIO_{k.upper()}": v for k, v in env.items()}
+        log = self.tmp_path / f"worker-{len(self.workers) + 1}.log"
+        worker = WorkerProcess(["-m", "app", "worker"], {**self.env, **overrides}, log).start()
+        self.workers.append(worker)
+        return worker
+
+    async def stop_all(self) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.poll() is None:
+                await worker.stop()
+
+
+@pytest.fixture
+async def deployment(
+    kafka: LocalKafka, names: Names, tmp_path: Path, emulator: RunningEmulator
+) -> AsyncIterator[Deployment]:
+    made = Deployment(kafka, names, tmp_path, emulator.url)
+    await made.prepare()
+    yield made
+    await made.stop_all()

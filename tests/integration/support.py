@@ -10,8 +10,10 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,3 +164,20 @@ def worker_env(broker_url: str, prefix: str, web_port: int, **overrides: str) ->
     }
     env.update({f"MPCIO_{name.upper()}": value for name, value in overrides.items()})
     return env
+
+
+async def inspect_emulator(url: str, what: str) -> Any:
+    """GET ``/_emulator/<what>`` (people, events, requests, stats) as JSON."""
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/_emulator/{what}") as r:
+        return await r.json()
+
+
+async def message_count(bootstrap: str, topic: str, partitions: int = 4) -> int:
+    """How many records ``topic`` holds now (sum of end offsets; nothing is compacted here)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+        return sum(ends.values())
+    finally:
+        await consumer.stop()

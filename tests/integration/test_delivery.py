@@ -7,106 +7,27 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 import pytest
 
 from app.avro import codec
 from app.emulator.faults import parse_faults
-from app.emulator.server import EmulatorConfig, RunningEmulator, running_emulator
-from app.kafka_admin import ensure_topics
-from app.localkafka import free_port
-from app.settings import Settings, load_settings
-from app.topics import topics_for
 from tests.integration import workload
 from tests.integration.support import (
     REPO,
     WorkerProcess,
     consume_until,
+    inspect_emulator,
+    message_count,
     produce,
     wait_for,
-    worker_env,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-    from pathlib import Path
-
-    from app.localkafka import LocalKafka
-    from tests.integration.conftest import Names
+    from app.emulator.server import RunningEmulator
+    from tests.integration.conftest import Deployment
 
 pytestmark = pytest.mark.integration
-
-SITE_ID, API_KEY = "site-e2e", "key-e2e"
-FAST_RETRIES = {
-    "retry_backoff_initial_seconds": "0.05",
-    "retry_backoff_max_seconds": "0.5",
-    "batch_linger_ms": "50",
-}
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[RunningEmulator]:
-    async with running_emulator(EmulatorConfig(site_id=SITE_ID, api_key=API_KEY)) as running:
-        yield running
-
-
-class Deployment:
-    """Topics, settings and worker processes of one test."""
-
-    def __init__(
-        self, kafka: LocalKafka, names: Names, tmp_path: Path, emulator_url: str, **overrides: str
-    ) -> None:
-        self.kafka = kafka
-        self.tmp_path = tmp_path
-        self.env = worker_env(
-            kafka.url,
-            names.prefix,
-            free_port(),
-            forwarding_enabled="true",
-            customerio_site_id=SITE_ID,
-            customerio_api_key=API_KEY,
-            customerio_url=emulator_url,
-            **{**FAST_RETRIES, **overrides},
-        )
-        self.settings: Settings = load_settings(
-            **{k.removeprefix("MPCIO_").lower(): v for k, v in self.env.items()}
-        )
-        self.topics = topics_for(self.settings)
-        self.workers: list[WorkerProcess] = []
-
-    async def prepare(self) -> None:
-        await ensure_topics(self.settings.bootstrap_servers, self.topics)
-
-    def start_worker(self, **env: str) -> WorkerProcess:
-        overrides = {f"MPCIO_{k.upper()}": v for k, v in env.items()}
-        log = self.tmp_path / f"worker-{len(self.workers) + 1}.log"
-        worker = WorkerProcess(["-m", "app", "worker"], {**self.env, **overrides}, log).start()
-        self.workers.append(worker)
-        return worker
-
-    async def stop_all(self) -> None:
-        for worker in self.workers:
-            if worker.process is not None and worker.process.poll() is None:
-                await worker.stop()
-
-
-@pytest.fixture
-async def deployment(
-    kafka: LocalKafka, names: Names, tmp_path: Path, emulator: RunningEmulator
-) -> AsyncIterator[Deployment]:
-    made = Deployment(kafka, names, tmp_path, emulator.url)
-    await made.prepare()
-    yield made
-    await made.stop_all()
-
-
-async def _inspect(emulator: RunningEmulator, what: str) -> Any:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{emulator.url}/_emulator/{what}") as response,
-    ):
-        return await response.json()
 
 
 async def _wait_for_events(
@@ -149,7 +70,7 @@ async def test_sample_reaches_customerio_following_the_seed(
     worker = deployment.start_worker()
     await _wait_for_events(emulator, sum(_event_ids(expected).values()), [worker])
 
-    people = {p["email"]: p for p in (await _inspect(emulator, "people"))["people"]}
+    people = {p["email"]: p for p in (await inspect_emulator(emulator.url, "people"))["people"]}
     assert set(people) == {
         "ada@example.com",
         "bob@example.org",
@@ -163,7 +84,7 @@ async def test_sample_reaches_customerio_following_the_seed(
     assert people["bob@example.org"]["id"] == "cust-bob"  # identity change updated the person
     assert "newsletter" not in people["bob@example.org"]["attributes"]  # deleted attribute
     assert people["dee@example.com"]["unsubscribed"] is True  # opt-in does not resubscribe
-    events = (await _inspect(emulator, "events"))["events"]
+    events = (await inspect_emulator(emulator.url, "events"))["events"]
     assert Counter(e["id"] for e in events) == _event_ids(expected)
     names = {e["name"] for e in events}
     assert "Add_To_Cart" in names
@@ -198,15 +119,15 @@ async def test_5xx_burst_and_429_storm_lose_and_duplicate_nothing(
     await _wait_for_events(emulator, sum(_event_ids(expected).values()), [worker])
     await asyncio.sleep(0)  # let the emulator finish bookkeeping of the last request
 
-    events = (await _inspect(emulator, "events"))["events"]
+    events = (await inspect_emulator(emulator.url, "events"))["events"]
     assert Counter(e["id"] for e in events) == _event_ids(expected)  # nothing lost or doubled
     stats = emulator.state.stats()
     faults = stats["faults_injected"]
     assert sum(faults.values()) == 14, faults
-    people = (await _inspect(emulator, "people"))["people"]
+    people = (await inspect_emulator(emulator.url, "people"))["people"]
     assert len(people) == 54  # 60 users, every 10th without email
     assert all(p["attributes"]["tier"] == 1 for p in people)  # latest attributes won
-    assert await _message_count(deployment, deployment.topics.deadletter.name) == 0
+    assert await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name) == 0
 
 
 async def test_poison_item_is_dead_lettered_and_the_rest_delivered(
@@ -257,9 +178,9 @@ async def test_poison_item_is_dead_lettered_and_the_rest_delivered(
     assert orjson.loads(letter["payload"]) == poison
     assert letter["stage"] == "sink"
     await _wait_for_events(emulator, 10, [worker])
-    assert sorted(e["id"] for e in (await _inspect(emulator, "events"))["events"]) == sorted(
-        i["id"] for i in good
-    )
+    assert sorted(
+        e["id"] for e in (await inspect_emulator(emulator.url, "events"))["events"]
+    ) == sorted(i["id"] for i in good)
 
 
 async def test_bad_credentials_stop_delivery_then_fixed_key_delivers_backlog(
@@ -278,11 +199,11 @@ async def test_bad_credentials_stop_delivery_then_fixed_key_delivers_backlog(
     bad.assert_running()  # stopped delivering, not crashed
     assert emulator.state.store.events == []
     assert await bad.stop() < 30
-    assert await _message_count(deployment, deployment.topics.deadletter.name) == 0
+    assert await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name) == 0
 
     good = deployment.start_worker()
     await _wait_for_events(emulator, sum(_event_ids(expected).values()), [good])
-    events = (await _inspect(emulator, "events"))["events"]
+    events = (await inspect_emulator(emulator.url, "events"))["events"]
     assert Counter(e["id"] for e in events) == _event_ids(expected)
 
 
@@ -296,7 +217,7 @@ async def test_steady_load_fills_requests_and_respects_the_rate_limit(
     await _wait_for_events(emulator, sum(_event_ids(expected).values()), [worker], timeout=120)
     requests = [
         r
-        for r in (await _inspect(emulator, "requests"))["requests"]
+        for r in (await inspect_emulator(emulator.url, "requests"))["requests"]
         if r["path"] == "/api/v2/batch"
     ]
     items_per_request = sum(r["items"] for r in requests) / len(requests)
@@ -306,17 +227,3 @@ async def test_steady_load_fills_requests_and_respects_the_rate_limit(
     )
     assert items_per_request >= 100
     assert emulator.state.stats()["max_requests_per_second"] <= 5
-
-
-async def _message_count(deployment: Deployment, topic: str) -> int:
-    """How many records ``topic`` holds now (sum of end offsets; nothing is compacted here)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=deployment.kafka.bootstrap)
-    await consumer.start()
-    try:
-        partitions = range(deployment.settings.topic_partitions)
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
-        return sum(ends.values())
-    finally:
-        await consumer.stop()

@@ -58,11 +58,14 @@ async def test_sample_batches_become_exact_operations_and_dead_letters(
     try:
         expected_count = 18  # what `mpcio dry-run` prints for the sample (asserted below)
         op_records = await consume_until(
-            kafka.bootstrap, topics.operations.name,
-            lambda rs: sum(len(codec("operation_batch").decode(r.value)["operations"])
-                           for r in rs) >= expected_count,
+            kafka.bootstrap,
+            topics.operations.name,
+            lambda rs: (
+                sum(len(codec("operation_batch").decode(r.value)["operations"]) for r in rs)
+                >= expected_count
+            ),
             workers=[worker],
-        )  # fmt: skip
+        )
         dead = await consume_until(
             kafka.bootstrap, topics.deadletter.name, lambda rs: len(rs) >= 3, workers=[worker]
         )
@@ -91,12 +94,16 @@ async def test_sample_batches_become_exact_operations_and_dead_letters(
     # Rule checks on what actually went through Kafka.
     ada = received["8016563786744591001"]
     assert [(i["action"], i.get("name")) for i in ada] == [
-        ("identify", None), ("screen", "Home"), ("event", "Add_To_Cart"), ("event", "Purchase"),
-    ]  # fmt: skip
+        ("identify", None),
+        ("screen", "Home"),
+        ("event", "Add_To_Cart"),
+        ("event", "Purchase"),
+    ]
     bob = received["-4432100987654321"]
     assert [i["identifiers"] for i in bob if i["action"] == "identify"] == [
-        {"email": "bob@example.org"}, {"id": "cust-bob"},
-    ]  # fmt: skip
+        {"email": "bob@example.org"},
+        {"id": "cust-bob"},
+    ]
     assert bob[2]["attributes"]["newsletter"] == ""  # deleted attribute
     dee = received["9002"]
     assert dee[0]["attributes"]["unsubscribed"] is True
@@ -106,8 +113,10 @@ async def test_sample_batches_become_exact_operations_and_dead_letters(
 
     letters = [codec("dead_letter").decode(r.value) for r in dead]
     assert sorted(letter["reason"] for letter in letters) == [
-        "events_not_a_list", "invalid_json", "mpid_invalid",
-    ]  # fmt: skip
+        "events_not_a_list",
+        "invalid_json",
+        "mpid_invalid",
+    ]
     for letter in letters:
         assert letter["source_topic"] == topics.batches.name
         assert letter["payload"] in lines

@@ -1,0 +1,140 @@
+"""Audience membership changes (SPEC §4): parse them and fold them into the user's state.
+
+Accepted record values (JSON, key = mpid, on ``mparticle-audiences``):
+
+- one profile: ``{"mpid": ..., "user_identities": ..., "audiences": [{"audience_id": 123,
+  "audience_name": "VIPs", "action": "add" | "delete"}, ...], "timestamp_unixtime_ms": ...}``;
+- mParticle's audience feed request: ``{"user_profiles": [<profile>, ...], ...}``;
+- a JSON array of profiles.
+
+``user_identities`` takes every shape batches accept, plus the feed's ``{type, value}``
+entries. ``delete`` means "left the audience", never erasure.
+
+Failure semantics: a record that cannot be used raises
+:class:`~app.errors.InvalidRecordError` (reasons: those of the batch parser for JSON, mpid and
+identities, plus ``audiences_invalid`` for a change without an id or with an unknown action);
+the whole record is rejected so the dead letter holds exactly what arrived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import orjson
+
+from app.errors import InvalidRecordError
+from app.mparticle import Batch, int64_text, parse_identities
+from app.state import EMPTY_STATE, UserState
+
+AudienceAction = Literal["add", "delete"]
+_ACTIONS: dict[str, AudienceAction] = {"add": "add", "delete": "delete", "remove": "delete"}
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceChange:
+    audience_id: str
+    name: str
+    action: AudienceAction
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipUpdate:
+    """One user's membership changes, in order."""
+
+    mpid: str
+    email: str | None
+    customer_id: str | None
+    changes: tuple[AudienceChange, ...]
+
+    def as_batch(self, environment: str) -> Batch:
+        """An eventless, attribute-less batch carrying only the identities, so the batch
+        transform can fold them and build the identify (no time: nothing else changes).
+        Membership has no environment: pass one the settings forward."""
+        return Batch(
+            mpid=self.mpid,
+            environment=environment,
+            timestamp_ms=None,
+            batch_id=None,
+            email=self.email,
+            customer_id=self.customer_id,
+            user_attributes={},
+            deleted_user_attributes=[],
+            device_type="Unknown",
+            events=[],
+            first_event_ms=None,
+            last_event_ms=None,
+            invalid_events={},
+            ignored_events={},
+            ignored={},
+        )
+
+
+def parse_audience_record(value: bytes) -> list[MembershipUpdate]:
+    """The membership updates of one record, in order."""
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as utf8_exc:
+            raise InvalidRecordError("invalid_utf8", str(utf8_exc)) from None
+        raise InvalidRecordError("invalid_json", str(exc)) from None
+    if type(document) is dict and "user_profiles" in document:
+        document = document["user_profiles"]
+    profiles = document if type(document) is list else [document]
+    updates = []
+    for index, profile in enumerate(profiles):
+        if type(profile) is not dict:
+            raise InvalidRecordError("not_an_object", f"profile {index} is not an object")
+        updates.append(_update(profile))
+    return updates
+
+
+def _update(profile: dict[str, Any]) -> MembershipUpdate:
+    raw_mpid = profile.get("mpid")
+    if raw_mpid is None:
+        raise InvalidRecordError("mpid_missing", "membership update has no mpid")
+    mpid = int64_text(raw_mpid)
+    if mpid is None:
+        raise InvalidRecordError(
+            "mpid_invalid", f"mpid is not a signed 64-bit integer: {raw_mpid!r:.40}"
+        )
+    email, customer_id = parse_identities(profile.get("user_identities"), {})
+    raw_changes = profile.get("audiences")
+    if type(raw_changes) is not list:
+        raise InvalidRecordError("audiences_invalid", "audiences is not a list")
+    changes = []
+    for index, raw in enumerate(raw_changes):
+        if type(raw) is not dict:
+            raise InvalidRecordError("audiences_invalid", f"audience {index} is not an object")
+        audience_id = int64_text(raw.get("audience_id"))
+        if audience_id is None and type(raw.get("audience_id")) is str:
+            audience_id = raw["audience_id"].strip() or None
+        action = _ACTIONS.get(str(raw.get("action", "")).lower())
+        if audience_id is None or action is None:
+            raise InvalidRecordError(
+                "audiences_invalid", f"audience {index} needs an audience_id and action add|delete"
+            )
+        name = raw.get("audience_name")
+        changes.append(
+            AudienceChange(audience_id, name if type(name) is str and name else audience_id, action)
+        )
+    return MembershipUpdate(mpid, email, customer_id, tuple(changes))
+
+
+def apply_membership(state: UserState | None, changes: tuple[AudienceChange, ...]) -> UserState:
+    """The state after ``changes``: idempotent (adding a present audience or leaving an absent
+    one changes nothing), so a redelivered update is harmless."""
+    previous = EMPTY_STATE if state is None else state
+    audiences = dict(previous.audiences)
+    left = dict(previous.audiences_left)
+    for change in changes:
+        if change.action == "add":
+            audiences[change.audience_id] = change.name
+            left.pop(change.audience_id, None)
+        elif change.audience_id in audiences:
+            left[change.audience_id] = audiences.pop(change.audience_id)
+    if audiences == previous.audiences and left == previous.audiences_left:
+        return previous
+    return replace(previous, audiences=audiences, audiences_left=left)

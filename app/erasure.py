@@ -1,0 +1,124 @@
+"""Data-subject erasure requests (SPEC §5): what to delete in Customer.io, whose state to purge.
+
+Accepted record values (JSON, on ``mparticle-erasure``, key = mpid when known), OpenDSR's
+shape as mParticle's DSR API uses it:
+
+``{"subject_request_id": "...", "subject_request_type": "erasure", "mpid": 123,
+"subject_identities": [{"identity_type": "email", "identity_value": "a@b.c"}, ...]}``;
+``subject_identities`` may also be mParticle's map ``{"email": {"value": ...},
+"customer_id": {"value": ...}}``. Other request types (access, portability) are acknowledged
+and counted, not acted on.
+
+:func:`plan_erasure` is pure: given the request and the user's stored state, it returns the
+Customer.io ``delete`` items (one per distinct person identifier: the customer_id, else the
+email, from the state and from the request) and whether to purge the state. The users table is
+keyed by mpid, so state is purged only for requests that name the mpid; a request with only
+identities still deletes the person in Customer.io.
+
+Failure semantics: an unusable record raises :class:`~app.errors.InvalidRecordError`
+(``invalid_json``, ``not_an_object``, ``mpid_invalid``, ``erasure_invalid`` when it names
+neither an mpid nor an identity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+from app.errors import InvalidRecordError
+from app.mparticle import int64_text
+
+if TYPE_CHECKING:
+    from app.state import UserState
+
+ErasureOutcome = Literal["erased", "no_match", "not_erasure"]
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureRequest:
+    request_id: str | None
+    request_type: str
+    mpid: str | None
+    email: str | None
+    customer_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErasurePlan:
+    outcome: ErasureOutcome
+    deletes: tuple[dict[str, Any], ...]  # Customer.io v2 delete items
+    purge_state: bool
+
+
+def parse_erasure_record(value: bytes) -> ErasureRequest:
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecordError("invalid_json", str(exc)) from None
+    if type(document) is not dict:
+        raise InvalidRecordError("not_an_object", "erasure request is not a JSON object")
+    raw_mpid = document.get("mpid")
+    mpid = None if raw_mpid is None else int64_text(raw_mpid)
+    if raw_mpid is not None and mpid is None:
+        raise InvalidRecordError("mpid_invalid", "mpid is not a signed 64-bit integer")
+    email, customer_id = _subject_identities(document.get("subject_identities"))
+    if mpid is None and email is None and customer_id is None:
+        raise InvalidRecordError("erasure_invalid", "request names no mpid, email or customer_id")
+    request_type = document.get("subject_request_type", "erasure")
+    request_id = document.get("subject_request_id")
+    return ErasureRequest(
+        request_id=request_id if type(request_id) is str else None,
+        request_type=str(request_type).lower(),
+        mpid=mpid,
+        email=email,
+        customer_id=customer_id,
+    )
+
+
+def _subject_identities(value: object) -> tuple[str | None, str | None]:
+    found: dict[str, str] = {}
+    if type(value) is dict:
+        for kind, entry in value.items():
+            text = entry.get("value") if type(entry) is dict else entry
+            if type(text) in (str, int):
+                found[_kind(kind)] = str(text).strip()
+    elif type(value) is list:
+        for entry in value:
+            if type(entry) is dict and type(entry.get("identity_type")) is str:
+                text = entry.get("identity_value", entry.get("value"))
+                if type(text) in (str, int):
+                    found[_kind(entry["identity_type"])] = str(text).strip()
+    return found.get("email") or None, found.get("customer_id") or None
+
+
+def _kind(name: str) -> str:
+    lowered = name.lower()
+    return "customer_id" if lowered in ("customer_id", "controller_customer_id") else lowered
+
+
+def plan_erasure(request: ErasureRequest, state: UserState | None) -> ErasurePlan:
+    """The deletes and purge for ``request`` given the stored ``state`` (module docstring)."""
+    if request.request_type != "erasure":
+        return ErasurePlan("not_erasure", (), purge_state=False)
+    identifiers: list[dict[str, str]] = []
+    for customer_id, email in (
+        (None if state is None else state.customer_id, None if state is None else state.email),
+        (request.customer_id, request.email),
+    ):
+        identifier = {"id": customer_id} if customer_id else {"email": email} if email else None
+        if identifier is not None and identifier not in identifiers:
+            identifiers.append(identifier)
+    if state is not None and state.person_id:  # the id last used, if it has changed since
+        pid = state.person_id
+        last = {"email": pid} if pid == state.email else {"id": pid}
+        if last not in identifiers:
+            identifiers.append(last)
+    deletes = tuple(
+        {"type": "person", "identifiers": identifier, "action": "delete"}
+        for identifier in identifiers
+    )
+    if not deletes and state is None:
+        return ErasurePlan("no_match", (), purge_state=False)
+    return ErasurePlan("erased", deletes, purge_state=state is not None)

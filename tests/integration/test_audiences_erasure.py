@@ -1,0 +1,132 @@
+"""Audiences and erasure on the real broker and the emulator (SPEC §4-§5)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+
+from tests.integration.support import inspect_emulator, message_count, produce, wait_for
+
+if TYPE_CHECKING:
+    from app.emulator.server import RunningEmulator
+    from tests.integration.conftest import Deployment
+
+pytestmark = pytest.mark.integration
+
+T = 1_764_400_000_000
+
+
+def _batch(mpid: int, email: str | None, event: str, at: int) -> tuple[bytes, bytes]:
+    identities = {"customer_id": f"c{mpid}", **({"email": email} if email else {})}
+    return str(mpid).encode(), orjson.dumps(
+        {
+            "mpid": mpid,
+            "timestamp_unixtime_ms": at,
+            "user_identities": identities,
+            "user_attributes": {"$FirstName": f"N{mpid}"},
+            "events": [
+                {
+                    "event_type": "custom_event",
+                    "data": {
+                        "event_name": event,
+                        "timestamp_unixtime_ms": at,
+                        "source_message_id": f"{mpid}-{at}",
+                    },
+                }
+            ],
+        }
+    )
+
+
+def _membership(mpid: int, *changes: tuple[int, str, str]) -> tuple[bytes, bytes]:
+    return str(mpid).encode(), orjson.dumps(
+        {
+            "mpid": mpid,
+            "audiences": [
+                {"audience_id": i, "audience_name": n, "action": a} for i, n, a in changes
+            ],
+        }
+    )
+
+
+async def _person(emulator: RunningEmulator, person_id: str) -> dict[str, Any] | None:
+    people = (await inspect_emulator(emulator.url, f"people?id={person_id}"))["people"]
+    live = [p for p in people if not p["deleted"]]
+    return live[0] if live else None
+
+
+async def test_membership_and_erasure_reach_customerio(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    kafka, topics = deployment.kafka.bootstrap, deployment.topics
+    worker = deployment.start_worker(one_attribute_per_audience="true")
+
+    await produce(
+        kafka,
+        topics.batches.name,
+        [
+            _batch(1, "a@example.com", "Start", T),
+            _batch(2, None, "Start", T),
+            _batch(3, "c@example.com", "Start", T),
+        ],
+    )
+    await wait_for(lambda: emulator.state.store.people_count == 2, 60, "people 1 and 3")
+    await produce(
+        kafka,
+        topics.audiences.name,
+        [
+            _membership(1, (10, "VIPs", "add"), (20, "Buyers", "add")),
+            _membership(2, (10, "VIPs", "add")),
+            _membership(1, (20, "Buyers", "delete")),
+        ],
+    )
+
+    def membership_of(person_id: str) -> Any:
+        person = emulator.state.store.find(("id", person_id))
+        return None if person is None else person.attributes.get("SegmentMembership")
+
+    await wait_for(lambda: membership_of("c1") == "'10'", 60, "membership of user 1")
+    ada = await _person(emulator, "c1")
+    assert ada is not None
+    assert ada["attributes"]["SegmentMembership"] == "'10'"
+    assert ada["attributes"]["In VIPs"] is True
+    assert ada["attributes"]["In Buyers"] is False
+    assert await _person(emulator, "c2") is None  # no email yet: held in state
+
+    # The email arrives: the held membership goes with the first identify.
+    await produce(kafka, topics.batches.name, [_batch(2, "b@example.com", "Later", T + 1000)])
+    await wait_for(lambda: emulator.state.store.people_count == 3, 60, "person 2")
+    bob = await _person(emulator, "c2")
+    assert bob is not None
+    assert bob["attributes"]["SegmentMembership"] == "'10'"
+
+    # Erasure of user 3, and one that matches nobody.
+    await produce(
+        kafka,
+        topics.erasure.name,
+        [
+            (
+                b"3",
+                orjson.dumps(
+                    {"subject_request_type": "erasure", "mpid": 3, "subject_request_id": "r-1"}
+                ),
+            ),
+            (b"99", orjson.dumps({"subject_request_type": "erasure", "mpid": 99})),
+        ],
+    )
+    await wait_for(lambda: len(emulator.state.store.deleted) == 1, 60, "the deletion")
+    assert emulator.state.store.deleted[0].id == "c3"
+    assert await _person(emulator, "c3") is None
+
+    # A batch after the erasure starts a new user: same attributes, yet a fresh identify,
+    # which only happens because the stored state (and its digest) was purged.
+    identifies = emulator.state.store.identifies
+    await produce(kafka, topics.batches.name, [_batch(3, "c@example.com", "Back", T + 5000)])
+    await wait_for(lambda: emulator.state.store.identifies > identifies, 60, "a new identify")
+    again = await _person(emulator, "c3")
+    assert again is not None
+    assert again["attributes"]["first_name"] == "N3"
+    assert await message_count(kafka, topics.deadletter.name) == 0
+    worker.assert_running()

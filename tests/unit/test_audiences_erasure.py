@@ -1,0 +1,220 @@
+"""Audiences (SPEC §4) and erasure (SPEC §5) as pure functions and pipeline steps."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from app.audiences import AudienceChange, apply_membership, parse_audience_record
+from app.avro import codec
+from app.erasure import ErasureRequest, parse_erasure_record, plan_erasure
+from app.errors import InvalidRecordError
+from app.pipeline import (
+    SourcePosition,
+    process_audience_record,
+    process_batch_record,
+    process_erasure_record,
+)
+from app.settings import Settings, load_settings
+from app.state import UserState, decode_state
+
+SOURCE = SourcePosition("mparticle-audiences", 0, 5)
+T = 1_764_400_000_000
+
+
+def _settings(**overrides: object) -> Settings:
+    return load_settings(forwarding_enabled=False, **overrides)
+
+
+def _membership(mpid: int, *changes: tuple[int, str, str], email: str | None = "a@x.io") -> bytes:
+    return orjson.dumps(
+        {
+            "mpid": mpid,
+            "user_identities": [{"type": "email", "value": email}] if email else [],
+            "audiences": [
+                {"audience_id": i, "audience_name": n, "action": a} for i, n, a in changes
+            ],
+        }
+    )
+
+
+def _items(result) -> list[dict]:  # type: ignore[no-untyped-def]
+    if result.operations is None:
+        return []
+    record = codec("operation_batch").decode(result.operations[1])
+    return [orjson.loads(op["item"]) for op in record["operations"]]
+
+
+def _run(value: bytes, key: bytes, store: dict[str, bytes], settings: Settings):  # type: ignore[no-untyped-def]
+    result = process_audience_record(key, value, SOURCE, store.get, settings, clock=lambda: 1)
+    store.update(result.states)
+    return result
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _membership(7, (1, "VIP", "add")),
+        orjson.dumps({"user_profiles": [orjson.loads(_membership(7, (1, "VIP", "add")))]}),
+        orjson.dumps([orjson.loads(_membership(7, (1, "VIP", "add")))]),
+    ],
+    ids=["profile", "feed-request", "array"],
+)
+def test_accepts_membership_shapes(value: bytes) -> None:
+    (update,) = parse_audience_record(value)
+    assert (update.mpid, update.email) == ("7", "a@x.io")
+    assert update.changes == (AudienceChange("1", "VIP", "add"),)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"{", "invalid_json"),
+        (b'{"audiences": []}', "mpid_missing"),
+        (b'{"mpid": 1, "audiences": {}}', "audiences_invalid"),
+        (b'{"mpid": 1, "audiences": [{"audience_id": 1, "action": "join"}]}', "audiences_invalid"),
+        (b'{"mpid": 1, "audiences": [{"action": "add"}]}', "audiences_invalid"),
+        (b"[1]", "not_an_object"),
+    ],
+    ids=["json", "mpid", "not-list", "action", "no-id", "not-object"],
+)
+def test_rejects_bad_membership(value: bytes, reason: str) -> None:
+    with pytest.raises(InvalidRecordError) as caught:
+        parse_audience_record(value)
+    assert caught.value.reason == reason
+
+
+def test_membership_fold_is_idempotent() -> None:
+    changes = (
+        AudienceChange("1", "VIP", "add"),
+        AudienceChange("2", "New", "add"),
+        AudienceChange("2", "New", "delete"),
+    )
+    once = apply_membership(None, changes)
+    assert apply_membership(once, changes) == once
+    assert once.audiences == {"1": "VIP"}
+    assert once.audiences_left == {"2": "New"}
+
+
+# --- membership → identify -------------------------------------------------------------------
+
+
+def test_segment_membership_lists_quoted_ids() -> None:
+    store: dict[str, bytes] = {}
+    result = _run(_membership(7, (456, "B", "add"), (123, "A", "add")), b"7", store, _settings())
+    (identify,) = _items(result)
+    assert identify["action"] == "identify"
+    assert identify["identifiers"] == {"email": "a@x.io"}
+    assert identify["attributes"]["SegmentMembership"] == "'123','456'"
+    assert "In A" not in identify["attributes"]
+
+
+def test_one_attribute_per_audience_true_then_false() -> None:
+    store: dict[str, bytes] = {}
+    settings = _settings(one_attribute_per_audience=True)
+    joined = _items(_run(_membership(7, (1, "VIPs", "add")), b"7", store, settings))
+    assert joined[0]["attributes"]["In VIPs"] is True
+    left = _items(_run(_membership(7, (1, "VIPs", "delete")), b"7", store, settings))
+    assert left[0]["attributes"]["In VIPs"] is False
+    assert left[0]["attributes"]["SegmentMembership"] == ""  # leaving the last: empty
+
+
+def test_redelivered_membership_sends_nothing_new() -> None:
+    store: dict[str, bytes] = {}
+    value = _membership(7, (1, "VIP", "add"))
+    assert _items(_run(value, b"7", store, _settings()))
+    assert _items(_run(value, b"7", store, _settings())) == []
+
+
+def test_membership_without_email_waits_for_the_email() -> None:
+    store: dict[str, bytes] = {}
+    held = _run(_membership(7, (1, "VIP", "add"), email=None), b"7", store, _settings())
+    assert _items(held) == []
+    assert decode_state(store["7"]).audiences == {"1": "VIP"}
+    batch = orjson.dumps(
+        {"mpid": 7, "user_identities": {"email": "late@x.io"}, "timestamp_unixtime_ms": T}
+    )
+    result = process_batch_record(b"7", batch, SOURCE, store.get, _settings())
+    (identify,) = _items(result)
+    assert identify["attributes"]["SegmentMembership"] == "'1'"
+    assert identify["attributes"]["email"] == "late@x.io"
+
+
+def test_membership_for_another_mpid_is_rekeyed() -> None:
+    result = _run(_membership(8, (1, "VIP", "add")), b"7", {}, _settings())
+    assert [mpid for mpid, _ in result.rekeyed] == ["8"]
+    assert result.operations is None
+
+
+# --- erasure ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "identities",
+    [
+        [{"identity_type": "email", "identity_value": "a@x.io"}],
+        {"email": {"value": "a@x.io", "encoding": "raw"}},
+    ],
+    ids=["opendsr-list", "mparticle-map"],
+)
+def test_accepts_erasure_shapes(identities: object) -> None:
+    request = parse_erasure_record(
+        orjson.dumps(
+            {
+                "subject_request_type": "erasure",
+                "subject_identities": identities,
+                "mpid": "7",
+            }
+        )
+    )
+    assert (request.mpid, request.email, request.request_type) == ("7", "a@x.io", "erasure")
+
+
+def test_rejects_erasure_naming_nobody() -> None:
+    with pytest.raises(InvalidRecordError) as caught:
+        parse_erasure_record(b'{"subject_request_type": "erasure"}')
+    assert caught.value.reason == "erasure_invalid"
+
+
+def test_plan_deletes_current_and_previous_identifiers() -> None:
+    state = UserState(email="a@x.io", customer_id="c2", person_id="c1")
+    plan = plan_erasure(ErasureRequest(None, "erasure", "7", None, None), state)
+    assert [d["identifiers"] for d in plan.deletes] == [{"id": "c2"}, {"id": "c1"}]
+    assert plan.purge_state
+
+
+def test_plan_for_unknown_user_without_identities_matches_nobody() -> None:
+    plan = plan_erasure(ErasureRequest(None, "erasure", "7", None, None), None)
+    assert (plan.outcome, plan.deletes, plan.purge_state) == ("no_match", (), False)
+
+
+def test_access_requests_are_not_acted_on() -> None:
+    plan = plan_erasure(ErasureRequest(None, "access", "7", "a@x.io", None), UserState())
+    assert plan.outcome == "not_erasure"
+
+
+def test_erasure_purges_state_and_blocks_older_batches() -> None:
+    store: dict[str, bytes] = {}
+    batch = orjson.dumps(
+        {"mpid": 7, "user_identities": {"email": "a@x.io"}, "timestamp_unixtime_ms": T}
+    )
+    store.update(process_batch_record(b"7", batch, SOURCE, store.get, _settings()).states)
+    erasure = orjson.dumps({"subject_request_type": "erasure", "mpid": 7})
+    result = process_erasure_record(b"7", erasure, SOURCE, store.get, record_ms=5000)
+    assert result.purged == ["7"]
+    assert result.erased == {"7": 5000}
+    assert _items(result) == [
+        {"type": "person", "identifiers": {"email": "a@x.io"}, "action": "delete"}
+    ]
+    before = process_batch_record(
+        b"7", batch, SOURCE, {}.get, _settings(), erased_at_ms=5000, record_ms=4999
+    )
+    assert before.operations is None
+    assert before.counts["batches", "erased"] == 1
+    after = process_batch_record(
+        b"7", batch, SOURCE, {}.get, _settings(), erased_at_ms=5000, record_ms=5001
+    )
+    assert _items(after)[0]["action"] == "identify"  # a new user from scratch
