@@ -1,0 +1,1 @@
+"""Benchmarks of the forwarder (not part of the installed package)."""

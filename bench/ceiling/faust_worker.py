@@ -1,0 +1,191 @@
+"""One faust contender in its own process: ``python -m bench.ceiling.faust_worker``.
+
+Configured by the JSON in ``$BENCH_CONFIG`` (written by :mod:`bench.ceiling.__main__`). The
+agent counts records; at the first one it notes the monotonic clock and the process CPU time
+(all threads), at the last one (after flushing the producer, for the cases that produce) it
+notes both again and writes them to ``result_file``. The parent then stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+from faust.worker import Worker
+
+from app.faust_app import create_app
+from app.localkafka import free_port
+from app.settings import Settings
+from bench.ceiling.tasksampler import TaskSampler
+from bench.ceiling.workload import ingest
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Progress:
+    """Counts records and events; writes the measurement once the expected count is reached."""
+
+    def __init__(self, app: faust.App, config: dict[str, Any]) -> None:
+        self.app = app
+        self.expected = int(config["records"])
+        self.result_file = Path(config["result_file"])
+        self.flush = bool(config.get("flush"))
+        self.records = 0
+        self.events = 0
+        self.t0 = 0.0
+        self.cpu0 = 0.0
+        self.done = False
+        self.sampler: Any = None
+
+    def start(self) -> None:
+        if self.sampler is not None:
+            self.sampler.active.set()
+        self.t0 = time.monotonic()
+        self.cpu0 = _cpu()
+        # tells the parent processing has begun (it may attach a profiler now)
+        self.result_file.with_suffix(".started").write_text(str(os.getpid()), encoding="utf-8")
+
+    async def add(self, records: int, events: int) -> None:
+        if not self.records:
+            self.start()
+        self.records += records
+        self.events += events
+        if self.records >= self.expected and not self.done:
+            self.done = True
+            if self.flush:
+                await self.app.producer.flush()
+            t1, cpu1 = time.monotonic(), _cpu()
+            if self.sampler is not None:
+                self.sampler.active.clear()
+                self.sampler.dump()
+            out = {
+                "records": self.records,
+                "events": self.events,
+                "t0": self.t0,
+                "t1": t1,
+                "seconds": t1 - self.t0,
+                "cpu_seconds": cpu1 - self.cpu0,
+            }
+            tmp = self.result_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(out), encoding="utf-8")
+            tmp.replace(self.result_file)
+
+
+def build(config: dict[str, Any]) -> faust.App:
+    settings = Settings(
+        app_id=config["app_id"],
+        broker=config["broker"],
+        store=config.get("store", "memory://"),
+        data_dir=config["data_dir"],
+        forwarding_enabled=False,
+        topic_partitions=4,
+        web_port=free_port(),
+    )
+    app = create_app(settings, web_enabled=False, **config.get("overrides", {}))
+    if config.get("no_sensors"):
+        original = app.on_init_dependencies
+
+        def without_monitor() -> Any:
+            deps = original()
+            app.sensors._sensors.clear()
+            return deps
+
+        app.on_init_dependencies = without_monitor  # type: ignore[method-assign]
+
+    source = app.topic(config["source"], key_serializer="raw", value_serializer="raw")
+    sink = app.topic(config["sink"], key_serializer="raw", value_serializer="raw")
+    users = app.Table("users", partitions=4, key_type=bytes, value_type=bytes)
+    progress = Progress(app, config)
+    if config.get("task_sampler"):
+
+        @app.task
+        async def _sample() -> None:
+            progress.sampler = TaskSampler(
+                asyncio.get_running_loop(), progress.result_file.with_suffix(".tasks.json")
+            )
+            progress.sampler.start()
+
+    case = config["case"]
+
+    if case == "faust_decode":
+
+        @app.agent(source, concurrency=1)
+        async def decode(stream: Any) -> None:
+            async for value in stream:
+                batch = orjson.loads(value)
+                await progress.add(1, len(batch["events"]))
+
+    elif case == "faust_table":
+
+        @app.agent(source, concurrency=1)
+        async def table(stream: Any) -> None:
+            async for key, value in stream.items():
+                batch = orjson.loads(value)
+                users[key] = value[:200]
+                await progress.add(1, len(batch["events"]))
+
+    elif case == "faust_produce":
+
+        @app.agent(source, concurrency=1)
+        async def produce(stream: Any) -> None:
+            async for key, value in stream.items():
+                batch = orjson.loads(value)
+                await sink.send(key=key, value=value)
+                await progress.add(1, len(batch["events"]))
+
+    elif case == "faust_take":
+        take_n = int(config.get("take_n", 500))
+        within = float(config.get("take_within", 0.1))
+
+        @app.agent(source, concurrency=1)
+        async def take(stream: Any) -> None:
+            async for values in stream.take(take_n, within=within):
+                events = sum(len(orjson.loads(v)["events"]) for v in values)
+                await progress.add(len(values), events)
+
+    elif case == "faust_ingest":
+
+        @app.agent(source, concurrency=1)
+        async def ingest_agent(stream: Any) -> None:
+            async for event in stream.events():
+                key, message = event.key, event.message
+                state, record, events = ingest(
+                    key, event.value, users.get(key), message.partition, message.offset
+                )
+                users[key] = state
+                await sink.send(key=key, value=record)
+                await progress.add(1, events)
+
+    elif case == "faust_table_produce":
+
+        @app.agent(source, concurrency=1)
+        async def table_produce(stream: Any) -> None:
+            async for key, value in stream.items():
+                batch = orjson.loads(value)
+                users[key] = value[:200]
+                await sink.send(key=key, value=value[:300])
+                await progress.add(1, len(batch["events"]))
+
+    else:
+        raise SystemExit(f"unknown faust case {case!r}")
+    return app
+
+
+def main() -> None:
+    config = json.loads(os.environ["BENCH_CONFIG"])
+    app = build(config)
+    Worker(app, loglevel=config.get("loglevel", "warning"), quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()
