@@ -6,14 +6,15 @@ aiokafka contenders, so both sides do exactly the same per-record work.
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import orjson
 
 from app.avro import codec
+from app.customerio.batching import pack
+from app.pipeline import SourcePosition, process_batch_record
+from app.settings import Settings
 
 SOURCE_TOPIC = "mparticle-batches"
+SETTINGS = Settings(forwarding_enabled=False)
 
 
 def mparticle_batch(index: int, events: int) -> tuple[bytes, bytes]:
@@ -49,113 +50,46 @@ def mparticle_batch(index: int, events: int) -> tuple[bytes, bytes]:
     return mpid.encode(), orjson.dumps(batch)
 
 
-def fold(batch: dict[str, Any], previous: bytes | None) -> bytes:
-    """Table-fold-like work: merge the batch into a small per-user state, as bytes."""
-    state: dict[str, Any] = orjson.loads(previous) if previous else {"seen": 0}
-    state["seen"] += len(batch.get("events") or ())
-    state["last_ms"] = batch.get("timestamp_unixtime_ms")
-    state["attributes"] = batch.get("user_attributes") or {}
-    return orjson.dumps(state)
-
-
-def operations(batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """Transform-like work: one identify + one event item per event, each ~300 bytes JSON."""
-    identities = {u["identity_type"]: u["identity"] for u in batch.get("user_identities") or ()}
-    person = identities.get("customer_id") or batch["mpid"]
-    ids = {"id": person}
-    attributes = {**(batch.get("user_attributes") or {}), "email": identities.get("email")}
-    platform = (batch.get("device_info") or {}).get("platform", "Unknown")
-    attributes["device_type"] = platform
-    ops = [
-        {
-            "action": "identify",
-            "person_id": person,
-            "item": orjson.dumps(
-                {"type": "person", "identifiers": ids, "action": "identify",
-                 "attributes": attributes, "timestamp": batch["timestamp_unixtime_ms"] // 1000}
-            ),
-        }
-    ]  # fmt: skip
-    for event in batch.get("events") or ():
-        data = event["data"]
-        ops.append(
-            {
-                "action": "event",
-                "person_id": person,
-                "item": orjson.dumps(
-                    {"type": "person", "identifiers": ids, "action": "event",
-                     "name": data["event_name"], "id": data["source_message_id"],
-                     "timestamp": data["timestamp_unixtime_ms"] // 1000,
-                     "attributes": {**data.get("custom_attributes", {}),
-                                    "event_id": str(data["event_id"]),
-                                    "event_type": data["custom_event_type"],
-                                    "platform": platform, "mpid": batch["mpid"],
-                                    "environment": batch["environment"]}}
-                ),
-            }
-        )  # fmt: skip
-    return ops
-
-
 def ingest(key: bytes, value: bytes, previous: bytes | None, partition: int, offset: int):
-    """The ingest design's per-record work: decode, fold, transform, Avro-encode.
+    """The ingest agent's real per-record work: :func:`app.pipeline.process_batch_record`
+    (parse, state decode, fold + transform, state encode, ONE operations record in Avro).
 
-    Returns ``(new_state, operation_batch_bytes, event_count)``.
+    Returns ``(state_to_store, operation_batch_bytes, event_count)``.
     """
-    batch = orjson.loads(value)
-    state = fold(batch, previous)
-    record = {
-        "mpid": key.decode(),
-        "source_topic": SOURCE_TOPIC,
-        "source_partition": partition,
-        "source_offset": offset,
-        "ingested_at_ms": int(time.time() * 1000),
-        "operations": operations(batch),
-    }
-    return state, codec("operation_batch").encode(record), len(batch.get("events") or ())
+    result = process_batch_record(
+        key, value, SourcePosition(SOURCE_TOPIC, partition, offset), lambda _: previous, SETTINGS
+    )
+    state = result.states.get(key.decode(), previous)
+    record = None if result.operations is None else result.operations[1]
+    events = sum(count for (kind, *_), count in result.counts.items() if kind == "events")
+    return state or b"", record, events
 
 
 def operation_batch(index: int, events: int) -> tuple[bytes, bytes, int]:
-    """``(key, avro_value, operation_count)`` as the ingest design writes them."""
+    """``(key, avro_value, operation_count)`` exactly as the ingest agent writes them."""
     key, value = mparticle_batch(index, events)
-    batch = orjson.loads(value)
-    ops = operations(batch)
-    record = {
-        "mpid": key.decode(),
-        "source_topic": SOURCE_TOPIC,
-        "source_partition": index % 4,
-        "source_offset": index,
-        "ingested_at_ms": 1_760_000_000_000,
-        "operations": ops,
-    }
-    return key, codec("operation_batch").encode(record), len(ops)
+    _, record, _ = ingest(key, value, None, index % 4, index)
+    assert record is not None
+    operations = len(codec("operation_batch").decode(record)["operations"])
+    return key, record, operations
 
 
 class RequestBuilder:
-    """The drain design's body building: ``{"batch":[...]}`` capped by bytes and items."""
+    """The sink's body building (:func:`app.customerio.batching.pack`), counted."""
 
     def __init__(self, max_bytes: int = 500_000, max_items: int = 1000) -> None:
         self.max_bytes = max_bytes
         self.max_items = max_items
-        self.items: list[bytes] = []
-        self.size = 0
+        self.items: list[tuple[bytes, None]] = []
         self.bodies = 0
         self.body_bytes = 0
 
     def add(self, item: bytes) -> None:
-        # 12 bytes of envelope, one comma per item
-        if self.items and (
-            len(self.items) >= self.max_items or self.size + len(item) + 13 > self.max_bytes
-        ):
-            self.flush()
-        self.items.append(item)
-        self.size += len(item) + 1
+        self.items.append((item, None))
 
     def flush(self) -> None:
-        if not self.items:
-            return
-        body = b'{"batch":[' + b",".join(self.items) + b"]}"
-        self.bodies += 1
-        self.body_bytes += len(body)
+        packed = pack(self.items, max_items=self.max_items, max_bytes=self.max_bytes)
+        for request in packed.requests:
+            self.bodies += 1
+            self.body_bytes += len(request.body())
         self.items = []
-        self.size = 0
