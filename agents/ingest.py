@@ -99,15 +99,17 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
                     ]
                 )
                 result.counts["dead_letters", STAGE_INGEST, "internal_error"] += 1
+            # Operations go to the producer before the table's changelog write, so the state
+            # that records them as sent can never be stored ahead of the operations themselves.
+            if result.operations is not None:
+                mpid, value = result.operations
+                await operations.send(key=mpid.encode() or None, value=value)
             for mpid, state in result.states.items():
                 users[mpid.encode()] = state
             for mpid in result.purged:
                 users.pop(mpid.encode(), None)  # tombstone in the changelog
             for mpid, erased_ms in result.erased.items():
                 erasures[mpid.encode()] = str(erased_ms).encode()
-            if result.operations is not None:
-                mpid, value = result.operations
-                await operations.send(key=mpid.encode() or None, value=value)
             for mpid, raw in result.rekeyed:
                 await rekey_topic.send(key=mpid.encode(), value=raw)
             for letter in result.dead_letters:

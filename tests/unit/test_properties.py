@@ -1,0 +1,179 @@
+"""Property-based tests (hypothesis) of the parser, the fold and the transform.
+
+- no input makes the parser (or the whole ingest step) raise anything but the typed rejection;
+- folding a batch twice gives the state of folding it once;
+- transforming a batch again with the state it produced sends no identify and no event id
+  the first pass did not send;
+- every item emitted satisfies Customer.io's limits.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.errors import InvalidRecordError
+from app.mparticle import parse_record
+from app.pipeline import SourcePosition, process_batch_record
+from app.settings import load_settings
+from app.state import fold
+from app.transform import transform
+
+SETTINGS = load_settings(forwarding_enabled=False, send_created_at=True)
+SOURCE = SourcePosition("t", 0, 0)
+PROFILE = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=50),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+names = st.text(min_size=0, max_size=200)
+long_text = st.text(min_size=0, max_size=1500)
+attribute_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    long_text,
+    st.lists(st.text(max_size=20), max_size=5),
+)
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> dict[str, Any]:
+    """Mostly valid mParticle batches with hostile sizes and names."""
+    events = []
+    for _ in range(draw(st.integers(0, 6))):
+        kind = draw(
+            st.sampled_from(
+                ["custom_event", "screen_view", "opt_out", "first_run", "commerce_event", "weird"]
+            )
+        )
+        data: dict[str, Any] = {
+            "timestamp_unixtime_ms": draw(st.one_of(st.none(), st.integers(0, 2**45))),
+            "source_message_id": draw(st.one_of(st.none(), st.text(max_size=40))),
+            "custom_attributes": draw(
+                st.dictionaries(st.text(max_size=30), attribute_values, max_size=8)
+            ),
+        }
+        if kind == "custom_event":
+            data["event_name"] = draw(names)
+        elif kind == "screen_view":
+            data["screen_name"] = draw(names)
+        elif kind == "opt_out":
+            data["is_opted_out"] = draw(st.booleans())
+        events.append({"event_type": kind, "data": data})
+    identities: dict[str, Any] = {}
+    if draw(st.booleans()):
+        identities["email"] = draw(st.text(min_size=1, max_size=200))
+    if draw(st.booleans()):
+        identities["customer_id"] = draw(st.text(min_size=1, max_size=200))
+    attributes = draw(
+        st.dictionaries(
+            st.one_of(names, st.sampled_from(["$FirstName", "$lastname", "$Zip", "$City"])),
+            attribute_values,
+            max_size=20,
+        )
+    )
+    return {
+        "mpid": draw(st.one_of(st.integers(-(2**63), 2**63 - 1), st.just("42"))),
+        "environment": draw(st.sampled_from(["production", "development"])),
+        "timestamp_unixtime_ms": draw(st.integers(1, 2**44)),
+        "user_identities": identities,
+        "user_attributes": attributes,
+        "deleted_user_attributes": draw(st.lists(names, max_size=3)),
+        "application_info": {"os": draw(st.sampled_from(["IOS", "Android", "Roku"]))},
+        "events": events,
+    }
+
+
+@PROFILE
+@given(st.binary(max_size=300))
+def test_parser_only_raises_typed_rejections_on_bytes(raw: bytes) -> None:
+    _parse_or_typed_rejection(raw)
+
+
+@PROFILE
+@given(json_values)
+def test_parser_only_raises_typed_rejections_on_any_json(document: Any) -> None:
+    _parse_or_typed_rejection(json.dumps(document).encode())
+
+
+def _parse_or_typed_rejection(raw: bytes) -> None:
+    rejection: InvalidRecordError | None = None
+    try:
+        parse_record(raw)
+    except InvalidRecordError as exc:  # the only exception allowed
+        rejection = exc
+    assert rejection is None or rejection.reason
+
+
+@PROFILE
+@given(json_values, st.one_of(st.none(), st.binary(max_size=5)))
+def test_ingest_step_never_raises(document: Any, key: bytes | None) -> None:
+    raw = json.dumps(document).encode()  # stdlib: also writes integers beyond 64 bits
+    result = process_batch_record(key, raw, SOURCE, lambda _: None, SETTINGS)
+    assert result.operations is None or result.operations[0]
+
+
+@PROFILE
+@given(batches())
+def test_fold_is_idempotent(raw: dict[str, Any]) -> None:
+    (batch,) = parse_record(orjson.dumps(raw))
+    once = fold(None, batch)
+    assert fold(once, batch) == once
+
+
+@PROFILE
+@given(batches())
+def test_transform_again_sends_no_identify_and_no_new_event_id(raw: dict[str, Any]) -> None:
+    """Redelivery after the state was stored: nothing new reaches Customer.io (events the
+    first pass forwarded before an in-batch opt-out are not repeated: the stored state is
+    already opted out, see README "Limits")."""
+    (batch,) = parse_record(orjson.dumps(raw))
+    first = transform(batch, None, SETTINGS)
+    second = transform(batch, first.state, SETTINGS)
+    assert all(op.action != "identify" for op in second.operations)
+    first_ids = [op.item["id"] for op in first.operations if op.action != "identify"]
+    second_ids = [op.item["id"] for op in second.operations]
+    assert set(second_ids) <= set(first_ids)
+    if not any(event.kind == "opt_out" for event in batch.events):
+        assert second_ids == first_ids
+
+
+@PROFILE
+@given(batches())
+def test_every_item_respects_customerio_limits(raw: dict[str, Any]) -> None:
+    (batch,) = parse_record(orjson.dumps(raw))
+    for operation in transform(batch, None, SETTINGS).operations:
+        item = operation.item
+        assert len(operation.payload) <= 32_000
+        assert orjson.loads(operation.payload) == item
+        ((kind, value),) = item["identifiers"].items()
+        assert kind in ("id", "email")
+        assert 0 < len(value.encode()) <= 150
+        if item["action"] == "identify":
+            attributes = item["attributes"]
+            assert len(attributes) <= 300
+            for name, attribute in attributes.items():
+                assert 0 < len(name.encode()) <= 150
+                if isinstance(attribute, str):
+                    assert len(attribute.encode()) <= 1000
+        else:
+            assert item["name"].strip()
+            assert len(item["name"].encode()) <= 100
+            assert isinstance(item.get("timestamp", 0), int)
+            assert len(orjson.dumps(item.get("attributes", {}))) <= 100_000
