@@ -64,6 +64,8 @@ class UserState:
     last_seen_ms: int | None = None
     audiences: dict[str, str] = field(default_factory=dict)
     audiences_left: dict[str, str] = field(default_factory=dict)
+    # "<input kind>@<partition>" -> offset of the last input record applied to this state.
+    applied_offsets: dict[str, int] = field(default_factory=dict)
 
     @property
     def created_at_ms(self) -> int | None:
@@ -107,6 +109,7 @@ def fold(state: UserState | None, batch: Batch) -> UserState:
         last_seen_ms=last_seen_ms,
         audiences=previous.audiences,
         audiences_left=previous.audiences_left,
+        applied_offsets=previous.applied_offsets,
     )
 
 
@@ -240,6 +243,7 @@ def encode_state(state: UserState) -> bytes:
             "last_seen_ms": state.last_seen_ms,
             "audiences": state.audiences,
             "audiences_left": state.audiences_left,
+            "applied_offsets": state.applied_offsets,
         }
     )
 
@@ -273,4 +277,5 @@ def decode_state(data: bytes) -> UserState:
         last_seen_ms=record["last_seen_ms"],
         audiences=record["audiences"],
         audiences_left=record["audiences_left"],
+        applied_offsets=record["applied_offsets"],
     )

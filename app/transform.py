@@ -151,7 +151,9 @@ def transform(batch: Batch, state: UserState | None, settings: Settings) -> Tran
         or folded.audiences_left
     ):
         attributes = _identify_attributes(folded, batch, settings, unsubscribed, limits)
-        operations.extend(_identifies(person_id, identifiers, attributes, limits))
+        operations.extend(
+            _identifies(person_id, identifiers, attributes, limits, update_time(folded))
+        )
         folded = _with_sent(folded, person_id, digest)
     elif folded.unsubscribed_sent and not folded.opted_out:
         folded = _with_sent(folded, person_id, digest)  # opted in, resubscribe disabled
@@ -262,6 +264,7 @@ def _with_sent(state: UserState, person_id: str, digest: bytes) -> UserState:
         last_seen_ms=state.last_seen_ms,
         audiences=state.audiences,
         audiences_left={},  # the identify just built carried them
+        applied_offsets=state.applied_offsets,
     )
 
 
@@ -369,15 +372,16 @@ def _identifies(
     identifiers: dict[str, str],
     attributes: dict[str, AttributeValue],
     limits: dict[str, int],
+    timestamp: int | None,
 ) -> list[Operation]:
     """One identify, or several when over 300 attributes or 32,000 bytes; email in each."""
-    item = _identify_item(identifiers, attributes)
+    item = _identify_item(identifiers, attributes, timestamp)
     payload = orjson.dumps(item)
     if len(attributes) <= MAX_ATTRIBUTES_PER_IDENTIFY and len(payload) <= MAX_ITEM_BYTES:
         return [Operation("identify", person_id, item, payload)]
 
     email = attributes["email"]
-    base_bytes = len(orjson.dumps(_identify_item(identifiers, {"email": email})))
+    base_bytes = len(orjson.dumps(_identify_item(identifiers, {"email": email}, timestamp)))
     operations: list[Operation] = []
     chunk: dict[str, AttributeValue] = {"email": email}
     chunk_bytes = base_bytes
@@ -386,31 +390,46 @@ def _identifies(
             continue
         size = len(orjson.dumps({name: value})) - 1  # '{' '}' out, ',' in
         if len(chunk) == MAX_ATTRIBUTES_PER_IDENTIFY or chunk_bytes + size > MAX_ITEM_BYTES:
-            operations.append(_identify_operation(person_id, identifiers, chunk))
+            operations.append(_identify_operation(person_id, identifiers, chunk, timestamp))
             chunk = {"email": email}
             chunk_bytes = base_bytes
         chunk[name] = value
         chunk_bytes += size
-    operations.append(_identify_operation(person_id, identifiers, chunk))
+    operations.append(_identify_operation(person_id, identifiers, chunk, timestamp))
     limits[LIMIT_IDENTIFY_SPLIT] = limits.get(LIMIT_IDENTIFY_SPLIT, 0) + len(operations) - 1
     return operations
 
 
 def _identify_item(
-    identifiers: dict[str, str], attributes: dict[str, AttributeValue]
+    identifiers: dict[str, str], attributes: dict[str, AttributeValue], timestamp: int | None
 ) -> dict[str, Any]:
-    return {
+    item: dict[str, Any] = {
         "type": "person",
         "identifiers": identifiers,
         "action": "identify",
         "attributes": attributes,
     }
+    if timestamp is not None:
+        item["timestamp"] = timestamp
+    return item
+
+
+def update_time(state: UserState) -> int | None:
+    """The identify ``timestamp`` (unix seconds): when the newest fact it carries happened.
+
+    Customer.io uses it to order attribute updates, so a request that lands late (its client
+    timed out and retried, then later updates went through) cannot overwrite newer ones."""
+    times = [ms for ms in (state.profile_at_ms, state.opt_out_at_ms) if ms]
+    return max(times) // 1000 if times else None
 
 
 def _identify_operation(
-    person_id: str, identifiers: dict[str, str], attributes: dict[str, AttributeValue]
+    person_id: str,
+    identifiers: dict[str, str],
+    attributes: dict[str, AttributeValue],
+    timestamp: int | None,
 ) -> Operation:
-    item = _identify_item(identifiers, attributes)
+    item = _identify_item(identifiers, attributes, timestamp)
     return Operation("identify", person_id, item, orjson.dumps(item))
 
 

@@ -37,7 +37,7 @@ class TrackClient:
         max_connections: int = 16,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._auth = aiohttp.BasicAuth(site_id, api_key.get_secret_value())
+        self._authorization = aiohttp.encode_basic_auth(site_id, api_key.get_secret_value())
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._limiter = limiter
         self._max_connections = max_connections
@@ -45,10 +45,13 @@ class TrackClient:
 
     async def __aenter__(self) -> TrackClient:
         self._session = aiohttp.ClientSession(
-            auth=self._auth,
             timeout=self._timeout,
             connector=aiohttp.TCPConnector(limit=self._max_connections),
-            headers={"Content-Type": "application/json", "User-Agent": "mpcio"},
+            headers={
+                "Authorization": self._authorization,
+                "Content-Type": "application/json",
+                "User-Agent": "mpcio",
+            },
         )
         return self
 

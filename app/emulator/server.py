@@ -120,6 +120,7 @@ class EmulatorState:
             "items_accepted": self.items_accepted,
             "items_rejected": self.items_rejected,
             "identifies": store.identifies,
+            "stale_identifies": store.stale_identifies,
             "events_stored": len(store.events),
             "duplicates_suppressed": store.duplicates_suppressed,
             "people": store.people_count,

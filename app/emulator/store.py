@@ -9,6 +9,8 @@ read the result. Behaviour follows Customer.io's documented rules:
 - An identify of an unknown ``id`` or ``email`` creates the person, unless ``_update`` is true.
   An identify ``{"id": X}`` whose ``email`` attribute belongs to a person without an id updates
   that person and gives them the id X (SPEC §3 rule 11 relies on it).
+- An identify carrying ``timestamp`` older than the newest one applied to the person is stale
+  and ignored (counted in ``stale_identifies``).
 - Attributes merge; an empty string removes an attribute. ``email`` and ``id`` attributes change
   the person's identifiers: ``email`` when the person is referenced by ``id`` or ``cio_id``,
   ``id`` when the person has none yet or is referenced by ``cio_id``. ``unsubscribed`` is kept
@@ -51,6 +53,7 @@ class Person:
     suppressed: bool = False
     deleted: bool = False
     event_count: int = 0
+    attributes_at: int | None = None  # newest identify ``timestamp`` applied
 
     @property
     def unsubscribed(self) -> bool:
@@ -111,6 +114,7 @@ class Store:
         self.events: list[StoredEvent] = []
         self.deleted: list[Person] = []
         self.identifies = 0
+        self.stale_identifies = 0
         self.duplicates_suppressed = 0
         self.unresolved_operations = 0
         self.attribute_update_failures = 0
@@ -150,7 +154,12 @@ class Store:
         action = item["action"]
         if action == "identify":
             attributes = item.get("attributes") or {}
-            self.identify(identifier, attributes, update_only=attributes.get("_update") is True)
+            self.identify(
+                identifier,
+                attributes,
+                update_only=attributes.get("_update") is True,
+                timestamp=item.get("timestamp"),
+            )
         elif action in EVENT_ACTIONS:
             self.track(
                 identifier,
@@ -173,9 +182,19 @@ class Store:
     # --- operations ------------------------------------------------------------------------------
 
     def identify(
-        self, identifier: Identifier, attributes: Mapping[str, Any], *, update_only: bool = False
+        self,
+        identifier: Identifier,
+        attributes: Mapping[str, Any],
+        *,
+        update_only: bool = False,
+        timestamp: int | None = None,
     ) -> None:
-        """Create or update the person ``identifier`` names and merge ``attributes``."""
+        """Create or update the person ``identifier`` names and merge ``attributes``.
+
+        An identify whose ``timestamp`` is older than one already applied to the person is a
+        stale update (a request that arrived late, e.g. after its client timed out and retried):
+        it changes nothing and is counted in ``stale_identifies``, which is what Customer.io's
+        ``timestamp`` is for ("control the order of attribute updates")."""
         self.identifies += 1
         kind, value = identifier
         person = self.find(identifier)
@@ -188,6 +207,12 @@ class Store:
                 self.unresolved_operations += 1
                 return
             person = self._create(kind, value)
+        stale = person.attributes_at is not None and timestamp is not None
+        if stale and timestamp < person.attributes_at:  # type: ignore[operator]
+            self.stale_identifies += 1
+            return
+        if timestamp is not None:
+            person.attributes_at = timestamp
         self._merge(person, kind, attributes)
 
     def track(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import orjson
 import pytest
 
@@ -19,6 +21,7 @@ from app.settings import Settings, load_settings
 from app.state import UserState, decode_state
 
 SOURCE = SourcePosition("mparticle-audiences", 0, 5)
+OFFSETS = itertools.count(100)
 T = 1_764_400_000_000
 
 
@@ -46,7 +49,8 @@ def _items(result) -> list[dict]:  # type: ignore[no-untyped-def]
 
 
 def _run(value: bytes, key: bytes, store: dict[str, bytes], settings: Settings):  # type: ignore[no-untyped-def]
-    result = process_audience_record(key, value, SOURCE, store.get, settings, clock=lambda: 1)
+    source = SourcePosition(SOURCE.topic, SOURCE.partition, next(OFFSETS))
+    result = process_audience_record(key, value, source, store.get, settings, clock=lambda: 1)
     store.update(result.states)
     return result
 

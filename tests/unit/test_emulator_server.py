@@ -706,6 +706,7 @@ async def test_requests_and_stats_describe_the_traffic(
         "items_accepted": 3,
         "items_rejected": 1,
         "identifies": 1,
+        "stale_identifies": 0,
         "events_stored": 1,
         "duplicates_suppressed": 1,
         "people": 1,

@@ -225,3 +225,16 @@ def test_apply_dispatches_every_supported_action() -> None:
     assert person.attributes == {"a": 1, "b": 2}
     store.apply(item("delete"), AT)
     assert (store.people_count, store.identifies) == (0, 2)
+
+
+def test_stale_identify_does_not_overwrite_a_newer_one() -> None:
+    from app.emulator.store import Store  # noqa: PLC0415
+
+    store = Store()
+    store.identify(("id", "p1"), {"tier": 2}, timestamp=200)
+    store.identify(("id", "p1"), {"tier": 1}, timestamp=100)  # arrived late
+    store.identify(("id", "p1"), {"plan": "pro"})  # no timestamp: always applied
+    person = store.find(("id", "p1"))
+    assert person is not None
+    assert person.attributes == {"tier": 2, "plan": "pro"}
+    assert store.stale_identifies == 1

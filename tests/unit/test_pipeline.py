@@ -57,18 +57,31 @@ def test_one_operations_record_per_input_record_in_order(settings: Settings) -> 
     assert result.counts["operations", "event"] == 2
 
 
-def test_state_written_only_when_changed_and_redelivery_is_harmless(settings: Settings) -> None:
+def test_redelivered_record_is_skipped_as_already_applied(settings: Settings) -> None:
     store: dict[str, bytes] = {}
     value = orjson.dumps(_batch())
     first = _run(value, b"42", store, settings)
     assert set(first.states) == {"42"}
-    again = _run(value, b"42", store, settings)
-    assert again.states == {}  # folding the same batch twice changes nothing
+    again = _run(value, b"42", store, settings)  # same partition and offset: a redelivery
+    assert again.states == {}
+    assert again.operations is None
+    assert again.counts["batches", "redelivered"] == 1
+
+
+def test_same_batch_at_a_new_offset_repeats_event_ids_without_identify(
+    settings: Settings,
+) -> None:
+    store: dict[str, bytes] = {}
+    value = orjson.dumps(_batch())
+    first = _run(value, b"42", store, settings)
+    later = SourcePosition(SOURCE.topic, SOURCE.partition, SOURCE.offset + 1)
+    again = process_batch_record(b"42", value, later, store.get, settings, clock=lambda: 7)
+    assert first.operations is not None
     assert again.operations is not None
+    first_ops = codec("operation_batch").decode(first.operations[1])["operations"]
     ops = codec("operation_batch").decode(again.operations[1])["operations"]
     assert [op["action"] for op in ops] == ["event", "event"]  # no second identify
-    first_ids = [orjson.loads(op["item"])["id"] for op in
-                 codec("operation_batch").decode(first.operations[1])["operations"][1:]]  # type: ignore[index]  # fmt: skip
+    first_ids = [orjson.loads(op["item"])["id"] for op in first_ops[1:]]
     assert first_ids == [orjson.loads(op["item"])["id"] for op in ops]
 
 

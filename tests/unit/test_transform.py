@@ -696,3 +696,14 @@ def test_every_item_validates_against_customerio_openapi_batch_schema(
 def test_openapi_validator_catches_a_broken_item(batch_validator: dict[str, Any]) -> None:
     broken = {"type": "person", "identifiers": {"id": 5}, "action": "event", "name": "x"}
     assert list(batch_validator["event"].iter_errors(broken)) != []
+
+
+def test_identify_carries_the_update_time_so_late_requests_cannot_overwrite() -> None:
+    from app.mparticle import parse_record  # noqa: PLC0415
+    from app.settings import load_settings  # noqa: PLC0415
+    from app.transform import transform  # noqa: PLC0415
+
+    raw = b'{"mpid": 1, "timestamp_unixtime_ms": 1764400000999, "user_identities": {"email": "a"}}'
+    (batch,) = parse_record(raw)
+    (identify,) = transform(batch, None, load_settings(forwarding_enabled=False)).operations
+    assert identify.item["timestamp"] == 1_764_400_000

@@ -1,0 +1,269 @@
+"""Fault scenarios on the real broker and the emulator: nothing lost, nothing doubled.
+
+Each scenario runs the reference workload (:mod:`tests.integration.reliability_model`) through
+real workers while something goes wrong, then checks the invariant: the emulator holds exactly
+the events and people the model expects. Each prints its figures (events in, delivered,
+duplicates the emulator suppressed, dead letters, lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TYPE_CHECKING
+
+import orjson
+import pytest
+
+from app.emulator.faults import parse_faults
+from app.localkafka import LocalKafka
+from tests.integration import reliability_model
+from tests.integration.conftest import Deployment
+from tests.integration.support import (
+    inspect_emulator,
+    message_count,
+    produce,
+    wait_for,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from app.emulator.server import RunningEmulator
+    from tests.integration.conftest import Names
+    from tests.integration.support import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+USERS, ROUNDS, EVENTS = 40, 4, 5
+
+
+def _workload() -> reliability_model.Workload:
+    return reliability_model.generate(USERS, ROUNDS, EVENTS)
+
+
+def _stored(emulator: RunningEmulator) -> int:
+    return len(emulator.state.store.events)
+
+
+async def _until_delivered(
+    emulator: RunningEmulator, count: int, workers: list[WorkerProcess], timeout: float = 120
+) -> None:
+    def done() -> bool:
+        for worker in workers:
+            worker.assert_running()
+        return _stored(emulator) >= count
+
+    try:
+        await wait_for(done, timeout, f"{count} events at the emulator")
+    except AssertionError as exc:
+        logs = "\n".join(worker.output()[-3000:] for worker in workers)
+        raise AssertionError(f"{exc}; emulator: {emulator.state.stats()}\n{logs}") from None
+
+
+async def _verdict(
+    deployment: Deployment,
+    emulator: RunningEmulator,
+    workload: reliability_model.Workload,
+    scenario: str,
+    capsys: pytest.CaptureFixture[str],
+) -> reliability_model.Verdict:
+    people = (await inspect_emulator(emulator.url, "people"))["people"]
+    events = (await inspect_emulator(emulator.url, "events"))["events"]
+    suppressed = emulator.state.stats()["duplicates_suppressed"]
+    verdict = reliability_model.check(
+        workload.expected, workload.events_in, people, events, suppressed
+    )
+    dead = await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name)
+    with capsys.disabled():
+        print("\n" + verdict.summary(scenario, dead))
+    assert verdict.ok, verdict
+    return verdict
+
+
+async def _settle(emulator: RunningEmulator, expected: int) -> None:
+    """Wait for the expected events, then until no request arrives for a moment, so late
+    duplicates (which the emulator would show) have had their chance to arrive."""
+    await wait_for(lambda: _stored(emulator) >= expected, 120, "all expected events")
+    last = -1
+    while emulator.state.stats()["requests"] != last:
+        last = emulator.state.stats()["requests"]
+        await asyncio.sleep(1.0)
+
+
+async def test_worker_sigkill_and_restart(
+    deployment: Deployment, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workload = _workload()
+    expected = len(workload.expected.events)
+    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records)
+    first = deployment.start_worker(batch_max_items="20", rate_limit_per_second="40")
+    await _until_delivered(emulator, expected // 3, [first])
+    first.kill()  # SIGKILL mid-stream: no flush, no commit
+    second = deployment.start_worker()
+    await _until_delivered(emulator, expected, [second])
+    await _settle(emulator, expected)
+    await _verdict(deployment, emulator, workload, "sigkill", capsys)
+    # State came back from the changelog: no identify storm (one per profile change, plus
+    # at most one per record redelivered after the kill).
+    identifies = emulator.state.store.identifies
+    assert identifies <= workload.expected.identifies + USERS * 2, identifies
+
+
+async def test_broker_killed_and_restarted(
+    names: Names, tmp_path: Path, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broker = LocalKafka(data_dir=tmp_path / "kafka")
+    broker.start()
+    try:
+        deployment = Deployment(broker, names, tmp_path, emulator.url)
+        await deployment.prepare()
+        workload = _workload()
+        expected = len(workload.expected.events)
+        await produce(broker.bootstrap, deployment.topics.batches.name, workload.records)
+        worker = deployment.start_worker(batch_max_items="20", rate_limit_per_second="40")
+        await _until_delivered(emulator, expected // 3, [worker])
+        broker.kill()
+        await asyncio.sleep(2)  # an outage, not a synchronisation: the broker is down 2 s
+        broker.start()
+        await _until_delivered(emulator, expected, [worker], timeout=180)
+        await _settle(emulator, expected)
+        await _verdict(deployment, emulator, workload, "broker restart", capsys)
+        await deployment.stop_all()
+    finally:
+        broker.close()
+
+
+async def test_customerio_errors_throttling_timeouts_and_drops(
+    deployment: Deployment, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workload = _workload()
+    expected = len(workload.expected.events)
+    rules, _ = parse_faults(
+        [
+            {"kind": "status", "status": 503, "probability": 0.3, "count": 30},
+            {"kind": "throttle", "retry_after": 1, "count": 5},
+            {"kind": "throttle", "count": 10},
+            {"kind": "delay", "delay_seconds": 3, "count": 3},
+            {"kind": "drop", "count": 5},
+        ]
+    )
+    emulator.faults.add(rules)
+    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records)
+    worker = deployment.start_worker(batch_max_items="20", request_timeout_seconds="1")
+    await _until_delivered(emulator, expected, [worker], timeout=180)
+    await _settle(emulator, expected)
+    verdict = await _verdict(deployment, emulator, workload, "api storm", capsys)
+    faults = emulator.state.stats()["faults_injected"]
+    assert faults.get("throttle", 0) >= 15
+    assert faults.get("drop", 0) == 5
+    assert verdict.duplicates_suppressed >= 0
+
+
+async def test_second_worker_joins_and_leaves(
+    deployment: Deployment, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workload = _workload()
+    expected = len(workload.expected.events)
+    half = len(workload.records) // 2
+    await produce(
+        deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records[:half]
+    )
+    first = deployment.start_worker(rate_limit_per_second="40", batch_max_items="20")
+    await _until_delivered(emulator, 10, [first])
+    second = deployment.start_worker(rate_limit_per_second="40", batch_max_items="20")
+    await produce(
+        deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records[half:]
+    )
+    await _until_delivered(emulator, expected * 2 // 3, [first, second])
+    assert await second.stop() < 30  # leaves: its partitions (and state) move back
+    await _until_delivered(emulator, expected, [first])
+    await _settle(emulator, expected)
+    await _verdict(deployment, emulator, workload, "rebalance", capsys)
+
+
+def _poison() -> list[tuple[bytes | None, bytes]]:
+    rng = random.Random(7)
+    nested = b'{"mpid": 4, "user_attributes": {"a": ' + b'{"n": ' * 1100 + b"1" + b"}" * 1102
+    big = {
+        "mpid": 999_001,
+        "user_identities": {"email": "big@example.com"},
+        "user_attributes": {"blob": "x" * 900_000},
+    }
+    wide = {
+        "mpid": 999_002,
+        "user_identities": {"email": "wide@example.com"},
+        "user_attributes": {f"attr_{i}": i for i in range(10_000)},
+    }
+    long_names = {
+        "mpid": 999_003,
+        "user_identities": {"email": "long@example.com"},
+        "user_attributes": {"n" * 300: "v" * 5000},
+        "events": [
+            {
+                "event_type": "custom_event",
+                "data": {
+                    "event_name": "E" * 500,
+                    "source_message_id": "p1",
+                    "custom_attributes": {"v": "x" * 200_000},
+                },
+            }
+        ],
+    }
+    return [
+        (None, bytes(rng.getrandbits(8) for _ in range(200))),
+        (b"1", b'{"mpid": 1, "events": [{"event_type": "custom_ev'),
+        (b"2", orjson.dumps({"mpid": [1], "events": "x", "user_identities": 5})),
+        (b"3", orjson.dumps({"mpid": 3, "events": [1, None, {"event_type": 5}]})),
+        (b"4", nested),
+        (b"5", ("[" * 300 + "]" * 300).encode()),
+        (b"999001", orjson.dumps(big)),
+        (b"999002", orjson.dumps(wide)),
+        (b"999003", orjson.dumps(long_names)),
+    ]
+
+
+async def test_poison_input_keeps_the_stream_flowing(
+    deployment: Deployment, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workload = _workload()
+    expected = len(workload.expected.events)
+    records: list[tuple[bytes | None, bytes]] = []
+    poison = _poison()
+    step = len(workload.records) // len(poison)
+    for index, record in enumerate(workload.records):
+        records.append(record)
+        if index % step == 0 and poison:
+            records.append(poison.pop())
+    records.extend(poison)
+    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, records)
+    worker = deployment.start_worker()
+    await _until_delivered(emulator, expected, [worker])
+    await _settle(emulator, expected)
+    await _verdict(deployment, emulator, workload, "poison input", capsys)
+    dead = await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name)
+    assert dead >= 5  # random bytes, truncated JSON, wrong types, two too-deep nestings
+    wide = emulator.state.store.find(("email", "wide@example.com"))
+    assert wide is not None
+    assert len(wide.attributes) >= 10_000  # split into identifies of <= 300 attributes
+    long = emulator.state.store.find(("email", "long@example.com"))
+    assert long is not None  # oversized name dropped, event name cut, data dropped: delivered
+    worker.assert_running()
+
+
+async def test_sigterm_stops_gracefully_and_loses_nothing(
+    deployment: Deployment, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workload = _workload()
+    expected = len(workload.expected.events)
+    rules, _ = parse_faults([{"kind": "delay", "delay_seconds": 0.5, "count": 20}])
+    emulator.faults.add(rules)
+    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records)
+    first = deployment.start_worker(batch_max_items="20")
+    await _until_delivered(emulator, expected // 4, [first])
+    seconds = await first.stop()  # SIGTERM, as orchestrators send
+    assert seconds < 30, f"SIGTERM took {seconds:.1f}s"
+    second = deployment.start_worker()
+    await _until_delivered(emulator, expected, [second])
+    await _settle(emulator, expected)
+    await _verdict(deployment, emulator, workload, "sigterm", capsys)
