@@ -23,6 +23,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,12 @@ class DemoError(MpcioError):
 def run_demo(*, kafka_port: int | None, keep_running: bool, sample: Path = SAMPLE) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mpcio-demo-"))
     lines = [line for line in sample.read_bytes().splitlines() if line.strip()]
-    with LocalKafka(port=kafka_port) as broker, _emulator(workdir) as emulator_url:
+    with LocalKafka(port=kafka_port) as broker, local_emulator(workdir) as emulator:
+        emulator_url = emulator.url
         print(
             f"✓ Kafka {broker.version} on {broker.bootstrap} (started in {broker.started_in:.1f}s)"
         )
-        print(f"✓ Customer.io emulator on {emulator_url}")
+        print(f"✓ Customer.io emulator on {emulator_url} (pid {emulator.pid})")
         web_port = free_port()
         settings = Settings(
             broker=broker.url,
@@ -85,8 +87,15 @@ def run_demo(*, kafka_port: int | None, keep_running: bool, sample: Path = SAMPL
     print("✓ stopped the worker, the emulator and Kafka")
 
 
+@dataclass(frozen=True, slots=True)
+class LocalEmulator:
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def _emulator(workdir: Path) -> Iterator[str]:
+def local_emulator(workdir: Path) -> Iterator[LocalEmulator]:
+    """The Customer.io emulator in a subprocess (log in ``workdir``), stopped on exit."""
     port = free_port()
     log = (workdir / "emulator.log").open("wb")
     process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed argv
@@ -113,7 +122,7 @@ def _emulator(workdir: Path) -> Iterator[str]:
             "the emulator",
             workdir / "emulator.log",
         )
-        yield url
+        yield LocalEmulator(url, process.pid)
     finally:
         process.terminate()
         process.wait(15)

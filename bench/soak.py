@@ -31,7 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from app.cli import settings_as_env
-from app.demo import _emulator  # the demo's emulator subprocess helper
+from app.demo import local_emulator
 from app.kafka_admin import ensure_topics
 from app.localkafka import LocalKafka, free_port
 from app.settings import Settings
@@ -101,7 +101,8 @@ async def soak(args: argparse.Namespace) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"soak-{stamp}.csv"
     workdir = Path(tempfile.mkdtemp(prefix="mpcio-soak-"))
-    with LocalKafka() as broker, _emulator(workdir) as emulator_url:
+    with LocalKafka() as broker, local_emulator(workdir) as emulator:
+        emulator_url = emulator.url
         settings = Settings(
             broker=broker.url,
             store=args.store,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,10 +29,10 @@ def test_demo_forwards_the_sample_and_stops_everything() -> None:
     assert "UNSUBSCRIBED" in out
     assert "Dead letters (3)" in out
     assert "✓ stopped the worker, the emulator and Kafka" in out
-    leftovers = subprocess.run(
-        ["pgrep", "-f", "mpcio-demo-|app emulator|app worker"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    assert leftovers.strip() == "", leftovers
+    pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", out)]
+    assert len(pids) == 2, out  # the emulator and the worker
+    for pid in pids:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        ), f"process {pid} still running"
