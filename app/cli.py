@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from app.errors import ConfigError, MpcioError
 from app.settings import Settings, load_settings
@@ -96,9 +97,103 @@ def _parser() -> argparse.ArgumentParser:
     )
     dry.set_defaults(handler=_cmd_dry_run)
 
-    check = commands.add_parser("check-config", help="validate the settings and print them")
+    _add_replay_parser(commands)
+    _add_deadletter_parser(commands)
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate the settings, reach Kafka (topics, co-partitioning) and Customer.io",
+    )
     check.set_defaults(handler=_cmd_check_config)
     return parser
+
+
+def _add_replay_parser(commands: Any) -> None:
+    replay = commands.add_parser(
+        "replay", help="backfill/replay mParticle batches (JSON Lines, maybe gzip) into Kafka"
+    )
+    replay.add_argument("file", metavar="FILE|-", help="JSON Lines, one record per line; - = stdin")
+    replay.add_argument("--topic", default=None, help="target topic (default MPCIO_TOPIC_BATCHES)")
+    replay.add_argument("--rate", type=_positive_float, default=None, help="at most N records/s")
+    replay.add_argument("--dry-run", action="store_true", help="validate only, send nothing")
+    replay.add_argument(
+        "--progress-every",
+        type=_positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="progress line interval on stderr (default 1)",
+    )
+    replay.set_defaults(handler=_cmd_replay)
+
+
+def _add_deadletter_parser(commands: Any) -> None:
+    deadletter = commands.add_parser(
+        "deadletter", help="list, show or redrive the records of the dead-letter topic"
+    )
+    actions = deadletter.add_subparsers(required=True, metavar="ACTION")
+    dl_list = actions.add_parser("list", help="one line per dead letter")
+    _add_selection_flags(dl_list)
+    dl_list.add_argument("--unmasked", action="store_true", help="show emails in details")
+    dl_list.set_defaults(handler=_cmd_deadletter_list)
+    dl_show = actions.add_parser("show", help="one dead letter in full, as JSON")
+    dl_show.add_argument("position", metavar="PARTITION@OFFSET", type=_position)
+    dl_show.add_argument("--unmasked", action="store_true", help="show emails in the payload")
+    dl_show.set_defaults(handler=_cmd_deadletter_show)
+    dl_redrive = actions.add_parser(
+        "redrive", help="send dead letters back to their input (ingest) or operations (sink)"
+    )
+    _add_selection_flags(dl_redrive)
+    dl_redrive.add_argument(
+        "--offsets", type=_positions, default=frozenset(), metavar="P@O,...", help="these only"
+    )
+    dl_redrive.add_argument(
+        "--all", action="store_true", help="redrive every dead letter (needed without a filter)"
+    )
+    dl_redrive.add_argument("--dry-run", action="store_true", help="show what would be sent")
+    dl_redrive.add_argument("--unmasked", action="store_true", help="show emails in keys")
+    dl_redrive.set_defaults(handler=_cmd_deadletter_redrive)
+
+
+def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reason", action="append", default=[], help="only this reason (repeatable)"
+    )
+    parser.add_argument(
+        "--stage", action="append", default=[], help="only this stage: ingest, sink (repeatable)"
+    )
+    parser.add_argument(
+        "--since", default=None, help="failed since: 30m, 2h, 7d, 1w or an ISO date/time (UTC)"
+    )
+    parser.add_argument("--limit", type=_positive_int, default=None, help="at most N records")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"must be an integer > 0, not {text!r}")
+    return int(text)
+
+
+def _position(text: str) -> Any:
+    from app.deadletters import Position  # noqa: PLC0415
+
+    try:
+        return Position.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positions(text: str) -> frozenset[Any]:
+    return frozenset(_position(part) for part in text.split(",") if part.strip())
 
 
 def _cmd_worker(_: argparse.Namespace) -> int:
@@ -164,11 +259,145 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(_: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from app.checks import Check, run_checks  # noqa: PLC0415
+
     settings = load_settings()
     for name, value in settings.redacted().items():
         print(f"{name:32} {value}")
-    print("settings: ok")
+    print()
+    _quiet_kafka_logs()
+    checks = [Check("settings", True, ""), *asyncio.run(run_checks(settings))]
+    for check in checks:
+        print(check.line())
+    failed = [check.name for check in checks if not check.ok]
+    print(f"check-config: {'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'}")
+    return EXIT_FAILURE if failed else 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from app.replay import replay_file  # noqa: PLC0415
+
+    settings = load_settings(forwarding_enabled=False)  # replay never talks to Customer.io
+    topic = args.topic or settings.topic_batches
+    _quiet_kafka_logs()
+    summary = asyncio.run(
+        replay_file(
+            settings,
+            args.file,
+            topic=topic,
+            rate=args.rate,
+            dry_run=args.dry_run,
+            progress_interval=args.progress_every,
+        )
+    )
+    sent = (
+        f"{summary.sent} valid (dry run, nothing sent)"
+        if args.dry_run
+        else (f"sent {summary.sent} to {topic}")
+    )
+    print(
+        f"replay: {sent}, {summary.invalid} invalid, {summary.seconds:.2f} s, "
+        f"{summary.rate:,.0f} records/s",
+        file=sys.stderr,
+    )
     return 0
+
+
+def _selection(args: argparse.Namespace) -> Any:
+    from app.deadletters import Selection, parse_since  # noqa: PLC0415
+
+    try:
+        since = None if args.since is None else parse_since(args.since)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return Selection(
+        reasons=frozenset(args.reason),
+        stages=frozenset(args.stage),
+        since_ms=since,
+        positions=getattr(args, "offsets", frozenset()),
+        limit=args.limit,
+    )
+
+
+def _cmd_deadletter_list(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from app.deadletters import list_line, select  # noqa: PLC0415
+
+    settings = load_settings(forwarding_enabled=False)
+    selection = _selection(args)
+    _quiet_kafka_logs()
+
+    async def run() -> int:
+        count = 0
+        async for stored in select(settings, selection):
+            print(list_line(stored, masked=not args.unmasked), flush=True)
+            count += 1
+        return count
+
+    count = asyncio.run(run())
+    print(f"{count} dead letter(s) in {settings.topic_deadletter}", file=sys.stderr)
+    return 0
+
+
+def _cmd_deadletter_show(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from app.deadletters import Selection, select, show_document  # noqa: PLC0415
+
+    settings = load_settings(forwarding_enabled=False)
+    _quiet_kafka_logs()
+
+    async def run() -> Any:
+        async for stored in select(settings, Selection(positions=frozenset({args.position}))):
+            return stored
+        return None
+
+    stored = asyncio.run(run())
+    if stored is None:
+        print(
+            f"mpcio: no record at {args.position} in {settings.topic_deadletter}", file=sys.stderr
+        )
+        return EXIT_FAILURE
+    document = show_document(stored, masked=not args.unmasked)
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _cmd_deadletter_redrive(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from app.deadletters import redrive  # noqa: PLC0415
+
+    settings = load_settings(forwarding_enabled=False)
+    selection = _selection(args)
+    if selection.everything and not args.all:
+        raise ConfigError("redrive needs --offsets, a filter (--reason, --stage, --since) or --all")
+    _quiet_kafka_logs()
+    sent, skipped = asyncio.run(
+        redrive(
+            settings,
+            selection,
+            dry_run=args.dry_run,
+            report=lambda line: print(line, flush=True),
+            masked=not args.unmasked,
+        )
+    )
+    verb = "would be sent (dry run)" if args.dry_run else "sent"
+    print(f"redrive: {sent} {verb}, {skipped} skipped", file=sys.stderr)
+    return 0
+
+
+def _quiet_kafka_logs() -> None:
+    """aiokafka logs each failed connection attempt; our commands report one clear line."""
+    import logging  # noqa: PLC0415
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 def _cmd_kafka(args: argparse.Namespace) -> int:
@@ -194,11 +423,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def settings_as_env(settings: Settings) -> dict[str, str]:
-    """``MPCIO_*`` variables that reproduce ``settings`` in a child process (key included)."""
+    """``MPCIO_*`` variables that reproduce ``settings`` in a child process (secrets included)."""
     env: dict[str, str] = {}
     dumped = settings.model_dump(mode="json")
-    if settings.customerio_api_key is not None:
-        dumped["customerio_api_key"] = settings.customerio_api_key.get_secret_value()
+    for name in ("customerio_api_key", "kafka_sasl_password"):
+        secret = getattr(settings, name)
+        if secret is not None:
+            dumped[name] = secret.get_secret_value()
     for name, value in dumped.items():
         if value is None:
             continue

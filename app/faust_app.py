@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 
+from app.kafka_security import broker_credentials
 from app.settings import Settings
 
 # Measured by bench/ceiling (ARCHITECTURE.md has the figures). With faust's default fetch
@@ -29,6 +30,7 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
     """A configured faust app for ``settings``; ``overrides`` win over everything else."""
     config: dict[str, Any] = {
         "broker": settings.broker,
+        "broker_credentials": broker_credentials(settings),
         "store": settings.store,
         "datadir": settings.data_dir,
         "processing_guarantee": "at_least_once",

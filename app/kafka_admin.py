@@ -9,6 +9,8 @@ inputs; running anyway would split one user's state across workers), and
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -17,21 +19,32 @@ from app.errors import BrokerError, ConfigError
 from app.topics import Topics, TopicSpec
 
 
-async def ensure_topics(bootstrap: list[str], topics: Topics, replication_factor: int = 1) -> None:
-    """Create every missing topic of ``topics``; verify the inputs are co-partitioned."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+async def ensure_topics(
+    bootstrap: list[str],
+    topics: Topics,
+    replication_factor: int = 1,
+    *,
+    security: Mapping[str, Any] | None = None,
+) -> None:
+    """Create every missing topic of ``topics``; verify the inputs are co-partitioned.
+
+    ``security``: the TLS/SASL client arguments (:func:`app.kafka_security.client_kwargs`).
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=30_000, **(security or {})
+    )
     try:
         await admin.start()
     except KafkaError as exc:
         raise BrokerError(f"cannot reach Kafka at {','.join(bootstrap)}: {exc}") from exc
     try:
-        existing = await _partition_counts(admin, [spec.name for spec in topics.all()])
+        existing = await partition_counts(admin, [spec.name for spec in topics.all()])
         missing = [spec for spec in topics.all() if spec.name not in existing]
         if missing:
             # another worker may create them between our two calls
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([_new_topic(s, replication_factor) for s in missing])
-            existing = await _partition_counts(admin, [spec.name for spec in topics.all()])
+            existing = await partition_counts(admin, [spec.name for spec in topics.all()])
         counts = {spec.name: existing.get(spec.name) for spec in topics.inputs()}
         if len(set(counts.values())) != 1:
             raise ConfigError(
@@ -42,7 +55,8 @@ async def ensure_topics(bootstrap: list[str], topics: Topics, replication_factor
         await admin.close()
 
 
-async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+async def partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Partition count of each topic of ``names`` that exists (missing ones are left out)."""
     described = await admin.describe_topics(names)
     return {
         entry["topic"]: len(entry["partitions"])

@@ -24,8 +24,10 @@ import threading
 import time
 import uuid
 from base64 import urlsafe_b64encode
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from app.errors import LocalKafkaError
 
@@ -124,18 +126,24 @@ def free_port() -> int:
         return port
 
 
-def metadata_round_trip(bootstrap: str, timeout: float = 10.0) -> bool:
+def metadata_round_trip(
+    bootstrap: str, timeout: float = 10.0, client_kwargs: Mapping[str, Any] | None = None
+) -> bool:
     """True when the broker answers a metadata request within ``timeout`` seconds.
 
     Runs in its own thread and event loop, so it is safe to call from sync code and from
-    inside a running loop alike.
+    inside a running loop alike. ``client_kwargs``: security arguments for aiokafka (SASL).
     """
     outcome: list[bool] = []
 
     async def probe() -> bool:
         from aiokafka.client import AIOKafkaClient  # noqa: PLC0415 - heavy import, used here only
 
-        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+        client = AIOKafkaClient(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=int(timeout * 1000),
+            **(client_kwargs or {}),
+        )
         try:
             await asyncio.wait_for(client.bootstrap(), timeout)
             return bool(client.cluster.brokers())
@@ -163,6 +171,11 @@ class LocalKafka:
     ``data_dir`` survives :meth:`stop` and :meth:`kill` so a restart on the same directory keeps
     every topic and offset (the reliability tests rely on it); a temporary one is removed by
     :meth:`close`.
+
+    ``sasl_users`` (user name → password) makes the client listener SASL_PLAINTEXT with the
+    PLAIN mechanism, accepting exactly those users; the first one is also the broker's own
+    identity on that listener. The controller listener stays PLAINTEXT. Without it (the
+    default) the client listener is PLAINTEXT.
     """
 
     def __init__(
@@ -173,7 +186,11 @@ class LocalKafka:
         cache_dir: Path | None = None,
         version: str = KAFKA_VERSION,
         heap: str = "768m",
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
+        if sasl_users is not None and not sasl_users:
+            raise LocalKafkaError("sasl_users needs at least one user")
+        self.sasl_users = dict(sasl_users) if sasl_users else None
         self.port = port or free_port()
         self.controller_port = free_port()
         self._owns_data_dir = data_dir is None
@@ -193,6 +210,19 @@ class LocalKafka:
         return f"kafka://{self.bootstrap}"
 
     @property
+    def client_kwargs(self) -> dict[str, Any]:
+        """aiokafka security arguments that connect as the first SASL user (or nothing)."""
+        if not self.sasl_users:
+            return {}
+        user, password = next(iter(self.sasl_users.items()))
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": user,
+            "sasl_plain_password": password,
+        }
+
+    @property
     def log_file(self) -> Path:
         return self.data_dir / "server.log"
 
@@ -210,7 +240,9 @@ class LocalKafka:
         config = self._write_config()
         logs_dir = self.data_dir / "kraft"
         if not (logs_dir / "meta.properties").exists():
-            cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # the storage tool would read it as an option
+                cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             self._java(classpath, "kafka.tools.StorageTool", "format", "--standalone",
                        "-t", cluster_id, "-c", str(config))  # fmt: skip
         began = time.monotonic()
@@ -224,7 +256,9 @@ class LocalKafka:
         while time.monotonic() - began < timeout:
             if self._process.poll() is not None:
                 raise LocalKafkaError(f"Kafka exited at start-up; see {self.log_file}")
-            if _port_open(self.port) and metadata_round_trip(self.bootstrap, timeout=5.0):
+            if _port_open(self.port) and metadata_round_trip(
+                self.bootstrap, timeout=5.0, client_kwargs=self.client_kwargs
+            ):
                 self.started_in = time.monotonic() - began
                 return
             time.sleep(0.2)
@@ -292,12 +326,32 @@ class LocalKafka:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
         }
+        if self.sasl_users:
+            properties.update(self._sasl_properties())
         config = self.data_dir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()), encoding="utf-8")
         (self.data_dir / "log4j2.properties").write_text(
             _LOG4J2.format(log=self.log_file), encoding="utf-8"
         )
         return config
+
+    def _sasl_properties(self) -> dict[str, str]:
+        assert self.sasl_users
+        admin, admin_password = next(iter(self.sasl_users.items()))
+        users = " ".join(f'user_{name}="{pw}"' for name, pw in self.sasl_users.items())
+        return {
+            "listeners": f"CLIENT://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"CLIENT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map": "CLIENT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "CLIENT",
+            "sasl.enabled.mechanisms": "PLAIN",
+            "sasl.mechanism.inter.broker.protocol": "PLAIN",
+            "listener.name.client.plain.sasl.jaas.config": (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{admin}" password="{admin_password}" {users};'
+            ),
+        }
 
     def _jvm_flags(self) -> list[str]:
         return [

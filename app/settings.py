@@ -2,8 +2,8 @@
 
 Every option comes from the environment with the prefix ``MPCIO_`` (or a ``.env`` file in the
 working directory), is validated once at start-up, and is never logged with its secret: the
-Customer.io API key is a :class:`~pydantic.SecretStr` and :meth:`Settings.redacted` is what logs
-show.
+Customer.io API key and the Kafka SASL password are :class:`~pydantic.SecretStr` and
+:meth:`Settings.redacted` is what logs show.
 
 Failure semantics: :func:`load_settings` raises :class:`~app.errors.ConfigError` with one line
 per invalid variable, each naming the ``MPCIO_*`` variable; the CLI prints it and exits 2 before
@@ -13,6 +13,7 @@ anything connects to Kafka or Customer.io.
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -82,6 +83,23 @@ class Settings(BaseSettings):
     )
     topic_replication_factor: PositiveInt = Field(
         1, description="Replication factor of the topics the worker creates."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client connects: PLAINTEXT, SSL, SASL_*."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism (SASL_PLAINTEXT / SASL_SSL only)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA bundle (PEM) to verify the brokers; empty = the system's CAs."
+    )
+    kafka_ssl_certfile: str | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS."
+    )
+    kafka_ssl_keyfile: str | None = Field(
+        None, description="Private key (PEM) of the client certificate, if not in certfile."
     )
     store: str = Field(
         "rocksdb://",
@@ -181,6 +199,60 @@ class Settings(BaseSettings):
             raise ValueError("must look like kafka://host:port[;host:port]")
         return value
 
+    @field_validator(
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError("no such file")
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        var = ENV_PREFIX + "KAFKA_SECURITY_PROTOCOL"
+        if protocol.startswith("SASL_"):
+            missing = [
+                ENV_PREFIX + name.upper()
+                for name, value in (
+                    ("kafka_sasl_username", self.kafka_sasl_username),
+                    ("kafka_sasl_password", self.kafka_sasl_password),
+                )
+                if value is None or not _secret_text(value).strip()
+            ]
+            if missing:
+                raise ValueError(f"required when {var} is {protocol}: " + ", ".join(missing))
+        else:
+            given = [
+                ENV_PREFIX + name.upper()
+                for name in ("kafka_sasl_username", "kafka_sasl_password")
+                if getattr(self, name) is not None
+            ]
+            if given:
+                raise ValueError(f"{', '.join(given)} set but {var} is {protocol} (not SASL_*)")
+        if not protocol.endswith("SSL"):
+            given = [
+                ENV_PREFIX + name.upper()
+                for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+                if getattr(self, name) is not None
+            ]
+            if given:
+                raise ValueError(f"{', '.join(given)} set but {var} is {protocol} (not *SSL)")
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError(f"{ENV_PREFIX}KAFKA_SSL_KEYFILE needs {ENV_PREFIX}KAFKA_SSL_CERTFILE")
+        return self
+
     @model_validator(mode="after")
     def _credentials_when_forwarding(self) -> Settings:
         if self.forwarding_enabled:
@@ -214,7 +286,7 @@ class Settings(BaseSettings):
         return CUSTOMERIO_HOSTS[self.customerio_region]
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as a dict safe to log: the API key is replaced by ``**********``."""
+        """The settings as a dict safe to log: secrets are replaced by ``**********``."""
         return self.model_dump(mode="json")
 
 
@@ -246,5 +318,8 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
+SECRET_FIELDS = frozenset({"customerio_api_key", "kafka_sasl_password"})
+
+
 def _is_secret_field(field: str) -> bool:
-    return field == "customerio_api_key"
+    return field in SECRET_FIELDS

@@ -1,0 +1,168 @@
+"""``mpcio check-config``: does this configuration work, before the worker depends on it?
+
+Each check says ``ok`` with what it saw, or ``FAILED: <reason>``:
+
+- ``kafka``: a connection and metadata round trip with the configured security (TLS/SASL);
+- ``topics``: every topic of the deployment exists (the worker creates missing ones at
+  start-up, so on a fresh cluster this fails until the first worker ran or they were created);
+- ``co-partitioning``: the three input topics have the same partition count;
+- ``customerio``: ``GET /auth`` with the configured site id, API key and region (or URL)
+  answers 200; skipped (and passing) when forwarding is disabled.
+
+Failure semantics: nothing raises for a failing check; every failure is a :class:`Check` with
+``ok`` false. Checks that need a broker are reported as not run when it cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from app.errors import BrokerError
+
+if TYPE_CHECKING:
+    from app.customerio.classify import HttpAnswer, TransportFailure
+    from app.settings import Settings
+
+KAFKA_TIMEOUT_SECONDS = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        verdict = "ok" if self.ok else f"FAILED: {self.detail}"
+        detail = f" ({self.detail})" if self.ok and self.detail else ""
+        return f"{self.name + ':':<18} {verdict}{detail}"
+
+
+async def run_checks(settings: Settings) -> list[Check]:
+    """Every check of the module docstring, in order."""
+    checks = await check_kafka(settings)
+    checks.append(await check_customerio(settings))
+    return checks
+
+
+async def check_kafka(settings: Settings) -> list[Check]:
+    """``kafka``, ``topics`` and ``co-partitioning``."""
+    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415 - heavy import
+    from aiokafka.errors import KafkaError  # noqa: PLC0415
+
+    from app.kafka_admin import partition_counts  # noqa: PLC0415
+    from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
+    from app.topics import topics_for  # noqa: PLC0415
+
+    protocol = settings.kafka_security_protocol
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        request_timeout_ms=int(KAFKA_TIMEOUT_SECONDS * 1000),
+        **client_kwargs(settings),
+    )
+    not_run = [
+        Check(name, False, "not checked: no broker") for name in ("topics", "co-partitioning")
+    ]
+    try:
+        async with asyncio.timeout(KAFKA_TIMEOUT_SECONDS * 2):
+            await start_client(admin, settings)
+    except BrokerError as exc:
+        return [Check("kafka", False, str(exc)), *not_run]
+    except TimeoutError:
+        return [Check("kafka", False, f"no answer from {settings.broker}"), *not_run]
+    try:
+        topics = topics_for(settings)
+        try:
+            async with asyncio.timeout(KAFKA_TIMEOUT_SECONDS * 2):
+                cluster = await admin.describe_cluster()
+                counts = await partition_counts(admin, [spec.name for spec in topics.all()])
+        except (KafkaError, TimeoutError) as exc:
+            return [Check("kafka", False, f"metadata request failed: {exc!r}"), *not_run]
+        brokers = len(cluster.get("brokers", ()))
+        kafka = Check(
+            "kafka",
+            True,
+            f"{settings.broker}, {brokers} broker{'s' if brokers != 1 else ''}, {protocol}"
+            + (", password sent unencrypted" if protocol == "SASL_PLAINTEXT" else ""),
+        )
+        missing = [spec.name for spec in topics.all() if spec.name not in counts]
+        topic_check = (
+            Check("topics", False, "missing " + ", ".join(missing) + " (mpcio worker creates them)")
+            if missing
+            else Check("topics", True, f"{len(counts)} topics exist")
+        )
+        inputs = {spec.name: counts.get(spec.name) for spec in topics.inputs()}
+        present = {name: n for name, n in inputs.items() if n is not None}
+        if len(set(present.values())) > 1:
+            copart = Check(
+                "co-partitioning",
+                False,
+                "input topics differ in partition count: "
+                + ", ".join(f"{name}={n}" for name, n in present.items()),
+            )
+        elif len(present) < len(inputs):
+            copart = Check(
+                "co-partitioning",
+                False,
+                "cannot check: missing input topic(s) "
+                + ", ".join(name for name, n in inputs.items() if n is None),
+            )
+        else:
+            copart = Check(
+                "co-partitioning",
+                True,
+                f"{len(present)} inputs x {next(iter(present.values()))} partitions",
+            )
+        return [kafka, topic_check, copart]
+    finally:
+        await admin.close()
+
+
+async def check_customerio(settings: Settings) -> Check:
+    """``GET /auth`` with the configured credentials (skipped when forwarding is off)."""
+    from app.customerio.client import TrackClient  # noqa: PLC0415
+    from app.customerio.ratelimit import RateLimiter  # noqa: PLC0415
+
+    if not settings.forwarding_enabled:
+        return Check("customerio", True, "skipped: MPCIO_FORWARDING_ENABLED is false")
+    site_id, api_key = settings.customerio_site_id, settings.customerio_api_key
+    if site_id is None or api_key is None:  # Settings requires both when forwarding
+        return Check("customerio", False, "no credentials")
+    url = settings.customerio_base_url
+    async with TrackClient(
+        url,
+        site_id,
+        api_key,
+        timeout_seconds=settings.request_timeout_seconds,
+        limiter=RateLimiter(settings.rate_limit_per_second),
+        max_connections=1,
+    ) as client:
+        answer = await client.check_auth()
+    return _auth_verdict(url, site_id, answer)
+
+
+def _auth_verdict(url: str, site_id: str, answer: HttpAnswer | TransportFailure) -> Check:
+    from app.customerio.classify import HttpAnswer  # noqa: PLC0415
+
+    if not isinstance(answer, HttpAnswer):
+        return Check("customerio", False, f"cannot reach {url}: {answer.kind} {answer.detail:.160}")
+    status = answer.status
+    if status == 200:
+        return Check("customerio", True, f"GET {url}/auth accepted site id {site_id}")
+    if status in {401, 403}:
+        return Check(
+            "customerio",
+            False,
+            f"GET {url}/auth answered {status}: Customer.io rejects the site id / API key "
+            "(MPCIO_CUSTOMERIO_SITE_ID, MPCIO_CUSTOMERIO_API_KEY) for this region",
+        )
+    if 300 <= status < 400:
+        return Check(
+            "customerio",
+            False,
+            f"GET {url}/auth answered {status} (redirect to "
+            f"{answer.headers.get('Location', '?')}): wrong MPCIO_CUSTOMERIO_REGION?",
+        )
+    return Check("customerio", False, f"GET {url}/auth answered {status}")

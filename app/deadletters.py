@@ -1,0 +1,412 @@
+"""``mpcio deadletter``: list, show and redrive the records of the dead-letter topic.
+
+Reading never disturbs the worker: a plain consumer without a group is assigned every
+partition, reads from the beginning up to the end offsets captured when it started, and
+commits nothing. Positions are ``PARTITION@OFFSET`` in the dead-letter topic.
+
+Redrive (:func:`plan_redrive`) sends a record back to where it can be processed again:
+ingest-stage records (raw mParticle, audience or erasure JSON) to their ``source_topic`` with
+their key; sink-stage records (one Customer.io item) wrapped in an ``operation_batch`` with one
+operation to the operations topic, keyed by the dead letter's key. Records that cannot be
+redriven are skipped with a reason: a corrupt stored state (``state_corrupt``: the payload is
+the state, not an input), a sink record whose payload is not a Customer.io item, a record that
+is not a dead letter at all.
+
+Privacy: texts shown to an operator (detail, key, payload, response) have email addresses
+masked with :func:`app.logs.mask_email` unless the caller asks for them unmasked.
+
+Failure semantics: a broker that cannot be used, or a missing dead-letter topic, raises
+:class:`~app.errors.BrokerError`; a record that does not decode is yielded with ``error`` set
+rather than stopping the listing.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from app.avro import codec
+from app.errors import BrokerError, InvalidRecordError
+from app.logs import mask_email, redact
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+
+    from app.settings import Settings
+
+_EMAIL_BYTES = re.compile(rb"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+STALL_SECONDS = 30.0
+NOT_REDRIVABLE_REASONS = {"state_corrupt": "the payload is a corrupt stored state, not input"}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """A record of the dead-letter topic: ``PARTITION@OFFSET``."""
+
+    partition: int
+    offset: int
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        partition, sep, offset = text.strip().removeprefix("p").partition("@")
+        if not sep or not partition.isdigit() or not offset.isdigit():
+            raise ValueError(f"not PARTITION@OFFSET: {text!r}")
+        return cls(int(partition), int(offset))
+
+    def __str__(self) -> str:
+        return f"{self.partition}@{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLetter:
+    """One record of the dead-letter topic, decoded (``letter``) or not (``error``)."""
+
+    position: Position
+    timestamp_ms: int
+    key: bytes | None
+    letter: dict[str, Any] | None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which dead letters a command works on; empty fields select everything."""
+
+    reasons: frozenset[str] = frozenset()
+    stages: frozenset[str] = frozenset()
+    since_ms: int | None = None
+    positions: frozenset[Position] = frozenset()
+    limit: int | None = None
+
+    @property
+    def everything(self) -> bool:
+        return not (self.reasons or self.stages or self.positions) and self.since_ms is None
+
+    def matches(self, stored: StoredLetter) -> bool:
+        if self.positions and stored.position not in self.positions:
+            return False
+        letter = stored.letter
+        if letter is None:  # undecodable records match only when nothing else is asked
+            return not (self.reasons or self.stages or self.since_ms is not None)
+        return (
+            (not self.reasons or letter["reason"] in self.reasons)
+            and (not self.stages or letter["stage"] in self.stages)
+            and (self.since_ms is None or letter["failed_at_ms"] >= self.since_ms)
+        )
+
+
+def parse_since(text: str, now: datetime | None = None) -> int:
+    """``--since``: ``30m``, ``2h``, ``7d``, ``1w`` ago, or an ISO date/time (UTC if naive)."""
+    now = now or datetime.now(UTC)
+    if match := _RELATIVE.match(text.strip().lower()):
+        delta = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        return int((now - delta).timestamp() * 1000)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"--since wants 30m, 2h, 7d, 1w or an ISO date/time, not {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def iso_time(ms: int) -> str:
+    """Milliseconds since the epoch as ISO 8601 UTC, to the second: ``2025-06-01T10:00:00Z``."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def decode_stored(
+    position: Position, timestamp_ms: int, key: bytes | None, value: bytes | None
+) -> StoredLetter:
+    try:
+        letter = codec("dead_letter").decode(value or b"")
+    except InvalidRecordError as exc:
+        return StoredLetter(position, timestamp_ms, key, None, exc.detail)
+    return StoredLetter(position, timestamp_ms, key, letter)
+
+
+def list_line(stored: StoredLetter, *, masked: bool = True) -> str:
+    """One line per dead letter: position, failed time, stage, reason, source, HTTP status."""
+    letter = stored.letter
+    if letter is None:
+        when = iso_time(stored.timestamp_ms)
+        return f"{stored.position!s:>9}  {when}  not a dead letter: {stored.error}"
+    partition, offset = _dash(letter["source_partition"]), _dash(letter["source_offset"])
+    source = f"{letter['source_topic']}[{partition}]@{offset}"
+    detail = _text(letter["detail"], masked)
+    if len(detail) > 100:
+        detail = detail[:99] + "…"
+    return (
+        f"{stored.position!s:>9}  {iso_time(letter['failed_at_ms'])}  {letter['stage']:<6}  "
+        f"{letter['reason']:<24}  {source}  http={_dash(letter['http_status'])}  {detail}"
+    )
+
+
+def show_document(stored: StoredLetter, *, masked: bool = True) -> dict[str, Any]:
+    """The full record for ``show``: payload as UTF-8 text when it decodes, else base64."""
+    document: dict[str, Any] = {
+        "position": str(stored.position),
+        "kafka_timestamp": iso_time(stored.timestamp_ms),
+    }
+    letter = stored.letter
+    if letter is None:
+        document["error"] = stored.error
+        return document
+    payload = letter["payload"]
+    if masked:
+        payload = _EMAIL_BYTES.sub(lambda m: mask_email(m.group(0).decode()).encode(), payload)
+    try:
+        payload_text, encoding = payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        payload_text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
+    document.update(
+        {
+            "reason": letter["reason"],
+            "detail": _text(letter["detail"], masked),
+            "stage": letter["stage"],
+            "source_topic": letter["source_topic"],
+            "source_partition": letter["source_partition"],
+            "source_offset": letter["source_offset"],
+            "key": _key_text(letter["key"], masked),
+            "payload_encoding": encoding,
+            "payload": payload_text,
+            "http_status": letter["http_status"],
+            "response": None if letter["response"] is None else _text(letter["response"], masked),
+            "attempts": letter["attempts"],
+            "failed_at": iso_time(letter["failed_at_ms"]),
+            "failed_at_ms": letter["failed_at_ms"],
+            "emails_masked": masked,
+        }
+    )
+    return document
+
+
+@dataclass(frozen=True, slots=True)
+class Redrive:
+    """One record to send back: where, with which key, and what."""
+
+    position: Position
+    topic: str
+    key: bytes | None
+    value: bytes
+    what: str = field(default="")
+
+
+def plan_redrive(
+    stored: StoredLetter, settings: Settings, now_ms: int | None = None
+) -> Redrive | str:
+    """Where ``stored`` goes back to, or why it cannot be redriven (a string)."""
+    letter = stored.letter
+    if letter is None:
+        return f"not a dead letter ({stored.error})"
+    reason = letter["reason"]
+    if reason in NOT_REDRIVABLE_REASONS:
+        return f"{reason}: {NOT_REDRIVABLE_REASONS[reason]}"
+    if letter["stage"] != "sink":
+        return Redrive(
+            stored.position,
+            letter["source_topic"],
+            letter["key"],
+            letter["payload"],
+            f"{letter['stage']} record",
+        )
+    try:
+        item = orjson.loads(letter["payload"])
+    except orjson.JSONDecodeError:
+        item = None
+    identifiers = item.get("identifiers") if isinstance(item, dict) else None
+    if not (isinstance(item, dict) and isinstance(item.get("action"), str) and identifiers):
+        return f"{reason}: the payload is not a Customer.io item"
+    key = letter["key"]
+    mpid = key.decode("utf-8", "replace") if key else ""
+    person = identifiers if isinstance(identifiers, dict) else {}
+    value = codec("operation_batch").encode(
+        {
+            "mpid": mpid,
+            "source_topic": settings.topic_deadletter,
+            "source_partition": stored.position.partition,
+            "source_offset": stored.position.offset,
+            "ingested_at_ms": now_ms if now_ms is not None else time.time_ns() // 1_000_000,
+            "operations": [
+                {
+                    "action": item["action"],
+                    "person_id": str(next(iter(person.values()), "")),
+                    "item": letter["payload"],
+                }
+            ],
+        }
+    )
+    return Redrive(
+        stored.position, settings.topic_operations, key, value, f"Customer.io {item['action']}"
+    )
+
+
+async def read_dead_letters(
+    settings: Settings, positions: frozenset[Position] = frozenset()
+) -> AsyncGenerator[StoredLetter, None]:
+    """Every record of the dead-letter topic present when called, in partition/offset order
+    within each partition (only the partitions and offsets from ``positions`` when given)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415 - heavy import
+
+    from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
+
+    topic = settings.topic_deadletter
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **client_kwargs(settings),
+    )
+    await start_client(consumer, settings)
+    try:
+        # the consumer's own cluster view only knows assigned topics: ask for all of them
+        cluster = await consumer._client.fetch_all_metadata()
+        if topic not in cluster.topics():
+            raise BrokerError(f"dead-letter topic {topic} does not exist at {settings.broker}")
+        partitions = sorted(cluster.partitions_for_topic(topic) or ())
+        if positions:
+            partitions = [p for p in partitions if p in {pos.partition for pos in positions}]
+        tps = [TopicPartition(topic, p) for p in partitions]
+        if not tps:
+            return
+        consumer.assign(tps)
+        begins, ends = _bounds(
+            await consumer.beginning_offsets(tps), await consumer.end_offsets(tps), positions
+        )
+        for tp, start in begins.items():
+            consumer.seek(tp, start)
+        remaining = {tp for tp in tps if begins[tp] < ends[tp]}
+        last_progress = time.monotonic()
+        while remaining:
+            fetched = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in fetched.items():
+                for record in records:
+                    if record.offset >= ends[tp]:
+                        break
+                    last_progress = time.monotonic()
+                    yield decode_stored(
+                        Position(tp.partition, record.offset),
+                        record.timestamp,
+                        record.key,
+                        record.value,
+                    )
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+            if remaining and time.monotonic() - last_progress > STALL_SECONDS:
+                raise BrokerError(
+                    f"reading {topic} stalled for {STALL_SECONDS:.0f}s at {settings.broker}"
+                )
+    finally:
+        await consumer.stop()
+
+
+def _bounds(
+    begins: dict[Any, int], ends: dict[Any, int], positions: frozenset[Position]
+) -> tuple[dict[Any, int], dict[Any, int]]:
+    """Where to start and stop reading each partition: all of it, or around ``positions``."""
+    starts, stops = dict(begins), dict(ends)
+    for tp, begin in begins.items():
+        wanted = [pos.offset for pos in positions if pos.partition == tp.partition]
+        if wanted:
+            starts[tp] = max(begin, min(wanted))
+            stops[tp] = min(ends[tp], max(wanted) + 1)
+    return starts, stops
+
+
+async def select(settings: Settings, selection: Selection) -> AsyncGenerator[StoredLetter, None]:
+    """The dead letters ``selection`` picks, up to its limit."""
+    import contextlib  # noqa: PLC0415
+
+    count = 0
+    if selection.limit is not None and selection.limit <= 0:
+        return
+    async with contextlib.aclosing(read_dead_letters(settings, selection.positions)) as letters:
+        async for stored in letters:
+            if not selection.matches(stored):
+                continue
+            yield stored
+            count += 1
+            if selection.limit is not None and count >= selection.limit:
+                return
+
+
+async def redrive(
+    settings: Settings,
+    selection: Selection,
+    *,
+    dry_run: bool,
+    report: Any,
+    masked: bool = True,
+) -> tuple[int, int]:
+    """Send the selected dead letters back (see :func:`plan_redrive`); ``report(line)`` says
+    what happens to each. Returns (sent, skipped); with ``dry_run`` nothing is sent."""
+    import contextlib  # noqa: PLC0415
+
+    from aiokafka import AIOKafkaProducer  # noqa: PLC0415
+
+    from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
+
+    plans: list[Redrive] = []
+    skipped = 0
+    async with contextlib.aclosing(select(settings, selection)) as letters:
+        async for stored in letters:
+            plan = plan_redrive(stored, settings)
+            if isinstance(plan, str):
+                skipped += 1
+                report(f"skip {stored.position}: {_text(plan, masked)}")
+                continue
+            plans.append(plan)
+    verb = "would send" if dry_run else "send"
+    for plan in plans:
+        report(
+            f"{verb} {plan.position} → {plan.topic} key={_key_text(plan.key, masked)} "
+            f"({plan.what}, {len(plan.value)} bytes)"
+        )
+    if dry_run or not plans:
+        return len(plans), skipped
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", **client_kwargs(settings)
+    )
+    await start_client(producer, settings)
+    try:
+        existing = (await producer.client.fetch_all_metadata()).topics()
+        missing = sorted({p.topic for p in plans} - existing)
+        if missing:
+            raise BrokerError(f"nothing sent: topic(s) {', '.join(missing)} do not exist")
+        futures = [await producer.send(p.topic, p.value, key=p.key) for p in plans]
+        await producer.flush()
+        failed = [f.exception() for f in futures if f.exception() is not None]
+        if failed:
+            raise BrokerError(f"Kafka did not accept {len(failed)} redriven records: {failed[0]}")
+    finally:
+        await producer.stop()
+    return len(plans), skipped
+
+
+def _text(text: str, masked: bool) -> str:
+    return redact(text) if masked else text
+
+
+def _key_text(key: bytes | None, masked: bool) -> str | None:
+    if key is None:
+        return None
+    try:
+        return _text(key.decode("utf-8"), masked)
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(key).decode("ascii")
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)

@@ -1,0 +1,303 @@
+"""``mpcio replay``: backfill or replay mParticle batches from a JSON Lines file into Kafka.
+
+Each line is one record exactly as mParticle's Kafka output writes it: one batch object, or a
+bulk array of batches. Lines are validated with the worker's own parser
+(:func:`app.mparticle.parse_record`), so replay accepts exactly what the worker accepts, and
+each record is keyed by its batch's mpid as canonical decimal text (a bulk array by its first
+batch's mpid), so a user's records land on the partition the worker expects. The input may be
+gzip-compressed (detected by its magic bytes or a ``.gz`` name).
+
+Records are handed to the producer without waiting for each one; the producer is flushed (and
+every delivery checked) every :data:`FLUSH_EVERY` records and at the end, which keeps replay
+at tens of thousands of records per second on a local broker.
+
+Failure semantics: an invalid line (not JSON, not an object or array of objects, no usable
+mpid, ...) is reported on ``errors`` as ``line N: <reason>: <detail>`` (emails masked) and
+skipped. A file that cannot be read raises :class:`ReplayInputError` (after flushing what was
+already sent); a record Kafka does not accept raises :class:`~app.errors.BrokerError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
+
+from app.errors import BrokerError, InvalidRecordError, MpcioError
+from app.logs import redact
+from app.mparticle import parse_record
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable, Iterator
+
+    from app.settings import Settings
+
+GZIP_MAGIC = b"\x1f\x8b"
+FLUSH_EVERY = 20_000
+PROGRESS_INTERVAL_SECONDS = 1.0
+
+
+class ReplayInputError(MpcioError):
+    """The input file cannot be opened or read (or is a broken gzip stream)."""
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    lines: int = 0  # non-blank lines read
+    sent: int = 0  # records sent (or, in a dry run, that would be sent)
+    invalid: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+
+def record_key(value: bytes) -> bytes:
+    """The Kafka key of one record: the (first) batch's mpid as canonical decimal text.
+
+    Raises :class:`~app.errors.InvalidRecordError` for anything the worker would reject, and
+    for an empty bulk array (it has no mpid to key it by).
+    """
+    batches = parse_record(value)
+    if not batches:
+        raise InvalidRecordError("mpid_missing", "empty array: no batch, so no mpid")
+    return batches[0].mpid.encode("ascii")
+
+
+class ReplaySource:
+    """The lines of a file (or ``-`` = stdin), gunzipped when the data is gzip."""
+
+    def __init__(self, path: str, stdin: BinaryIO | None = None) -> None:
+        self.name = "stdin" if path == "-" else path
+        self._size: int | None = None
+        raw: Any
+        try:
+            if path == "-":
+                raw = stdin if stdin is not None else sys.stdin.buffer
+            else:
+                raw = Path(path).open("rb")  # noqa: SIM115 - closed by close()
+                if Path(path).is_file():
+                    self._size = Path(path).stat().st_size or None
+            head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+        except OSError as exc:
+            raise ReplayInputError(f"cannot read {self.name}: {exc.strerror or exc}") from None
+        self._raw = raw
+        self.compressed = head == GZIP_MAGIC or path.endswith(".gz")
+        self._stream: Any = gzip.GzipFile(fileobj=raw) if self.compressed else raw
+
+    def fraction(self) -> float | None:
+        """How much of the file was read (by bytes of the file itself), if its size is known."""
+        if self._size is None:
+            return None
+        try:
+            return min(float(self._raw.tell()) / self._size, 1.0)
+        except (OSError, ValueError):
+            return None
+
+    def lines(self) -> Iterator[bytes]:
+        """The lines, in order; a read error becomes :class:`ReplayInputError`."""
+        try:
+            yield from self._stream
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ReplayInputError(f"cannot read {self.name}: {exc}") from None
+
+    def close(self) -> None:
+        if self._stream is not self._raw:
+            self._stream.close()
+        if self.name != "stdin":
+            self._raw.close()
+
+
+class Sender(Protocol):
+    async def send(self, key: bytes, value: bytes) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class KafkaSender:
+    """Sends without awaiting each delivery; :meth:`flush` waits and checks them all."""
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self._pending: list[asyncio.Future[Any]] = []
+
+    async def send(self, key: bytes, value: bytes) -> None:
+        self._pending.append(await self.producer.send(self.topic, value, key=key))
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        await self.producer.flush()
+        for future in pending:
+            if future.done() and future.exception() is not None:
+                error = future.exception()
+                raise BrokerError(f"Kafka did not accept a record for {self.topic}: {error}")
+
+
+class Progress:
+    """A progress line on ``out``: count, rate and (when the size is known) percent and ETA.
+
+    On a terminal the line is rewritten in place; otherwise one line per interval.
+    """
+
+    def __init__(
+        self,
+        out: IO[str],
+        fraction: Callable[[], float | None],
+        *,
+        interval: float = PROGRESS_INTERVAL_SECONDS,
+        verb: str = "sent",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.out = out
+        self.fraction = fraction
+        self.interval = interval
+        self.verb = verb
+        self.clock = clock
+        self.started = clock()
+        self._next = self.started + interval
+        self._tty = bool(getattr(out, "isatty", lambda: False)())
+        self._drawn = False
+
+    def tick(self, count: int) -> None:
+        now = self.clock()
+        if now >= self._next:
+            self._next = now + self.interval
+            self.show(count, now)
+
+    def show(self, count: int, now: float | None = None) -> None:
+        elapsed = (now if now is not None else self.clock()) - self.started
+        line = format_progress(count, elapsed, self.fraction(), self.verb)
+        if self._tty:
+            self.out.write(f"\r\x1b[K{line}")
+            self._drawn = True
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def done(self) -> None:
+        if self._drawn:
+            self.out.write("\n")
+            self._drawn = False
+
+
+def format_progress(count: int, elapsed: float, fraction: float | None, verb: str = "sent") -> str:
+    """``replay: 120,000 sent  24,310/s  45%  ETA 0:00:05`` (no percent or ETA if unknown)."""
+    rate = count / elapsed if elapsed > 0 else 0.0
+    line = f"replay: {count:,} {verb}  {rate:,.0f}/s"
+    if fraction is not None and fraction > 0:
+        remaining = elapsed * (1 - fraction) / fraction
+        line += f"  {fraction:.0%}  ETA {_clock_text(remaining)}"
+    return line
+
+
+def _clock_text(seconds: float) -> str:
+    whole = int(seconds + 0.5)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+async def replay_lines(
+    lines: Iterable[bytes],
+    sender: Sender | None,
+    errors: IO[str],
+    *,
+    rate: float | None = None,
+    progress: Progress | None = None,
+    flush_every: int = FLUSH_EVERY,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> ReplaySummary:
+    """Validate, key and send every line (``sender`` None: validate only, a dry run).
+
+    ``rate`` caps records per second. Whatever was sent is flushed before this returns or
+    raises.
+    """
+    summary = ReplaySummary()
+    started = clock()
+    try:
+        for number, line in enumerate(lines, start=1):
+            value = line.strip()
+            if not value:
+                continue
+            summary.lines += 1
+            try:
+                key = record_key(value)
+            except InvalidRecordError as exc:
+                summary.invalid += 1
+                errors.write(f"line {number}: {exc.reason}: {redact(exc.detail)}\n")
+                continue
+            if rate is not None and (ahead := started + summary.sent / rate - clock()) > 0:
+                await sleep(ahead)  # pacing to --rate, not synchronisation
+            if sender is not None:
+                await sender.send(key, value)
+                if (summary.sent + 1) % flush_every == 0:
+                    await sender.flush()
+            summary.sent += 1
+            if progress is not None:
+                progress.tick(summary.sent)
+    finally:
+        if sender is not None:
+            await sender.flush()
+        summary.seconds = clock() - started
+        if progress is not None:
+            progress.done()
+    return summary
+
+
+async def replay_file(
+    settings: Settings,
+    path: str,
+    *,
+    topic: str | None = None,
+    rate: float | None = None,
+    dry_run: bool = False,
+    errors: IO[str] = sys.stderr,
+    progress_interval: float = PROGRESS_INTERVAL_SECONDS,
+) -> ReplaySummary:
+    """``mpcio replay``: the file into ``topic`` (default: the batches topic)."""
+    from aiokafka import AIOKafkaProducer  # noqa: PLC0415 - heavy import
+
+    from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
+
+    target = topic or settings.topic_batches
+    source = ReplaySource(path)
+    try:
+        progress = Progress(
+            errors,
+            source.fraction,
+            interval=progress_interval,
+            verb="valid" if dry_run else "sent",
+        )
+        if dry_run:
+            return await replay_lines(source.lines(), None, errors, rate=rate, progress=progress)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            acks="all",
+            linger_ms=20,
+            max_batch_size=512 * 1024,
+            request_timeout_ms=30_000,
+            **client_kwargs(settings),
+        )
+        await start_client(producer, settings)
+        try:
+            metadata = await producer.client.fetch_all_metadata()
+            if target not in metadata.topics():
+                raise BrokerError(f"topic {target} does not exist at {settings.broker}")
+            progress.started = time.monotonic()
+            return await replay_lines(
+                source.lines(),
+                KafkaSender(producer, target),
+                errors,
+                rate=rate,
+                progress=progress,
+            )
+        finally:
+            await producer.stop()
+    finally:
+        source.close()

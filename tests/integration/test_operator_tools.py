@@ -1,0 +1,356 @@
+"""Operator tools on the real broker: replay, deadletter list/show/redrive, check-config."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from app.avro import codec
+from app.emulator.faults import parse_faults
+from app.pipeline import SourcePosition, dead_letter
+from tests.integration import workload
+from tests.integration.cli import mpcio
+from tests.integration.conftest import API_KEY
+from tests.integration.support import (
+    REPO,
+    consume_until,
+    create_topics,
+    produce,
+    wait_for,
+    worker_env,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from app.emulator.server import RunningEmulator
+    from app.localkafka import LocalKafka
+    from tests.integration.conftest import Deployment, Names
+
+pytestmark = pytest.mark.integration
+
+EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+
+
+def _env(kafka: LocalKafka, names: Names, **overrides: str) -> dict[str, str]:
+    return worker_env(kafka.url, names.prefix, 0, **overrides)
+
+
+async def test_replay_keys_by_mpid_reports_bad_lines_and_reads_gzip(
+    kafka: LocalKafka, names: Names, tmp_path: Path
+) -> None:
+    topic = names.topic("batches")
+    await create_topics(kafka.bootstrap, [topic])
+    sample = (REPO / "samples" / "mparticle-batches.jsonl").read_bytes()
+    extra = b'\n{"mpid": "-42", "environment": "production"}\n[1, 2]\n[]\n'
+    compressed = tmp_path / "batches.jsonl.data"  # gzip without the .gz suffix: magic bytes
+    compressed.write_bytes(gzip.compress(sample + extra))
+
+    result = await mpcio("replay", str(compressed), env=_env(kafka, names))
+
+    assert result.code == 0, result.both
+    errors = [line for line in result.err.splitlines() if line.startswith("line ")]
+    assert [line.split(":")[0] for line in errors] == [
+        "line 5",
+        "line 8",
+        "line 10",
+        "line 17",
+        "line 18",
+    ]  # line 15 is blank: skipped, not invalid
+    assert "line 17: not_an_object" in result.err
+    assert "line 18: mpid_missing" in result.err
+    assert f"sent 12 to {topic}, 5 invalid" in result.err
+    records = await consume_until(kafka.bootstrap, topic, lambda rs: len(rs) >= 12)
+    assert len(records) == 12
+    keys = {r.key for r in records}
+    assert b"-42" in keys
+    for record in records:
+        document = orjson.loads(record.value)
+        first = document[0] if isinstance(document, list) else document
+        assert record.key == str(int(first["mpid"])).encode()  # canonical decimal text
+
+
+async def test_replay_is_fast_and_honours_rate_and_dry_run(
+    kafka: LocalKafka, names: Names, tmp_path: Path
+) -> None:
+    topic = names.topic("batches")
+    await create_topics(kafka.bootstrap, [topic])
+    records = workload.batches(users=1000, batches_per_user=50, events_per_batch=3)
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b"\n".join(value for _, value in records) + b"\n")
+
+    dry = await mpcio("replay", str(path), "--dry-run", env=_env(kafka, names))
+    assert dry.code == 0, dry.both
+    assert "50000 valid (dry run, nothing sent), 0 invalid" in dry.err
+
+    result = await mpcio("replay", str(path), "--progress-every", "0.1", env=_env(kafka, names))
+    assert result.code == 0, result.both
+    summary = result.err.strip().splitlines()[-1]
+    rate = float(re.search(r"([\d,]+) records/s", summary).group(1).replace(",", ""))  # type: ignore[union-attr]
+    print(f"\nreplay to the local broker: {summary}")
+    assert rate > 20_000, summary
+    assert re.search(r"replay: [\d,]+ sent .*/s .*% +ETA \d+:\d\d:\d\d", result.err), result.err
+    arrived = await consume_until(kafka.bootstrap, topic, lambda rs: len(rs) >= 50_000)
+    assert len(arrived) == 50_000  # the dry run sent nothing
+
+    small = tmp_path / "small.jsonl"
+    small.write_bytes(b"\n".join(value for _, value in records[:30]) + b"\n")
+    began = time.monotonic()
+    paced = await mpcio(
+        "replay", "-", "--rate", "100", env=_env(kafka, names), stdin=small.read_bytes()
+    )
+    assert paced.code == 0, paced.both
+    assert "sent 30" in paced.err
+    assert time.monotonic() - began >= 0.29  # 30 records at 100/s take at least 0.29 s
+
+
+async def test_replay_fails_with_one_line_when_kafka_or_file_is_missing(
+    names: Names, tmp_path: Path
+) -> None:
+    env = worker_env("kafka://127.0.0.1:1", names.prefix, 0)
+    sample = str(REPO / "samples" / "mparticle-batches.jsonl")
+    unreachable = await mpcio("replay", sample, env=env)
+    assert unreachable.code == 1
+    assert unreachable.err.strip() == (
+        "mpcio: cannot use Kafka at kafka://127.0.0.1:1: 127.0.0.1:1: connection refused"
+    )
+    missing = await mpcio("replay", str(tmp_path / "nope.jsonl"), env=env)
+    assert missing.code == 1
+    assert missing.err.strip().startswith("mpcio: cannot read ")
+    assert len(missing.err.strip().splitlines()) == 1
+
+
+def _letter(**fields: object) -> bytes:
+    defaults: dict[str, object] = {
+        "reason": "invalid_json",
+        "detail": "bad",
+        "stage": "ingest",
+        "source": SourcePosition("src", 0, 0),
+        "key": None,
+        "payload": b"",
+        "failed_at_ms": int(time.time() * 1000),
+    }
+    defaults.update(fields)
+    return dead_letter(**defaults)  # type: ignore[arg-type]
+
+
+async def test_deadletter_list_show_and_redrive(kafka: LocalKafka, names: Names) -> None:
+    env = _env(kafka, names)
+    batches, operations, deadletter = (
+        names.topic("batches"),
+        names.topic("operations"),
+        names.topic("deadletter"),
+    )
+    await create_topics(kafka.bootstrap, [batches, operations, deadletter], partitions=2)
+    bad_batch = b'{"mpid": 7, "user_identities": {"email": "ann@example.com"}, "events": {}}'
+    item = {
+        "type": "person",
+        "identifiers": {"id": "cust-7"},
+        "action": "event",
+        "name": "Bought",
+        "id": "01KB76YVZ81KCWPR9P11ZZAW00",
+        "attributes": {"contact": "ann@example.com"},
+    }
+    old = int(time.time() * 1000) - 3 * 86_400_000
+    await produce(
+        kafka.bootstrap,
+        deadletter,
+        [
+            (
+                b"7",
+                _letter(
+                    reason="events_not_a_list",
+                    detail="events is an object",
+                    source=SourcePosition(batches, 1, 41),
+                    key=b"7",
+                    payload=bad_batch,
+                ),
+            ),
+            (
+                b"7",
+                _letter(
+                    reason="http_400",
+                    detail="rejected ann@example.com",
+                    stage="sink",
+                    source=SourcePosition(operations, 1, 9),
+                    key=b"7",
+                    payload=orjson.dumps(item),
+                    http_status=400,
+                    response='{"meta": {"error": "bad"}}',
+                    attempts=1,
+                ),
+            ),
+            (
+                b"8",
+                _letter(
+                    reason="state_corrupt",
+                    source=SourcePosition(batches, 0, 3),
+                    key=b"8",
+                    payload=b"\xc3\x01corrupt",
+                    failed_at_ms=old,
+                ),
+            ),
+        ],
+    )
+
+    listed = await mpcio("deadletter", "list", env=env)
+    assert listed.code == 0, listed.both
+    lines = listed.out.strip().splitlines()
+    assert len(lines) == 3
+    assert "3 dead letter(s)" in listed.err
+    sink_line = next(line for line in lines if "http_400" in line)
+    assert re.match(r"\s*\d@\d+  \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ  sink ", sink_line), sink_line
+    assert f"{operations}[1]@9" in sink_line
+    assert "http=400" in sink_line
+    assert not EMAIL.search(listed.out)
+    position = sink_line.split()[0]
+
+    recent = await mpcio("deadletter", "list", "--since", "1d", "--stage", "ingest", env=env)
+    assert [line.split()[3] for line in recent.out.strip().splitlines()] == ["events_not_a_list"]
+    limited = await mpcio("deadletter", "list", "--limit", "1", env=env)
+    assert len(limited.out.strip().splitlines()) == 1
+
+    shown = await mpcio("deadletter", "show", position, env=env)
+    assert shown.code == 0, shown.both
+    document = json.loads(shown.out)
+    assert document["reason"] == "http_400"
+    assert document["payload_encoding"] == "utf-8"
+    assert "ann@example.com" not in shown.out
+    assert json.loads(document["payload"])["attributes"]["contact"].startswith("<email:")
+    unmasked = await mpcio("deadletter", "show", position, "--unmasked", env=env)
+    assert json.loads(json.loads(unmasked.out)["payload"]) == item
+    corrupt = next(line for line in lines if "state_corrupt" in line).split()[0]
+    binary = json.loads((await mpcio("deadletter", "show", corrupt, env=env)).out)
+    assert binary["payload_encoding"] == "base64"
+    nothing = await mpcio("deadletter", "show", "1@999", env=env)
+    assert nothing.code == 1
+    assert "no record at 1@999" in nothing.err
+
+    refused = await mpcio("deadletter", "redrive", env=env)
+    assert refused.code == 2
+    assert "--all" in refused.err
+    dry = await mpcio("deadletter", "redrive", "--all", "--dry-run", env=env)
+    assert dry.code == 0, dry.both
+    assert "2 would be sent (dry run), 1 skipped" in dry.err
+    assert "skip" in dry.out
+    assert "state_corrupt" in dry.out
+
+    redriven = await mpcio("deadletter", "redrive", "--all", env=env)
+    assert redriven.code == 0, redriven.both
+    assert "redrive: 2 sent, 1 skipped" in redriven.err
+    back = await consume_until(kafka.bootstrap, batches, lambda rs: len(rs) >= 1)
+    assert [(r.key, r.value) for r in back] == [(b"7", bad_batch)]
+    ops = await consume_until(kafka.bootstrap, operations, lambda rs: len(rs) >= 1)
+    assert ops[0].key == b"7"
+    wrapped = codec("operation_batch").decode(ops[0].value)
+    assert wrapped["mpid"] == "7"
+    assert wrapped["source_topic"] == deadletter
+    assert [(op["action"], op["person_id"]) for op in wrapped["operations"]] == [
+        ("event", "cust-7")
+    ]
+    assert orjson.loads(wrapped["operations"][0]["item"]) == item
+
+    chosen = await mpcio("deadletter", "redrive", "--offsets", position, "--dry-run", env=env)
+    assert "1 would be sent (dry run), 0 skipped" in chosen.err
+
+
+async def test_redriven_sink_letter_reaches_customerio(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    records = workload.batches(users=3, batches_per_user=1, events_per_batch=2)
+    emulator.faults.add(parse_faults([{"kind": "status", "status": 400, "count": 1}])[0])
+    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, records)
+    worker = deployment.start_worker()
+    letters = await consume_until(
+        deployment.kafka.bootstrap,
+        deployment.topics.deadletter.name,
+        lambda rs: len(rs) >= 1,
+        workers=[worker],
+    )
+    count = len(letters)
+    assert all(codec("dead_letter").decode(r.value)["reason"] == "http_400" for r in letters)
+    env = dict(deployment.env)
+    result = await mpcio("deadletter", "redrive", "--reason", "http_400", env=env)
+    assert result.code == 0, result.both
+    assert f"redrive: {count} sent" in result.err
+
+    def delivered() -> bool:
+        worker.assert_running()
+        return emulator.state.stats()["items_accepted"] >= count
+
+    await wait_for(delivered, 60, "the redriven items at the emulator")
+
+
+async def _topics_with(kafka: LocalKafka, spec: dict[str, int]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, n, 1) for name, n in spec.items()])
+    finally:
+        await admin.close()
+
+
+async def test_check_config_reaches_kafka_and_customerio(
+    deployment: Deployment, emulator: RunningEmulator, kafka: LocalKafka, names: Names
+) -> None:
+    good = await mpcio("check-config", env=deployment.env)
+    assert good.code == 0, good.both
+    verdicts = dict(line.split(":", 1) for line in good.out.splitlines()[-6:-1] if ":" in line)
+    assert {name: text.split()[0] for name, text in verdicts.items()} == {
+        "settings": "ok",
+        "kafka": "ok",
+        "topics": "ok",
+        "co-partitioning": "ok",
+        "customerio": "ok",
+    }
+    assert "all checks passed" in good.out
+    assert API_KEY not in good.both
+
+    bad = await mpcio(
+        "check-config", env={**deployment.env, "MPCIO_CUSTOMERIO_API_KEY": "wrong-key"}
+    )
+    assert bad.code == 1
+    assert re.search(r"^customerio: +FAILED: GET .*/auth answered 401", bad.out, re.MULTILINE), (
+        bad.out
+    )
+    assert "wrong-key" not in bad.both
+    assert "FAILED: customerio" in bad.out
+
+    other = names.topic("other")
+    await _topics_with(
+        kafka, {f"{other}-batches": 4, f"{other}-audiences": 2, f"{other}-erasure": 4}
+    )
+    split = await mpcio(
+        "check-config",
+        env={
+            **deployment.env,
+            "MPCIO_TOPIC_BATCHES": f"{other}-batches",
+            "MPCIO_TOPIC_AUDIENCES": f"{other}-audiences",
+            "MPCIO_TOPIC_ERASURE": f"{other}-erasure",
+            "MPCIO_TOPIC_OPERATIONS": f"{other}-operations",
+            "MPCIO_FORWARDING_ENABLED": "false",
+        },
+    )
+    assert split.code == 1
+    assert (
+        re.search(rf"^topics: +FAILED: missing {other}-operations$", split.out, re.MULTILINE)
+        is None
+    )
+    assert f"FAILED: missing {other}-operations (mpcio worker creates them)" in split.out
+    assert re.search(r"^co-partitioning: +FAILED: input topics differ", split.out, re.MULTILINE)
+    assert f"{other}-audiences=2" in split.out
+    assert re.search(r"^customerio: +ok \(skipped", split.out, re.MULTILINE)
+
+    down = await mpcio(
+        "check-config", env={**deployment.env, "MPCIO_BROKER": "kafka://127.0.0.1:1"}
+    )
+    assert down.code == 1
+    assert re.search(r"^kafka: +FAILED: .*connection refused", down.out, re.MULTILINE), down.out
+    assert re.search(r"^customerio: +ok", down.out, re.MULTILINE)  # checked independently

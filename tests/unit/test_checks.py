@@ -1,0 +1,60 @@
+"""check-config's checks against the in-process Customer.io emulator and an absent broker."""
+
+from __future__ import annotations
+
+from app.checks import Check, check_customerio, check_kafka
+from app.emulator.server import EmulatorConfig, running_emulator
+from app.settings import load_settings
+
+
+def _settings(url: str, key: str = "good-key", **more: object) -> object:
+    return load_settings(
+        customerio_site_id="site",
+        customerio_api_key=key,
+        customerio_url=url,
+        **more,
+    )
+
+
+async def test_customerio_check_accepts_good_and_rejects_bad_credentials() -> None:
+    async with running_emulator(EmulatorConfig(site_id="site", api_key="good-key")) as emulator:
+        good = await check_customerio(_settings(emulator.url))  # type: ignore[arg-type]
+        bad = await check_customerio(_settings(emulator.url, "bad-key"))  # type: ignore[arg-type]
+    assert good.ok
+    assert good.line().startswith("customerio:")
+    assert " ok (GET " in good.line()
+    assert not bad.ok
+    assert "answered 401" in bad.detail
+    assert "MPCIO_CUSTOMERIO_API_KEY" in bad.detail
+    assert "bad-key" not in bad.line()
+    assert "FAILED: " in bad.line()
+
+
+async def test_customerio_check_is_skipped_when_forwarding_is_off() -> None:
+    check = await check_customerio(load_settings(forwarding_enabled=False))
+    assert check.ok
+    assert "skipped" in check.detail
+
+
+async def test_customerio_unreachable_is_a_failure() -> None:
+    check = await check_customerio(_settings("http://127.0.0.1:1"))  # type: ignore[arg-type]
+    assert not check.ok
+    assert check.detail.startswith("cannot reach http://127.0.0.1:1: connection")
+
+
+async def test_kafka_checks_fail_clearly_without_a_broker() -> None:
+    checks = await check_kafka(
+        load_settings(forwarding_enabled=False, broker="kafka://127.0.0.1:1")
+    )
+    assert [(c.name, c.ok) for c in checks] == [
+        ("kafka", False),
+        ("topics", False),
+        ("co-partitioning", False),
+    ]
+    assert "connection refused" in checks[0].detail
+    assert checks[1].detail == "not checked: no broker"
+
+
+def test_check_lines_have_a_clear_verdict() -> None:
+    assert Check("kafka", True, "1 broker").line() == "kafka:             ok (1 broker)"
+    assert Check("topics", False, "missing x").line() == "topics:            FAILED: missing x"
