@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint unit integration clean
+.PHONY: run test lint unit integration clean prometheus
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,26 @@ lint: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit
 
-integration: $(BIN)/.installed
+integration: $(BIN)/.installed prometheus
 	$(BIN)/pytest tests/integration
 
-test: lint
+test: lint prometheus
 	$(BIN)/pytest
+
+# tests/integration/test_prometheus.py runs a real Prometheus (Debian's package). Installed
+# once when missing (needs root, as on CI); the package's own service is kept from starting
+# (a temporary policy-rc.d when the machine has none): the test starts its own on loopback.
+prometheus:
+	@command -v prometheus >/dev/null || { \
+	  made_policy=; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1; \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	  status=$$?; \
+	  [ -z "$$made_policy" ] || rm -f /usr/sbin/policy-rc.d; \
+	  exit $$status; \
+	}
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -7,15 +7,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import faust
 
+    from agents.sink import SinkHandle
     from app.settings import Settings
     from app.topics import Topics
 
 
-def attach_agents(app: faust.App, settings: Settings, topics: Topics) -> None:
-    """Register every agent, table and service of the forwarder on ``app``."""
+def attach_agents(app: faust.App, settings: Settings, topics: Topics) -> SinkHandle | None:
+    """Register every agent, table and service of the forwarder on ``app``.
+
+    Returns the handle of the sink (``None`` when forwarding is disabled) for the web views.
+    """
     from agents.ingest import attach_ingest  # noqa: PLC0415 - keeps `agents` import light
     from agents.sink import attach_sink  # noqa: PLC0415
 
     attach_ingest(app, settings, topics)
     if settings.forwarding_enabled:
-        attach_sink(app, settings, topics)
+        return attach_sink(app, settings, topics)
+    return None

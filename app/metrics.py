@@ -2,12 +2,20 @@
 
 Counters are incremented from the outcome summaries the pure functions return (the agents
 apply them), never from inside the pure logic, so the mapping stays testable without a
-registry.
+registry. The gauges at the end (lag, table size, readiness) are sampled periodically by the
+worker's observability timer (:mod:`app.web`).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 BATCHES = Counter(
     "mpcio_batches_total",
@@ -80,3 +88,85 @@ SINK_END_TO_END_SECONDS = Histogram(
     "From ingest producing an operation to Customer.io accepting it.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+
+CONSUMER_LAG = Gauge(
+    "mpcio_consumer_lag",
+    "Records not yet consumed, per assigned partition: the ingest input topics (highwater "
+    "minus committed offset) and the sink's operations topic (highwater minus position).",
+    ["topic", "partition"],
+)
+TABLE_KEYS = Gauge(
+    "mpcio_table_keys",
+    "Keys held by this worker in each table (its assigned partitions only; RocksDB's "
+    "estimate with the rocksdb:// store).",
+    ["table"],
+)
+READY = Gauge(
+    "mpcio_ready",
+    "1 while this worker is ready (partitions assigned, agents running, delivery not stopped).",
+)
+BUILD = Info(
+    "mpcio_build",
+    "Version and the behaviour-changing settings of this worker (no secrets).",
+)
+
+
+def package_version() -> str:
+    try:
+        return version("mpcio")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"
+
+
+def build_labels(settings: Settings) -> dict[str, str]:
+    """The ``mpcio_build_info`` labels: version and settings that change behaviour, no secret.
+
+    Neither the API key nor the Site ID nor an overridden Track API URL (which could carry
+    credentials) is included.
+    """
+
+    def flag(value: bool) -> str:
+        return "true" if value else "false"
+
+    return {
+        "version": package_version(),
+        "app_id": settings.app_id,
+        "region": settings.customerio_region,
+        "forwarding_enabled": flag(settings.forwarding_enabled),
+        "include_user_attributes": flag(settings.include_user_attributes),
+        "send_created_at": flag(settings.send_created_at),
+        "resubscribe_on_opt_in": flag(settings.resubscribe_on_opt_in),
+        "one_attribute_per_audience": flag(settings.one_attribute_per_audience),
+        "environments": ",".join(sorted(settings.environments)),
+        "partitions": str(settings.topic_partitions),
+        "sink_lanes": str(settings.sink_lanes),
+        "rate_limit_per_second": f"{settings.rate_limit_per_second:g}",
+        "batch_max_items": str(settings.batch_max_items),
+    }
+
+
+class LagGauge:
+    """Sets ``mpcio_consumer_lag`` for one group of topics and removes partitions it lost.
+
+    Each source (the ingest consumer, the sink) owns its topics: after a rebalance the series
+    of partitions no longer assigned disappear instead of freezing at their last value.
+    """
+
+    def __init__(self, gauge: Gauge = CONSUMER_LAG) -> None:
+        self.gauge = gauge
+        self._shown: set[tuple[str, str]] = set()
+
+    def update(self, lags: Mapping[tuple[str, int], int]) -> None:
+        current = {(topic, str(partition)) for topic, partition in lags}
+        for labels in self._shown - current:
+            self.gauge.remove(*labels)
+        for (topic, partition), lag in lags.items():
+            self.gauge.labels(topic, str(partition)).set(lag)
+        self._shown = current
+
+
+def partition_lag(highwater: int | None, consumed: int | None) -> int | None:
+    """Records after ``consumed`` (the next offset to read); ``None`` when unknown."""
+    if highwater is None or consumed is None:
+        return None
+    return max(highwater - consumed, 0)

@@ -20,9 +20,11 @@ from faust.worker import Worker
 from agents import attach_agents
 from app.faust_app import create_app
 from app.kafka_admin import ensure_topics
+from app.kafka_security import client_kwargs
 from app.logs import configure_logging
 from app.settings import Settings
 from app.topics import topics_for
+from app.web import attach_web
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +37,23 @@ class ForwarderWorker(Worker):
         self.settings = settings
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:  # noqa: ARG002
-        secret = self.settings.customerio_api_key
+        secrets = (self.settings.customerio_api_key, self.settings.kafka_sasl_password)
         configure_logging(
             self.settings.log_level,
             self.settings.log_format,
-            secrets=(secret.get_secret_value(),) if secret else (),
+            secrets=tuple(secret.get_secret_value() for secret in secrets if secret),
         )
 
 
 def build_worker_app(settings: Settings) -> faust.App:
-    """The faust app with every agent attached."""
+    """The faust app with every agent attached, and the web views of :mod:`app.web`."""
     app = create_app(settings)
     # faust's own metrics (faust_*) and ours (mpcio_*) share the default registry on /metrics.
     setup_prometheus_sensors(app, name_prefix="faust")
-    attach_agents(app, settings, topics_for(settings))
+    topics = topics_for(settings)
+    sink = attach_agents(app, settings, topics)
+    # /health/live, /health/ready, /users/{mpid}, mpcio_build_info and the sampled gauges.
+    attach_web(app, settings, topics, sink)
     return app
 
 
@@ -56,7 +61,10 @@ def run_worker(settings: Settings) -> None:
     """Check topics, then run until stopped by a signal; exits the process like faust does."""
     asyncio.run(
         ensure_topics(
-            settings.bootstrap_servers, topics_for(settings), settings.topic_replication_factor
+            settings.bootstrap_servers,
+            topics_for(settings),
+            settings.topic_replication_factor,
+            security=client_kwargs(settings),
         )
     )
     app = build_worker_app(settings)

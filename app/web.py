@@ -1,0 +1,341 @@
+"""The worker's own web views and the sampler of its gauges, on faust's web server.
+
+Views (beside faust's ``/metrics``, which serves ``faust_*`` and our ``mpcio_*``):
+
+- ``GET /health/live``  — 200 while the process runs and its web server answers;
+- ``GET /health/ready`` — 200 when this worker has input partitions assigned, every agent is
+  running and (when forwarding) the sink runs, has partitions and is not stopped by a
+  configuration error; else 503 with ``{"ready": false, "reason": ..., "reasons": [...]}``;
+- ``GET /users/{mpid}`` — support view of one user's state from the ``users`` table: email
+  masked, ``person_id`` masked when it is an email; 404 when this worker does not hold the
+  user (a table only holds the partitions assigned to this worker).
+
+A timer (every :data:`SAMPLE_INTERVAL_SECONDS`) samples the gauges that no event increments:
+``mpcio_consumer_lag{topic,partition}`` (ingest inputs and the sink's operations topic),
+``mpcio_table_keys{table}`` and ``mpcio_ready``. A sample reads only local state (offsets the
+consumers already know, table sizes, service states): no broker round trip, no table scan with
+RocksDB (its key estimate is used).
+
+The decisions (:func:`decide_readiness`, :func:`user_json`) are pure, for unit tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiokafka.partitioner import murmur2
+
+from app import metrics
+from app.errors import InvalidRecordError
+from app.logs import mask_email, redact
+from app.state import UserState, decode_state
+from app.topics import ERASURES_TABLE, USERS_TABLE
+
+if TYPE_CHECKING:
+    import faust
+    from faust import web
+
+    from app.settings import Settings
+    from app.topics import Topics
+
+log = logging.getLogger(__name__)
+
+#: How often the lag, table-size and readiness gauges are sampled (not a setting: a sample is
+#: a few dictionary reads, and Prometheus scrapes are rarely more frequent than this).
+SAMPLE_INTERVAL_SECONDS = 2.0
+#: Longest wait for a consumer position the timer falls back to (never blocks the loop long).
+POSITION_TIMEOUT_SECONDS = 1.0
+
+_MPID = re.compile(r"^-?\d{1,20}$")
+
+
+class SinkLike(Protocol):
+    """What the views need from :class:`agents.sink.OperationsSink`."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    stopped_reason: str | None
+
+    async def lag(self) -> Mapping[Any, int]: ...
+
+
+class SinkHandleLike(Protocol):
+    instance: Any
+
+
+# --- readiness --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Whether this worker should receive traffic, and why not."""
+
+    reasons: tuple[str, ...]
+
+    @property
+    def ready(self) -> bool:
+        return not self.reasons
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"ready": self.ready}
+        if self.reasons:
+            body["reason"] = self.reasons[0]
+            body["reasons"] = list(self.reasons)
+        return body
+
+
+def decide_readiness(
+    *,
+    input_partitions: int,
+    agents: Mapping[str, str],
+    forwarding_enabled: bool,
+    sink_state: str | None,
+    sink_ready: bool,
+    sink_stopped_reason: str | None,
+) -> Readiness:
+    """Ready = input partitions assigned, every agent running, and delivery able to proceed.
+
+    ``agents`` maps agent name → service state (``running``, ``crashed``, ...); the sink
+    fields are ignored when forwarding is disabled.
+    """
+    reasons: list[str] = []
+    if input_partitions <= 0:
+        reasons.append("no input partitions assigned to this worker (starting or rebalancing)")
+    if not agents:
+        reasons.append("no agents registered")
+    reasons.extend(
+        f"agent {name} is {state}" for name, state in sorted(agents.items()) if state != "running"
+    )
+    if forwarding_enabled:
+        if sink_stopped_reason is not None:
+            reasons.append(f"delivery stopped: {sink_stopped_reason}")
+        elif sink_state is None:
+            reasons.append("sink not started")
+        elif sink_state != "running":
+            reasons.append(f"sink is {sink_state}")
+        elif not sink_ready:
+            reasons.append("no operations partitions assigned to the sink")
+    return Readiness(tuple(reasons))
+
+
+# --- the support view -------------------------------------------------------------------------
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _mask_if_email(value: str | None) -> str | None:
+    if value is None or "@" not in value:
+        return value
+    return mask_email(value)
+
+
+def user_json(mpid: str, state: UserState) -> dict[str, Any]:
+    """The support view of one user: no raw email, everything else as the state holds it."""
+    return {
+        "mpid": mpid,
+        "email": None if state.email is None else mask_email(state.email),
+        "customer_id": state.customer_id,
+        "person_id": _mask_if_email(state.person_id),
+        "first_name": state.first_name,
+        "last_name": state.last_name,
+        "attributes": state.attributes,
+        "profile_at": _iso(state.profile_at_ms),
+        "audiences": state.audiences,
+        "audiences_left": state.audiences_left,
+        "opted_out": state.opted_out,
+        "opt_out_at": _iso(state.opt_out_at_ms),
+        "unsubscribed_sent": state.unsubscribed_sent,
+        "identify_sent": state.sent_digest is not None,
+        "first_seen": {
+            device: {"at": _iso(seen.ms), "install": seen.install}
+            for device, seen in sorted(state.first_seen.items())
+        },
+        "last_device_type": state.last_device_type,
+        "last_seen": _iso(state.last_seen_ms),
+        "created_at": _iso(state.created_at_ms),
+    }
+
+
+def kafka_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner picks for ``key``."""
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+def not_found_json(mpid: str, partitions: int, held: Iterable[int]) -> dict[str, Any]:
+    held_sorted = sorted(held)
+    return {
+        "error": "unknown mpid on this worker",
+        "mpid": mpid,
+        "detail": "the users table on a worker only holds the partitions assigned to it; "
+        "the user may be unknown, or held by another worker",
+        "partition": kafka_partition(mpid.encode(), partitions),
+        "partitions_held": held_sorted,
+    }
+
+
+# --- sampling the app -------------------------------------------------------------------------
+
+
+def _assignment(app: faust.App) -> set[Any]:
+    try:
+        return set(app.consumer.assignment())
+    except Exception:  # consumer not started yet (faust raises ConsumerNotStarted)  # noqa: BLE001
+        return set()
+
+
+async def ingest_lag(app: faust.App, input_topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    """Highwater minus committed offset of every assigned input partition (local reads).
+
+    Before the first commit of a partition faust's consumer position is used instead.
+    """
+    wanted = set(input_topics)
+    consumer = app.consumer
+    committed: Mapping[Any, int | None] = getattr(consumer, "_committed_offset", {})
+    lags: dict[tuple[str, int], int] = {}
+    for tp in _assignment(app):
+        if tp.topic not in wanted:
+            continue
+        try:
+            highwater = consumer.highwater(tp)
+        except Exception:  # noqa: BLE001, S112 - revoked between assignment() and here
+            continue
+        consumed = committed.get(tp)
+        if consumed is None and highwater is not None:
+            try:
+                consumed = await asyncio.wait_for(
+                    consumer.position(tp), timeout=POSITION_TIMEOUT_SECONDS
+                )
+            except Exception:  # noqa: BLE001, S112 - no position yet: left out of this sample
+                continue
+        lag = metrics.partition_lag(highwater, consumed)
+        if lag is not None:
+            lags[tp.topic, tp.partition] = lag
+    return lags
+
+
+def table_keys(table: Any) -> int:
+    """Keys of a faust table held locally: exact in memory, RocksDB's estimate on disk."""
+    store = table.data
+    dbs = getattr(store, "_dbs_for_actives", None)
+    if dbs is None:
+        return len(table)
+    total = 0
+    for db in dbs():
+        estimate = db.property_int_value("rocksdb.estimate-num-keys")
+        total += int(estimate or 0)
+    return total
+
+
+class Observer:
+    """Reads the app's live state for the views and the gauges."""
+
+    def __init__(
+        self, app: faust.App, settings: Settings, topics: Topics, sink: SinkHandleLike | None
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.input_topics = tuple(spec.name for spec in topics.inputs())
+        self.operations_topic = topics.operations.name
+        self.sink_handle = sink
+        self.secrets = (
+            (settings.customerio_api_key.get_secret_value(),) if settings.customerio_api_key else ()
+        )
+        self._ingest_lag = metrics.LagGauge()
+        self._sink_lag = metrics.LagGauge()
+
+    @property
+    def sink(self) -> SinkLike | None:
+        return None if self.sink_handle is None else self.sink_handle.instance
+
+    def readiness(self) -> Readiness:
+        sink = self.sink
+        input_partitions = sum(1 for tp in _assignment(self.app) if tp.topic in self.input_topics)
+        return decide_readiness(
+            input_partitions=input_partitions,
+            agents={agent.name: agent.state for agent in self.app.agents.values()},
+            forwarding_enabled=self.settings.forwarding_enabled,
+            sink_state=None if sink is None else sink.state,
+            sink_ready=sink is not None and sink.ready,
+            sink_stopped_reason=None
+            if sink is None or sink.stopped_reason is None
+            else redact(sink.stopped_reason, self.secrets),
+        )
+
+    def table(self, name: str) -> Any:
+        return self.app.tables.get(name)
+
+    async def sample(self) -> None:
+        """Update the sampled gauges (see the module docstring)."""
+        self._ingest_lag.update(await ingest_lag(self.app, self.input_topics))
+        sink = self.sink
+        sink_lag = {} if sink is None else await sink.lag()
+        self._sink_lag.update({(tp.topic, tp.partition): lag for tp, lag in sink_lag.items()})
+        for name in (USERS_TABLE, ERASURES_TABLE):
+            table = self.table(name)
+            if table is not None:
+                metrics.TABLE_KEYS.labels(name).set(table_keys(table))
+        metrics.READY.set(1 if self.readiness().ready else 0)
+
+
+def attach_web(
+    app: faust.App, settings: Settings, topics: Topics, sink: SinkHandleLike | None
+) -> Observer:
+    """Register the views, the build info and the gauge sampler on ``app``."""
+    observer = Observer(app, settings, topics, sink)
+    metrics.BUILD.info(metrics.build_labels(settings))
+    metrics.READY.set(0)
+
+    @app.page("/health/live")
+    async def health_live(self: web.View, request: web.Request) -> web.Response:  # noqa: ARG001
+        return self.json({"live": True})
+
+    @app.page("/health/ready")
+    async def health_ready(self: web.View, request: web.Request) -> web.Response:  # noqa: ARG001
+        readiness = observer.readiness()
+        return self.json(readiness.as_json(), status=200 if readiness.ready else 503)
+
+    @app.page("/users/{mpid}")
+    async def user_state(
+        self: web.View,
+        request: web.Request,  # noqa: ARG001
+        mpid: str,
+    ) -> web.Response:
+        if not _MPID.match(mpid):
+            return self.json({"error": "mpid must be a decimal integer", "mpid": mpid}, status=400)
+        table = observer.table(USERS_TABLE)
+        raw = None if table is None else table.get(mpid.encode())
+        if raw is None:
+            held = {tp.partition for tp in _assignment(app) if tp.topic in observer.input_topics}
+            return self.json(not_found_json(mpid, settings.topic_partitions, held), status=404)
+        try:
+            state = decode_state(raw)
+        except InvalidRecordError as exc:
+            return self.json(
+                {"error": "stored state is corrupt", "mpid": mpid, "detail": exc.detail},
+                status=500,
+            )
+        return self.json(user_json(mpid, state))
+
+    @app.timer(interval=SAMPLE_INTERVAL_SECONDS, name="mpcio_sample_gauges")  # type: ignore[untyped-decorator]
+    async def sample_gauges() -> None:
+        try:
+            await observer.sample()
+        except Exception:  # a failed sample must never stop the worker
+            log.exception("sampling the lag/table/readiness gauges failed")
+
+    return observer

@@ -1,0 +1,173 @@
+"""The pure parts of the worker's web views and gauges: readiness, the user view, lag."""
+
+from __future__ import annotations
+
+import orjson
+from prometheus_client import CollectorRegistry, Gauge
+
+from app.logs import mask_email
+from app.metrics import LagGauge, build_labels, partition_lag
+from app.settings import load_settings
+from app.state import FirstSeen, UserState, decode_state, encode_state
+from app.web import decide_readiness, kafka_partition, not_found_json, user_json
+
+RUNNING = {"ingest_batches": "running", "ingest_audiences": "running"}
+
+
+def ready_when(**changes: object) -> tuple[bool, tuple[str, ...]]:
+    inputs: dict[str, object] = {
+        "input_partitions": 4,
+        "agents": RUNNING,
+        "forwarding_enabled": True,
+        "sink_state": "running",
+        "sink_ready": True,
+        "sink_stopped_reason": None,
+        **changes,
+    }
+    readiness = decide_readiness(**inputs)  # type: ignore[arg-type]
+    return readiness.ready, readiness.reasons
+
+
+def test_ready_when_everything_runs() -> None:
+    assert ready_when() == (True, ())
+
+
+def test_not_ready_without_input_partitions() -> None:
+    ready, reasons = ready_when(input_partitions=0)
+    assert not ready
+    assert reasons == ("no input partitions assigned to this worker (starting or rebalancing)",)
+
+
+def test_not_ready_when_an_agent_is_not_running() -> None:
+    ready, reasons = ready_when(agents={**RUNNING, "ingest_erasure": "crashed"})
+    assert not ready
+    assert reasons == ("agent ingest_erasure is crashed",)
+    assert not ready_when(agents={})[0]
+
+
+def test_not_ready_when_delivery_is_stopped_and_says_why() -> None:
+    ready, reasons = ready_when(sink_stopped_reason="Customer.io answered 401", sink_ready=False)
+    assert not ready
+    assert reasons == ("delivery stopped: Customer.io answered 401",)
+
+
+def test_not_ready_when_the_sink_is_missing_stopping_or_unassigned() -> None:
+    assert ready_when(sink_state=None)[1] == ("sink not started",)
+    assert ready_when(sink_state="stopping")[1] == ("sink is stopping",)
+    assert ready_when(sink_ready=False)[1] == ("no operations partitions assigned to the sink",)
+
+
+def test_sink_is_ignored_when_forwarding_is_disabled() -> None:
+    assert ready_when(forwarding_enabled=False, sink_state=None, sink_ready=False)[0]
+
+
+def test_readiness_json_names_the_first_reason() -> None:
+    readiness = decide_readiness(
+        input_partitions=0,
+        agents={"a": "init"},
+        forwarding_enabled=False,
+        sink_state=None,
+        sink_ready=False,
+        sink_stopped_reason=None,
+    )
+    body = readiness.as_json()
+    assert body["ready"] is False
+    assert body["reason"] == body["reasons"][0]
+    assert len(body["reasons"]) == 2
+    assert decide_readiness(
+        input_partitions=1,
+        agents={"a": "running"},
+        forwarding_enabled=False,
+        sink_state=None,
+        sink_ready=False,
+        sink_stopped_reason=None,
+    ).as_json() == {"ready": True}
+
+
+def test_user_view_masks_emails_and_shows_the_rest() -> None:
+    state = UserState(
+        email="Ada@Example.com",
+        customer_id="cust-ada",
+        person_id="ada@example.com",
+        first_name="Ada",
+        attributes={"plan": "pro"},
+        audiences={"123": "VIPs"},
+        opted_out=True,
+        opt_out_at_ms=1_764_400_000_000,
+        first_seen={"ios": FirstSeen(1_764_000_000_000, install=True)},
+        last_device_type="ios",
+        last_seen_ms=1_764_400_000_500,
+        sent_digest=b"x",
+    )
+    view = user_json("42", decode_state(encode_state(state)))
+    assert view["email"] == mask_email("ada@example.com")
+    assert view["person_id"] == mask_email("ada@example.com")
+    assert "@" not in orjson.dumps(view).decode()
+    assert view["customer_id"] == "cust-ada"
+    assert view["attributes"] == {"plan": "pro"}
+    assert view["audiences"] == {"123": "VIPs"}
+    assert view["opted_out"] is True
+    assert view["opt_out_at"] == "2025-11-29T07:06:40.000+00:00"
+    assert view["first_seen"] == {"ios": {"at": "2025-11-24T16:00:00.000+00:00", "install": True}}
+    assert view["last_device_type"] == "ios"
+    assert view["created_at"] == "2025-11-24T16:00:00.000+00:00"
+    assert view["identify_sent"] is True
+
+
+def test_user_view_keeps_a_customer_id_person_id_and_empty_fields() -> None:
+    view = user_json("7", UserState(customer_id="c-7", person_id="c-7"))
+    assert view["person_id"] == "c-7"
+    assert view["email"] is None
+    assert view["last_seen"] is None
+    assert view["identify_sent"] is False
+
+
+def test_not_found_says_the_table_is_partitioned() -> None:
+    body = not_found_json("10001", 4, {3, 1})
+    assert "only holds the partitions assigned to it" in body["detail"]
+    assert body["partitions_held"] == [1, 3]
+    assert body["partition"] == kafka_partition(b"10001", 4)
+
+
+def test_kafka_partition_matches_the_java_default_partitioner() -> None:
+    # Java compatibility vectors (kafka-python's test of the same partitioner, 1000 partitions).
+    vectors = {b"": 681, b"a": 524, b"ab": 434, b"abc": 107, b"123456789": 566, b"\x00 ": 742}
+    assert {key: kafka_partition(key, 1000) for key in vectors} == vectors
+
+
+def test_partition_lag() -> None:
+    assert partition_lag(100, 40) == 60
+    assert partition_lag(100, 100) == 0
+    assert partition_lag(100, 120) == 0  # highwater from an older fetch than the position
+    assert partition_lag(None, 3) is None
+    assert partition_lag(5, None) is None
+
+
+def test_lag_gauge_removes_partitions_no_longer_assigned() -> None:
+    registry = CollectorRegistry()
+    gauge = Gauge("lag", "test", ["topic", "partition"], registry=registry)
+    lag = LagGauge(gauge)
+    lag.update({("in", 0): 5, ("in", 1): 7})
+    assert registry.get_sample_value("lag", {"topic": "in", "partition": "1"}) == 7
+    lag.update({("in", 0): 0})
+    assert registry.get_sample_value("lag", {"topic": "in", "partition": "0"}) == 0
+    assert registry.get_sample_value("lag", {"topic": "in", "partition": "1"}) is None
+
+
+def test_build_labels_carry_settings_but_no_secret() -> None:
+    settings = load_settings(
+        customerio_site_id="site-secretish",
+        customerio_api_key="key-very-secret",
+        customerio_url="http://user:pw@127.0.0.1:9",
+        customerio_region="eu",
+        send_created_at=True,
+        topic_partitions=6,
+    )
+    labels = build_labels(settings)
+    assert labels["region"] == "eu"
+    assert labels["send_created_at"] == "true"
+    assert labels["include_user_attributes"] == "true"
+    assert labels["partitions"] == "6"
+    text = " ".join(labels.values())
+    for secret in ("key-very-secret", "site-secretish", "pw@"):
+        assert secret not in text
