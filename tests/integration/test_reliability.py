@@ -150,7 +150,11 @@ async def test_customerio_errors_throttling_timeouts_and_drops(
     )
     emulator.faults.add(rules)
     await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records)
-    worker = deployment.start_worker(batch_max_items="20", request_timeout_seconds="1")
+    # 45 faults in a row can hit one request: the budget must outlast the storm (exhausting
+    # it dead-letters, which test_delivery covers), so allow more attempts than faults.
+    worker = deployment.start_worker(
+        batch_max_items="20", request_timeout_seconds="1", retry_max_attempts="60"
+    )
     await _until_delivered(emulator, expected, [worker], timeout=180)
     await _settle(emulator, expected)
     verdict = await _verdict(deployment, emulator, workload, "api storm", capsys)
