@@ -8,6 +8,7 @@ inputs; running anyway would split one user's state across workers), and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Mapping
 from typing import Any
@@ -44,7 +45,7 @@ async def ensure_topics(
             # another worker may create them between our two calls
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([_new_topic(s, replication_factor) for s in missing])
-            existing = await partition_counts(admin, [spec.name for spec in topics.all()])
+            existing = await _counts_once_visible(admin, [spec.name for spec in topics.all()])
         counts = {spec.name: existing.get(spec.name) for spec in topics.inputs()}
         if len(set(counts.values())) != 1:
             raise ConfigError(
@@ -63,6 +64,23 @@ async def partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict
         for entry in described
         if entry.get("error_code", 0) == 0 and entry["partitions"]
     }
+
+
+async def _counts_once_visible(
+    admin: AIOKafkaAdminClient, names: list[str], wait_seconds: float = 30.0
+) -> dict[str, int]:
+    """Partition counts of ``names`` once the broker's metadata shows every one of them.
+
+    Topics created a moment ago can be missing from the next metadata answer; checking
+    co-partitioning then would compare real counts with "missing" and stop a first start.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    while True:
+        counts = await partition_counts(admin, names)
+        if len(counts) == len(names) or loop.time() > deadline:
+            return counts
+        await asyncio.sleep(0.1)
 
 
 def _new_topic(spec: TopicSpec, replication_factor: int) -> NewTopic:
