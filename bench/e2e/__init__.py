@@ -1,0 +1,1 @@
+"""End-to-end benchmark: see bench/e2e/README.md."""

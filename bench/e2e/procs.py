@@ -1,0 +1,141 @@
+"""Child processes that never outlive the benchmark, and CPU/memory readings from ``/proc``.
+
+Every child is started in its own session (a Ctrl-C in the terminal reaches only the
+benchmark, which then stops the children in order) and with ``PR_SET_PDEATHSIG`` = SIGTERM
+(if the benchmark itself dies, even by SIGKILL, the kernel stops them). :func:`stop_all`
+SIGTERMs what is still running, waits, then SIGKILLs the process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(argv: list[str], *, log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, before exec
+            **kwargs,
+        )
+    _CHILDREN.append(process)
+    return process
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 30.0) -> int | None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL the whole process group."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)  # anything it left in its group
+    if process in _CHILDREN:
+        _CHILDREN.remove(process)
+    return process.returncode
+
+
+def stop_all() -> None:
+    for process in _CHILDREN:
+        stop(process, grace=10.0)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process (all threads), from ``/proc/<pid>/stat``; 0 when gone."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from ``/proc/stat``."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / CLOCK_TICKS
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """``VmHWM`` (peak resident set) of a running process, in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class Sampler:
+    """Samples (wall time, worker CPU, broker CPU, emulator CPU, machine busy) on demand."""
+
+    def __init__(self, worker: int, broker: int | None, emulator: int | None) -> None:
+        self.pids = (worker, broker, emulator)
+        self.samples: list[tuple[float, float, float, float, float]] = []
+
+    def sample(self) -> None:
+        worker, broker, emulator = self.pids
+        self.samples.append(
+            (
+                time.time(),
+                cpu_seconds(worker),
+                cpu_seconds(broker),
+                cpu_seconds(emulator),
+                machine_busy(),
+            )
+        )
+
+    def at(self, wall: float, column: int) -> float:
+        """Column value interpolated at ``wall`` (clamped to the sampled span)."""
+        samples = self.samples
+        if not samples:
+            return 0.0
+        if wall <= samples[0][0]:
+            return samples[0][column]
+        for before, after in itertools.pairwise(samples):
+            if before[0] <= wall <= after[0]:
+                span = after[0] - before[0]
+                share = 0.0 if span <= 0 else (wall - before[0]) / span
+                return before[column] + share * (after[column] - before[column])
+        return samples[-1][column]
+
+    def used(self, start: float, end: float, column: int) -> float:
+        return self.at(end, column) - self.at(start, column)
+
+    def timeline_utilisation(self, start: float, end: float) -> dict[str, float | None]:
+        """Average utilisation (1.0 = one core) of each process and the box over a window."""
+        span = end - start
+        if span < 0.3 or len([s for s in self.samples if start <= s[0] <= end]) < 2:
+            return {"worker": None, "broker": None, "emulator": None, "box": None}
+        return {
+            name: round(self.used(start, end, column) / span, 3)
+            for name, column in (("worker", 1), ("broker", 2), ("emulator", 3), ("box", 4))
+        }
