@@ -55,6 +55,7 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
         key_type=bytes,
         value_type=bytes,
         help="Per-user state (app.state.UserState as Avro), keyed by mpid.",
+        options=_store_options(settings),
     )
     erasures = app.Table(
         ERASURES_TABLE,
@@ -62,6 +63,7 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
         key_type=bytes,
         value_type=bytes,
         help="mpid -> Kafka time (ms, decimal) of its last erasure request.",
+        options=_store_options(settings),
     )
     batches = _raw_topic(app, topics.batches.name, partitions)
     audiences = _raw_topic(app, topics.audiences.name, partitions)
@@ -164,6 +166,18 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
         yield None
 
     return users
+
+
+def _store_options(settings: Settings) -> dict[str, Any] | None:
+    """RocksDB memory bounds per table partition (faust opens one database per partition)."""
+    if not settings.store.startswith("rocksdb"):
+        return None
+    mib = 1024 * 1024
+    return {
+        "write_buffer_size": settings.rocksdb_write_buffer_mb * mib,
+        "max_write_buffer_number": 2,
+        "block_cache_size": settings.rocksdb_block_cache_mb * mib,
+    }
 
 
 def _record_ms(event: Any) -> int | None:

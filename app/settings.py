@@ -106,6 +106,14 @@ class Settings(BaseSettings):
         description="Faust table store: rocksdb:// in production, memory:// for tests.",
     )
     data_dir: str = Field("./data", description="Where faust keeps RocksDB tables.")
+    rocksdb_write_buffer_mb: Annotated[int, Field(ge=1, le=1024)] = Field(
+        4,
+        description="RocksDB memtable size per table partition (two are kept): with faust's "
+        "64 MB x 3 default, memory grows by up to 192 MB per partition before flushing.",
+    )
+    rocksdb_block_cache_mb: Annotated[int, Field(ge=1, le=4096)] = Field(
+        8, description="RocksDB block cache per table partition."
+    )
     web_host: str = Field("127.0.0.1", description="Bind address of /metrics and health.")
     web_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         6066, description="Port of the worker's web server (/metrics, health, /users)."
