@@ -249,6 +249,11 @@ def _summary(rows: list[dict[str, float]]) -> None:
     low, high = min(rss), max(rss)
     change = (high - low) / low * 100 if low else float("nan")
     verdict = "flat" if change <= 10 else "GROWING"
+    late = [r["rss_mb"] for r in rows if r["seconds"] >= rows[-1]["seconds"] * 0.5]
+    late_change = (max(late) - min(late)) / min(late) * 100 if late and min(late) else 0.0
+    print(
+        f"RSS over the second half: {min(late):.1f}-{max(late):.1f} MB ({late_change:.1f}% spread)"
+    )  # RocksDB fills its caches for minutes
     print(
         f"RSS after warm-up: {low:.1f}-{high:.1f} MB ({change:.1f}% spread: {verdict}); "
         f"max ingest lag {max(r['ingest_lag'] for r in rows)}, max sink lag "
