@@ -100,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_replay_parser(commands)
     _add_deadletter_parser(commands)
 
+    metrics_check = commands.add_parser(
+        "metrics-check",
+        help="run every Grafana dashboard query against Prometheus and print the values",
+    )
+    metrics_check.add_argument("--prometheus", default="http://127.0.0.1:9090")
+    metrics_check.add_argument("--dashboard", type=Path, default=None)
+    metrics_check.set_defaults(handler=_cmd_metrics_check)
+
     check = commands.add_parser(
         "check-config",
         help="validate the settings, reach Kafka (topics, co-partitioning) and Customer.io",
@@ -202,6 +210,18 @@ def _cmd_worker(_: argparse.Namespace) -> int:
 
     run_worker(settings)
     return 0
+
+
+def _cmd_metrics_check(args: argparse.Namespace) -> int:
+    from app.metrics_check import DASHBOARD, check_dashboard, report  # noqa: PLC0415
+
+    try:
+        results = check_dashboard(args.prometheus, args.dashboard or DASHBOARD)
+    except OSError as exc:
+        print(f"mpcio: cannot query Prometheus at {args.prometheus}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(report(results))
+    return 0 if all(result.ok for result in results) else EXIT_FAILURE
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:

@@ -325,6 +325,9 @@ class LocalKafka:
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
+            # check for compactable logs every second (default 15 s), so erasure tests can see
+            # a tombstoned value leave the changelog
+            "log.cleaner.backoff.ms": "1000",
         }
         if self.sasl_users:
             properties.update(self._sasl_properties())

@@ -19,8 +19,9 @@ read the result. Behaviour follows Customer.io's documented rules:
   ``id`` (a ULID, compared case-insensitively) was seen before in the workspace is dropped and
   counted in ``duplicates_suppressed``. An event for an unknown ``id`` or ``email`` creates the
   person.
-- ``delete`` removes the person from the workspace and keeps a copy in :attr:`Store.deleted`;
-  the person's events stay in :attr:`Store.events`. ``suppress`` and ``unsuppress`` set a flag.
+- ``delete`` removes the person and their events from the workspace and keeps a scrubbed copy
+  (ids only) in :attr:`Store.deleted`; their event ids stay known, so a replay is still
+  de-duplicated. ``suppress`` and ``unsuppress`` set a flag.
 
 Failure semantics: nothing raises for validated input. What Customer.io accepts with 200 but
 does not carry out (an unknown ``cio_id``; ``_update`` for an unknown person; delete, suppress
@@ -257,7 +258,8 @@ class Store:
         return True
 
     def delete(self, identifier: Identifier) -> None:
-        """Remove the person from the workspace, keeping a copy in :attr:`deleted`."""
+        """Remove the person and their events (Customer.io deletes the profile's data); keep
+        a scrubbed copy (ids only: no email, no attributes) in :attr:`deleted`."""
         person = self._existing(identifier)
         if person is None:
             return
@@ -266,6 +268,10 @@ class Store:
             del self._by_id[person.id]
         if person.email is not None:
             del self._by_email[person.email.lower()]
+        self.events = [e for e in self.events if e.person_cio_id != person.cio_id]
+        person.email = None
+        person.attributes = {}
+        person.devices = {}
         person.deleted = True
         self.deleted.append(person)
 

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -77,7 +77,11 @@ async def consume_until(
 
 
 class WorkerProcess:
-    """A worker in a subprocess, stopped like an orchestrator would (SIGTERM) or killed."""
+    """A worker in a subprocess, stopped like an orchestrator would (SIGTERM) or killed.
+
+    Every log file is remembered in ``LOGS`` so the log-hygiene test can read them all."""
+
+    LOGS: ClassVar[list[Path]] = []
 
     def __init__(self, argv: list[str], env: Mapping[str, str], log: Path) -> None:
         self.argv = argv
@@ -86,6 +90,7 @@ class WorkerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
+        WorkerProcess.LOGS.append(self.log)
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, *self.argv],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -130,3 +131,91 @@ async def test_membership_and_erasure_reach_customerio(
     assert again["attributes"]["first_name"] == "N3"
     assert await message_count(kafka, topics.deadletter.name) == 0
     worker.assert_running()
+
+
+async def test_erased_email_is_gone_from_emulator_and_compacted_changelog(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    """SPEC §5: after erasure neither Customer.io nor the table's changelog (once Kafka has
+    compacted it) holds the user's email."""
+    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  # noqa: PLC0415
+
+    kafka, topics = deployment.kafka.bootstrap, deployment.topics
+    email = b"erase.me@example.com"
+    worker = deployment.start_worker()
+    await produce(kafka, topics.batches.name, [_batch(41, email.decode(), "Start", T)])
+    await wait_for(lambda: emulator.state.store.people_count == 1, 60, "the person")
+    changelog = f"{deployment.settings.app_id}-users-changelog"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:  # compact as soon as possible: tiny segments, any dirty ratio, tombstones not kept
+        await admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC,
+                    changelog,
+                    configs={
+                        "cleanup.policy": "compact",  # AlterConfigs replaces them all
+                        "segment.ms": "100",
+                        "min.cleanable.dirty.ratio": "0.001",
+                        "delete.retention.ms": "0",
+                        "min.compaction.lag.ms": "0",
+                    },
+                )
+            ]
+        )
+    finally:
+        await admin.close()
+    await produce(
+        kafka,
+        topics.erasure.name,
+        [
+            (b"41", orjson.dumps({"subject_request_type": "erasure", "mpid": 41})),
+        ],
+    )
+    await wait_for(lambda: len(emulator.state.store.deleted) == 1, 60, "the deletion")
+    assert emulator.state.store.find(("email", email.decode())) is None
+    assert (
+        email.decode()
+        not in orjson.dumps(
+            (await inspect_emulator(emulator.url, "people"))["people"]
+            + (await inspect_emulator(emulator.url, "events"))["events"]
+        ).decode()
+    )
+
+    # Other users' writes keep rolling segments until the broker's log cleaner (every second
+    # on the local broker) has compacted the old value away.
+    deadline = asyncio.get_running_loop().time() + 90
+    filler = 0
+    while True:
+        filler += 1
+        await produce(kafka, topics.batches.name, [_batch(1000 + filler, "f@x.io", "F", T)])
+        records = await _all_records(kafka, changelog)
+        if records and not any(email in (r.value or b"") for r in records):
+            break
+        worker.assert_running()
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("the changelog still holds the erased email after 90 s")
+        await asyncio.sleep(0.5)  # the cleaner is another process: poll, don't spin
+
+
+async def _all_records(bootstrap: str, topic: str) -> list[Any]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(4)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[Any] = []
+        positions = dict.fromkeys(partitions, 0)
+        while any(positions[tp] < end for tp, end in ends.items()):
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+            positions = {tp: await consumer.position(tp) for tp in partitions}
+        return records
+    finally:
+        await consumer.stop()

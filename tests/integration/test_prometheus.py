@@ -31,7 +31,9 @@ import pytest
 from app.avro import codec
 from app.localkafka import free_port
 from app.logs import mask_email
+from app.metrics_check import dashboard_queries, substitute
 from tests.integration import workload
+from tests.integration.cli import mpcio
 from tests.integration.support import REPO, produce
 
 if TYPE_CHECKING:
@@ -45,13 +47,6 @@ DEPLOY = REPO / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "mpcio.json"
 ALERTS = DEPLOY / "alerts.yml"
 
-# What Grafana would put in place of its variables (the test Prometheus scrapes every 1s).
-GRAFANA_VARIABLES = {
-    "$__rate_interval": "1m",
-    "$__interval": "5s",
-    "$__range": "5m",
-    "$instance": ".+",
-}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool"}
 PROMQL_WORDS |= {"and", "or", "unless", "inf", "nan"}
 
@@ -165,30 +160,9 @@ def _launch(*argv: str, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
 
 
-def dashboard_queries() -> list[tuple[str, str]]:
-    """``(panel title, expr)`` of every query in the dashboard, rows' nested panels included."""
-    document = orjson.loads(DASHBOARD.read_bytes())
-    found: list[tuple[str, str]] = []
-
-    def visit(panels: list[dict[str, Any]]) -> None:
-        for panel in panels:
-            found.extend((panel["title"], target["expr"]) for target in panel.get("targets", []))
-            visit(panel.get("panels", []))
-
-    visit(document["panels"])
-    return found
-
-
 def dashboard_variables() -> list[str]:
     document = orjson.loads(DASHBOARD.read_bytes())
     return [variable["definition"] for variable in document["templating"]["list"]]
-
-
-def substitute(expr: str) -> str:
-    for name, value in GRAFANA_VARIABLES.items():
-        expr = expr.replace(name, value)
-    assert "$" not in expr, f"unsubstituted Grafana variable in {expr!r}"
-    return expr
 
 
 def metric_names_in(expr: str) -> set[str]:
@@ -318,12 +292,17 @@ async def test_prometheus_scrapes_the_worker_and_every_dashboard_and_alert_query
     assert len(queries) >= 20
     for title, expr in queries:
         query = substitute(expr)
+        assert "$" not in query, f"unsubstituted Grafana variable in {query!r}"
 
         async def has_series(query: str = query) -> bool:
             return bool(await prometheus.query(query))
 
         await poll(has_series, 15, f"a series for {title!r}: {query}")
         assert metric_names_in(query) <= names, (title, metric_names_in(query) - names)
+    # The operator's screenshot-free check prints every panel's query and value.
+    checked = await mpcio("metrics-check", "--prometheus", prometheus.url, env={})
+    assert checked.code == 0, checked.both
+    assert f"{len(queries)} queries, 0 failed" in checked.out
     for definition in dashboard_variables():
         metric, label = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", definition).groups()  # type: ignore[union-attr]
         values = await prometheus.api(f"label/{label}/values", **{"match[]": metric})

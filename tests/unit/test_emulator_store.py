@@ -175,15 +175,17 @@ def test_event_for_unknown_person_creates_them_except_by_cio_id() -> None:
     }
 
 
-def test_delete_removes_the_person_keeps_a_copy_and_the_events() -> None:
+def test_delete_removes_the_person_and_events_and_keeps_a_scrubbed_copy() -> None:
     store = Store()
-    store.identify(("id", "1"), {"email": "ann@example.com"})
+    store.identify(("id", "1"), {"email": "ann@example.com", "plan": "pro"})
     track(store, ("id", "1"))
     store.delete(("email", "ANN@example.com"))
     assert store.people_count == 0
     assert store.find(("id", "1")) is None
-    assert [(p.id, p.deleted) for p in store.deleted] == [("1", True)]
-    assert len(store.events) == 1
+    assert [(p.id, p.email, p.attributes, p.deleted) for p in store.deleted] == [
+        ("1", None, {}, True)
+    ]
+    assert store.events == []
     store.identify(("id", "1"), {})
     assert only_person(store).cio_id != store.deleted[0].cio_id
 
