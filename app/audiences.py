@@ -21,10 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-import orjson
-
 from app.errors import InvalidRecordError
-from app.mparticle import Batch, int64_text, parse_identities
+from app.mparticle import Batch, int64_text, load_json, parse_identities
 from app.state import EMPTY_STATE, UserState
 
 AudienceAction = Literal["add", "delete"]
@@ -72,14 +70,7 @@ class MembershipUpdate:
 
 def parse_audience_record(value: bytes) -> list[MembershipUpdate]:
     """The membership updates of one record, in order."""
-    try:
-        document = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        try:
-            value.decode("utf-8")
-        except UnicodeDecodeError as utf8_exc:
-            raise InvalidRecordError("invalid_utf8", str(utf8_exc)) from None
-        raise InvalidRecordError("invalid_json", str(exc)) from None
+    document = load_json(value)
     if type(document) is dict and "user_profiles" in document:
         document = document["user_profiles"]
     profiles = document if type(document) is list else [document]

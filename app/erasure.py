@@ -16,7 +16,7 @@ keyed by mpid, so state is purged only for requests that name the mpid; a reques
 identities still deletes the person in Customer.io.
 
 Failure semantics: an unusable record raises :class:`~app.errors.InvalidRecordError`
-(``invalid_json``, ``not_an_object``, ``mpid_invalid``, ``erasure_invalid`` when it names
+(``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``mpid_invalid``, ``erasure_invalid`` when it names
 neither an mpid nor an identity).
 """
 
@@ -25,10 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import orjson
-
 from app.errors import InvalidRecordError
-from app.mparticle import int64_text
+from app.mparticle import int64_text, load_json
 
 if TYPE_CHECKING:
     from app.state import UserState
@@ -53,10 +51,7 @@ class ErasurePlan:
 
 
 def parse_erasure_record(value: bytes) -> ErasureRequest:
-    try:
-        document = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRecordError("invalid_json", str(exc)) from None
+    document = load_json(value)
     if type(document) is not dict:
         raise InvalidRecordError("not_an_object", "erasure request is not a JSON object")
     raw_mpid = document.get("mpid")

@@ -245,16 +245,21 @@ class Batch:
     ignored: dict[str, int]
 
 
-def parse_record(value: bytes) -> list[Batch]:
-    """The batches of one Kafka record value, in order (empty for an empty JSON array)."""
+def load_json(value: bytes) -> Any:
+    """The decoded JSON of a record value; ``invalid_utf8`` / ``invalid_json`` rejections."""
     try:
-        document = orjson.loads(value)
+        return orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         try:
             value.decode("utf-8")
         except UnicodeDecodeError as utf8_exc:
             raise InvalidRecordError("invalid_utf8", str(utf8_exc)) from None
         raise InvalidRecordError("invalid_json", str(exc)) from None
+
+
+def parse_record(value: bytes) -> list[Batch]:
+    """The batches of one Kafka record value, in order (empty for an empty JSON array)."""
+    document = load_json(value)
     if type(document) is dict:
         return [parse_batch(document)]
     if type(document) is list:
