@@ -16,8 +16,8 @@ keyed by mpid, so state is purged only for requests that name the mpid; a reques
 identities still deletes the person in Customer.io.
 
 Failure semantics: an unusable record raises :class:`~app.errors.InvalidRecordError`
-(``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``mpid_invalid``, ``erasure_invalid`` when it names
-neither an mpid nor an identity).
+(``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``mpid_invalid``, and
+``erasure_invalid`` when it names neither an mpid nor an identity).
 """
 
 from __future__ import annotations
