@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 
@@ -35,6 +35,7 @@ from app.state import UserState, decode_state, encode_state
 from app.transform import Operation, Transformed, transform
 
 if TYPE_CHECKING:
+    from app.audiences import MembershipUpdate
     from app.mparticle import Batch
     from app.settings import Settings
 
@@ -131,32 +132,24 @@ def process_batch_record(
         _reject(result, exc, source, key, value, clock, counter="batches")
         return result
 
-    record_mpid = _key_text(key)
-    mine = [b for b in batches if b.mpid == record_mpid]
-    if len(mine) != len(batches):
-        result.rekeyed = _rekey(value, [b.mpid for b in batches], record_mpid)
-        result.counts["batches", "rekeyed"] += len(result.rekeyed)
+    mine = _own(result, batches, value, key, "batches")
     if not mine:
         return result
     if erased_at_ms is not None and (record_ms is None or record_ms <= erased_at_ms):
         result.counts["batches", "erased"] += len(mine)
         return result
-
-    mpid = mine[0].mpid
-    state = _load(mpid, load_state, result, source, key, clock)
-    if _already_applied(state, "batches", source):
-        result.counts["batches", "redelivered"] += len(mine)
-        return result
-    stored = state
-    operations: list[Operation] = []
     for batch in mine:
         _count_input(batch, result.counts)
-        transformed = transform(batch, state, settings)
-        state = transformed.state
-        _count_transformed(transformed, result.counts, "batches")
-        operations.extend(transformed.operations)
-    _finish(
-        result, mpid, stored, _mark_applied(state, "batches", source), operations, source, clock
+    _apply_to_user(
+        result,
+        mine,
+        lambda batch, state: transform(batch, state, settings),
+        kind="batches",
+        counter="batches",
+        source=source,
+        key=key,
+        load_state=load_state,
+        clock=clock,
     )
     return result
 
@@ -181,30 +174,22 @@ def process_audience_record(
     except InvalidRecordError as exc:
         _reject(result, exc, source, key, value, clock, counter="audience_updates")
         return result
-    record_mpid = _key_text(key)
-    mine = [u for u in updates if u.mpid == record_mpid]
-    if len(mine) != len(updates):
-        result.rekeyed = _rekey(value, [u.mpid for u in updates], record_mpid, "user_profiles")
-        result.counts["audience_updates", "rekeyed"] += len(result.rekeyed)
+    mine = _own(result, updates, value, key, "audience_updates", list_key="user_profiles")
     if not mine:
         return result
-    mpid = mine[0].mpid
-    state = _load(mpid, load_state, result, source, key, clock)
-    if _already_applied(state, "audiences", source):
-        result.counts["audience_updates", "redelivered"] += len(mine)
-        return result
-    stored = state
     environment = next(iter(sorted(settings.environments)))
-    operations: list[Operation] = []
-    for update in mine:
-        transformed = transform(
+    _apply_to_user(
+        result,
+        mine,
+        lambda update, state: transform(
             update.as_batch(environment), apply_membership(state, update.changes), settings
-        )
-        state = transformed.state
-        _count_transformed(transformed, result.counts, "audience_updates")
-        operations.extend(transformed.operations)
-    _finish(
-        result, mpid, stored, _mark_applied(state, "audiences", source), operations, source, clock
+        ),
+        kind="audiences",
+        counter="audience_updates",
+        source=source,
+        key=key,
+        load_state=load_state,
+        clock=clock,
     )
     return result
 
@@ -254,6 +239,57 @@ def process_erasure_record(
     if operations:
         result.operations = _operations_record(request.mpid or "", operations, source, clock)
     return result
+
+
+Item = TypeVar("Item", "Batch", "MembershipUpdate")
+
+
+def _own(
+    result: IngestResult,
+    items: list[Item],
+    value: bytes,
+    key: bytes | None,
+    counter: str,
+    *,
+    list_key: str | None = None,
+) -> list[Item]:
+    """The items of the record key's user; the others go to ``result.rekeyed``."""
+    record_mpid = _key_text(key)
+    mine = [item for item in items if item.mpid == record_mpid]
+    if len(mine) != len(items):
+        result.rekeyed = _rekey(value, [i.mpid for i in items], record_mpid, list_key)
+        result.counts[counter, "rekeyed"] += len(result.rekeyed)
+    return mine
+
+
+def _apply_to_user(
+    result: IngestResult,
+    items: list[Item],
+    step: Callable[[Item, UserState | None], Transformed],
+    *,
+    kind: str,
+    counter: str,
+    source: SourcePosition,
+    key: bytes | None,
+    load_state: Callable[[str], bytes | None],
+    clock: Callable[[], int],
+) -> None:
+    """Fold one user's items into their state with ``step``; store it and the operations.
+
+    A record already in the stored state (a redelivery) is skipped: ``_already_applied``."""
+    mpid = items[0].mpid
+    state = _load(mpid, load_state, result, source, key, clock)
+    if _already_applied(state, kind, source):
+        result.counts[counter, "redelivered"] += len(items)
+        return
+    stored = state
+    operations: list[Operation] = []
+    for item in items:
+        transformed = step(item, state)
+        state = transformed.state
+        _count_transformed(transformed, result.counts, counter)
+        operations.extend(transformed.operations)
+    _finish(result, mpid, stored, _mark_applied(state, kind, source), operations, source, clock)
 
 
 def _already_applied(state: UserState | None, kind: str, source: SourcePosition) -> bool:
