@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from app.errors import InvalidRecordError
-from app.mparticle import Batch, int64_text, load_json, parse_identities
+from app.mparticle import Batch, int64_text, load_json, parse_identities, required_mpid
 from app.state import EMPTY_STATE, UserState
 
 AudienceAction = Literal["add", "delete"]
@@ -83,14 +83,7 @@ def parse_audience_record(value: bytes) -> list[MembershipUpdate]:
 
 
 def _update(profile: dict[str, Any]) -> MembershipUpdate:
-    raw_mpid = profile.get("mpid")
-    if raw_mpid is None:
-        raise InvalidRecordError("mpid_missing", "membership update has no mpid")
-    mpid = int64_text(raw_mpid)
-    if mpid is None:
-        raise InvalidRecordError(
-            "mpid_invalid", f"mpid is not a signed 64-bit integer: {raw_mpid!r:.40}"
-        )
+    mpid = required_mpid(profile, "membership update")
     email, customer_id = parse_identities(profile.get("user_identities"), {})
     raw_changes = profile.get("audiences")
     if type(raw_changes) is not list:

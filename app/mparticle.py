@@ -245,6 +245,19 @@ class Batch:
     ignored: dict[str, int]
 
 
+def required_mpid(raw: dict[str, Any], what: str) -> str:
+    """The canonical mpid of ``raw``; ``mpid_missing`` / ``mpid_invalid`` rejections."""
+    raw_mpid = raw.get("mpid")
+    if raw_mpid is None:
+        raise InvalidRecordError("mpid_missing", f"{what} has no mpid")
+    mpid = int64_text(raw_mpid)
+    if mpid is None:
+        raise InvalidRecordError(
+            "mpid_invalid", f"mpid is not a signed 64-bit integer: {raw_mpid!r:.40}"
+        )
+    return mpid
+
+
 def load_json(value: bytes) -> Any:
     """The decoded JSON of a record value; ``invalid_utf8`` / ``invalid_json`` rejections."""
     try:
@@ -281,14 +294,7 @@ def parse_batch(raw: dict[str, Any]) -> Batch:
     ignored: dict[str, int] = {}
     _add(ignored, IGNORED_UNKNOWN_KEYS, len(raw.keys() - KNOWN_BATCH_KEYS))
 
-    raw_mpid = raw.get("mpid")
-    if raw_mpid is None:
-        raise InvalidRecordError("mpid_missing", "batch has no mpid")
-    mpid = int64_text(raw_mpid)
-    if mpid is None:
-        raise InvalidRecordError(
-            "mpid_invalid", f"mpid is not a signed 64-bit integer: {raw_mpid!r:.40}"
-        )
+    mpid = required_mpid(raw, "batch")
 
     environment = raw.get("environment")
     if environment is None:
