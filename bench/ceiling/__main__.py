@@ -31,6 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.localkafka import LocalKafka
 from bench.ceiling.workload import mparticle_batch, operation_batch
+from bench.e2e.procs import cpu_seconds, machine_busy
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
@@ -209,7 +210,7 @@ def run_one(
     try:
         started = result_file.with_suffix(".started")
         while not result_file.exists():
-            samples.append((time.monotonic(), broker_cpu(broker_pid), machine_busy()))
+            samples.append((time.monotonic(), cpu_seconds(broker_pid), machine_busy()))
             if reap():
                 break
             if profile and spy is None and started.exists():
@@ -258,27 +259,6 @@ def run_one(
     if spy is not None:
         row["profile"] = str(workdir / "profiles" / f"{tag}.{profile}")
     return row
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def broker_cpu(pid: int | None) -> float:
-    """CPU seconds the broker's JVM has used (utime + stime from /proc)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]
-    return (sum(values[:8]) - idle) / CLOCK_TICKS
 
 
 def start_profiler(pid: int, folder: Path, tag: str, fmt: str) -> subprocess.Popen[bytes]:
