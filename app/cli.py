@@ -80,9 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     emulator.set_defaults(handler=_cmd_emulator)
 
     dry = commands.add_parser(
-        "dry-run", help="print the Customer.io items a JSON Lines file of batches would send"
+        "dry-run",
+        help="print the Customer.io items a JSON Lines file of batches, audience changes and "
+        "erasure requests would send; exit 1 when any line is invalid",
     )
-    dry.add_argument("file", type=Path, help="JSON Lines, one mParticle batch per line; - = stdin")
+    dry.add_argument(
+        "file",
+        type=Path,
+        help="JSON Lines, one batch, audience change or erasure request per line; - = stdin",
+    )
     dry.add_argument(
         "--include-user-attributes",
         action=argparse.BooleanOptionalAction,
@@ -94,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="override MPCIO_SEND_CREATED_AT",
+    )
+    dry.add_argument(
+        "--one-attribute-per-audience",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override MPCIO_ONE_ATTRIBUTE_PER_AUDIENCE",
     )
     dry.set_defaults(handler=_cmd_dry_run)
 
@@ -124,6 +136,13 @@ def _add_replay_parser(commands: Any) -> None:
     replay.add_argument("--topic", default=None, help="target topic (default MPCIO_TOPIC_BATCHES)")
     replay.add_argument("--rate", type=_positive_float, default=None, help="at most N records/s")
     replay.add_argument("--dry-run", action="store_true", help="validate only, send nothing")
+    replay.add_argument(
+        "--max-invalid",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="stop (exit 1) at the (N+1)th invalid line (default: no limit, exit 0)",
+    )
     replay.add_argument(
         "--progress-every",
         type=_positive_float,
@@ -188,6 +207,12 @@ def _positive_float(text: str) -> float:
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"must be an integer > 0, not {text!r}")
+    return int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}")
     return int(text)
 
 
@@ -258,7 +283,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
 
     overrides = {
         name: getattr(args, name)
-        for name in ("include_user_attributes", "send_created_at")
+        for name in ("include_user_attributes", "send_created_at", "one_attribute_per_audience")
         if getattr(args, name) is not None
     }
     settings = load_settings(forwarding_enabled=False, **overrides)
@@ -272,10 +297,11 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     print(
         f"dry-run: {summary.lines} lines, {summary.invalid_lines} invalid, "
-        f"{summary.batches} batches, {summary.operations} operations",
+        f"{summary.batches} batches, {summary.audience_updates} audience updates, "
+        f"{summary.erasures} erasures, {summary.operations} operations",
         file=sys.stderr,
     )
-    return 0
+    return EXIT_FAILURE if summary.invalid_lines else 0
 
 
 def _cmd_check_config(_: argparse.Namespace) -> int:
@@ -310,6 +336,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             args.file,
             topic=topic,
             rate=args.rate,
+            max_invalid=args.max_invalid,
             dry_run=args.dry_run,
             progress_interval=args.progress_every,
         )
@@ -324,6 +351,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         f"{summary.rate:,.0f} records/s",
         file=sys.stderr,
     )
+    if summary.stopped:
+        print(
+            f"replay: stopped: more than {args.max_invalid} invalid lines (--max-invalid)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return 0
 
 

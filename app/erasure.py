@@ -6,8 +6,8 @@ shape as mParticle's DSR API uses it:
 ``{"subject_request_id": "...", "subject_request_type": "erasure", "mpid": 123,
 "subject_identities": [{"identity_type": "email", "identity_value": "a@b.c"}, ...]}``;
 ``subject_identities`` may also be mParticle's map ``{"email": {"value": ...},
-"customer_id": {"value": ...}}``. Other request types (access, portability) are acknowledged
-and counted, not acted on.
+"customer_id": {"value": ...}}``. An email that is not an address is ignored. Other request
+types (access, portability) are acknowledged and counted, not acted on.
 
 :func:`plan_erasure` is pure: given the request and the user's stored state, it returns the
 Customer.io ``delete`` items (one per distinct person identifier: the customer_id, else the
@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from app.emails import is_email_address
 from app.errors import InvalidRecordError
 from app.mparticle import int64_text, load_json
 
@@ -85,7 +86,10 @@ def _subject_identities(value: object) -> tuple[str | None, str | None]:
                 text = entry.get("identity_value", entry.get("value"))
                 if type(text) in (str, int):
                     found[_kind(entry["identity_type"])] = str(text).strip()
-    return found.get("email") or None, found.get("customer_id") or None
+    email = found.get("email") or None
+    if email is not None and not is_email_address(email):
+        email = None  # a placeholder such as "N/A" names no person (app.emails)
+    return email, found.get("customer_id") or None
 
 
 def _kind(name: str) -> str:

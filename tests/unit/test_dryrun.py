@@ -25,7 +25,7 @@ def _dry_run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProc
 
 def test_dry_run_prints_items_and_reports_bad_lines() -> None:
     result = _dry_run(str(SAMPLE))
-    assert result.returncode == 0
+    assert result.returncode == 1  # the sample holds invalid lines on purpose
     items = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert items, "expected operations for the valid lines"
     assert all(item["type"] == "person" for item in items)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,8 +20,8 @@ from app.mparticle import (
     int64_text,
     parse_record,
 )
+from app.reference import MPARTICLE_SAMPLE_FILE, read_bytes
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 BATCH_MS = 1_700_000_000_000
 
 
@@ -529,10 +528,7 @@ def test_rejection_detail_does_not_echo_identities() -> None:
 
 
 def test_parses_reference_sample() -> None:
-    sample = REFERENCE / "mparticle-eventsapi-sample.json"
-    if not sample.exists():
-        pytest.skip(f"reference sample not found at {sample}")
-    (batch,) = parse_record(sample.read_bytes())
+    (batch,) = parse_record(read_bytes(MPARTICLE_SAMPLE_FILE))
     assert batch.mpid == "-7636538281262557000"
     assert batch.environment == "development"
     assert batch.customer_id == "123456"
