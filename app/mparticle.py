@@ -38,7 +38,6 @@ import orjson
 
 from app.emails import is_email_address
 from app.errors import InvalidRecordError
-from app.ulid import MAX_TIME_MS
 
 Scalar: TypeAlias = str | int | float | bool
 AttributeValue: TypeAlias = Scalar | list[Scalar] | None
@@ -64,6 +63,9 @@ IGNORED_DEVICE_INFO: Final = "device_info_invalid"
 
 # Batch.ignored_events key for event types mParticle does not document.
 UNKNOWN_EVENT_TYPE: Final = "unknown"
+
+# The latest time accepted: 9,999,999,999 unix seconds, Customer.io's largest timestamp.
+MAX_TIMESTAMP_MS: Final = 9_999_999_999_999
 
 _INT64_MIN: Final = -(1 << 63)
 _INT64_MAX: Final = (1 << 63) - 1
@@ -449,7 +451,10 @@ def _optional_id(value: object, ignored: dict[str, int]) -> str | None:
 
 
 def _timestamp(value: object, ignored: dict[str, int]) -> int | None:
-    """Unix milliseconds from an integer (or integral float / digit string), else ``None``."""
+    """Unix milliseconds from an integer (or integral float / digit string), else ``None``.
+
+    Beyond :data:`MAX_TIMESTAMP_MS` (year 2286) a time is invalid: Customer.io takes unix
+    seconds of at most ten digits, and the ULID time part ends a little later anyway."""
     if value is None:
         return None
     milliseconds: int | None = None
@@ -459,7 +464,7 @@ def _timestamp(value: object, ignored: dict[str, int]) -> int | None:
         type(value) is str and value.isascii() and value.isdigit() and len(value) <= 15
     ):
         milliseconds = int(value)
-    if milliseconds is None or not 0 <= milliseconds <= MAX_TIME_MS:
+    if milliseconds is None or not 0 <= milliseconds <= MAX_TIMESTAMP_MS:
         _count(ignored, IGNORED_TIMESTAMP)
         return None
     return milliseconds

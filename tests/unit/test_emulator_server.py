@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -26,8 +25,8 @@ from app.emulator.recording import RequestRecord
 from app.emulator.server import SHUTDOWN_TIMEOUT_SECONDS
 from app.emulator.validation import MAX_ITEM_BYTES, MAX_REQUEST_BYTES
 from app.reference import CUSTOMERIO_OPENAPI_FILE, load_json
+from tests.unit.conftest import API_KEY, SITE_ID
 
-SITE_ID, API_KEY = "site-1", "key-1"
 AUTH = {"Authorization": aiohttp.encode_basic_auth(SITE_ID, API_KEY)}
 ULIDS = [f"01HZX3B9Q5K8M2N4P6R7S8T9{suffix}" for suffix in ("V0", "V1", "V2", "V3", "V4", "V5")]
 TS = 1_700_000_000
@@ -44,18 +43,6 @@ TRACK_ROUTES = [
     ("POST", "/api/v1/customers/42/unsuppress"),
     ("GET", "/api/v2/no-such-route"),
 ]
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[RunningEmulator]:
-    async with running_emulator(EmulatorConfig(SITE_ID, API_KEY)) as running:
-        yield running
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def call(
