@@ -15,6 +15,9 @@ by :func:`line_kind`:
 Each kind has one handler in ``_HANDLERS``; a new input kind is one more entry there and one
 more test in :func:`line_kind`.
 
+A user not forwarded, and whatever the parser or the transform counted (placeholder emails,
+renamed names, cut values, ...), is noted on ``errors`` as ``line N: note: mpid M: ...``.
+
 Failure semantics: a line that cannot be used is reported on ``errors`` as
 ``line N: <reason>: <detail>``, counted in ``DryRunSummary.invalid_lines`` and skipped;
 processing continues (the CLI exits 1 when any line was invalid). Only an unreadable file is
@@ -59,12 +62,24 @@ class DryRunSummary:
 class _Run:
     settings: Settings
     summary: DryRunSummary
+    notes: IO[str]
+    line: int = 0
     states: dict[str, UserState] = field(default_factory=dict)
 
-    def fold(self, mpid: str, transformed: Transformed) -> list[bytes]:
-        """Keep the user's new state; the payloads of its operations."""
+    def fold(
+        self, mpid: str, transformed: Transformed, counted: dict[str, int] | None = None
+    ) -> list[bytes]:
+        """Keep the user's new state; note what was not forwarded or was counted (``counted``:
+        the parser's, then the transform's counters); the payloads of its operations."""
         if transformed.state is not None:
             self.states[mpid] = transformed.state
+        counters = {**(counted or {}), **transformed.limits}
+        parts = (
+            [] if transformed.outcome == "forwarded" else [f"not forwarded: {transformed.outcome}"]
+        )
+        parts += [f"{kind}={count}" for kind, count in sorted(counters.items())]
+        if parts:
+            self.notes.write(f"line {self.line}: note: mpid {mpid}: {'; '.join(parts)}\n")
         return [operation.payload for operation in transformed.operations]
 
 
@@ -84,7 +99,7 @@ def _batch_line(line: bytes, run: _Run) -> list[bytes]:
     for batch in parse_record(line):
         run.summary.batches += 1
         result = transform(batch, run.states.get(batch.mpid), run.settings)
-        payloads.extend(run.fold(batch.mpid, result))
+        payloads.extend(run.fold(batch.mpid, result, batch.ignored))
     return payloads
 
 
@@ -117,11 +132,12 @@ def dry_run(
     lines: Iterable[bytes], settings: Settings, out: IO[bytes], errors: IO[str]
 ) -> DryRunSummary:
     """Handle every line; write items to ``out`` and bad lines to ``errors``."""
-    run = _Run(settings, DryRunSummary())
+    run = _Run(settings, DryRunSummary(), errors)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         run.summary.lines += 1
+        run.line = number
         try:
             payloads = _HANDLERS[line_kind(load_json(line))](line, run)
         except InvalidRecordError as exc:

@@ -177,6 +177,19 @@ def test_accepts_erasure_shapes(identities: object) -> None:
     assert (request.mpid, request.email, request.request_type) == ("7", "a@x.io", "erasure")
 
 
+def test_erasure_email_that_is_not_an_address_names_nobody() -> None:
+    request = parse_erasure_record(
+        b'{"subject_request_type": "erasure", "mpid": 7,'
+        b' "subject_identities": {"email": {"value": "N/A"}}}'
+    )
+    assert (request.mpid, request.email) == ("7", None)
+    with pytest.raises(InvalidRecordError) as caught:
+        parse_erasure_record(
+            b'{"subject_request_type": "erasure", "subject_identities": {"email": "none"}}'
+        )
+    assert caught.value.reason == "erasure_invalid"
+
+
 def test_rejects_erasure_naming_nobody() -> None:
     with pytest.raises(InvalidRecordError) as caught:
         parse_erasure_record(b'{"subject_request_type": "erasure"}')

@@ -222,6 +222,32 @@ def test_accepts_identities_null_or_absent(fields: dict[str, Any]) -> None:
     assert (batch.email, batch.customer_id) == (None, None)
 
 
+@pytest.mark.parametrize(
+    "placeholder",
+    ["N/A", "none", "-", "null", "jane.example.com", "jane@", "@example.com", "a b@example.com",
+     "jane@example", "jane@localhost", "jane@@example.com"],
+)  # fmt: skip
+@pytest.mark.parametrize("shape", ["array", "map"])
+def test_email_identity_that_is_not_an_address_is_no_email(placeholder: str, shape: str) -> None:
+    identities: Any = (
+        [{"identity_type": "email", "identity": placeholder},
+         {"identity_type": "customer_id", "identity": "c-1"}]
+        if shape == "array" else {"email": placeholder, "customer_id": "c-1"}
+    )  # fmt: skip
+    batch = parse_one(user_identities=identities)
+    assert (batch.email, batch.customer_id) == (None, "c-1")
+    assert batch.ignored == {"email_invalid": 1}
+
+
+@pytest.mark.parametrize(
+    "address", ["ann@example.com", " Ann.Lee+tag@Example.co.uk ", "ü@exämple.de", "a@b.io"]
+)
+def test_valid_email_identity_is_kept_trimmed(address: str) -> None:
+    batch = parse_one(user_identities={"email": address})
+    assert batch.email == address.strip()
+    assert batch.ignored == {}
+
+
 def test_malformed_identity_entries_are_ignored_and_counted() -> None:
     batch = parse_one(
         user_identities=["x", {"identity": "no type"}, {"identity_type": "email", "identity": 5}]
