@@ -31,6 +31,9 @@ from app.emulator.validation import item_error
 from app.mparticle import parse_record
 from app.reference import CUSTOMERIO_OPENAPI_FILE, load_json
 from app.transform import transform
+from bench.e2e import workload as e2e_workload
+from tests.integration import reliability_model
+from tests.integration import workload as delivery_workload
 from tests.unit.conftest import API_KEY, SITE_ID
 from tests.unit.test_emulator_server import ANN, C1, ULIDS, batch, event, identify
 from tests.unit.test_properties import PROFILE, SETTINGS, batches
@@ -260,3 +263,29 @@ async def test_transform_output_passes_the_emulator_with_nothing_rejected(
         assert (status, body) == (200, {})
     stats = emulator.state.stats()
     assert (stats["items_accepted"], stats["items_rejected"]) == (len(items), 0)
+
+
+def _workload_lines(name: str) -> list[bytes]:
+    """The records of the integration tests' and the benchmark's workloads (small sizes)."""
+    if name == "integration-delivery":
+        return [value for _, value in delivery_workload.batches(30, 3, 4)]
+    if name == "integration-reliability":
+        return [value for _, value in reliability_model.generate(40, 4, 3).records]
+    shape = e2e_workload.Shape(users=60, batches_per_user=3)
+    return [record.encode(1_764_400_000_000, "bench") for record in e2e_workload.generate(shape)]
+
+
+@pytest.mark.parametrize(
+    "workload", ["integration-delivery", "integration-reliability", "bench-e2e"]
+)
+def test_end_to_end_workloads_emit_only_items_the_emulator_accepts(workload: str) -> None:
+    """The end-to-end tests and benchmarks run against the validating emulator: every item
+    their workloads make passes its checks (hand-written limits, then the OpenAPI schema)."""
+    items = [orjson.loads(payload) for payload in dry_run_items(_workload_lines(workload))]
+    assert len(items) >= 100
+    refused = [
+        (item, error)
+        for item in items
+        if (error := item_error(item, check_size=True) or schema_error(item)) is not None
+    ]
+    assert refused == []
