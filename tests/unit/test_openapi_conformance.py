@@ -30,7 +30,7 @@ from app.emulator.openapi import FORMATS, PERSON_SCHEMAS, schema_error
 from app.emulator.validation import item_error
 from app.mparticle import parse_record
 from app.reference import CUSTOMERIO_OPENAPI_FILE, load_json
-from app.transform import transform
+from app.transform import RESERVED_EVENT_DATA_NAMES, is_reserved_person_name, transform
 from bench.e2e import workload as e2e_workload
 from tests.integration import reliability_model
 from tests.integration import workload as delivery_workload
@@ -189,6 +189,27 @@ def test_transform_emits_nothing_the_openapi_refuses_for_the_three_cases() -> No
     assert [item["action"] for item in items] == ["identify", "identify", "event"]
     for item in items:
         assert openapi_errors(item) == [], item
+
+
+@pytest.mark.parametrize(
+    ("component", "is_handled"),
+    [
+        ("identify_person", is_reserved_person_name),
+        ("person_event", RESERVED_EVENT_DATA_NAMES.__contains__),
+        ("person_screen", RESERVED_EVENT_DATA_NAMES.__contains__),
+    ],
+)
+def test_every_name_the_openapi_gives_a_meaning_is_handled(component: str, is_handled: Any) -> None:
+    """The audit of docs/mapping.md §2, kept true: each ``attributes`` property the OpenAPI
+    defines for what the transform emits (identify, event, screen) is renamed by it."""
+    schema = load_json(CUSTOMERIO_OPENAPI_FILE)["components"]["schemas"][component]
+    (own,) = [part for part in schema["allOf"] if "properties" in part]
+    defined = set(own["properties"].get("attributes", {}).get("properties", {}))
+    assert {name for name in defined if not is_handled(name)} == set()
+    if component == "identify_person":
+        assert defined == {"cio_subscription_preferences", "_update"}
+    if component == "person_event":
+        assert defined == set(RESERVED_EVENT_DATA_NAMES)
 
 
 # --- the transform emits only what the OpenAPI accepts ------------------------------------------
