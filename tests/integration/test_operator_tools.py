@@ -312,6 +312,17 @@ async def test_check_config_reaches_kafka_and_customerio(
     assert "all checks passed" in good.out
     assert API_KEY not in good.both
 
+    # mParticle's form of the setting: a comma-separated list, no scheme; shown as parsed.
+    listed = await mpcio(
+        "check-config",
+        env={**deployment.env, "MPCIO_BROKER": f"{kafka.bootstrap},{kafka.bootstrap}"},
+    )
+    assert listed.code == 0, listed.both
+    servers = re.escape(f"{kafka.bootstrap}, {kafka.bootstrap}")
+    assert re.search(rf"^kafka: +ok \({servers}, 1 broker answered", listed.out, re.MULTILINE), (
+        listed.out
+    )
+
     bad = await mpcio(
         "check-config", env={**deployment.env, "MPCIO_CUSTOMERIO_API_KEY": "wrong-key"}
     )
