@@ -11,7 +11,8 @@ types (access, portability) are acknowledged and counted, not acted on.
 
 :func:`plan_erasure` is pure: given the request and the user's stored state, it returns the
 Customer.io ``delete`` items (one per distinct person identifier: the customer_id, else the
-email, from the state and from the request) and whether to purge the state. The users table is
+email, from the state and from the request; one over Customer.io's 150-byte limit names no
+person and is left out) and whether to purge the state. The users table is
 keyed by mpid, so state is purged only for requests that name the mpid; a request with only
 identities still deletes the person in Customer.io.
 
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from app.emails import is_email_address
 from app.errors import InvalidRecordError
 from app.mparticle import int64_text, load_json
+from app.transform import is_person_identifier
 
 if TYPE_CHECKING:
     from app.state import UserState
@@ -107,7 +109,11 @@ def plan_erasure(request: ErasureRequest, state: UserState | None) -> ErasurePla
         (request.customer_id, request.email),
     ):
         identifier = {"id": customer_id} if customer_id else {"email": email} if email else None
-        if identifier is not None and identifier not in identifiers:
+        if (
+            identifier is not None
+            and identifier not in identifiers
+            and is_person_identifier(next(iter(identifier.values())))
+        ):
             identifiers.append(identifier)
     if state is not None and state.person_id:  # the id last used, if it has changed since
         pid = state.person_id

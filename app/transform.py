@@ -152,7 +152,7 @@ def transform(batch: Batch, state: UserState | None, settings: Settings) -> Tran
     customer_id = folded.customer_id
     person_id = customer_id or email
     limits: dict[str, int] = {}
-    if len(person_id.encode("utf-8")) > MAX_PERSON_ID_BYTES:
+    if not is_person_identifier(person_id):
         limits[LIMIT_PERSON_ID] = 1
         return _not_forwarded(state, folded, "person_id_invalid", forwardable, limits)
     identifiers = {"id": customer_id} if customer_id else {"email": email}
@@ -205,6 +205,11 @@ def transform(batch: Batch, state: UserState | None, settings: Settings) -> Tran
         events=events,
         limits=limits,
     )
+
+
+def is_person_identifier(value: str) -> bool:
+    """Whether ``value`` can name a Customer.io person: non-empty, at most 150 bytes."""
+    return bool(value) and len(value.encode("utf-8")) <= MAX_PERSON_ID_BYTES
 
 
 def profile_digest(state: UserState, settings: Settings) -> bytes:

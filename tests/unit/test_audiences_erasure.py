@@ -203,6 +203,12 @@ def test_plan_deletes_current_and_previous_identifiers() -> None:
     assert plan.purge_state
 
 
+def test_plan_leaves_out_an_identifier_customerio_cannot_hold() -> None:
+    state = UserState(email="a@x.io", customer_id="c" * 151, person_id="a@x.io")
+    plan = plan_erasure(ErasureRequest(None, "erasure", "7", "b@x.io", None), state)
+    assert [d["identifiers"] for d in plan.deletes] == [{"email": "b@x.io"}, {"email": "a@x.io"}]
+
+
 def test_plan_for_unknown_user_without_identities_matches_nobody() -> None:
     plan = plan_erasure(ErasureRequest(None, "erasure", "7", None, None), None)
     assert (plan.outcome, plan.deletes, plan.purge_state) == ("no_match", (), False)
