@@ -60,6 +60,9 @@ class DryRunSummary:
 
 @dataclass(slots=True)
 class _Run:
+    """One dry run: its settings, counts, where notes go, the line being handled (1-based)
+    and every user's state so far (by mpid)."""
+
     settings: Settings
     summary: DryRunSummary
     notes: IO[str]
