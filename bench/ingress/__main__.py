@@ -94,8 +94,8 @@ async def topic_records(bootstrap: str, topic: str, partitions: int) -> int:
         await consumer.stop()
 
 
-async def wait_healthy(url: str, process: Any, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_healthy(url: str, process: Any, limit_seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + limit_seconds
     async with aiohttp.ClientSession() as session:
         while True:
             if process.poll() is not None:
