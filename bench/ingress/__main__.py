@@ -4,8 +4,10 @@ Flow: start a local Kafka broker (or use ``--broker``), start ``mpcio ingress`` 
 process (as in production), then POST ``--requests`` ``audience_membership_change_request``
 messages of ``--profiles`` user profiles each, ``--concurrency`` at a time. A 200 means every
 profile's record was acknowledged by Kafka (``acks=all``), so the figure is durable profiles/s:
-profiles answered 200 / wall time from the first request to the last answer. At the end the
-audiences topic must hold exactly one record per profile (checked, printed).
+profiles answered 200 / wall time from the first request to the last answer. Beside it: the
+ingress process's CPU seconds (``/proc``) and profiles per ingress CPU second, and how busy
+the whole machine was (a shared machine's other load lowers the wall-clock figure, not the
+CPU one). At the end the audiences topic must hold exactly one record per profile (checked).
 
 The first ``--warmup`` requests are not timed (connections, metadata, first batches).
 """
@@ -30,7 +32,7 @@ from app.kafka_admin import ensure_topics
 from app.localkafka import LocalKafka, free_port
 from app.settings import load_settings
 from app.topics import topics_for
-from bench.e2e.procs import spawn, stop
+from bench.e2e.procs import cpu_seconds, machine_busy, spawn, stop
 
 SECRET = "bench-secret"
 REPO = Path(__file__).resolve().parents[2]
@@ -141,9 +143,11 @@ async def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[s
         warmup = [membership_request(i, args.profiles) for i in range(args.warmup)]
         timed = [membership_request(args.warmup + i, args.profiles) for i in range(args.requests)]
         await post_all(url, warmup, args.concurrency)
-        began = time.perf_counter()
+        began, cpu_began, busy_began = time.perf_counter(), cpu_seconds(process.pid), machine_busy()
         ok, failures = await post_all(url, timed, args.concurrency)
         elapsed = time.perf_counter() - began
+        ingress_cpu = cpu_seconds(process.pid) - cpu_began
+        machine_cpu = machine_busy() - busy_began
     finally:
         stop(process)
     stored = await topic_records(bootstrap, topics.audiences.name, args.partitions)
@@ -157,6 +161,11 @@ async def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[s
         "seconds": round(elapsed, 3),
         "requests_per_second": round(ok / elapsed, 1),
         "durable_profiles_per_second": round(ok * args.profiles / elapsed),
+        "ingress_cpu_seconds": round(ingress_cpu, 2),
+        "profiles_per_ingress_cpu_second": round(ok * args.profiles / max(ingress_cpu, 1e-9)),
+        # CPU the whole machine spent (all cores, every process: ours and anyone else's)
+        "machine_busy_cores": round(machine_cpu / elapsed, 2),
+        "load_average_1m": os.getloadavg()[0],
         "records_on_topic": stored,
         "records_expected": expected,
     }

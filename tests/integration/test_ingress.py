@@ -102,9 +102,19 @@ async def _ends(deployment: Deployment) -> tuple[int, int]:
 async def test_firehose_messages_reach_customerio_and_refusals_change_nothing(
     deployment: Deployment, emulator: RunningEmulator, tmp_path: Path
 ) -> None:
-    kafka, topics = deployment.kafka.bootstrap, deployment.topics
     worker = deployment.start_worker(one_attribute_per_audience="true")
     ingress, url = await _start_ingress(deployment, tmp_path)
+    try:
+        await _scenario(deployment, emulator, url)
+        worker.assert_running()
+        ingress.assert_running()
+    finally:
+        if ingress.process is not None and ingress.process.poll() is None:
+            await ingress.stop()
+
+
+async def _scenario(deployment: Deployment, emulator: RunningEmulator, url: str) -> None:
+    kafka, topics = deployment.kafka.bootstrap, deployment.topics
     store = emulator.state.store
 
     # The example's mpid 12345 (known by batches, email in state) and a second user.
@@ -186,9 +196,6 @@ async def test_firehose_messages_reach_customerio_and_refusals_change_nothing(
     assert "mpcio_ingress_profiles_total 2.0" in metrics
     people = (await inspect_emulator(emulator.url, "people"))["people"]
     assert all(p["deleted"] for p in people)
-    worker.assert_running()
-    ingress.assert_running()
-    await ingress.stop()
 
 
 async def _metrics(url: str) -> str:
