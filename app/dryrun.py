@@ -96,13 +96,13 @@ def _firehose(
     """Apply one Firehose message to ``states``; write its items; return how many."""
     plan = plan_message(validate(message), message, now_ms=0, new_id=lambda: "dry-run")
     position = SourcePosition("dry-run", 0, -1)
+
+    def load(mpid: str) -> bytes | None:
+        state = states.get(mpid)
+        return None if state is None else encode_state(state)
+
     written = 0
     for record in plan.records:
-
-        def load(mpid: str) -> bytes | None:
-            state = states.get(mpid)
-            return None if state is None else encode_state(state)
-
         if record.topic == "audiences":
             result = process_audience_record(record.key, record.value, position, load, settings)
         else:

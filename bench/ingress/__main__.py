@@ -26,13 +26,13 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.kafka_admin import ensure_topics
 from app.localkafka import LocalKafka, free_port
 from app.settings import load_settings
 from app.topics import topics_for
 from bench.e2e.procs import cpu_seconds, machine_busy, spawn, stop
+from tests.integration.support import message_count
 
 SECRET = "bench-secret"
 REPO = Path(__file__).resolve().parents[2]
@@ -84,16 +84,6 @@ async def post_all(url: str, bodies: list[bytes], concurrency: int) -> tuple[int
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
     return ok, failures
-
-
-async def topic_records(bootstrap: str, topic: str, partitions: int) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
-        return sum(ends.values())
-    finally:
-        await consumer.stop()
 
 
 async def wait_healthy(url: str, process: Any, limit_seconds: float = 120.0) -> None:
@@ -150,7 +140,7 @@ async def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[s
         machine_cpu = machine_busy() - busy_began
     finally:
         stop(process)
-    stored = await topic_records(bootstrap, topics.audiences.name, args.partitions)
+    stored = await message_count(bootstrap, topics.audiences.name, args.partitions)
     expected = (args.warmup + args.requests) * args.profiles
     return {
         "requests": args.requests,
