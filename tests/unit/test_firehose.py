@@ -394,3 +394,30 @@ async def test_metrics_are_served_without_auth() -> None:
         assert "mpcio_ingress_rejected_total" in await response.text()
     finally:
         await client.close()
+
+
+# --- mpcio dry-run -------------------------------------------------------------------------
+
+
+def test_dry_run_applies_firehose_lines_in_file_order() -> None:
+    import io  # noqa: PLC0415
+
+    from app.dryrun import dry_run  # noqa: PLC0415
+
+    batch = orjson.dumps({"mpid": "12345", "user_identities": {"email": "jane.doe@example.com"}})
+    invalid = example("AudienceMembershipChangeRequest")
+    invalid["user_profiles"][0]["audiences"][0]["action"] = "join"
+    lines = [
+        batch,
+        orjson.dumps(example("AudienceMembershipChangeRequest")),
+        orjson.dumps(invalid),
+        orjson.dumps(example("DsrProcessingRequest")),
+    ]
+    out, errors = io.BytesIO(), io.StringIO()
+    summary = dry_run(lines, _settings(), out, errors)
+    items = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert [item["action"] for item in items] == ["identify", "identify", "delete"]
+    assert items[1]["attributes"]["SegmentMembership"] == "'456'"
+    assert items[2]["identifiers"] == {"email": "jane.doe@example.com"}
+    assert summary.invalid_lines == 1
+    assert errors.getvalue().startswith("line 3: firehose: user_profiles/0/audiences/0/action")
