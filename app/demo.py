@@ -313,12 +313,14 @@ def _post_firehose(url: str, body: bytes) -> None:
 
 
 def _report(url: str, settings: Settings) -> None:
-    people = (_get(url, "/_emulator/people") or {}).get("people", [])
+    everyone = (_get(url, "/_emulator/people") or {}).get("people", [])
+    people = [person for person in everyone if not person["deleted"]]
     events = (_get(url, "/_emulator/events") or {}).get("events", [])
     stats = _get(url, "/_emulator/stats") or {}
     print(
         f"\nCustomer.io now holds {len(people)} people and {len(events)} events "
-        f"({stats.get('requests')} requests, {stats.get('items_accepted')} items):"
+        f"({stats.get('requests')} requests, {stats.get('items_accepted')} items; "
+        f"{len(everyone) - len(people)} person deleted by erasure):"
     )
     per_person = Counter(e["person_email"] or e["person_id"] for e in events)
     for person in people:
