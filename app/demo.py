@@ -89,12 +89,12 @@ def run_demo(*, kafka_port: int | None, keep_running: bool, sample: Path = SAMPL
             with _worker(settings, workdir / "ingress.log", command="ingress") as ingress:
                 _firehose_tour(settings, emulator_url, lines, ingress, workdir / "ingress.log")
                 _report(emulator_url, settings)
-            if keep_running:
-                print("\nEverything keeps running; Ctrl-C stops it.")
-                with contextlib.suppress(KeyboardInterrupt):
-                    while worker.poll() is None:
-                        time.sleep(0.5)
-    print("✓ stopped the worker, the emulator and Kafka")
+                if keep_running:
+                    print("\nEverything keeps running; Ctrl-C stops it.")
+                    with contextlib.suppress(KeyboardInterrupt):
+                        while worker.poll() is None:
+                            time.sleep(0.5)
+    print("✓ stopped the ingress, the worker, the emulator and Kafka")
 
 
 @dataclass(frozen=True, slots=True)
