@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiokafka.errors import KafkaTimeoutError
 from jsonschema import Draft3Validator
 
 from app.audiences import parse_audience_record
@@ -16,7 +18,7 @@ from app.avro import codec
 from app.erasure import matches, parse_erasure_record
 from app.ingress.messages import Record, plan_message
 from app.ingress.schemas import FirehoseSchemaError, load_schema, validate
-from app.ingress.server import REGISTRY, BrokerUnavailableError, build_app
+from app.ingress.server import REGISTRY, BrokerUnavailableError, KafkaWriter, build_app
 from app.pipeline import SourcePosition, process_audience_record, process_erasure_record
 from app.settings import Settings, load_settings
 from app.state import UserState, decode_state, encode_state
@@ -421,3 +423,51 @@ def test_dry_run_applies_firehose_lines_in_file_order() -> None:
     assert items[2]["identifiers"] == {"email": "jane.doe@example.com"}
     assert summary.invalid_lines == 1
     assert errors.getvalue().startswith("line 3: firehose: user_profiles/0/audiences/0/action")
+
+
+# --- the Kafka writer ----------------------------------------------------------------------
+
+
+class FakeProducer:
+    """Records sends; each send's delivery future resolves unless ``hang`` or ``fail``."""
+
+    def __init__(self, *, hang: bool = False, fail: Exception | None = None) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None, int | None]] = []
+        self.hang, self.fail = hang, fail
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {2, 0, 1}
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, value, key, partition))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.fail is not None:
+            future.set_exception(self.fail)
+        elif not self.hang:
+            future.set_result(None)
+        return future
+
+
+async def test_writer_sends_keyed_records_and_dsrs_to_every_partition() -> None:
+    producer = FakeProducer()
+    writer = KafkaWriter(producer, {"audiences": "aud", "erasure": "era"}, timeout_seconds=5)
+    await writer.write([Record("audiences", b"7", b"m"), Record("erasure", None, b"d", True)])
+    assert producer.sent == [
+        ("aud", b"m", b"7", None),
+        ("era", b"d", None, 0),
+        ("era", b"d", None, 1),
+        ("era", b"d", None, 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    "producer",
+    [FakeProducer(hang=True), FakeProducer(fail=KafkaTimeoutError())],
+    ids=["no-ack-in-time", "kafka-error"],
+)
+async def test_writer_reports_an_unacknowledged_write(producer: FakeProducer) -> None:
+    writer = KafkaWriter(producer, {"audiences": "aud", "erasure": "era"}, timeout_seconds=0.2)
+    with pytest.raises(BrokerUnavailableError):
+        await writer.write([Record("audiences", b"7", b"m")])
