@@ -100,8 +100,9 @@ def plan_message(
         for profile in message.get("user_profiles") or []:
             kept = {field: profile[field] for field in _PROFILE_FIELDS if field in profile}
             value = orjson.dumps({**header, "user_profiles": [kept]})
-            parse_audience_record(value)
-            records.append(Record("audiences", profile["mpid"].encode(), value))
+            (update,) = parse_audience_record(value)
+            # The canonical mpid (e.g. "007" → "7"), as the worker keys its state.
+            records.append(Record("audiences", update.mpid.encode(), value))
         response["suspend_subscription"] = False
     elif message_type == "dsr_processing_request":
         value = orjson.dumps({field: message[field] for field in _DSR_FIELDS if field in message})

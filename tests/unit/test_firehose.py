@@ -94,7 +94,7 @@ def test_hashed_dsr_identities_validate_but_unknown_encodings_do_not() -> None:
 
 def test_membership_plan_is_one_minimal_record_per_profile() -> None:
     message = example("AudienceMembershipChangeRequest")
-    second = {**message["user_profiles"][0], "mpid": "-42"}
+    second = {**message["user_profiles"][0], "mpid": "-042"}
     message["user_profiles"].append(second)
     plan = plan_message(validate(message), message, now_ms=7, new_id=lambda: "new-id")
     assert [(r.topic, r.key, r.all_partitions) for r in plan.records] == [
