@@ -98,11 +98,15 @@ class Settings(BaseSettings):
         "mparticle-audiences", description="Input: audience membership changes."
     )
     topic_erasure: str = Field("mparticle-erasure", description="Input: erasure requests.")
+    # Topics we own are named under the app id by default, so two deployments on one cluster
+    # (production and staging, two workspaces) never share them (README "Upgrading").
     topic_operations: str = Field(
-        "customerio-operations", description="Internal: Customer.io operations (Avro)."
+        default_factory=lambda data: f"{data['app_id']}-operations",
+        description="Internal: Customer.io operations (Avro); default <app id>-operations.",
     )
     topic_deadletter: str = Field(
-        "customerio-deadletter", description="Output: everything rejected, with its reason."
+        default_factory=lambda data: f"{data['app_id']}-deadletter",
+        description="Output: everything rejected, with its reason; default <app id>-deadletter.",
     )
     topic_partitions: PositiveInt = Field(
         8,

@@ -149,3 +149,24 @@ def test_cli_stops_with_one_line_and_nonzero_exit(
     assert len(lines) == 1, result.stderr
     assert named in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_owned_topics_are_named_under_the_app_id() -> None:
+    staging = load_settings(forwarding_enabled=False, app_id="staging")
+    assert (staging.topic_operations, staging.topic_deadletter) == (
+        "staging-operations",
+        "staging-deadletter",
+    )
+    production = load_settings(forwarding_enabled=False, app_id="production")
+    assert production.topic_operations != staging.topic_operations
+    # the documented migration: an existing deployment keeps its old names
+    kept = load_settings(
+        forwarding_enabled=False,
+        app_id="staging",
+        topic_operations="customerio-operations",
+        topic_deadletter="customerio-deadletter",
+    )
+    assert (kept.topic_operations, kept.topic_deadletter) == (
+        "customerio-operations",
+        "customerio-deadletter",
+    )
