@@ -87,7 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     dry = commands.add_parser(
         "dry-run", help="print the Customer.io items a JSON Lines file of batches would send"
     )
-    dry.add_argument("file", type=Path, help="JSON Lines, one mParticle batch per line; - = stdin")
+    dry.add_argument(
+        "file",
+        type=Path,
+        help="JSON Lines, one mParticle batch or Firehose message per line; - = stdin",
+    )
     dry.add_argument(
         "--include-user-attributes",
         action=argparse.BooleanOptionalAction,
