@@ -5,6 +5,9 @@ Customer.io v2 batch item that would be sent, one JSON object per line, exactly 
 would send it. Each line is one input record of any of the worker's input topics, told apart
 by :func:`line_kind`:
 
+- ``firehose``: an object whose ``type`` is a Firehose request message that ``mpcio ingress``
+  accepts: validated like the ingress does, and its records go through the worker's own
+  audience / erasure steps (:mod:`app.pipeline`) against the same in-memory state;
 - ``erasure``: an object with ``subject_request_type`` (a data-subject request, SPEC §5): the
   ``delete`` items, and the user's state is forgotten;
 - ``audience``: an object with a top-level ``audiences`` list, or the audience feed's
@@ -12,8 +15,9 @@ by :func:`line_kind`:
   carrying the new membership;
 - ``batch``: anything else (one mParticle batch, or a bulk array of batches).
 
-Each kind has one handler in ``_HANDLERS``; a new input kind is one more entry there and one
-more test in :func:`line_kind`.
+So a file can mix batches, membership changes and DSRs in the order they would arrive. Each
+kind has one handler in ``_HANDLERS``; a new input kind is one more entry there and one more
+test in :func:`line_kind`.
 
 A user not forwarded, and whatever the parser or the transform counted (placeholder emails,
 renamed names, cut values, ...), is noted on ``errors`` as ``line N: note: mpid M: ...``.
@@ -33,9 +37,19 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import orjson
 
 from app.audiences import parse_audience_record, transform_membership
-from app.erasure import parse_erasure_record, plan_erasure
+from app.avro import codec
+from app.erasure import parse_erasure_record
 from app.errors import InvalidRecordError
+from app.ingress.messages import plan_message
+from app.ingress.schemas import REQUEST_SCHEMAS, FirehoseSchemaError, validate
 from app.mparticle import load_json, parse_record
+from app.pipeline import (
+    IngestResult,
+    SourcePosition,
+    process_audience_record,
+    process_erasure_record,
+)
+from app.state import decode_state, encode_state
 from app.transform import transform
 
 if TYPE_CHECKING:
@@ -55,6 +69,7 @@ class DryRunSummary:
     batches: int = 0
     audience_updates: int = 0
     erasures: int = 0
+    firehose_messages: int = 0
     operations: int = 0
 
 
@@ -85,9 +100,36 @@ class _Run:
             self.notes.write(f"line {self.line}: note: mpid {mpid}: {'; '.join(parts)}\n")
         return [operation.payload for operation in transformed.operations]
 
+    def load(self, mpid: str) -> bytes | None:
+        """A user's state as the worker's steps read it (encoded)."""
+        state = self.states.get(mpid)
+        return None if state is None else encode_state(state)
+
+    def encoded_states(self) -> list[tuple[str, bytes]]:
+        """Every user's encoded state, for a scan by identities (erasure without mpid)."""
+        return [(mpid, encode_state(state)) for mpid, state in self.states.items()]
+
+    def apply(self, result: IngestResult) -> list[bytes]:
+        """Keep what one of the worker's steps wrote (states, purges); its items' payloads."""
+        for mpid, encoded in result.states.items():
+            self.states[mpid] = decode_state(encoded)
+        for mpid in result.purged:
+            self.states.pop(mpid, None)
+        if result.operations is None:
+            return []
+        operations = codec("operation_batch").decode(result.operations[1])["operations"]
+        return [operation["item"] for operation in operations]
+
+
+# Where the worker's steps are told their records come from: nowhere (no dead letters are kept).
+_POSITION: Final = SourcePosition("dry-run", 0, -1)
+
 
 def line_kind(document: Any) -> str:
-    """``erasure``, ``audience`` or ``batch`` for one decoded line (module docstring)."""
+    """``firehose``, ``erasure``, ``audience`` or ``batch`` for one decoded line (module
+    docstring). Firehose first: its DSR message carries ``subject_request_type`` too."""
+    if type(document) is dict and document.get("type") in REQUEST_SCHEMAS:
+        return "firehose"
     first = document[0] if type(document) is list and document else document
     if type(first) is dict:
         if "subject_request_type" in first:
@@ -116,15 +158,44 @@ def _audience_line(line: bytes, run: _Run) -> list[bytes]:
 
 
 def _erasure_line(line: bytes, run: _Run) -> list[bytes]:
-    request = parse_erasure_record(line)
+    """The worker's own erasure step: the request's user (by mpid), or every user whose state
+    matches its identities."""
+    request = parse_erasure_record(line)  # an unusable request is an invalid line
     run.summary.erasures += 1
-    plan = plan_erasure(request, None if request.mpid is None else run.states.get(request.mpid))
-    if plan.purge_state and request.mpid is not None:
-        del run.states[request.mpid]
-    return [orjson.dumps(item) for item in plan.deletes]
+    key = None if request.mpid is None else request.mpid.encode()
+    return run.apply(
+        process_erasure_record(
+            key, line, _POSITION, run.load, record_ms=0, scan_states=run.encoded_states
+        )
+    )
+
+
+def _firehose_line(line: bytes, run: _Run) -> list[bytes]:
+    """Apply one Firehose message as the ingress and the worker would; any rejection is
+    reported as ``firehose: <detail>``."""
+    message = orjson.loads(line)
+    run.summary.firehose_messages += 1
+    try:
+        plan = plan_message(validate(message), message, now_ms=0, new_id=lambda: "dry-run")
+    except (FirehoseSchemaError, InvalidRecordError) as exc:
+        raise InvalidRecordError("firehose", str(exc)) from exc
+    payloads: list[bytes] = []
+    for record in plan.records:
+        if record.topic == "audiences":
+            result = process_audience_record(
+                record.key, record.value, _POSITION, run.load, run.settings
+            )
+        else:
+            result = process_erasure_record(
+                None, record.value, _POSITION, run.load, record_ms=0,
+                scan_states=run.encoded_states,
+            )  # fmt: skip
+        payloads.extend(run.apply(result))
+    return payloads
 
 
 _HANDLERS: Final[dict[str, Callable[[bytes, _Run], list[bytes]]]] = {
+    "firehose": _firehose_line,
     "batch": _batch_line,
     "audience": _audience_line,
     "erasure": _erasure_line,

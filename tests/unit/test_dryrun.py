@@ -87,6 +87,9 @@ def _items(result: subprocess.CompletedProcess[bytes]) -> list[dict[str, Any]]:
         ([AUDIENCE], "audience"),
         ({"user_profiles": [AUDIENCE]}, "audience"),
         (ERASURE, "erasure"),
+        ({"type": "dsr_processing_request", "subject_request_type": "erasure"}, "firehose"),
+        ({"type": "audience_membership_change_request", "user_profiles": []}, "firehose"),
+        ({"type": "something_else", "mpid": 5}, "batch"),
         ({"subject_request_type": "access", "mpid": 5}, "erasure"),
         ("text", "batch"),
         ([], "batch"),
@@ -103,12 +106,14 @@ def test_dry_run_audience_and_erasure_lines() -> None:
         ("identify", {"id": "c-5"}),
         ("identify", {"id": "c-5"}),
         ("delete", {"id": "c-5"}),
+        ("delete", {"email": "ann@example.com"}),
         ("identify", {"id": "c-5"}),  # the state was forgotten: a new person
     ]
     assert _items(result)[1]["attributes"]["SegmentMembership"] == "'12'"
     assert "In VIPs" not in _items(result)[1]["attributes"]
     assert result.stderr.decode().strip() == (
-        "dry-run: 4 lines, 0 invalid, 2 batches, 1 audience updates, 1 erasures, 4 operations"
+        "dry-run: 4 lines, 0 invalid, 2 batches, 1 audience updates, 1 erasures, "
+        "0 Firehose messages, 5 operations"
     )
 
 
