@@ -8,7 +8,11 @@ record, a way to read a user's stored state and the settings, and writes what it
 no I/O.
 
 Failure semantics: nothing raises for bad input. A record that cannot be parsed becomes one
-dead letter (stage ``ingest``, the parser's reason, the raw bytes and source position). A
+dead letter (stage ``ingest``, the parser's reason, the raw bytes and source position). Nothing
+is consumed silently: a tombstone (a record without a value, which mParticle never writes) is
+dead-lettered too, reason ``tombstone`` with an empty payload and the record's key, so an
+operator sees where it came from; an empty JSON array or ``user_profiles`` list is
+``empty_record``. Both count as ``rejected`` in the topic's counter. A
 stored state that cannot be decoded is dead-lettered too (reason ``state_corrupt``) and the user
 starts afresh, so one corrupt value never blocks a partition. Batches whose mpid is not the
 record key (keyless or bulk records) are not processed here: they are returned in ``rekeyed``
@@ -110,7 +114,7 @@ def dead_letter(
 
 def process_batch_record(
     key: bytes | None,
-    value: bytes,
+    value: bytes | None,
     source: SourcePosition,
     load_state: Callable[[str], bytes | None],
     settings: Settings,
@@ -127,6 +131,7 @@ def process_batch_record(
     """
     result = IngestResult()
     try:
+        value = _present(value)  # narrowed to bytes from here on
         batches = parse_record(value)
     except InvalidRecordError as exc:
         _reject(result, exc, source, key, value, clock, counter="batches")
@@ -156,7 +161,7 @@ def process_batch_record(
 
 def process_audience_record(
     key: bytes | None,
-    value: bytes,
+    value: bytes | None,
     source: SourcePosition,
     load_state: Callable[[str], bytes | None],
     settings: Settings,
@@ -170,6 +175,7 @@ def process_audience_record(
     ``rekeyed`` (for the audiences topic)."""
     result = IngestResult()
     try:
+        value = _present(value)  # narrowed to bytes from here on
         updates = parse_audience_record(value)
     except InvalidRecordError as exc:
         _reject(result, exc, source, key, value, clock, counter="audience_updates")
@@ -196,7 +202,7 @@ def process_audience_record(
 
 def process_erasure_record(
     key: bytes | None,
-    value: bytes,
+    value: bytes | None,
     source: SourcePosition,
     load_state: Callable[[str], bytes | None],
     *,
@@ -209,6 +215,7 @@ def process_erasure_record(
     reached Kafka before the erasure be dropped; it holds no personal data."""
     result = IngestResult()
     try:
+        value = _present(value)  # narrowed to bytes from here on
         request = parse_erasure_record(value)
     except InvalidRecordError as exc:
         _reject(result, exc, source, key, value, clock, counter="erasures")
@@ -312,12 +319,19 @@ def _mark_applied(state: UserState | None, kind: str, source: SourcePosition) ->
     )
 
 
+def _present(value: bytes | None) -> bytes:
+    """The record's value; a tombstone (``None``) is rejected with reason ``tombstone``."""
+    if value is None:
+        raise InvalidRecordError("tombstone", "the record has no value (a Kafka tombstone)")
+    return value
+
+
 def _reject(  # noqa: PLR0917 - private helper, every argument is needed
     result: IngestResult,
     exc: InvalidRecordError,
     source: SourcePosition,
     key: bytes | None,
-    value: bytes,
+    value: bytes | None,
     clock: Callable[[], int],
     *,
     counter: str,
@@ -329,7 +343,7 @@ def _reject(  # noqa: PLR0917 - private helper, every argument is needed
             stage=STAGE_INGEST,
             source=source,
             key=key,
-            payload=value,
+            payload=b"" if value is None else value,
             failed_at_ms=clock(),
         )
     )
