@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from app.errors import LocalKafkaError
 
@@ -178,7 +178,38 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-class LocalKafka:
+class _Lifecycle:
+    """``close()`` and the ``with`` block, shared by one node and a cluster."""
+
+    data_dir: Path
+    _owns_data_dir: bool
+
+    def start(self, timeout: float = 60.0) -> None:
+        raise NotImplementedError
+
+    def stop(self, grace: float = 30.0) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop, and remove the data directory if this object created it."""
+        self.stop()
+        if self._owns_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LocalKafka(_Lifecycle):
     """One single-node KRaft broker on 127.0.0.1.
 
     ``data_dir`` survives :meth:`stop` and :meth:`kill` so a restart on the same directory keeps
@@ -306,24 +337,6 @@ class LocalKafka:
         """SIGKILL the broker at once, as a crash would; the data directory stays."""
         self._signal(signal.SIGKILL, 10.0)
 
-    def close(self) -> None:
-        """Stop and remove a data directory this object created."""
-        self.stop()
-        if self._owns_data_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> LocalKafka:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def _signal(self, signum: signal.Signals, grace: float) -> None:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
@@ -446,7 +459,7 @@ class _ClusterMembership:
         }
 
 
-class LocalKafkaCluster:
+class LocalKafkaCluster(_Lifecycle):
     """``nodes`` combined broker+controller nodes on 127.0.0.1, one JVM each, one cluster.
 
     Every node votes in the controller quorum (so the cluster survives losing one of three),
@@ -529,21 +542,3 @@ class LocalKafkaCluster:
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             for future in [pool.submit(action, node) for node in self.nodes]:
                 future.result()
-
-    def close(self) -> None:
-        """Stop every node and remove a data directory this object created."""
-        self.stop()
-        if self._owns_data_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> LocalKafkaCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
