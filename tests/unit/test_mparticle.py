@@ -557,6 +557,15 @@ def test_custom_attributes_depth_limit(levels: int, kept: bool) -> None:
         assert rejection(value) == "too_deep"
 
 
+def test_many_flat_events_pass_the_depth_check() -> None:
+    # more '{' than MAX_DATA_DEPTH in the record, so the attributes are walked: all flat
+    events = [custom_event(custom_attributes={"i": i, "tags": ["a"]}) for i in range(40)]
+    (batch,) = parse_record(orjson.dumps(raw_batch(events=events)))
+    assert [event.custom_attributes for event in batch.events] == [
+        {"i": i, "tags": ["a"]} for i in range(40)
+    ]
+
+
 def test_rejection_detail_does_not_echo_identities() -> None:
     with pytest.raises(InvalidRecordError) as caught:
         parse_record(orjson.dumps(raw_batch(user_identities="secret@example.com")))
