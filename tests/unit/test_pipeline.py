@@ -7,6 +7,7 @@ import pytest
 
 from app.avro import codec
 from app.pipeline import (
+    MAX_RECORD_BYTES,
     SourcePosition,
     process_audience_record,
     process_batch_record,
@@ -210,3 +211,38 @@ def test_empty_and_tombstone_records_are_dead_lettered_and_counted(
     }
     assert result.operations is None
     assert not result.states
+
+
+@pytest.mark.parametrize(
+    ("batch", "what"),
+    [
+        pytest.param(_batch(events=10_000), "operations", id="10000-events"),
+        pytest.param(
+            {**_batch(events=0), "user_attributes": {"blob": "x" * MAX_RECORD_BYTES}},
+            "state",
+            id="1-MB-attribute",
+        ),
+    ],
+)
+def test_record_too_large_for_kafka_is_dead_lettered_and_not_applied(
+    batch: dict, what: str, settings: Settings
+) -> None:
+    value = orjson.dumps(batch)
+    store: dict[str, bytes] = {}
+    result = _run(value, b"42", store, settings)
+    (letter,) = [codec("dead_letter").decode(d) for d in result.dead_letters]
+    assert letter["reason"] == "too_large"
+    assert f"its {what} record would be" in letter["detail"]
+    assert letter["payload"] == value
+    assert result.operations is None
+    assert store == {}
+    assert result.counts["batches", "rejected"] == 1
+    assert result.counts["batches", "forwarded"] == 0
+    assert result.counts["events", "all", "forwarded"] == 0
+
+
+def test_record_just_within_the_limit_is_used(settings: Settings) -> None:
+    result = _run(orjson.dumps(_batch(events=3_000)), b"42", {}, settings)
+    assert result.operations is not None
+    assert len(result.operations[1]) <= MAX_RECORD_BYTES
+    assert not result.dead_letters
