@@ -1,4 +1,4 @@
-"""Nothing consumed silently, on the real broker: tombstones, empty and too-deep records.
+"""Nothing consumed silently, on the real broker: tombstones, empty, too-deep, too-large records.
 
 Each of these, on each input topic, becomes a dead letter with its reason and is counted in
 ``mpcio_dead_letters_total`` and the topic's ``rejected`` outcome; valid batches behind them
@@ -44,6 +44,13 @@ def _batch(mpid: int, name: str) -> bytes:
     )
 
 
+def _many_events(mpid: int, count: int) -> bytes:
+    events = [{"event_type": "custom_event", "data": {"event_name": f"e{i}"}} for i in range(count)]
+    return orjson.dumps(
+        {"mpid": mpid, "user_identities": {"email": f"u{mpid}@example.com"}, "events": events}
+    )
+
+
 async def _metrics(port: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     url = f"http://127.0.0.1:{port}/metrics"
     async with aiohttp.ClientSession() as session, session.get(url) as response:
@@ -67,6 +74,7 @@ async def test_tombstones_empty_and_deep_records_are_dead_lettered_and_counted(
         (b"1", b"[]"),
         (b"1", b"{}"),
         (b"3", deep),
+        (b"4", _many_events(4, 10_000)),  # ~0.5 MB in, its operations would be ~1.2 MB
         (b"1", _batch(1, "after")),
     ]
     await produce(bootstrap, topics.batches.name, batches)
@@ -77,7 +85,7 @@ async def test_tombstones_empty_and_deep_records_are_dead_lettered_and_counted(
     worker = deployment.start_worker()
 
     dead = await consume_until(
-        bootstrap, topics.deadletter.name, lambda rs: len(rs) >= 8, workers=[worker]
+        bootstrap, topics.deadletter.name, lambda rs: len(rs) >= 9, workers=[worker]
     )
     letters = [codec("dead_letter").decode(record.value) for record in dead]
     assert Counter((d["source_topic"], d["reason"]) for d in letters) == {
@@ -85,13 +93,14 @@ async def test_tombstones_empty_and_deep_records_are_dead_lettered_and_counted(
         (topics.batches.name, "empty_record"): 1,
         (topics.batches.name, "mpid_missing"): 1,
         (topics.batches.name, "too_deep"): 1,
+        (topics.batches.name, "too_large"): 1,
         (topics.audiences.name, "tombstone"): 1,
         (topics.audiences.name, "empty_record"): 1,
         (topics.erasure.name, "tombstone"): 1,
         (topics.erasure.name, "erasure_invalid"): 1,
     }
     for letter in letters:
-        assert letter["key"] in (b"1", b"3")
+        assert letter["key"] in (b"1", b"3", b"4")
         if letter["reason"] == "tombstone":
             assert letter["payload"] == b""
         if letter["reason"] == "too_deep":
@@ -109,10 +118,10 @@ async def test_tombstones_empty_and_deep_records_are_dead_lettered_and_counted(
     def count(name: str, **labels: str) -> float:
         return metrics.get((name, frozenset(labels.items())), 0.0)
 
-    reasons = {"tombstone": 3, "empty_record": 2, "mpid_missing": 1, "too_deep": 1}
+    reasons = {"tombstone": 3, "empty_record": 2, "mpid_missing": 1, "too_deep": 1, "too_large": 1}
     for reason, expected in reasons.items():
         assert count("mpcio_dead_letters_total", stage="ingest", reason=reason) == expected
-    assert count("mpcio_batches_total", outcome="rejected") == 4
+    assert count("mpcio_batches_total", outcome="rejected") == 5
     assert count("mpcio_audience_updates_total", outcome="rejected") == 2
     assert count("mpcio_erasure_requests_total", outcome="rejected") == 2
     assert count("mpcio_batches_total", outcome="forwarded") == 2
