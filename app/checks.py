@@ -9,6 +9,10 @@ Each check says ``ok`` with what it saw, or ``FAILED: <reason>``:
 - ``customerio``: ``GET /auth`` with the configured site id, API key and region (or URL)
   answers 200; skipped (and passing) when forwarding is disabled.
 
+What a check says passes through the installed :class:`~app.masking.Masker`: a URL with
+credentials (``MPCIO_CUSTOMERIO_URL=http://user:pass@host``) is printed as
+``http://**********@host``, secrets and addresses in an answer are masked.
+
 Failure semantics: nothing raises for a failing check; every failure is a :class:`Check` with
 ``ok`` false. Checks that need a broker are reported as not run when it cannot be reached.
 """
@@ -19,6 +23,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from app import masking
 from app.errors import BrokerError
 
 if TYPE_CHECKING:
@@ -35,9 +40,10 @@ class Check:
     detail: str
 
     def line(self) -> str:
+        """The printed line, masked: ``name: ok (detail)`` or ``name: FAILED: detail``."""
         verdict = "ok" if self.ok else f"FAILED: {self.detail}"
         detail = f" ({self.detail})" if self.ok and self.detail else ""
-        return f"{self.name + ':':<18} {verdict}{detail}"
+        return masking.active().text(f"{self.name + ':':<18} {verdict}{detail}")
 
 
 async def run_checks(settings: Settings) -> list[Check]:

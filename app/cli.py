@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ConfigError, MpcioError
-from app.settings import Settings, load_settings
+from app.settings import SECRET_FIELDS, Settings, load_settings
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
@@ -204,6 +204,15 @@ def _positions(text: str) -> frozenset[Any]:
     return frozenset(_position(part) for part in text.split(",") if part.strip())
 
 
+def _load_masked(**overrides: Any) -> Settings:
+    """The settings, with the deployment's masker installed for everything printed after."""
+    from app import masking  # noqa: PLC0415
+
+    settings = load_settings(**overrides)
+    masking.install(masking.masker_for(settings))
+    return settings
+
+
 def _cmd_worker(_: argparse.Namespace) -> int:
     settings = load_settings()  # before importing faust: a bad setting stops at once
     from app.worker import run_worker  # noqa: PLC0415 - faust import is slow; only here
@@ -283,10 +292,20 @@ def _cmd_check_config(_: argparse.Namespace) -> int:
 
     from app.checks import Check, run_checks  # noqa: PLC0415
 
-    settings = load_settings()
+    settings = _load_masked()
     for name, value in settings.redacted().items():
         print(f"{name:32} {value}")
     print()
+    if settings.mask_key is None:
+        from app.masking import generate_key  # noqa: PLC0415
+
+        print(
+            "MPCIO_MASK_KEY is not set: each process masks emails with a random key, so masks\n"
+            "differ between workers, restarts and this CLI. A new key, shown only now (it is\n"
+            "not stored anywhere): set it as a secret for every worker and CLI of this\n"
+            "deployment, like the API key:\n"
+            f"  MPCIO_MASK_KEY={generate_key()}\n"
+        )
     _quiet_kafka_logs()
     checks = [Check("settings", True, ""), *asyncio.run(run_checks(settings))]
     for check in checks:
@@ -301,7 +320,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     from app.replay import replay_file  # noqa: PLC0415
 
-    settings = load_settings(forwarding_enabled=False)  # replay never talks to Customer.io
+    settings = _load_masked(forwarding_enabled=False)  # replay never talks to Customer.io
     topic = args.topic or settings.topic_batches
     _quiet_kafka_logs()
     summary = asyncio.run(
@@ -348,7 +367,7 @@ def _cmd_deadletter_list(args: argparse.Namespace) -> int:
 
     from app.deadletters import list_line, select  # noqa: PLC0415
 
-    settings = load_settings(forwarding_enabled=False)
+    settings = _load_masked(forwarding_enabled=False)
     selection = _selection(args)
     _quiet_kafka_logs()
 
@@ -370,7 +389,7 @@ def _cmd_deadletter_show(args: argparse.Namespace) -> int:
 
     from app.deadletters import Selection, select, show_document  # noqa: PLC0415
 
-    settings = load_settings(forwarding_enabled=False)
+    settings = _load_masked(forwarding_enabled=False)
     _quiet_kafka_logs()
 
     async def run() -> Any:
@@ -394,7 +413,7 @@ def _cmd_deadletter_redrive(args: argparse.Namespace) -> int:
 
     from app.deadletters import redrive  # noqa: PLC0415
 
-    settings = load_settings(forwarding_enabled=False)
+    settings = _load_masked(forwarding_enabled=False)
     selection = _selection(args)
     if selection.everything and not args.all:
         raise ConfigError("redrive needs --offsets, a filter (--reason, --stage, --since) or --all")
@@ -446,7 +465,7 @@ def settings_as_env(settings: Settings) -> dict[str, str]:
     """``MPCIO_*`` variables that reproduce ``settings`` in a child process (secrets included)."""
     env: dict[str, str] = {}
     dumped = settings.model_dump(mode="json")
-    for name in ("customerio_api_key", "kafka_sasl_password"):
+    for name in SECRET_FIELDS:
         secret = getattr(settings, name)
         if secret is not None:
             dumped[name] = secret.get_secret_value()

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from app import masking
 from app.errors import BrokerError, InvalidRecordError, MpcioError
-from app.logs import redact
 from app.mparticle import parse_record
 
 if TYPE_CHECKING:
@@ -230,7 +230,7 @@ async def replay_lines(
                 key = record_key(value)
             except InvalidRecordError as exc:
                 summary.invalid += 1
-                errors.write(f"line {number}: {exc.reason}: {redact(exc.detail)}\n")
+                errors.write(f"line {number}: {exc.reason}: {masking.active().text(exc.detail)}\n")
                 continue
             if rate is not None and (ahead := started + summary.sent / rate - clock()) > 0:
                 await sleep(ahead)  # pacing to --rate, not synchronisation

@@ -5,11 +5,18 @@ from __future__ import annotations
 import orjson
 from prometheus_client import CollectorRegistry, Gauge
 
-from app.logs import mask_email
+from app.masking import Masker
 from app.metrics import LagGauge, build_labels, partition_lag
 from app.settings import load_settings
 from app.state import FirstSeen, UserState, decode_state, encode_state
-from app.web import decide_readiness, kafka_partition, not_found_json, user_json
+from app.web import (
+    Access,
+    decide_access,
+    decide_readiness,
+    kafka_partition,
+    not_found_json,
+    user_json,
+)
 
 RUNNING = {"ingest_batches": "running", "ingest_audiences": "running"}
 
@@ -84,13 +91,14 @@ def test_readiness_json_names_the_first_reason() -> None:
     ).as_json() == {"ready": True}
 
 
-def test_user_view_masks_emails_and_shows_the_rest() -> None:
+def test_user_view_masks_every_personal_value_by_default() -> None:
     state = UserState(
         email="Ada@Example.com",
         customer_id="cust-ada",
         person_id="ada@example.com",
         first_name="Ada",
-        attributes={"plan": "pro"},
+        last_name="Lovelace",
+        attributes={"plan": "pro", "age": 36},
         audiences={"123": "VIPs"},
         opted_out=True,
         opt_out_at_ms=1_764_400_000_000,
@@ -99,24 +107,40 @@ def test_user_view_masks_emails_and_shows_the_rest() -> None:
         last_seen_ms=1_764_400_000_500,
         sent_digest=b"x",
     )
-    view = user_json("42", decode_state(encode_state(state)))
-    assert view["email"] == mask_email("ada@example.com")
-    assert view["person_id"] == mask_email("ada@example.com")
-    assert "@" not in orjson.dumps(view).decode()
-    assert view["customer_id"] == "cust-ada"
-    assert view["attributes"] == {"plan": "pro"}
+    masker = Masker("k" * 32)
+    view = user_json("42", decode_state(encode_state(state)), masker)
+    assert view["email"] == masker.email("ada@example.com")
+    assert view["person_id"] == masker.email("ada@example.com")
+    assert view["customer_id"] == masker.value("cust-ada")
+    assert view["first_name"] == masker.value("Ada")
+    assert view["attributes"] == {"plan": masker.value("pro"), "age": masker.value(36)}
+    text = orjson.dumps(view).decode()
+    for raw in ("@", "Ada", "Lovelace", "cust-ada", '"pro"', "36"):
+        assert raw not in text
     assert view["audiences"] == {"123": "VIPs"}
-    assert view["opted_out"] is True
-    assert view["opt_out_at"] == "2025-11-29T07:06:40.000+00:00"
-    assert view["first_seen"] == {"ios": {"at": "2025-11-24T16:00:00.000+00:00", "install": True}}
-    assert view["last_device_type"] == "ios"
-    assert view["created_at"] == "2025-11-24T16:00:00.000+00:00"
-    assert view["identify_sent"] is True
+    assert view["masked"] is True
+    unmasked = user_json("42", decode_state(encode_state(state)), None)
+    assert unmasked["first_name"] == "Ada"
+    assert unmasked["attributes"] == {"plan": "pro", "age": 36}
 
 
-def test_user_view_keeps_a_customer_id_person_id_and_empty_fields() -> None:
-    view = user_json("7", UserState(customer_id="c-7", person_id="c-7"))
-    assert view["person_id"] == "c-7"
+def test_metrics_and_health_are_open_everything_else_needs_the_token() -> None:
+    token = "t" * 24
+    assert decide_access("/metrics", None, None) is Access.OPEN
+    assert decide_access("/health/ready", None, token) is Access.OPEN
+    assert decide_access("/users/{mpid}", None, None) is Access.OFF
+    assert decide_access("/table/{name}/", f"Bearer {token}", None) is Access.OFF
+    assert decide_access("/users/{mpid}", None, token) is Access.UNAUTHORIZED
+    assert decide_access("/users/{mpid}", "Bearer wrong", token) is Access.UNAUTHORIZED
+    assert decide_access("/users/{mpid}", f"Basic {token}", token) is Access.UNAUTHORIZED
+    assert decide_access("/", f"bearer  {token} ", token) is Access.ALLOWED
+    assert decide_access("/users/{mpid}", f"Bearer {token}", token) is Access.ALLOWED
+
+
+def test_user_view_masks_a_customer_id_person_id_and_keeps_empty_fields() -> None:
+    masker = Masker("k" * 32)
+    view = user_json("7", UserState(customer_id="c-7", person_id="c-7"), masker)
+    assert view["person_id"] == view["customer_id"] == masker.value("c-7")
     assert view["email"] is None
     assert view["last_seen"] is None
     assert view["identify_sent"] is False
