@@ -60,8 +60,15 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+#: Loggers whose DEBUG lines print the key and value of every record sent (names, customer
+#: ids, attributes: only addresses would be masked); kept at INFO whatever the level.
+RECORD_DUMPING_LOGGERS = ("faust.topics", "aiokafka.producer.producer")
+
+
 def configure_logging(level: str, fmt: str) -> None:
     """Route every logger through one stderr handler, redacted by the installed masker."""
+    for name in RECORD_DUMPING_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.INFO))
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
     handler.setFormatter(

@@ -56,10 +56,12 @@ def build_worker_app(settings: Settings) -> faust.App:
 def run_worker(settings: Settings) -> None:
     """Check topics, then run until stopped by a signal; exits the process like faust does.
 
-    The deployment's masker (mask key, secrets) is installed first: every log line after it
-    is masked with it.
+    The deployment's masker (mask key, secrets) and the logging are set up first: every log
+    line after it is masked with it.
     """
     masking.install(masking.masker_for(settings))
+    # faust configures logging again when it starts; this covers the lines before it
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(
         ensure_topics(
             settings.bootstrap_servers,
