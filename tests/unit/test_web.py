@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import orjson
+from aiohttp import web as aiohttp_web
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Gauge
 
 from app.masking import Masker
@@ -11,6 +13,7 @@ from app.settings import load_settings
 from app.state import FirstSeen, UserState, decode_state, encode_state
 from app.web import (
     Access,
+    access_middleware,
     decide_access,
     decide_readiness,
     kafka_partition,
@@ -195,3 +198,37 @@ def test_build_labels_carry_settings_but_no_secret() -> None:
     text = " ".join(labels.values())
     for secret in ("key-very-secret", "site-secretish", "pw@"):
         assert secret not in text
+
+
+async def test_the_guard_applies_to_the_matched_route_whatever_the_url_spelling() -> None:
+    token = "t" * 24
+
+    async def ok(request: aiohttp_web.Request) -> aiohttp_web.Response:
+        return aiohttp_web.Response(text="secret state")
+
+    async def served(guard_token: str | None) -> dict[tuple[str, str], int]:
+        app = aiohttp_web.Application(middlewares=[access_middleware(guard_token)])
+        app.router.add_get("/metrics", ok)
+        app.router.add_get("/users/{mpid}", ok)
+        statuses = {}
+        async with TestClient(TestServer(app)) as client:
+            for path in ("/metrics", "/users/1", "/health/../users/1", "/users/%31", "/nope"):
+                for role, headers in (
+                    ("none", {}),
+                    ("token", {"Authorization": f"Bearer {token}"}),
+                ):
+                    async with client.get(path, headers=headers) as answer:
+                        statuses[path, role] = answer.status
+                        if answer.status != 200:
+                            assert "secret state" not in await answer.text()
+        return statuses
+
+    guarded = await served(token)
+    assert guarded[("/metrics", "none")] == 200
+    for path in ("/users/1", "/health/../users/1", "/users/%31"):
+        assert guarded[(path, "none")] == 401
+        assert guarded[(path, "token")] == 200
+    assert guarded[("/nope", "token")] == 404
+    off = await served(None)
+    assert off[("/metrics", "none")] == 200
+    assert off[("/users/1", "token")] == off[("/users/1", "none")] == 404
