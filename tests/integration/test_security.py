@@ -29,10 +29,11 @@ import pytest
 
 from app.masking import Masker
 from tests.integration.cli import mpcio
-from tests.integration.support import consume_until, poll, produce, wait_for
+from tests.integration.support import consume_until, poll, produce, wait_for, worker_env
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import Deployment
+    from app.localkafka import LocalKafka
+    from tests.integration.conftest import Deployment, Names
     from tests.integration.support import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -264,3 +265,21 @@ def _concrete(pattern: str) -> list[str]:
         mpids = [*map(str, USERS), "999999", "not-a-number"]
         return [pattern.replace("{mpid}", mpid) for mpid in mpids]
     return [re.sub(r"\{[^}]+\}", "users", pattern)]
+
+
+async def test_check_config_generates_a_mask_key_when_none_is_set(
+    kafka: LocalKafka, names: Names
+) -> None:
+    env = worker_env(kafka.url, names.prefix, 0)
+    keys = []
+    for _ in range(2):
+        result = await mpcio("check-config", env=env)
+        assert "MPCIO_MASK_KEY is not set" in result.out, result.both
+        keys += re.findall(r"^  MPCIO_MASK_KEY=(\S+)$", result.out, re.MULTILINE)
+    assert len(keys) == 2
+    assert keys[0] != keys[1]  # generated, not derived from anything
+    assert all(len(key) >= 40 for key in keys)
+    with_key = await mpcio("check-config", env={**env, "MPCIO_MASK_KEY": keys[0]})
+    assert "MPCIO_MASK_KEY" not in with_key.out
+    assert keys[0] not in with_key.both  # a set key is a secret like the others
+    assert re.search(r"^mask_key +\*{10}$", with_key.out, re.MULTILINE), with_key.out
