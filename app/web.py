@@ -411,7 +411,11 @@ def attach_web(
             state = decode_state(raw)
         except InvalidRecordError as exc:
             return self.json(
-                {"error": "stored state is corrupt", "mpid": mpid, "detail": exc.detail},
+                {
+                    "error": "stored state is corrupt",
+                    "mpid": mpid,
+                    "detail": masking.active().text(exc.detail),
+                },
                 status=500,
             )
         unmasked = request.query.get("unmasked", "").lower() in {"1", "true", "yes"}

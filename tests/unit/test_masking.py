@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from app.errors import ConfigError
 from app.masking import Masker, generate_key, masker_for
 from app.settings import load_settings
 
@@ -126,3 +127,20 @@ def test_without_a_key_each_process_masks_differently_but_never_raw() -> None:
     one, two = masker_for(settings), masker_for(settings)
     assert one.email("ada@example.com") != two.email("ada@example.com")
     assert len(generate_key()) >= 40
+
+
+def test_short_token_or_key_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(forwarding_enabled=False, support_token="short-t0ken", mask_key="k3y")
+    message = str(refused.value)
+    assert "MPCIO_SUPPORT_TOKEN: must be at least 16 characters" in message
+    assert "MPCIO_MASK_KEY: must be at least 16 characters" in message
+    assert "short-t0ken" not in message
+    assert "k3y" not in message
+
+
+def test_an_invalid_url_setting_is_echoed_without_its_credentials() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(forwarding_enabled=False, customerio_url="http://admin:pw-123@host/x/y")
+    assert "MPCIO_CUSTOMERIO_URL" in str(refused.value)
+    assert "pw-123" not in str(refused.value)
