@@ -33,6 +33,7 @@ masked from its raw text.
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import hmac
 import re
@@ -138,8 +139,12 @@ def _unescape(candidate: str) -> str:
     return decoded if isinstance(decoded, str) else candidate
 
 
+@functools.lru_cache(maxsize=4096)
 def _canonical_address(address: str) -> str:
-    """The form an address is hashed in: email-validator's normalisation, lower case."""
+    """The form an address is hashed in: email-validator's normalisation, lower case.
+
+    Cached: validation costs about a millisecond, and a log or a listing repeats addresses.
+    """
     text = address.strip()
     try:
         normalized = validate_email(
