@@ -287,3 +287,34 @@ async def test_check_config_generates_a_mask_key_when_none_is_set(
     assert "MPCIO_MASK_KEY" not in with_key.out
     assert keys[0] not in with_key.both  # a set key is a secret like the others
     assert re.search(r"^mask_key +\*{10}$", with_key.out, re.MULTILINE), with_key.out
+
+
+async def test_without_a_token_every_guarded_route_is_off_even_faust_views_enabled(
+    deployment: Deployment,
+) -> None:
+    worker = deployment.start_worker(web_faust_views="true", mask_key=MASK_KEY)
+    base = f"http://127.0.0.1:{deployment.settings.web_port}"
+    await produce(
+        deployment.kafka.bootstrap,
+        deployment.topics.batches.name,
+        [(b"20001", batch(20_001, USERS[20_001]))],
+    )
+    await wait_for(lambda: ROUTES_LINE.search(worker.output()) is not None, 120, "routes")
+    _, routes = announced_routes(worker)
+    paths = {route["path"] for route in routes}
+    assert any(path.startswith("/table") for path in paths)  # faust's views are served...
+    assert any(path.startswith("/router") for path in paths)
+    statuses = {}
+    async with aiohttp.ClientSession() as http:
+        for route in routes:
+            path = route["path"].replace("{mpid}", "20001").replace("{key}", "20001")
+            path = re.sub(r"\{[^}]+\}", "users", path)  # /table/{name}: the users table
+            headers = {"Authorization": "Bearer any-token-at-all-0123456789"}
+            async with http.request(route["method"], base + path, headers=headers) as answer:
+                statuses[route["method"], path] = (route["access"], answer.status)
+    # ...but with no MPCIO_SUPPORT_TOKEN every route but /metrics and /health/* is off
+    assert {access for access, _ in statuses.values()} == {"open", "off"}
+    for (method, path), (access, status) in statuses.items():
+        expected = {200, 503} if access == "open" else {404}
+        assert status in expected, (method, path, access, status)
+    print(f"\nno token, faust views on: {len(statuses)} routes, guarded ones all 404")
