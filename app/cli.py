@@ -252,6 +252,15 @@ def _positions(text: str) -> frozenset[Any]:
     return frozenset(_position(part) for part in text.split(",") if part.strip())
 
 
+def _load_masked(**overrides: Any) -> Settings:
+    """The settings, with the deployment's masker installed for everything printed after."""
+    from app import masking  # noqa: PLC0415
+
+    settings = load_settings(**overrides)
+    masking.install(masking.masker_for(settings))
+    return settings
+
+
 def _cmd_worker(_: argparse.Namespace) -> int:
     settings = load_settings()  # before importing faust: a bad setting stops at once
     from app.worker import run_worker  # noqa: PLC0415 - faust import is slow; only here
@@ -262,16 +271,17 @@ def _cmd_worker(_: argparse.Namespace) -> int:
 
 def _cmd_ingress(_: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
-    import logging  # noqa: PLC0415
 
     from app.ingress.server import serve  # noqa: PLC0415
+    from app.logs import configure_logging  # noqa: PLC0415
 
     # The ingress never talks to Customer.io: its credentials are not required here.
-    settings = load_settings(forwarding_enabled=False)
+    settings = _load_masked(forwarding_enabled=False)
     secret = settings.ingress_secret
     if secret is None or not secret.get_secret_value().strip():
         raise ConfigError("invalid setting MPCIO_INGRESS_SECRET: required by mpcio ingress")
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    # masked like the worker's: identities of the records it writes never reach the log
+    configure_logging(settings.log_level, settings.log_format)
     _quiet_kafka_logs()
     asyncio.run(serve(settings))
     return 0
@@ -350,10 +360,20 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
     from app.checks import Check, run_checks  # noqa: PLC0415
 
-    settings = load_settings()
+    settings = _load_masked()
     for name, value in settings.redacted().items():
         print(f"{name:32} {value}")
     print()
+    if settings.mask_key is None:
+        from app.masking import generate_key  # noqa: PLC0415
+
+        print(
+            "MPCIO_MASK_KEY is not set: each process masks emails with a random key, so masks\n"
+            "differ between workers, restarts and this CLI. A new key, shown only now (it is\n"
+            "not stored anywhere): set it as a secret for every worker and CLI of this\n"
+            "deployment, like the API key:\n"
+            f"  MPCIO_MASK_KEY={generate_key()}\n"
+        )
     _quiet_kafka_logs()
     checks = [Check("settings", True, ""), *asyncio.run(run_checks(settings, sample=args.sample))]
     for check in checks:
@@ -368,7 +388,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     from app.replay import replay_file  # noqa: PLC0415
 
-    settings = load_settings(forwarding_enabled=False)  # replay never talks to Customer.io
+    settings = _load_masked(forwarding_enabled=False)  # replay never talks to Customer.io
     topic = args.topic or settings.topic_batches
     _quiet_kafka_logs()
     summary = asyncio.run(
@@ -422,7 +442,7 @@ def _cmd_deadletter_list(args: argparse.Namespace) -> int:
 
     from app.deadletters import list_line, select  # noqa: PLC0415
 
-    settings = load_settings(forwarding_enabled=False)
+    settings = _load_masked(forwarding_enabled=False)
     selection = _selection(args)
     _quiet_kafka_logs()
 
@@ -444,7 +464,7 @@ def _cmd_deadletter_show(args: argparse.Namespace) -> int:
 
     from app.deadletters import Selection, select, show_document  # noqa: PLC0415
 
-    settings = load_settings(forwarding_enabled=False)
+    settings = _load_masked(forwarding_enabled=False)
     _quiet_kafka_logs()
 
     async def run() -> Any:
@@ -468,7 +488,7 @@ def _cmd_deadletter_redrive(args: argparse.Namespace) -> int:
 
     from app.deadletters import redrive  # noqa: PLC0415
 
-    settings = load_settings(forwarding_enabled=False)
+    settings = _load_masked(forwarding_enabled=False)
     selection = _selection(args)
     if selection.everything and not args.all:
         raise ConfigError("redrive needs --offsets, a filter (--reason, --stage, --since) or --all")

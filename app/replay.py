@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from app import masking
 from app.errors import BrokerError, InvalidRecordError, MpcioError
-from app.logs import redact
 from app.mparticle import parse_record
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ async def replay_lines(
                 key = record_key(value)
             except InvalidRecordError as exc:
                 summary.invalid += 1
-                errors.write(f"line {number}: {exc.reason}: {redact(exc.detail)}\n")
+                errors.write(f"line {number}: {exc.reason}: {masking.active().text(exc.detail)}\n")
                 if max_invalid is not None and summary.invalid > max_invalid:
                     summary.stopped = True
                     break
