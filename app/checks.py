@@ -8,8 +8,9 @@ Each check says ``ok`` with what it saw, or ``FAILED: <reason>``:
 - ``co-partitioning``: the three input topics have the same partition count;
 - ``customerio``: ``GET /auth`` with the configured site id, API key and region (or URL)
   answers 200; skipped (and passing) when forwarding is disabled;
-- ``key sample`` (only with ``--sample N``): the last N records of the batches topic, counted
-  by :func:`key_form` — how mParticle keys them and how many the worker would re-key.
+- ``key sample`` (only with ``--sample N``): N of the newest records of the batches topic (the
+  newest N/partitions of each partition), counted by :func:`key_form` — how mParticle keys
+  them and how many the worker would re-key.
 
 What a check says passes through the installed :class:`~app.masking.Masker`: a URL with
 credentials (``MPCIO_CUSTOMERIO_URL=http://user:pass@host``) is printed as
@@ -82,7 +83,8 @@ def key_form(key: bytes | None, value: bytes | None) -> KeyForm:
 
 
 async def check_key_sample(settings: Settings, count: int) -> Check:
-    """``key sample``: :func:`key_form` of the last ``count`` records of the batches topic."""
+    """``key sample``: :func:`key_form` of ``count`` of the newest records of the batches topic
+    (an equal share from the end of each partition; fewer when the topic holds fewer)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
     from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
@@ -113,7 +115,7 @@ async def check_key_sample(settings: Settings, count: int) -> Check:
                 tp for tp in partitions if await consumer.position(tp) < ends[tp]
             ]:
                 for records in (await consumer.getmany(timeout_ms=1000)).values():
-                    for record in records:
+                    for record in records[: count - sum(forms.values())]:
                         forms[key_form(record.key, record.value)] += 1
     except TimeoutError:
         return Check("key sample", False, f"reading {topic} stalled")

@@ -142,10 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--sample",
-        type=int,
+        type=_positive_int,
         default=0,
         metavar="N",
-        help="also read the last N records of the batches topic and report their key forms",
+        help="also read N of the newest records of the batches topic and report their key forms",
     )
     check.set_defaults(handler=_cmd_check_config)
     return parser

@@ -416,6 +416,8 @@ def load_settings(**overrides: Any) -> Settings:
 def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
+        if error["type"] == "default_factory_not_called":  # only follows another bad setting
+            continue
         field = str(error["loc"][0]) if error["loc"] else ""
         message = error["msg"].removeprefix("Value error, ")
         if not field:  # a rule across several settings names them in its message
