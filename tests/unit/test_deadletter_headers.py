@@ -1,0 +1,103 @@
+"""Kafka headers of dead letters (app.deadletter_headers) and what redrive does with them."""
+
+from __future__ import annotations
+
+from app.deadletter_headers import (
+    CONTEXT,
+    DETAIL_MAX_CHARS,
+    REDRIVEN_FROM,
+    as_list,
+    dead_letter_record,
+    redrive_headers,
+)
+from app.deadletters import Position, Redrive, decode_stored, plan_redrive
+from app.pipeline import SourcePosition, dead_letter
+from app.settings import load_settings
+
+T = 1_764_400_000_000
+SETTINGS = load_settings(forwarding_enabled=False, topic_operations="ops", topic_deadletter="dl")
+
+
+def _letter(**fields: object) -> bytes:
+    values: dict[str, object] = {
+        "reason": "invalid_json",
+        "detail": "broken near zoe@example.com",
+        "stage": "ingest",
+        "source": SourcePosition("batches", 2, 40),
+        "key": b"42",
+        "payload": b'{"mpid": 42',
+        "failed_at_ms": T,
+    }
+    values.update(fields)
+    return dead_letter(**values)  # type: ignore[arg-type]
+
+
+def test_ingest_letter_headers_name_the_context_and_keep_the_source_headers() -> None:
+    letter = _letter()
+    source = [("trace-id", b"abc"), ("mpcio.reason", b"stale")]
+    value, headers = dead_letter_record(letter, source)
+    assert value == letter
+    named = dict(headers)
+    assert named["trace-id"] == b"abc"
+    assert named["mpcio.reason"] == b"invalid_json"  # replaced, not duplicated
+    assert [name for name, _ in headers].count("mpcio.reason") == 1
+    assert named["mpcio.stage"] == b"ingest"
+    assert named["mpcio.source.topic"] == b"batches"
+    assert named["mpcio.source.partition"] == b"2"
+    assert named["mpcio.source.offset"] == b"40"
+    assert named["mpcio.attempts"] == b"0"
+    assert named["mpcio.value.schema"] == b"io.mpcio.DeadLetter"
+    assert "mpcio.http.status" not in named
+    assert b"zoe@example.com" not in named["mpcio.detail"]  # emails masked in headers
+
+
+def test_sink_letter_headers_carry_status_and_attempts() -> None:
+    letter = _letter(stage="sink", http_status=400, attempts=3, detail="x" * 2000)
+    named = dict(dead_letter_record(letter)[1])
+    assert named["mpcio.http.status"] == b"400"
+    assert named["mpcio.attempts"] == b"3"
+    assert len(named["mpcio.detail"].decode()) == DETAIL_MAX_CHARS
+    assert all(name.startswith("mpcio.") for name in named)
+
+
+def test_unknown_source_position_leaves_its_headers_out() -> None:
+    letter = dead_letter(
+        "state_corrupt",
+        "bad",
+        stage="ingest",
+        source=SourcePosition("batches", None, None),  # type: ignore[arg-type]
+        key=None,
+        payload=b"",
+        failed_at_ms=T,
+    )
+    named = dict(dead_letter_record(letter)[1])
+    assert "mpcio.source.partition" not in named
+    assert "mpcio.source.offset" not in named
+
+
+def test_headers_from_faust_mappings_and_none() -> None:
+    assert as_list(None) == []
+    assert as_list({"a": b"1"}) == [("a", b"1")]
+    assert as_list((("a", b"1"), ("b", None))) == [("a", b"1"), ("b", b"")]  # type: ignore[arg-type]
+
+
+def test_redrive_drops_the_context_and_says_where_from() -> None:
+    _, headers = dead_letter_record(_letter(), [("trace-id", b"abc"), (REDRIVEN_FROM, b"old")])
+    again = redrive_headers(headers, "dl/1@5")
+    assert again == [("trace-id", b"abc"), (REDRIVEN_FROM, b"dl/1@5")]
+    assert not {name for name, _ in again} & set(CONTEXT)
+
+
+def test_planned_redrives_carry_the_source_headers() -> None:
+    letter = _letter()
+    _, headers = dead_letter_record(letter, [("trace-id", b"abc")])
+    stored = decode_stored(Position.parse("1@5"), T, b"42", letter, headers)
+    plan = plan_redrive(stored, SETTINGS)
+    assert isinstance(plan, Redrive)
+    assert plan.headers == [("trace-id", b"abc"), (REDRIVEN_FROM, b"dl/1@5")]
+    item = b'{"type":"person","identifiers":{"id":"c1"},"action":"identify"}'
+    sink = decode_stored(Position.parse("0@9"), T, b"42", _letter(stage="sink", payload=item))
+    planned = plan_redrive(sink, SETTINGS, now_ms=T)
+    assert isinstance(planned, Redrive)
+    assert planned.topic == "ops"
+    assert planned.headers == [(REDRIVEN_FROM, b"dl/0@9")]
