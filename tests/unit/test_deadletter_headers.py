@@ -18,18 +18,18 @@ T = 1_764_400_000_000
 SETTINGS = load_settings(forwarding_enabled=False, topic_operations="ops", topic_deadletter="dl")
 
 
-def _letter(**fields: object) -> bytes:
-    values: dict[str, object] = {
-        "reason": "invalid_json",
-        "detail": "broken near zoe@example.com",
-        "stage": "ingest",
-        "source": SourcePosition("batches", 2, 40),
-        "key": b"42",
-        "payload": b'{"mpid": 42',
-        "failed_at_ms": T,
-    }
-    values.update(fields)
-    return dead_letter(**values)  # type: ignore[arg-type]
+def _letter(stage: str = "ingest", payload: bytes = b'{"mpid": 42', **extra: object) -> bytes:
+    """An encoded dead letter (reason ``invalid_json``, source ``batches[2]@40``)."""
+    return dead_letter(
+        "invalid_json",
+        "broken near zoe@example.com",
+        stage=stage,
+        source=SourcePosition("batches", 2, 40),
+        key=b"42",
+        payload=payload,
+        failed_at_ms=T,
+        **extra,  # type: ignore[arg-type]
+    )
 
 
 def test_ingest_letter_headers_name_the_context_and_keep_the_source_headers() -> None:
@@ -52,12 +52,25 @@ def test_ingest_letter_headers_name_the_context_and_keep_the_source_headers() ->
 
 
 def test_sink_letter_headers_carry_status_and_attempts() -> None:
-    letter = _letter(stage="sink", http_status=400, attempts=3, detail="x" * 2000)
-    named = dict(dead_letter_record(letter)[1])
+    named = dict(dead_letter_record(_letter(stage="sink", http_status=400, attempts=3))[1])
     assert named["mpcio.http.status"] == b"400"
     assert named["mpcio.attempts"] == b"3"
-    assert len(named["mpcio.detail"].decode()) == DETAIL_MAX_CHARS
     assert all(name.startswith("mpcio.") for name in named)
+
+
+def test_long_details_are_cut_in_the_header() -> None:
+    letter = dead_letter(
+        "retries_exhausted",
+        "x" * 2000,
+        stage="sink",
+        source=SourcePosition("ops", 0, 1),
+        key=None,
+        payload=b"{}",
+        failed_at_ms=T,
+    )
+    detail = dict(dead_letter_record(letter)[1])["mpcio.detail"].decode()
+    assert len(detail) == DETAIL_MAX_CHARS
+    assert detail.endswith("…")
 
 
 def test_unknown_source_position_leaves_its_headers_out() -> None:
