@@ -116,8 +116,8 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
             for mpid, raw in result.rekeyed:
                 await rekey_topic.send(key=mpid.encode(), value=raw)
             for letter in result.dead_letters:
-                value, headers = dead_letter_record(letter, message.headers)
-                await deadletters.send(key=event.key, value=value, headers=headers)
+                record = dead_letter_record(letter, message.headers)
+                await deadletters.send(key=record.key, value=record.value, headers=record.headers)
             record_metrics(result)
 
     @app.agent(batches, name="ingest_batches", concurrency=1)

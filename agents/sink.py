@@ -276,9 +276,14 @@ class OperationsSink(Service):
         assert self._producer is not None
         futures = []
         for letter in letters:
-            value, headers = dead_letter_record(letter)
+            record = dead_letter_record(letter)
             futures.append(
-                await self._producer.send(self.topics.deadletter.name, value, headers=headers)
+                await self._producer.send(
+                    self.topics.deadletter.name,
+                    record.value,
+                    key=record.key,
+                    headers=record.headers,
+                )
             )
         await asyncio.gather(*futures)  # confirmed by the broker before any commit
 

@@ -20,7 +20,9 @@ error context as UTF-8 text, the way Kafka Connect's dead-letter queue does with
 ==========================  ===============================================================
 
 The source record's own headers (from the input topic) are kept on its dead letter, so a
-redrive gives them back; the context headers above replace any of the same name.
+redrive gives them back; the context headers above replace any of the same name. The record
+is keyed by the source record's key (the mpid) for both writers, as Kafka Connect keeps the
+original key.
 
 Pure functions, no I/O; a dead letter that does not decode raises
 :class:`~app.errors.InvalidRecordError` (the writers only pass letters they just encoded).
@@ -29,7 +31,7 @@ Pure functions, no I/O; a dead letter that does not decode raises
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.avro import codec
 from app.logs import redact
@@ -86,14 +88,24 @@ def context_headers(letter: Mapping[str, Any]) -> Headers:
     return [(PREFIX + name, str(value).encode()) for name, value in fields if value is not None]
 
 
+class DeadLetterRecord(NamedTuple):
+    """What to produce to the dead-letter topic for one dead letter."""
+
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
 def dead_letter_record(
     letter: bytes,
     source_headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None = None,
-) -> tuple[bytes, Headers]:
-    """``(value, headers)`` to produce for an encoded dead letter: the value unchanged, the
-    headers the source record's (context names replaced) followed by the error context."""
-    context = context_headers(codec("dead_letter").decode(letter))
-    return letter, [*without(as_list(source_headers), CONTEXT), *context]
+) -> DeadLetterRecord:
+    """The Kafka record of an encoded dead letter: keyed by the source record's key (the mpid,
+    as Kafka Connect keeps the original key), the value unchanged, the headers the source
+    record's (context names replaced) followed by the error context."""
+    decoded = codec("dead_letter").decode(letter)
+    headers = [*without(as_list(source_headers), CONTEXT), *context_headers(decoded)]
+    return DeadLetterRecord(decoded["key"], letter, headers)
 
 
 def redrive_headers(dead_letter_headers: Headers, origin: str) -> Headers:

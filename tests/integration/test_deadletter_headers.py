@@ -89,6 +89,7 @@ async def test_dead_letters_have_context_headers_and_redrive_restores_the_source
     assert ingest[TRACE[0]] == TRACE[1].decode()  # the source record's own header is kept
     assert by_stage["ingest"].key == b"42"
     sink = _headers(by_stage["sink"])
+    assert by_stage["sink"].key == b"7"  # keyed by mpid, like the ingest ones
     assert sink["mpcio.reason"] == "customerio_rejected_item"
     assert sink["mpcio.http.status"] == "207"
     assert sink["mpcio.source.topic"] == topics.operations.name

@@ -35,8 +35,8 @@ def _letter(stage: str = "ingest", payload: bytes = b'{"mpid": 42', **extra: obj
 def test_ingest_letter_headers_name_the_context_and_keep_the_source_headers() -> None:
     letter = _letter()
     source = [("trace-id", b"abc"), ("mpcio.reason", b"stale")]
-    value, headers = dead_letter_record(letter, source)
-    assert value == letter
+    key, value, headers = dead_letter_record(letter, source)
+    assert (key, value) == (b"42", letter)  # keyed by the source record's key
     named = dict(headers)
     assert named["trace-id"] == b"abc"
     assert named["mpcio.reason"] == b"invalid_json"  # replaced, not duplicated
@@ -52,7 +52,7 @@ def test_ingest_letter_headers_name_the_context_and_keep_the_source_headers() ->
 
 
 def test_sink_letter_headers_carry_status_and_attempts() -> None:
-    named = dict(dead_letter_record(_letter(stage="sink", http_status=400, attempts=3))[1])
+    named = dict(dead_letter_record(_letter(stage="sink", http_status=400, attempts=3)).headers)
     assert named["mpcio.http.status"] == b"400"
     assert named["mpcio.attempts"] == b"3"
     assert all(name.startswith("mpcio.") for name in named)
@@ -68,7 +68,7 @@ def test_long_details_are_cut_in_the_header() -> None:
         payload=b"{}",
         failed_at_ms=T,
     )
-    detail = dict(dead_letter_record(letter)[1])["mpcio.detail"].decode()
+    detail = dict(dead_letter_record(letter).headers)["mpcio.detail"].decode()
     assert len(detail) == DETAIL_MAX_CHARS
     assert detail.endswith("…")
 
@@ -83,7 +83,7 @@ def test_unknown_source_position_leaves_its_headers_out() -> None:
         payload=b"",
         failed_at_ms=T,
     )
-    named = dict(dead_letter_record(letter)[1])
+    named = dict(dead_letter_record(letter).headers)
     assert "mpcio.source.partition" not in named
     assert "mpcio.source.offset" not in named
 
@@ -95,7 +95,7 @@ def test_headers_from_faust_mappings_and_none() -> None:
 
 
 def test_redrive_drops_the_context_and_says_where_from() -> None:
-    _, headers = dead_letter_record(_letter(), [("trace-id", b"abc"), (REDRIVEN_FROM, b"old")])
+    headers = dead_letter_record(_letter(), [("trace-id", b"abc"), (REDRIVEN_FROM, b"old")]).headers
     again = redrive_headers(headers, "dl/1@5")
     assert again == [("trace-id", b"abc"), (REDRIVEN_FROM, b"dl/1@5")]
     assert not {name for name, _ in again} & set(CONTEXT)
@@ -103,7 +103,7 @@ def test_redrive_drops_the_context_and_says_where_from() -> None:
 
 def test_planned_redrives_carry_the_source_headers() -> None:
     letter = _letter()
-    _, headers = dead_letter_record(letter, [("trace-id", b"abc")])
+    headers = dead_letter_record(letter, [("trace-id", b"abc")]).headers
     stored = decode_stored(Position.parse("1@5"), T, b"42", letter, headers)
     plan = plan_redrive(stored, SETTINGS)
     assert isinstance(plan, Redrive)
