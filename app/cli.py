@@ -112,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
         "check-config",
         help="validate the settings, reach Kafka (topics, co-partitioning) and Customer.io",
     )
+    check.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also read the last N records of the batches topic and report their key forms",
+    )
     check.set_defaults(handler=_cmd_check_config)
     return parser
 
@@ -278,7 +285,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_check_config(_: argparse.Namespace) -> int:
+def _cmd_check_config(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
     from app.checks import Check, run_checks  # noqa: PLC0415
@@ -288,7 +295,7 @@ def _cmd_check_config(_: argparse.Namespace) -> int:
         print(f"{name:32} {value}")
     print()
     _quiet_kafka_logs()
-    checks = [Check("settings", True, ""), *asyncio.run(run_checks(settings))]
+    checks = [Check("settings", True, ""), *asyncio.run(run_checks(settings, sample=args.sample))]
     for check in checks:
         print(check.line())
     failed = [check.name for check in checks if not check.ok]
