@@ -36,13 +36,8 @@ def _headers(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
 
 def _poison_operations() -> bytes:
     """One operations record whose only item names two identifiers (the emulator 207s it)."""
-    item = {
-        "type": "person",
-        "identifiers": {"id": "p1", "email": "two@ids.example"},
-        "action": "event",
-        "name": "x",
-        "id": "01KB76YVZ81KCWPR9P11ZZAWZZ",
-    }
+    two_ids = {"id": "p1", "email": "two@ids.example"}
+    item = {"type": "person", "identifiers": two_ids, "action": "event", "name": "x"}
     return codec("operation_batch").encode(
         {
             "mpid": "7",
