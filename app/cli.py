@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ConfigError, MpcioError
-from app.settings import Settings, load_settings
+from app.settings import SECRET_FIELDS, Settings, load_settings
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run the forwarder (production entry point)")
     worker.set_defaults(handler=_cmd_worker)
+
+    ingress = commands.add_parser(
+        "ingress", help="accept mParticle Firehose audience and DSR messages over HTTP"
+    )
+    ingress.set_defaults(handler=_cmd_ingress)
 
     kafka = commands.add_parser("kafka", help="run a local Apache Kafka broker (no Docker)")
     kafka.add_argument("--port", type=int, default=9092, help="client port (default 9092)")
@@ -82,7 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     dry = commands.add_parser(
         "dry-run", help="print the Customer.io items a JSON Lines file of batches would send"
     )
-    dry.add_argument("file", type=Path, help="JSON Lines, one mParticle batch per line; - = stdin")
+    dry.add_argument(
+        "file",
+        type=Path,
+        help="JSON Lines, one mParticle batch or Firehose message per line; - = stdin",
+    )
     dry.add_argument(
         "--include-user-attributes",
         action=argparse.BooleanOptionalAction,
@@ -216,6 +225,23 @@ def _cmd_worker(_: argparse.Namespace) -> int:
     from app.worker import run_worker  # noqa: PLC0415 - faust import is slow; only here
 
     run_worker(settings)
+    return 0
+
+
+def _cmd_ingress(_: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from app.ingress.server import serve  # noqa: PLC0415
+
+    # The ingress never talks to Customer.io: its credentials are not required here.
+    settings = load_settings(forwarding_enabled=False)
+    secret = settings.ingress_secret
+    if secret is None or not secret.get_secret_value().strip():
+        raise ConfigError("invalid setting MPCIO_INGRESS_SECRET: required by mpcio ingress")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    _quiet_kafka_logs()
+    asyncio.run(serve(settings))
     return 0
 
 
@@ -453,7 +479,7 @@ def settings_as_env(settings: Settings) -> dict[str, str]:
     """``MPCIO_*`` variables that reproduce ``settings`` in a child process (secrets included)."""
     env: dict[str, str] = {}
     dumped = settings.model_dump(mode="json")
-    for name in ("customerio_api_key", "kafka_sasl_password"):
+    for name in sorted(SECRET_FIELDS):
         secret = getattr(settings, name)
         if secret is not None:
             dumped[name] = secret.get_secret_value()

@@ -33,6 +33,7 @@ EVERYTHING = (
     "firehose.enabled=true",
     "secrets.customerioSiteId=site",
     "secrets.customerioApiKey=key",
+    "secrets.ingressSecret=firehose-secret",
 )
 #: The worker's bounded SIGTERM stop (README "Deploying"); the pod must be given longer.
 WORKER_STOP_BOUND_SECONDS = 30
@@ -175,6 +176,24 @@ def test_credentials_come_from_a_secret_and_settings_from_a_configmap(helm: Path
         item["valueFrom"]["secretKeyRef"]["name"] for item in worker["env"] if "valueFrom" in item
     }
     assert names == {"mpcio-creds"}
+
+
+def test_firehose_ingress_gets_its_secret_and_no_customerio_key(helm: Path) -> None:
+    docs = render(helm, *EVERYTHING)
+    [deployment] = by_kind(docs, "Deployment")
+    [ingress] = deployment["spec"]["template"]["spec"]["containers"]
+    assert ingress["args"] == ["ingress"]
+    env = {item["name"]: item for item in ingress["env"]}
+    assert env["MPCIO_INGRESS_HOST"]["value"] == "0.0.0.0"
+    ref = env["MPCIO_INGRESS_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert (ref["key"], ref.get("optional", False)) == ("ingress-secret", False)
+    assert "MPCIO_CUSTOMERIO_API_KEY" not in env
+    assert ingress["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    [secret] = by_kind(docs, "Secret")
+    assert "ingress-secret" in secret["data"]
+    [sts] = by_kind(docs, "StatefulSet")
+    [worker] = sts["spec"]["template"]["spec"]["containers"]
+    assert "MPCIO_INGRESS_SECRET" not in {item["name"] for item in worker["env"]}
 
 
 def test_services_and_disruption_budget_select_the_workers(helm: Path) -> None:

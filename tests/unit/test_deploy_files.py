@@ -81,9 +81,12 @@ def test_every_published_port_is_bound_to_loopback_by_default() -> None:
 
 def test_emulator_and_ingress_are_on_the_compose_network_only() -> None:
     services = compose()["services"]
-    assert "emulator" in services
-    for name in NETWORK_ONLY & services.keys():
+    assert services.keys() >= NETWORK_ONLY
+    for name in NETWORK_ONLY:
         assert not services[name].get("ports"), f"{name} publishes ports on the host"
+        assert services[name]["cap_drop"] == ["ALL"]
+    internal = services["worker"]["environment"]["MPCIO_BROKER"]
+    assert services["ingress"]["environment"]["MPCIO_BROKER"] == internal
 
 
 def test_kafka_matches_the_local_broker_and_has_an_external_listener_for_host_tools() -> None:

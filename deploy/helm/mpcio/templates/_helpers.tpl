@@ -39,8 +39,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.secrets.existingSecret | default (include "mpcio.fullname" .) }}
 {{- end }}
 
-{{/* The credentials as environment variables from the Secret (SASL ones optional). */}}
-{{- define "mpcio.secretEnv" -}}
+{{/* Customer.io credentials as environment variables from the Secret (the workers only). */}}
+{{- define "mpcio.customerioSecretEnv" -}}
 {{- $secret := include "mpcio.secretName" . -}}
 - name: MPCIO_CUSTOMERIO_SITE_ID
   valueFrom:
@@ -48,6 +48,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: MPCIO_CUSTOMERIO_API_KEY
   valueFrom:
     secretKeyRef: {name: {{ $secret }}, key: {{ .Values.secrets.keys.customerioApiKey }}, optional: true}
+{{- end }}
+
+{{/* Kafka SASL credentials from the Secret (optional: only SASL_* protocols use them). */}}
+{{- define "mpcio.kafkaSecretEnv" -}}
+{{- $secret := include "mpcio.secretName" . -}}
 - name: MPCIO_KAFKA_SASL_USERNAME
   valueFrom:
     secretKeyRef: {name: {{ $secret }}, key: {{ .Values.secrets.keys.kafkaSaslUsername }}, optional: true}
