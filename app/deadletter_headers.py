@@ -7,7 +7,7 @@ error context as UTF-8 text, the way Kafka Connect's dead-letter queue does with
 
 ==========================  ===============================================================
 ``mpcio.reason``            the reason slug (``invalid_json``, ``retries_exhausted``, ...)
-``mpcio.detail``            the explanation, emails masked, at most 500 characters
+``mpcio.detail``            the explanation, masked (:mod:`app.masking`), at most 500 chars
 ``mpcio.stage``             ``ingest`` or ``sink``
 ``mpcio.source.topic``      the topic of the record that failed
 ``mpcio.source.partition``  its partition (absent when unknown)
@@ -33,8 +33,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+from app import masking
 from app.avro import codec
-from app.logs import redact
 
 PREFIX = "mpcio."
 REDRIVEN_FROM = f"{PREFIX}redriven.from"
@@ -71,7 +71,7 @@ def without(headers: Headers, names: Iterable[str]) -> Headers:
 
 def context_headers(letter: Mapping[str, Any]) -> Headers:
     """The ``mpcio.*`` error context of a decoded ``DeadLetter`` (absent fields left out)."""
-    detail = redact(letter["detail"])
+    detail = masking.active().text(letter["detail"])
     if len(detail) > DETAIL_MAX_CHARS:
         detail = detail[: DETAIL_MAX_CHARS - 1] + "…"
     fields: list[tuple[str, object]] = [
