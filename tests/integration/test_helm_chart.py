@@ -188,6 +188,8 @@ def test_firehose_ingress_gets_its_secret_and_no_customerio_key(helm: Path) -> N
     ref = env["MPCIO_INGRESS_SECRET"]["valueFrom"]["secretKeyRef"]
     assert (ref["key"], ref.get("optional", False)) == ("ingress-secret", False)
     assert "MPCIO_CUSTOMERIO_API_KEY" not in env
+    assert "MPCIO_SUPPORT_TOKEN" not in env
+    assert env["MPCIO_MASK_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "mask-key"
     assert ingress["readinessProbe"]["httpGet"]["path"] == "/healthz"
     [secret] = by_kind(docs, "Secret")
     assert "ingress-secret" in secret["data"]

@@ -39,7 +39,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.secrets.existingSecret | default (include "mpcio.fullname" .) }}
 {{- end }}
 
-{{/* Customer.io credentials as environment variables from the Secret (the workers only). */}}
+{{/* Customer.io credentials and the /users token from the Secret (the workers only). */}}
 {{- define "mpcio.customerioSecretEnv" -}}
 {{- $secret := include "mpcio.secretName" . -}}
 - name: MPCIO_CUSTOMERIO_SITE_ID
@@ -48,6 +48,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: MPCIO_CUSTOMERIO_API_KEY
   valueFrom:
     secretKeyRef: {name: {{ $secret }}, key: {{ .Values.secrets.keys.customerioApiKey }}, optional: true}
+- name: MPCIO_SUPPORT_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ $secret }}, key: {{ .Values.secrets.keys.supportToken }}, optional: true}
 {{- end }}
 
 {{/* Kafka SASL credentials from the Secret (optional: only SASL_* protocols use them). */}}
@@ -59,4 +62,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: MPCIO_KAFKA_SASL_PASSWORD
   valueFrom:
     secretKeyRef: {name: {{ $secret }}, key: {{ .Values.secrets.keys.kafkaSaslPassword }}, optional: true}
+{{- end }}
+
+{{/* The mask key, for every process that logs (workers and ingress). */}}
+{{- define "mpcio.maskKeyEnv" -}}
+- name: MPCIO_MASK_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ include "mpcio.secretName" . }}, key: {{ .Values.secrets.keys.maskKey }}, optional: true}
 {{- end }}
