@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from app import metrics
+from app.deadletter_headers import dead_letter_record
 from app.pipeline import (
     STAGE_INGEST,
     IngestResult,
@@ -124,7 +125,8 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
             for mpid, raw in result.rekeyed:
                 await rekey_topic.send(key=mpid.encode(), value=raw)
             for letter in result.dead_letters:
-                await deadletters.send(key=event.key, value=letter)
+                record = dead_letter_record(letter, message.headers)
+                await deadletters.send(key=record.key, value=record.value, headers=record.headers)
             record_metrics(result)
 
     @app.agent(batches, name="ingest_batches", concurrency=1)
