@@ -10,7 +10,10 @@ Each check says ``ok`` with what it saw, or ``FAILED: <reason>``:
   answers 200; skipped (and passing) when forwarding is disabled.
 
 Failure semantics: nothing raises for a failing check; every failure is a :class:`Check` with
-``ok`` false. Checks that need a broker are reported as not run when it cannot be reached.
+``ok`` false, and ``settings_rejected`` true when the broker refused the configured TLS trust
+or credentials (wrong CA, host name not in the certificate, authentication failed): the
+command then exits 2 like any other configuration error. Checks that need a broker are
+reported as not run when it cannot be reached.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from app.errors import BrokerError
+from app.errors import BrokerError, ConfigError
 
 if TYPE_CHECKING:
     from app.customerio.classify import HttpAnswer, TransportFailure
@@ -33,6 +36,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    settings_rejected: bool = False
 
     def line(self) -> str:
         verdict = "ok" if self.ok else f"FAILED: {self.detail}"
@@ -70,6 +74,8 @@ async def check_kafka(settings: Settings) -> list[Check]:
             await start_client(admin, settings)
     except BrokerError as exc:
         return [Check("kafka", False, str(exc)), *not_run]
+    except ConfigError as exc:
+        return [Check("kafka", False, str(exc), settings_rejected=True), *not_run]
     except TimeoutError:
         return [Check("kafka", False, f"no answer from {settings.broker}"), *not_run]
     try:
