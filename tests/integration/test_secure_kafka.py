@@ -77,12 +77,12 @@ async def test_tools_work_with_credentials_and_fail_clearly_without(
 
     wrong = _env(sasl_kafka, names, password="not-the-password")
     bad_check = await mpcio("check-config", env=wrong)
-    assert bad_check.code == 1
+    assert bad_check.code == 2  # the broker rejected the settings: a configuration error
     kafka_line = next(line for line in bad_check.out.splitlines() if line.startswith("kafka:"))
     assert "FAILED" in kafka_line
     assert "authentication failed (check MPCIO_KAFKA_SASL_*)" in kafka_line
     bad_replay = await mpcio("replay", sample, env=wrong)
-    assert bad_replay.code == 1
+    assert bad_replay.code == 2
     assert bad_replay.out == ""
     [line] = bad_replay.err.strip().splitlines()
     assert line.startswith(f"mpcio: cannot use Kafka at {sasl_kafka.url}: ")

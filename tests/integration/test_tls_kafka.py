@@ -91,10 +91,10 @@ async def _assert_every_tool_refuses(env: dict[str, str], broker: LocalKafka, wh
         assert result.code == 2, (command, result.both)
         assert result.out == ""
         [line] = result.err.strip().splitlines()  # one line, no traceback, no client noise
-        assert line.startswith(f"mpcio: cannot use Kafka at {broker.bootstrap}"), line
+        assert line.startswith("mpcio: cannot use Kafka at "), line
+        assert broker.bootstrap in line, line
         assert why in line, line
-    for result in (checked,):
-        assert PASSWORD not in result.both
+    assert PASSWORD not in checked.both
 
 
 async def test_tools_work_over_tls(tls_kafka: LocalKafka, names: Names) -> None:
