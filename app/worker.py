@@ -59,15 +59,23 @@ def build_worker_app(settings: Settings) -> faust.App:
 
 def run_worker(settings: Settings) -> None:
     """Check topics, then run until stopped by a signal; exits the process like faust does."""
-    partitions = asyncio.run(
-        ensure_topics(
-            settings.bootstrap_servers,
-            topics_for(settings),
-            settings.topic_replication_factor,
-            security=client_kwargs(settings),
-            changelogs=changelog_topics(settings.app_id),
+    # Logging is not set up yet (faust's worker does it), so aiokafka's own lines about a
+    # failed connection would reach stderr raw; ensure_topics reports the cause in one line.
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        partitions = asyncio.run(
+            ensure_topics(
+                settings.bootstrap_servers,
+                topics_for(settings),
+                settings.topic_replication_factor,
+                security=client_kwargs(settings),
+                changelogs=changelog_topics(settings.app_id),
+            )
         )
-    )
+    finally:
+        client_log.setLevel(level)
     # The batches topic (mParticle's) decides; MPCIO_TOPIC_PARTITIONS only names the count
     # of topics created before it exists.
     settings = settings.model_copy(update={"topic_partitions": partitions})
