@@ -184,10 +184,11 @@ class LocalKafka:
       so users added for an existing ``data_dir`` are not created);
     - both: SASL_SSL; neither: PLAINTEXT.
 
-    A secured broker also listens PLAINTEXT on loopback (``internal_port``, not advertised to
-    clients) for its own broker-to-broker traffic (transaction markers), so a certificate
-    made not to match the host name (the host-name tests) breaks only the clients. The
-    controller listener stays PLAINTEXT.
+    A secured broker also listens PLAINTEXT on loopback (``internal_port``) for its own
+    broker-to-broker traffic (transaction markers), so a certificate made not to match the
+    host name (the host-name tests) breaks only the clients; clients never see that listener
+    (a client is told only the endpoints of the listener it connected to). The controller
+    listener stays PLAINTEXT.
     """
 
     def __init__(
