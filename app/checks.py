@@ -17,7 +17,10 @@ credentials (``MPCIO_CUSTOMERIO_URL=http://user:pass@host``) is printed as
 ``http://**********@host``, secrets and addresses in an answer are masked.
 
 Failure semantics: nothing raises for a failing check; every failure is a :class:`Check` with
-``ok`` false. Checks that need a broker are reported as not run when it cannot be reached.
+``ok`` false, and ``settings_rejected`` true when the broker refused the configured TLS trust
+or credentials (wrong CA, host name not in the certificate, authentication failed): the
+command then exits 2 like any other configuration error. Checks that need a broker are
+reported as not run when it cannot be reached.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from app import masking
-from app.errors import BrokerError, InvalidRecordError
+from app.errors import BrokerError, ConfigError, InvalidRecordError
 
 if TYPE_CHECKING:
     from app.customerio.classify import HttpAnswer, TransportFailure
@@ -42,6 +45,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    settings_rejected: bool = False
 
     def line(self) -> str:
         """The printed line, masked: ``name: ok (detail)`` or ``name: FAILED: detail``."""
@@ -156,6 +160,8 @@ async def check_kafka(settings: Settings) -> list[Check]:
             await start_client(admin, settings)
     except BrokerError as exc:
         return [Check("kafka", False, str(exc)), *not_run]
+    except ConfigError as exc:
+        return [Check("kafka", False, str(exc), settings_rejected=True), *not_run]
     except TimeoutError:
         return [Check("kafka", False, f"no answer from {settings.broker}"), *not_run]
     try:

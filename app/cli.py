@@ -380,6 +380,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         print(check.line())
     failed = [check.name for check in checks if not check.ok]
     print(f"check-config: {'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'}")
+    if any(check.settings_rejected for check in checks):
+        return EXIT_CONFIG
     return EXIT_FAILURE if failed else 0
 
 

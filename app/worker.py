@@ -62,15 +62,23 @@ def run_worker(settings: Settings) -> None:
     masking.install(masking.masker_for(settings))
     # faust configures logging again when it starts; this covers the lines before it
     configure_logging(settings.log_level, settings.log_format)
-    partitions = asyncio.run(
-        ensure_topics(
-            settings.bootstrap_servers,
-            topics_for(settings),
-            settings.topic_replication_factor,
-            security=client_kwargs(settings),
-            changelogs=changelog_topics(settings.app_id),
+    # aiokafka logs each failed connection attempt; ensure_topics reports the cause (wrong CA,
+    # host name, password, refused) in one line, so its lines would only repeat it noisily
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        partitions = asyncio.run(
+            ensure_topics(
+                settings.bootstrap_servers,
+                topics_for(settings),
+                settings.topic_replication_factor,
+                security=client_kwargs(settings),
+                changelogs=changelog_topics(settings.app_id),
+            )
         )
-    )
+    finally:
+        client_log.setLevel(level)
     # The batches topic (mParticle's) decides; MPCIO_TOPIC_PARTITIONS only names the count
     # of topics created before it exists.
     settings = settings.model_copy(update={"topic_partitions": partitions})
