@@ -34,6 +34,8 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "store": settings.store,
         "datadir": settings.data_dir,
         "processing_guarantee": "at_least_once",
+        "broker_session_timeout": settings.kafka_session_timeout_seconds,
+        "broker_heartbeat_interval": settings.kafka_session_timeout_seconds / 3,
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": settings.topic_replication_factor,
         "consumer_auto_offset_reset": "earliest",
