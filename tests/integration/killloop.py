@@ -170,7 +170,7 @@ async def run_kill_loop(
 async def _produce_paced(
     deployment: Deployment, records: list[tuple[bytes, bytes]], rate: float
 ) -> None:
-    """Send ``records`` in order at ``rate`` per second (ticks of 0.1 s), then flush."""
+    """Send ``records`` in order at ``rate`` per second; fail if any was not acknowledged."""
     from aiokafka import AIOKafkaProducer  # noqa: PLC0415 - only the loop needs a producer
 
     producer: AIOKafkaProducer = AIOKafkaProducer(
@@ -179,13 +179,13 @@ async def _produce_paced(
     await producer.start()
     try:
         began = time.monotonic()
+        sent = []
         for index, (key, value) in enumerate(records):
             due = began + index / rate
             if (wait := due - time.monotonic()) > 0:
-                await producer.flush()
                 await asyncio.sleep(wait)
-            await producer.send(deployment.topics.batches.name, value, key=key)
-        await producer.flush()
+            sent.append(await producer.send(deployment.topics.batches.name, value, key=key))
+        await asyncio.gather(*sent)  # raises if the broker refused any record
     finally:
         await producer.stop()
 

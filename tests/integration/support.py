@@ -35,9 +35,8 @@ async def produce(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
-        for key, value in records:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
+        sent = [await producer.send(topic, value, key=key) for key, value in records]
+        await asyncio.gather(*sent)  # flush() alone would not raise for a refused record
     finally:
         await producer.stop()
 

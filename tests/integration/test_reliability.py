@@ -270,7 +270,39 @@ async def test_sigterm_stops_gracefully_and_loses_nothing(
     await _until_delivered(emulator, expected // 4, [first])
     seconds = await first.stop()  # SIGTERM, as orchestrators send
     assert seconds < 30, f"SIGTERM took {seconds:.1f}s"
+    with capsys.disabled():
+        print(f"\nSIGTERM during delivery: stopped in {seconds:.1f} s")
     second = deployment.start_worker()
     await _until_delivered(emulator, expected, [second])
     await _settle(emulator, expected)
     await _verdict(deployment, emulator, workload, "sigterm", capsys)
+
+
+async def test_sigterm_with_the_broker_down_is_bounded_and_loses_nothing(
+    names: Names, tmp_path: Path, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broker = LocalKafka(data_dir=tmp_path / "kafka")
+    broker.start()
+    try:
+        deployment = Deployment(broker, names, tmp_path, emulator.url)
+        await deployment.prepare()
+        workload = _workload()
+        expected = len(workload.expected.events)
+        await produce(broker.bootstrap, deployment.topics.batches.name, workload.records)
+        store = {"store": "rocksdb://", "data_dir": str(tmp_path / "data")}
+        worker = deployment.start_worker(batch_max_items="20", rate_limit_per_second="40", **store)
+        await _until_delivered(emulator, expected // 3, [worker])
+        broker.kill()
+        # The bound must hold whatever faust waits for (its producer alone waits 60 s).
+        seconds = await worker.stop(timeout=60)
+        with capsys.disabled():
+            print(f"\nSIGTERM with the broker down: stopped in {seconds:.1f} s")
+        assert seconds <= 30, f"SIGTERM with the broker down took {seconds:.1f}s"
+        broker.start()
+        restarted = deployment.start_worker(**store)
+        await _until_delivered(emulator, expected, [restarted], timeout=240)
+        await _settle(emulator, expected)
+        await _verdict(deployment, emulator, workload, "sigterm, broker down", capsys)
+        await deployment.stop_all()
+    finally:
+        broker.close()
