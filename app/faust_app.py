@@ -25,9 +25,9 @@ from app.kafka_security import broker_credentials
 from app.localstore import PendingWrites
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping, MutableMapping
+    from collections.abc import Mapping, MutableMapping
 
-    from faust.types import TP, Message, TransportT
+    from faust.types import TP, TransportT
 
     from app.settings import Settings
 
@@ -70,44 +70,6 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109
-        """faust's ``getmany``, but a fetched record it does not deliver is fetched again.
-
-        faust 0.15.3 drops the rest of a fetched batch when the flow stops, the consumer
-        generation changes or a partition is not active at that moment, while the client's
-        position has already moved past those records; the next record delivered then looks
-        like a hole in the partition, which faust's gap logic (meant for transaction markers)
-        counts as acked, so the committed offset moves past records never processed (seen in
-        the kill loop: 22 records skipped after a restart). Here the partition is sought back
-        to its first undelivered record instead.
-        """
-        records, active_partitions = await self._wait_next_records(timeout)
-        if records is None or self.should_stop:
-            return
-        generation_id = self.app.consumer_generation_id
-        undelivered: dict[TP, int] = {}
-        for tp, record in self.scheduler.iterate(records):
-            if tp in undelivered:
-                continue  # keep the partition's order: everything after is fetched again
-            deliverable = (
-                self.flow_active
-                and self.app.consumer_generation_id == generation_id
-                and (
-                    active_partitions is None
-                    or tp in active_partitions
-                    or tp in self._buffered_partitions
-                )
-            )
-            if not deliverable:
-                undelivered[tp] = record.offset
-                continue
-            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-            yield tp, self._to_message(tp, record)
-        assigned = self.assignment()
-        for tp, offset in undelivered.items():
-            if tp in assigned:  # a revoked partition is sought by its next owner
-                await self._seek(tp, offset)
 
 
 class _Transport(faust_aiokafka.Transport):

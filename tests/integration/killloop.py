@@ -215,21 +215,21 @@ async def _until_progress(emulator: RunningEmulator, worker: WorkerProcess) -> N
 async def _until_all_delivered(
     emulator: RunningEmulator, expected: int, worker: WorkerProcess
 ) -> None:
-    """Wait until the emulator holds ``expected`` events, or until the final worker has been
-    quiet for ``QUIET_SECONDS`` after delivering (what is missing then is lost, and the verdict
-    says so), or ``FINAL_TIMEOUT_SECONDS``; fails only if the worker exits."""
+    """Wait until the emulator holds ``expected`` events, or until the final worker, after
+    delivering something, has sent nothing for ``QUIET_SECONDS`` (what is missing then is
+    lost, and the verdict says so), or ``FINAL_TIMEOUT_SECONDS``; fails if the worker exits."""
     began = time.monotonic()
     requests = emulator.state.stats()["requests"]
-    last_change = time.monotonic()
+    delivered = False
+    last_change = began
     while len(emulator.state.store.events) < expected:
         worker.assert_running()
         now = time.monotonic()
         current = emulator.state.stats()["requests"]
         if current != requests:
-            requests, last_change = current, now
-        if now - began > FINAL_TIMEOUT_SECONDS or (
-            requests and now - last_change > QUIET_SECONDS and now - began > QUIET_SECONDS * 2
-        ):
+            requests, last_change, delivered = current, now, True
+        quiet = delivered and now - last_change > QUIET_SECONDS
+        if quiet or now - began > FINAL_TIMEOUT_SECONDS:
             return
         await asyncio.sleep(0.2)
 
