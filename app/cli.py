@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ConfigError, MpcioError
-from app.settings import Settings, load_settings
+from app.settings import SECRET_FIELDS, Settings, load_settings
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
@@ -45,8 +45,23 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run the forwarder (production entry point)")
     worker.set_defaults(handler=_cmd_worker)
 
+    ingress = commands.add_parser(
+        "ingress", help="accept mParticle Firehose audience and DSR messages over HTTP"
+    )
+    ingress.set_defaults(handler=_cmd_ingress)
+
     kafka = commands.add_parser("kafka", help="run a local Apache Kafka broker (no Docker)")
-    kafka.add_argument("--port", type=int, default=9092, help="client port (default 9092)")
+    kafka.add_argument(
+        "--port", type=int, default=9092, help="client port (default 9092; node N: port + N - 1)"
+    )
+    kafka.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        choices=range(1, 10),
+        metavar="N",
+        help="run an N-node KRaft cluster (replication N, min in-sync 2; default 1)",
+    )
     kafka.add_argument("--data-dir", type=Path, default=None, help="keep data here")
     kafka.add_argument("--fetch-only", action="store_true", help="only download the jars")
     kafka.set_defaults(handler=_cmd_kafka)
@@ -82,7 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     dry = commands.add_parser(
         "dry-run", help="print the Customer.io items a JSON Lines file of batches would send"
     )
-    dry.add_argument("file", type=Path, help="JSON Lines, one mParticle batch per line; - = stdin")
+    dry.add_argument(
+        "file",
+        type=Path,
+        help="JSON Lines, one mParticle batch or Firehose message per line; - = stdin",
+    )
     dry.add_argument(
         "--include-user-attributes",
         action=argparse.BooleanOptionalAction,
@@ -111,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check-config",
         help="validate the settings, reach Kafka (topics, co-partitioning) and Customer.io",
+    )
+    check.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also read the last N records of the batches topic and report their key forms",
     )
     check.set_defaults(handler=_cmd_check_config)
     return parser
@@ -212,6 +238,23 @@ def _cmd_worker(_: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ingress(_: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from app.ingress.server import serve  # noqa: PLC0415
+
+    # The ingress never talks to Customer.io: its credentials are not required here.
+    settings = load_settings(forwarding_enabled=False)
+    secret = settings.ingress_secret
+    if secret is None or not secret.get_secret_value().strip():
+        raise ConfigError("invalid setting MPCIO_INGRESS_SECRET: required by mpcio ingress")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    _quiet_kafka_logs()
+    asyncio.run(serve(settings))
+    return 0
+
+
 def _cmd_metrics_check(args: argparse.Namespace) -> int:
     from app.metrics_check import DASHBOARD, check_dashboard, report  # noqa: PLC0415
 
@@ -278,7 +321,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_check_config(_: argparse.Namespace) -> int:
+def _cmd_check_config(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
     from app.checks import Check, run_checks  # noqa: PLC0415
@@ -288,7 +331,7 @@ def _cmd_check_config(_: argparse.Namespace) -> int:
         print(f"{name:32} {value}")
     print()
     _quiet_kafka_logs()
-    checks = [Check("settings", True, ""), *asyncio.run(run_checks(settings))]
+    checks = [Check("settings", True, ""), *asyncio.run(run_checks(settings, sample=args.sample))]
     for check in checks:
         print(check.line())
     failed = [check.name for check in checks if not check.ok]
@@ -421,14 +464,27 @@ def _quiet_kafka_logs() -> None:
 
 
 def _cmd_kafka(args: argparse.Namespace) -> int:
-    from app.localkafka import LocalKafka, fetch_kafka  # noqa: PLC0415
+    from app.localkafka import LocalKafka, LocalKafkaCluster, fetch_kafka  # noqa: PLC0415
 
     if args.fetch_only:
         print(f"Kafka jars in {fetch_kafka()}")
         return 0
-    broker = LocalKafka(port=args.port, data_dir=args.data_dir)
-    broker.start()
-    print(f"Kafka ready at {broker.bootstrap} in {broker.started_in:.1f}s (log: {broker.log_file})")
+    broker: LocalKafka | LocalKafkaCluster
+    if args.brokers == 1:
+        broker = LocalKafka(port=args.port, data_dir=args.data_dir)
+        broker.start()
+        print(f"Kafka ready at {broker.bootstrap} in {broker.started_in:.1f}s")
+        print(f"log: {broker.log_file}")
+    else:
+        broker = LocalKafkaCluster(
+            args.brokers,
+            data_dir=args.data_dir,
+            ports=[args.port + index for index in range(args.brokers)],
+        )
+        broker.start()
+        print(f"Kafka cluster of {args.brokers} nodes ready in {broker.started_in:.1f}s")
+        print(f"logs: {broker.data_dir}/node-*/server.log; for the worker:")
+        print(f"MPCIO_BROKER='{broker.url}' MPCIO_TOPIC_REPLICATION_FACTOR={args.brokers}")
     print("Ctrl-C stops it.")
     _wait_for_signal()
     broker.close()
@@ -446,7 +502,7 @@ def settings_as_env(settings: Settings) -> dict[str, str]:
     """``MPCIO_*`` variables that reproduce ``settings`` in a child process (secrets included)."""
     env: dict[str, str] = {}
     dumped = settings.model_dump(mode="json")
-    for name in ("customerio_api_key", "kafka_sasl_password"):
+    for name in sorted(SECRET_FIELDS):
         secret = getattr(settings, name)
         if secret is not None:
             dumped[name] = secret.get_secret_value()

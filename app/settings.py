@@ -40,6 +40,31 @@ PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
+_BROKER_FORM = "host:port[,host:port] (kafka:// and ';' accepted too)"
+
+
+def canonical_broker(value: str) -> str:
+    """``value`` as faust's broker URL ``kafka://host:port[;host:port]``.
+
+    Accepts what mParticle's Kafka integration ("a comma-separated list of bootstrap servers")
+    and Kafka's own tools take — ``a:9092,b:9092`` — with or without the ``kafka://`` scheme,
+    and faust's ``;`` separator. Raises ``ValueError`` naming the first bad server (a missing
+    or non-numeric port, an empty list).
+    """
+    servers = [
+        part.strip()
+        for part in value.strip().removeprefix("kafka://").replace(";", ",").split(",")
+        if part.strip()
+    ]
+    if not servers:
+        raise ValueError(f"must look like {_BROKER_FORM}")
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
+            raise ValueError(f"{server!r} is not host:port; expected {_BROKER_FORM}")
+    return "kafka://" + ";".join(servers)
+
+
 class Settings(BaseSettings):
     """Everything the worker, the CLI and the tests configure.
 
@@ -58,7 +83,10 @@ class Settings(BaseSettings):
     # --- Kafka -------------------------------------------------------------------------------
     broker: str = Field(
         "kafka://127.0.0.1:9092",
-        description="Kafka bootstrap servers as a faust URL: kafka://host:port[;host:port].",
+        description=(
+            "Kafka bootstrap servers: host:port[,host:port] as mParticle and Kafka's tools take "
+            "them, with or without kafka://, ',' or ';' between servers."
+        ),
     )
     app_id: str = Field(
         "mpcio",
@@ -70,11 +98,15 @@ class Settings(BaseSettings):
         "mparticle-audiences", description="Input: audience membership changes."
     )
     topic_erasure: str = Field("mparticle-erasure", description="Input: erasure requests.")
+    # Topics we own are named under the app id by default, so two deployments on one cluster
+    # (production and staging, two workspaces) never share them (README "Upgrading").
     topic_operations: str = Field(
-        "customerio-operations", description="Internal: Customer.io operations (Avro)."
+        default_factory=lambda data: f"{data['app_id']}-operations",
+        description="Internal: Customer.io operations (Avro); default <app id>-operations.",
     )
     topic_deadletter: str = Field(
-        "customerio-deadletter", description="Output: everything rejected, with its reason."
+        default_factory=lambda data: f"{data['app_id']}-deadletter",
+        description="Output: everything rejected, with its reason; default <app id>-deadletter.",
     )
     topic_partitions: PositiveInt = Field(
         8,
@@ -129,6 +161,26 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Bind address of /metrics and health.")
     web_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         6066, description="Port of the worker's web server (/metrics, health, /users)."
+    )
+
+    # --- Firehose ingress (mpcio ingress) -----------------------------------------------------
+    ingress_host: str = Field("127.0.0.1", description="Bind address of mpcio ingress.")
+    ingress_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        6070, description="Port of mpcio ingress (POST Firehose messages, /metrics)."
+    )
+    ingress_secret: SecretStr | None = Field(
+        None,
+        description="Shared secret (secret): callers send 'Authorization: Bearer <secret>'. "
+        "Required by mpcio ingress.",
+    )
+    ingress_max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
+        10 * 1024 * 1024, description="Largest Firehose message accepted (bigger: 413)."
+    )
+    ingress_kafka_timeout_seconds: PositiveFloat = Field(
+        10.0, description="How long one message's write may wait for Kafka before 503."
+    )
+    ingress_retry_after_seconds: PositiveInt = Field(
+        10, description="Retry-After (seconds) sent with a 503."
     )
 
     # --- Customer.io -------------------------------------------------------------------------
@@ -215,9 +267,7 @@ class Settings(BaseSettings):
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, value: str) -> str:
-        if not value.startswith("kafka://") or not value.removeprefix("kafka://").strip(";"):
-            raise ValueError("must look like kafka://host:port[;host:port]")
-        return value
+        return canonical_broker(value)
 
     @field_validator(
         "kafka_sasl_username",
@@ -338,7 +388,7 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-SECRET_FIELDS = frozenset({"customerio_api_key", "kafka_sasl_password"})
+SECRET_FIELDS = frozenset({"customerio_api_key", "kafka_sasl_password", "ingress_secret"})
 
 
 def _is_secret_field(field: str) -> bool:
