@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tests.integration import reliability_model
-from tests.integration.support import inspect_emulator, message_count, wait_for
+from tests.integration.support import judge, message_count, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -144,15 +144,7 @@ async def run_kill_loop(
         await _settle(emulator)
     finally:
         producer.cancel()
-    people = (await inspect_emulator(emulator.url, "people"))["people"]
-    events = (await inspect_emulator(emulator.url, "events"))["events"]
-    verdict = reliability_model.check(
-        workload.expected,
-        workload.events_in,
-        people,
-        events,
-        emulator.state.stats()["duplicates_suppressed"],
-    )
+    verdict = await judge(emulator, workload)
     dead = await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name)
     return KillLoopResult(
         plan=plan,

@@ -9,6 +9,7 @@ duplicates the emulator suppressed, dead letters, lost).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from typing import TYPE_CHECKING
 
@@ -21,13 +22,14 @@ from tests.integration import reliability_model
 from tests.integration.conftest import Deployment
 from tests.integration.killloop import KillLoopPlan, run_kill_loop
 from tests.integration.support import (
-    inspect_emulator,
+    judge,
     message_count,
     produce,
     wait_for,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from app.emulator.server import RunningEmulator
@@ -69,12 +71,7 @@ async def _verdict(
     scenario: str,
     capsys: pytest.CaptureFixture[str],
 ) -> reliability_model.Verdict:
-    people = (await inspect_emulator(emulator.url, "people"))["people"]
-    events = (await inspect_emulator(emulator.url, "events"))["events"]
-    suppressed = emulator.state.stats()["duplicates_suppressed"]
-    verdict = reliability_model.check(
-        workload.expected, workload.events_in, people, events, suppressed
-    )
+    verdict = await judge(emulator, workload)
     dead = await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name)
     with capsys.disabled():
         print("\n" + verdict.summary(scenario, dead))
@@ -116,14 +113,8 @@ async def test_kill_loop_loses_nothing(
 async def test_broker_killed_and_restarted(
     names: Names, tmp_path: Path, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    broker = LocalKafka(data_dir=tmp_path / "kafka")
-    broker.start()
-    try:
-        deployment = Deployment(broker, names, tmp_path, emulator.url)
-        await deployment.prepare()
-        workload = _workload()
+    async with _own_broker(names, tmp_path, emulator) as (broker, deployment, workload):
         expected = len(workload.expected.events)
-        await produce(broker.bootstrap, deployment.topics.batches.name, workload.records)
         worker = deployment.start_worker(batch_max_items="20", rate_limit_per_second="40")
         await _until_delivered(emulator, expected // 3, [worker])
         broker.kill()
@@ -132,9 +123,6 @@ async def test_broker_killed_and_restarted(
         await _until_delivered(emulator, expected, [worker], timeout=180)
         await _settle(emulator, expected)
         await _verdict(deployment, emulator, workload, "broker restart", capsys)
-        await deployment.stop_all()
-    finally:
-        broker.close()
 
 
 async def test_customerio_errors_throttling_timeouts_and_drops(
@@ -281,14 +269,8 @@ async def test_sigterm_stops_gracefully_and_loses_nothing(
 async def test_sigterm_with_the_broker_down_is_bounded_and_loses_nothing(
     names: Names, tmp_path: Path, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    broker = LocalKafka(data_dir=tmp_path / "kafka")
-    broker.start()
-    try:
-        deployment = Deployment(broker, names, tmp_path, emulator.url)
-        await deployment.prepare()
-        workload = _workload()
+    async with _own_broker(names, tmp_path, emulator) as (broker, deployment, workload):
         expected = len(workload.expected.events)
-        await produce(broker.bootstrap, deployment.topics.batches.name, workload.records)
         store = {"store": "rocksdb://", "data_dir": str(tmp_path / "data")}
         worker = deployment.start_worker(batch_max_items="20", rate_limit_per_second="40", **store)
         await _until_delivered(emulator, expected // 3, [worker])
@@ -303,6 +285,21 @@ async def test_sigterm_with_the_broker_down_is_bounded_and_loses_nothing(
         await _until_delivered(emulator, expected, [restarted], timeout=240)
         await _settle(emulator, expected)
         await _verdict(deployment, emulator, workload, "sigterm, broker down", capsys)
+
+
+@contextlib.asynccontextmanager
+async def _own_broker(
+    names: Names, tmp_path: Path, emulator: RunningEmulator
+) -> AsyncIterator[tuple[LocalKafka, Deployment, reliability_model.Workload]]:
+    """A broker of the test's own (to kill), its topics, and the workload already produced."""
+    broker = LocalKafka(data_dir=tmp_path / "kafka")
+    broker.start()
+    try:
+        deployment = Deployment(broker, names, tmp_path, emulator.url)
+        await deployment.prepare()
+        workload = _workload()
+        await produce(broker.bootstrap, deployment.topics.batches.name, workload.records)
+        yield broker, deployment, workload
         await deployment.stop_all()
     finally:
         broker.close()
