@@ -11,6 +11,10 @@ Each check says ``ok`` with what it saw, or ``FAILED: <reason>``:
 - ``key sample`` (only with ``--sample N``): the last N records of the batches topic, counted
   by :func:`key_form` — how mParticle keys them and how many the worker would re-key.
 
+What a check says passes through the installed :class:`~app.masking.Masker`: a URL with
+credentials (``MPCIO_CUSTOMERIO_URL=http://user:pass@host``) is printed as
+``http://**********@host``, secrets and addresses in an answer are masked.
+
 Failure semantics: nothing raises for a failing check; every failure is a :class:`Check` with
 ``ok`` false. Checks that need a broker are reported as not run when it cannot be reached.
 """
@@ -22,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from app import masking
 from app.errors import BrokerError, InvalidRecordError
 
 if TYPE_CHECKING:
@@ -38,9 +43,10 @@ class Check:
     detail: str
 
     def line(self) -> str:
+        """The printed line, masked: ``name: ok (detail)`` or ``name: FAILED: detail``."""
         verdict = "ok" if self.ok else f"FAILED: {self.detail}"
         detail = f" ({self.detail})" if self.ok and self.detail else ""
-        return f"{self.name + ':':<18} {verdict}{detail}"
+        return masking.active().text(f"{self.name + ':':<18} {verdict}{detail}")
 
 
 async def run_checks(settings: Settings, *, sample: int = 0) -> list[Check]:

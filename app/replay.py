@@ -13,8 +13,10 @@ at tens of thousands of records per second on a local broker.
 
 Failure semantics: an invalid line (not JSON, not an object or array of objects, no usable
 mpid, ...) is reported on ``errors`` as ``line N: <reason>: <detail>`` (emails masked) and
-skipped. A file that cannot be read raises :class:`ReplayInputError` (after flushing what was
-already sent); a record Kafka does not accept raises :class:`~app.errors.BrokerError`.
+skipped; with ``max_invalid`` (``--max-invalid N``) the replay stops at the (N+1)th invalid
+line, after flushing what was sent, and ``ReplaySummary.stopped`` says so (the CLI exits 1).
+A file that cannot be read raises :class:`ReplayInputError` (after flushing what was already
+sent); a record Kafka does not accept raises :class:`~app.errors.BrokerError`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from app import masking
 from app.errors import BrokerError, InvalidRecordError, MpcioError
-from app.logs import redact
 from app.mparticle import parse_record
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ class ReplaySummary:
     sent: int = 0  # records sent (or, in a dry run, that would be sent)
     invalid: int = 0
     seconds: float = 0.0
+    stopped: bool = False  # more than max_invalid invalid lines: the rest was not read
 
     @property
     def rate(self) -> float:
@@ -205,6 +208,7 @@ async def replay_lines(
     errors: IO[str],
     *,
     rate: float | None = None,
+    max_invalid: int | None = None,
     progress: Progress | None = None,
     flush_every: int = FLUSH_EVERY,
     clock: Callable[[], float] = time.monotonic,
@@ -212,8 +216,8 @@ async def replay_lines(
 ) -> ReplaySummary:
     """Validate, key and send every line (``sender`` None: validate only, a dry run).
 
-    ``rate`` caps records per second. Whatever was sent is flushed before this returns or
-    raises.
+    ``rate`` caps records per second; more than ``max_invalid`` invalid lines stop the replay
+    (``stopped``). Whatever was sent is flushed before this returns or raises.
     """
     summary = ReplaySummary()
     started = clock()
@@ -227,7 +231,10 @@ async def replay_lines(
                 key = record_key(value)
             except InvalidRecordError as exc:
                 summary.invalid += 1
-                errors.write(f"line {number}: {exc.reason}: {redact(exc.detail)}\n")
+                errors.write(f"line {number}: {exc.reason}: {masking.active().text(exc.detail)}\n")
+                if max_invalid is not None and summary.invalid > max_invalid:
+                    summary.stopped = True
+                    break
                 continue
             if rate is not None and (ahead := started + summary.sent / rate - clock()) > 0:
                 await sleep(ahead)  # pacing to --rate, not synchronisation
@@ -253,6 +260,7 @@ async def replay_file(
     *,
     topic: str | None = None,
     rate: float | None = None,
+    max_invalid: int | None = None,
     dry_run: bool = False,
     errors: IO[str] = sys.stderr,
     progress_interval: float = PROGRESS_INTERVAL_SECONDS,
@@ -272,7 +280,14 @@ async def replay_file(
             verb="valid" if dry_run else "sent",
         )
         if dry_run:
-            return await replay_lines(source.lines(), None, errors, rate=rate, progress=progress)
+            return await replay_lines(
+                source.lines(),
+                None,
+                errors,
+                rate=rate,
+                max_invalid=max_invalid,
+                progress=progress,
+            )
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap_servers,
             acks="all",
@@ -292,6 +307,7 @@ async def replay_file(
                 KafkaSender(producer, target),
                 errors,
                 rate=rate,
+                max_invalid=max_invalid,
                 progress=progress,
             )
         finally:

@@ -1,38 +1,44 @@
-"""Logs never carry raw email addresses or the API key."""
+"""Logs never carry raw email addresses, secrets or URL credentials."""
 
 from __future__ import annotations
 
 import logging
+import sys
 
 import orjson
 import pytest
 
-from app.logs import JsonFormatter, RedactingFilter, mask_email, redact
+from app.logs import JsonFormatter, RedactingFilter
+from app.masking import Masker
 
-
-def test_mask_email_is_stable_and_case_insensitive() -> None:
-    assert mask_email("Ada@Example.com") == mask_email("ada@example.com")
-    assert "ada" not in mask_email("ada@example.com")
-
-
-def test_redact_masks_emails_and_secrets() -> None:
-    text = redact("user ada@example.com key=s3cr3t", secrets=("s3cr3t",))
-    assert "ada@example.com" not in text
-    assert "s3cr3t" not in text
-    assert mask_email("ada@example.com") in text
+MASKER = Masker("k" * 32, ("topsecret",))
 
 
 def test_filter_rewrites_formatted_message_with_args(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("test.redaction")
     handler = caplog.handler
-    handler.addFilter(RedactingFilter(("topsecret",)))
+    handler.addFilter(RedactingFilter(MASKER))
     try:
         with caplog.at_level(logging.INFO, logger="test.redaction"):
-            logger.info("identify %s with %s", "bob@example.org", "topsecret")
+            logger.info("identify %s with %s", "Bob@Example.org", "topsecret")
     finally:
         handler.removeFilter(handler.filters[-1])
-    assert "bob@example.org" not in caplog.text
+    assert "Bob@Example.org" not in caplog.text
     assert "topsecret" not in caplog.text
+    assert MASKER.email("bob@example.org") in caplog.text
+
+
+def test_filter_masks_tracebacks_before_any_formatter_sees_them() -> None:
+    try:
+        raise ValueError("bad address Müller.Jörg@bücher.example, key topsecret")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    RedactingFilter(MASKER).filter(record)
+    for formatter in (logging.Formatter(), JsonFormatter()):
+        line = formatter.format(record)
+        assert "ValueError" in line
+        assert "bücher" not in line
+        assert "topsecret" not in line
 
 
 def test_json_formatter_writes_one_object() -> None:
