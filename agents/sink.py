@@ -146,6 +146,11 @@ class OperationsSink(Service):
             group_id=f"{settings.app_id}-sink",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Only operations whose ingest transaction committed: an aborted one (its record is
+            # redone after a crash) would otherwise be delivered as a duplicate or phantom.
+            isolation_level="read_committed",
+            session_timeout_ms=int(settings.kafka_session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(settings.kafka_session_timeout_seconds * 1000 / 3),
             max_poll_records=MAX_RECORDS_PER_FETCH,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             **kafka_security.client_kwargs(settings),
