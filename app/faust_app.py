@@ -4,8 +4,9 @@ The app is built by a factory from :class:`~app.settings.Settings` (not at impor
 worker, the tests and the benchmarks each get an app with their own id, topics and store.
 
 Delivery semantics (ARCHITECTURE.md, "Crash safety"): ``processing_guarantee`` comes from the
-settings, ``exactly_once`` by default: faust keeps one transactional producer per assigned
-input partition, reads with ``read_committed`` and commits the input offsets of a partition
+settings (``at_least_once`` by default; ``exactly_once`` is opt-in until its open problems in
+ARCHITECTURE.md §4 are solved). Under ``exactly_once`` faust keeps one transactional producer
+per assigned input partition, reads with ``read_committed`` and commits the input offsets of a partition
 inside that partition's transaction (``send_offsets_to_transaction``); agents send everything a
 record produces through the same producer (:class:`agents.ingest.RecordWriter`). Agents run
 with ``concurrency=1``; faust commits only the contiguous acked prefix, so a crash redoes,

@@ -141,10 +141,11 @@ class Settings(BaseSettings):
         "6 s is the broker's default minimum.",
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
-        "exactly_once",
-        description="exactly_once: a record's state, operations and input offset commit in "
-        "one Kafka transaction (ARCHITECTURE.md). at_least_once: no transactions, kept only "
-        "to measure their cost (bench.e2e); a crash can then lose a record's operations.",
+        "at_least_once",
+        description="exactly_once (experimental): a record's state, operations and input "
+        "offset commit in one Kafka transaction (ARCHITECTURE.md §4); with faust 0.15.3 "
+        "workers can still stall after a rebalance, so it is not the default yet. "
+        "at_least_once: no transactions; a worker crash can lose a record's operations.",
     )
     store: str = Field(
         "rocksdb://",

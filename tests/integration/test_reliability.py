@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from app.emulator.faults import parse_faults
-from app.localkafka import LocalKafka
+from app.localkafka import LocalKafka, free_port
 from tests.integration import reliability_model
 from tests.integration.conftest import Deployment
 from tests.integration.killloop import KillLoopPlan, run_kill_loop
@@ -167,7 +167,9 @@ async def test_second_worker_joins_and_leaves(
     )
     first = deployment.start_worker(rate_limit_per_second="40", batch_max_items="20")
     await _until_delivered(emulator, 10, [first])
-    second = deployment.start_worker(rate_limit_per_second="40", batch_max_items="20")
+    second = deployment.start_worker(
+        rate_limit_per_second="40", batch_max_items="20", web_port=str(free_port())
+    )
     await produce(
         deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records[half:]
     )
