@@ -7,6 +7,8 @@ Every command validates the settings first; a configuration error prints one lin
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
 import sys
 import time
@@ -14,32 +16,77 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConfigError, MpcioError
-from app.settings import Settings, load_settings
+from app.errors import ConfigError, MpcioError, is_kafka_error, plain_kafka_error
+from app.logs import configure_logging
+from app.metrics import package_version
+from app.settings import (
+    ENV_PREFIX,
+    SECRET_FIELDS,
+    Settings,
+    load_settings,
+    unknown_variable_warnings,
+)
+
+log = logging.getLogger("mpcio")
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
 
 
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer stopped by SIGPIPE (128 + 13)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``mpcio`` console script."""
+    """Entry point of the ``mpcio`` console script.
+
+    Before the command runs: logging goes to stderr (text, or JSON when ``MPCIO_LOG_FORMAT``
+    is ``json``) and every unknown ``MPCIO_*`` variable is warned about once. Exit codes: 0 ok,
+    1 failure, 2 configuration error, 130 interrupted, 141 the reader of stdout went away
+    (``mpcio … | head``: the rest of the output is dropped quietly).
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    configure_logging("WARNING", _log_format())
+    for warning in unknown_variable_warnings(os.environ):
+        log.warning("%s", warning)
     try:
         code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        code = _stdout_gone()
     except MpcioError as exc:
         print(f"mpcio: {exc}", file=sys.stderr)
         code = EXIT_CONFIG if exc.fatal else EXIT_FAILURE
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        if not is_kafka_error(exc):
+            raise  # a bug: its traceback is what a report needs
+        print(f"mpcio: Kafka error: {plain_kafka_error(exc)}", file=sys.stderr)
+        code = EXIT_FAILURE
     sys.exit(code)
+
+
+def _log_format() -> str:
+    """``MPCIO_LOG_FORMAT`` as given, for logging before (or without) the settings."""
+    return os.environ.get(ENV_PREFIX + "LOG_FORMAT", "text").strip().lower()
+
+
+def _stdout_gone() -> int:
+    """stdout's reader closed the pipe: point stdout at /dev/null so the interpreter's final
+    flush cannot raise again, and exit like a Unix filter killed by SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpcio", description="Self-hosted mParticle → Customer.io stream forwarder."
     )
+    parser.add_argument("--version", action="version", version=f"mpcio {package_version()}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     worker = commands.add_parser("worker", help="run the forwarder (production entry point)")
@@ -226,7 +273,6 @@ def _cmd_metrics_check(args: argparse.Namespace) -> int:
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
-    import logging  # noqa: PLC0415
 
     from app.emulator.faults import RateLimit, parse_faults  # noqa: PLC0415
     from app.emulator.server import EmulatorConfig, serve  # noqa: PLC0415
@@ -248,7 +294,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         faults=tuple(rules),
         seed=args.seed,
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging("INFO", _log_format())
     serve(config, host=args.host, port=args.port)
     return 0
 
@@ -281,7 +327,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
 def _cmd_check_config(_: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
-    from app.checks import Check, run_checks  # noqa: PLC0415
+    from app.checks import Check, run_checks, summary  # noqa: PLC0415
 
     settings = load_settings()
     for name, value in settings.redacted().items():
@@ -291,9 +337,8 @@ def _cmd_check_config(_: argparse.Namespace) -> int:
     checks = [Check("settings", True, ""), *asyncio.run(run_checks(settings))]
     for check in checks:
         print(check.line())
-    failed = [check.name for check in checks if not check.ok]
-    print(f"check-config: {'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'}")
-    return EXIT_FAILURE if failed else 0
+    print(f"check-config: {summary(checks)}")
+    return EXIT_FAILURE if any(check.failed for check in checks) else 0
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -446,7 +491,7 @@ def settings_as_env(settings: Settings) -> dict[str, str]:
     """``MPCIO_*`` variables that reproduce ``settings`` in a child process (secrets included)."""
     env: dict[str, str] = {}
     dumped = settings.model_dump(mode="json")
-    for name in ("customerio_api_key", "kafka_sasl_password"):
+    for name in SECRET_FIELDS:
         secret = getattr(settings, name)
         if secret is not None:
             dumped[name] = secret.get_secret_value()

@@ -1,8 +1,14 @@
-"""Logging set-up: text or JSON lines, and no raw email address or API key ever written.
+"""Logging set-up: text or JSON lines, and no raw email address, mpid or API key ever written.
 
-:class:`RedactingFilter` rewrites every record's final message: email addresses become
+:class:`RedactingFilter` rewrites every record before it is formatted: in the message, in the
+context fields passed with ``extra=`` and in the exception text, email addresses become
 ``<email:9f86d081>`` (a short, stable hash, so one person's lines can still be followed) and
-the configured API key becomes ``**********``.
+every configured secret becomes ``**********``.
+
+JSON lines come from python-json-logger (:class:`JsonFormatter`): ``time`` (UTC, milliseconds),
+``level``, ``logger``, ``message``, then every context field the call site passed with
+``extra=`` (``topic``, ``partition``, ``offset``, ``mpid`` (masked with :func:`mask_mpid`),
+``reason``, ...) as a JSON field of its own, and ``exception`` when there is one.
 """
 
 from __future__ import annotations
@@ -11,16 +17,28 @@ import hashlib
 import logging
 import re
 import sys
+from datetime import UTC, datetime
 
-import orjson
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_RESERVED = frozenset(RESERVED_ATTRS) | {"message", "asctime"}
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
 
 
 def mask_email(email: str) -> str:
     """A stable, non-reversible stand-in for an email address in logs and the web view."""
-    digest = hashlib.blake2b(email.strip().lower().encode(), digest_size=4).hexdigest()
-    return f"<email:{digest}>"
+    return f"<email:{_digest(email.strip().lower())}>"
+
+
+def mask_mpid(mpid: str | int | None) -> str | None:
+    """A stable, non-reversible stand-in for an mpid in log context fields (None stays None)."""
+    return None if mpid is None else f"<mpid:{_digest(str(mpid).strip())}>"
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -32,7 +50,11 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Masks emails and secrets in the formatted message of every record it sees."""
+    """Masks emails and secrets in the message, string context fields and exception text.
+
+    The exception is formatted here (into ``exc_text``, which both formatters print) so that
+    its text is redacted too; the record keeps no ``exc_info`` afterwards.
+    """
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         super().__init__()
@@ -43,33 +65,49 @@ class RedactingFilter(logging.Filter):
         cleaned = redact(message, self.secrets)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
+        for name, value in vars(record).items():
+            if name not in _RESERVED and isinstance(value, str):
+                setattr(record, name, redact(value, self.secrets))
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secrets)
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (+ exception)."""
+class JsonFormatter(OrjsonFormatter):
+    """One JSON object per line: time (ms), level, logger, message, context fields, exception."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry).decode()
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={
+                "asctime": "time",
+                "levelname": "level",
+                "name": "logger",
+                "exc_info": "exception",
+            },
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802, ARG002 - logging's API
+        """``2026-11-29T13:40:00.123Z``: UTC with milliseconds."""
+        moment = datetime.fromtimestamp(record.created, UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def configure_logging(level: str, fmt: str, secrets: tuple[str, ...] = ()) -> None:
-    """Route every logger through one stderr handler with redaction."""
+    """Route every logger through one stderr handler with redaction.
+
+    ``level``: a logging level name; ``fmt``: ``json`` for JSON lines, anything else for text;
+    ``secrets``: texts never to be written (replaced by ``**********``).
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter(secrets))
-    handler.setFormatter(
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter: logging.Formatter = (
+        JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
     )
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

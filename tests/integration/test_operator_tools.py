@@ -346,7 +346,8 @@ async def test_check_config_reaches_kafka_and_customerio(
     assert f"FAILED: missing {other}-operations (mpcio worker creates them)" in split.out
     assert re.search(r"^co-partitioning: +FAILED: input topics differ", split.out, re.MULTILINE)
     assert f"{other}-audiences=2" in split.out
-    assert re.search(r"^customerio: +ok \(skipped", split.out, re.MULTILINE)
+    assert re.search(r"^customerio: +skipped \(MPCIO_FORWARDING_ENABLED", split.out, re.MULTILINE)
+    assert "FAILED: topics, co-partitioning (skipped: customerio)" in split.out
 
     down = await mpcio(
         "check-config", env={**deployment.env, "MPCIO_BROKER": "kafka://127.0.0.1:1"}

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import orjson
 import pytest
 
-from app.logs import JsonFormatter, RedactingFilter, mask_email, redact
+from app.logs import (
+    JsonFormatter,
+    RedactingFilter,
+    configure_logging,
+    mask_email,
+    mask_mpid,
+    redact,
+)
 
 
 def test_mask_email_is_stable_and_case_insensitive() -> None:
@@ -40,3 +48,57 @@ def test_json_formatter_writes_one_object() -> None:
     entry = orjson.loads(JsonFormatter().format(record))
     assert entry["message"] == "hello world"
     assert entry["level"] == "WARNING"
+
+
+def _emit(fmt: str, secrets: tuple[str, ...] = ()) -> str:
+    """Log through :func:`configure_logging`'s handler into a string; the root is restored."""
+    import io  # noqa: PLC0415
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging("INFO", fmt, secrets=secrets)
+    out = io.StringIO()
+    root.handlers[0].setStream(out)  # type: ignore[attr-defined]
+    try:
+        log = logging.getLogger("test.context")
+        log.warning(
+            "dead letter for %s",
+            "eve@example.com",
+            extra={
+                "topic": "mparticle-batches",
+                "partition": 3,
+                "offset": 41,
+                "mpid": mask_mpid(-8_000_000_000),
+                "reason": "rejected eve@example.com with s3cr3t",
+            },
+        )
+        try:
+            raise ValueError("bad eve@example.com s3cr3t")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+    return out.getvalue()
+
+
+def test_json_lines_carry_milliseconds_and_masked_context_fields() -> None:
+    first, second = (orjson.loads(line) for line in _emit("json", ("s3cr3t",)).splitlines())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"]), first
+    assert first["level"] == "WARNING"
+    assert first["logger"] == "test.context"
+    assert first["message"] == f"dead letter for {mask_email('eve@example.com')}"
+    assert (first["topic"], first["partition"], first["offset"]) == ("mparticle-batches", 3, 41)
+    assert first["mpid"] == mask_mpid("-8000000000")
+    assert "8000000000" not in first["mpid"]
+    assert first["reason"] == f"rejected {mask_email('eve@example.com')} with **********"
+    assert second["message"] == "failed"
+    assert "ValueError: bad <email:" in second["exception"]
+    assert "s3cr3t" not in second["exception"]
+
+
+def test_text_lines_are_redacted_too() -> None:
+    text = _emit("text", ("s3cr3t",))
+    assert "WARNING test.context: dead letter for <email:" in text
+    assert "ValueError: bad <email:" in text  # the traceback follows its line
+    assert "eve@example.com" not in text
+    assert "s3cr3t" not in text
