@@ -45,7 +45,8 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
         env=_env(),
         cwd=tmp_path,
     )
-    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
     first = process.stdout.readline()
     process.stdout.close()  # what `head -1` does after its line
     stderr = process.stderr.read().decode()
