@@ -7,6 +7,7 @@ Every command validates the settings first; a configuration error prints one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -15,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from app.errors import ConfigError, MpcioError, is_kafka_error, plain_kafka_error
 from app.logs import configure_logging
@@ -189,6 +192,14 @@ def _add_deadletter_parser(commands: Any) -> None:
     dl_list = actions.add_parser("list", help="one line per dead letter")
     _add_selection_flags(dl_list)
     dl_list.add_argument("--unmasked", action="store_true", help="show emails in details")
+    dl_list.add_argument(
+        "--json", action="store_true", help="JSON Lines: one object per dead letter, as show"
+    )
+    dl_list.add_argument(
+        "--newest-first",
+        action="store_true",
+        help="most recent failure first, across partitions (default: topic order)",
+    )
     dl_list.set_defaults(handler=_cmd_deadletter_list)
     dl_show = actions.add_parser("show", help="one dead letter in full, as JSON")
     dl_show.add_argument("position", metavar="PARTITION@OFFSET", type=_position)
@@ -391,17 +402,25 @@ def _selection(args: argparse.Namespace) -> Any:
 def _cmd_deadletter_list(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
-    from app.deadletters import list_line, select  # noqa: PLC0415
+    from app.deadletters import list_line, newest_first, select, show_document  # noqa: PLC0415
 
     settings = load_settings(forwarding_enabled=False)
     selection = _selection(args)
     _quiet_kafka_logs()
 
+    def line(stored: Any) -> str:
+        if args.json:
+            return orjson.dumps(show_document(stored, masked=not args.unmasked)).decode()
+        return list_line(stored, masked=not args.unmasked)
+
     async def run() -> int:
         count = 0
-        async for stored in select(settings, selection):
-            print(list_line(stored, masked=not args.unmasked), flush=True)
-            count += 1
+        reader = (newest_first if args.newest_first else select)(settings, selection)
+        # closed here, even when printing fails, so the consumer stops before the loop ends
+        async with contextlib.aclosing(reader) as letters:
+            async for stored in letters:
+                print(line(stored), flush=True)
+                count += 1
         return count
 
     count = asyncio.run(run())
@@ -419,8 +438,10 @@ def _cmd_deadletter_show(args: argparse.Namespace) -> int:
     _quiet_kafka_logs()
 
     async def run() -> Any:
-        async for stored in select(settings, Selection(positions=frozenset({args.position}))):
-            return stored
+        reader = select(settings, Selection(positions=frozenset({args.position})))
+        async with contextlib.aclosing(reader) as letters:
+            async for stored in letters:
+                return stored
         return None
 
     stored = asyncio.run(run())

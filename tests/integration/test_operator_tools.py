@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import os
 import re
+import sys
 import time
 from typing import TYPE_CHECKING
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.avro import codec
@@ -259,6 +263,69 @@ async def test_deadletter_list_show_and_redrive(kafka: LocalKafka, names: Names)
 
     chosen = await mpcio("deadletter", "redrive", "--offsets", position, "--dry-run", env=env)
     assert "1 would be sent (dry run), 0 skipped" in chosen.err
+
+
+async def test_deadletter_list_json_newest_first_since_by_time_and_a_closed_pipe(
+    kafka: LocalKafka, names: Names
+) -> None:
+    env = _env(kafka, names)
+    deadletter = names.topic("deadletter")
+    await create_topics(kafka.bootstrap, [deadletter], partitions=2)
+    now = int(time.time() * 1000)
+    hour = 3_600_000
+    big = b'{"note": "' + b"x" * 300_000 + b'"}'  # far more than a pipe buffers
+    # (partition, Kafka timestamp, failed_at, reason); "stale" failed recently but was written
+    # with an old Kafka timestamp: only a scan (not a seek by time) would find it for --since
+    letters = [
+        (0, now - 240 * hour, now, "stale"),
+        (0, now, now - 2 * hour, "two_hours"),
+        (1, now, now - 1 * hour, "one_hour"),
+        (1, now, now - 3 * hour, "three_hours"),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for partition, written, failed, reason in letters:
+            value = _letter(reason=reason, failed_at_ms=failed, payload=big)
+            await producer.send_and_wait(
+                deadletter, value, partition=partition, timestamp_ms=written
+            )
+    finally:
+        await producer.stop()
+
+    listed = await mpcio("deadletter", "list", "--json", env=env)
+    assert listed.code == 0, listed.err
+    documents = [json.loads(line) for line in listed.out.splitlines()]
+    assert sorted(d["reason"] for d in documents) == sorted(r for *_, r in letters)
+    assert {d["position"] for d in documents} == {"0@0", "0@1", "1@0", "1@1"}
+    assert all(d["stage"] == "ingest" for d in documents)
+
+    newest = await mpcio("deadletter", "list", "--json", "--newest-first", env=env)
+    order = [json.loads(line)["reason"] for line in newest.out.splitlines()]
+    assert order == ["stale", "one_hour", "two_hours", "three_hours"]
+    top = await mpcio("deadletter", "list", "--newest-first", "--limit", "2", env=env)
+    assert [line.split()[3] for line in top.out.splitlines()] == ["stale", "one_hour"]
+
+    recent = await mpcio("deadletter", "list", "--json", "--since", "150m", env=env)
+    assert recent.code == 0, recent.err
+    assert sorted(json.loads(line)["reason"] for line in recent.out.splitlines()) == [
+        "one_hour",
+        "two_hours",
+    ]
+
+    for command in ("deadletter show 1@0", "deadletter list --json"):
+        piped = await asyncio.create_subprocess_exec(
+            "bash",
+            "-c",
+            f"{sys.executable} -m app {command} | head -n 2 >/dev/null; exit ${{PIPESTATUS[0]}}",
+            env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(piped.communicate(), 120)
+        assert piped.returncode == 141, (command, err.decode())
+        assert b"Traceback" not in err
+        assert b"Exception ignored" not in err
 
 
 async def test_redriven_sink_letter_reaches_customerio(
