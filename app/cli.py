@@ -355,32 +355,37 @@ def _cmd_check_config(_: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
-    from app.replay import replay_file  # noqa: PLC0415
+    from app.replay import ReplayStoppedError, replay_file  # noqa: PLC0415
 
     settings = load_settings(forwarding_enabled=False)  # replay never talks to Customer.io
     topic = args.topic or settings.topic_batches
     _quiet_kafka_logs()
-    summary = asyncio.run(
-        replay_file(
-            settings,
-            args.file,
-            topic=topic,
-            rate=args.rate,
-            dry_run=args.dry_run,
-            progress_interval=args.progress_every,
+    try:
+        summary = asyncio.run(
+            replay_file(
+                settings,
+                args.file,
+                topic=topic,
+                rate=args.rate,
+                dry_run=args.dry_run,
+                progress_interval=args.progress_every,
+            )
         )
-    )
-    sent = (
-        f"{summary.sent} valid (dry run, nothing sent)"
-        if args.dry_run
-        else (f"sent {summary.sent} to {topic}")
-    )
+    except ReplayStoppedError as exc:
+        print(f"mpcio: {exc}", file=sys.stderr)
+        summary, stopped = exc.summary, True
+    else:
+        stopped = False
+    if args.dry_run:
+        sent = f"{summary.sent} valid (dry run, nothing sent)"
+    else:
+        sent = f"sent {summary.sent} to {topic}" + (" (acknowledged before the error)" * stopped)
     print(
         f"replay: {sent}, {summary.invalid} invalid, {summary.seconds:.2f} s, "
         f"{summary.rate:,.0f} records/s",
         file=sys.stderr,
     )
-    return 0
+    return EXIT_FAILURE if stopped else 0
 
 
 def _selection(args: argparse.Namespace) -> Any:
@@ -508,11 +513,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def settings_as_env(settings: Settings) -> dict[str, str]:
-    """``MPCIO_*`` variables that reproduce ``settings`` in a child process (secrets included)."""
+def settings_as_env(settings: Settings, *, changed_only: bool = False) -> dict[str, str]:
+    """``MPCIO_*`` variables that reproduce ``settings`` in a child process (secrets included);
+    ``changed_only``: only the settings that differ from their defaults."""
     env: dict[str, str] = {}
-    dumped = settings.model_dump(mode="json")
-    for name in SECRET_FIELDS:
+    dumped = settings.model_dump(mode="json", exclude_defaults=changed_only)
+    for name in SECRET_FIELDS & dumped.keys():
         secret = getattr(settings, name)
         if secret is not None:
             dumped[name] = secret.get_secret_value()
