@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.avro import codec
 from app.emulator.faults import parse_faults
+from app.localkafka import LocalKafka
 from app.pipeline import SourcePosition, dead_letter
 from tests.integration import workload
 from tests.integration.cli import mpcio
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from app.emulator.server import RunningEmulator
-    from app.localkafka import LocalKafka
     from tests.integration.conftest import Deployment, Names
 
 pytestmark = pytest.mark.integration
@@ -129,6 +129,77 @@ async def test_replay_fails_with_one_line_when_kafka_or_file_is_missing(
     assert missing.code == 1
     assert missing.err.strip().startswith("mpcio: cannot read ")
     assert len(missing.err.strip().splitlines()) == 1
+
+
+async def test_replay_on_broker_loss_fails_once_and_counts_only_acknowledged(
+    names: Names, tmp_path: Path
+) -> None:
+    """A broker of this test's own (not the session's) is SIGKILLed mid-replay, then
+    restarted on its data to count what landed."""
+    broker = LocalKafka(data_dir=tmp_path / "kafka")
+    await asyncio.to_thread(broker.start)
+    try:
+        topic = names.topic("batches")
+        await create_topics(broker.bootstrap, [topic], partitions=2)
+        source = tmp_path / "many.jsonl"
+        source.write_bytes(b"".join(b'{"mpid": %d}\n' % n for n in range(1, 300_001)))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "app",
+            "replay",
+            str(source),
+            "--topic",
+            topic,
+            "--rate",
+            "2000",
+            "--progress-every",
+            "0.2",
+            env={**os.environ, **worker_env(broker.url, names.prefix, 0), "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        seen: list[str] = []
+        try:
+            async with asyncio.timeout(180):
+                while not re.search(r"replay: \d{1,3},\d{3} sent", seen[-1] if seen else ""):
+                    line = (await process.stderr.readline()).decode()
+                    assert line, "replay ended before the broker was lost:\n" + "".join(seen)
+                    seen.append(line)
+                await asyncio.to_thread(broker.kill)  # the broker is lost mid-replay
+                rest = (await process.stderr.read()).decode()
+                code = await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        err = "".join(seen) + rest
+        assert code == 1, err
+        errors = [line for line in err.splitlines() if line.startswith("mpcio:")]
+        assert len(errors) == 1, err
+        assert "Kafka" in errors[0]
+        assert "Traceback" not in err
+        assert "never retrieved" not in err
+        summary = re.search(
+            r"^replay: sent (\d+) to \S+ \(acknowledged before the error\)", err, re.MULTILINE
+        )
+        assert summary, err
+        acknowledged = int(summary.group(1))
+        assert acknowledged > 0
+
+        await asyncio.to_thread(broker.start)  # the same data: count what landed
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in (0, 1)]
+            landed = sum((await consumer.end_offsets(partitions)).values())
+        finally:
+            await consumer.stop()
+        assert landed >= acknowledged  # every record counted as sent is in Kafka
+    finally:
+        await asyncio.to_thread(broker.close)
 
 
 def _letter(**fields: object) -> bytes:
