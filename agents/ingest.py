@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from app import metrics
+from app.logs import log_dead_letters, mask_mpid
 from app.pipeline import (
     STAGE_INGEST,
     IngestResult,
@@ -86,7 +87,17 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
             try:
                 result = process(event, position)
             except Exception as exc:  # a bug must not lose the record: dead-letter it
-                log.exception("ingest failed on %s", position)
+                log.exception(
+                    "ingest failed on %s",
+                    position,
+                    extra={
+                        "topic": position.topic,
+                        "partition": position.partition,
+                        "offset": position.offset,
+                        "mpid": mask_mpid(event.key),
+                        "reason": "internal_error",
+                    },
+                )
                 result = IngestResult(
                     dead_letters=[
                         dead_letter(
@@ -116,6 +127,7 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
                 await rekey_topic.send(key=mpid.encode(), value=raw)
             for letter in result.dead_letters:
                 await deadletters.send(key=event.key, value=letter)
+            log_dead_letters(log, result.dead_letters)
             record_metrics(result)
 
     @app.agent(batches, name="ingest_batches", concurrency=1)

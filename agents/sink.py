@@ -45,6 +45,7 @@ from app.customerio.client import TrackClient
 from app.customerio.delivery import FatalDeliveryError, Rejected, RetryPolicy, deliver
 from app.customerio.ratelimit import RateLimiter
 from app.errors import InvalidRecordError
+from app.logs import log_dead_letters
 from app.pipeline import SourcePosition, dead_letter, now_ms
 
 if TYPE_CHECKING:
@@ -261,6 +262,7 @@ class OperationsSink(Service):
             await self._producer.send(self.topics.deadletter.name, letter) for letter in letters
         ]
         await asyncio.gather(*futures)  # confirmed by the broker before any commit
+        log_dead_letters(log, letters)
 
     def _letter_for_rejected(self, rejected: Rejected[ItemRef]) -> bytes:
         ref = rejected.ref

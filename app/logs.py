@@ -17,6 +17,7 @@ import hashlib
 import logging
 import re
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -40,9 +41,12 @@ def mask_email(email: str) -> str:
     return f"<email:{_digest(email.strip().lower())}>"
 
 
-def mask_mpid(mpid: str | int | None) -> str | None:
-    """A stable, non-reversible stand-in for an mpid in log context fields (None stays None)."""
-    return None if mpid is None else f"<mpid:{_digest(str(mpid).strip())}>"
+def mask_mpid(mpid: str | bytes | int | None) -> str | None:
+    """A stable, non-reversible stand-in for an mpid (text, a record key, or a number) in log
+    context fields; None and an empty key stay None."""
+    if isinstance(mpid, bytes):
+        mpid = mpid.decode("utf-8", "replace")
+    return None if mpid is None or mpid == "" else f"<mpid:{_digest(str(mpid).strip())}>"
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -115,3 +119,27 @@ def configure_logging(level: str, fmt: str, secrets: tuple[str, ...] = ()) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def log_dead_letters(logger: logging.Logger, letters: Iterable[bytes]) -> None:
+    """One WARNING per encoded ``DeadLetter`` written: reason and detail as the message, and
+    ``topic``, ``partition``, ``offset``, ``mpid`` (masked), ``reason``, ``stage`` and
+    ``http_status`` as context fields (JSON fields in JSON logs)."""
+    from app.avro import codec  # noqa: PLC0415 - Avro only where dead letters are written
+
+    for encoded in letters:
+        letter = codec("dead_letter").decode(encoded)
+        logger.warning(
+            "dead letter %s: %.300s",
+            letter["reason"],
+            letter["detail"],
+            extra={
+                "topic": letter["source_topic"],
+                "partition": letter["source_partition"],
+                "offset": letter["source_offset"],
+                "mpid": mask_mpid(letter["key"]),
+                "reason": letter["reason"],
+                "stage": letter["stage"],
+                "http_status": letter["http_status"],
+            },
+        )
