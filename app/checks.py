@@ -109,7 +109,8 @@ async def check_kafka(settings: Settings) -> list[Check]:
         kafka = Check(
             "kafka",
             True,
-            f"{settings.broker}, {brokers} broker{'s' if brokers != 1 else ''}, {protocol}"
+            f"{', '.join(settings.bootstrap_servers)}, {brokers} broker"
+            f"{'s' if brokers != 1 else ''} answered, {protocol}"
             + (", password sent unencrypted" if protocol == "SASL_PLAINTEXT" else ""),
         )
         missing = [spec.name for spec in topics.all() if spec.name not in counts]

@@ -1,16 +1,21 @@
 """Topic administration with aiokafka: create what is missing, check co-partitioning.
 
-Failure semantics: :func:`ensure_topics` raises :class:`~app.errors.ConfigError` when existing
-input topics disagree on their partition count (the per-user table needs co-partitioned
-inputs; running anyway would split one user's state across workers), and
-:class:`~app.errors.BrokerError` when the broker cannot be reached.
+The batches topic belongs to mParticle's Kafka integration, which decides its partition
+count; every topic we read or create must match it (the per-user table needs co-partitioned
+topics: otherwise one user's state would be split across workers).
+
+Failure semantics: :func:`ensure_topics` raises :class:`~app.errors.ConfigError` naming every
+topic and its count when an existing topic disagrees with the batches topic, before creating
+anything (nothing half-made is left behind), and :class:`~app.errors.BrokerError` when the
+broker cannot be reached.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -26,9 +31,13 @@ async def ensure_topics(
     replication_factor: int = 1,
     *,
     security: Mapping[str, Any] | None = None,
-) -> None:
-    """Create every missing topic of ``topics``; verify the inputs are co-partitioned.
+    changelogs: Sequence[str] = (),
+) -> int:
+    """Create every missing topic of ``topics``; return the partition count they all share.
 
+    The count is the existing batches topic's, else ``topics.batches.partitions`` (from
+    ``MPCIO_TOPIC_PARTITIONS``). ``changelogs``: names of faust's table changelog topics, which
+    faust creates itself but which must match too when they already exist.
     ``security``: the TLS/SASL client arguments (:func:`app.kafka_security.client_kwargs`).
     """
     admin = AIOKafkaAdminClient(
@@ -38,22 +47,35 @@ async def ensure_topics(
         await admin.start()
     except KafkaError as exc:
         raise BrokerError(f"cannot reach Kafka at {','.join(bootstrap)}: {exc}") from exc
+    names = [spec.name for spec in topics.all()]
     try:
-        existing = await partition_counts(admin, [spec.name for spec in topics.all()])
+        existing = await partition_counts(admin, [*names, *changelogs])
+        count = existing.get(topics.batches.name, topics.batches.partitions)
+        _check_counts(topics.batches.name, count, existing)
         missing = [spec for spec in topics.all() if spec.name not in existing]
         if missing:
             # another worker may create them between our two calls
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([_new_topic(s, replication_factor) for s in missing])
-            existing = await _counts_once_visible(admin, [spec.name for spec in topics.all()])
-        counts = {spec.name: existing.get(spec.name) for spec in topics.inputs()}
-        if len(set(counts.values())) != 1:
-            raise ConfigError(
-                "input topics must be co-partitioned (same partition count): "
-                + ", ".join(f"{name}={count}" for name, count in counts.items())
-            )
+                await admin.create_topics(
+                    [_new_topic(replace(s, partitions=count), replication_factor) for s in missing]
+                )
+            existing = await _counts_once_visible(admin, names)
+            _check_counts(topics.batches.name, count, existing)
     finally:
         await admin.close()
+    return count
+
+
+def _check_counts(batches: str, count: int, existing: Mapping[str, int]) -> None:
+    """Raise :class:`ConfigError` naming every topic whose count is not ``count``."""
+    wrong = {name: n for name, n in existing.items() if n != count}
+    if wrong:
+        raise ConfigError(
+            f"topics must have the partition count of {batches} ({count}), which mParticle's "
+            "Kafka integration decides: "
+            + ", ".join(f"{name} has {n}" for name, n in sorted(wrong.items()))
+            + "; recreate them with that count (nothing was created)"
+        )
 
 
 async def partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:

@@ -56,6 +56,31 @@ PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
+_BROKER_FORM = "host:port[,host:port] (kafka:// and ';' accepted too)"
+
+
+def canonical_broker(value: str) -> str:
+    """``value`` as faust's broker URL ``kafka://host:port[;host:port]``.
+
+    Accepts what mParticle's Kafka integration ("a comma-separated list of bootstrap servers")
+    and Kafka's own tools take — ``a:9092,b:9092`` — with or without the ``kafka://`` scheme,
+    and faust's ``;`` separator. Raises ``ValueError`` naming the first bad server (a missing
+    or non-numeric port, an empty list).
+    """
+    servers = [
+        part.strip()
+        for part in value.strip().removeprefix("kafka://").replace(";", ",").split(",")
+        if part.strip()
+    ]
+    if not servers:
+        raise ValueError(f"must look like {_BROKER_FORM}")
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
+            raise ValueError(f"{server!r} is not host:port; expected {_BROKER_FORM}")
+    return "kafka://" + ";".join(servers)
+
+
 class Settings(BaseSettings):
     """Everything the worker, the CLI and the tests configure.
 
@@ -74,7 +99,10 @@ class Settings(BaseSettings):
     # --- Kafka -------------------------------------------------------------------------------
     broker: str = Field(
         "kafka://127.0.0.1:9092",
-        description="Kafka bootstrap servers as a faust URL: kafka://host:port[;host:port].",
+        description=(
+            "Kafka bootstrap servers: host:port[,host:port] as mParticle and Kafka's tools take "
+            "them, with or without kafka://, ',' or ';' between servers."
+        ),
     )
     app_id: str = Field(
         "mpcio",
@@ -86,11 +114,15 @@ class Settings(BaseSettings):
         "mparticle-audiences", description="Input: audience membership changes."
     )
     topic_erasure: str = Field("mparticle-erasure", description="Input: erasure requests.")
+    # Topics we own are named under the app id by default, so two deployments on one cluster
+    # (production and staging, two workspaces) never share them (README "Upgrading").
     topic_operations: str = Field(
-        "customerio-operations", description="Internal: Customer.io operations (Avro)."
+        default_factory=lambda data: f"{data['app_id']}-operations",
+        description="Internal: Customer.io operations (Avro); default <app id>-operations.",
     )
     topic_deadletter: str = Field(
-        "customerio-deadletter", description="Output: everything rejected, with its reason."
+        default_factory=lambda data: f"{data['app_id']}-deadletter",
+        description="Output: everything rejected, with its reason; default <app id>-deadletter.",
     )
     topic_partitions: PositiveInt = Field(
         8,
@@ -237,9 +269,7 @@ class Settings(BaseSettings):
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, value: str) -> str:
-        if not value.startswith("kafka://") or not value.removeprefix("kafka://").strip(";"):
-            raise ValueError("must look like kafka://host:port[;host:port]")
-        return value
+        return canonical_broker(value)
 
     @field_validator(
         "kafka_sasl_username",

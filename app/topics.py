@@ -60,6 +60,11 @@ SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
 THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
 
 
+def changelog_topics(app_id: str) -> tuple[str, ...]:
+    """The changelog topics faust creates for our tables (``<app id>-<table>-changelog``)."""
+    return tuple(f"{app_id}-{table}-changelog" for table in (USERS_TABLE, ERASURES_TABLE))
+
+
 def topics_for(settings: Settings) -> Topics:
     """The topic specs for ``settings`` (names and partition count are configurable)."""
     partitions = settings.topic_partitions

@@ -23,7 +23,7 @@ from app.kafka_admin import ensure_topics
 from app.kafka_security import client_kwargs
 from app.logs import configure_logging
 from app.settings import Settings
-from app.topics import topics_for
+from app.topics import changelog_topics, topics_for
 from app.web import attach_web
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,18 @@ def build_worker_app(settings: Settings) -> faust.App:
 
 def run_worker(settings: Settings) -> None:
     """Check topics, then run until stopped by a signal; exits the process like faust does."""
-    asyncio.run(
+    partitions = asyncio.run(
         ensure_topics(
             settings.bootstrap_servers,
             topics_for(settings),
             settings.topic_replication_factor,
             security=client_kwargs(settings),
+            changelogs=changelog_topics(settings.app_id),
         )
     )
+    # The batches topic (mParticle's) decides; MPCIO_TOPIC_PARTITIONS only names the count
+    # of topics created before it exists.
+    settings = settings.model_copy(update={"topic_partitions": partitions})
     app = build_worker_app(settings)
     worker = ForwarderWorker(app, settings)
     log.info("settings: %s", settings.redacted())

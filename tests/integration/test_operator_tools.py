@@ -81,28 +81,26 @@ async def test_replay_keys_by_mpid_reports_bad_lines_and_reads_gzip(
         assert record.key == str(int(first["mpid"])).encode()  # canonical decimal text
 
 
-async def test_replay_is_fast_and_honours_rate_and_dry_run(
+async def test_replay_sends_everything_honours_rate_and_dry_run(
     kafka: LocalKafka, names: Names, tmp_path: Path
 ) -> None:
+    # Behaviour only: replay speed is a figure of `python -m bench.replay`, never a test.
     topic = names.topic("batches")
     await create_topics(kafka.bootstrap, [topic])
-    records = workload.batches(users=1000, batches_per_user=50, events_per_batch=3)
+    records = workload.batches(users=200, batches_per_user=25, events_per_batch=3)
     path = tmp_path / "big.jsonl"
     path.write_bytes(b"\n".join(value for _, value in records) + b"\n")
 
     dry = await mpcio("replay", str(path), "--dry-run", env=_env(kafka, names))
     assert dry.code == 0, dry.both
-    assert "50000 valid (dry run, nothing sent), 0 invalid" in dry.err
+    assert "5000 valid (dry run, nothing sent), 0 invalid" in dry.err
 
     result = await mpcio("replay", str(path), "--progress-every", "0.1", env=_env(kafka, names))
     assert result.code == 0, result.both
-    summary = result.err.strip().splitlines()[-1]
-    rate = float(re.search(r"([\d,]+) records/s", summary).group(1).replace(",", ""))  # type: ignore[union-attr]
-    print(f"\nreplay to the local broker: {summary}")
-    assert rate > 20_000, summary
+    assert re.search(r"sent 5000 to .*, 0 invalid, [\d.]+ s, [\d,]+ records/s", result.err)
     assert re.search(r"replay: [\d,]+ sent .*/s .*% +ETA \d+:\d\d:\d\d", result.err), result.err
-    arrived = await consume_until(kafka.bootstrap, topic, lambda rs: len(rs) >= 50_000)
-    assert len(arrived) == 50_000  # the dry run sent nothing
+    arrived = await consume_until(kafka.bootstrap, topic, lambda rs: len(rs) >= 5000)
+    assert len(arrived) == 5000  # the dry run sent nothing
 
     small = tmp_path / "small.jsonl"
     small.write_bytes(b"\n".join(value for _, value in records[:30]) + b"\n")
@@ -112,6 +110,7 @@ async def test_replay_is_fast_and_honours_rate_and_dry_run(
     )
     assert paced.code == 0, paced.both
     assert "sent 30" in paced.err
+    # A lower bound on time: a busy machine can only make it slower, never break it.
     assert time.monotonic() - began >= 0.29  # 30 records at 100/s take at least 0.29 s
 
 
@@ -450,6 +449,17 @@ async def test_check_config_reaches_kafka_and_customerio(
     }
     assert "all checks passed" in good.out
     assert API_KEY not in good.both
+
+    # mParticle's form of the setting: a comma-separated list, no scheme; shown as parsed.
+    listed = await mpcio(
+        "check-config",
+        env={**deployment.env, "MPCIO_BROKER": f"{kafka.bootstrap},{kafka.bootstrap}"},
+    )
+    assert listed.code == 0, listed.both
+    servers = re.escape(f"{kafka.bootstrap}, {kafka.bootstrap}")
+    assert re.search(rf"^kafka: +ok \({servers}, 1 broker answered", listed.out, re.MULTILINE), (
+        listed.out
+    )
 
     bad = await mpcio(
         "check-config", env={**deployment.env, "MPCIO_CUSTOMERIO_API_KEY": "wrong-key"}

@@ -44,7 +44,7 @@ def test_defaults_follow_the_seed() -> None:
         ({"MPCIO_CUSTOMERIO_REGION": "mars"}, "MPCIO_CUSTOMERIO_REGION"),
         ({"MPCIO_TOPIC_PARTITIONS": "0"}, "MPCIO_TOPIC_PARTITIONS"),
         ({"MPCIO_ENVIRONMENTS": "prod"}, "MPCIO_ENVIRONMENTS"),
-        ({"MPCIO_BROKER": "localhost:9092"}, "MPCIO_BROKER"),
+        ({"MPCIO_BROKER": "localhost"}, "MPCIO_BROKER"),
         ({"MPCIO_RATE_LIMIT_PER_SECOND": "-1"}, "MPCIO_RATE_LIMIT_PER_SECOND"),
         ({"MPCIO_BATCH_MAX_BYTES": "900000"}, "MPCIO_BATCH_MAX_BYTES"),
         ({"MPCIO_CUSTOMERIO_URL": "not a url"}, "MPCIO_CUSTOMERIO_URL"),
@@ -96,9 +96,27 @@ def test_api_key_is_redacted_and_never_echoed_in_errors(monkeypatch: pytest.Monk
     assert "k3y-s3cr3t" not in str(caught.value)
 
 
-def test_bootstrap_servers_from_broker_url() -> None:
-    settings = load_settings(forwarding_enabled=False, broker="kafka://a:1;b:2")
-    assert settings.bootstrap_servers == ["a:1", "b:2"]
+@pytest.mark.parametrize(
+    ("broker", "servers"),
+    [
+        ("kafka://a:1;b:2", ["a:1", "b:2"]),  # faust's own form
+        ("a:9092,b:9093", ["a:9092", "b:9093"]),  # mParticle's "comma-separated list"
+        ("kafka://a:9092,b:9093", ["a:9092", "b:9093"]),
+        ("localhost:9092", ["localhost:9092"]),
+        (" a:1 , b:2 ,", ["a:1", "b:2"]),
+        ("[::1]:9092", ["[::1]:9092"]),
+    ],
+)
+def test_broker_accepts_mparticle_and_kafka_forms(broker: str, servers: list[str]) -> None:
+    settings = load_settings(forwarding_enabled=False, broker=broker)
+    assert settings.bootstrap_servers == servers
+    assert settings.broker == "kafka://" + ";".join(servers)  # what faust is given
+
+
+@pytest.mark.parametrize("broker", ["", "kafka://", "a", "a:b", "a:0", "a:99999", ":9092", "a:1,b"])
+def test_broker_rejects_what_is_not_host_port(broker: str) -> None:
+    with pytest.raises(ConfigError, match="MPCIO_BROKER"):
+        load_settings(forwarding_enabled=False, broker=broker)
 
 
 @pytest.mark.parametrize(
@@ -215,3 +233,24 @@ def test_cli_warns_once_about_an_unknown_variable(tmp_path: Path) -> None:
     # the misspelt variable had no effect: forwarding stayed on and needs credentials
     assert result.returncode == 2
     assert "MPCIO_CUSTOMERIO_API_KEY" in result.stderr
+
+
+def test_owned_topics_are_named_under_the_app_id() -> None:
+    staging = load_settings(forwarding_enabled=False, app_id="staging")
+    assert (staging.topic_operations, staging.topic_deadletter) == (
+        "staging-operations",
+        "staging-deadletter",
+    )
+    production = load_settings(forwarding_enabled=False, app_id="production")
+    assert production.topic_operations != staging.topic_operations
+    # the documented migration: an existing deployment keeps its old names
+    kept = load_settings(
+        forwarding_enabled=False,
+        app_id="staging",
+        topic_operations="customerio-operations",
+        topic_deadletter="customerio-deadletter",
+    )
+    assert (kept.topic_operations, kept.topic_deadletter) == (
+        "customerio-operations",
+        "customerio-deadletter",
+    )
