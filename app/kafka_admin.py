@@ -21,7 +21,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from app.errors import BrokerError, ConfigError
+from app.errors import BrokerError, ConfigError, plain_kafka_error
 from app.topics import Topics, TopicSpec
 
 
@@ -46,7 +46,8 @@ async def ensure_topics(
     try:
         await admin.start()
     except KafkaError as exc:
-        raise BrokerError(f"cannot reach Kafka at {','.join(bootstrap)}: {exc}") from exc
+        reason = plain_kafka_error(exc)
+        raise BrokerError(f"cannot reach Kafka at {','.join(bootstrap)}: {reason}") from exc
     names = [spec.name for spec in topics.all()]
     try:
         existing = await partition_counts(admin, [*names, *changelogs])

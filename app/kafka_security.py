@@ -21,7 +21,7 @@ import contextlib
 import ssl
 from typing import TYPE_CHECKING, Any, Protocol
 
-from app.errors import BrokerError, ConfigError
+from app.errors import BrokerError, ConfigError, is_kafka_error, plain_kafka_error
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -135,7 +135,7 @@ async def connection_problem(
 
 def describe_connection_error(exc: BaseException) -> str:
     """A short operator-facing reason for a failed Kafka connection."""
-    text = str(exc) or type(exc).__name__
+    text = plain_kafka_error(exc) if is_kafka_error(exc) else str(exc) or type(exc).__name__
     lowered = text.lower()
     if "authentication" in lowered or "sasl" in lowered:
         return f"authentication failed (check MPCIO_KAFKA_SASL_*): {text}"
