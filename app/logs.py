@@ -104,6 +104,22 @@ class JsonFormatter(OrjsonFormatter):
         return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message [field=value ...]``: the context fields after the message."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's API
+        fields = " ".join(
+            f"{name}={value}"
+            for name, value in vars(record).items()
+            if name not in _RESERVED and value is not None
+        )
+        line = super().formatMessage(record)
+        return f"{line} [{fields}]" if fields else line
+
+
 def configure_logging(level: str, fmt: str, secrets: tuple[str, ...] = ()) -> None:
     """Route every logger through one stderr handler with redaction.
 
@@ -112,9 +128,7 @@ def configure_logging(level: str, fmt: str, secrets: tuple[str, ...] = ()) -> No
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter(secrets))
-    formatter: logging.Formatter = (
-        JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
-    )
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -99,6 +99,7 @@ def test_json_lines_carry_milliseconds_and_masked_context_fields() -> None:
 def test_text_lines_are_redacted_too() -> None:
     text = _emit("text", ("s3cr3t",))
     assert "WARNING test.context: dead letter for <email:" in text
+    assert "[topic=mparticle-batches partition=3 offset=41 mpid=<mpid:" in text
     assert "ValueError: bad <email:" in text  # the traceback follows its line
     assert "eve@example.com" not in text
     assert "s3cr3t" not in text
