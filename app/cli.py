@@ -19,7 +19,13 @@ from typing import Any
 
 import orjson
 
-from app.errors import ConfigError, MpcioError, is_kafka_error, plain_kafka_error
+from app.errors import (
+    ConfigError,
+    MpcioError,
+    is_kafka_error,
+    plain_kafka_error,
+    plain_os_error,
+)
 from app.logs import configure_logging
 from app.metrics import package_version
 from app.settings import (
@@ -45,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     Before the command runs: logging goes to stderr (text, or JSON when ``MPCIO_LOG_FORMAT``
     is ``json``) and every unknown ``MPCIO_*`` variable is warned about once. Exit codes: 0 ok,
     1 failure, 2 configuration error, 130 interrupted, 141 the reader of stdout went away
-    (``mpcio … | head``: the rest of the output is dropped quietly).
+    (``mpcio … | head``: the rest of the output is dropped quietly). An ``OSError`` or an
+    aiokafka error that reaches here is printed as one line in words, exit 1.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -63,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = EXIT_CONFIG if exc.fatal else EXIT_FAILURE
     except KeyboardInterrupt:
         code = 130
+    except OSError as exc:  # the machine's answer (a port in use, a file missing): one line
+        print(f"mpcio: {plain_os_error(exc)}", file=sys.stderr)
+        code = EXIT_FAILURE
     except Exception as exc:
         if not is_kafka_error(exc):
             raise  # a bug: its traceback is what a report needs
@@ -276,7 +286,8 @@ def _cmd_metrics_check(args: argparse.Namespace) -> int:
     try:
         results = check_dashboard(args.prometheus, args.dashboard or DASHBOARD)
     except OSError as exc:
-        print(f"mpcio: cannot query Prometheus at {args.prometheus}: {exc}", file=sys.stderr)
+        reason = plain_os_error(exc)
+        print(f"mpcio: cannot query Prometheus at {args.prometheus}: {reason}", file=sys.stderr)
         return EXIT_FAILURE
     print(report(results))
     return 0 if all(result.ok for result in results) else EXIT_FAILURE

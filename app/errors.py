@@ -71,3 +71,13 @@ def plain_kafka_error(exc: BaseException) -> str:
     )
     text = re.sub(r"^(\[Error \d+\] )?\w+(: |$)", "", str(exc).strip())
     return f"{words}: {text}" if text else words
+
+
+def plain_os_error(exc: OSError) -> str:
+    """An operating-system error in words, without Python's ``[Errno N]`` prefix; for urllib's
+    ``URLError``, the network error it wraps (``Connection refused``)."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str):
+        return reason
+    inner = reason if isinstance(reason, OSError) else exc
+    return re.sub(r"^\[Errno -?\d+\] ", "", str(inner)) or type(inner).__name__

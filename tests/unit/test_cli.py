@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
 
 import pytest
 from aiokafka import errors as kafka_errors
 
-from app.errors import is_kafka_error, plain_kafka_error
+from app.errors import is_kafka_error, plain_kafka_error, plain_os_error
 from app.metrics import package_version
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "mparticle-batches.jsonl"
@@ -78,3 +80,31 @@ def test_kafka_errors_are_told_in_words(error: Exception, words: str) -> None:
 
 def test_other_errors_are_not_kafka_errors() -> None:
     assert not is_kafka_error(OSError("x"))
+
+
+def test_os_errors_are_told_in_words() -> None:
+    refused = ConnectionRefusedError(111, "Connection refused")
+    assert plain_os_error(refused) == "Connection refused"
+    assert plain_os_error(urllib.error.URLError(refused)) == "Connection refused"
+    assert plain_os_error(urllib.error.URLError("no host given")) == "no host given"
+
+
+def test_a_port_in_use_is_one_line_not_a_traceback() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "app", "emulator", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(),
+            check=False,
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"mpcio: error while attempting to bind on address ('127.0.0.1', {port}): "
+        "address already in use"
+    )
