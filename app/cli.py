@@ -40,8 +40,6 @@ log = logging.getLogger("mpcio")
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
-
-
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer stopped by SIGPIPE (128 + 13)
 
 
