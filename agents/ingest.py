@@ -34,6 +34,7 @@ from app.pipeline import (
     process_erasure_record,
 )
 from app.topics import ERASURES_TABLE, USERS_TABLE
+from app.web import kafka_partition
 
 if TYPE_CHECKING:
     import faust
@@ -75,6 +76,14 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
     def load(mpid: str) -> bytes | None:
         value: bytes | None = users.get(mpid.encode())
         return value
+
+    def states_of_partition(partition: int) -> list[tuple[str, bytes]]:
+        # Firehose DSRs name no mpid: the erasure of one partition looks at its own users.
+        return [
+            (key.decode("ascii"), value)
+            for key, value in list(users.items())
+            if kafka_partition(key, partitions) == partition
+        ]
 
     def erased_at(key: bytes | None) -> int | None:
         marker = None if key is None else erasures.get(key)
@@ -172,6 +181,7 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
                 position,
                 load,
                 record_ms=_record_ms(event),
+                scan_states=lambda: states_of_partition(position.partition),
             ),
             erasure,
         )

@@ -43,7 +43,7 @@ from app.customerio.batching import pack
 from app.customerio.classify import HttpAnswer
 from app.customerio.client import TrackClient
 from app.customerio.delivery import FatalDeliveryError, Rejected, RetryPolicy, deliver
-from app.customerio.ratelimit import RateLimiter
+from app.customerio.ratelimit import RateLimiter, workspace_share
 from app.errors import InvalidRecordError
 from app.logs import log_dead_letters
 from app.pipeline import SourcePosition, dead_letter, now_ms
@@ -87,6 +87,8 @@ class OperationsSink(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._client: TrackClient | None = None
+        # Shared with the client; its rate is this worker's share of the workspace limit.
+        self._limiter = RateLimiter(settings.rate_limit_per_second)
         self.idle = asyncio.Event()
         self.idle.set()
         self._policy = RetryPolicy(
@@ -95,6 +97,18 @@ class OperationsSink(Service):
             initial_backoff=settings.retry_backoff_initial_seconds,
             max_backoff=settings.retry_backoff_max_seconds,
         )
+
+    def apply_rate_share(self, assigned: list[TopicPartition]) -> None:
+        """Take this worker's share of the workspace's request limit (on every assignment)."""
+        assert self._consumer is not None
+        topic = self.topics.operations.name
+        total = len(self._consumer.partitions_for_topic(topic) or ())
+        mine = sum(1 for tp in assigned if tp.topic == topic)
+        share = workspace_share(self.settings.rate_limit_per_second, mine, total)
+        if share is not None:
+            self._limiter.set_rate(share)
+            metrics.SINK_RATE_LIMIT.set(share)
+            log.info("sink: %d of %d partitions, %.2f requests/s", mine, total, share)
 
     @property
     def ready(self) -> bool:
@@ -112,7 +126,7 @@ class OperationsSink(Service):
             settings.customerio_site_id,
             api_key,
             timeout_seconds=settings.request_timeout_seconds,
-            limiter=RateLimiter(settings.rate_limit_per_second),
+            limiter=self._limiter,
             max_connections=settings.sink_lanes * 2,
         )
         await self._client.__aenter__()
@@ -363,8 +377,8 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         except TimeoutError:
             log.warning("rebalance while a chunk is in flight; it will be redelivered")
 
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:  # noqa: ARG002
-        return None
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.sink.apply_rate_share(assigned)
 
 
 class SinkHandle:

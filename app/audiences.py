@@ -4,11 +4,19 @@ Accepted record values (JSON, key = mpid, on ``mparticle-audiences``):
 
 - one profile: ``{"mpid": ..., "user_identities": ..., "audiences": [{"audience_id": 123,
   "audience_name": "VIPs", "action": "add" | "delete"}, ...], "timestamp_unixtime_ms": ...}``;
-- mParticle's audience feed request: ``{"user_profiles": [<profile>, ...], ...}``;
+- mParticle's audience feed request, among them the Firehose
+  ``audience_membership_change_request`` (what ``mpcio ingress`` writes, one profile per
+  record): ``{"user_profiles": [<profile>, ...], ...}``;
 - a JSON array of profiles.
 
-``user_identities`` takes every shape batches accept, plus the feed's ``{type, value}``
-entries. ``delete`` means "left the audience", never erasure.
+``user_identities`` takes every shape batches accept, plus Firehose ``{type, encoding,
+value}`` entries; hashed ones (``md5`` ...) cannot supply an email, so a user whose email is
+not already in the state is held until a batch brings it (SPEC §4). ``delete`` means "left the
+audience", never erasure. Firehose's ``attribute_update`` action changes no membership: its
+``user_attributes[]`` ``{key, value | list_value, action: upsert | delete}`` become the
+update's attribute changes, folded through the same rules as batch ``user_attributes`` /
+``deleted_user_attributes`` (canonical ``$`` names, allowed value types); entries without a
+key or action (the published example has an empty one) are skipped.
 
 Failure semantics: a record that cannot be used raises
 :class:`~app.errors.InvalidRecordError` (reasons: those of the batch parser for JSON, mpid and
@@ -18,15 +26,29 @@ the whole record is rejected so the dead letter holds exactly what arrived.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from app.errors import InvalidRecordError
-from app.mparticle import Batch, int64_text, load_json, parse_identities, required_mpid
+from app.mparticle import (
+    AttributeValue,
+    Batch,
+    int64_text,
+    load_json,
+    parse_deleted_attributes,
+    parse_identities,
+    parse_user_attributes,
+    required_mpid,
+)
 from app.state import EMPTY_STATE, UserState
 
 AudienceAction = Literal["add", "delete"]
-_ACTIONS: dict[str, AudienceAction] = {"add": "add", "delete": "delete", "remove": "delete"}
+_ACTIONS: dict[str, AudienceAction | None] = {
+    "add": "add",
+    "delete": "delete",
+    "remove": "delete",
+    "attribute_update": None,  # attributes only, membership unchanged
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +66,13 @@ class MembershipUpdate:
     email: str | None
     customer_id: str | None
     changes: tuple[AudienceChange, ...]
+    user_attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    deleted_attributes: tuple[str, ...] = ()
 
     def as_batch(self, environment: str) -> Batch:
-        """An eventless, attribute-less batch carrying only the identities, so the batch
-        transform can fold them and build the identify (no time: nothing else changes).
+        """An eventless batch carrying the identities and attribute changes, so the batch
+        transform folds them and builds the identify. It has no time, so device first-seen
+        bookkeeping is untouched and the attribute changes apply in arrival order.
         Membership has no environment: pass one the settings forward."""
         return Batch(
             mpid=self.mpid,
@@ -56,8 +81,8 @@ class MembershipUpdate:
             batch_id=None,
             email=self.email,
             customer_id=self.customer_id,
-            user_attributes={},
-            deleted_user_attributes=[],
+            user_attributes=dict(self.user_attributes),
+            deleted_user_attributes=list(self.deleted_attributes),
             device_type="Unknown",
             events=[],
             first_event_ms=None,
@@ -89,22 +114,53 @@ def _update(profile: dict[str, Any]) -> MembershipUpdate:
     if type(raw_changes) is not list:
         raise InvalidRecordError("audiences_invalid", "audiences is not a list")
     changes = []
+    upserts: dict[str, Any] = {}
+    deletes: list[str] = []
     for index, raw in enumerate(raw_changes):
         if type(raw) is not dict:
             raise InvalidRecordError("audiences_invalid", f"audience {index} is not an object")
         audience_id = int64_text(raw.get("audience_id"))
         if audience_id is None and type(raw.get("audience_id")) is str:
             audience_id = raw["audience_id"].strip() or None
-        action = _ACTIONS.get(str(raw.get("action", "")).lower())
-        if audience_id is None or action is None:
+        action_name = str(raw.get("action", "")).lower()
+        if audience_id is None or action_name not in _ACTIONS:
             raise InvalidRecordError(
-                "audiences_invalid", f"audience {index} needs an audience_id and action add|delete"
+                "audiences_invalid",
+                f"audience {index} needs an audience_id and action add|delete|attribute_update",
             )
+        action = _ACTIONS[action_name]
+        if action is None:
+            _attribute_changes(raw.get("user_attributes"), upserts, deletes)
+            continue
         name = raw.get("audience_name")
         changes.append(
             AudienceChange(audience_id, name if type(name) is str and name else audience_id, action)
         )
-    return MembershipUpdate(mpid, email, customer_id, tuple(changes))
+    ignored: dict[str, int] = {}  # same value rules as batches; nothing to report per update
+    return MembershipUpdate(
+        mpid,
+        email,
+        customer_id,
+        tuple(changes),
+        parse_user_attributes(upserts, ignored),
+        tuple(parse_deleted_attributes(deletes, ignored)),
+    )
+
+
+def _attribute_changes(entries: object, upserts: dict[str, Any], deletes: list[str]) -> None:
+    """Collect Firehose ``user_attributes[]`` changes, in order (a later change of a key wins)."""
+    for entry in entries if type(entries) is list else []:
+        if type(entry) is not dict or type(entry.get("key")) is not str or not entry["key"]:
+            continue
+        key = entry["key"]
+        if entry.get("action") == "upsert":
+            list_value = entry.get("list_value")
+            upserts[key] = list_value if type(list_value) is list else entry.get("value")
+            if key in deletes:
+                deletes.remove(key)
+        elif entry.get("action") == "delete":
+            upserts.pop(key, None)
+            deletes.append(key)
 
 
 def apply_membership(state: UserState | None, changes: tuple[AudienceChange, ...]) -> UserState:

@@ -8,7 +8,9 @@ was not run:
   start-up, so on a fresh cluster this fails until the first worker ran or they were created);
 - ``co-partitioning``: the three input topics have the same partition count;
 - ``customerio``: ``GET /auth`` with the configured site id, API key and region (or URL)
-  answers 200; skipped when forwarding is disabled.
+  answers 200; skipped when forwarding is disabled;
+- ``key sample`` (only with ``--sample N``): the last N records of the batches topic, counted
+  by :func:`key_form` — how mParticle keys them and how many the worker would re-key.
 
 Failure semantics: nothing raises for a failing check; every failure is a :class:`Check` with
 ``ok`` false. Checks that need a broker are skipped when it cannot be reached. Errors are
@@ -18,10 +20,11 @@ reported in words (:func:`~app.errors.plain_kafka_error`), never as Python reprs
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from app.errors import BrokerError, plain_kafka_error
+from app.errors import BrokerError, InvalidRecordError, plain_kafka_error
 
 if TYPE_CHECKING:
     from app.customerio.classify import HttpAnswer, TransportFailure
@@ -63,11 +66,90 @@ def summary(checks: list[Check]) -> str:
     return verdict + (f" (skipped: {', '.join(skipped)})" if skipped else "")
 
 
-async def run_checks(settings: Settings) -> list[Check]:
-    """Every check of the module docstring, in order."""
+async def run_checks(settings: Settings, *, sample: int = 0) -> list[Check]:
+    """Every check of the module docstring, in order (``key sample`` when ``sample`` > 0)."""
     checks = await check_kafka(settings)
     checks.append(await check_customerio(settings))
+    if sample > 0:
+        checks.append(
+            await check_key_sample(settings, sample)
+            if checks[0].ok
+            else Check.skip("key sample", "no broker")
+        )
     return checks
+
+
+KeyForm = Literal["mpid", "none", "other", "unparseable"]
+
+
+def key_form(key: bytes | None, value: bytes | None) -> KeyForm:
+    """How one batches record is keyed, as the worker will treat it.
+
+    ``mpid``: the key is every batch's mpid as canonical decimal text (used as is); ``none``:
+    no key — mParticle sends a record without a user id to a random partition, unkeyed
+    (re-keyed by the worker); ``other``: a key that is not the batch's canonical mpid (e.g.
+    ``+42``, or a bulk record of several users; re-keyed); ``unparseable``: not a batch at all
+    (dead-lettered). Never raises.
+    """
+    from app.mparticle import parse_record  # noqa: PLC0415
+
+    try:
+        batches = parse_record(value or b"")
+    except InvalidRecordError:
+        return "unparseable"
+    if key is None:
+        return "none"
+    return "mpid" if batches and all(b.mpid.encode() == key for b in batches) else "other"
+
+
+async def check_key_sample(settings: Settings, count: int) -> Check:
+    """``key sample``: :func:`key_form` of the last ``count`` records of the batches topic."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+
+    from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
+
+    topic = settings.topic_batches
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        request_timeout_ms=int(KAFKA_TIMEOUT_SECONDS * 1000),
+        **client_kwargs(settings),
+    )
+    await start_client(consumer, settings)
+    forms: Counter[KeyForm] = Counter()
+    try:
+        # the consumer's own cluster view only knows assigned topics: ask for all of them
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
+        if not partitions:
+            return Check("key sample", False, f"topic {topic} does not exist")
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        share = -(-count // len(partitions))  # the newest records of every partition
+        for tp in partitions:
+            consumer.seek(tp, max(starts[tp], ends[tp] - share))
+        async with asyncio.timeout(KAFKA_TIMEOUT_SECONDS):
+            while sum(forms.values()) < count and [
+                tp for tp in partitions if await consumer.position(tp) < ends[tp]
+            ]:
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    for record in records:
+                        forms[key_form(record.key, record.value)] += 1
+    except TimeoutError:
+        return Check("key sample", False, f"reading {topic} stalled")
+    finally:
+        await consumer.stop()
+    total = sum(forms.values())
+    if not total:
+        return Check("key sample", True, f"{topic} is empty")
+    return Check(
+        "key sample",
+        True,
+        f"{total} records of {topic}: {forms['mpid']} keyed by mpid, {forms['none']} without "
+        f"a key, {forms['other']} with another key -> {forms['none'] + forms['other']} would be "
+        f"re-keyed, {forms['unparseable']} not batches (dead-lettered)",
+    )
 
 
 async def check_kafka(settings: Settings) -> list[Check]:

@@ -103,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run the forwarder (production entry point)")
     worker.set_defaults(handler=_cmd_worker)
 
+    ingress = commands.add_parser(
+        "ingress", help="accept mParticle Firehose audience and DSR messages over HTTP"
+    )
+    ingress.set_defaults(handler=_cmd_ingress)
+
     kafka = commands.add_parser("kafka", help="run a local Apache Kafka broker (no Docker)")
     kafka.add_argument("--port", type=int, default=9092, help="client port (default 9092)")
     kafka.add_argument("--data-dir", type=Path, default=None, help="keep data here")
@@ -140,7 +145,11 @@ def _parser() -> argparse.ArgumentParser:
     dry = commands.add_parser(
         "dry-run", help="print the Customer.io items a JSON Lines file of batches would send"
     )
-    dry.add_argument("file", type=Path, help="JSON Lines, one mParticle batch per line; - = stdin")
+    dry.add_argument(
+        "file",
+        type=Path,
+        help="JSON Lines, one mParticle batch or Firehose message per line; - = stdin",
+    )
     dry.add_argument(
         "--include-user-attributes",
         action=argparse.BooleanOptionalAction,
@@ -169,6 +178,13 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check-config",
         help="validate the settings, reach Kafka (topics, co-partitioning) and Customer.io",
+    )
+    check.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also read the last N records of the batches topic and report their key forms",
     )
     check.set_defaults(handler=_cmd_check_config)
     return parser
@@ -278,6 +294,23 @@ def _cmd_worker(_: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ingress(_: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from app.ingress.server import serve  # noqa: PLC0415
+
+    # The ingress never talks to Customer.io: its credentials are not required here.
+    settings = load_settings(forwarding_enabled=False)
+    secret = settings.ingress_secret
+    if secret is None or not secret.get_secret_value().strip():
+        raise ConfigError("invalid setting MPCIO_INGRESS_SECRET: required by mpcio ingress")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    _quiet_kafka_logs()
+    asyncio.run(serve(settings))
+    return 0
+
+
 def _cmd_metrics_check(args: argparse.Namespace) -> int:
     from app.metrics_check import DASHBOARD, check_dashboard, report  # noqa: PLC0415
 
@@ -344,7 +377,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_check_config(_: argparse.Namespace) -> int:
+def _cmd_check_config(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
     from app.checks import Check, run_checks, summary  # noqa: PLC0415
@@ -354,7 +387,7 @@ def _cmd_check_config(_: argparse.Namespace) -> int:
         print(f"{name:32} {value}")
     print()
     _quiet_kafka_logs()
-    checks = [Check("settings", True, ""), *asyncio.run(run_checks(settings))]
+    checks = [Check("settings", True, ""), *asyncio.run(run_checks(settings, sample=args.sample))]
     for check in checks:
         print(check.line())
     print(f"check-config: {summary(checks)}")
@@ -527,7 +560,7 @@ def settings_as_env(settings: Settings, *, changed_only: bool = False) -> dict[s
     ``changed_only``: only the settings that differ from their defaults."""
     env: dict[str, str] = {}
     dumped = settings.model_dump(mode="json", exclude_defaults=changed_only)
-    for name in SECRET_FIELDS & dumped.keys():
+    for name in sorted(SECRET_FIELDS & dumped.keys()):
         secret = getattr(settings, name)
         if secret is not None:
             dumped[name] = secret.get_secret_value()

@@ -1,10 +1,12 @@
 """``mpcio demo`` (the README's ``make run``): the whole product on one machine, on sample data.
 
 Starts a local Kafka broker, the Customer.io emulator and a worker (subprocesses), produces the
-sample mParticle batches shipped in ``samples/``, shows progress while they flow, then prints
-what Customer.io received (people, events, unsubscribed users) and the dead letters, and where
-the metrics are. Everything it started is stopped at the end or on Ctrl-C; ``--keep-running``
-leaves it all up until Ctrl-C for exploring.
+sample mParticle batches shipped in ``samples/``, shows progress while they flow, then drives
+the Firehose ingress (``mpcio ingress``, another subprocess) the way mParticle would: one
+audience join, the matching leave and one erasure (DSR) of a sample user, each followed until
+Customer.io shows it. It then prints what Customer.io received (people, events, unsubscribed
+users) and the dead letters, and where the metrics are. Everything it started is stopped at
+the end or on Ctrl-C; ``--keep-running`` leaves it all up until Ctrl-C for exploring.
 
 Failure semantics: a part that does not come up stops the demo with a message naming it and
 the log to read; whatever was started is stopped.
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +45,8 @@ from app.topics import topics_for
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "mparticle-batches.jsonl"
 SITE_ID, API_KEY = "demo-site", "demo-key"
+INGRESS_SECRET = "demo-ingress-secret"  # noqa: S105 - the local demo's own, printed nowhere
+DEMO_AUDIENCE = {"audience_id": 9001, "audience_name": "Demo VIPs"}
 WAIT_SECONDS = 90
 STOP_SECONDS = 30  # above the worker's own bounded stop
 
@@ -81,6 +86,9 @@ def run_demo(*, kafka_port: int | None, keep_running: bool, sample: Path = SAMPL
             print(f"→ produced {len(lines)} records from {sample.name} to {topics.batches.name}")
             expected = _expected_events(lines, settings)
             _show_progress(emulator.url, expected, worker, workdir / "worker.log")
+            ingress_log = workdir / "ingress.log"
+            ingress = stack.enter_context(_worker(settings, ingress_log, command="ingress"))
+            _firehose_tour(settings, emulator.url, lines, ingress, ingress_log)
             _report(emulator.url, settings)
             if keep_running:
                 _keep_running(settings, workdir, worker)
@@ -90,7 +98,7 @@ def run_demo(*, kafka_port: int | None, keep_running: bool, sample: Path = SAMPL
     finally:
         if not keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"✓ stopped the worker, the emulator and Kafka; removed {workdir}")
+    print(f"✓ stopped the ingress, the worker, the emulator and Kafka; removed {workdir}")
 
 
 def _settings(broker: LocalKafka, emulator_url: str, workdir: Path) -> Settings:
@@ -104,6 +112,9 @@ def _settings(broker: LocalKafka, emulator_url: str, workdir: Path) -> Settings:
         customerio_url=emulator_url,
         batch_linger_ms=20,
         data_dir=str(workdir / "data"),
+        ingress_secret=INGRESS_SECRET,
+        ingress_port=free_port(),
+        one_attribute_per_audience=True,
     )
 
 
@@ -115,7 +126,8 @@ def _keep_running(settings: Settings, workdir: Path, worker: subprocess.Popen[by
     print(f"\nEverything keeps running (logs in {workdir}); Ctrl-C stops it.")
     print("To explore it from another shell (the emulator's demo key, not a real secret):")
     for name, value in sorted(settings_as_env(settings, changed_only=True).items()):
-        print(f"  export {name}={shlex.quote(value)}")
+        if name != "MPCIO_INGRESS_SECRET":  # the ingress is the demo's own: no need to reach it
+            print(f"  export {name}={shlex.quote(value)}")
     print("  mpcio deadletter list; mpcio check-config")
     sys.stdout.flush()
     with contextlib.suppress(KeyboardInterrupt):
@@ -164,10 +176,13 @@ def local_emulator(workdir: Path) -> Iterator[LocalEmulator]:
 
 
 @contextlib.contextmanager
-def _worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _worker(
+    settings: Settings, log_path: Path, command: str = "worker"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``mpcio <command>`` (the worker, or the ingress) in a subprocess, stopped on exit."""
     from app.cli import settings_as_env  # noqa: PLC0415 - avoid a cycle at import time
 
-    with _child(["worker"], log_path, env=settings_as_env(settings)) as process:
+    with _child([command], log_path, env=settings_as_env(settings)) as process:
         yield process
 
 
@@ -254,13 +269,104 @@ def _show_progress(url: str, expected: int, worker: subprocess.Popen[bytes], log
     print()
 
 
+def _firehose_tour(
+    settings: Settings,
+    emulator_url: str,
+    lines: list[bytes],
+    ingress: subprocess.Popen[bytes],
+    log: Path,
+) -> None:
+    """Join, leave and erase one sample user through the ingress, as mParticle would."""
+    url = f"http://127.0.0.1:{settings.ingress_port}"
+    _wait_until(lambda: _get(url, "/healthz") is not None, 60, "the ingress", log)
+    print(f"✓ Firehose ingress on {url} (pid {ingress.pid})")
+    mpid, email = _sample_user(lines, emulator_url)
+
+    def attributes() -> dict[str, Any] | None:
+        people = (_get(emulator_url, "/_emulator/people") or {}).get("people", [])
+        live = [p for p in people if p["email"] == email and not p["deleted"]]
+        return live[0]["attributes"] if live else None
+
+    steps = [
+        ("add", "joined", lambda: (attributes() or {}).get("SegmentMembership") == "'9001'"),
+        ("delete", "left", lambda: (attributes() or {}).get("In Demo VIPs") is False),
+    ]
+    for action, verb, shown in steps:
+        _post_firehose(url, _membership_message(mpid, action))
+        _wait_until(shown, WAIT_SECONDS, f"the audience {verb!r} change", log)
+        membership = (attributes() or {}).get("SegmentMembership", "")
+        print(
+            f"→ Firehose: mpid {mpid} {verb} 'Demo VIPs' → SegmentMembership={membership!r}, "
+            f"In Demo VIPs={(attributes() or {}).get('In Demo VIPs')}"
+        )
+    _post_firehose(url, _dsr_message(email))
+    _wait_until(lambda: attributes() is None, WAIT_SECONDS, "the erasure", log)
+    print(f"→ Firehose: erasure (GDPR DSR) of mpid {mpid} → the person is deleted in Customer.io")
+
+
+def _sample_user(lines: list[bytes], emulator_url: str) -> tuple[str, str]:
+    """The mpid and email of the first sample user that Customer.io holds."""
+    from app.mparticle import parse_record  # noqa: PLC0415
+
+    people = (_get(emulator_url, "/_emulator/people") or {}).get("people", [])
+    emails = {p["email"] for p in people if p["email"] and not p["deleted"]}
+    for line in lines:
+        with contextlib.suppress(MpcioError):
+            for batch in parse_record(line):
+                if batch.email is not None and batch.email in emails:
+                    return batch.mpid, batch.email
+    raise DemoError("no sample user reached Customer.io")
+
+
+def _membership_message(mpid: str, action: str) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "audience_membership_change_request",
+            "id": str(uuid.uuid4()),
+            "timestamp_ms": int(time.time() * 1000),
+            "firehose_version": "2.8.1",
+            "account": {"account_id": 1},
+            "user_profiles": [{"mpid": mpid, "audiences": [{**DEMO_AUDIENCE, "action": action}]}],
+        }
+    )
+
+
+def _dsr_message(email: str) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "dsr_processing_request",
+            "id": str(uuid.uuid4()),
+            "timestamp_ms": int(time.time() * 1000),
+            "firehose_version": "3.3.0",
+            "subject_request_id": str(uuid.uuid4()),
+            "subject_request_type": "erasure",
+            "subject_identities": {"email": {"encoding": "raw", "value": email}},
+            "regulation": "gdpr",
+        }
+    )
+
+
+def _post_firehose(url: str, body: bytes) -> None:
+    request = urllib.request.Request(  # noqa: S310 - loopback
+        url,
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {INGRESS_SECRET}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+        if response.status != 200:
+            raise DemoError(f"the ingress answered {response.status}")
+
+
 def _report(url: str, settings: Settings) -> None:
-    people = (_get(url, "/_emulator/people") or {}).get("people", [])
+    everyone = (_get(url, "/_emulator/people") or {}).get("people", [])
+    people = [person for person in everyone if not person["deleted"]]
     events = (_get(url, "/_emulator/events") or {}).get("events", [])
     stats = _get(url, "/_emulator/stats") or {}
     print(
         f"\nCustomer.io now holds {len(people)} people and {len(events)} events "
-        f"({stats.get('requests')} requests, {stats.get('items_accepted')} items):"
+        f"({stats.get('requests')} requests, {stats.get('items_accepted')} items; "
+        f"{len(everyone) - len(people)} person deleted by erasure):"
     )
     per_person = Counter(e["person_email"] or e["person_id"] for e in events)
     for person in people:

@@ -6,14 +6,20 @@ shape as mParticle's DSR API uses it:
 ``{"subject_request_id": "...", "subject_request_type": "erasure", "mpid": 123,
 "subject_identities": [{"identity_type": "email", "identity_value": "a@b.c"}, ...]}``;
 ``subject_identities`` may also be mParticle's map ``{"email": {"value": ...},
-"customer_id": {"value": ...}}``. Other request types (access, portability) are acknowledged
-and counted, not acted on.
+"customer_id": {"value": ...}}``, which is the Firehose ``dsr_processing_request`` shape:
+``{"<type>": {"encoding": "raw" | "md5" | "sha1" | "sha256", "value": ...}}`` with type
+``email`` or ``controller_customer_id`` (other types, device ids, are ignored). Other request
+types (access, portability) are acknowledged and counted, not acted on.
 
-:func:`plan_erasure` is pure: given the request and the user's stored state, it returns the
-Customer.io ``delete`` items (one per distinct person identifier: the customer_id, else the
-email, from the state and from the request) and whether to purge the state. The users table is
-keyed by mpid, so state is purged only for requests that name the mpid; a request with only
-identities still deletes the person in Customer.io.
+Who is erased: the user named by ``mpid``; for a request without mpid (every Firehose DSR),
+each user whose stored state :func:`matches` the request: raw identities compare equal (email
+case-insensitively), hashed ones compare by hashing the stored email (as stored and trimmed
+lower-case, the form mParticle hashes) or customer id with the request's algorithm.
+
+:func:`plan_erasure` is pure: given the request and a matched user's stored state, it returns
+the Customer.io ``delete`` items (one per distinct person identifier known for that user: the
+customer_id, the email and the person id last used, plus the request's raw identifiers) and
+whether to purge the state.
 
 Failure semantics: an unusable record raises :class:`~app.errors.InvalidRecordError`
 (``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``mpid_invalid``, and
@@ -22,6 +28,7 @@ Failure semantics: an unusable record raises :class:`~app.errors.InvalidRecordEr
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,6 +48,11 @@ class ErasureRequest:
     mpid: str | None
     email: str | None
     customer_id: str | None
+    # (identity kind "email" | "customer_id", algorithm, lower-case hex digest)
+    hashed: tuple[tuple[str, str, str], ...] = ()
+
+
+HASH_ENCODINGS = frozenset({"md5", "sha1", "sha256"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +70,8 @@ def parse_erasure_record(value: bytes) -> ErasureRequest:
     mpid = None if raw_mpid is None else int64_text(raw_mpid)
     if raw_mpid is not None and mpid is None:
         raise InvalidRecordError("mpid_invalid", "mpid is not a signed 64-bit integer")
-    email, customer_id = _subject_identities(document.get("subject_identities"))
-    if mpid is None and email is None and customer_id is None:
+    email, customer_id, hashed = _subject_identities(document.get("subject_identities"))
+    if mpid is None and email is None and customer_id is None and not hashed:
         raise InvalidRecordError("erasure_invalid", "request names no mpid, email or customer_id")
     request_type = document.get("subject_request_type", "erasure")
     request_id = document.get("subject_request_id")
@@ -69,15 +81,24 @@ def parse_erasure_record(value: bytes) -> ErasureRequest:
         mpid=mpid,
         email=email,
         customer_id=customer_id,
+        hashed=hashed,
     )
 
 
-def _subject_identities(value: object) -> tuple[str | None, str | None]:
+def _subject_identities(
+    value: object,
+) -> tuple[str | None, str | None, tuple[tuple[str, str, str], ...]]:
     found: dict[str, str] = {}
+    hashed: list[tuple[str, str, str]] = []
     if type(value) is dict:
         for kind, entry in value.items():
             text = entry.get("value") if type(entry) is dict else entry
-            if type(text) in (str, int):
+            encoding = entry.get("encoding", "raw") if type(entry) is dict else "raw"
+            if type(text) not in (str, int):
+                continue
+            if encoding in HASH_ENCODINGS and _kind(kind) in ("email", "customer_id"):
+                hashed.append((_kind(kind), encoding, str(text).strip().lower()))
+            elif encoding == "raw":
                 found[_kind(kind)] = str(text).strip()
     elif type(value) is list:
         for entry in value:
@@ -85,7 +106,7 @@ def _subject_identities(value: object) -> tuple[str | None, str | None]:
                 text = entry.get("identity_value", entry.get("value"))
                 if type(text) in (str, int):
                     found[_kind(entry["identity_type"])] = str(text).strip()
-    return found.get("email") or None, found.get("customer_id") or None
+    return found.get("email") or None, found.get("customer_id") or None, tuple(hashed)
 
 
 def _kind(name: str) -> str:
@@ -93,23 +114,46 @@ def _kind(name: str) -> str:
     return "customer_id" if lowered in ("customer_id", "controller_customer_id") else lowered
 
 
+def matches(request: ErasureRequest, state: UserState) -> bool:
+    """True when ``state`` is the subject of ``request`` by any identity (module docstring)."""
+    if request.email and state.email and request.email.casefold() == state.email.casefold():
+        return True
+    if request.customer_id and request.customer_id == state.customer_id:
+        return True
+    for kind, algorithm, digest in request.hashed:
+        known = state.email if kind == "email" else state.customer_id
+        if known and digest in {
+            hashlib.new(algorithm, form.encode("utf-8")).hexdigest()
+            for form in (known, known.strip().lower())
+        }:
+            return True
+    return False
+
+
 def plan_erasure(request: ErasureRequest, state: UserState | None) -> ErasurePlan:
     """The deletes and purge for ``request`` given the stored ``state`` (module docstring)."""
     if request.request_type != "erasure":
         return ErasurePlan("not_erasure", (), purge_state=False)
+    candidates: list[dict[str, str] | None] = []
+    if state is not None:
+        candidates += [
+            {"id": state.customer_id} if state.customer_id else None,
+            {"email": state.email} if state.email else None,
+        ]
+        if state.person_id:  # the id last used, if it has changed since
+            pid = state.person_id
+            candidates.append({"email": pid} if pid == state.email else {"id": pid})
+    candidates.append(
+        {"id": request.customer_id}
+        if request.customer_id
+        else {"email": request.email}
+        if request.email
+        else None
+    )
     identifiers: list[dict[str, str]] = []
-    for customer_id, email in (
-        (None if state is None else state.customer_id, None if state is None else state.email),
-        (request.customer_id, request.email),
-    ):
-        identifier = {"id": customer_id} if customer_id else {"email": email} if email else None
+    for identifier in candidates:
         if identifier is not None and identifier not in identifiers:
             identifiers.append(identifier)
-    if state is not None and state.person_id:  # the id last used, if it has changed since
-        pid = state.person_id
-        last = {"email": pid} if pid == state.email else {"id": pid}
-        if last not in identifiers:
-            identifiers.append(last)
     deletes = tuple(
         {"type": "person", "identifiers": identifier, "action": "delete"}
         for identifier in identifiers

@@ -80,6 +80,11 @@ SINK_FATAL_STOPS = Counter(
     "mpcio_sink_fatal_stops_total",
     "Times delivery stopped on a configuration error (401/403/redirect).",
 )
+SINK_RATE_LIMIT = Gauge(
+    "mpcio_sink_rate_limit_per_second",
+    "This worker's share of the workspace's request limit (MPCIO_RATE_LIMIT_PER_SECOND times "
+    "its share of the operations partitions), re-set on every rebalance.",
+)
 SINK_STOPPED = Gauge(
     "mpcio_sink_stopped", "1 while delivery is stopped by a configuration error, else 0."
 )

@@ -319,8 +319,10 @@ def parse_batch(raw: dict[str, Any]) -> Batch:
         batch_id=_optional_id(raw.get("batch_id"), ignored),
         email=email,
         customer_id=customer_id,
-        user_attributes=_user_attributes(raw.get("user_attributes"), ignored),
-        deleted_user_attributes=_deleted_attributes(raw.get("deleted_user_attributes"), ignored),
+        user_attributes=parse_user_attributes(raw.get("user_attributes"), ignored),
+        deleted_user_attributes=parse_deleted_attributes(
+            raw.get("deleted_user_attributes"), ignored
+        ),
         device_type=_device_type(raw.get("application_info"), raw.get("device_info"), ignored),
         events=[],
         first_event_ms=None,
@@ -464,8 +466,9 @@ def _timestamp(value: object, ignored: dict[str, int]) -> int | None:
 def parse_identities(value: object, ignored: dict[str, int]) -> tuple[str | None, str | None]:
     """``(email, customer_id)`` from any of the three accepted shapes.
 
-    Array entries may be outbound ``{identity_type, identity}`` or audience-feed
-    ``{type, value}`` objects.
+    Array entries may be outbound ``{identity_type, identity}`` or Firehose
+    ``{type, encoding, value}`` objects (type ``customer`` = customer id). Hashed Firehose
+    entries (``encoding`` other than ``raw``) cannot supply an identity and are skipped.
     """
     if value is None:
         return None, None
@@ -485,11 +488,13 @@ def parse_identities(value: object, ignored: dict[str, int]) -> tuple[str | None
         if type(identity_type) is not str:
             _count(ignored, IGNORED_IDENTITY)
             continue
+        if entry.get("encoding", "raw") != "raw":
+            continue
         identity = entry.get("identity", entry.get("value"))
         identity_type = identity_type.lower()
         if identity_type == "email":
             email = _identity_value(identity, ignored, integer_allowed=False) or email
-        elif identity_type == "customer_id":
+        elif identity_type in {"customer_id", "customer"}:
             customer_id = _identity_value(identity, ignored, integer_allowed=True) or customer_id
     return email, customer_id
 
@@ -514,7 +519,8 @@ def canonical_attribute_name(name: str) -> str:
     return _RESERVED_ALIASES.get(lowered, lowered)
 
 
-def _user_attributes(value: object, ignored: dict[str, int]) -> dict[str, AttributeValue]:
+def parse_user_attributes(value: object, ignored: dict[str, int]) -> dict[str, AttributeValue]:
+    """A ``user_attributes`` map, canonicalised; unusable values are counted in ``ignored``."""
     if value is None:
         return {}
     if type(value) is not dict:
@@ -538,7 +544,8 @@ def _user_attributes(value: object, ignored: dict[str, int]) -> dict[str, Attrib
     return attributes
 
 
-def _deleted_attributes(value: object, ignored: dict[str, int]) -> list[str]:
+def parse_deleted_attributes(value: object, ignored: dict[str, int]) -> list[str]:
+    """A ``deleted_user_attributes`` list, canonicalised; bad names counted in ``ignored``."""
     if value is None:
         return []
     if type(value) is not list:

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from app.audiences import apply_membership, parse_audience_record
 from app.avro import codec
-from app.erasure import parse_erasure_record, plan_erasure
+from app.erasure import matches, parse_erasure_record, plan_erasure
 from app.errors import InvalidRecordError
 from app.mparticle import parse_record
 from app.state import UserState, decode_state, encode_state
@@ -201,9 +201,17 @@ def process_erasure_record(
     load_state: Callable[[str], bytes | None],
     *,
     record_ms: int | None,
+    scan_states: Callable[[], Iterable[tuple[str, bytes]]] = tuple,
     clock: Callable[[], int] = now_ms,
 ) -> IngestResult:
     """Plan one erasure request (SPEC §5): Customer.io deletes, state purge, erasure marker.
+
+    A request that names an mpid erases that user. A request without one (a Firehose DSR,
+    which ``mpcio ingress`` writes once to every partition) erases every user of
+    ``scan_states()`` — ``(mpid, stored state)`` of the users of this record's partition —
+    that :func:`~app.erasure.matches` it: a scan of the partition, so its cost grows with the
+    users held (DSRs are rare). The operations record is keyed by the (first) erased mpid so
+    its deletes follow that user's earlier operations in order.
 
     The marker (``erased``: mpid → the request's Kafka timestamp) lets later batches that
     reached Kafka before the erasure be dropped; it holds no personal data."""
@@ -218,27 +226,44 @@ def process_erasure_record(
         result.rekeyed = [(request.mpid, value)]
         result.counts["erasures", "rekeyed"] += 1
         return result
-    stored = None if request.mpid is None else load_state(request.mpid)
-    state = None
-    if stored is not None:
-        try:
-            state = decode_state(stored)
-        except InvalidRecordError:
-            state = None  # corrupt or not, it is purged below
-    plan = plan_erasure(request, state)
-    result.counts["erasures", plan.outcome] += 1
-    if request.mpid is not None and plan.outcome == "erased":
-        result.purged.append(request.mpid)
-        result.erased[request.mpid] = record_ms if record_ms is not None else clock()
+    targets: list[tuple[str | None, UserState | None]]
+    if request.mpid is not None:
+        stored = load_state(request.mpid)
+        targets = [(request.mpid, None if stored is None else _decoded_or_none(stored))]
+    else:
+        targets = [
+            (mpid, state)
+            for mpid, stored in scan_states()
+            if (state := _decoded_or_none(stored)) is not None and matches(request, state)
+        ] or [(None, None)]
+    items: list[dict[str, Any]] = []
+    outcome = "no_match"
+    for mpid, state in targets:
+        plan = plan_erasure(request, state)
+        outcome = plan.outcome if outcome == "no_match" else outcome
+        items.extend(item for item in plan.deletes if item not in items)
+        if mpid is not None and plan.outcome == "erased":
+            result.purged.append(mpid)
+            result.erased[mpid] = record_ms if record_ms is not None else clock()
+    result.counts["erasures", outcome] += 1
     operations = [
         Operation("delete", next(iter(item["identifiers"].values())), item, orjson.dumps(item))
-        for item in plan.deletes
+        for item in items
     ]
     for operation in operations:
         result.counts["operations", operation.action] += 1
     if operations:
-        result.operations = _operations_record(request.mpid or "", operations, source, clock)
+        owner = request.mpid or (result.purged[0] if result.purged else "")
+        result.operations = _operations_record(owner, operations, source, clock)
     return result
+
+
+def _decoded_or_none(stored: bytes) -> UserState | None:
+    """A stored state, or None when it cannot be decoded (it is purged all the same)."""
+    try:
+        return decode_state(stored)
+    except InvalidRecordError:
+        return None
 
 
 Item = TypeVar("Item", "Batch", "MembershipUpdate")

@@ -167,6 +167,26 @@ class Settings(BaseSettings):
         6066, description="Port of the worker's web server (/metrics, health, /users)."
     )
 
+    # --- Firehose ingress (mpcio ingress) -----------------------------------------------------
+    ingress_host: str = Field("127.0.0.1", description="Bind address of mpcio ingress.")
+    ingress_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        6070, description="Port of mpcio ingress (POST Firehose messages, /metrics)."
+    )
+    ingress_secret: SecretStr | None = Field(
+        None,
+        description="Shared secret (secret): callers send 'Authorization: Bearer <secret>'. "
+        "Required by mpcio ingress.",
+    )
+    ingress_max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
+        10 * 1024 * 1024, description="Largest Firehose message accepted (bigger: 413)."
+    )
+    ingress_kafka_timeout_seconds: PositiveFloat = Field(
+        10.0, description="How long one message's write may wait for Kafka before 503."
+    )
+    ingress_retry_after_seconds: PositiveInt = Field(
+        10, description="Retry-After (seconds) sent with a 503."
+    )
+
     # --- Customer.io -------------------------------------------------------------------------
     forwarding_enabled: bool = Field(
         True,

@@ -3,6 +3,11 @@
 Spacing (rather than a bucket with a burst allowance) guarantees that no one-second window
 ever holds more than ``rate`` request starts, which is what Customer.io's fair-use limit and
 the emulator's request log check. Callers share one limiter per workspace.
+
+Customer.io's limit is per workspace, not per process: with several workers each takes
+:func:`workspace_share` of it — the fraction of the operations topic's partitions it is
+assigned — and re-applies it with :meth:`RateLimiter.set_rate` on every rebalance, so the sum
+over the workers never exceeds the setting.
 """
 
 from __future__ import annotations
@@ -29,12 +34,33 @@ class RateLimiter:
         self.interval = HEADROOM / rate_per_second
         self._clock = clock
         self._sleep = sleep
+        self._last_slot: float | None = None
         self._next_slot = 0.0
+
+    def set_rate(self, rate_per_second: float) -> None:
+        """Change the rate; the next slot is re-spaced from the last start at the new rate."""
+        if rate_per_second <= 0:
+            raise ValueError("rate_per_second must be positive")
+        self.interval = HEADROOM / rate_per_second
+        if self._last_slot is not None:
+            self._next_slot = self._last_slot + self.interval
 
     async def acquire(self) -> None:
         """Wait for this caller's slot. Slots are handed out first come, first served."""
         now = self._clock()
         slot = max(now, self._next_slot)
+        self._last_slot = slot
         self._next_slot = slot + self.interval
         if slot > now:
             await self._sleep(slot - now)
+
+
+def workspace_share(limit_per_second: float, assigned: int, total: int) -> float | None:
+    """This worker's part of a workspace's request limit: ``limit * assigned / total``.
+
+    ``assigned``: operations partitions this worker's sink holds; ``total``: the topic's
+    partition count. ``None`` when it holds none (it sends nothing, so any rate is moot).
+    """
+    if assigned <= 0 or total <= 0:
+        return None
+    return limit_per_second * min(assigned, total) / total

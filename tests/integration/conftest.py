@@ -19,7 +19,7 @@ from app.kafka_admin import ensure_topics
 from app.localkafka import LocalKafka, free_port
 from app.settings import Settings, load_settings
 from app.topics import topics_for
-from tests.integration.support import WorkerProcess, worker_env
+from tests.integration.support import WorkerProcess, log_findings, worker_env
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +38,19 @@ def kafka(request: pytest.FixtureRequest) -> Iterator[LocalKafka]:
         ["pgrep", "-f", f"java.*{broker.data_dir}"], capture_output=True, text=True, check=False
     ).stdout.strip()
     assert not leftover, f"Java processes left behind by the broker fixture: {leftover}"
+
+
+@pytest.fixture(autouse=True)
+def log_hygiene() -> Iterator[None]:
+    """After every integration test: no worker log it wrote holds a secret or a raw email.
+
+    Every worker a test starts registers its log (``WorkerProcess.LOGS``), so each test checks
+    its own logs whatever the order the tests run in.
+    """
+    first = len(WorkerProcess.LOGS)
+    yield
+    findings = log_findings(WorkerProcess.LOGS[first:])
+    assert not findings, "\n".join(findings[:20])
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -186,3 +187,20 @@ async def message_count(bootstrap: str, topic: str, partitions: int = 4) -> int:
         return sum(ends.values())
     finally:
         await consumer.stop()
+
+
+# What no worker log may hold: every secret the integration tests configure, and raw emails.
+LOG_SECRETS = ("key-e2e", "wrong-key", "demo-key", "mpcio-s3cret", "admin-s3cret")
+EMAIL = re.compile(rb"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+
+
+def log_findings(paths: Iterable[Path]) -> list[str]:
+    """Secrets of ``LOG_SECRETS`` and raw email addresses found in the files ``paths``."""
+    findings = []
+    for path in paths:
+        if not path.exists():
+            continue
+        text = path.read_bytes()
+        findings += [f"{path}: secret {s!r}" for s in LOG_SECRETS if s.encode() in text]
+        findings += [f"{path}: email {m.group(0)[:3]!r}..." for m in EMAIL.finditer(text)]
+    return findings

@@ -7,12 +7,17 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.avro import codec
-from app.emulator.faults import parse_faults
+from app.emulator.faults import RateLimit, parse_faults
+from app.emulator.server import EmulatorConfig, running_emulator
+from app.localkafka import free_port
 from tests.integration import workload
+from tests.integration.conftest import API_KEY, SITE_ID, Deployment
 from tests.integration.support import (
     REPO,
     WorkerProcess,
@@ -24,8 +29,11 @@ from tests.integration.support import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from app.emulator.server import RunningEmulator
-    from tests.integration.conftest import Deployment
+    from app.localkafka import LocalKafka
+    from tests.integration.conftest import Names
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +47,17 @@ async def _wait_for_events(
         return len(emulator.state.store.events) >= count
 
     await wait_for(enough, timeout, f"{count} events at the emulator")
+
+
+async def _gauge(worker: WorkerProcess, name: str) -> float:
+    """The value of an unlabelled gauge on the worker's /metrics."""
+    url = f"http://127.0.0.1:{worker.env['MPCIO_WEB_PORT']}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return float(family.samples[0].value)
+    raise AssertionError(f"{name} not on {url}")
 
 
 def _event_ids(items: list[dict[str, Any]]) -> Counter[str]:
@@ -232,3 +251,48 @@ async def test_steady_load_fills_requests_and_respects_the_rate_limit(
     # started, and the limiter spaces them >= 1/5 s apart. (The emulator's busiest second is
     # measured at arrival, where a stalled event loop bunches requests: a figure, not a test.)
     assert len(requests) <= 5 * took + 1, (len(requests), took)
+
+
+async def test_two_workers_share_the_workspace_rate_limit(
+    kafka: LocalKafka, names: Names, tmp_path: Path
+) -> None:
+    # Customer.io's limit is per workspace: two workers together must stay inside it. The
+    # emulator's token bucket answers 429 once more than 10 requests/s arrive on average.
+    config = EmulatorConfig(site_id=SITE_ID, api_key=API_KEY, rate_limit=RateLimit(10))
+    async with running_emulator(config) as emulator:
+        deployment = Deployment(kafka, names, tmp_path, emulator.url)
+        await deployment.prepare()
+        records = workload.batches(users=120, batches_per_user=3, events_per_batch=3)
+        expected = workload.expected_items([value for _, value in records], deployment.settings)
+        await produce(kafka.bootstrap, deployment.topics.batches.name, records)
+        began = time.monotonic()
+        workers = [
+            deployment.start_worker(
+                rate_limit_per_second="10", batch_max_items="10", web_port=str(free_port())
+            )
+            for _ in range(2)
+        ]
+        try:
+            await _wait_for_events(emulator, sum(_event_ids(expected).values()), workers)
+            took = time.monotonic() - began
+            shares = [
+                await _gauge(worker, "mpcio_sink_rate_limit_per_second") for worker in workers
+            ]
+        finally:
+            await deployment.stop_all()
+        requests = [
+            r
+            for r in (await inspect_emulator(emulator.url, "requests"))["requests"]
+            if r["path"] == "/api/v2/batch"
+        ]
+        arrivals = [r["received_at"] for r in requests]
+        print(
+            f"\ntwo workers: {len(requests)} requests in {took:.1f} s, shares {shares} "
+            f"requests/s, {len(requests) / max(max(arrivals) - min(arrivals), 1e-9):.1f} "
+            "requests/s at the emulator (limit 10)"
+        )
+        assert emulator.state.stats()["requests_by_status"].get("429", 0) == 0
+        assert sum(shares) == pytest.approx(10)  # both hold partitions: 10 split between them
+        assert all(0 < share < 10 for share in shares)
+        assert len(requests) <= 10 * took + 2  # can't be broken by a busy machine
+        assert Counter(e.id for e in emulator.state.store.events) == _event_ids(expected)

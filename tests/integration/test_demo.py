@@ -33,12 +33,13 @@ def test_demo_forwards_the_sample_and_stops_everything() -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "Customer.io now holds 6 people and 10 events" in out
+    assert "Customer.io now holds 5 people and 7 events" in out
+    assert "1 person deleted by erasure" in out
     assert "UNSUBSCRIBED" in out
     assert "Dead letters (3)" in out
-    assert "✓ stopped the worker, the emulator and Kafka" in out
+    assert "✓ stopped the ingress, the worker, the emulator and Kafka" in out
     pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", out)]
-    assert len(pids) == 2, out  # the emulator and the worker
+    assert len(pids) == 3, out  # the emulator, the worker and the ingress
     for pid in pids:
         assert (
             not Path(f"/proc/{pid}").exists()
@@ -102,7 +103,7 @@ def test_demo_stopped_by_sigterm_leaves_no_process_and_no_temp_folder(
         (workdir,) = list(tmp_path.glob("mpcio-demo-*"))
         pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", seen)]
         if when == "keep-running":
-            assert len(pids) == 2, seen
+            assert len(pids) == 3, seen  # the emulator, the worker and the ingress
             assert f"logs in {workdir}" in seen
             exports = dict(re.findall(r"^  export (MPCIO_\w+)=(\S+)$", seen, re.MULTILINE))
             assert exports["MPCIO_BROKER"].startswith("kafka://127.0.0.1:")
@@ -129,7 +130,7 @@ def test_demo_stopped_by_sigterm_leaves_no_process_and_no_temp_folder(
             process.kill()
             process.wait()
     if when == "keep-running":
-        assert "✓ stopped the worker, the emulator and Kafka" in everything, everything
+        assert "✓ stopped the ingress, the worker, the emulator and Kafka" in everything, everything
     assert "Traceback" not in everything
     assert not list(tmp_path.glob("mpcio-demo-*")), "the temp folder is left"
     leftover = subprocess.run(

@@ -6,6 +6,7 @@ takes "a comma-separated list of bootstrap servers"; the worker must accept both
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from app.localkafka import free_port
 from app.settings import load_settings
 from app.topics import changelog_topics, topics_for
 from tests.integration import workload
+from tests.integration.cli import mpcio
 from tests.integration.conftest import API_KEY, FAST_RETRIES, SITE_ID
 from tests.integration.support import (
     WorkerProcess,
@@ -140,3 +142,26 @@ async def test_worker_runs_on_mparticles_topic_with_a_comma_separated_broker_lis
     assert await _counts(kafka, [topics.operations.name]) == {topics.operations.name: 6}
     # we wrote nothing into mParticle's topic
     assert await message_count(kafka.bootstrap, topics.batches.name, 6) == len(records)
+
+
+async def test_check_config_sample_reports_key_forms(kafka: LocalKafka, names: Names) -> None:
+    env = worker_env(kafka.url, names.prefix, 0)
+    settings = load_settings(**{k.removeprefix("MPCIO_").lower(): v for k, v in env.items()})
+    await ensure_topics(settings.bootstrap_servers, topics_for(settings))
+    keyed = [(str(m).encode(), b'{"mpid": %d, "events": []}' % m) for m in range(5)]
+    keyless: list[tuple[bytes | None, bytes]] = [
+        (None, b'{"mpid": %d, "events": []}' % m) for m in range(10, 13)
+    ]
+    other = [(b"+20", b'{"mpid": 20, "events": []}'), (b"21", b'{"mpid": 22, "events": []}')]
+    await produce(
+        kafka.bootstrap, settings.topic_batches, [*keyed, *keyless, *other, (b"9", b"{oops")]
+    )
+
+    result = await mpcio("check-config", "--sample", "100", env=env)
+
+    assert re.search(
+        rf"^key sample: +ok \(11 records of {settings.topic_batches}: 5 keyed by mpid, 3 without "
+        r"a key, 2 with another key -> 5 would be re-keyed, 1 not batches \(dead-lettered\)\)$",
+        result.out,
+        re.MULTILINE,
+    ), result.both

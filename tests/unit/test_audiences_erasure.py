@@ -183,10 +183,14 @@ def test_rejects_erasure_naming_nobody() -> None:
     assert caught.value.reason == "erasure_invalid"
 
 
-def test_plan_deletes_current_and_previous_identifiers() -> None:
+def test_plan_deletes_every_identifier_current_and_previous() -> None:
     state = UserState(email="a@x.io", customer_id="c2", person_id="c1")
     plan = plan_erasure(ErasureRequest(None, "erasure", "7", None, None), state)
-    assert [d["identifiers"] for d in plan.deletes] == [{"id": "c2"}, {"id": "c1"}]
+    assert [d["identifiers"] for d in plan.deletes] == [
+        {"id": "c2"},
+        {"email": "a@x.io"},
+        {"id": "c1"},
+    ]
     assert plan.purge_state
 
 

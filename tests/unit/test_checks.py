@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from app.checks import Check, check_customerio, check_kafka, summary
+import pytest
+
+from app.checks import Check, check_customerio, check_kafka, key_form, summary
 from app.emulator.server import EmulatorConfig, running_emulator
 from app.settings import load_settings
 
@@ -61,3 +63,22 @@ async def test_kafka_checks_fail_clearly_without_a_broker() -> None:
 def test_check_lines_have_a_clear_verdict() -> None:
     assert Check("kafka", True, "1 broker").line() == "kafka:             ok (1 broker)"
     assert Check("topics", False, "missing x").line() == "topics:            FAILED: missing x"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "form"),
+    [
+        (b"42", b'{"mpid": 42, "events": []}', "mpid"),
+        (b"-42", b'{"mpid": "-42", "events": []}', "mpid"),
+        (None, b'{"mpid": 42, "events": []}', "none"),  # mParticle: no user id -> no key
+        (b"+42", b'{"mpid": 42, "events": []}', "other"),
+        (b"42 ", b'{"mpid": 42, "events": []}', "other"),
+        (b"7", b'{"mpid": 42, "events": []}', "other"),
+        (b"42", b'[{"mpid": 42, "events": []}, {"mpid": 43, "events": []}]', "other"),
+        (b"42", b"{not json", "unparseable"),
+        (None, None, "unparseable"),  # a tombstone
+        (b"42", b"[]", "other"),  # no batch carries the key's mpid
+    ],
+)
+def test_key_form(key: bytes | None, value: bytes | None, form: str) -> None:
+    assert key_form(key, value) == form

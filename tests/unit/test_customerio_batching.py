@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from app.customerio.batching import ENVELOPE_BYTES, pack
-from app.customerio.ratelimit import RateLimiter
+from app.customerio.ratelimit import RateLimiter, workspace_share
 
 
 def _items(sizes: list[int]) -> list[tuple[bytes, int]]:
@@ -55,3 +55,52 @@ async def test_rate_limiter_spaces_request_starts() -> None:
         window = [s for s in starts[index:] if s < start + 1.0]
         assert len(window) <= 100
     assert starts[-1] == pytest.approx(2.49 * 1.05, rel=0.001)
+
+
+@pytest.mark.parametrize(
+    ("assigned", "total", "share"),
+    [(8, 8, 10.0), (4, 8, 5.0), (3, 8, 3.75), (1, 3, 10 / 3), (0, 8, None), (2, 0, None)],
+)
+def test_workspace_share_is_the_assigned_fraction_of_the_limit(
+    assigned: int, total: int, share: float | None
+) -> None:
+    assert workspace_share(10, assigned, total) == (None if share is None else pytest.approx(share))
+
+
+@pytest.mark.parametrize("split", [(4, 4), (3, 5), (1, 7), (2, 3, 3)])
+async def test_workers_sharing_a_workspace_never_exceed_its_limit(split: tuple[int, ...]) -> None:
+    # Each worker spaces its own starts at its share; together their rates sum to the
+    # workspace's limit (less the 5 % headroom) whatever the assignment. Checked over 10 s
+    # windows: in a single second each worker's spacing can round up by one start.
+    now = [0.0]
+    starts: list[float] = []
+    total = sum(split)
+
+    async def fake_sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    for assigned in split:
+        limiter = RateLimiter(10, clock=lambda: now[0], sleep=fake_sleep)
+        share = workspace_share(10, assigned, total)
+        assert share is not None
+        limiter.set_rate(share)
+        now[0] = 0.0
+        while now[0] < 30:
+            await limiter.acquire()
+            starts.append(now[0])
+    starts.sort()
+    for index, start in enumerate(starts):
+        assert len([s for s in starts[index:] if s < start + 10.0]) <= 10 * 10
+
+
+async def test_set_rate_respaces_the_next_start_from_the_last_one() -> None:
+    now = [0.0]
+
+    async def fake_sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    limiter = RateLimiter(10, clock=lambda: now[0], sleep=fake_sleep)
+    await limiter.acquire()  # at 0
+    limiter.set_rate(1)  # a rebalance leaves this worker a tenth of the limit
+    await limiter.acquire()
+    assert now[0] == pytest.approx(1.05)

@@ -120,25 +120,28 @@ def test_broker_rejects_what_is_not_host_port(broker: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("env", "named"),
+    ("command", "env", "named"),
     [
         (
+            "worker",
             {
                 "MPCIO_CUSTOMERIO_REGION": "mars",
                 **{f"MPCIO_{k.upper()}": v for k, v in CREDENTIALS.items()},
             },
             "MPCIO_CUSTOMERIO_REGION",
         ),
-        ({}, "MPCIO_CUSTOMERIO_API_KEY"),
+        ("worker", {}, "MPCIO_CUSTOMERIO_API_KEY"),
+        ("ingress", {}, "MPCIO_INGRESS_SECRET"),
+        ("ingress", {"MPCIO_INGRESS_SECRET": " "}, "MPCIO_INGRESS_SECRET"),
     ],
-    ids=["bad-region", "missing-api-key"],
+    ids=["bad-region", "missing-api-key", "ingress-no-secret", "ingress-blank-secret"],
 )
 def test_cli_stops_with_one_line_and_nonzero_exit(
-    env: dict[str, str], named: str, tmp_path: Path
+    command: str, env: dict[str, str], named: str, tmp_path: Path
 ) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MPCIO_")}
     result = subprocess.run(
-        [sys.executable, "-m", "app", "worker"],
+        [sys.executable, "-m", "app", command],
         env={**clean, **env},
         capture_output=True,
         text=True,

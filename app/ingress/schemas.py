@@ -1,0 +1,88 @@
+"""Validation of Firehose request messages against mParticle's published JSON schemas.
+
+The schema files live in ``schemas/firehose/`` unchanged (JSON Schema draft 3, sources and
+commits in ``schemas/firehose/SOURCES.md``). The published files lag behind the published
+messages in three places; :func:`_adjusted` patches those in memory, and SOURCES.md says why.
+
+Failure semantics: :func:`validate` raises :class:`FirehoseSchemaError` carrying the first
+error (``<path>: <message>``, deterministic: the error nearest the document root, then the
+first in document order); it never raises anything else for a decoded JSON value.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Any
+
+import orjson
+from jsonschema import Draft3Validator
+from jsonschema.exceptions import ValidationError
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "firehose"
+
+#: Message ``type`` → the schema file of its request.
+REQUEST_SCHEMAS = {
+    "module_registration_request": "ModuleRegistrationRequest_schema.json",
+    "audience_subscription_request": "AudienceSubscriptionRequest_schema.json",
+    "audience_membership_change_request": "AudienceMembershipChangeRequest_schema.json",
+    "dsr_processing_request": "DsrProcessingRequest_schema.json",
+}
+IDENTITY_ENCODINGS = ["raw", "md5", "sha1", "sha256"]
+
+
+class FirehoseSchemaError(ValueError):
+    """A message that its published schema rejects; ``str()`` is the first error."""
+
+
+def load_schema(file_name: str) -> dict[str, Any]:
+    """One schema file of ``schemas/firehose/`` as published."""
+    schema: dict[str, Any] = orjson.loads((SCHEMA_DIR / file_name).read_bytes())
+    return schema
+
+
+@functools.cache
+def _validator(message_type: str) -> Draft3Validator:
+    return Draft3Validator(_adjusted(message_type, load_schema(REQUEST_SCHEMAS[message_type])))
+
+
+def _adjusted(message_type: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """The published schema with the adjustments listed in ``schemas/firehose/SOURCES.md``."""
+    if message_type == "audience_membership_change_request":
+        audience = load_schema("Audience_schema.json")
+        attribute = audience["properties"]["user_attributes"]["items"]
+        for field in attribute["properties"].values():
+            field.pop("required", None)  # the published example carries an empty entry {}
+        profile = schema["properties"]["user_profiles"]["items"]["properties"]
+        profile["audiences"] = {"type": "array", "items": audience}
+        profile["mpid"] = {"type": "string", "required": True}
+    elif message_type == "dsr_processing_request":
+        schema = copy.deepcopy(schema)
+        schema["properties"]["account"]["required"] = False
+        identity = schema["properties"]["subject_identities"]["additionalProperties"]
+        identity["properties"]["encoding"]["enum"] = IDENTITY_ENCODINGS
+    return schema
+
+
+def validate(message: dict[str, Any]) -> str:
+    """The message's ``type`` once ``message`` satisfies its schema.
+
+    Raises :class:`FirehoseSchemaError` for an unknown or missing ``type`` and for the first
+    schema violation."""
+    message_type = message.get("type")
+    if type(message_type) is not str or message_type not in REQUEST_SCHEMAS:
+        known = ", ".join(sorted(REQUEST_SCHEMAS))
+        raise FirehoseSchemaError(f"type: must be one of {known} (got {message_type!r})")
+    errors = sorted(
+        _validator(message_type).iter_errors(message),
+        key=lambda error: (len(error.absolute_path), [str(p) for p in error.absolute_path]),
+    )
+    if errors:
+        raise FirehoseSchemaError(_describe(errors[0]))
+    return message_type
+
+
+def _describe(error: ValidationError) -> str:
+    path = "/".join(str(part) for part in error.absolute_path) or "(message)"
+    return f"{path}: {error.message}"
