@@ -20,7 +20,8 @@ key or action (the published example has an empty one) are skipped.
 
 Failure semantics: a record that cannot be used raises
 :class:`~app.errors.InvalidRecordError` (reasons: those of the batch parser for JSON, mpid and
-identities, plus ``audiences_invalid`` for a change without an id or with an unknown action);
+identities, plus ``audiences_invalid`` for a change without an id or with an unknown action,
+and ``empty_record`` for an empty array or ``user_profiles`` list);
 the whole record is rejected so the dead letter holds exactly what arrived.
 """
 
@@ -99,6 +100,8 @@ def parse_audience_record(value: bytes) -> list[MembershipUpdate]:
     if type(document) is dict and "user_profiles" in document:
         document = document["user_profiles"]
     profiles = document if type(document) is list else [document]
+    if not profiles:
+        raise InvalidRecordError("empty_record", "no profile in the record")
     updates = []
     for index, profile in enumerate(profiles):
         if type(profile) is not dict:

@@ -99,7 +99,7 @@ def key_form(key: bytes | None, value: bytes | None) -> KeyForm:
         return "unparseable"
     if key is None:
         return "none"
-    return "mpid" if batches and all(b.mpid.encode() == key for b in batches) else "other"
+    return "mpid" if all(b.mpid.encode() == key for b in batches) else "other"
 
 
 async def check_key_sample(settings: Settings, count: int) -> Check:

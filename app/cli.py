@@ -109,7 +109,17 @@ def _parser() -> argparse.ArgumentParser:
     ingress.set_defaults(handler=_cmd_ingress)
 
     kafka = commands.add_parser("kafka", help="run a local Apache Kafka broker (no Docker)")
-    kafka.add_argument("--port", type=int, default=9092, help="client port (default 9092)")
+    kafka.add_argument(
+        "--port", type=int, default=9092, help="client port (default 9092; node N: port + N - 1)"
+    )
+    kafka.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        choices=range(1, 10),
+        metavar="N",
+        help="run an N-node KRaft cluster (replication N, min in-sync 2; default 1)",
+    )
     kafka.add_argument("--data-dir", type=Path, default=None, help="keep data here")
     kafka.add_argument("--fetch-only", action="store_true", help="only download the jars")
     kafka.set_defaults(handler=_cmd_kafka)
@@ -534,14 +544,27 @@ def _quiet_kafka_logs() -> None:
 
 
 def _cmd_kafka(args: argparse.Namespace) -> int:
-    from app.localkafka import LocalKafka, fetch_kafka  # noqa: PLC0415
+    from app.localkafka import LocalKafka, LocalKafkaCluster, fetch_kafka  # noqa: PLC0415
 
     if args.fetch_only:
         print(f"Kafka jars in {fetch_kafka()}")
         return 0
-    broker = LocalKafka(port=args.port, data_dir=args.data_dir)
-    broker.start()
-    print(f"Kafka ready at {broker.bootstrap} in {broker.started_in:.1f}s (log: {broker.log_file})")
+    broker: LocalKafka | LocalKafkaCluster
+    if args.brokers == 1:
+        broker = LocalKafka(port=args.port, data_dir=args.data_dir)
+        broker.start()
+        print(f"Kafka ready at {broker.bootstrap} in {broker.started_in:.1f}s")
+        print(f"log: {broker.log_file}")
+    else:
+        broker = LocalKafkaCluster(
+            args.brokers,
+            data_dir=args.data_dir,
+            ports=[args.port + index for index in range(args.brokers)],
+        )
+        broker.start()
+        print(f"Kafka cluster of {args.brokers} nodes ready in {broker.started_in:.1f}s")
+        print(f"logs: {broker.data_dir}/node-*/server.log; for the worker:")
+        print(f"MPCIO_BROKER='{broker.url}' MPCIO_TOPIC_REPLICATION_FACTOR={args.brokers}")
     print("Ctrl-C stops it.")
     _wait_for_signal()
     broker.close()

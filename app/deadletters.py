@@ -14,8 +14,8 @@ ingest-stage records (raw mParticle, audience or erasure JSON) to their ``source
 their key; sink-stage records (one Customer.io item) wrapped in an ``operation_batch`` with one
 operation to the operations topic, keyed by the dead letter's key. Records that cannot be
 redriven are skipped with a reason: a corrupt stored state (``state_corrupt``: the payload is
-the state, not an input), a sink record whose payload is not a Customer.io item, a record that
-is not a dead letter at all.
+the state, not an input), a ``tombstone`` (no value to send), a sink record whose payload is
+not a Customer.io item, a record that is not a dead letter at all.
 
 Privacy: texts shown to an operator (detail, key, payload, response) have email addresses
 masked with :func:`app.logs.mask_email` unless the caller asks for them unmasked.
@@ -51,7 +51,10 @@ _EMAIL_BYTES = re.compile(EMAIL_PATTERN.encode())
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 STALL_SECONDS = 30.0
-NOT_REDRIVABLE_REASONS = {"state_corrupt": "the payload is a corrupt stored state, not input"}
+NOT_REDRIVABLE_REASONS = {
+    "state_corrupt": "the payload is a corrupt stored state, not input",
+    "tombstone": "a tombstone has no value to send back",
+}
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -4,6 +4,9 @@ Used by the integration tests (a session fixture), ``mpcio kafka``, ``mpcio demo
 benchmarks. It fetches ``org.apache.kafka:kafka_2.13`` and a log4j2 backend from Maven Central
 with Maven into a cache folder (reused by every later run), formats KRaft storage once per data
 directory, and runs one combined broker+controller on free loopback ports.
+:class:`LocalKafkaCluster` runs N such nodes (one JVM each) as one KRaft cluster whose
+controller quorum is every node, with replicated internal topics and ``min.insync.replicas``
+2, for failover tests (``mpcio kafka --brokers 3``).
 
 Failure semantics: every step raises :class:`~app.errors.LocalKafkaError` with what went wrong
 and where the broker's own log is; :meth:`LocalKafka.stop` always leaves no Java process behind
@@ -24,10 +27,12 @@ import threading
 import time
 import uuid
 from base64 import urlsafe_b64encode
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from app.errors import LocalKafkaError
 
@@ -158,6 +163,14 @@ def metadata_round_trip(
     return bool(outcome and outcome[0])
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (base64url of a UUID, never starting with ``-``)."""
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # the storage tool would read it as an option
+        cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return cluster_id
+
+
 def _port_open(port: int) -> bool:
     # A plain connect first keeps aiokafka from logging a refused connection per probe.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -165,7 +178,38 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-class LocalKafka:
+class _Lifecycle:
+    """``close()`` and the ``with`` block, shared by one node and a cluster."""
+
+    data_dir: Path
+    _owns_data_dir: bool
+
+    def start(self, timeout: float = 60.0) -> None:
+        raise NotImplementedError
+
+    def stop(self, grace: float = 30.0) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop, and remove the data directory if this object created it."""
+        self.stop()
+        if self._owns_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LocalKafka(_Lifecycle):
     """One single-node KRaft broker on 127.0.0.1.
 
     ``data_dir`` survives :meth:`stop` and :meth:`kill` so a restart on the same directory keeps
@@ -187,18 +231,22 @@ class LocalKafka:
         version: str = KAFKA_VERSION,
         heap: str = "768m",
         sasl_users: Mapping[str, str] | None = None,
+        controller_port: int | None = None,
+        cluster: _ClusterMembership | None = None,
     ) -> None:
         if sasl_users is not None and not sasl_users:
             raise LocalKafkaError("sasl_users needs at least one user")
         self.sasl_users = dict(sasl_users) if sasl_users else None
         self.port = port or free_port()
-        self.controller_port = free_port()
+        self.controller_port = controller_port or free_port()
+        self.cluster = cluster
         self._owns_data_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="mpcio-kafka-"))
         self.cache_dir = cache_dir
         self.version = version
         self.heap = heap
         self._process: subprocess.Popen[bytes] | None = None
+        self._began = 0.0
         self.started_in: float | None = None
 
     @property
@@ -235,17 +283,27 @@ class LocalKafka:
 
         ``started_in`` is the seconds from launching Java to the first metadata answer.
         """
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Fetch if needed, format storage on first use and start Java; do not wait.
+
+        A cluster node answers only once a quorum of its controllers runs, so
+        :class:`LocalKafkaCluster` launches every node before waiting for any.
+        """
         libs = fetch_kafka(self.cache_dir, self.version)
         classpath = f"{libs}/*"
         config = self._write_config()
         logs_dir = self.data_dir / "kraft"
         if not (logs_dir / "meta.properties").exists():
-            cluster_id = "-"
-            while cluster_id.startswith("-"):  # the storage tool would read it as an option
-                cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            self._java(classpath, "kafka.tools.StorageTool", "format", "--standalone",
+            # a cluster's nodes share its id and name their voters in the config (static
+            # quorum); a single node bootstraps a quorum of itself
+            quorum = [] if self.cluster else ["--standalone"]
+            cluster_id = self.cluster.cluster_id if self.cluster else new_cluster_id()
+            self._java(classpath, "kafka.tools.StorageTool", "format", *quorum,
                        "-t", cluster_id, "-c", str(config))  # fmt: skip
-        began = time.monotonic()
+        self._began = time.monotonic()
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             [self._java_bin(), f"-Xmx{self.heap}", *self._jvm_flags(), "-cp", classpath,
              "kafka.Kafka", str(config)],
@@ -253,13 +311,19 @@ class LocalKafka:
             stderr=(self.data_dir / "stderr.log").open("ab"),
             start_new_session=True,  # own process group: stop() reaches every child
         )  # fmt: skip
-        while time.monotonic() - began < timeout:
-            if self._process.poll() is not None:
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until the launched node answers a metadata request; stop it after ``timeout``."""
+        process = self._process
+        if process is None:
+            raise LocalKafkaError("wait_ready before launch")
+        while time.monotonic() - self._began < timeout:
+            if process.poll() is not None:
                 raise LocalKafkaError(f"Kafka exited at start-up; see {self.log_file}")
             if _port_open(self.port) and metadata_round_trip(
                 self.bootstrap, timeout=5.0, client_kwargs=self.client_kwargs
             ):
-                self.started_in = time.monotonic() - began
+                self.started_in = time.monotonic() - self._began
                 return
             time.sleep(0.2)
         self.stop()
@@ -272,24 +336,6 @@ class LocalKafka:
     def kill(self) -> None:
         """SIGKILL the broker at once, as a crash would; the data directory stays."""
         self._signal(signal.SIGKILL, 10.0)
-
-    def close(self) -> None:
-        """Stop and remove a data directory this object created."""
-        self.stop()
-        if self._owns_data_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> LocalKafka:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _signal(self, signum: signal.Signals, grace: float) -> None:
         process, self._process = self._process, None
@@ -331,6 +377,9 @@ class LocalKafka:
         }
         if self.sasl_users:
             properties.update(self._sasl_properties())
+        if self.cluster:
+            del properties["controller.quorum.bootstrap.servers"]  # static voters instead
+            properties.update(self.cluster.properties(self))
         config = self.data_dir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()), encoding="utf-8")
         (self.data_dir / "log4j2.properties").write_text(
@@ -378,3 +427,118 @@ class LocalKafka:
         )  # fmt: skip
         if result.returncode != 0:
             raise LocalKafkaError(f"{main} failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")
+
+
+@dataclass(frozen=True)
+class _ClusterMembership:
+    """What every node of a :class:`LocalKafkaCluster` shares: its id and its voters."""
+
+    cluster_id: str
+    voters: dict[int, int]  # node id -> controller port
+
+    def properties(self, node: LocalKafka) -> dict[str, str]:
+        """The node's server properties that differ from a single node's."""
+        node_id = next(n for n, port in self.voters.items() if port == node.controller_port)
+        replicas = str(len(self.voters))
+        min_isr = str(min(2, len(self.voters)))
+        return {
+            "node.id": str(node_id),
+            "controller.quorum.voters": ",".join(
+                f"{n}@127.0.0.1:{port}" for n, port in self.voters.items()
+            ),
+            "default.replication.factor": replicas,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": replicas,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
+            # a killed node's partitions move to the others within seconds, not the default 18
+            "broker.session.timeout.ms": "6000",
+            "broker.heartbeat.interval.ms": "1000",
+        }
+
+
+class LocalKafkaCluster(_Lifecycle):
+    """``nodes`` combined broker+controller nodes on 127.0.0.1, one JVM each, one cluster.
+
+    Every node votes in the controller quorum (so the cluster survives losing one of three),
+    internal topics are replicated to every node and ``min.insync.replicas`` is 2: with
+    ``acks=all`` a write acknowledged by the cluster survives the loss of any one node. Topics
+    the product creates need ``MPCIO_TOPIC_REPLICATION_FACTOR`` = ``nodes`` to be as safe.
+    ``data_dir`` holds one sub-folder per node (``node-1``...); a temporary one is removed by
+    :meth:`close`. PLAINTEXT only.
+    """
+
+    def __init__(
+        self,
+        nodes: int = 3,
+        *,
+        data_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        version: str = KAFKA_VERSION,
+        heap: str = "512m",
+        ports: list[int] | None = None,
+    ) -> None:
+        if nodes < 1:
+            raise LocalKafkaError("a cluster needs at least one node")
+        if ports is not None and len(ports) != nodes:
+            raise LocalKafkaError(f"{nodes} nodes need {nodes} client ports, got {len(ports)}")
+        self._owns_data_dir = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="mpcio-kafka-cluster-"))
+        id_file = self.data_dir / "cluster.id"  # a restart on the same folder keeps the cluster
+        if not id_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(new_cluster_id(), encoding="utf-8")
+        controller_ports = [free_port() for _ in range(nodes)]
+        membership = _ClusterMembership(
+            id_file.read_text(encoding="utf-8").strip(),
+            {index + 1: port for index, port in enumerate(controller_ports)},
+        )
+        self.nodes = [
+            LocalKafka(
+                port=None if ports is None else ports[index],
+                data_dir=self.data_dir / f"node-{index + 1}",
+                cache_dir=cache_dir,
+                version=version,
+                heap=heap,
+                controller_port=controller_ports[index],
+                cluster=membership,
+            )
+            for index in range(nodes)
+        ]
+        self.started_in: float | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    @property
+    def url(self) -> str:
+        """The ``MPCIO_BROKER`` value: ``kafka://host:port;host:port;...``."""
+        return "kafka://" + ";".join(node.bootstrap for node in self.nodes)
+
+    def node(self, node_id: int) -> LocalKafka:
+        """The node with KRaft ``node.id`` = ``node_id`` (1-based, as in metadata)."""
+        return self.nodes[node_id - 1]
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Launch every node, then wait until each answers a metadata request."""
+        began = time.monotonic()
+        try:
+            self._each(LocalKafka.launch)  # formatting storage is a JVM run per node
+            self._each(lambda node: node.wait_ready(timeout))
+        except LocalKafkaError:
+            self.stop()
+            raise
+        self.started_in = time.monotonic() - began
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop every node at once (one by one, the last ones wait for a lost quorum)."""
+        self._each(lambda node: node.stop(grace))
+
+    def _each(self, action: Callable[[LocalKafka], None]) -> None:
+        """Run ``action`` on every node in parallel threads; re-raise the first failure."""
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            for future in [pool.submit(action, node) for node in self.nodes]:
+                future.result()

@@ -16,13 +16,16 @@ form). :func:`parse_record` returns the batches in order, already normalised:
   the time range of *all* valid events is kept for first-seen bookkeeping.
 
 Failure semantics. A whole record is rejected with :class:`~app.errors.InvalidRecordError`
-(reason slugs: ``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``events_not_a_list``,
-``identities_invalid``, ``mpid_missing``, ``mpid_invalid``, ``environment_invalid``) when it
-cannot be used at all; in the bulk form one bad batch rejects the record, so the dead letter
-holds exactly what arrived. A bad event is dropped and counted in ``Batch.invalid_events`` by
-reason (``event_not_object``, ``event_type_missing``, ``data_not_object``,
-``event_name_missing``, ``screen_name_missing``, ``opt_out_flag_missing``); names that are blank
-after trimming count as missing, which also enforces Customer.io's "event name not blank".
+(reason slugs: ``invalid_utf8``, ``invalid_json``, ``too_deep``, ``empty_record``,
+``not_an_object``, ``events_not_a_list``, ``identities_invalid``, ``mpid_missing``,
+``mpid_invalid``, ``environment_invalid``) when it cannot be used at all (``too_deep``: JSON
+nested beyond orjson's 1,024 levels, or an event's custom attributes beyond
+:data:`MAX_DATA_DEPTH`; ``empty_record``: an empty bulk array); in the bulk form one bad batch
+rejects the record, so the dead letter holds exactly what arrived. A bad event is dropped and
+counted in ``Batch.invalid_events`` by reason (``event_not_object``, ``event_type_missing``,
+``data_not_object``, ``event_name_missing``, ``screen_name_missing``, ``opt_out_flag_missing``);
+names that are blank after trimming count as missing, which also enforces Customer.io's "event
+name not blank".
 Anything else unusable is ignored and counted in ``Batch.ignored`` (see the ``IGNORED_*``
 names) or, for event types, in ``Batch.ignored_events``. Nothing is logged here.
 """
@@ -60,6 +63,11 @@ IGNORED_DEVICE_INFO: Final = "device_info_invalid"
 
 # Batch.ignored_events key for event types mParticle does not document.
 UNKNOWN_EVENT_TYPE: Final = "unknown"
+
+# Deepest nesting of an event's custom_attributes that is forwarded: far beyond real event data
+# (mParticle's are flat), well inside orjson's serialisation limit (254 levels), which would
+# otherwise fail the whole record as an internal error when the item is built.
+MAX_DATA_DEPTH: Final = 64
 
 _INT64_MIN: Final = -(1 << 63)
 _INT64_MAX: Final = (1 << 63) - 1
@@ -259,7 +267,10 @@ def required_mpid(raw: dict[str, Any], what: str) -> str:
 
 
 def load_json(value: bytes) -> Any:
-    """The decoded JSON of a record value; ``invalid_utf8`` / ``invalid_json`` rejections."""
+    """The decoded JSON of a record value; ``invalid_utf8`` / ``invalid_json`` rejections.
+
+    JSON nested deeper than orjson's limit (1,024 levels) is rejected as ``too_deep``.
+    """
     try:
         return orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -267,15 +278,20 @@ def load_json(value: bytes) -> Any:
             value.decode("utf-8")
         except UnicodeDecodeError as utf8_exc:
             raise InvalidRecordError("invalid_utf8", str(utf8_exc)) from None
+        # orjson reports nesting beyond its limit as "depth limit exceeded: ..." (tested)
+        if str(exc).startswith("depth limit"):
+            raise InvalidRecordError("too_deep", f"JSON nested too deeply: {exc}") from None
         raise InvalidRecordError("invalid_json", str(exc)) from None
 
 
 def parse_record(value: bytes) -> list[Batch]:
-    """The batches of one Kafka record value, in order (empty for an empty JSON array)."""
+    """The batches of one Kafka record value, in order; an empty array is ``empty_record``."""
     document = load_json(value)
     if type(document) is dict:
-        return [parse_batch(document)]
-    if type(document) is list:
+        batches = [parse_batch(document)]
+    elif type(document) is list:
+        if not document:
+            raise InvalidRecordError("empty_record", "empty bulk array: the record holds no batch")
         batches = []
         for index, item in enumerate(document):
             if type(item) is not dict:
@@ -283,10 +299,26 @@ def parse_record(value: bytes) -> list[Batch]:
                     "not_an_object", f"bulk item {index} is {_json_type(item)}, not an object"
                 )
             batches.append(parse_batch(item))
-        return batches
-    raise InvalidRecordError(
-        "not_an_object", f"top level is {_json_type(document)}, not an object or array"
-    )
+    else:
+        raise InvalidRecordError(
+            "not_an_object", f"top level is {_json_type(document)}, not an object or array"
+        )
+    # Nesting depth never exceeds the number of '{' and '[' in the record: counting them (in C)
+    # spares the walk for almost every record.
+    if value.count(b"{") + value.count(b"[") > MAX_DATA_DEPTH:
+        _check_depth(batches)
+    return batches
+
+
+def _check_depth(batches: list[Batch]) -> None:
+    """``too_deep`` when an event's custom attributes nest beyond :data:`MAX_DATA_DEPTH`."""
+    for batch in batches:
+        for event in batch.events:
+            if event.custom_attributes and _too_deep(event.custom_attributes, MAX_DATA_DEPTH):
+                raise InvalidRecordError(
+                    "too_deep",
+                    f"event custom_attributes nested deeper than {MAX_DATA_DEPTH} levels",
+                )
 
 
 def parse_batch(raw: dict[str, Any]) -> Batch:
@@ -579,6 +611,23 @@ def _custom_attributes(value: object, ignored: dict[str, int]) -> dict[str, Any]
         return value
     _count(ignored, IGNORED_CUSTOM_ATTRIBUTES)
     return None
+
+
+def _too_deep(value: dict[str, Any] | list[Any], budget: int) -> bool:
+    """True when ``value`` nests objects/arrays more than ``budget`` levels (itself = 1).
+
+    Iterative, so a hostile depth cannot exhaust Python's own recursion limit.
+    """
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
+    while pending:
+        container, depth = pending.pop()
+        if depth > budget:
+            return True
+        children = container.values() if type(container) is dict else container
+        pending.extend(
+            (child, depth + 1) for child in children if type(child) is dict or type(child) is list
+        )
+    return False
 
 
 def _source_message_id(value: object) -> str | None:

@@ -8,7 +8,14 @@ record, a way to read a user's stored state and the settings, and writes what it
 no I/O.
 
 Failure semantics: nothing raises for bad input. A record that cannot be parsed becomes one
-dead letter (stage ``ingest``, the parser's reason, the raw bytes and source position). A
+dead letter (stage ``ingest``, the parser's reason, the raw bytes and source position). Nothing
+is consumed silently: a tombstone (a record without a value, which mParticle never writes) is
+dead-lettered too, reason ``tombstone`` with an empty payload and the record's key, so an
+operator sees where it came from; an empty JSON array or ``user_profiles`` list is
+``empty_record``. A record whose new state or operations record would exceed
+:data:`MAX_RECORD_BYTES` (e.g. ten thousand events in one batch) is ``too_large`` and nothing of
+it is applied, since Kafka would refuse the write. All count as ``rejected`` in the topic's
+counter. A
 stored state that cannot be decoded is dead-lettered too (reason ``state_corrupt``) and the user
 starts afresh, so one corrupt value never blocks a partition. Batches whose mpid is not the
 record key (keyless or bulk records) are not processed here: they are returned in ``rekeyed``
@@ -40,6 +47,9 @@ if TYPE_CHECKING:
     from app.settings import Settings
 
 STAGE_INGEST = "ingest"
+# Largest state or operations record written: Kafka's default limits (the broker's
+# message.max.bytes, the producer's max.request.size) are 1 MiB per record batch.
+MAX_RECORD_BYTES = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +120,7 @@ def dead_letter(
 
 def process_batch_record(
     key: bytes | None,
-    value: bytes,
+    value: bytes | None,
     source: SourcePosition,
     load_state: Callable[[str], bytes | None],
     settings: Settings,
@@ -127,6 +137,7 @@ def process_batch_record(
     """
     result = IngestResult()
     try:
+        value = _present(value)  # narrowed to bytes from here on
         batches = parse_record(value)
     except InvalidRecordError as exc:
         _reject(result, exc, source, key, value, clock, counter="batches")
@@ -148,6 +159,7 @@ def process_batch_record(
         counter="batches",
         source=source,
         key=key,
+        value=value,
         load_state=load_state,
         clock=clock,
     )
@@ -156,7 +168,7 @@ def process_batch_record(
 
 def process_audience_record(
     key: bytes | None,
-    value: bytes,
+    value: bytes | None,
     source: SourcePosition,
     load_state: Callable[[str], bytes | None],
     settings: Settings,
@@ -170,6 +182,7 @@ def process_audience_record(
     ``rekeyed`` (for the audiences topic)."""
     result = IngestResult()
     try:
+        value = _present(value)  # narrowed to bytes from here on
         updates = parse_audience_record(value)
     except InvalidRecordError as exc:
         _reject(result, exc, source, key, value, clock, counter="audience_updates")
@@ -188,6 +201,7 @@ def process_audience_record(
         counter="audience_updates",
         source=source,
         key=key,
+        value=value,
         load_state=load_state,
         clock=clock,
     )
@@ -196,7 +210,7 @@ def process_audience_record(
 
 def process_erasure_record(
     key: bytes | None,
-    value: bytes,
+    value: bytes | None,
     source: SourcePosition,
     load_state: Callable[[str], bytes | None],
     *,
@@ -217,6 +231,7 @@ def process_erasure_record(
     reached Kafka before the erasure be dropped; it holds no personal data."""
     result = IngestResult()
     try:
+        value = _present(value)  # narrowed to bytes from here on
         request = parse_erasure_record(value)
     except InvalidRecordError as exc:
         _reject(result, exc, source, key, value, clock, counter="erasures")
@@ -296,12 +311,15 @@ def _apply_to_user(
     counter: str,
     source: SourcePosition,
     key: bytes | None,
+    value: bytes,
     load_state: Callable[[str], bytes | None],
     clock: Callable[[], int],
 ) -> None:
     """Fold one user's items into their state with ``step``; store it and the operations.
 
-    A record already in the stored state (a redelivery) is skipped: ``_already_applied``."""
+    A record already in the stored state (a redelivery) is skipped: ``_already_applied``. A
+    record whose new state or operations record would exceed :data:`MAX_RECORD_BYTES` is
+    dead-lettered as ``too_large`` instead, and nothing of it is applied."""
     mpid = items[0].mpid
     state = _load(mpid, load_state, result, source, key, clock)
     if _already_applied(state, kind, source):
@@ -309,12 +327,27 @@ def _apply_to_user(
         return
     stored = state
     operations: list[Operation] = []
+    counts: Counter[tuple[str, ...]] = Counter()  # applied only if the record is used
     for item in items:
         transformed = step(item, state)
         state = transformed.state
-        _count_transformed(transformed, result.counts, counter)
+        _count_transformed(transformed, counts, counter)
         operations.extend(transformed.operations)
-    _finish(result, mpid, stored, _mark_applied(state, kind, source), operations, source, clock)
+    state = _mark_applied(state, kind, source)
+    encoded = None if state is None or state == stored else encode_state(state)
+    record = _operations_record(mpid, operations, source, clock) if operations else None
+    size = max(len(encoded or b""), 0 if record is None else len(record[1]))
+    if size > MAX_RECORD_BYTES:
+        # Kafka would refuse the write (and the agent with it): reject the input, apply nothing
+        what = "operations" if record is not None and len(record[1]) == size else "state"
+        detail = f"its {what} record would be {size} bytes, over {MAX_RECORD_BYTES}"
+        _reject(result, InvalidRecordError("too_large", detail), source, key, value, clock,
+                counter=counter)  # fmt: skip
+        return
+    result.counts.update(counts)
+    if encoded is not None:
+        result.states[mpid] = encoded
+    result.operations = record
 
 
 def _already_applied(state: UserState | None, kind: str, source: SourcePosition) -> bool:
@@ -337,12 +370,19 @@ def _mark_applied(state: UserState | None, kind: str, source: SourcePosition) ->
     )
 
 
+def _present(value: bytes | None) -> bytes:
+    """The record's value; a tombstone (``None``) is rejected with reason ``tombstone``."""
+    if value is None:
+        raise InvalidRecordError("tombstone", "the record has no value (a Kafka tombstone)")
+    return value
+
+
 def _reject(  # noqa: PLR0917 - private helper, every argument is needed
     result: IngestResult,
     exc: InvalidRecordError,
     source: SourcePosition,
     key: bytes | None,
-    value: bytes,
+    value: bytes | None,
     clock: Callable[[], int],
     *,
     counter: str,
@@ -354,7 +394,7 @@ def _reject(  # noqa: PLR0917 - private helper, every argument is needed
             stage=STAGE_INGEST,
             source=source,
             key=key,
-            payload=value,
+            payload=b"" if value is None else value,
             failed_at_ms=clock(),
         )
     )
@@ -372,21 +412,6 @@ def _count_transformed(
         counts["limits", kind] += count
     for operation in transformed.operations:
         counts["operations", operation.action] += 1
-
-
-def _finish(  # noqa: PLR0917 - private helper, every argument is needed
-    result: IngestResult,
-    mpid: str,
-    stored: UserState | None,
-    state: UserState | None,
-    operations: list[Operation],
-    source: SourcePosition,
-    clock: Callable[[], int],
-) -> None:
-    if state is not None and state != stored:
-        result.states[mpid] = encode_state(state)
-    if operations:
-        result.operations = _operations_record(mpid, operations, source, clock)
 
 
 def _operations_record(

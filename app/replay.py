@@ -79,13 +79,10 @@ class ReplaySummary:
 def record_key(value: bytes) -> bytes:
     """The Kafka key of one record: the (first) batch's mpid as canonical decimal text.
 
-    Raises :class:`~app.errors.InvalidRecordError` for anything the worker would reject, and
-    for an empty bulk array (it has no mpid to key it by).
+    Raises :class:`~app.errors.InvalidRecordError` for anything the worker would reject
+    (an empty bulk array included: ``empty_record``).
     """
-    batches = parse_record(value)
-    if not batches:
-        raise InvalidRecordError("mpid_missing", "empty array: no batch, so no mpid")
-    return batches[0].mpid.encode("ascii")
+    return parse_record(value)[0].mpid.encode("ascii")
 
 
 class ReplaySource:

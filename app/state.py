@@ -19,9 +19,12 @@ redelivered older batch may arrive after a newer one was already folded):
 Customer.io; only :mod:`app.transform` sets them. ``audiences`` is carried through unchanged
 (filled by the audience agent).
 
-Failure semantics: :func:`fold` never raises for a parsed batch. :func:`decode_state` raises
+Failure semantics: :func:`fold` never raises for a parsed batch. :func:`decode_state` reads a
+state written with the current ``user_state`` schema or any released one kept in
+``schemas/history/`` (fields added since take their defaults, :mod:`app.avro`); it raises
 :class:`~app.errors.InvalidRecordError` (reason ``avro_decode``) for bytes that are not a
-``user_state`` record, including a stored attribute JSON that is corrupt.
+``user_state`` record, including an unknown schema fingerprint and a stored attribute JSON that
+is corrupt.
 """
 
 from __future__ import annotations

@@ -33,8 +33,11 @@ def test_demo_forwards_the_sample_and_stops_everything() -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
+    # the sample's six people, then one erased through the Firehose ingress
     assert "Customer.io now holds 5 people and 7 events" in out
     assert "1 person deleted by erasure" in out
+    assert "joined 'Demo VIPs' → SegmentMembership=\"'9001'\", In Demo VIPs=True" in out
+    assert "left 'Demo VIPs' → SegmentMembership='', In Demo VIPs=False" in out
     assert "UNSUBSCRIBED" in out
     assert "Dead letters (3)" in out
     assert "✓ stopped the ingress, the worker, the emulator and Kafka" in out

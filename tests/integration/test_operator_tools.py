@@ -69,7 +69,7 @@ async def test_replay_keys_by_mpid_reports_bad_lines_and_reads_gzip(
         "line 18",
     ]  # line 15 is blank: skipped, not invalid
     assert "line 17: not_an_object" in result.err
-    assert "line 18: mpid_missing" in result.err
+    assert "line 18: empty_record" in result.err
     assert f"sent 12 to {topic}, 5 invalid" in result.err
     records = await consume_until(kafka.bootstrap, topic, lambda rs: len(rs) >= 12)
     assert len(records) == 12

@@ -77,7 +77,7 @@ def test_check_lines_have_a_clear_verdict() -> None:
         (b"42", b'[{"mpid": 42, "events": []}, {"mpid": 43, "events": []}]', "other"),
         (b"42", b"{not json", "unparseable"),
         (None, None, "unparseable"),  # a tombstone
-        (b"42", b"[]", "other"),  # no batch carries the key's mpid
+        (b"42", b"[]", "unparseable"),  # an empty bulk array is dead-lettered (empty_record)
     ],
 )
 def test_key_form(key: bytes | None, value: bytes | None, form: str) -> None:

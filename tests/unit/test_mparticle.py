@@ -15,6 +15,7 @@ from app.mparticle import (
     IGNORED_TIMESTAMP,
     IGNORED_UNKNOWN_DATA_KEYS,
     IGNORED_UNKNOWN_KEYS,
+    MAX_DATA_DEPTH,
     UNKNOWN_DEVICE_TYPE,
     Batch,
     canonical_attribute_name,
@@ -500,10 +501,6 @@ def test_accepts_bulk_array_of_batches_in_order() -> None:
     assert [batch.mpid for batch in parse_record(record)] == ["1", "2", "-3"]
 
 
-def test_accepts_empty_bulk_array() -> None:
-    assert parse_record(b"[]") == []
-
-
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
@@ -516,10 +513,57 @@ def test_accepts_empty_bulk_array() -> None:
         pytest.param(b"null", "not_an_object", id="top-level-null"),
         pytest.param(b'[{"mpid": 1}, 2]', "not_an_object", id="bulk-with-non-object"),
         pytest.param(b'[{"mpid": 1}, {"mpid": 1.5}]', "mpid_invalid", id="bulk-with-bad-batch"),
+        pytest.param(b"[]", "empty_record", id="empty-bulk-array"),
+        pytest.param(b"{}", "mpid_missing", id="empty-object"),
+        pytest.param(b"[" * 2000 + b"]" * 2000, "too_deep", id="nested-beyond-orjson"),
+        pytest.param(
+            orjson.dumps(raw_batch(events=[custom_event(custom_attributes={"x": 0})])).replace(
+                b'{"x":0}', b'{"n":' * 1000 + b"1" + b"}" * 1000
+            ),
+            "too_deep",
+            id="custom-attributes-nested-1000",
+        ),
     ],
 )
 def test_rejects_record(value: bytes, reason: str) -> None:
     assert rejection(value) == reason
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    """``{"n": {"n": ... 1}}``: ``levels`` objects deep."""
+    value: Any = 1
+    for _ in range(levels):
+        value = {"n": value}
+    result: dict[str, Any] = value
+    return result
+
+
+@pytest.mark.parametrize(
+    ("levels", "kept"),
+    [
+        pytest.param(1, True, id="flat"),
+        pytest.param(MAX_DATA_DEPTH, True, id="at-the-limit"),
+        pytest.param(MAX_DATA_DEPTH + 1, False, id="one-beyond"),
+    ],
+)
+def test_custom_attributes_depth_limit(levels: int, kept: bool) -> None:
+    attributes = _nested(levels)
+    attributes["list"] = [[1, [2]], "x"]  # arrays count as levels too, within the limit
+    value = orjson.dumps(raw_batch(events=[custom_event(custom_attributes=attributes)]))
+    if kept:
+        (batch,) = parse_record(value)
+        assert batch.events[0].custom_attributes == attributes
+    else:
+        assert rejection(value) == "too_deep"
+
+
+def test_many_flat_events_pass_the_depth_check() -> None:
+    # more '{' than MAX_DATA_DEPTH in the record, so the attributes are walked: all flat
+    events = [custom_event(custom_attributes={"i": i, "tags": ["a"]}) for i in range(40)]
+    (batch,) = parse_record(orjson.dumps(raw_batch(events=events)))
+    assert [event.custom_attributes for event in batch.events] == [
+        {"i": i, "tags": ["a"]} for i in range(40)
+    ]
 
 
 def test_rejection_detail_does_not_echo_identities() -> None:

@@ -6,7 +6,13 @@ import orjson
 import pytest
 
 from app.avro import codec
-from app.pipeline import SourcePosition, process_batch_record
+from app.pipeline import (
+    MAX_RECORD_BYTES,
+    SourcePosition,
+    process_audience_record,
+    process_batch_record,
+    process_erasure_record,
+)
 from app.settings import Settings, load_settings
 from app.state import UserState, decode_state, encode_state
 
@@ -150,3 +156,93 @@ def test_existing_state_is_used(settings: Settings) -> None:
     store = {"42": encode_state(opted_out)}
     result = _run(orjson.dumps(_batch()), b"42", store, settings)
     assert result.counts["events", "all", "opted_out"] == 2
+
+
+# --- nothing consumed silently: tombstones, empty records, too deep ---------------------------
+
+_DEEP_EVENT = orjson.dumps(_batch()).replace(
+    b'"source_message_id":"m0"', b'"custom_attributes":' + b'{"n":' * 1000 + b"1" + b"}" * 1000
+)
+
+
+def _process(topic: str, key: bytes | None, value: bytes | None, settings: Settings):  # type: ignore[no-untyped-def]
+    source = SourcePosition(topic, 1, 9)
+    if topic == "batches":
+        return process_batch_record(key, value, source, {}.get, settings, clock=lambda: 7)
+    if topic == "audiences":
+        return process_audience_record(key, value, source, {}.get, settings, clock=lambda: 7)
+    return process_erasure_record(key, value, source, {}.get, record_ms=1, clock=lambda: 7)
+
+
+_COUNTER = {"batches": "batches", "audiences": "audience_updates", "erasure": "erasures"}
+
+
+@pytest.mark.parametrize(
+    ("topic", "value", "reason"),
+    [
+        pytest.param("batches", None, "tombstone", id="batches-tombstone"),
+        pytest.param("batches", b"[]", "empty_record", id="batches-empty-array"),
+        pytest.param("batches", b"{}", "mpid_missing", id="batches-empty-object"),
+        pytest.param("batches", b"null", "not_an_object", id="batches-json-null"),
+        pytest.param("batches", _DEEP_EVENT, "too_deep", id="batches-attributes-1000-deep"),
+        pytest.param("batches", b"[" * 1100 + b"]" * 1100, "too_deep", id="batches-1100-deep"),
+        pytest.param("audiences", None, "tombstone", id="audiences-tombstone"),
+        pytest.param("audiences", b"[]", "empty_record", id="audiences-empty-array"),
+        pytest.param(
+            "audiences", b'{"user_profiles": []}', "empty_record", id="audiences-empty-profiles"
+        ),
+        pytest.param("audiences", b"{}", "mpid_missing", id="audiences-empty-object"),
+        pytest.param("erasure", None, "tombstone", id="erasure-tombstone"),
+        pytest.param("erasure", b"[]", "not_an_object", id="erasure-empty-array"),
+        pytest.param("erasure", b"{}", "erasure_invalid", id="erasure-empty-object"),
+    ],
+)
+def test_empty_and_tombstone_records_are_dead_lettered_and_counted(
+    topic: str, value: bytes | None, reason: str, settings: Settings
+) -> None:
+    result = _process(topic, b"42", value, settings)
+    (letter,) = [codec("dead_letter").decode(d) for d in result.dead_letters]
+    assert (letter["reason"], letter["stage"], letter["key"]) == (reason, "ingest", b"42")
+    assert (letter["source_partition"], letter["source_offset"]) == (1, 9)
+    assert letter["payload"] == (value or b"")
+    assert result.counts == {
+        ("dead_letters", "ingest", reason): 1,
+        (_COUNTER[topic], "rejected"): 1,
+    }
+    assert result.operations is None
+    assert not result.states
+
+
+@pytest.mark.parametrize(
+    ("batch", "what"),
+    [
+        pytest.param(_batch(events=10_000), "operations", id="10000-events"),
+        pytest.param(
+            {**_batch(events=0), "user_attributes": {"blob": "x" * MAX_RECORD_BYTES}},
+            "state",
+            id="1-MB-attribute",
+        ),
+    ],
+)
+def test_record_too_large_for_kafka_is_dead_lettered_and_not_applied(
+    batch: dict, what: str, settings: Settings
+) -> None:
+    value = orjson.dumps(batch)
+    store: dict[str, bytes] = {}
+    result = _run(value, b"42", store, settings)
+    (letter,) = [codec("dead_letter").decode(d) for d in result.dead_letters]
+    assert letter["reason"] == "too_large"
+    assert f"its {what} record would be" in letter["detail"]
+    assert letter["payload"] == value
+    assert result.operations is None
+    assert store == {}
+    assert result.counts["batches", "rejected"] == 1
+    assert result.counts["batches", "forwarded"] == 0
+    assert result.counts["events", "all", "forwarded"] == 0
+
+
+def test_record_just_within_the_limit_is_used(settings: Settings) -> None:
+    result = _run(orjson.dumps(_batch(events=3_000)), b"42", {}, settings)
+    assert result.operations is not None
+    assert len(result.operations[1]) <= MAX_RECORD_BYTES
+    assert not result.dead_letters

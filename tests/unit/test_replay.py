@@ -74,7 +74,7 @@ def test_key_is_the_canonical_mpid(value: bytes, key: bytes) -> None:
         (b"\xff\xfe", "invalid_utf8"),
         (b'"text"', "not_an_object"),
         (b"[1]", "not_an_object"),
-        (b"[]", "mpid_missing"),
+        (b"[]", "empty_record"),
         (b'{"events": []}', "mpid_missing"),
         (b'{"mpid": 1.5}', "mpid_invalid"),
         (b'{"mpid": 1, "events": {}}', "events_not_a_list"),
