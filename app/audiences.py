@@ -28,7 +28,7 @@ the whole record is rejected so the dead letter holds exactly what arrived.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from app.errors import InvalidRecordError
 from app.mparticle import (
@@ -42,6 +42,10 @@ from app.mparticle import (
     required_mpid,
 )
 from app.state import EMPTY_STATE, UserState
+from app.transform import Transformed, transform
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 AudienceAction = Literal["add", "delete"]
 _ACTIONS: dict[str, AudienceAction | None] = {
@@ -181,3 +185,15 @@ def apply_membership(state: UserState | None, changes: tuple[AudienceChange, ...
     if audiences == previous.audiences and left == previous.audiences_left:
         return previous
     return replace(previous, audiences=audiences, audiences_left=left)
+
+
+def transform_membership(
+    update: MembershipUpdate, state: UserState | None, settings: Settings
+) -> Transformed:
+    """Fold ``update`` into ``state`` and derive the identify that carries the new membership
+    (the batch transform on the update's identities; membership has no environment, so the
+    first forwarded one is used)."""
+    environment = next(iter(sorted(settings.environments)))
+    return transform(
+        update.as_batch(environment), apply_membership(state, update.changes), settings
+    )

@@ -12,6 +12,10 @@ was not run:
 - ``key sample`` (only with ``--sample N``): the last N records of the batches topic, counted
   by :func:`key_form` — how mParticle keys them and how many the worker would re-key.
 
+What a check says passes through the installed :class:`~app.masking.Masker`: a URL with
+credentials (``MPCIO_CUSTOMERIO_URL=http://user:pass@host``) is printed as
+``http://**********@host``, secrets and addresses in an answer are masked.
+
 Failure semantics: nothing raises for a failing check; every failure is a :class:`Check` with
 ``ok`` false. Checks that need a broker are skipped when it cannot be reached. Errors are
 reported in words (:func:`~app.errors.plain_kafka_error`), never as Python reprs.
@@ -24,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from app import masking
 from app.errors import BrokerError, InvalidRecordError, plain_kafka_error
 
 if TYPE_CHECKING:
@@ -51,11 +56,13 @@ class Check:
         return not (self.ok or self.skipped)
 
     def line(self) -> str:
+        """The printed line, masked: ``name: ok (detail)``, ``name: FAILED: detail`` or
+        ``name: skipped (why)``."""
         if self.failed:
-            return f"{self.name + ':':<18} FAILED: {self.detail}"
+            return masking.active().text(f"{self.name + ':':<18} FAILED: {self.detail}")
         verdict = "skipped" if self.skipped else "ok"
         detail = f" ({self.detail})" if self.detail else ""
-        return f"{self.name + ':':<18} {verdict}{detail}"
+        return masking.active().text(f"{self.name + ':':<18} {verdict}{detail}")
 
 
 def summary(checks: list[Check]) -> str:

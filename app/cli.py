@@ -153,12 +153,15 @@ def _parser() -> argparse.ArgumentParser:
     emulator.set_defaults(handler=_cmd_emulator)
 
     dry = commands.add_parser(
-        "dry-run", help="print the Customer.io items a JSON Lines file of batches would send"
+        "dry-run",
+        help="print the Customer.io items a JSON Lines file of batches, audience changes, "
+        "erasure requests and Firehose messages would send; exit 1 when any line is invalid",
     )
     dry.add_argument(
         "file",
         type=Path,
-        help="JSON Lines, one mParticle batch or Firehose message per line; - = stdin",
+        help="JSON Lines, one batch, audience change, erasure request or Firehose message per "
+        "line; - = stdin",
     )
     dry.add_argument(
         "--include-user-attributes",
@@ -171,6 +174,12 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="override MPCIO_SEND_CREATED_AT",
+    )
+    dry.add_argument(
+        "--one-attribute-per-audience",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override MPCIO_ONE_ATTRIBUTE_PER_AUDIENCE",
     )
     dry.set_defaults(handler=_cmd_dry_run)
 
@@ -208,6 +217,13 @@ def _add_replay_parser(commands: Any) -> None:
     replay.add_argument("--topic", default=None, help="target topic (default MPCIO_TOPIC_BATCHES)")
     replay.add_argument("--rate", type=_positive_float, default=None, help="at most N records/s")
     replay.add_argument("--dry-run", action="store_true", help="validate only, send nothing")
+    replay.add_argument(
+        "--max-invalid",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="stop (exit 1) at the (N+1)th invalid line (default: no limit, exit 0)",
+    )
     replay.add_argument(
         "--progress-every",
         type=_positive_float,
@@ -283,6 +299,12 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}")
+    return int(text)
+
+
 def _position(text: str) -> Any:
     from app.deadletters import Position  # noqa: PLC0415
 
@@ -296,6 +318,15 @@ def _positions(text: str) -> frozenset[Any]:
     return frozenset(_position(part) for part in text.split(",") if part.strip())
 
 
+def _load_masked(**overrides: Any) -> Settings:
+    """The settings, with the deployment's masker installed for everything printed after."""
+    from app import masking  # noqa: PLC0415
+
+    settings = load_settings(**overrides)
+    masking.install(masking.masker_for(settings))
+    return settings
+
+
 def _cmd_worker(_: argparse.Namespace) -> int:
     settings = load_settings()  # before importing faust: a bad setting stops at once
     from app.worker import run_worker  # noqa: PLC0415 - faust import is slow; only here
@@ -306,16 +337,17 @@ def _cmd_worker(_: argparse.Namespace) -> int:
 
 def _cmd_ingress(_: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
-    import logging  # noqa: PLC0415
 
     from app.ingress.server import serve  # noqa: PLC0415
+    from app.logs import configure_logging  # noqa: PLC0415
 
     # The ingress never talks to Customer.io: its credentials are not required here.
-    settings = load_settings(forwarding_enabled=False)
+    settings = _load_masked(forwarding_enabled=False)
     secret = settings.ingress_secret
     if secret is None or not secret.get_secret_value().strip():
         raise ConfigError("invalid setting MPCIO_INGRESS_SECRET: required by mpcio ingress")
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    # masked like the worker's: identities of the records it writes never reach the log
+    configure_logging(settings.log_level, settings.log_format)
     _quiet_kafka_logs()
     asyncio.run(serve(settings))
     return 0
@@ -367,7 +399,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
 
     overrides = {
         name: getattr(args, name)
-        for name in ("include_user_attributes", "send_created_at")
+        for name in ("include_user_attributes", "send_created_at", "one_attribute_per_audience")
         if getattr(args, name) is not None
     }
     settings = load_settings(forwarding_enabled=False, **overrides)
@@ -381,10 +413,12 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     print(
         f"dry-run: {summary.lines} lines, {summary.invalid_lines} invalid, "
-        f"{summary.batches} batches, {summary.operations} operations",
+        f"{summary.batches} batches, {summary.audience_updates} audience updates, "
+        f"{summary.erasures} erasures, {summary.firehose_messages} Firehose messages, "
+        f"{summary.operations} operations",
         file=sys.stderr,
     )
-    return 0
+    return EXIT_FAILURE if summary.invalid_lines else 0
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -392,10 +426,20 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
     from app.checks import Check, run_checks, summary  # noqa: PLC0415
 
-    settings = load_settings()
+    settings = _load_masked()
     for name, value in settings.redacted().items():
         print(f"{name:32} {value}")
     print()
+    if settings.mask_key is None:
+        from app.masking import generate_key  # noqa: PLC0415
+
+        print(
+            "MPCIO_MASK_KEY is not set: each process masks emails with a random key, so masks\n"
+            "differ between workers, restarts and this CLI. A new key, shown only now (it is\n"
+            "not stored anywhere): set it as a secret for every worker and CLI of this\n"
+            "deployment, like the API key:\n"
+            f"  MPCIO_MASK_KEY={generate_key()}\n"
+        )
     _quiet_kafka_logs()
     checks = [Check("settings", True, ""), *asyncio.run(run_checks(settings, sample=args.sample))]
     for check in checks:
@@ -409,7 +453,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     from app.replay import ReplayStoppedError, replay_file  # noqa: PLC0415
 
-    settings = load_settings(forwarding_enabled=False)  # replay never talks to Customer.io
+    settings = _load_masked(forwarding_enabled=False)  # replay never talks to Customer.io
     topic = args.topic or settings.topic_batches
     _quiet_kafka_logs()
     try:
@@ -419,6 +463,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 args.file,
                 topic=topic,
                 rate=args.rate,
+                max_invalid=args.max_invalid,
                 dry_run=args.dry_run,
                 progress_interval=args.progress_every,
             )
@@ -437,7 +482,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         f"{summary.rate:,.0f} records/s",
         file=sys.stderr,
     )
-    return EXIT_FAILURE if stopped else 0
+    if summary.stopped:
+        print(
+            f"replay: stopped: more than {args.max_invalid} invalid lines (--max-invalid)",
+            file=sys.stderr,
+        )
+    return EXIT_FAILURE if stopped or summary.stopped else 0
 
 
 def _selection(args: argparse.Namespace) -> Any:
@@ -461,7 +511,7 @@ def _cmd_deadletter_list(args: argparse.Namespace) -> int:
 
     from app.deadletters import list_line, newest_first, select, show_document  # noqa: PLC0415
 
-    settings = load_settings(forwarding_enabled=False)
+    settings = _load_masked(forwarding_enabled=False)
     selection = _selection(args)
     _quiet_kafka_logs()
 
@@ -491,7 +541,7 @@ def _cmd_deadletter_show(args: argparse.Namespace) -> int:
 
     from app.deadletters import Selection, select, show_document  # noqa: PLC0415
 
-    settings = load_settings(forwarding_enabled=False)
+    settings = _load_masked(forwarding_enabled=False)
     _quiet_kafka_logs()
 
     async def run() -> Any:
@@ -517,7 +567,7 @@ def _cmd_deadletter_redrive(args: argparse.Namespace) -> int:
 
     from app.deadletters import redrive  # noqa: PLC0415
 
-    settings = load_settings(forwarding_enabled=False)
+    settings = _load_masked(forwarding_enabled=False)
     selection = _selection(args)
     if selection.everything and not args.all:
         raise ConfigError("redrive needs --offsets, a filter (--reason, --stage, --since) or --all")

@@ -17,8 +17,10 @@ redriven are skipped with a reason: a corrupt stored state (``state_corrupt``: t
 the state, not an input), a ``tombstone`` (no value to send), a sink record whose payload is
 not a Customer.io item, a record that is not a dead letter at all.
 
-Privacy: texts shown to an operator (detail, key, payload, response) have email addresses
-masked with :func:`app.logs.mask_email` unless the caller asks for them unmasked.
+Privacy: texts shown to an operator (detail, key, payload, response) have email addresses,
+secrets and URL credentials masked by the installed :class:`~app.masking.Masker` unless the
+caller asks for them unmasked; a masked JSON payload is decoded, masked string by string and
+re-encoded (compact), so escaped addresses are found too.
 
 Failure semantics: a broker that cannot be used, or a missing dead-letter topic, raises
 :class:`~app.errors.BrokerError`; a record that does not decode is yielded with ``error`` set
@@ -38,16 +40,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from app import masking
 from app.avro import codec
 from app.errors import BrokerError, InvalidRecordError
-from app.logs import EMAIL_PATTERN, mask_email, redact
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
 
     from app.settings import Settings
 
-_EMAIL_BYTES = re.compile(EMAIL_PATTERN.encode())
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 STALL_SECONDS = 30.0
@@ -173,12 +174,13 @@ def show_document(stored: StoredLetter, *, masked: bool = True) -> dict[str, Any
         document["error"] = stored.error
         return document
     payload = letter["payload"]
-    if masked:
-        payload = _EMAIL_BYTES.sub(lambda m: mask_email(m.group(0).decode()).encode(), payload)
     try:
         payload_text, encoding = payload.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         payload_text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
+    if masked:  # base64 would hide nothing: masked bytes that are not UTF-8 show as \xNN
+        payload_text = masking.active().payload(payload)
+        encoding = "utf-8" if encoding == "utf-8" else "text-with-escapes"
     document.update(
         {
             "reason": letter["reason"],
@@ -449,7 +451,7 @@ async def redrive(
 
 
 def _text(text: str, masked: bool) -> str:
-    return redact(text) if masked else text
+    return masking.active().text(text) if masked else text
 
 
 def _key_text(key: bytes | None, masked: bool) -> str | None:
@@ -458,6 +460,8 @@ def _key_text(key: bytes | None, masked: bool) -> str | None:
     try:
         return _text(key.decode("utf-8"), masked)
     except UnicodeDecodeError:
+        if masked:
+            return masking.active().text(key.decode("utf-8", "backslashreplace"))
         return "base64:" + base64.b64encode(key).decode("ascii")
 
 

@@ -78,10 +78,15 @@ def run_demo(*, kafka_port: int | None, keep_running: bool, sample: Path = SAMPL
             topics = topics_for(settings)
             asyncio.run(ensure_topics(settings.bootstrap_servers, topics))
             worker = stack.enter_context(_worker(settings, workdir / "worker.log"))
-            print(
-                f"✓ worker started (pid {worker.pid}); metrics on "
-                f"http://127.0.0.1:{settings.web_port}/metrics"
+            # the worker listens on MPCIO_WEB_HOST exactly: shown once it answers there
+            web_url = f"http://{settings.web_host}:{settings.web_port}"
+            _wait_until(
+                lambda: _get(web_url, "/health/live") is not None,
+                WAIT_SECONDS,
+                "the worker's web server",
+                workdir / "worker.log",
             )
+            print(f"✓ worker started (pid {worker.pid}); metrics on {web_url}/metrics")
             asyncio.run(_produce(settings, topics.batches.name, lines))
             print(f"→ produced {len(lines)} records from {sample.name} to {topics.batches.name}")
             expected = _expected_events(lines, settings)

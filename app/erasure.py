@@ -8,8 +8,9 @@ shape as mParticle's DSR API uses it:
 ``subject_identities`` may also be mParticle's map ``{"email": {"value": ...},
 "customer_id": {"value": ...}}``, which is the Firehose ``dsr_processing_request`` shape:
 ``{"<type>": {"encoding": "raw" | "md5" | "sha1" | "sha256", "value": ...}}`` with type
-``email`` or ``controller_customer_id`` (other types, device ids, are ignored). Other request
-types (access, portability) are acknowledged and counted, not acted on.
+``email`` or ``controller_customer_id`` (other types, device ids, are ignored). A raw email
+that is not an address (``N/A``; :mod:`app.emails`) is ignored. Other request types (access,
+portability) are acknowledged and counted, not acted on.
 
 Who is erased: the user named by ``mpid``; for a request without mpid (every Firehose DSR),
 each user whose stored state :func:`matches` the request: raw identities compare equal (email
@@ -18,8 +19,9 @@ lower-case, the form mParticle hashes) or customer id with the request's algorit
 
 :func:`plan_erasure` is pure: given the request and a matched user's stored state, it returns
 the Customer.io ``delete`` items (one per distinct person identifier known for that user: the
-customer_id, the email and the person id last used, plus the request's raw identifiers) and
-whether to purge the state.
+customer_id, the email and the person id last used, plus the request's raw identifiers; one
+over Customer.io's 150-byte limit names no person and is left out) and whether to purge the
+state.
 
 Failure semantics: an unusable record raises :class:`~app.errors.InvalidRecordError`
 (``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``mpid_invalid``, and
@@ -32,8 +34,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from app.emails import is_email_address
 from app.errors import InvalidRecordError
 from app.mparticle import int64_text, load_json
+from app.transform import is_person_identifier
 
 if TYPE_CHECKING:
     from app.state import UserState
@@ -106,7 +110,10 @@ def _subject_identities(
                 text = entry.get("identity_value", entry.get("value"))
                 if type(text) in (str, int):
                     found[_kind(entry["identity_type"])] = str(text).strip()
-    return found.get("email") or None, found.get("customer_id") or None, tuple(hashed)
+    email = found.get("email") or None
+    if email is not None and not is_email_address(email):
+        email = None  # a placeholder such as "N/A" names no person (app.emails)
+    return email, found.get("customer_id") or None, tuple(hashed)
 
 
 def _kind(name: str) -> str:
@@ -152,7 +159,11 @@ def plan_erasure(request: ErasureRequest, state: UserState | None) -> ErasurePla
     )
     identifiers: list[dict[str, str]] = []
     for identifier in candidates:
-        if identifier is not None and identifier not in identifiers:
+        if (
+            identifier is not None
+            and identifier not in identifiers
+            and is_person_identifier(next(iter(identifier.values())))
+        ):
             identifiers.append(identifier)
     deletes = tuple(
         {"type": "person", "identifiers": identifier, "action": "delete"}

@@ -39,8 +39,18 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "consumer_auto_offset_reset": "earliest",
         "key_serializer": "raw",
         "value_serializer": "raw",
+        # web_bind is where faust listens, web_host only the host it advertises (both
+        # default to every interface / the host name otherwise).
+        "web_bind": settings.web_host,
         "web_host": settings.web_host,
         "web_port": settings.web_port,
+        # faust's /router, /table (raw records), /, /assignment and /graph views; /performance
+        # (table statistics) stays off in any case. app.web guards them with the token too.
+        "web_router_enabled": settings.web_faust_views,
+        "web_tables_enabled": settings.web_faust_views,
+        "web_stats_enabled": settings.web_faust_views,
+        "web_graph_enabled": settings.web_faust_views,
+        "web_metrics_enabled": False,
         "web_in_thread": False,
         "autodiscover": False,
         **FAUST_TUNING,

@@ -1,21 +1,21 @@
-"""Logging set-up: text or JSON lines, and no raw email address, mpid or API key ever written.
+"""Logging set-up: text or JSON lines, and no raw email address, mpid or secret ever written.
 
-:class:`RedactingFilter` rewrites every record before it is formatted: in the message, in the
-context fields passed with ``extra=`` and in the exception text, email addresses become
-``<email:9f86d081>`` (a short, stable hash, so one person's lines can still be followed) and
-every configured secret becomes ``**********``.
+:class:`RedactingFilter` rewrites every record before it is formatted with the installed
+:class:`~app.masking.Masker` (:func:`app.masking.active`): in the message, the context fields
+passed with ``extra=``, the traceback and the stack, email addresses become ``<email:…>`` (a
+keyed hash, so one person's lines can still be followed) and secrets and URL credentials
+become ``**********``.
 
 JSON lines come from python-json-logger (:class:`JsonFormatter`): ``time`` (UTC, milliseconds),
 ``level``, ``logger``, ``message``, then every context field the call site passed with
 ``extra=`` (``topic``, ``partition``, ``offset``, ``mpid`` (masked with :func:`mask_mpid`),
-``reason``, ...) as a JSON field of its own, and ``exception`` when there is one.
+``reason``, ...) as a JSON field of its own, and ``exception`` when there is one. Text lines
+(:class:`TextFormatter`) print the same fields after the message.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -23,64 +23,47 @@ from datetime import UTC, datetime
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-# A match starts only where a run of local-part characters starts, and the run is never
-# re-scanned (possessive ++): without both, a long run with no "@" in it (a 300 KB payload)
-# costs quadratic time and a dead-letter listing hangs.
-EMAIL_PATTERN = r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]++@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"
-_EMAIL = re.compile(EMAIL_PATTERN)
+from app import masking
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _RESERVED = frozenset(RESERVED_ATTRS) | {"message", "asctime"}
 
 
-def _digest(text: str) -> str:
-    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
-
-
-def mask_email(email: str) -> str:
-    """A stable, non-reversible stand-in for an email address in logs and the web view."""
-    return f"<email:{_digest(email.strip().lower())}>"
-
-
 def mask_mpid(mpid: str | bytes | int | None) -> str | None:
-    """A stable, non-reversible stand-in for an mpid (text, a record key, or a number) in log
+    """The installed masker's stand-in for an mpid (text, a record key, or a number) in log
     context fields; None and an empty key stay None."""
     if isinstance(mpid, bytes):
         mpid = mpid.decode("utf-8", "replace")
-    return None if mpid is None or mpid == "" else f"<mpid:{_digest(str(mpid).strip())}>"
-
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """``text`` with emails masked and every secret replaced."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "**********")
-    return _EMAIL.sub(lambda m: mask_email(m.group(0)), text)
+    return None if mpid is None or mpid == "" else masking.active().value(str(mpid).strip())
 
 
 class RedactingFilter(logging.Filter):
-    """Masks emails and secrets in the message, string context fields and exception text.
+    """Masks emails and secrets in the message, string context fields, traceback and stack.
 
-    The exception is formatted here (into ``exc_text``, which both formatters print) so that
-    its text is redacted too; the record keeps no ``exc_info`` afterwards.
+    The traceback is formatted here and kept, masked, as ``exc_text`` (``exc_info`` is
+    dropped), so no formatter can format the raw exception again.
     """
 
-    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+    def __init__(self, masker: masking.Masker | None = None) -> None:
         super().__init__()
-        self.secrets = secrets
+        self.masker = masker
 
     def filter(self, record: logging.LogRecord) -> bool:
+        masker = self.masker or masking.active()
         message = record.getMessage()
-        cleaned = redact(message, self.secrets)
+        cleaned = masker.text(message)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
         for name, value in vars(record).items():
             if name not in _RESERVED and isinstance(value, str):
-                setattr(record, name, redact(value, self.secrets))
+                setattr(record, name, masker.text(value))
         if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
         if record.exc_text:
-            record.exc_text = redact(record.exc_text, self.secrets)
+            record.exc_text = masker.text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = masker.text(record.stack_info)
         return True
 
 
@@ -120,14 +103,20 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{fields}]" if fields else line
 
 
-def configure_logging(level: str, fmt: str, secrets: tuple[str, ...] = ()) -> None:
-    """Route every logger through one stderr handler with redaction.
+#: Loggers whose DEBUG lines print the key and value of every record sent (names, customer
+#: ids, attributes: only addresses would be masked); kept at INFO whatever the level.
+RECORD_DUMPING_LOGGERS = ("faust.topics", "aiokafka.producer.producer")
 
-    ``level``: a logging level name; ``fmt``: ``json`` for JSON lines, anything else for text;
-    ``secrets``: texts never to be written (replaced by ``**********``).
+
+def configure_logging(level: str, fmt: str) -> None:
+    """Route every logger through one stderr handler, redacted by the installed masker.
+
+    ``level``: a logging level name; ``fmt``: ``json`` for JSON lines, anything else for text.
     """
+    for name in RECORD_DUMPING_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.INFO))
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactingFilter(secrets))
+    handler.addFilter(RedactingFilter())
     formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     handler.setFormatter(formatter)
     root = logging.getLogger()

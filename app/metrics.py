@@ -49,7 +49,8 @@ DEAD_LETTERS = Counter(
 )  # fmt: skip
 LIMITS = Counter(
     "mpcio_limit_enforcements_total",
-    "Values cut, split or dropped to respect Customer.io's limits, by kind.",
+    "Values cut, split, dropped or renamed to respect Customer.io's limits and reserved names, "
+    "by kind.",
     ["kind"],
 )
 IGNORED = Counter(

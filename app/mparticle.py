@@ -7,7 +7,9 @@ form). :func:`parse_record` returns the batches in order, already normalised:
   they arrived as JSON integers or decimal strings; they never pass through a float.
   (``session_id`` is not used by the mapping, so it is not read.)
 - ``user_identities`` may be the outbound array of ``{identity_type, identity}``, the inbound
-  object map, or null/absent; only ``customer_id`` and ``email`` are kept.
+  object map, or null/absent; only ``customer_id`` and ``email`` are kept. An email identity
+  that is not an address (``N/A``, ``none``, a typo without ``@``; :mod:`app.emails`) is no
+  email: it is counted in ``Batch.ignored`` as ``email_invalid`` and the batch has no email.
 - reserved ``$`` user attributes are matched case-insensitively and their aliases merged: keys
   are canonicalised to ``$`` + lower case (``$FirstName`` → ``$firstname``, ``$Zipcode`` →
   ``$zip``, ``$MobileNumber`` → ``$mobile``); custom keys keep their exact names.
@@ -37,8 +39,8 @@ from typing import Any, Final, Literal, TypeAlias
 
 import orjson
 
+from app.emails import is_email_address
 from app.errors import InvalidRecordError
-from app.ulid import MAX_TIME_MS
 
 Scalar: TypeAlias = str | int | float | bool
 AttributeValue: TypeAlias = Scalar | list[Scalar] | None
@@ -56,6 +58,7 @@ IGNORED_ATTRIBUTE_VALUE: Final = "attribute_value_invalid"
 IGNORED_USER_ATTRIBUTES: Final = "user_attributes_invalid"
 IGNORED_DELETED_ATTRIBUTE: Final = "deleted_attribute_invalid"
 IGNORED_IDENTITY: Final = "identity_invalid"
+IGNORED_EMAIL: Final = "email_invalid"
 IGNORED_TIMESTAMP: Final = "timestamp_invalid"
 IGNORED_ID: Final = "id_invalid"
 IGNORED_CUSTOM_ATTRIBUTES: Final = "custom_attributes_invalid"
@@ -63,6 +66,9 @@ IGNORED_DEVICE_INFO: Final = "device_info_invalid"
 
 # Batch.ignored_events key for event types mParticle does not document.
 UNKNOWN_EVENT_TYPE: Final = "unknown"
+
+# The latest time accepted: 9,999,999,999 unix seconds, Customer.io's largest timestamp.
+MAX_TIMESTAMP_MS: Final = 9_999_999_999_999
 
 # Deepest nesting of an event's custom_attributes that is forwarded: far beyond real event data
 # (mParticle's are flat), well inside orjson's serialisation limit (254 levels), which would
@@ -479,7 +485,10 @@ def _optional_id(value: object, ignored: dict[str, int]) -> str | None:
 
 
 def _timestamp(value: object, ignored: dict[str, int]) -> int | None:
-    """Unix milliseconds from an integer (or integral float / digit string), else ``None``."""
+    """Unix milliseconds from an integer (or integral float / digit string), else ``None``.
+
+    Beyond :data:`MAX_TIMESTAMP_MS` (year 2286) a time is invalid: Customer.io takes unix
+    seconds of at most ten digits, and the ULID time part ends a little later anyway."""
     if value is None:
         return None
     milliseconds: int | None = None
@@ -489,7 +498,7 @@ def _timestamp(value: object, ignored: dict[str, int]) -> int | None:
         type(value) is str and value.isascii() and value.isdigit() and len(value) <= 15
     ):
         milliseconds = int(value)
-    if milliseconds is None or not 0 <= milliseconds <= MAX_TIME_MS:
+    if milliseconds is None or not 0 <= milliseconds <= MAX_TIMESTAMP_MS:
         _count(ignored, IGNORED_TIMESTAMP)
         return None
     return milliseconds
@@ -506,7 +515,7 @@ def parse_identities(value: object, ignored: dict[str, int]) -> tuple[str | None
         return None, None
     if type(value) is dict:
         return (
-            _identity_value(value.get("email"), ignored, integer_allowed=False),
+            _email_identity(value.get("email"), ignored),
             _identity_value(value.get("customer_id"), ignored, integer_allowed=True),
         )
     if type(value) is not list:
@@ -525,10 +534,20 @@ def parse_identities(value: object, ignored: dict[str, int]) -> tuple[str | None
         identity = entry.get("identity", entry.get("value"))
         identity_type = identity_type.lower()
         if identity_type == "email":
-            email = _identity_value(identity, ignored, integer_allowed=False) or email
+            email = _email_identity(identity, ignored) or email
         elif identity_type in {"customer_id", "customer"}:
             customer_id = _identity_value(identity, ignored, integer_allowed=True) or customer_id
     return email, customer_id
+
+
+def _email_identity(value: object, ignored: dict[str, int]) -> str | None:
+    """A trimmed email identity that is an address (:mod:`app.emails`); a placeholder such as
+    ``N/A`` is no email: counted as ``email_invalid`` and treated as absent."""
+    email = _identity_value(value, ignored, integer_allowed=False)
+    if email is None or is_email_address(email):
+        return email
+    _count(ignored, IGNORED_EMAIL)
+    return None
 
 
 def _identity_value(value: object, ignored: dict[str, int], *, integer_allowed: bool) -> str | None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from app.audiences import apply_membership, parse_audience_record
+from app.audiences import parse_audience_record, transform_membership
 from app.avro import codec
 from app.erasure import matches, parse_erasure_record, plan_erasure
 from app.errors import InvalidRecordError
@@ -190,13 +190,10 @@ def process_audience_record(
     mine = _own(result, updates, value, key, "audience_updates", list_key="user_profiles")
     if not mine:
         return result
-    environment = next(iter(sorted(settings.environments)))
     _apply_to_user(
         result,
         mine,
-        lambda update, state: transform(
-            update.as_batch(environment), apply_membership(state, update.changes), settings
-        ),
+        lambda update, state: transform_membership(update, state, settings),
         kind="audiences",
         counter="audience_updates",
         source=source,

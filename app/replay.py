@@ -14,9 +14,11 @@ the records Kafka acknowledged.
 
 Failure semantics: an invalid line (not JSON, not an object or array of objects, no usable
 mpid, ...) is reported on ``errors`` as ``line N: <reason>: <detail>`` (emails masked) and
-skipped. A file that cannot be read raises :class:`ReplayInputError` (after flushing what was
-already sent). When Kafka stops accepting records (a broker lost mid-replay), the records in
-flight are flushed and counted, then one :class:`ReplayStoppedError` says why, carrying the summary
+skipped; with ``max_invalid`` (``--max-invalid N``) the replay stops at the (N+1)th invalid
+line, after flushing what was sent, and ``ReplaySummary.stopped`` says so (the CLI exits 1).
+A file that cannot be read raises :class:`ReplayInputError` (after flushing what was already
+sent). When Kafka stops accepting records (a broker lost mid-replay), the records in flight
+are flushed and counted, then one :class:`ReplayStoppedError` says why, carrying the summary
 of what was acknowledged; every delivery outcome is read, so no "exception was never
 retrieved" warning is printed for the records that failed.
 """
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from app import masking
 from app.errors import (
     BrokerError,
     InvalidRecordError,
@@ -39,7 +42,6 @@ from app.errors import (
     is_kafka_error,
     plain_kafka_error,
 )
-from app.logs import redact
 from app.mparticle import parse_record
 
 if TYPE_CHECKING:
@@ -70,6 +72,7 @@ class ReplaySummary:
     sent: int = 0  # records Kafka acknowledged (in a dry run: that would be sent)
     invalid: int = 0
     seconds: float = 0.0
+    stopped: bool = False  # more than max_invalid invalid lines: the rest was not read
 
     @property
     def rate(self) -> float:
@@ -254,6 +257,7 @@ async def replay_lines(
     errors: IO[str],
     *,
     rate: float | None = None,
+    max_invalid: int | None = None,
     progress: Progress | None = None,
     flush_every: int = FLUSH_EVERY,
     clock: Callable[[], float] = time.monotonic,
@@ -261,9 +265,10 @@ async def replay_lines(
 ) -> ReplaySummary:
     """Validate, key and send every line (``sender`` None: validate only, a dry run).
 
-    ``rate`` caps records per second. Whatever was sent is flushed before this returns or
-    raises; ``summary.sent`` counts the records the sender acknowledged. When the sender
-    fails, raises :class:`ReplayStoppedError` (with that summary) after the flush.
+    ``rate`` caps records per second; more than ``max_invalid`` invalid lines stop the replay
+    (``stopped``). Whatever was sent is flushed before this returns or raises;
+    ``summary.sent`` counts the records the sender acknowledged. When the sender fails,
+    raises :class:`ReplayStoppedError` (with that summary) after the flush.
     """
     summary = ReplaySummary()
     started = clock()
@@ -274,9 +279,11 @@ async def replay_lines(
             for number, line in enumerate(lines, start=1):
                 value = line.strip()
                 if not value or (key := _checked_key(number, value, summary, errors)) is None:
+                    if max_invalid is not None and summary.invalid > max_invalid:
+                        summary.stopped = True
+                        break
                     continue
-                if rate is not None and (ahead := started + handed / rate - clock()) > 0:
-                    await sleep(ahead)  # pacing to --rate, not synchronisation
+                await _pace(started + handed / rate - clock() if rate else 0.0, sleep)
                 handed += 1
                 if sender is not None:
                     await sender.send(key, value)
@@ -299,6 +306,12 @@ async def replay_lines(
     return summary
 
 
+async def _pace(ahead: float, sleep: Callable[[float], Awaitable[None]]) -> None:
+    """Wait ``ahead`` seconds when ahead of ``--rate`` (pacing, not synchronisation)."""
+    if ahead > 0:
+        await sleep(ahead)
+
+
 def _checked_key(
     number: int, value: bytes, summary: ReplaySummary, errors: IO[str]
 ) -> bytes | None:
@@ -308,7 +321,7 @@ def _checked_key(
         return record_key(value)
     except InvalidRecordError as exc:
         summary.invalid += 1
-        errors.write(f"line {number}: {exc.reason}: {redact(exc.detail)}\n")
+        errors.write(f"line {number}: {exc.reason}: {masking.active().text(exc.detail)}\n")
         return None
 
 
@@ -325,6 +338,7 @@ async def replay_file(
     *,
     topic: str | None = None,
     rate: float | None = None,
+    max_invalid: int | None = None,
     dry_run: bool = False,
     errors: IO[str] = sys.stderr,
     progress_interval: float = PROGRESS_INTERVAL_SECONDS,
@@ -344,7 +358,14 @@ async def replay_file(
             verb="valid" if dry_run else "sent",
         )
         if dry_run:
-            return await replay_lines(source.lines(), None, errors, rate=rate, progress=progress)
+            return await replay_lines(
+                source.lines(),
+                None,
+                errors,
+                rate=rate,
+                max_invalid=max_invalid,
+                progress=progress,
+            )
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap_servers,
             acks="all",
@@ -364,6 +385,7 @@ async def replay_file(
                 KafkaSender(producer, target),
                 errors,
                 rate=rate,
+                max_invalid=max_invalid,
                 progress=progress,
             )
         finally:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -162,9 +163,28 @@ class Settings(BaseSettings):
     rocksdb_block_cache_mb: Annotated[int, Field(ge=1, le=4096)] = Field(
         8, description="RocksDB block cache per table partition."
     )
-    web_host: str = Field("127.0.0.1", description="Bind address of /metrics and health.")
+    web_host: str = Field(
+        "127.0.0.1",
+        description="Address the worker's web server listens on (faust's web_bind and its "
+        "advertised host): loopback by default, 0.0.0.0 in a container.",
+    )
     web_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         6066, description="Port of the worker's web server (/metrics, health, /users)."
+    )
+    web_faust_views: bool = Field(
+        False,
+        description="Serve faust's built-in views (/router, /table, /, /assignment, /graph): "
+        "they show partitions and raw table records, so they need the support token too.",
+    )
+    support_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of /users/{mpid} (and of faust's views when enabled); "
+        "unset = those views answer 404.",
+    )
+    mask_key: SecretStr | None = Field(
+        None,
+        description="Key of the HMAC that masks emails and personal values in logs, views and "
+        "CLI output; unset = a random key per process (masks differ between processes).",
     )
 
     # --- Firehose ingress (mpcio ingress) -----------------------------------------------------
@@ -294,6 +314,8 @@ class Settings(BaseSettings):
     @field_validator(
         "kafka_sasl_username",
         "kafka_sasl_password",
+        "support_token",
+        "mask_key",
         "kafka_ssl_cafile",
         "kafka_ssl_certfile",
         "kafka_ssl_keyfile",
@@ -302,6 +324,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("support_token", "mask_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
+        return value
 
     @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
     @classmethod
@@ -377,9 +406,31 @@ class Settings(BaseSettings):
             return self.customerio_url.rstrip("/")
         return CUSTOMERIO_HOSTS[self.customerio_region]
 
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret value of these settings, the one list that logs, views and printers
+        redact: the :data:`SECRET_FIELDS` and the credentials (``user:password`` and the
+        password alone) of every URL setting."""
+        values = [
+            _secret_text(secret)
+            for secret in (getattr(self, name) for name in sorted(SECRET_FIELDS))
+            if secret is not None
+        ]
+        for url in (self.broker, self.customerio_url):
+            userinfo = urlsplit(url or "").netloc.rpartition("@")[0]
+            if userinfo:
+                values += [userinfo, userinfo.partition(":")[2]]
+        return tuple(value for value in values if value)
+
     def redacted(self) -> dict[str, Any]:
-        """The settings as a dict safe to log: secrets are replaced by ``**********``."""
-        return self.model_dump(mode="json")
+        """The settings as a dict safe to log or print: secret fields are ``**********`` and
+        URL credentials are replaced (``http://**********@host``)."""
+        from app.masking import masker_for  # noqa: PLC0415 - masking imports settings
+
+        masker = masker_for(self)
+        return {
+            name: masker.text(value) if isinstance(value, str) else value
+            for name, value in self.model_dump(mode="json").items()
+        }
 
 
 def _secret_text(value: str | SecretStr) -> str:
@@ -405,7 +456,7 @@ def _describe(exc: ValidationError) -> str:
             lines.append(f"invalid settings: {message}")
             continue
         if "input" in error and not _is_secret_field(field):
-            message += f" (got {error['input']!r})"
+            message += f" (got {_masked(repr(error['input']))})"
         lines.append(f"invalid setting {ENV_PREFIX}{field.upper()}: {message}")
     return "; ".join(lines)
 
@@ -415,6 +466,7 @@ def _is_secret(field: FieldInfo) -> bool:
     return annotation is SecretStr or SecretStr in typing.get_args(annotation)
 
 
+#: Settings whose values are secret (SecretStr): never printed, logged or echoed in errors.
 SECRET_FIELDS = frozenset(
     name for name, field in Settings.model_fields.items() if _is_secret(field)
 )
@@ -484,5 +536,16 @@ def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
     return lines
 
 
+#: Shortest support token or mask key accepted (a guessable token protects nothing).
+MIN_SECRET_LENGTH = 16
+
+
 def _is_secret_field(field: str) -> bool:
     return field in SECRET_FIELDS
+
+
+def _masked(text: str) -> str:
+    """An invalid value as echoed in the error: URL credentials and addresses masked."""
+    from app.masking import active  # noqa: PLC0415
+
+    return active().text(text)

@@ -9,7 +9,8 @@ redelivered older batch may arrive after a newer one was already folded):
   newest one applied (``profile_at_ms``) does not overwrite it; it only fills in an email or
   customer id the state does not know yet.
 - Opt-out is last-writer-wins by event time (ties: later in the batch wins), so a redelivered
-  old opt-out cannot undo a newer opt-in.
+  old opt-out cannot undo a newer opt-in; :func:`opt_out_status` is that one rule, also used
+  by the transform to decide which events of a batch are suppressed.
 - First-seen per device type is the earliest time seen, except that an explicit install signal
   (``first_run``, or ``application_state_transition`` with ``is_first_run``) wins over plain
   activity; the most recently seen device type is the maximum of (time, device type). Both are
@@ -36,7 +37,7 @@ import orjson
 
 from app.avro import codec
 from app.errors import InvalidRecordError
-from app.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch
+from app.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch, Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +89,9 @@ def fold(state: UserState | None, batch: Batch) -> UserState:
     email, customer_id, first_name, last_name, attributes, profile_at_ms = _fold_profile(
         previous, batch
     )
-    opted_out, opt_out_at_ms = previous.opted_out, previous.opt_out_at_ms
-    for event in batch.events:
-        if event.kind == "opt_out":
-            opted_out, opt_out_at_ms = apply_opt_out(
-                opted_out, opt_out_at_ms, event.is_opted_out, event.timestamp_ms
-            )
+    opted_out, opt_out_at_ms = opt_out_status(
+        previous.opted_out, previous.opt_out_at_ms, batch.events
+    )
     first_seen, last_device_type, last_seen_ms = _fold_devices(previous, batch)
     return UserState(
         email=email,
@@ -114,6 +112,36 @@ def fold(state: UserState | None, batch: Batch) -> UserState:
         audiences_left=previous.audiences_left,
         applied_offsets=previous.applied_offsets,
     )
+
+
+def opt_out_status(
+    opted_out: bool,
+    opted_out_at_ms: int | None,
+    events: list[Event],
+    until: Event | None = None,
+) -> tuple[bool, int | None]:
+    """``(opted_out, opt_out_at_ms)`` after the opt-out events of ``events`` that happened no
+    later than ``until`` (all of them when ``None``), starting from the stored decision.
+
+    The one ordering rule of opt-outs, used by :func:`fold` for the state and by the transform
+    for each event (docs/mapping.md, "Opt-out order"): events are ordered by (event time,
+    position in the batch); the newest decision wins (:func:`apply_opt_out`). So an event is
+    suppressed exactly when the newest opt-out decision at or before it says "opted out",
+    whatever the order of the events in the batch.
+    """
+    limit = None if until is None else (until.timestamp_ms or 0, until.position)
+    decisions = sorted(
+        (event.timestamp_ms or 0, event.position, event.is_opted_out)
+        for event in events
+        if event.kind == "opt_out"
+    )
+    for event_ms, position, is_opted_out in decisions:
+        if limit is not None and (event_ms, position) > limit:
+            break
+        opted_out, opted_out_at_ms = apply_opt_out(
+            opted_out, opted_out_at_ms, is_opted_out, event_ms
+        )
+    return opted_out, opted_out_at_ms
 
 
 def apply_opt_out(

@@ -10,12 +10,19 @@ Operations, in order: the identify item(s) when needed (rule 8), then the user's
 An identify is needed the first time a user is forwarded, when the profile digest (email,
 names, created_at when enabled, other attributes when enabled) differs from the one last sent,
 when the person id changed (rule 11) and on an opt-out transition (rule 9). Every item is
-serialised once here (``Operation.payload``) to enforce Customer.io's size limits.
+serialised once here (``Operation.payload``) to enforce Customer.io's size limits. An
+event is suppressed while the user is opted out at the event's time, by the one ordering rule
+of :func:`app.state.opt_out_status` (event time, then position in the batch).
+
+Values and names (docs/mapping.md): a user tag (null value) is sent as ``true``; a name
+Customer.io reads specially (:data:`RESERVED_PERSON_NAMES`, the ``_`` and ``cio_`` prefixes,
+dotted paths under them; event data keys in :data:`RESERVED_EVENT_DATA_NAMES`) is sent as
+``mp_<name>`` and counted (``attribute_name_renamed``, ``event_data_name_renamed``).
 
 Failure semantics: nothing raises for a parsed batch. What Customer.io would reject is cut or
 dropped before sending and counted in ``Transformed.limits`` (keys ``LIMIT_*``):
 person id empty or over 150 bytes drops the whole batch's operations; an attribute name that is
-empty, over 150 bytes or one of the names this forwarder sets itself is dropped; a string
+empty or over 150 bytes (after renaming) is dropped; a string
 value over 1000 bytes is cut at a UTF-8 boundary; a list value over 1000 bytes of JSON is
 dropped; more than 300 attributes or more than 32,000 bytes split an identify into several;
 event names over 100 bytes are cut; event data making an item exceed 32,000 bytes is dropped
@@ -32,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 import orjson
 
 from app.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch, Event
-from app.state import UserState, apply_opt_out, fold
+from app.state import UserState, fold, opt_out_status
 from app.ulid import event_ulid
 
 if TYPE_CHECKING:
@@ -54,7 +61,8 @@ MAX_ITEM_BYTES: Final = 32_000
 # Transformed.limits keys.
 LIMIT_PERSON_ID: Final = "person_id_invalid"
 LIMIT_ATTRIBUTE_NAME: Final = "attribute_name_dropped"
-LIMIT_ATTRIBUTE_RESERVED: Final = "attribute_name_reserved"
+LIMIT_ATTRIBUTE_RENAMED: Final = "attribute_name_renamed"
+LIMIT_EVENT_DATA_RENAMED: Final = "event_data_name_renamed"
 LIMIT_ATTRIBUTE_VALUE_CUT: Final = "attribute_value_truncated"
 LIMIT_ATTRIBUTE_VALUE_DROPPED: Final = "attribute_value_dropped"
 LIMIT_IDENTIFY_SPLIT: Final = "identify_split"
@@ -68,21 +76,36 @@ MEMBERSHIP_ATTRIBUTE: Final = "SegmentMembership"
 EVENTS_FORWARDED: Final = "forwarded"
 EVENTS_OPTED_OUT: Final = "opted_out"
 
-# Attribute names this forwarder sets itself; a user attribute mapped to one of them is dropped.
-RESERVED_OUTPUT_NAMES: Final = frozenset(
+# Names Customer.io reads specially are never sent as a user's own data: they are kept under
+# this prefix (docs/mapping.md, "Reserved names"), so nothing is lost and nothing is re-routed.
+RENAME_PREFIX: Final = "mp_"
+
+# Person attribute names Customer.io reads specially (reserved-attributes doc: identifiers,
+# created_at, unsubscribed; OpenAPI identify_person: cio_subscription_preferences, _update,
+# cio_relationships) and the names this forwarder sets itself (rules 3, 9, 10, SPEC §4).
+RESERVED_PERSON_NAMES: Final = frozenset(
     {
+        "id",
         "email",
-        "first_name",
-        "last_name",
+        "phone",
+        "cio_id",
+        "anonymous_id",
         "created_at",
         "unsubscribed",
-        "id",
-        "cio_id",
-        "_update",
-        "cio_subscription_preferences",
-        "cio_relationships",
+        "first_name",
+        "last_name",
+        MEMBERSHIP_ATTRIBUTE,
     }
 )
+# Prefixes Customer.io keeps for itself: "_" (internal attributes such as _update, _timestamp,
+# _created_in_customerio_at) and "cio_" (cio_id, cio_subscription_preferences, ...).
+RESERVED_PERSON_PREFIXES: Final = ("_", "cio_")
+# Event data keys with a meaning (OpenAPI person_event.attributes: email-format fields that
+# re-address the messages an event triggers).
+RESERVED_EVENT_DATA_NAMES: Final = frozenset({"recipient", "from_address", "reply_to"})
+
+# Integers beyond ±2^53 lose digits in a JSON reader that uses doubles; they are sent as text.
+_MAX_EXACT_INTEGER: Final = 1 << 53
 
 _ACTIONS: Final = {"custom_event": "event", "screen_view": "screen"}
 
@@ -129,7 +152,7 @@ def transform(batch: Batch, state: UserState | None, settings: Settings) -> Tran
     customer_id = folded.customer_id
     person_id = customer_id or email
     limits: dict[str, int] = {}
-    if len(person_id.encode("utf-8")) > MAX_PERSON_ID_BYTES:
+    if not is_person_identifier(person_id):
         limits[LIMIT_PERSON_ID] = 1
         return _not_forwarded(state, folded, "person_id_invalid", forwardable, limits)
     identifiers = {"id": customer_id} if customer_id else {"email": email}
@@ -159,14 +182,16 @@ def transform(batch: Batch, state: UserState | None, settings: Settings) -> Tran
         folded = _with_sent(folded, person_id, digest)  # opted in, resubscribe disabled
 
     events: dict[str, int] = {}
-    opted_out = state is not None and state.opted_out
-    opted_out_at_ms = None if state is None else state.opt_out_at_ms
+    stored_opted_out = state is not None and state.opted_out
+    stored_opt_out_at_ms = None if state is None else state.opt_out_at_ms
+    has_opt_outs = any(event.kind == "opt_out" for event in batch.events)
     for event in batch.events:
-        if event.kind == "opt_out":
-            opted_out, opted_out_at_ms = apply_opt_out(
-                opted_out, opted_out_at_ms, event.is_opted_out, event.timestamp_ms
+        if event.kind in _ACTIONS:
+            opted_out = (
+                opt_out_status(stored_opted_out, stored_opt_out_at_ms, batch.events, event)[0]
+                if has_opt_outs
+                else stored_opted_out
             )
-        elif event.kind in _ACTIONS:
             if opted_out:
                 events[EVENTS_OPTED_OUT] = events.get(EVENTS_OPTED_OUT, 0) + 1
                 continue
@@ -180,6 +205,11 @@ def transform(batch: Batch, state: UserState | None, settings: Settings) -> Tran
         events=events,
         limits=limits,
     )
+
+
+def is_person_identifier(value: str) -> bool:
+    """Whether ``value`` can name a Customer.io person: non-empty, at most 150 bytes."""
+    return bool(value) and len(value.encode("utf-8")) <= MAX_PERSON_ID_BYTES
 
 
 def profile_digest(state: UserState, settings: Settings) -> bytes:
@@ -279,7 +309,7 @@ def _identify_attributes(
     attributes: dict[str, AttributeValue] = {"email": state.email}
     for name, known in (("first_name", state.first_name), ("last_name", state.last_name)):
         if known is not None:
-            attributes[name] = _fit_value(known, limits)[1]
+            attributes[name] = _fit_text(known, limits)
     if settings.send_created_at and state.created_at_ms is not None:
         attributes["created_at"] = state.created_at_ms // 1000
     if unsubscribed is not None:
@@ -288,17 +318,18 @@ def _identify_attributes(
         # Custom names first, then reserved ($) ones, so "$City" wins over a custom "city".
         user_attributes = state.attributes
         for canonical in sorted(user_attributes, key=_reserved_last):
-            name = output_attribute_name(canonical)
-            if _usable_name(name, limits):
+            sent_name = _sent_name(output_attribute_name(canonical), limits)
+            if sent_name is not None:
                 keep, value = _fit_value(user_attributes[canonical], limits)
                 if keep:
-                    attributes[name] = value
+                    attributes[sent_name] = value
     for canonical in batch.deleted_user_attributes:
-        name = output_attribute_name(canonical)
-        if canonical in (FIRST_NAME_KEY, LAST_NAME_KEY) or (
-            settings.include_user_attributes and _usable_name(name, limits)
-        ):
-            attributes[name] = ""
+        if canonical in (FIRST_NAME_KEY, LAST_NAME_KEY):
+            attributes[output_attribute_name(canonical)] = ""
+        elif settings.include_user_attributes:
+            deleted_name = _sent_name(output_attribute_name(canonical), limits)
+            if deleted_name is not None:
+                attributes[deleted_name] = ""
     attributes.update(membership_attributes(state, settings, limits))
     return attributes
 
@@ -323,8 +354,8 @@ def membership_attributes(
     if settings.one_attribute_per_audience:
         for flag, audiences in ((False, state.audiences_left), (True, state.audiences)):
             for name in audiences.values():
-                attribute = f"In {name}"
-                if _usable_name(attribute, limits):
+                attribute = _sent_name(f"In {name}", limits)
+                if attribute is not None:
                     attributes[attribute] = flag
     return attributes
 
@@ -337,34 +368,56 @@ def _reserved_last(canonical: str) -> bool:
     return canonical[:1] == "$"
 
 
-def _usable_name(name: str, limits: dict[str, int]) -> bool:
-    if name in RESERVED_OUTPUT_NAMES:
-        limits[LIMIT_ATTRIBUTE_RESERVED] = limits.get(LIMIT_ATTRIBUTE_RESERVED, 0) + 1
-        return False
+def is_reserved_person_name(name: str) -> bool:
+    """Whether Customer.io would read the attribute ``name`` specially; Customer.io reads
+    ``a.b`` as the path ``b`` inside ``a`` (JSON dot notation), so the first segment counts."""
+    head = name.partition(".")[0]
+    return head in RESERVED_PERSON_NAMES or head.startswith(RESERVED_PERSON_PREFIXES)
+
+
+def _sent_name(name: str, limits: dict[str, int]) -> str | None:
+    """The name a user attribute is sent under: ``name``, or ``mp_<name>`` for a reserved one
+    (counted); ``None`` (dropped, counted) when empty or over 150 bytes."""
+    if is_reserved_person_name(name):
+        name = RENAME_PREFIX + name
+        limits[LIMIT_ATTRIBUTE_RENAMED] = limits.get(LIMIT_ATTRIBUTE_RENAMED, 0) + 1
     if not name or (
         len(name) * 4 > MAX_ATTRIBUTE_NAME_BYTES
         and len(name.encode("utf-8")) > MAX_ATTRIBUTE_NAME_BYTES
     ):
         limits[LIMIT_ATTRIBUTE_NAME] = limits.get(LIMIT_ATTRIBUTE_NAME, 0) + 1
-        return False
-    return True
+        return None
+    return name
 
 
 def _fit_value(value: AttributeValue, limits: dict[str, int]) -> tuple[bool, AttributeValue]:
-    """``(keep, value)`` within 1000 bytes: strings are cut at a UTF-8 boundary, long lists
-    are not kept."""
+    """``(keep, value)``: the Customer.io form of one attribute value (docs/mapping.md).
+
+    A null is a user tag and is sent as ``true`` (Customer.io reads null as "remove"); strings
+    are cut at a UTF-8 boundary to 1000 bytes; lists over 1000 bytes of JSON are not kept;
+    integers beyond ±2^53 become decimal text; numbers, booleans and other lists as they are.
+    """
+    if value is None:
+        return True, True
     if type(value) is str:
-        if len(value) * 4 <= MAX_ATTRIBUTE_VALUE_BYTES:
-            return True, value
-        encoded = value.encode("utf-8")
-        if len(encoded) <= MAX_ATTRIBUTE_VALUE_BYTES:
-            return True, value
-        limits[LIMIT_ATTRIBUTE_VALUE_CUT] = limits.get(LIMIT_ATTRIBUTE_VALUE_CUT, 0) + 1
-        return True, _cut_utf8(encoded, MAX_ATTRIBUTE_VALUE_BYTES)
+        return True, _fit_text(value, limits)
+    if type(value) is int and not -_MAX_EXACT_INTEGER <= value <= _MAX_EXACT_INTEGER:
+        return True, str(value)
     if type(value) is list and len(orjson.dumps(value)) > MAX_ATTRIBUTE_VALUE_BYTES:
         limits[LIMIT_ATTRIBUTE_VALUE_DROPPED] = limits.get(LIMIT_ATTRIBUTE_VALUE_DROPPED, 0) + 1
         return False, None
     return True, value
+
+
+def _fit_text(value: str, limits: dict[str, int]) -> str:
+    """``value`` cut at a UTF-8 boundary to 1000 bytes (counted when cut)."""
+    if len(value) * 4 <= MAX_ATTRIBUTE_VALUE_BYTES:
+        return value
+    encoded = value.encode("utf-8")
+    if len(encoded) <= MAX_ATTRIBUTE_VALUE_BYTES:
+        return value
+    limits[LIMIT_ATTRIBUTE_VALUE_CUT] = limits.get(LIMIT_ATTRIBUTE_VALUE_CUT, 0) + 1
+    return _cut_utf8(encoded, MAX_ATTRIBUTE_VALUE_BYTES)
 
 
 def _identifies(
@@ -458,13 +511,29 @@ def _event_operation(
     if event.timestamp_ms is not None:
         item["timestamp"] = event.timestamp_ms // 1000
     if event.custom_attributes:
-        item["attributes"] = event.custom_attributes
+        item["attributes"] = _event_data(event.custom_attributes, limits)
     payload = orjson.dumps(item)
     if len(payload) > MAX_ITEM_BYTES:
         del item["attributes"]
         payload = orjson.dumps(item)
         limits[LIMIT_EVENT_DATA_DROPPED] = limits.get(LIMIT_EVENT_DATA_DROPPED, 0) + 1
     return Operation(action, person_id, item, payload)
+
+
+def _event_data(data: dict[str, Any], limits: dict[str, int]) -> dict[str, Any]:
+    """Event data with each key Customer.io reads specially renamed ``mp_<key>`` (counted);
+    an ``mp_<key>`` already present is not overwritten."""
+    if data.keys().isdisjoint(RESERVED_EVENT_DATA_NAMES):
+        return data
+    renamed: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in RESERVED_EVENT_DATA_NAMES:
+            limits[LIMIT_EVENT_DATA_RENAMED] = limits.get(LIMIT_EVENT_DATA_RENAMED, 0) + 1
+            key = RENAME_PREFIX + key  # noqa: PLW2901 - the new name is the point
+            if key in data:
+                continue
+        renamed[key] = value
+    return renamed
 
 
 def _cut_utf8(encoded: bytes, limit: int) -> str:

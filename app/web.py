@@ -6,9 +6,15 @@ Views (beside faust's ``/metrics``, which serves ``faust_*`` and our ``mpcio_*``
 - ``GET /health/ready`` — 200 when this worker has input partitions assigned, every agent is
   running and (when forwarding) the sink runs, has partitions and is not stopped by a
   configuration error; else 503 with ``{"ready": false, "reason": ..., "reasons": [...]}``;
-- ``GET /users/{mpid}`` — support view of one user's state from the ``users`` table: email
-  masked, ``person_id`` masked when it is an email; 404 when this worker does not hold the
+- ``GET /users/{mpid}`` — support view of one user's state from the ``users`` table, every
+  personal value masked (``?unmasked=true`` shows them); 404 when this worker does not hold the
   user (a table only holds the partitions assigned to this worker).
+
+Access (:func:`decide_access`, enforced by a middleware on every route): ``/metrics`` and
+``/health/*`` are open (what Prometheus and probes need); every other route — ``/users`` and,
+when ``MPCIO_WEB_FAUST_VIEWS`` enables them, faust's own views — needs ``Authorization: Bearer
+<MPCIO_SUPPORT_TOKEN>`` (401 without it or with a wrong one) and answers 404 while no token is
+set. Once listening, the worker logs its address and every route with its access.
 
 A timer (every :data:`SAMPLE_INTERVAL_SECONDS`) samples the gauges that no event increments:
 ``mpcio_consumer_lag{topic,partition}`` (ingest inputs and the sink's operations topic),
@@ -16,28 +22,34 @@ A timer (every :data:`SAMPLE_INTERVAL_SECONDS`) samples the gauges that no event
 consumers already know, table sizes, service states): no broker round trip, no table scan with
 RocksDB (its key estimate is used).
 
-The decisions (:func:`decide_readiness`, :func:`user_json`) are pure, for unit tests.
+The decisions (:func:`decide_readiness`, :func:`decide_access`, :func:`user_json`) are pure,
+for unit tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
+from aiohttp import web as aiohttp_web
 from aiokafka.partitioner import murmur2
 
-from app import metrics
+from app import masking, metrics
 from app.errors import InvalidRecordError
-from app.logs import mask_email, redact
 from app.state import UserState, decode_state
 from app.topics import ERASURES_TABLE, USERS_TABLE
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import faust
     from faust import web
 
@@ -51,6 +63,9 @@ log = logging.getLogger(__name__)
 SAMPLE_INTERVAL_SECONDS = 2.0
 #: Longest wait for a consumer position the timer falls back to (never blocks the loop long).
 POSITION_TIMEOUT_SECONDS = 1.0
+
+#: How long the worker waits for its web server to listen before logging the routes anyway.
+LISTEN_WAIT_SECONDS = 60.0
 
 _MPID = re.compile(r"^-?\d{1,20}$")
 
@@ -128,6 +143,76 @@ def decide_readiness(
     return Readiness(tuple(reasons))
 
 
+# --- access -----------------------------------------------------------------------------------
+
+
+class Access(StrEnum):
+    """What the guard does with a request."""
+
+    OPEN = "open"  # served to anyone: /metrics, /health/*
+    ALLOWED = "allowed"  # a guarded route with the right bearer token
+    UNAUTHORIZED = "unauthorized"  # a guarded route without the token, or a wrong one: 401
+    OFF = "off"  # a guarded route while MPCIO_SUPPORT_TOKEN is unset: 404
+
+
+def is_open(path: str) -> bool:
+    """Whether a route (its pattern, e.g. ``/users/{mpid}``) is served without a token."""
+    return path == "/metrics" or path.startswith("/health/")
+
+
+def decide_access(path: str, authorization: str | None, token: str | None) -> Access:
+    """The guard's decision for a request to the route ``path`` with this ``Authorization``
+    header; ``token`` is ``MPCIO_SUPPORT_TOKEN`` (``None`` when unset). The token is compared
+    in constant time."""
+    if is_open(path):
+        return Access.OPEN
+    if token is None:
+        return Access.OFF
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        return Access.UNAUTHORIZED
+    return Access.ALLOWED
+
+
+def access_middleware(token: str | None) -> Any:
+    """The aiohttp middleware that applies :func:`decide_access` to the matched route (its
+    pattern, so no spelling of the URL reaches a guarded view unguarded)."""
+
+    @aiohttp_web.middleware
+    async def guard(
+        request: aiohttp_web.Request,
+        handler: Callable[[aiohttp_web.Request], Awaitable[aiohttp_web.StreamResponse]],
+    ) -> aiohttp_web.StreamResponse:
+        resource = request.match_info.route.resource
+        if resource is None:  # no route matched: aiohttp's own 404/405
+            return await handler(request)
+        access = decide_access(resource.canonical, request.headers.get("Authorization"), token)
+        if access is Access.OFF:
+            raise aiohttp_web.HTTPNotFound
+        if access is Access.UNAUTHORIZED:
+            raise aiohttp_web.HTTPUnauthorized(
+                headers={"WWW-Authenticate": 'Bearer realm="mpcio"'},
+                text="this view needs Authorization: Bearer <MPCIO_SUPPORT_TOKEN>\n",
+            )
+        return await handler(request)
+
+    return guard
+
+
+def served_routes(web_app: aiohttp_web.Application, token: str | None) -> list[dict[str, str]]:
+    """Every route of the web server as ``{"method", "path", "access"}``, where access is
+    ``open``, ``token`` or ``off`` (guarded while no token is set)."""
+    routes = []
+    for route in web_app.router.routes():
+        path = route.resource.canonical if route.resource is not None else "?"
+        guarded = "off" if token is None else "token"
+        access = "open" if is_open(path) else guarded
+        routes.append({"method": route.method, "path": path, "access": access})
+    return sorted(routes, key=lambda r: (r["path"], r["method"]))
+
+
 # --- the support view -------------------------------------------------------------------------
 
 
@@ -137,22 +222,27 @@ def _iso(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
-def _mask_if_email(value: str | None) -> str | None:
-    if value is None or "@" not in value:
-        return value
-    return mask_email(value)
+def user_json(mpid: str, state: UserState, masker: masking.Masker | None) -> dict[str, Any]:
+    """The support view of one user. With a ``masker`` every personal value is masked: email
+    (and a ``person_id`` that is an email) as ``<email:…>``, customer id, person id, names and
+    each attribute value as ``<value:…>``; with ``None`` they are shown as stored."""
 
+    def personal(value: Any) -> Any:
+        if masker is None or value is None:
+            return value
+        if isinstance(value, str) and "@" in value:
+            return masker.email(value)
+        return masker.value(value)
 
-def user_json(mpid: str, state: UserState) -> dict[str, Any]:
-    """The support view of one user: no raw email, everything else as the state holds it."""
     return {
         "mpid": mpid,
-        "email": None if state.email is None else mask_email(state.email),
-        "customer_id": state.customer_id,
-        "person_id": _mask_if_email(state.person_id),
-        "first_name": state.first_name,
-        "last_name": state.last_name,
-        "attributes": state.attributes,
+        "email": personal(state.email),
+        "customer_id": personal(state.customer_id),
+        "person_id": personal(state.person_id),
+        "first_name": personal(state.first_name),
+        "last_name": personal(state.last_name),
+        "attributes": {name: personal(value) for name, value in state.attributes.items()},
+        "masked": masker is not None,
         "profile_at": _iso(state.profile_at_ms),
         "audiences": state.audiences,
         "audiences_left": state.audiences_left,
@@ -252,9 +342,6 @@ class Observer:
         self.input_topics = tuple(spec.name for spec in topics.inputs())
         self.operations_topic = topics.operations.name
         self.sink_handle = sink
-        self.secrets = (
-            (settings.customerio_api_key.get_secret_value(),) if settings.customerio_api_key else ()
-        )
         self._ingest_lag = metrics.LagGauge()
         self._sink_lag = metrics.LagGauge()
 
@@ -273,7 +360,7 @@ class Observer:
             sink_ready=sink is not None and sink.ready,
             sink_stopped_reason=None
             if sink is None or sink.stopped_reason is None
-            else redact(sink.stopped_reason, self.secrets),
+            else masking.active().text(sink.stopped_reason),
         )
 
     def table(self, name: str) -> Any:
@@ -295,8 +382,10 @@ class Observer:
 def attach_web(
     app: faust.App, settings: Settings, topics: Topics, sink: SinkHandleLike | None
 ) -> Observer:
-    """Register the views, the build info and the gauge sampler on ``app``."""
+    """Register the views, the access guard, the build info and the gauge sampler on ``app``."""
     observer = Observer(app, settings, topics, sink)
+    token = settings.support_token.get_secret_value() if settings.support_token else None
+    aiohttp_app(app).middlewares.append(access_middleware(token))
     metrics.BUILD.info(metrics.build_labels(settings))
     metrics.READY.set(0)
 
@@ -310,11 +399,7 @@ def attach_web(
         return self.json(readiness.as_json(), status=200 if readiness.ready else 503)
 
     @app.page("/users/{mpid}")
-    async def user_state(
-        self: web.View,
-        request: web.Request,  # noqa: ARG001
-        mpid: str,
-    ) -> web.Response:
+    async def user_state(self: web.View, request: web.Request, mpid: str) -> web.Response:
         if not _MPID.match(mpid):
             return self.json({"error": "mpid must be a decimal integer", "mpid": mpid}, status=400)
         table = observer.table(USERS_TABLE)
@@ -326,10 +411,19 @@ def attach_web(
             state = decode_state(raw)
         except InvalidRecordError as exc:
             return self.json(
-                {"error": "stored state is corrupt", "mpid": mpid, "detail": exc.detail},
+                {
+                    "error": "stored state is corrupt",
+                    "mpid": mpid,
+                    "detail": masking.active().text(exc.detail),
+                },
                 status=500,
             )
-        return self.json(user_json(mpid, state))
+        unmasked = request.query.get("unmasked", "").lower() in {"1", "true", "yes"}
+        return self.json(user_json(mpid, state, None if unmasked else masking.active()))
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def announce_web_server() -> None:
+        await _announce(app, token)
 
     @app.timer(interval=SAMPLE_INTERVAL_SECONDS, name="mpcio_sample_gauges")  # type: ignore[untyped-decorator]
     async def sample_gauges() -> None:
@@ -339,3 +433,30 @@ def attach_web(
             log.exception("sampling the lag/table/readiness gauges failed")
 
     return observer
+
+
+def aiohttp_app(app: faust.App) -> aiohttp_web.Application:
+    """The aiohttp application behind faust's web server (its router and middlewares)."""
+    from faust.web.drivers.aiohttp import Web  # noqa: PLC0415 - faust's import is slow
+
+    driver = app.web
+    if not isinstance(driver, Web):  # faust's default driver; app.faust_app never changes it
+        raise TypeError(f"faust web driver {type(driver).__name__} is not aiohttp's")
+    return driver.web_app
+
+
+async def _announce(app: faust.App, token: str | None) -> None:
+    """Log where the web server really listens and every route it serves, with its access."""
+    # faust keeps the aiohttp runner private; its addresses are the sockets really bound
+    runner = getattr(app.web, "_runner", None)
+    deadline = asyncio.get_running_loop().time() + LISTEN_WAIT_SECONDS
+    while not (runner is not None and runner.addresses):
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    addresses = [] if runner is None else [f"{a[0]}:{a[1]}" for a in runner.addresses]
+    log.info(
+        "web server listening on %s; routes: %s",
+        ", ".join(addresses) or "(not yet listening)",
+        orjson.dumps(served_routes(aiohttp_app(app), token)).decode(),
+    )

@@ -18,6 +18,7 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.worker import Worker
 
 from agents import attach_agents
+from app import masking
 from app.faust_app import create_app
 from app.kafka_admin import ensure_topics
 from app.kafka_security import client_kwargs
@@ -37,12 +38,7 @@ class ForwarderWorker(Worker):
         self.settings = settings
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:  # noqa: ARG002
-        secrets = (self.settings.customerio_api_key, self.settings.kafka_sasl_password)
-        configure_logging(
-            self.settings.log_level,
-            self.settings.log_format,
-            secrets=tuple(secret.get_secret_value() for secret in secrets if secret),
-        )
+        configure_logging(self.settings.log_level, self.settings.log_format)
 
 
 def build_worker_app(settings: Settings) -> faust.App:
@@ -58,7 +54,14 @@ def build_worker_app(settings: Settings) -> faust.App:
 
 
 def run_worker(settings: Settings) -> None:
-    """Check topics, then run until stopped by a signal; exits the process like faust does."""
+    """Check topics, then run until stopped by a signal; exits the process like faust does.
+
+    The deployment's masker (mask key, secrets) and the logging are set up first: every log
+    line after it is masked with it.
+    """
+    masking.install(masking.masker_for(settings))
+    # faust configures logging again when it starts; this covers the lines before it
+    configure_logging(settings.log_level, settings.log_format)
     partitions = asyncio.run(
         ensure_topics(
             settings.bootstrap_servers,
@@ -74,4 +77,10 @@ def run_worker(settings: Settings) -> None:
     app = build_worker_app(settings)
     worker = ForwarderWorker(app, settings)
     log.info("settings: %s", settings.redacted())
+    if settings.mask_key is None:
+        log.warning(
+            "MPCIO_MASK_KEY is not set: emails in logs and views are masked with a random key "
+            "of this process, so masks differ between workers and restarts; "
+            "`mpcio check-config` generates a key"
+        )
     worker.execute_from_commandline()

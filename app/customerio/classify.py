@@ -4,6 +4,7 @@
 |---------------|--------------------------------------------------------------|
 | ``DONE``      | 2xx (except 207)                                             |
 | ``PARTIAL``   | 207: the items named in ``errors`` are dead-lettered, the rest were applied |
+| ``DEAD_LETTER`` | 207 whose ``errors`` cannot be read (``customerio_207_unparsed``)   |
 | ``RETRY``     | transport error, timeout, 408, 429, 5xx except 501/505       |
 | ``DEAD_LETTER`` | any other 4xx, 501, 505, and anything unexpected           |
 | ``FATAL``     | 401, 403 (credentials), 3xx (wrong region host: never follow) |
@@ -79,6 +80,10 @@ class Decision:
         return f"{self.status // 100}xx"
 
 
+# Decision reasons of a 207 that cannot be matched to the request's items.
+REASON_207_UNPARSED = "customerio_207_unparsed"
+REASON_207_UNMATCHED = "customerio_207_unmatched"
+
 RETRYABLE_STATUSES = frozenset({408, 429})
 NOT_RETRYABLE_5XX = frozenset({501, 505})
 
@@ -92,8 +97,11 @@ def classify(  # noqa: PLR0911 - one return per row of the policy table reads be
     status = answer.status
     if status == 207:
         errors = _item_errors(answer.body)
-        if not errors:  # a 207 that names nothing: everything was applied
-            return Decision(Outcome.DONE, "ok", status)
+        if errors is None:
+            # Which items were applied is unknown: dead-letter them all rather than count an
+            # unknown rejection as delivered (redriving an applied item is harmless: event ids
+            # and identifies are idempotent).
+            return Decision(Outcome.DEAD_LETTER, REASON_207_UNPARSED, status)
         return Decision(Outcome.PARTIAL, "customerio_rejected_item", status, item_errors=errors)
     if 200 <= status < 300:
         return Decision(Outcome.DONE, "ok", status)
@@ -123,21 +131,26 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
     return max(0.0, moment.timestamp() - current)
 
 
-def _item_errors(body: bytes) -> tuple[ItemError, ...]:
+def _item_errors(body: bytes) -> tuple[ItemError, ...] | None:
+    """The errors of a 207 body, or ``None`` when any part of it cannot be read: not JSON, no
+    ``errors`` list, an empty one, or an entry without an integer ``batch_index``."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return ()
+        return None
     raw_errors = document.get("errors") if isinstance(document, dict) else None
-    if not isinstance(raw_errors, list):
-        return ()
-    return tuple(
-        ItemError(
-            batch_index=raw["batch_index"],
-            reason=str(raw.get("reason", "")),
-            field=str(raw.get("field", "")),
-            message=str(raw.get("message", "")),
+    if not isinstance(raw_errors, list) or not raw_errors:
+        return None
+    errors = []
+    for raw in raw_errors:
+        if not isinstance(raw, dict) or type(raw.get("batch_index")) is not int:
+            return None
+        errors.append(
+            ItemError(
+                batch_index=raw["batch_index"],
+                reason=str(raw.get("reason", "")),
+                field=str(raw.get("field", "")),
+                message=str(raw.get("message", "")),
+            )
         )
-        for raw in raw_errors
-        if isinstance(raw, dict) and isinstance(raw.get("batch_index"), int)
-    )
+    return tuple(errors)

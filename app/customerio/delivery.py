@@ -4,7 +4,9 @@
 failure, backing off exponentially with full jitter (``Retry-After`` wins when present), until
 it succeeds or the retry budget is spent: ``max_attempts`` attempts *or* ``max_seconds`` since
 the first attempt, whichever comes first. Then every item is reported for the dead-letter topic
-with reason ``retries_exhausted``; nothing is ever dropped silently.
+with reason ``retries_exhausted``; nothing is ever dropped silently. A 207 names the items to
+dead-letter; one whose errors cannot be read (``customerio_207_unparsed``) or name an index
+outside the request (``customerio_207_unmatched``) dead-letters every item of the request.
 
 Failure semantics: a 401/403 (or a redirect, meaning the wrong region's host) raises
 :class:`FatalDeliveryError` before anything is reported: the caller must stop consuming and
@@ -22,7 +24,14 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import orjson
 
-from app.customerio.classify import Decision, HttpAnswer, Outcome, TransportFailure, classify
+from app.customerio.classify import (
+    REASON_207_UNMATCHED,
+    Decision,
+    HttpAnswer,
+    Outcome,
+    TransportFailure,
+    classify,
+)
 from app.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -113,7 +122,10 @@ async def deliver(
         if decision.outcome is Outcome.FATAL:
             raise FatalDeliveryError(decision)
         if decision.outcome is Outcome.PARTIAL:
-            _reject_named(request, decision, status, report)
+            if all(0 <= error.batch_index < len(request) for error in decision.item_errors):
+                _reject_named(request, decision, status, report)
+            else:  # an index outside the request: the answer is not about these items
+                _reject_all(request, REASON_207_UNMATCHED, _answer_text(answer), status, report)
             return report
         if decision.outcome is Outcome.DEAD_LETTER:
             _reject_all(request, decision.reason, _answer_text(answer), status, report)
@@ -154,10 +166,9 @@ def _reject_named(
 ) -> None:
     named: dict[int, list[dict[str, str]]] = {}
     for error in decision.item_errors:
-        if 0 <= error.batch_index < len(request):
-            named.setdefault(error.batch_index, []).append(
-                {"reason": error.reason, "field": error.field, "message": error.message}
-            )
+        named.setdefault(error.batch_index, []).append(
+            {"reason": error.reason, "field": error.field, "message": error.message}
+        )
     for index, errors in sorted(named.items()):
         report.rejected.append(
             Rejected(

@@ -18,9 +18,10 @@ and ``/unsuppress``. Answers follow Customer.io's OpenAPI description:
 
 Every Track API request first passes the fault injector (:mod:`app.emulator.faults`, before
 authentication, as a load balancer would), then authentication, then validation
-(:mod:`app.emulator.validation`) and the workspace (:mod:`app.emulator.store`). Requests are
-recorded in :mod:`app.emulator.recording`. The ``/_emulator/*`` routes (no auth) inspect and
-steer it; ``docs/emulator.md`` describes them.
+(:mod:`app.emulator.validation`, then every v2 item against Customer.io's OpenAPI schema of its
+action, formats included: :mod:`app.emulator.openapi`) and the workspace
+(:mod:`app.emulator.store`). Requests are recorded in :mod:`app.emulator.recording`. The
+``/_emulator/*`` routes (no auth) inspect and steer it; ``docs/emulator.md`` describes them.
 
 Failure semantics: a faulted request applies nothing, except ``delay``, which answers normally
 once the delay is over, even when the client has given up by then (Customer.io, too, may
@@ -44,6 +45,7 @@ from aiohttp import encode_basic_auth, hdrs, web
 from aiohttp.typedefs import Handler, LooseHeaders
 
 from app.emulator.faults import Fault, FaultInjector, FaultRule, RateLimit, parse_faults
+from app.emulator.openapi import schema_error
 from app.emulator.recording import DEFAULT_LOG_LIMIT, RequestLog, RequestRecord
 from app.emulator.store import Store
 from app.emulator.validation import (
@@ -376,7 +378,7 @@ async def _v2_batch(request: web.Request) -> web.Response:
     received_at = time.time()
     errors = []
     for index, item in enumerate(batch):
-        error = item_error(item, check_size=check_size)
+        error = item_error(item, check_size=check_size) or schema_error(item)
         if error is None:
             store.apply(item, received_at)
         else:
@@ -400,7 +402,7 @@ async def _v2_entity(request: web.Request) -> web.Response:
     elif item is _MALFORMED:
         error = _MALFORMED_ERROR
     else:
-        error = item_error(item, check_size=False)
+        error = item_error(item, check_size=False) or schema_error(item)
     if error is not None:
         emulator.state.items_rejected += 1
         return _v2_invalid(error)

@@ -66,7 +66,7 @@ V1_IDENTIFY_CONTROL_KEYS: Final[frozenset[str]] = frozenset(
     {"_update", "_timestamp", "cio_relationships"}
 )
 
-_ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}", re.IGNORECASE)
+ULID_PATTERN = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +210,7 @@ def _event_error(  # noqa: PLR0911 - one guard per rule reads best
             REASON_TOO_LONG, "name", f"event name is longer than {MAX_EVENT_NAME_BYTES} bytes"
         )
     event_id = event.get("id")
-    if event_id is not None and (type(event_id) is not str or not _ULID.fullmatch(event_id)):
+    if event_id is not None and (type(event_id) is not str or not ULID_PATTERN.fullmatch(event_id)):
         return ItemError(REASON_INVALID, "id", "event id must be a ULID")
     error = _timestamp_error(event, "timestamp")
     if error is not None:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -141,6 +141,19 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+async def poll(
+    check: Callable[[], Awaitable[bool]], timeout: float, what: str, *workers: WorkerProcess
+) -> None:
+    """Re-run ``check`` (a query) until it holds; fail after ``timeout`` or if a worker died."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        for worker in workers:
+            worker.assert_running()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.25)
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

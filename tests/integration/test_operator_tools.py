@@ -302,6 +302,10 @@ async def test_deadletter_list_show_and_redrive(kafka: LocalKafka, names: Names)
     assert json.loads(json.loads(unmasked.out)["payload"]) == item
     corrupt = next(line for line in lines if "state_corrupt" in line).split()[0]
     binary = json.loads((await mpcio("deadletter", "show", corrupt, env=env)).out)
+    # masked, bytes that are not UTF-8 are escaped text (base64 would hide nothing from anyone)
+    assert binary["payload_encoding"] == "text-with-escapes"
+    assert binary["payload"] == "\\xc3\x01corrupt"  # \x01 is valid UTF-8
+    binary = json.loads((await mpcio("deadletter", "show", corrupt, "--unmasked", env=env)).out)
     assert binary["payload_encoding"] == "base64"
     nothing = await mpcio("deadletter", "show", "1@999", env=env)
     assert nothing.code == 1

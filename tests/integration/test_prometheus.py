@@ -13,14 +13,13 @@ the in-process emulator while the workload flows. Then, through Prometheus's HTT
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,16 +29,15 @@ import pytest
 
 from app.avro import codec
 from app.localkafka import free_port
-from app.logs import mask_email
+from app.masking import Masker
 from app.metrics_check import dashboard_queries, substitute
 from tests.integration import workload
 from tests.integration.cli import mpcio
-from tests.integration.support import REPO, produce
+from tests.integration.support import REPO, poll, produce
 
 if TYPE_CHECKING:
     from app.emulator.server import RunningEmulator
     from tests.integration.conftest import Deployment
-    from tests.integration.support import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -86,19 +84,6 @@ class Prometheus:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-async def poll(
-    check: Callable[[], Awaitable[bool]], timeout: float, what: str, *workers: WorkerProcess
-) -> None:
-    """Re-run ``check`` (a query) until it holds; fail after ``timeout`` or if a worker died."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        for worker in workers:
-            worker.assert_running()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.25)
 
 
 @pytest.fixture
@@ -184,8 +169,12 @@ def alert_names() -> list[str]:
     return re.findall(r"^\s*- alert:\s*(\S+)\s*$", ALERTS.read_text(), flags=re.MULTILINE)
 
 
-async def http_get(url: str) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
+TOKEN, MASK_KEY = "prometheus-test-token-0123", "prometheus-test-mask-key-0123"
+
+
+async def http_get(url: str, token: str | None = None) -> tuple[int, Any]:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
         return response.status, await response.json(content_type=None)
 
 
@@ -197,7 +186,7 @@ async def test_prometheus_scrapes_the_worker_and_every_dashboard_and_alert_query
     bad = [(b"77", b"{not json"), (b"78", b"[1, 2")]  # dead-lettered by ingest
     users_with_email = sum(1 for user in range(40) if user % 10 != 9)
 
-    worker = deployment.start_worker()
+    worker = deployment.start_worker(support_token=TOKEN, mask_key=MASK_KEY)
     worker_url = f"http://127.0.0.1:{deployment.settings.web_port}"
     # Scraped and ready before anything flows, so the counters are seen moving from zero.
     await poll(
@@ -274,12 +263,12 @@ async def test_prometheus_scrapes_the_worker_and_every_dashboard_and_alert_query
     assert Counter(r["metric"]["topic"] for r in lag_series) == dict.fromkeys(topics, 4)
 
     # The support view reads the same table.
-    status, user = await http_get(f"{worker_url}/users/10001")
+    status, user = await http_get(f"{worker_url}/users/10001", TOKEN)
     assert status == 200
-    assert user["email"] == mask_email("user1@example.com")
-    assert user["customer_id"] == "c-1"
+    assert user["email"] == Masker(MASK_KEY).email("user1@example.com")
+    assert user["customer_id"] == Masker(MASK_KEY).value("c-1")
     assert "@" not in orjson.dumps(user).decode()
-    status, missing = await http_get(f"{worker_url}/users/999999")
+    status, missing = await http_get(f"{worker_url}/users/999999", TOKEN)
     assert status == 404
     assert "only holds the partitions assigned to it" in missing["detail"]
 

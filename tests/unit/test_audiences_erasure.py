@@ -177,6 +177,19 @@ def test_accepts_erasure_shapes(identities: object) -> None:
     assert (request.mpid, request.email, request.request_type) == ("7", "a@x.io", "erasure")
 
 
+def test_erasure_email_that_is_not_an_address_names_nobody() -> None:
+    request = parse_erasure_record(
+        b'{"subject_request_type": "erasure", "mpid": 7,'
+        b' "subject_identities": {"email": {"value": "N/A"}}}'
+    )
+    assert (request.mpid, request.email) == ("7", None)
+    with pytest.raises(InvalidRecordError) as caught:
+        parse_erasure_record(
+            b'{"subject_request_type": "erasure", "subject_identities": {"email": "none"}}'
+        )
+    assert caught.value.reason == "erasure_invalid"
+
+
 def test_rejects_erasure_naming_nobody() -> None:
     with pytest.raises(InvalidRecordError) as caught:
         parse_erasure_record(b'{"subject_request_type": "erasure"}')
@@ -192,6 +205,12 @@ def test_plan_deletes_every_identifier_current_and_previous() -> None:
         {"id": "c1"},
     ]
     assert plan.purge_state
+
+
+def test_plan_leaves_out_an_identifier_customerio_cannot_hold() -> None:
+    state = UserState(email="a@x.io", customer_id="c" * 151, person_id="a@x.io")
+    plan = plan_erasure(ErasureRequest(None, "erasure", "7", "b@x.io", None), state)
+    assert [d["identifiers"] for d in plan.deletes] == [{"email": "a@x.io"}, {"email": "b@x.io"}]
 
 
 def test_plan_for_unknown_user_without_identities_matches_nobody() -> None:

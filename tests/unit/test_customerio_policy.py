@@ -53,8 +53,22 @@ def test_classify_207_names_items() -> None:
     assert [e.batch_index for e in decision.item_errors] == [1]
 
 
-def test_classify_207_without_errors_is_done() -> None:
-    assert classify(HttpAnswer(207, b"{}")).outcome is Outcome.DONE
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{}",
+        b"not json",
+        b'{"errors": []}',
+        b'{"errors": "bad"}',
+        b'{"errors": [{"reason": "invalid"}]}',
+        b'{"errors": [{"batch_index": 0}, {"batch_index": "1"}]}',
+        b"[]",
+    ],
+)
+def test_classify_207_that_names_no_item_dead_letters_the_request(body: bytes) -> None:
+    decision = classify(HttpAnswer(207, body))
+    assert decision.outcome is Outcome.DEAD_LETTER
+    assert decision.reason == "customerio_207_unparsed"
 
 
 @pytest.mark.parametrize(
@@ -163,11 +177,28 @@ async def test_time_budget_ends_in_dead_letter() -> None:
 
 async def test_207_dead_letters_only_named_items() -> None:
     body = orjson.dumps({"errors": [{"batch_index": 2, "reason": "invalid", "field": "name",
-                                     "message": "blank"}, {"batch_index": 9}]})  # fmt: skip
+                                     "message": "blank"}]})  # fmt: skip
     report, _ = await _deliver(ScriptedSender(HttpAnswer(207, body)))
     assert [(r.ref, r.reason) for r in report.rejected] == [(2, "customerio_rejected_item")]
     assert report.rejected[0].http_status == 207
     assert report.delivered == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"errors": [{"batch_index": 2}, {"batch_index": 9}]}', "customerio_207_unmatched"),
+        (b'{"errors": [{"batch_index": -1}]}', "customerio_207_unmatched"),
+        (b'{"errors": []}', "customerio_207_unparsed"),
+        (b"<html>oops</html>", "customerio_207_unparsed"),
+    ],
+)
+async def test_207_that_names_no_item_of_the_request_dead_letters_every_item(
+    body: bytes, reason: str
+) -> None:
+    report, _ = await _deliver(ScriptedSender(HttpAnswer(207, body)))
+    assert [(r.ref, r.reason) for r in report.rejected] == [(0, reason), (1, reason), (2, reason)]
+    assert report.delivered == 0
 
 
 async def test_400_dead_letters_every_item_with_the_answer() -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
+
+from app.dryrun import line_kind
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "samples" / "mparticle-batches.jsonl"
@@ -25,7 +30,7 @@ def _dry_run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProc
 
 def test_dry_run_prints_items_and_reports_bad_lines() -> None:
     result = _dry_run(str(SAMPLE))
-    assert result.returncode == 0
+    assert result.returncode == 1  # the sample holds invalid lines on purpose
     items = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert items, "expected operations for the valid lines"
     assert all(item["type"] == "person" for item in items)
@@ -55,3 +60,138 @@ def test_dry_run_unreadable_file_fails() -> None:
     result = _dry_run("/nonexistent/file.jsonl")
     assert result.returncode == 1
     assert b"cannot read" in result.stderr
+
+
+ANN = {"mpid": 5, "timestamp_unixtime_ms": 1_764_400_000_000,
+       "user_identities": {"email": "ann@example.com", "customer_id": "c-5"}}  # fmt: skip
+AUDIENCE = {"mpid": 5, "audiences": [{"audience_id": 12, "audience_name": "VIPs",
+                                      "action": "add"}]}  # fmt: skip
+ERASURE = {"subject_request_type": "erasure", "mpid": 5, "subject_request_id": "r-1"}
+
+
+def _lines(*documents: Any) -> bytes:
+    return b"".join(orjson.dumps(document) + b"\n" for document in documents)
+
+
+def _items(result: subprocess.CompletedProcess[bytes]) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("document", "kind"),
+    [
+        (ANN, "batch"),
+        ([ANN, ANN], "batch"),
+        ({"mpid": 5, "events": []}, "batch"),
+        (AUDIENCE, "audience"),
+        ([AUDIENCE], "audience"),
+        ({"user_profiles": [AUDIENCE]}, "audience"),
+        (ERASURE, "erasure"),
+        ({"type": "dsr_processing_request", "subject_request_type": "erasure"}, "firehose"),
+        ({"type": "audience_membership_change_request", "user_profiles": []}, "firehose"),
+        ({"type": "something_else", "mpid": 5}, "batch"),
+        ({"subject_request_type": "access", "mpid": 5}, "erasure"),
+        ("text", "batch"),
+        ([], "batch"),
+    ],
+)
+def test_line_kind_tells_the_three_inputs_apart(document: Any, kind: str) -> None:
+    assert line_kind(document) == kind
+
+
+def test_dry_run_audience_and_erasure_lines() -> None:
+    result = _dry_run("-", stdin=_lines(ANN, AUDIENCE, ERASURE, ANN))
+    assert result.returncode == 0
+    assert [(item["action"], item["identifiers"]) for item in _items(result)] == [
+        ("identify", {"id": "c-5"}),
+        ("identify", {"id": "c-5"}),
+        ("delete", {"id": "c-5"}),
+        ("delete", {"email": "ann@example.com"}),
+        ("identify", {"id": "c-5"}),  # the state was forgotten: a new person
+    ]
+    assert _items(result)[1]["attributes"]["SegmentMembership"] == "'12'"
+    assert "In VIPs" not in _items(result)[1]["attributes"]
+    assert result.stderr.decode().strip() == (
+        "dry-run: 4 lines, 0 invalid, 2 batches, 1 audience updates, 1 erasures, "
+        "0 Firehose messages, 5 operations"
+    )
+
+
+def test_dry_run_one_attribute_per_audience_flag() -> None:
+    result = _dry_run("-", "--one-attribute-per-audience", stdin=_lines(ANN, AUDIENCE))
+    assert _items(result)[1]["attributes"]["In VIPs"] is True
+
+
+def test_dry_run_exit_code_gates_on_invalid_lines() -> None:
+    valid = _dry_run("-", stdin=_lines(ANN, AUDIENCE))
+    invalid = _dry_run("-", stdin=_lines(ANN, {"subject_request_type": "erasure"}))
+    assert (valid.returncode, invalid.returncode) == (0, 1)
+    assert b"line 2: erasure_invalid:" in invalid.stderr
+
+
+@pytest.mark.parametrize(
+    ("limit", "code"), [(None, 0), ("1", 0), ("0", 1)], ids=["unlimited", "within", "over"]
+)
+def test_replay_max_invalid_exit_code(limit: str | None, code: int) -> None:
+    flags = [] if limit is None else ["--max-invalid", limit]
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "replay", "-", "--dry-run", *flags],
+        input=b'{"mpid": 1}\nnot json\n{"mpid": 2}\n',
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == code, result.stderr
+    assert (b"--max-invalid" in result.stderr) == (code == 1)
+
+
+# The three cases of issue 16: the line, what `mpcio dry-run` prints on stdout (event ids are
+# checked for shape: their value is a hash) and the note it prints on stderr.
+GIFT = {"type": "person", "identifiers": {"email": "gift@example.com"}}
+CASES = {
+    "user-tag": (
+        {"mpid": 108, "environment": "production", "timestamp_unixtime_ms": 1764400000000,
+         "user_identities": [{"identity_type": "email", "identity": "vip@example.com"}],
+         "user_attributes": {"$FirstName": "Val", "platinum_member": None}, "events": []},
+        [{"type": "person", "identifiers": {"email": "vip@example.com"}, "action": "identify",
+          "attributes": {"email": "vip@example.com", "first_name": "Val",
+                         "platinum_member": True},
+          "timestamp": 1764400000}],
+        None,
+    ),
+    "event-data-routing-keys": (
+        {"mpid": 109, "environment": "production", "timestamp_unixtime_ms": 1764400000000,
+         "user_identities": [{"identity_type": "email", "identity": "gift@example.com"}],
+         "events": [{"event_type": "custom_event", "data": {
+             "event_name": "Gift", "source_message_id": "m-1",
+             "custom_attributes": {"recipient": "Mom", "reply_to": "n/a", "sku": "G-1"}}}]},
+        [{**GIFT, "action": "identify", "attributes": {"email": "gift@example.com"},
+          "timestamp": 1764400000},
+         {**GIFT, "action": "event", "name": "Gift", "id": "<ulid>", "timestamp": 1764400000,
+          "attributes": {"mp_recipient": "Mom", "mp_reply_to": "n/a", "sku": "G-1"}}],
+        "line 1: note: mpid 109: event_data_name_renamed=2",
+    ),
+    "placeholder-email": (
+        {"mpid": 110, "environment": "production", "timestamp_unixtime_ms": 1764400000000,
+         "user_identities": [{"identity_type": "email", "identity": "N/A"}],
+         "events": [{"event_type": "custom_event", "data": {"event_name": "Viewed"}}]},
+        [],
+        "line 1: note: mpid 110: not forwarded: skipped_no_email; email_invalid=1",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_dry_run_prints_the_right_items_for_the_three_real_world_cases(case: str) -> None:
+    document, expected, note = CASES[case]
+    result = _dry_run("-", stdin=_lines(document))
+    assert result.returncode == 0
+    printed = _items(result)
+    for item in printed:
+        if "id" in item:
+            assert re.fullmatch(r"[0-7][0-9A-HJKMNP-TV-Z]{25}", item["id"])
+            item["id"] = "<ulid>"
+    assert printed == expected
+    notes = result.stderr.decode().splitlines()[:-1]  # the last line is the summary
+    assert notes == ([] if note is None else [note])

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,14 +24,9 @@ from app.emulator import (
 from app.emulator.recording import RequestRecord
 from app.emulator.server import SHUTDOWN_TIMEOUT_SECONDS
 from app.emulator.validation import MAX_ITEM_BYTES, MAX_REQUEST_BYTES
+from app.reference import CUSTOMERIO_OPENAPI_FILE, load_json
+from tests.unit.conftest import API_KEY, SITE_ID
 
-OPENAPI = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "reference"
-    / "customerio-track-api-openapi.json"
-)
-SITE_ID, API_KEY = "site-1", "key-1"
 AUTH = {"Authorization": aiohttp.encode_basic_auth(SITE_ID, API_KEY)}
 ULIDS = [f"01HZX3B9Q5K8M2N4P6R7S8T9{suffix}" for suffix in ("V0", "V1", "V2", "V3", "V4", "V5")]
 TS = 1_700_000_000
@@ -51,18 +43,6 @@ TRACK_ROUTES = [
     ("POST", "/api/v1/customers/42/unsuppress"),
     ("GET", "/api/v2/no-such-route"),
 ]
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[RunningEmulator]:
-    async with running_emulator(EmulatorConfig(SITE_ID, API_KEY)) as running:
-        yield running
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def call(
@@ -208,10 +188,8 @@ async def test_region_reports_the_configured_workspace(http: aiohttp.ClientSessi
 
 @pytest.fixture(scope="module")
 def openapi_item_validator() -> Draft202012Validator:
-    if not OPENAPI.exists():
-        pytest.skip(f"Customer.io OpenAPI spec not found at {OPENAPI}")
     uri = "urn:customerio-track-api"
-    document = json.loads(OPENAPI.read_text(encoding="utf-8"))
+    document = load_json(CUSTOMERIO_OPENAPI_FILE)
     registry: Registry[Any] = Registry().with_resource(
         uri, Resource.from_contents(document, default_specification=DRAFT202012)
     )
@@ -223,9 +201,7 @@ def openapi_item_validator() -> Draft202012Validator:
 
 
 def openapi_person_examples() -> list[dict[str, Any]]:
-    if not OPENAPI.exists():
-        return []
-    schemas = json.loads(OPENAPI.read_text(encoding="utf-8"))["components"]["schemas"]
+    schemas = load_json(CUSTOMERIO_OPENAPI_FILE)["components"]["schemas"]
     names = ["identify_person", "person_event", "person_screen", "person_page", "person_delete",
              "person_suppress", "person_unsuppress", "person_add_device",
              "person_delete_device"]  # fmt: skip
@@ -259,8 +235,6 @@ async def test_openapi_examples_are_accepted(
     emulator: RunningEmulator, http: aiohttp.ClientSession
 ) -> None:
     examples = openapi_person_examples()
-    if not examples:
-        pytest.skip("Customer.io OpenAPI spec not found")
     assert await batch(http, emulator, examples) == (200, {})
     assert emulator.state.stats()["items_accepted"] == len(examples)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,8 +21,8 @@ from app.mparticle import (
     int64_text,
     parse_record,
 )
+from app.reference import MPARTICLE_SAMPLE_FILE, read_bytes
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 BATCH_MS = 1_700_000_000_000
 
 
@@ -222,6 +221,32 @@ def test_accepts_identities_as_object_map(
 def test_accepts_identities_null_or_absent(fields: dict[str, Any]) -> None:
     batch = parse_one(**fields)
     assert (batch.email, batch.customer_id) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    ["N/A", "none", "-", "null", "jane.example.com", "jane@", "@example.com", "a b@example.com",
+     "jane@example", "jane@localhost", "jane@@example.com"],
+)  # fmt: skip
+@pytest.mark.parametrize("shape", ["array", "map"])
+def test_email_identity_that_is_not_an_address_is_no_email(placeholder: str, shape: str) -> None:
+    identities: Any = (
+        [{"identity_type": "email", "identity": placeholder},
+         {"identity_type": "customer_id", "identity": "c-1"}]
+        if shape == "array" else {"email": placeholder, "customer_id": "c-1"}
+    )  # fmt: skip
+    batch = parse_one(user_identities=identities)
+    assert (batch.email, batch.customer_id) == (None, "c-1")
+    assert batch.ignored == {"email_invalid": 1}
+
+
+@pytest.mark.parametrize(
+    "address", ["ann@example.com", " Ann.Lee+tag@Example.co.uk ", "ü@exämple.de", "a@b.io"]
+)
+def test_valid_email_identity_is_kept_trimmed(address: str) -> None:
+    batch = parse_one(user_identities={"email": address})
+    assert batch.email == address.strip()
+    assert batch.ignored == {}
 
 
 def test_malformed_identity_entries_are_ignored_and_counted() -> None:
@@ -573,10 +598,7 @@ def test_rejection_detail_does_not_echo_identities() -> None:
 
 
 def test_parses_reference_sample() -> None:
-    sample = REFERENCE / "mparticle-eventsapi-sample.json"
-    if not sample.exists():
-        pytest.skip(f"reference sample not found at {sample}")
-    (batch,) = parse_record(sample.read_bytes())
+    (batch,) = parse_record(read_bytes(MPARTICLE_SAMPLE_FILE))
     assert batch.mpid == "-7636538281262557000"
     assert batch.environment == "development"
     assert batch.customer_id == "123456"

@@ -4,7 +4,9 @@
 - folding a batch twice gives the state of folding it once;
 - a redelivered record (already in the stored state) produces nothing; the same batch sent
   again sends no identify and, without in-batch opt-outs, the same event ids;
-- every item emitted satisfies Customer.io's limits.
+- every item emitted satisfies Customer.io's limits;
+- in-batch opt-out order: which events are forwarded depends on event times, not on the
+  order of the events in the batch, and matches a model of "newest decision at or before".
 """
 
 from __future__ import annotations
@@ -142,9 +144,9 @@ def test_fold_is_idempotent(raw: dict[str, Any]) -> None:
 def test_redelivered_record_sends_nothing(raw: dict[str, Any]) -> None:
     """A record redelivered after its state was stored produces no operation at all.
 
-    Replaying it against the stored state could: opt-outs inside the batch are ordered by event
-    time in the state but by position in the batch, so a second pass can forward an event the
-    first suppressed. The pipeline therefore skips records it already applied."""
+    Replaying it against the stored state could: the second pass starts from the batch's final
+    opt-out decision, which may be newer than some of its events, so it can suppress an event
+    the first pass forwarded. The pipeline therefore skips records it already applied."""
     value = orjson.dumps(raw)
     (batch,) = parse_record(value)
     key = batch.mpid.encode()  # mParticle's key: the batch is processed, not re-keyed
@@ -196,3 +198,52 @@ def test_every_item_respects_customerio_limits(raw: dict[str, Any]) -> None:
             assert len(item["name"].encode()) <= 100
             assert isinstance(item.get("timestamp", 0), int)
             assert len(orjson.dumps(item.get("attributes", {}))) <= 100_000
+
+
+@st.composite
+def opt_out_timelines(draw: st.DrawFn) -> list[tuple[str, int, bool]]:
+    """(kind, distinct time, opted out) for custom events and opt-out / opt-in events."""
+    size = draw(st.integers(1, 8))
+    times = draw(st.lists(st.integers(0, 10_000), min_size=size, max_size=size, unique=True))
+    return [
+        (draw(st.sampled_from(["custom_event", "opt_out"])), time, draw(st.booleans()))
+        for time in times
+    ]
+
+
+@PROFILE
+@given(opt_out_timelines(), st.randoms(use_true_random=False))
+def test_opt_out_order_follows_event_time_whatever_the_batch_order(
+    timeline: list[tuple[str, int, bool]], shuffle: Any
+) -> None:
+    """Model: an event is forwarded unless the newest opt-out decision at or before its time
+    says "opted out"; the state ends with the newest decision. Any order of the batch's events
+    gives that result (the transform and the state follow one rule)."""
+    base_ms = 1_764_400_000_000
+
+    def event(kind: str, at: int, flag: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {"timestamp_unixtime_ms": base_ms + at}
+        if kind == "opt_out":
+            data["is_opted_out"] = flag
+        else:
+            data["event_name"] = f"e{at}"
+        return {"event_type": kind, "data": data}
+
+    decisions = sorted((at, flag) for kind, at, flag in timeline if kind == "opt_out")
+    expected = sorted(
+        f"e{at}"
+        for kind, at, _ in timeline
+        if kind == "custom_event"
+        and not next((flag for when, flag in reversed(decisions) if when <= at), False)
+    )
+    events = [event(*entry) for entry in timeline]
+    for _ in range(2):
+        raw = {"mpid": 1, "timestamp_unixtime_ms": base_ms,
+               "user_identities": {"email": "ann@example.com"}, "events": events}  # fmt: skip
+        (batch,) = parse_record(orjson.dumps(raw))
+        result = transform(batch, None, SETTINGS)
+        forwarded = sorted(op.item["name"] for op in result.operations if op.action == "event")
+        assert forwarded == expected
+        assert result.state is not None
+        assert result.state.opted_out is (decisions[-1][1] if decisions else False)
+        events = shuffle.sample(events, len(events))

@@ -105,6 +105,21 @@ async def test_bad_lines_are_reported_by_number_and_skipped() -> None:
     assert sender.flushed_at == [2]  # flushed once, at the end
 
 
+@pytest.mark.parametrize(
+    ("max_invalid", "sent", "invalid", "stopped"),
+    [(None, 3, 2, False), (2, 3, 2, False), (1, 2, 2, True), (0, 1, 1, True)],
+)
+async def test_max_invalid_stops_at_the_next_invalid_line(
+    max_invalid: int | None, sent: int, invalid: int, stopped: bool
+) -> None:
+    lines = [b'{"mpid": 1}', b"bad", b'{"mpid": 2}', b"bad", b'{"mpid": 3}']
+    sender = FakeSender()
+    summary = await replay_lines(lines, sender, io.StringIO(), max_invalid=max_invalid)
+    assert (summary.sent, summary.invalid, summary.stopped) == (sent, invalid, stopped)
+    assert len(sender.sent) == sent
+    assert sender.flushed_at == [sent]  # what was sent is flushed even when stopped
+
+
 async def test_flushes_periodically_not_per_record() -> None:
     sender = FakeSender()
     lines = [b'{"mpid": %d}' % i for i in range(10)]

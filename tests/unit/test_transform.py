@@ -3,8 +3,6 @@ validation of every produced item against Customer.io's OpenAPI /api/v2/batch sc
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,14 +12,16 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from app.mparticle import Batch, parse_batch, parse_record
+from app.reference import CUSTOMERIO_OPENAPI_FILE, MPARTICLE_SAMPLE_FILE, load_json, read_bytes
 from app.settings import Settings
 from app.state import UserState
 from app.transform import (
     LIMIT_ATTRIBUTE_NAME,
-    LIMIT_ATTRIBUTE_RESERVED,
+    LIMIT_ATTRIBUTE_RENAMED,
     LIMIT_ATTRIBUTE_VALUE_CUT,
     LIMIT_ATTRIBUTE_VALUE_DROPPED,
     LIMIT_EVENT_DATA_DROPPED,
+    LIMIT_EVENT_DATA_RENAMED,
     LIMIT_EVENT_NAME_CUT,
     LIMIT_IDENTIFY_SPLIT,
     LIMIT_PERSON_ID,
@@ -32,7 +32,6 @@ from app.transform import (
     transform,
 )
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 T0 = 1_700_000_000_000
 EMAIL = "ann@example.com"
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
@@ -197,8 +196,10 @@ def test_rule_04_reserved_key_wins_over_custom_key_with_the_same_output_name() -
 
 def test_rule_04_user_attribute_cannot_override_forwarder_attributes() -> None:
     (result,) = run([make_batch(user_attributes={"email": "x@evil.io", "unsubscribed": False})])
-    assert attributes(result) == {"email": EMAIL}
-    assert result.limits[LIMIT_ATTRIBUTE_RESERVED] == 2
+    assert attributes(result) == {
+        "email": EMAIL, "mp_email": "x@evil.io", "mp_unsubscribed": False,
+    }  # fmt: skip
+    assert result.limits[LIMIT_ATTRIBUTE_RENAMED] == 2
 
 
 def test_rule_04_changing_include_setting_sends_identify() -> None:
@@ -377,7 +378,9 @@ def test_rule_08_same_batch_twice_sends_no_second_identify_and_same_event_ids() 
 
 
 def test_rule_09_opt_out_sends_unsubscribed_and_suppresses_events() -> None:
-    (result,) = run([make_batch(events=[custom("before"), opt_out(True), custom("after")])])
+    (result,) = run(
+        [make_batch(events=[custom("before"), opt_out(True), custom("after", at=T0 - 500)])]
+    )
     assert [(item["action"], item.get("name")) for item in items(result)] == [
         ("identify", None),
         ("event", "before"),
@@ -450,6 +453,32 @@ def test_rule_09_opt_out_not_repeated_on_redelivery() -> None:
     batch = make_batch(events=[opt_out(True)])
     _, second = run([batch, batch])
     assert second.operations == []
+
+
+@pytest.mark.parametrize(
+    ("events", "forwarded"),
+    [
+        pytest.param([custom("late", at=T0 + 10), opt_out(True, at=T0 + 5)], [],
+                     id="opt-out-listed-after-a-later-event-suppresses-it"),
+        pytest.param([opt_out(True, at=T0 + 10), custom("early", at=T0 + 5)], ["early"],
+                     id="opt-out-listed-before-an-earlier-event-does-not-suppress-it"),
+        pytest.param([custom("a", at=T0), opt_out(True, at=T0), custom("b", at=T0)], ["a"],
+                     id="same-time-follows-positions"),
+        pytest.param([opt_out(True, at=T0 + 1), opt_out(False, at=T0 + 3), custom("x", at=T0 + 2),
+                      custom("y", at=T0 + 4)], ["y"], id="each-event-sees-the-decision-before-it"),
+    ],
+)  # fmt: skip
+def test_opt_out_order_is_event_time_then_position_for_state_and_events(
+    events: list[dict[str, Any]], forwarded: list[str]
+) -> None:
+    """One rule (docs/mapping.md §4): the state's final decision and each event's suppression
+    both follow (event time, position), whatever the order of the events in the batch."""
+    (result,) = run([make_batch(events=events)])
+    assert [item["name"] for item in items(result) if item["action"] == "event"] == forwarded
+    newest = max((e for e in events if e["event_type"] == "opt_out"),
+                 key=lambda e: e["data"]["timestamp_unixtime_ms"])  # fmt: skip
+    assert result.state is not None
+    assert result.state.opted_out is newest["data"]["is_opted_out"]
 
 
 # --- rule 10 ---------------------------------------------------------------------------------
@@ -626,15 +655,118 @@ def test_payload_is_the_json_of_the_item() -> None:
         assert operation.action == operation.item["action"]
 
 
+# --- issue 16: real-world data ---------------------------------------------------------------
+
+
+def test_case_1_user_tag_is_sent_as_true_not_null() -> None:
+    """mParticle stores a user tag as a null-valued attribute; Customer.io reads null as
+    "remove", so the tag is sent as ``true``."""
+    (parsed,) = parse_record(orjson.dumps({
+        "mpid": 108, "environment": "production", "timestamp_unixtime_ms": 1764400000000,
+        "user_identities": [{"identity_type": "email", "identity": "vip@example.com"}],
+        "user_attributes": {"$FirstName": "Val", "platinum_member": None}, "events": [],
+    }))  # fmt: skip
+    (identify,) = transform(parsed, None, DEFAULT).operations
+    assert identify.item["attributes"] == {
+        "email": "vip@example.com", "first_name": "Val", "platinum_member": True,
+    }  # fmt: skip
+
+
+def test_case_2_event_data_routing_keys_are_renamed() -> None:
+    """``recipient`` / ``reply_to`` / ``from_address`` re-address Customer.io's messages
+    (OpenAPI person_event): the app's own data is kept as ``mp_<key>``."""
+    data = {"recipient": "Mom", "reply_to": "n/a", "from_address": "x@example.com", "sku": "G-1"}
+    (result,) = run([make_batch(events=[custom("Gift", custom_attributes=data)])])
+    (event,) = [item for item in items(result) if item["action"] == "event"]
+    assert event["attributes"] == {
+        "mp_recipient": "Mom", "mp_reply_to": "n/a", "mp_from_address": "x@example.com",
+        "sku": "G-1",
+    }  # fmt: skip
+    assert result.limits[LIMIT_EVENT_DATA_RENAMED] == 3
+
+
+def test_case_2_an_own_mp_key_is_not_overwritten() -> None:
+    data = {"recipient": "Mom", "mp_recipient": "kept"}
+    (result,) = run([make_batch(events=[custom("Gift", custom_attributes=data)])])
+    assert items(result)[-1]["attributes"] == {"mp_recipient": "kept"}
+
+
+def test_case_3_placeholder_email_is_no_email_and_a_later_valid_one_works() -> None:
+    placeholder = parse_batch({"mpid": 7, "timestamp_unixtime_ms": T0,
+                               "user_identities": [{"identity_type": "email", "identity": "N/A"}],
+                               "events": [custom("Viewed")]})  # fmt: skip
+    assert placeholder.email is None
+    assert placeholder.ignored == {"email_invalid": 1}
+    first = transform(placeholder, None, DEFAULT)
+    assert (first.operations, first.outcome) == ([], "skipped_no_email")
+    later = make_batch(at=T0 + 1, email="val@example.com", events=[custom("Bought", at=T0 + 1)])
+    second = transform(later, first.state, DEFAULT)
+    assert [item["identifiers"] for item in items(second)] == [{"email": "val@example.com"}] * 2
+
+
+@pytest.mark.parametrize(
+    ("name", "sent_as"),
+    [("id", "mp_id"), ("email", "mp_email"), ("cio_id", "mp_cio_id"), ("phone", "mp_phone"),
+     ("anonymous_id", "mp_anonymous_id"), ("created_at", "mp_created_at"),
+     ("unsubscribed", "mp_unsubscribed"), ("first_name", "mp_first_name"),
+     ("SegmentMembership", "mp_SegmentMembership"), ("_update", "mp__update"),
+     ("_timestamp", "mp__timestamp"), ("cio_subscription_preferences",
+      "mp_cio_subscription_preferences"),
+     ("cio_subscription_preferences.topics.topic_1",
+      "mp_cio_subscription_preferences.topics.topic_1"),
+     ("email.work", "mp_email.work"),
+     ("Email", "Email"), ("plan", "plan"), ("mobile", "mobile"), ("emails", "emails")],
+)  # fmt: skip
+def test_reserved_person_attribute_names_are_renamed_and_counted(name: str, sent_as: str) -> None:
+    (result,) = run([make_batch(user_attributes={name: "v"})])
+    assert attributes(result)[sent_as] == "v"
+    assert result.limits.get(LIMIT_ATTRIBUTE_RENAMED, 0) == (sent_as != name)
+
+
+def test_deleting_a_reserved_name_deletes_its_renamed_attribute() -> None:
+    (result,) = run([make_batch(deleted_user_attributes=["email", "_update"])])
+    assert attributes(result) == {"email": EMAIL, "mp_email": "", "mp__update": ""}
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        pytest.param(None, True, id="null-is-a-tag"),
+        pytest.param("text", "text", id="string"),
+        pytest.param("", "", id="empty-string"),
+        pytest.param(42, 42, id="integer"),
+        pytest.param(2**53, 2**53, id="integer-at-2^53"),
+        pytest.param(2**53 + 1, "9007199254740993", id="integer-beyond-2^53-as-text"),
+        pytest.param(-(2**60), str(-(2**60)), id="negative-integer-beyond-2^53-as-text"),
+        pytest.param(1.5, 1.5, id="float"),
+        pytest.param(False, False, id="bool"),
+        pytest.param(["a", 1, True], ["a", 1, True], id="list"),
+        pytest.param([], [], id="empty-list"),
+    ],
+)
+def test_every_json_value_kind_has_a_customerio_form(value: Any, sent: Any) -> None:
+    (result,) = run([make_batch(user_attributes={"x": value})])
+    assert attributes(result)["x"] == sent
+    assert type(attributes(result)["x"]) is type(sent)
+
+
+@pytest.mark.parametrize(
+    "value", [{"nested": 1}, [{"a": 1}], [["a"]], ["a", None]], ids=["object", "list-of-objects",
+                                                                    "list-of-lists", "list-null"]
+)  # fmt: skip
+def test_values_that_are_not_mparticle_attribute_values_are_not_sent(value: Any) -> None:
+    (result,) = run([make_batch(user_attributes={"x": value, "y": 1})])
+    assert "x" not in attributes(result)
+    assert result.state is not None
+    assert make_batch(user_attributes={"x": value}).ignored == {"attribute_value_invalid": 1}
+
+
 # --- OpenAPI validation ----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def batch_validator() -> Any:
-    spec_path = REFERENCE / "customerio-track-api-openapi.json"
-    if not spec_path.exists():
-        pytest.skip(f"Customer.io OpenAPI spec not found at {spec_path}")
-    document = json.loads(spec_path.read_text(encoding="utf-8"))
+    document = load_json(CUSTOMERIO_OPENAPI_FILE)
     uri = "urn:customerio-track-api"
     registry: Registry[Any] = Registry().with_resource(
         uri, Resource.from_contents(document, default_specification=DRAFT202012)
@@ -667,11 +799,9 @@ def every_kind_of_operation() -> list[Operation]:
         make_batch(at=T0 + 3, user_attributes={f"a{index}": index for index in range(400)}),
     ]  # fmt: skip
     operations = [op for result in run(batches, config) for op in result.operations]
-    sample = REFERENCE / "mparticle-eventsapi-sample.json"
-    if sample.exists():
-        for batch in parse_record(sample.read_bytes()):
-            batch.email = EMAIL
-            operations.extend(transform(batch, None, config).operations)
+    for batch in parse_record(read_bytes(MPARTICLE_SAMPLE_FILE)):
+        batch.email = EMAIL
+        operations.extend(transform(batch, None, config).operations)
     return operations
 
 
@@ -703,7 +833,10 @@ def test_identify_carries_the_update_time_so_late_requests_cannot_overwrite() ->
     from app.settings import load_settings  # noqa: PLC0415
     from app.transform import transform  # noqa: PLC0415
 
-    raw = b'{"mpid": 1, "timestamp_unixtime_ms": 1764400000999, "user_identities": {"email": "a"}}'
+    raw = (
+        b'{"mpid": 1, "timestamp_unixtime_ms": 1764400000999,'
+        b' "user_identities": {"email": "a@example.com"}}'
+    )
     (batch,) = parse_record(raw)
     (identify,) = transform(batch, None, load_settings(forwarding_enabled=False)).operations
     assert identify.item["timestamp"] == 1_764_400_000

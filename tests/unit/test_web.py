@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import orjson
+from aiohttp import web as aiohttp_web
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Gauge
 
-from app.logs import mask_email
+from app.masking import Masker
 from app.metrics import LagGauge, build_labels, partition_lag
 from app.settings import load_settings
 from app.state import FirstSeen, UserState, decode_state, encode_state
-from app.web import decide_readiness, kafka_partition, not_found_json, user_json
+from app.web import (
+    Access,
+    access_middleware,
+    decide_access,
+    decide_readiness,
+    kafka_partition,
+    not_found_json,
+    user_json,
+)
 
 RUNNING = {"ingest_batches": "running", "ingest_audiences": "running"}
 
@@ -84,13 +94,14 @@ def test_readiness_json_names_the_first_reason() -> None:
     ).as_json() == {"ready": True}
 
 
-def test_user_view_masks_emails_and_shows_the_rest() -> None:
+def test_user_view_masks_every_personal_value_by_default() -> None:
     state = UserState(
         email="Ada@Example.com",
         customer_id="cust-ada",
         person_id="ada@example.com",
         first_name="Ada",
-        attributes={"plan": "pro"},
+        last_name="Lovelace",
+        attributes={"plan": "pro", "age": 36},
         audiences={"123": "VIPs"},
         opted_out=True,
         opt_out_at_ms=1_764_400_000_000,
@@ -99,24 +110,40 @@ def test_user_view_masks_emails_and_shows_the_rest() -> None:
         last_seen_ms=1_764_400_000_500,
         sent_digest=b"x",
     )
-    view = user_json("42", decode_state(encode_state(state)))
-    assert view["email"] == mask_email("ada@example.com")
-    assert view["person_id"] == mask_email("ada@example.com")
-    assert "@" not in orjson.dumps(view).decode()
-    assert view["customer_id"] == "cust-ada"
-    assert view["attributes"] == {"plan": "pro"}
+    masker = Masker("k" * 32)
+    view = user_json("42", decode_state(encode_state(state)), masker)
+    assert view["email"] == masker.email("ada@example.com")
+    assert view["person_id"] == masker.email("ada@example.com")
+    assert view["customer_id"] == masker.value("cust-ada")
+    assert view["first_name"] == masker.value("Ada")
+    assert view["attributes"] == {"plan": masker.value("pro"), "age": masker.value(36)}
+    text = orjson.dumps(view).decode()
+    for raw in ("@", "Ada", "Lovelace", "cust-ada", '"pro"', "36"):
+        assert raw not in text
     assert view["audiences"] == {"123": "VIPs"}
-    assert view["opted_out"] is True
-    assert view["opt_out_at"] == "2025-11-29T07:06:40.000+00:00"
-    assert view["first_seen"] == {"ios": {"at": "2025-11-24T16:00:00.000+00:00", "install": True}}
-    assert view["last_device_type"] == "ios"
-    assert view["created_at"] == "2025-11-24T16:00:00.000+00:00"
-    assert view["identify_sent"] is True
+    assert view["masked"] is True
+    unmasked = user_json("42", decode_state(encode_state(state)), None)
+    assert unmasked["first_name"] == "Ada"
+    assert unmasked["attributes"] == {"plan": "pro", "age": 36}
 
 
-def test_user_view_keeps_a_customer_id_person_id_and_empty_fields() -> None:
-    view = user_json("7", UserState(customer_id="c-7", person_id="c-7"))
-    assert view["person_id"] == "c-7"
+def test_metrics_and_health_are_open_everything_else_needs_the_token() -> None:
+    token = "t" * 24
+    assert decide_access("/metrics", None, None) is Access.OPEN
+    assert decide_access("/health/ready", None, token) is Access.OPEN
+    assert decide_access("/users/{mpid}", None, None) is Access.OFF
+    assert decide_access("/table/{name}/", f"Bearer {token}", None) is Access.OFF
+    assert decide_access("/users/{mpid}", None, token) is Access.UNAUTHORIZED
+    assert decide_access("/users/{mpid}", "Bearer wrong", token) is Access.UNAUTHORIZED
+    assert decide_access("/users/{mpid}", f"Basic {token}", token) is Access.UNAUTHORIZED
+    assert decide_access("/", f"bearer  {token} ", token) is Access.ALLOWED
+    assert decide_access("/users/{mpid}", f"Bearer {token}", token) is Access.ALLOWED
+
+
+def test_user_view_masks_a_customer_id_person_id_and_keeps_empty_fields() -> None:
+    masker = Masker("k" * 32)
+    view = user_json("7", UserState(customer_id="c-7", person_id="c-7"), masker)
+    assert view["person_id"] == view["customer_id"] == masker.value("c-7")
     assert view["email"] is None
     assert view["last_seen"] is None
     assert view["identify_sent"] is False
@@ -171,3 +198,37 @@ def test_build_labels_carry_settings_but_no_secret() -> None:
     text = " ".join(labels.values())
     for secret in ("key-very-secret", "site-secretish", "pw@"):
         assert secret not in text
+
+
+async def test_the_guard_applies_to_the_matched_route_whatever_the_url_spelling() -> None:
+    token = "t" * 24
+
+    async def ok(request: aiohttp_web.Request) -> aiohttp_web.Response:
+        return aiohttp_web.Response(text="secret state")
+
+    async def served(guard_token: str | None) -> dict[tuple[str, str], int]:
+        app = aiohttp_web.Application(middlewares=[access_middleware(guard_token)])
+        app.router.add_get("/metrics", ok)
+        app.router.add_get("/users/{mpid}", ok)
+        statuses = {}
+        async with TestClient(TestServer(app)) as client:
+            for path in ("/metrics", "/users/1", "/health/../users/1", "/users/%31", "/nope"):
+                for role, headers in (
+                    ("none", {}),
+                    ("token", {"Authorization": f"Bearer {token}"}),
+                ):
+                    async with client.get(path, headers=headers) as answer:
+                        statuses[path, role] = answer.status
+                        if answer.status != 200:
+                            assert "secret state" not in await answer.text()
+        return statuses
+
+    guarded = await served(token)
+    assert guarded[("/metrics", "none")] == 200
+    for path in ("/users/1", "/health/../users/1", "/users/%31"):
+        assert guarded[(path, "none")] == 401
+        assert guarded[(path, "token")] == 200
+    assert guarded[("/nope", "token")] == 404
+    off = await served(None)
+    assert off[("/metrics", "none")] == 200
+    assert off[("/users/1", "token")] == off[("/users/1", "none")] == 404
