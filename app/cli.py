@@ -200,10 +200,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--sample",
-        type=int,
+        type=_positive_int,
         default=0,
         metavar="N",
-        help="also read the last N records of the batches topic and report their key forms",
+        help="also read N of the newest records of the batches topic and report their key forms",
     )
     check.set_defaults(handler=_cmd_check_config)
     return parser
@@ -445,6 +445,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     for check in checks:
         print(check.line())
     print(f"check-config: {summary(checks)}")
+    if any(check.settings_rejected for check in checks):
+        return EXIT_CONFIG
     return EXIT_FAILURE if any(check.failed for check in checks) else 0
 
 

@@ -227,7 +227,8 @@ def _count_written(plan: Plan) -> None:
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     """Run the ingress until SIGTERM/SIGINT: create missing topics, start the producer, serve.
 
-    Raises :class:`~app.errors.BrokerError` when Kafka cannot be reached at start. On a signal
+    Raises :class:`~app.errors.BrokerError` when Kafka cannot be reached at start
+    (:class:`~app.errors.ConfigError` when it rejects the TLS/SASL settings). On a signal
     it stops accepting, lets requests in flight finish (their writes complete or answer 503),
     then closes the producer."""
     from aiokafka import AIOKafkaProducer  # noqa: PLC0415
