@@ -34,6 +34,7 @@ from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 from app import metrics
 from app.deadletter_headers import dead_letter_record
 from app.faust_app import tracked_writes
+from app.logs import log_dead_letters, mask_mpid
 from app.pipeline import (
     STAGE_INGEST,
     IngestResult,
@@ -108,7 +109,17 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
             try:
                 result = process(event, position)
             except Exception as exc:  # a bug must not lose the record: dead-letter it
-                log.exception("ingest failed on %s", position)
+                log.exception(
+                    "ingest failed on %s",
+                    position,
+                    extra={
+                        "topic": position.topic,
+                        "partition": position.partition,
+                        "offset": position.offset,
+                        "mpid": mask_mpid(event.key),
+                        "reason": "internal_error",
+                    },
+                )
                 result = IngestResult(
                     dead_letters=[
                         dead_letter(
@@ -214,6 +225,7 @@ class RecordWriter:
             await send(
                 self.topics.deadletter.name, record.key, record.value, headers=record.headers
             )
+        log_dead_letters(log, result.dead_letters)
         for mpid, raw in result.rekeyed:
             await send(rekey_topic, mpid.encode(), raw)
         changes: list[tuple[Any, bytes, bytes | None]] = [

@@ -46,6 +46,7 @@ from app.customerio.delivery import FatalDeliveryError, Rejected, RetryPolicy, d
 from app.customerio.ratelimit import RateLimiter, workspace_share
 from app.deadletter_headers import dead_letter_record
 from app.errors import InvalidRecordError
+from app.logs import log_dead_letters
 from app.pipeline import SourcePosition, dead_letter, now_ms
 
 if TYPE_CHECKING:
@@ -291,6 +292,7 @@ class OperationsSink(Service):
                 )
             )
         await asyncio.gather(*futures)  # confirmed by the broker before any commit
+        log_dead_letters(log, letters)
 
     def _letter_for_rejected(self, rejected: Rejected[ItemRef]) -> bytes:
         ref = rejected.ref

@@ -1,13 +1,14 @@
 """``mpcio check-config``: does this configuration work, before the worker depends on it?
 
-Each check says ``ok`` with what it saw, or ``FAILED: <reason>``:
+Each check says ``ok`` with what it saw, ``FAILED: <reason>``, or ``skipped (<why>)`` when it
+was not run:
 
 - ``kafka``: a connection and metadata round trip with the configured security (TLS/SASL);
 - ``topics``: every topic of the deployment exists (the worker creates missing ones at
   start-up, so on a fresh cluster this fails until the first worker ran or they were created);
 - ``co-partitioning``: the three input topics have the same partition count;
 - ``customerio``: ``GET /auth`` with the configured site id, API key and region (or URL)
-  answers 200; skipped (and passing) when forwarding is disabled;
+  answers 200; skipped when forwarding is disabled;
 - ``key sample`` (only with ``--sample N``): N of the newest records of the batches topic (the
   newest N/partitions of each partition), counted by :func:`key_form` — how mParticle keys
   them and how many the worker would re-key.
@@ -20,7 +21,7 @@ Failure semantics: nothing raises for a failing check; every failure is a :class
 ``ok`` false, and ``settings_rejected`` true when the broker refused the configured TLS trust
 or credentials (wrong CA, host name not in the certificate, authentication failed): the
 command then exits 2 like any other configuration error. Checks that need a broker are
-reported as not run when it cannot be reached.
+skipped when it cannot be reached. Errors are in words, never Python reprs.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from app import masking
-from app.errors import BrokerError, ConfigError, InvalidRecordError
+from app.errors import BrokerError, ConfigError, InvalidRecordError, plain_kafka_error
 
 if TYPE_CHECKING:
     from app.customerio.classify import HttpAnswer, TransportFailure
@@ -42,24 +43,51 @@ KAFKA_TIMEOUT_SECONDS = 15.0
 
 @dataclass(frozen=True, slots=True)
 class Check:
+    """One verdict: passed (``ok``), failed, or not run (``skipped``, ``detail`` says why)."""
+
     name: str
     ok: bool
     detail: str
+    skipped: bool = False
+
+    @classmethod
+    def skip(cls, name: str, why: str) -> Check:
+        return cls(name, False, why, skipped=True)
+
+    @property
+    def failed(self) -> bool:
+        return not (self.ok or self.skipped)
+
     settings_rejected: bool = False
 
     def line(self) -> str:
-        """The printed line, masked: ``name: ok (detail)`` or ``name: FAILED: detail``."""
-        verdict = "ok" if self.ok else f"FAILED: {self.detail}"
-        detail = f" ({self.detail})" if self.ok and self.detail else ""
+        """The printed line, masked: ``name: ok (detail)``, ``name: FAILED: detail`` or
+        ``name: skipped (why)``."""
+        if self.failed:
+            return masking.active().text(f"{self.name + ':':<18} FAILED: {self.detail}")
+        verdict = "skipped" if self.skipped else "ok"
+        detail = f" ({self.detail})" if self.detail else ""
         return masking.active().text(f"{self.name + ':':<18} {verdict}{detail}")
+
+
+def summary(checks: list[Check]) -> str:
+    """``all checks passed``, or ``FAILED: kafka``, then ``(skipped: topics, …)`` if any."""
+    failed = [check.name for check in checks if check.failed]
+    skipped = [check.name for check in checks if check.skipped]
+    verdict = f"FAILED: {', '.join(failed)}" if failed else "all checks passed"
+    return verdict + (f" (skipped: {', '.join(skipped)})" if skipped else "")
 
 
 async def run_checks(settings: Settings, *, sample: int = 0) -> list[Check]:
     """Every check of the module docstring, in order (``key sample`` when ``sample`` > 0)."""
     checks = await check_kafka(settings)
     checks.append(await check_customerio(settings))
-    if sample > 0 and checks[0].ok:
-        checks.append(await check_key_sample(settings, sample))
+    if sample > 0:
+        checks.append(
+            await check_key_sample(settings, sample)
+            if checks[0].ok
+            else Check.skip("key sample", "no broker")
+        )
     return checks
 
 
@@ -152,9 +180,7 @@ async def check_kafka(settings: Settings) -> list[Check]:
         request_timeout_ms=int(KAFKA_TIMEOUT_SECONDS * 1000),
         **client_kwargs(settings),
     )
-    not_run = [
-        Check(name, False, "not checked: no broker") for name in ("topics", "co-partitioning")
-    ]
+    not_run = [Check.skip(name, "no broker") for name in ("topics", "co-partitioning")]
     try:
         async with asyncio.timeout(KAFKA_TIMEOUT_SECONDS * 2):
             await start_client(admin, settings)
@@ -170,8 +196,12 @@ async def check_kafka(settings: Settings) -> list[Check]:
             async with asyncio.timeout(KAFKA_TIMEOUT_SECONDS * 2):
                 cluster = await admin.describe_cluster()
                 counts = await partition_counts(admin, [spec.name for spec in topics.all()])
-        except (KafkaError, TimeoutError) as exc:
-            return [Check("kafka", False, f"metadata request failed: {exc!r}"), *not_run]
+        except KafkaError as exc:
+            reason = plain_kafka_error(exc)
+            return [Check("kafka", False, f"metadata request failed: {reason}"), *not_run]
+        except TimeoutError:
+            reason = f"no answer within {KAFKA_TIMEOUT_SECONDS * 2:.0f}s"
+            return [Check("kafka", False, f"metadata request failed: {reason}"), *not_run]
         brokers = len(cluster.get("brokers", ()))
         kafka = Check(
             "kafka",
@@ -219,7 +249,7 @@ async def check_customerio(settings: Settings) -> Check:
     from app.customerio.ratelimit import RateLimiter  # noqa: PLC0415
 
     if not settings.forwarding_enabled:
-        return Check("customerio", True, "skipped: MPCIO_FORWARDING_ENABLED is false")
+        return Check.skip("customerio", "MPCIO_FORWARDING_ENABLED is false")
     site_id, api_key = settings.customerio_site_id, settings.customerio_api_key
     if site_id is None or api_key is None:  # Settings requires both when forwarding
         return Check("customerio", False, "no credentials")

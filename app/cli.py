@@ -7,6 +7,9 @@ Every command validates the settings first; a configuration error prints one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import signal
 import sys
 import time
@@ -14,32 +17,87 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConfigError, MpcioError
-from app.settings import SECRET_FIELDS, Settings, load_settings
+import orjson
+
+from app.errors import (
+    ConfigError,
+    MpcioError,
+    is_kafka_error,
+    plain_kafka_error,
+    plain_os_error,
+)
+from app.logs import configure_logging
+from app.metrics import package_version
+from app.settings import (
+    ENV_PREFIX,
+    SECRET_FIELDS,
+    Settings,
+    load_settings,
+    unknown_variable_warnings,
+)
+
+log = logging.getLogger("mpcio")
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer stopped by SIGPIPE (128 + 13)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``mpcio`` console script."""
+    """Entry point of the ``mpcio`` console script.
+
+    Before the command runs: logging goes to stderr (text, or JSON when ``MPCIO_LOG_FORMAT``
+    is ``json``) and every unknown ``MPCIO_*`` variable is warned about once. Exit codes: 0 ok,
+    1 failure, 2 configuration error, 130 interrupted, 141 the reader of stdout went away
+    (``mpcio … | head``: the rest of the output is dropped quietly). An ``OSError`` or an
+    aiokafka error that reaches here is printed as one line in words, exit 1.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    configure_logging("WARNING", _log_format())
+    for warning in unknown_variable_warnings(os.environ):
+        log.warning("%s", warning)
     try:
         code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        code = _stdout_gone()
     except MpcioError as exc:
         print(f"mpcio: {exc}", file=sys.stderr)
         code = EXIT_CONFIG if exc.fatal else EXIT_FAILURE
     except KeyboardInterrupt:
         code = 130
+    except OSError as exc:  # the machine's answer (a port in use, a file missing): one line
+        print(f"mpcio: {plain_os_error(exc)}", file=sys.stderr)
+        code = EXIT_FAILURE
+    except Exception as exc:
+        if not is_kafka_error(exc):
+            raise  # a bug: its traceback is what a report needs
+        print(f"mpcio: Kafka error: {plain_kafka_error(exc)}", file=sys.stderr)
+        code = EXIT_FAILURE
     sys.exit(code)
+
+
+def _log_format() -> str:
+    """``MPCIO_LOG_FORMAT`` as given, for logging before (or without) the settings."""
+    return os.environ.get(ENV_PREFIX + "LOG_FORMAT", "text").strip().lower()
+
+
+def _stdout_gone() -> int:
+    """stdout's reader closed the pipe: point stdout at /dev/null so the interpreter's final
+    flush cannot raise again, and exit like a Unix filter killed by SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpcio", description="Self-hosted mParticle → Customer.io stream forwarder."
     )
+    parser.add_argument("--version", action="version", version=f"mpcio {package_version()}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     worker = commands.add_parser("worker", help="run the forwarder (production entry point)")
@@ -184,6 +242,14 @@ def _add_deadletter_parser(commands: Any) -> None:
     dl_list = actions.add_parser("list", help="one line per dead letter")
     _add_selection_flags(dl_list)
     dl_list.add_argument("--unmasked", action="store_true", help="show emails in details")
+    dl_list.add_argument(
+        "--json", action="store_true", help="JSON Lines: one object per dead letter, as show"
+    )
+    dl_list.add_argument(
+        "--newest-first",
+        action="store_true",
+        help="most recent failure first, across partitions (default: topic order)",
+    )
     dl_list.set_defaults(handler=_cmd_deadletter_list)
     dl_show = actions.add_parser("show", help="one dead letter in full, as JSON")
     dl_show.add_argument("position", metavar="PARTITION@OFFSET", type=_position)
@@ -293,7 +359,8 @@ def _cmd_metrics_check(args: argparse.Namespace) -> int:
     try:
         results = check_dashboard(args.prometheus, args.dashboard or DASHBOARD)
     except OSError as exc:
-        print(f"mpcio: cannot query Prometheus at {args.prometheus}: {exc}", file=sys.stderr)
+        reason = plain_os_error(exc)
+        print(f"mpcio: cannot query Prometheus at {args.prometheus}: {reason}", file=sys.stderr)
         return EXIT_FAILURE
     print(report(results))
     return 0 if all(result.ok for result in results) else EXIT_FAILURE
@@ -301,7 +368,6 @@ def _cmd_metrics_check(args: argparse.Namespace) -> int:
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
-    import logging  # noqa: PLC0415
 
     from app.emulator.faults import RateLimit, parse_faults  # noqa: PLC0415
     from app.emulator.server import EmulatorConfig, serve  # noqa: PLC0415
@@ -323,7 +389,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         faults=tuple(rules),
         seed=args.seed,
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging("INFO", _log_format())
     serve(config, host=args.host, port=args.port)
     return 0
 
@@ -358,7 +424,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
-    from app.checks import Check, run_checks  # noqa: PLC0415
+    from app.checks import Check, run_checks, summary  # noqa: PLC0415
 
     settings = _load_masked()
     for name, value in settings.redacted().items():
@@ -378,37 +444,41 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     checks = [Check("settings", True, ""), *asyncio.run(run_checks(settings, sample=args.sample))]
     for check in checks:
         print(check.line())
-    failed = [check.name for check in checks if not check.ok]
-    print(f"check-config: {'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'}")
+    print(f"check-config: {summary(checks)}")
     if any(check.settings_rejected for check in checks):
         return EXIT_CONFIG
-    return EXIT_FAILURE if failed else 0
+    return EXIT_FAILURE if any(check.failed for check in checks) else 0
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
-    from app.replay import replay_file  # noqa: PLC0415
+    from app.replay import ReplayStoppedError, replay_file  # noqa: PLC0415
 
     settings = _load_masked(forwarding_enabled=False)  # replay never talks to Customer.io
     topic = args.topic or settings.topic_batches
     _quiet_kafka_logs()
-    summary = asyncio.run(
-        replay_file(
-            settings,
-            args.file,
-            topic=topic,
-            rate=args.rate,
-            max_invalid=args.max_invalid,
-            dry_run=args.dry_run,
-            progress_interval=args.progress_every,
+    try:
+        summary = asyncio.run(
+            replay_file(
+                settings,
+                args.file,
+                topic=topic,
+                rate=args.rate,
+                max_invalid=args.max_invalid,
+                dry_run=args.dry_run,
+                progress_interval=args.progress_every,
+            )
         )
-    )
-    sent = (
-        f"{summary.sent} valid (dry run, nothing sent)"
-        if args.dry_run
-        else (f"sent {summary.sent} to {topic}")
-    )
+    except ReplayStoppedError as exc:
+        print(f"mpcio: {exc}", file=sys.stderr)
+        summary, stopped = exc.summary, True
+    else:
+        stopped = False
+    if args.dry_run:
+        sent = f"{summary.sent} valid (dry run, nothing sent)"
+    else:
+        sent = f"sent {summary.sent} to {topic}" + (" (acknowledged before the error)" * stopped)
     print(
         f"replay: {sent}, {summary.invalid} invalid, {summary.seconds:.2f} s, "
         f"{summary.rate:,.0f} records/s",
@@ -419,8 +489,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             f"replay: stopped: more than {args.max_invalid} invalid lines (--max-invalid)",
             file=sys.stderr,
         )
-        return EXIT_FAILURE
-    return 0
+    return EXIT_FAILURE if stopped or summary.stopped else 0
 
 
 def _selection(args: argparse.Namespace) -> Any:
@@ -442,17 +511,25 @@ def _selection(args: argparse.Namespace) -> Any:
 def _cmd_deadletter_list(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
-    from app.deadletters import list_line, select  # noqa: PLC0415
+    from app.deadletters import list_line, newest_first, select, show_document  # noqa: PLC0415
 
     settings = _load_masked(forwarding_enabled=False)
     selection = _selection(args)
     _quiet_kafka_logs()
 
+    def line(stored: Any) -> str:
+        if args.json:
+            return orjson.dumps(show_document(stored, masked=not args.unmasked)).decode()
+        return list_line(stored, masked=not args.unmasked)
+
     async def run() -> int:
         count = 0
-        async for stored in select(settings, selection):
-            print(list_line(stored, masked=not args.unmasked), flush=True)
-            count += 1
+        reader = (newest_first if args.newest_first else select)(settings, selection)
+        # closed here, even when printing fails, so the consumer stops before the loop ends
+        async with contextlib.aclosing(reader) as letters:
+            async for stored in letters:
+                print(line(stored), flush=True)
+                count += 1
         return count
 
     count = asyncio.run(run())
@@ -470,8 +547,10 @@ def _cmd_deadletter_show(args: argparse.Namespace) -> int:
     _quiet_kafka_logs()
 
     async def run() -> Any:
-        async for stored in select(settings, Selection(positions=frozenset({args.position}))):
-            return stored
+        reader = select(settings, Selection(positions=frozenset({args.position})))
+        async with contextlib.aclosing(reader) as letters:
+            async for stored in letters:
+                return stored
         return None
 
     stored = asyncio.run(run())
@@ -551,11 +630,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def settings_as_env(settings: Settings) -> dict[str, str]:
-    """``MPCIO_*`` variables that reproduce ``settings`` in a child process (secrets included)."""
+def settings_as_env(settings: Settings, *, changed_only: bool = False) -> dict[str, str]:
+    """``MPCIO_*`` variables that reproduce ``settings`` in a child process (secrets included);
+    ``changed_only``: only the settings that differ from their defaults."""
     env: dict[str, str] = {}
-    dumped = settings.model_dump(mode="json")
-    for name in sorted(SECRET_FIELDS):
+    dumped = settings.model_dump(mode="json", exclude_defaults=changed_only)
+    for name in sorted(SECRET_FIELDS & dumped.keys()):
         secret = getattr(settings, name)
         if secret is not None:
             dumped[name] = secret.get_secret_value()

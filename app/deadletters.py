@@ -2,7 +2,12 @@
 
 Reading never disturbs the worker: a plain consumer without a group is assigned every
 partition, reads from the beginning up to the end offsets captured when it started, and
-commits nothing. Positions are ``PARTITION@OFFSET`` in the dead-letter topic.
+commits nothing. Positions are ``PARTITION@OFFSET`` in the dead-letter topic. ``--since``
+seeks each partition by time (Kafka's ``offsets_for_times`` on the records' timestamps, which
+the producer sets when it writes the dead letter, after the failure) instead of reading the
+topic from its beginning, then keeps the records whose ``failed_at`` is recent enough.
+``--newest-first`` (:func:`newest_first`) orders by failure time across partitions, keeping
+only ``--limit`` records in memory when a limit is given.
 
 Redrive (:func:`plan_redrive`) sends a record back to where it can be processed again:
 ingest-stage records (raw mParticle, audience or erasure JSON) to their ``source_topic`` with
@@ -27,6 +32,8 @@ rather than stopping the listing.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import heapq
 import re
 import time
 from dataclasses import dataclass, field
@@ -274,10 +281,13 @@ def plan_redrive(
 
 
 async def read_dead_letters(
-    settings: Settings, positions: frozenset[Position] = frozenset()
+    settings: Settings,
+    positions: frozenset[Position] = frozenset(),
+    since_ms: int | None = None,
 ) -> AsyncGenerator[StoredLetter, None]:
-    """Every record of the dead-letter topic present when called, in partition/offset order
-    within each partition (only the partitions and offsets from ``positions`` when given)."""
+    """Every record of the dead-letter topic present when called, in offset order within each
+    partition (only the partitions and offsets from ``positions`` when given; only records
+    written at or after ``since_ms``, ms since the epoch, when given)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415 - heavy import
 
     from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
@@ -303,8 +313,16 @@ async def read_dead_letters(
         if not tps:
             return
         consumer.assign(tps)
+        by_time = (
+            None
+            if since_ms is None
+            else await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+        )
         begins, ends = _bounds(
-            await consumer.beginning_offsets(tps), await consumer.end_offsets(tps), positions
+            await consumer.beginning_offsets(tps),
+            await consumer.end_offsets(tps),
+            positions,
+            by_time,
         )
         for tp, start in begins.items():
             consumer.seek(tp, start)
@@ -336,15 +354,21 @@ async def read_dead_letters(
 
 
 def _bounds(
-    begins: dict[Any, int], ends: dict[Any, int], positions: frozenset[Position]
+    begins: dict[Any, int],
+    ends: dict[Any, int],
+    positions: frozenset[Position],
+    by_time: dict[Any, Any] | None = None,
 ) -> tuple[dict[Any, int], dict[Any, int]]:
-    """Where to start and stop reading each partition: all of it, or around ``positions``."""
+    """Where to start and stop reading each partition: all of it, or around ``positions``,
+    and not before the first record of ``by_time`` (``offsets_for_times``' answer)."""
     starts, stops = dict(begins), dict(ends)
     for tp, begin in begins.items():
         wanted = [pos.offset for pos in positions if pos.partition == tp.partition]
         if wanted:
             starts[tp] = max(begin, min(wanted))
             stops[tp] = min(ends[tp], max(wanted) + 1)
+    for tp, found in (by_time or {}).items():  # None: no record that recent in tp
+        starts[tp] = max(starts[tp], stops[tp] if found is None else found.offset)
     return starts, stops
 
 
@@ -355,7 +379,8 @@ async def select(settings: Settings, selection: Selection) -> AsyncGenerator[Sto
     count = 0
     if selection.limit is not None and selection.limit <= 0:
         return
-    async with contextlib.aclosing(read_dead_letters(settings, selection.positions)) as letters:
+    reader = read_dead_letters(settings, selection.positions, selection.since_ms)
+    async with contextlib.aclosing(reader) as letters:
         async for stored in letters:
             if not selection.matches(stored):
                 continue
@@ -363,6 +388,31 @@ async def select(settings: Settings, selection: Selection) -> AsyncGenerator[Sto
             count += 1
             if selection.limit is not None and count >= selection.limit:
                 return
+
+
+async def newest_first(
+    settings: Settings, selection: Selection
+) -> AsyncGenerator[StoredLetter, None]:
+    """The dead letters ``selection`` picks, most recent failure first (Kafka time for records
+    that do not decode), up to its limit; only ``limit`` records are held at a time."""
+    import contextlib  # noqa: PLC0415
+
+    def when(stored: StoredLetter) -> tuple[int, Position]:
+        failed = stored.letter["failed_at_ms"] if stored.letter else stored.timestamp_ms
+        return failed, stored.position
+
+    everything = dataclasses.replace(selection, limit=None)
+    # (time, position) is unique per record, so StoredLetter itself is never compared
+    kept: list[tuple[tuple[int, Position], StoredLetter]] = []
+    async with contextlib.aclosing(select(settings, everything)) as letters:
+        async for stored in letters:
+            entry = (when(stored), stored)
+            if selection.limit is None or len(kept) < selection.limit:
+                heapq.heappush(kept, entry)
+            else:
+                heapq.heappushpop(kept, entry)  # drops the oldest of limit + 1
+    for _, stored in sorted(kept, key=lambda entry: entry[0], reverse=True):
+        yield stored
 
 
 async def redrive(

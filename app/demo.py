@@ -18,6 +18,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from app.avro import codec
+from app.deadletters import Selection, StoredLetter, select
 from app.dryrun import dry_run
 from app.errors import MpcioError
 from app.kafka_admin import ensure_topics
@@ -45,6 +48,7 @@ SITE_ID, API_KEY = "demo-site", "demo-key"
 INGRESS_SECRET = "demo-ingress-secret"  # noqa: S105 - the local demo's own, printed nowhere
 DEMO_AUDIENCE = {"audience_id": 9001, "audience_name": "Demo VIPs"}
 WAIT_SECONDS = 90
+STOP_SECONDS = 30  # above the worker's own bounded stop
 
 
 class DemoError(MpcioError):
@@ -52,34 +56,30 @@ class DemoError(MpcioError):
 
 
 def run_demo(*, kafka_port: int | None, keep_running: bool, sample: Path = SAMPLE) -> None:
+    """Run the demo (module docstring). SIGTERM and SIGINT stop it at any point: every child
+    is stopped and the temp folder removed. When a part does not come up, the folder (with
+    the log the error names) is kept."""
     workdir = Path(tempfile.mkdtemp(prefix="mpcio-demo-"))
     lines = [line for line in sample.read_bytes().splitlines() if line.strip()]
-    with LocalKafka(port=kafka_port) as broker, local_emulator(workdir) as emulator:
-        emulator_url = emulator.url
-        print(
-            f"✓ Kafka {broker.version} on {broker.bootstrap} (started in {broker.started_in:.1f}s)"
-        )
-        print(f"✓ Customer.io emulator on {emulator_url} (pid {emulator.pid})")
-        web_port = free_port()
-        settings = Settings(
-            broker=broker.url,
-            store="memory://",
-            topic_partitions=4,
-            web_port=web_port,
-            customerio_site_id=SITE_ID,
-            customerio_api_key=API_KEY,
-            customerio_url=emulator_url,
-            batch_linger_ms=20,
-            data_dir=str(workdir / "data"),
-            ingress_secret=INGRESS_SECRET,
-            ingress_port=free_port(),
-            one_attribute_per_audience=True,
-        )
-        topics = topics_for(settings)
-        asyncio.run(ensure_topics(settings.bootstrap_servers, topics))
-        with _worker(settings, workdir / "worker.log") as worker:
+    keep_logs = False
+    try:
+        with _stopped_by_signals(), contextlib.ExitStack() as stack:
+            # close() is registered before start(): a signal during start-up stops Java too
+            broker = LocalKafka(port=kafka_port, data_dir=workdir / "kafka")
+            stack.callback(broker.close)
+            broker.start()
+            print(
+                f"✓ Kafka {broker.version} on {broker.bootstrap} "
+                f"(started in {broker.started_in:.1f}s)"
+            )
+            emulator = stack.enter_context(local_emulator(workdir))
+            print(f"✓ Customer.io emulator on {emulator.url} (pid {emulator.pid})")
+            settings = _settings(broker, emulator.url, workdir)
+            topics = topics_for(settings)
+            asyncio.run(ensure_topics(settings.bootstrap_servers, topics))
+            worker = stack.enter_context(_worker(settings, workdir / "worker.log"))
             # the worker listens on MPCIO_WEB_HOST exactly: shown once it answers there
-            web_url = f"http://{settings.web_host}:{web_port}"
+            web_url = f"http://{settings.web_host}:{settings.web_port}"
             _wait_until(
                 lambda: _get(web_url, "/health/live") is not None,
                 WAIT_SECONDS,
@@ -90,16 +90,72 @@ def run_demo(*, kafka_port: int | None, keep_running: bool, sample: Path = SAMPL
             asyncio.run(_produce(settings, topics.batches.name, lines))
             print(f"→ produced {len(lines)} records from {sample.name} to {topics.batches.name}")
             expected = _expected_events(lines, settings)
-            _show_progress(emulator_url, expected, worker, workdir / "worker.log")
-            with _worker(settings, workdir / "ingress.log", command="ingress") as ingress:
-                _firehose_tour(settings, emulator_url, lines, ingress, workdir / "ingress.log")
-                _report(emulator_url, settings)
-                if keep_running:
-                    print("\nEverything keeps running; Ctrl-C stops it.")
-                    with contextlib.suppress(KeyboardInterrupt):
-                        while worker.poll() is None:
-                            time.sleep(0.5)
-    print("✓ stopped the ingress, the worker, the emulator and Kafka")
+            _show_progress(emulator.url, expected, worker, workdir / "worker.log")
+            ingress_log = workdir / "ingress.log"
+            ingress = stack.enter_context(_worker(settings, ingress_log, command="ingress"))
+            _firehose_tour(settings, emulator.url, lines, ingress, ingress_log)
+            _report(emulator.url, settings)
+            if keep_running:
+                _keep_running(settings, workdir, worker)
+    except DemoError:
+        keep_logs = True
+        raise
+    finally:
+        if not keep_logs:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"✓ stopped the ingress, the worker, the emulator and Kafka; removed {workdir}")
+
+
+def _settings(broker: LocalKafka, emulator_url: str, workdir: Path) -> Settings:
+    return Settings(
+        broker=broker.url,
+        store="memory://",
+        topic_partitions=4,
+        web_port=free_port(),
+        customerio_site_id=SITE_ID,
+        customerio_api_key=API_KEY,
+        customerio_url=emulator_url,
+        batch_linger_ms=20,
+        data_dir=str(workdir / "data"),
+        ingress_secret=INGRESS_SECRET,
+        ingress_port=free_port(),
+        one_attribute_per_audience=True,
+    )
+
+
+def _keep_running(settings: Settings, workdir: Path, worker: subprocess.Popen[bytes]) -> None:
+    """Print how to reach the running stack, then wait for Ctrl-C/SIGTERM (or the worker's
+    exit)."""
+    from app.cli import settings_as_env  # noqa: PLC0415 - avoid a cycle at import time
+
+    print(f"\nEverything keeps running (logs in {workdir}); Ctrl-C stops it.")
+    print("To explore it from another shell (the emulator's demo key, not a real secret):")
+    for name, value in sorted(settings_as_env(settings, changed_only=True).items()):
+        if name != "MPCIO_INGRESS_SECRET":  # the ingress is the demo's own: no need to reach it
+            print(f"  export {name}={shlex.quote(value)}")
+    print("  mpcio deadletter list; mpcio check-config")
+    sys.stdout.flush()
+    with contextlib.suppress(KeyboardInterrupt):
+        while worker.poll() is None:
+            time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`KeyboardInterrupt` once, so every ``with`` block unwinds
+    and stops what it started; further signals are ignored while that cleanup runs."""
+
+    def stop(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,25 +168,9 @@ class LocalEmulator:
 def local_emulator(workdir: Path) -> Iterator[LocalEmulator]:
     """The Customer.io emulator in a subprocess (log in ``workdir``), stopped on exit."""
     port = free_port()
-    log = (workdir / "emulator.log").open("wb")
-    process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed argv
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "emulator",
-            "--port",
-            str(port),
-            "--site-id",
-            SITE_ID,
-            "--api-key",
-            API_KEY,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    argv = ["emulator", "--port", str(port), "--site-id", SITE_ID, "--api-key", API_KEY]
+    with _child(argv, workdir / "emulator.log") as process:
+        url = f"http://127.0.0.1:{port}"
         _wait_until(
             lambda: _get(url, "/_emulator/stats") is not None,
             30,
@@ -138,10 +178,6 @@ def local_emulator(workdir: Path) -> Iterator[LocalEmulator]:
             workdir / "emulator.log",
         )
         yield LocalEmulator(url, process.pid)
-    finally:
-        process.terminate()
-        process.wait(15)
-        log.close()
 
 
 @contextlib.contextmanager
@@ -151,22 +187,32 @@ def _worker(
     """``mpcio <command>`` (the worker, or the ingress) in a subprocess, stopped on exit."""
     from app.cli import settings_as_env  # noqa: PLC0415 - avoid a cycle at import time
 
-    log = log_path.open("wb")
-    process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed argv
-        [sys.executable, "-m", "app", command],
-        env={**os.environ, **settings_as_env(settings)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with _child([command], log_path, env=settings_as_env(settings)) as process:
         yield process
-    finally:
-        process.terminate()
+
+
+@contextlib.contextmanager
+def _child(
+    argv: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``mpcio <argv>`` in a subprocess logging to ``log_path`` (``env`` added to ours);
+    on exit SIGTERM, then SIGKILL after :data:`STOP_SECONDS`."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed argv
+            [sys.executable, "-m", "app", *argv],
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 async def _produce(settings: Settings, topic: str, lines: list[bytes]) -> None:
@@ -337,30 +383,17 @@ def _report(url: str, settings: Settings) -> None:
         )
     letters = asyncio.run(_dead_letters(settings))
     print(f"\nDead letters ({len(letters)}) in {settings.topic_deadletter}:")
-    for letter in letters:
-        where = f"p{letter['source_partition']}@{letter['source_offset']}"
-        print(f"  {where:>7}  {letter['reason']}: {letter['detail']}")
+    for stored in letters:
+        letter = stored.letter or {"reason": "not a dead letter", "detail": stored.error}
+        print(f"  {stored.position!s:>5}  {letter['reason']}: {letter['detail']}")
+    if letters:
+        print(f"  (mpcio deadletter show {letters[0].position} shows one in full)")
 
 
-async def _dead_letters(settings: Settings) -> list[dict[str, Any]]:
-    from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
-
-    consumer = AIOKafkaConsumer(
-        settings.topic_deadletter,
-        bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    letters: list[dict[str, Any]] = []
-    try:
-        for _ in range(3):  # the topic is small: a few fetches reach its end
-            batch = await consumer.getmany(timeout_ms=1000)
-            for records in batch.values():
-                letters.extend(codec("dead_letter").decode(r.value) for r in records if r.value)
-    finally:
-        await consumer.stop()
-    return sorted(letters, key=lambda letter: letter["source_offset"] or 0)
+async def _dead_letters(settings: Settings) -> list[StoredLetter]:
+    """Every dead letter, in topic order, named by its position in the dead-letter topic."""
+    async with contextlib.aclosing(select(settings, Selection())) as letters:
+        return [stored async for stored in letters]
 
 
 def _get(url: str, path: str) -> Any:

@@ -8,6 +8,8 @@ code.
 
 from __future__ import annotations
 
+import re
+
 
 class MpcioError(Exception):
     """Root of every error the forwarder raises on purpose."""
@@ -45,3 +47,37 @@ class LocalKafkaError(MpcioError):
     """The local development broker could not be fetched or started."""
 
     fatal = True
+
+
+def is_kafka_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of aiokafka's errors (checked by module: no heavy import)."""
+    return type(exc).__module__.startswith("aiokafka")
+
+
+_KAFKA_WORDS = {
+    "KafkaError": "error",
+    "KafkaTimeoutError": "timed out",
+    "KafkaConnectionError": "connection failed",
+}
+
+
+def plain_kafka_error(exc: BaseException) -> str:
+    """An aiokafka error in words, without its class-name prefixes: ``RequestTimedOutError`` →
+    ``request timed out``, then its message when it says more than its class name."""
+    name = type(exc).__name__
+    words = (
+        _KAFKA_WORDS.get(name)
+        or re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name.removesuffix("Error")).lower()
+    )
+    text = re.sub(r"^(\[Error \d+\] )?\w+(: |$)", "", str(exc).strip())
+    return f"{words}: {text}" if text else words
+
+
+def plain_os_error(exc: OSError) -> str:
+    """An operating-system error in words, without Python's ``[Errno N]`` prefix; for urllib's
+    ``URLError``, the network error it wraps (``Connection refused``)."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str):
+        return reason
+    inner = reason if isinstance(reason, OSError) else exc
+    return re.sub(r"^\[Errno -?\d+\] ", "", str(inner)) or type(inner).__name__

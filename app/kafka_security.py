@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from app.errors import BrokerError, ConfigError, MpcioError
+from app.errors import BrokerError, ConfigError, MpcioError, is_kafka_error, plain_kafka_error
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -176,7 +176,7 @@ async def connection_problem(
 def describe_connection_error(exc: BaseException) -> ConnectionProblem:
     """A short operator-facing reason for a failed Kafka connection, and whether the broker
     rejected the settings (see :class:`ConnectionProblem`)."""
-    text = str(exc) or type(exc).__name__
+    text = plain_kafka_error(exc) if is_kafka_error(exc) else str(exc) or type(exc).__name__
     lowered = text.lower()
     if (certificate := _certificate_problem(exc)) is not None:
         return certificate

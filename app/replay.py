@@ -9,14 +9,18 @@ gzip-compressed (detected by its magic bytes or a ``.gz`` name).
 
 Records are handed to the producer without waiting for each one; the producer is flushed (and
 every delivery checked) every :data:`FLUSH_EVERY` records and at the end, which keeps replay
-at tens of thousands of records per second on a local broker.
+at tens of thousands of records per second on a local broker. The summary counts as sent only
+the records Kafka acknowledged.
 
 Failure semantics: an invalid line (not JSON, not an object or array of objects, no usable
 mpid, ...) is reported on ``errors`` as ``line N: <reason>: <detail>`` (emails masked) and
 skipped; with ``max_invalid`` (``--max-invalid N``) the replay stops at the (N+1)th invalid
 line, after flushing what was sent, and ``ReplaySummary.stopped`` says so (the CLI exits 1).
 A file that cannot be read raises :class:`ReplayInputError` (after flushing what was already
-sent); a record Kafka does not accept raises :class:`~app.errors.BrokerError`.
+sent). When Kafka stops accepting records (a broker lost mid-replay), the records in flight
+are flushed and counted, then one :class:`ReplayStoppedError` says why, carrying the summary
+of what was acknowledged; every delivery outcome is read, so no "exception was never
+retrieved" warning is printed for the records that failed.
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from app import masking
-from app.errors import BrokerError, InvalidRecordError, MpcioError
+from app.errors import (
+    BrokerError,
+    InvalidRecordError,
+    MpcioError,
+    is_kafka_error,
+    plain_kafka_error,
+)
 from app.mparticle import parse_record
 
 if TYPE_CHECKING:
@@ -48,10 +58,18 @@ class ReplayInputError(MpcioError):
     """The input file cannot be opened or read (or is a broken gzip stream)."""
 
 
+class ReplayStoppedError(BrokerError):
+    """Kafka stopped accepting records; ``summary`` counts what it acknowledged before."""
+
+    def __init__(self, message: str, summary: ReplaySummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 @dataclass(slots=True)
 class ReplaySummary:
     lines: int = 0  # non-blank lines read
-    sent: int = 0  # records sent (or, in a dry run, that would be sent)
+    sent: int = 0  # records Kafka acknowledged (in a dry run: that would be sent)
     invalid: int = 0
     seconds: float = 0.0
     stopped: bool = False  # more than max_invalid invalid lines: the rest was not read
@@ -114,14 +132,22 @@ class ReplaySource:
             self._raw.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Flushed:
+    """What one flush confirmed: records acknowledged, and why others were not (None: all)."""
+
+    acknowledged: int
+    error: str | None = None
+
+
 class Sender(Protocol):
     async def send(self, key: bytes, value: bytes) -> None: ...
 
-    async def flush(self) -> None: ...
+    async def flush(self) -> Flushed: ...
 
 
 class KafkaSender:
-    """Sends without awaiting each delivery; :meth:`flush` waits and checks them all."""
+    """Sends without awaiting each delivery; :meth:`flush` waits for them all and counts."""
 
     def __init__(self, producer: Any, topic: str) -> None:
         self.producer = producer
@@ -129,15 +155,38 @@ class KafkaSender:
         self._pending: list[asyncio.Future[Any]] = []
 
     async def send(self, key: bytes, value: bytes) -> None:
-        self._pending.append(await self.producer.send(self.topic, value, key=key))
+        """Hand one record to the producer; :class:`BrokerError` if it refuses it."""
+        try:
+            future = await self.producer.send(self.topic, value, key=key)
+        except Exception as exc:
+            if not is_kafka_error(exc):
+                raise
+            raise BrokerError(
+                f"Kafka stopped taking records for {self.topic}: {plain_kafka_error(exc)}"
+            ) from None
+        future.add_done_callback(_outcome_read)
+        self._pending.append(future)
 
-    async def flush(self) -> None:
+    async def flush(self) -> Flushed:
+        """Wait until every record sent since the last flush is acknowledged or failed."""
         pending, self._pending = self._pending, []
         await self.producer.flush()
-        for future in pending:
-            if future.done() and future.exception() is not None:
-                error = future.exception()
-                raise BrokerError(f"Kafka did not accept a record for {self.topic}: {error}")
+        failed = [f.exception() for f in pending if not f.done() or f.exception() is not None]
+        if not failed:
+            return Flushed(len(pending))
+        first = failed[0]
+        reason = "no answer" if first is None else plain_kafka_error(first)
+        return Flushed(
+            len(pending) - len(failed),
+            f"Kafka did not acknowledge {len(failed):,} record(s) for {self.topic}: {reason}",
+        )
+
+
+def _outcome_read(future: asyncio.Future[Any]) -> None:
+    """Marks a failed delivery's exception as read: :meth:`KafkaSender.flush` reports the
+    failures as one error, so asyncio must not print one warning per record."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Progress:
@@ -217,41 +266,70 @@ async def replay_lines(
     """Validate, key and send every line (``sender`` None: validate only, a dry run).
 
     ``rate`` caps records per second; more than ``max_invalid`` invalid lines stop the replay
-    (``stopped``). Whatever was sent is flushed before this returns or raises.
+    (``stopped``). Whatever was sent is flushed before this returns or raises;
+    ``summary.sent`` counts the records the sender acknowledged. When the sender fails,
+    raises :class:`ReplayStoppedError` (with that summary) after the flush.
     """
     summary = ReplaySummary()
     started = clock()
+    handed = 0  # records given to the sender; acknowledged ones are counted at each flush
+    failure: str | None = None
     try:
-        for number, line in enumerate(lines, start=1):
-            value = line.strip()
-            if not value:
-                continue
-            summary.lines += 1
-            try:
-                key = record_key(value)
-            except InvalidRecordError as exc:
-                summary.invalid += 1
-                errors.write(f"line {number}: {exc.reason}: {masking.active().text(exc.detail)}\n")
-                if max_invalid is not None and summary.invalid > max_invalid:
-                    summary.stopped = True
-                    break
-                continue
-            if rate is not None and (ahead := started + summary.sent / rate - clock()) > 0:
-                await sleep(ahead)  # pacing to --rate, not synchronisation
-            if sender is not None:
-                await sender.send(key, value)
-                if (summary.sent + 1) % flush_every == 0:
-                    await sender.flush()
-            summary.sent += 1
-            if progress is not None:
-                progress.tick(summary.sent)
+        try:
+            for number, line in enumerate(lines, start=1):
+                value = line.strip()
+                if not value or (key := _checked_key(number, value, summary, errors)) is None:
+                    if max_invalid is not None and summary.invalid > max_invalid:
+                        summary.stopped = True
+                        break
+                    continue
+                await _pace(started + handed / rate - clock() if rate else 0.0, sleep)
+                handed += 1
+                if sender is not None:
+                    await sender.send(key, value)
+                    if handed % flush_every == 0 and (error := await _flush(sender, summary)):
+                        raise BrokerError(error)
+                if progress is not None:
+                    progress.tick(handed)
+        finally:
+            failure = None if sender is None else await _flush(sender, summary)
+    except BrokerError as exc:
+        failure = failure or str(exc)
     finally:
-        if sender is not None:
-            await sender.flush()
+        if sender is None:  # a dry run: every valid record would be sent
+            summary.sent = handed
         summary.seconds = clock() - started
         if progress is not None:
             progress.done()
+    if failure is not None:
+        raise ReplayStoppedError(failure, summary)
     return summary
+
+
+async def _pace(ahead: float, sleep: Callable[[float], Awaitable[None]]) -> None:
+    """Wait ``ahead`` seconds when ahead of ``--rate`` (pacing, not synchronisation)."""
+    if ahead > 0:
+        await sleep(ahead)
+
+
+def _checked_key(
+    number: int, value: bytes, summary: ReplaySummary, errors: IO[str]
+) -> bytes | None:
+    """The record's key, or None after reporting line ``number`` as invalid on ``errors``."""
+    summary.lines += 1
+    try:
+        return record_key(value)
+    except InvalidRecordError as exc:
+        summary.invalid += 1
+        errors.write(f"line {number}: {exc.reason}: {masking.active().text(exc.detail)}\n")
+        return None
+
+
+async def _flush(sender: Sender, summary: ReplaySummary) -> str | None:
+    """Flush, count the acknowledged records; why some were not (None: all were)."""
+    flushed = await sender.flush()
+    summary.sent += flushed.acknowledged
+    return flushed.error
 
 
 async def replay_file(

@@ -5,6 +5,11 @@ working directory), is validated once at start-up, and is never logged with its 
 Customer.io API key and the Kafka SASL password are :class:`~pydantic.SecretStr` and
 :meth:`Settings.redacted` is what logs show.
 
+Secrets can also be mounted as files, the Docker/Kubernetes way: ``MPCIO_<SECRET>_FILE`` names
+a file whose content (one trailing newline removed) is the secret, for every secret setting
+(:data:`SECRET_FIELDS`). :func:`unknown_variable_warnings` names ``MPCIO_*`` variables that
+are no setting (typos), with the nearest valid name.
+
 Failure semantics: :func:`load_settings` raises :class:`~app.errors.ConfigError` with one line
 per invalid variable, each naming the ``MPCIO_*`` variable; the CLI prints it and exits 2 before
 anything connects to Kafka or Customer.io.
@@ -12,13 +17,24 @@ anything connects to Kafka or Customer.io.
 
 from __future__ import annotations
 
+import difflib
+import os
+import typing
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from app.errors import ConfigError
 
@@ -278,6 +294,24 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     log_format: Literal["text", "json"] = Field("text")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """pydantic-settings' order, with ``MPCIO_<SECRET>_FILE`` after the environment."""
+        return (
+            init_settings,
+            env_settings,
+            SecretFilesSource(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
     @field_validator("environments", mode="before")
     @classmethod
     def _split_environments(cls, value: Any) -> Any:
@@ -442,10 +476,81 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def _is_secret(field: FieldInfo) -> bool:
+    annotation = field.annotation
+    return annotation is SecretStr or SecretStr in typing.get_args(annotation)
+
+
 #: Settings whose values are secret (SecretStr): never printed, logged or echoed in errors.
 SECRET_FIELDS = frozenset(
-    {"customerio_api_key", "kafka_sasl_password", "ingress_secret", "support_token", "mask_key"}
+    name for name, field in Settings.model_fields.items() if _is_secret(field)
 )
+FILE_SUFFIX = "_FILE"
+# Read by the code outside Settings (app/localkafka.py: where the Kafka jars are cached).
+OTHER_VARIABLES = frozenset({ENV_PREFIX + "KAFKA_CACHE"})
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """``MPCIO_<SECRET>_FILE=/run/secrets/x``: the secret is the file's content.
+
+    Raises :class:`~app.errors.ConfigError` (one line naming the variable) when the file
+    cannot be read or is empty, or when both ``MPCIO_<SECRET>`` and its ``_FILE`` are set.
+    Only the process environment is looked at, with the names in upper case.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # noqa: ARG002 - the base class API
+        return None, field_name, False  # every value comes from __call__
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in sorted(SECRET_FIELDS):
+            var = ENV_PREFIX + name.upper()
+            path = os.environ.get(var + FILE_SUFFIX)
+            if not path:
+                continue
+            if os.environ.get(var):
+                raise ConfigError(f"set {var} or {var}{FILE_SUFFIX}, not both")
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise ConfigError(
+                    f"invalid setting {var}{FILE_SUFFIX}: cannot read {path}: {reason}"
+                ) from None
+            secret = text.removesuffix("\n").removesuffix("\r")
+            if not secret.strip():
+                raise ConfigError(f"invalid setting {var}{FILE_SUFFIX}: {path} is empty")
+            values[name] = secret
+        return values
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``MPCIO_*`` name mpcio reads: the settings, the secrets' ``_FILE`` variants and
+    :data:`OTHER_VARIABLES`."""
+    settings = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    files = {ENV_PREFIX + name.upper() + FILE_SUFFIX for name in SECRET_FIELDS}
+    return frozenset(settings | files | OTHER_VARIABLES)
+
+
+def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``MPCIO_*`` variable of ``environ`` that mpcio does not read, naming the
+    nearest valid name when one is close (difflib); sorted by name."""
+    known = known_variables()
+    # compared without the shared prefix, which would make every name look close
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        line = f"{name} is not an mpcio setting and is ignored"
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), suffixes, n=1)
+        if close:
+            line += f"; did you mean {suffixes[close[0]]}?"
+        lines.append(line)
+    return lines
+
+
 #: Shortest support token or mask key accepted (a guessable token protects nothing).
 MIN_SECRET_LENGTH = 16
 

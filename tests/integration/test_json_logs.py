@@ -56,7 +56,10 @@ async def test_json_logs_are_json_lines_without_emails_or_keys(
 ) -> None:
     records = workload.batches(users=20, batches_per_user=2, events_per_batch=2)
     assert any(EMAIL.search(value.decode()) for _, value in records)
-    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, records)
+    invalid = b'{"mpid": 4242, "user_identities": {"email": "eve@example.com"}, "events": {}}'
+    await produce(
+        deployment.kafka.bootstrap, deployment.topics.batches.name, [*records, (b"4242", invalid)]
+    )
     json_env = {**deployment.env, "MPCIO_LOG_FORMAT": "json", "MPCIO_LOG_LEVEL": "INFO"}
 
     bad = SplitWorker(
@@ -78,6 +81,7 @@ async def test_json_logs_are_json_lines_without_emails_or_keys(
     await good.stop()
 
     levels = set()
+    entries = []
     for worker in (bad, good):
         stderr = worker.output()
         lines = [line for line in stderr.splitlines() if line.strip()]
@@ -86,10 +90,20 @@ async def test_json_logs_are_json_lines_without_emails_or_keys(
             entry = json.loads(line)  # every line is one JSON object
             assert isinstance(entry, dict), line
             assert {"time", "level", "logger", "message"} <= entry.keys(), line
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"]), line
             levels.add(entry["level"])
+            entries.append(entry)
         everything = stderr + worker.stdout_path.read_text(errors="replace")
         assert not EMAIL.search(everything), EMAIL.search(everything)
         assert WRONG_KEY not in everything
         assert API_KEY not in everything
     assert "ERROR" in levels  # the bad-credentials phase logged its error
+    # the invalid record's dead letter is logged with its context as JSON fields
+    letter = next(e for e in entries if e.get("reason") == "events_not_a_list")
+    assert letter["topic"] == deployment.topics.batches.name
+    assert isinstance(letter["partition"], int)
+    assert isinstance(letter["offset"], int)
+    assert letter["stage"] == "ingest"
+    assert letter["mpid"].startswith("<value:")  # the worker's keyed hash of the mpid
+    assert "4242" not in letter["mpid"]
     assert any("delivery stopped" in line for line in bad.output().splitlines())

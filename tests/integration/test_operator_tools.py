@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import os
 import re
+import sys
 import time
 from typing import TYPE_CHECKING
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.avro import codec
 from app.emulator.faults import parse_faults
+from app.localkafka import LocalKafka
 from app.pipeline import SourcePosition, dead_letter
 from tests.integration import workload
 from tests.integration.cli import mpcio
@@ -31,7 +36,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from app.emulator.server import RunningEmulator
-    from app.localkafka import LocalKafka
     from tests.integration.conftest import Deployment, Names
 
 pytestmark = pytest.mark.integration
@@ -124,6 +128,77 @@ async def test_replay_fails_with_one_line_when_kafka_or_file_is_missing(
     assert missing.code == 1
     assert missing.err.strip().startswith("mpcio: cannot read ")
     assert len(missing.err.strip().splitlines()) == 1
+
+
+async def test_replay_on_broker_loss_fails_once_and_counts_only_acknowledged(
+    names: Names, tmp_path: Path
+) -> None:
+    """A broker of this test's own (not the session's) is SIGKILLed mid-replay, then
+    restarted on its data to count what landed."""
+    broker = LocalKafka(data_dir=tmp_path / "kafka")
+    await asyncio.to_thread(broker.start)
+    try:
+        topic = names.topic("batches")
+        await create_topics(broker.bootstrap, [topic], partitions=2)
+        source = tmp_path / "many.jsonl"
+        source.write_bytes(b"".join(b'{"mpid": %d}\n' % n for n in range(1, 300_001)))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "app",
+            "replay",
+            str(source),
+            "--topic",
+            topic,
+            "--rate",
+            "2000",
+            "--progress-every",
+            "0.2",
+            env={**os.environ, **worker_env(broker.url, names.prefix, 0), "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        seen: list[str] = []
+        try:
+            async with asyncio.timeout(180):
+                while not re.search(r"replay: \d{1,3},\d{3} sent", seen[-1] if seen else ""):
+                    line = (await process.stderr.readline()).decode()
+                    assert line, "replay ended before the broker was lost:\n" + "".join(seen)
+                    seen.append(line)
+                await asyncio.to_thread(broker.kill)  # the broker is lost mid-replay
+                rest = (await process.stderr.read()).decode()
+                code = await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        err = "".join(seen) + rest
+        assert code == 1, err
+        errors = [line for line in err.splitlines() if line.startswith("mpcio:")]
+        assert len(errors) == 1, err
+        assert "Kafka" in errors[0]
+        assert "Traceback" not in err
+        assert "never retrieved" not in err
+        summary = re.search(
+            r"^replay: sent (\d+) to \S+ \(acknowledged before the error\)", err, re.MULTILINE
+        )
+        assert summary, err
+        acknowledged = int(summary.group(1))
+        assert acknowledged > 0
+
+        await asyncio.to_thread(broker.start)  # the same data: count what landed
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in (0, 1)]
+            landed = sum((await consumer.end_offsets(partitions)).values())
+        finally:
+            await consumer.stop()
+        assert landed >= acknowledged  # every record counted as sent is in Kafka
+    finally:
+        await asyncio.to_thread(broker.close)
 
 
 def _letter(**fields: object) -> bytes:
@@ -264,6 +339,69 @@ async def test_deadletter_list_show_and_redrive(kafka: LocalKafka, names: Names)
     assert "1 would be sent (dry run), 0 skipped" in chosen.err
 
 
+async def test_deadletter_list_json_newest_first_since_by_time_and_a_closed_pipe(
+    kafka: LocalKafka, names: Names
+) -> None:
+    env = _env(kafka, names)
+    deadletter = names.topic("deadletter")
+    await create_topics(kafka.bootstrap, [deadletter], partitions=2)
+    now = int(time.time() * 1000)
+    hour = 3_600_000
+    big = b'{"note": "' + b"x" * 300_000 + b'"}'  # far more than a pipe buffers
+    # (partition, Kafka timestamp, failed_at, reason); "stale" failed recently but was written
+    # with an old Kafka timestamp: only a scan (not a seek by time) would find it for --since
+    letters = [
+        (0, now - 240 * hour, now, "stale"),
+        (0, now, now - 2 * hour, "two_hours"),
+        (1, now, now - 1 * hour, "one_hour"),
+        (1, now, now - 3 * hour, "three_hours"),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for partition, written, failed, reason in letters:
+            value = _letter(reason=reason, failed_at_ms=failed, payload=big)
+            await producer.send_and_wait(
+                deadletter, value, partition=partition, timestamp_ms=written
+            )
+    finally:
+        await producer.stop()
+
+    listed = await mpcio("deadletter", "list", "--json", env=env)
+    assert listed.code == 0, listed.err
+    documents = [json.loads(line) for line in listed.out.splitlines()]
+    assert sorted(d["reason"] for d in documents) == sorted(r for *_, r in letters)
+    assert {d["position"] for d in documents} == {"0@0", "0@1", "1@0", "1@1"}
+    assert all(d["stage"] == "ingest" for d in documents)
+
+    newest = await mpcio("deadletter", "list", "--json", "--newest-first", env=env)
+    order = [json.loads(line)["reason"] for line in newest.out.splitlines()]
+    assert order == ["stale", "one_hour", "two_hours", "three_hours"]
+    top = await mpcio("deadletter", "list", "--newest-first", "--limit", "2", env=env)
+    assert [line.split()[3] for line in top.out.splitlines()] == ["stale", "one_hour"]
+
+    recent = await mpcio("deadletter", "list", "--json", "--since", "150m", env=env)
+    assert recent.code == 0, recent.err
+    assert sorted(json.loads(line)["reason"] for line in recent.out.splitlines()) == [
+        "one_hour",
+        "two_hours",
+    ]
+
+    for command in ("deadletter show 1@0", "deadletter list --json"):
+        piped = await asyncio.create_subprocess_exec(
+            "bash",
+            "-c",
+            f"{sys.executable} -m app {command} | head -n 2 >/dev/null; exit ${{PIPESTATUS[0]}}",
+            env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(piped.communicate(), 120)
+        assert piped.returncode == 141, (command, err.decode())
+        assert b"Traceback" not in err
+        assert b"Exception ignored" not in err
+
+
 async def test_redriven_sink_letter_reaches_customerio(
     deployment: Deployment, emulator: RunningEmulator
 ) -> None:
@@ -360,7 +498,8 @@ async def test_check_config_reaches_kafka_and_customerio(
     assert f"FAILED: missing {other}-operations (mpcio worker creates them)" in split.out
     assert re.search(r"^co-partitioning: +FAILED: input topics differ", split.out, re.MULTILINE)
     assert f"{other}-audiences=2" in split.out
-    assert re.search(r"^customerio: +ok \(skipped", split.out, re.MULTILINE)
+    assert re.search(r"^customerio: +skipped \(MPCIO_FORWARDING_ENABLED", split.out, re.MULTILINE)
+    assert "FAILED: topics, co-partitioning (skipped: customerio)" in split.out
 
     down = await mpcio(
         "check-config", env={**deployment.env, "MPCIO_BROKER": "kafka://127.0.0.1:1"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.checks import Check, check_customerio, check_kafka, key_form
+from app.checks import Check, check_customerio, check_kafka, key_form, summary
 from app.emulator.server import EmulatorConfig, running_emulator
 from app.settings import load_settings
 
@@ -34,8 +34,9 @@ async def test_customerio_check_accepts_good_and_rejects_bad_credentials() -> No
 
 async def test_customerio_check_is_skipped_when_forwarding_is_off() -> None:
     check = await check_customerio(load_settings(forwarding_enabled=False))
-    assert check.ok
-    assert "skipped" in check.detail
+    assert check.skipped
+    assert not check.failed
+    assert check.line() == "customerio:        skipped (MPCIO_FORWARDING_ENABLED is false)"
 
 
 async def test_customerio_unreachable_is_a_failure() -> None:
@@ -48,13 +49,15 @@ async def test_kafka_checks_fail_clearly_without_a_broker() -> None:
     checks = await check_kafka(
         load_settings(forwarding_enabled=False, broker="kafka://127.0.0.1:1")
     )
-    assert [(c.name, c.ok) for c in checks] == [
-        ("kafka", False),
-        ("topics", False),
-        ("co-partitioning", False),
+    assert [(c.name, c.failed, c.skipped) for c in checks] == [
+        ("kafka", True, False),
+        ("topics", False, True),
+        ("co-partitioning", False, True),
     ]
     assert "connection refused" in checks[0].detail
-    assert checks[1].detail == "not checked: no broker"
+    assert checks[1].line() == "topics:            skipped (no broker)"
+    assert summary(checks) == "FAILED: kafka (skipped: topics, co-partitioning)"
+    assert summary(checks[1:]) == "all checks passed (skipped: topics, co-partitioning)"
 
 
 def test_check_lines_have_a_clear_verdict() -> None:

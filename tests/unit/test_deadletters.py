@@ -14,6 +14,7 @@ from app.deadletters import (
     Position,
     Selection,
     StoredLetter,
+    _bounds,
     decode_stored,
     iso_time,
     list_line,
@@ -168,3 +169,18 @@ def test_records_that_are_not_dead_letters_are_listed_not_fatal() -> None:
     assert "not a dead letter" in list_line(odd)
     assert isinstance(plan_redrive(odd, SETTINGS), str)
     assert not Selection(reasons=frozenset({"x"})).matches(odd)
+
+
+def test_since_seeks_each_partition_by_time() -> None:
+    from aiokafka import TopicPartition  # noqa: PLC0415
+    from aiokafka.structs import OffsetAndTimestamp  # noqa: PLC0415
+
+    p0, p1, p2 = (TopicPartition("dl", p) for p in range(3))
+    begins, ends = {p0: 0, p1: 5, p2: 0}, {p0: 10, p1: 9, p2: 4}
+    by_time = {p0: OffsetAndTimestamp(7, 1), p1: OffsetAndTimestamp(2, 1), p2: None}
+    starts, stops = _bounds(begins, ends, frozenset(), by_time)
+    # p0 from the first recent record, p1 never before its beginning, p2 has nothing recent
+    assert starts == {p0: 7, p1: 5, p2: 4}
+    assert stops == ends
+    chosen, _ = _bounds(begins, ends, frozenset({Position(0, 3), Position(0, 8)}), by_time)
+    assert chosen[p0] == 7  # positions and time together: the later start

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import orjson
 import pytest
 
-from app.logs import JsonFormatter, RedactingFilter
+from app import masking
+from app.logs import JsonFormatter, RedactingFilter, configure_logging, mask_mpid
 from app.masking import Masker
 
 MASKER = Masker("k" * 32, ("topsecret",))
@@ -46,3 +48,61 @@ def test_json_formatter_writes_one_object() -> None:
     entry = orjson.loads(JsonFormatter().format(record))
     assert entry["message"] == "hello world"
     assert entry["level"] == "WARNING"
+
+
+def _emit(fmt: str) -> str:
+    """Log through :func:`configure_logging`'s handler (with :data:`MASKER` installed) into a
+    string; the root logger and the masker are restored."""
+    import io  # noqa: PLC0415
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, masking.active()
+    masking.install(MASKER)
+    configure_logging("INFO", fmt)
+    out = io.StringIO()
+    root.handlers[0].setStream(out)  # type: ignore[attr-defined]
+    try:
+        log = logging.getLogger("test.context")
+        log.warning(
+            "dead letter for %s",
+            "eve@example.com",
+            extra={
+                "topic": "mparticle-batches",
+                "partition": 3,
+                "offset": 41,
+                "mpid": mask_mpid(-8_000_000_000),
+                "reason": "rejected eve@example.com with topsecret",
+            },
+        )
+        try:
+            raise ValueError("bad eve@example.com topsecret")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        masking.install(saved[2])
+    return out.getvalue()
+
+
+def test_json_lines_carry_milliseconds_and_masked_context_fields() -> None:
+    first, second = (orjson.loads(line) for line in _emit("json").splitlines())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"]), first
+    assert first["level"] == "WARNING"
+    assert first["logger"] == "test.context"
+    assert first["message"] == f"dead letter for {MASKER.email('eve@example.com')}"
+    assert (first["topic"], first["partition"], first["offset"]) == ("mparticle-batches", 3, 41)
+    assert first["mpid"] == MASKER.value("-8000000000")
+    assert "8000000000" not in first["mpid"]
+    assert first["reason"] == f"rejected {MASKER.email('eve@example.com')} with **********"
+    assert second["message"] == "failed"
+    assert "ValueError: bad <email:" in second["exception"]
+    assert "topsecret" not in second["exception"]
+
+
+def test_text_lines_are_redacted_too() -> None:
+    text = _emit("text")
+    assert "WARNING test.context: dead letter for <email:" in text
+    assert "[topic=mparticle-batches partition=3 offset=41 mpid=<value:" in text
+    assert "ValueError: bad <email:" in text  # the traceback follows its line
+    assert "eve@example.com" not in text
+    assert "topsecret" not in text

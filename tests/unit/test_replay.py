@@ -10,8 +10,10 @@ import pytest
 
 from app.errors import InvalidRecordError
 from app.replay import (
+    Flushed,
     ReplayInputError,
     ReplaySource,
+    ReplayStoppedError,
     format_progress,
     record_key,
     replay_lines,
@@ -29,8 +31,27 @@ class FakeSender:
     async def send(self, key: bytes, value: bytes) -> None:
         self.sent.append((key, value))
 
-    async def flush(self) -> None:
+    async def flush(self) -> Flushed:
+        before = self.flushed_at[-1] if self.flushed_at else 0
         self.flushed_at.append(len(self.sent))
+        return Flushed(len(self.sent) - before)
+
+
+class BrokerLostSender(FakeSender):
+    """Acknowledges the first ``alive`` records; later flushes fail like a lost broker."""
+
+    def __init__(self, alive: int) -> None:
+        super().__init__()
+        self.alive = alive
+
+    async def flush(self) -> Flushed:
+        before = self.flushed_at[-1] if self.flushed_at else 0
+        self.flushed_at.append(len(self.sent))
+        acked = max(0, min(len(self.sent), self.alive) - before)
+        lost = len(self.sent) - before - acked
+        return Flushed(
+            acked, f"Kafka did not acknowledge {lost} record(s): timed out" if lost else None
+        )
 
 
 @pytest.mark.parametrize(
@@ -171,3 +192,13 @@ def test_unreadable_and_broken_gzip_files_are_input_errors(tmp_path: Path) -> No
 def test_progress_shows_count_rate_percent_and_eta() -> None:
     assert format_progress(10_000, 2.0, 0.25) == ("replay: 10,000 sent  5,000/s  25%  ETA 0:00:06")
     assert format_progress(10_000, 2.0, None) == "replay: 10,000 sent  5,000/s"
+
+
+async def test_a_lost_broker_stops_the_replay_and_counts_only_acknowledged_records() -> None:
+    lines = [b'{"mpid": %d}' % n for n in range(1, 26)]
+    sender = BrokerLostSender(alive=7)
+    with pytest.raises(ReplayStoppedError) as caught:
+        await replay_lines(lines, sender, io.StringIO(), flush_every=5)
+    assert str(caught.value) == "Kafka did not acknowledge 3 record(s): timed out"
+    assert caught.value.summary.sent == 7  # not the 10 handed over
+    assert sender.flushed_at == [5, 10, 10]  # stopped at the failed flush; the rest not read

@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from app.errors import ConfigError
-from app.settings import Environment, load_settings
+from app.settings import (
+    SECRET_FIELDS,
+    Environment,
+    load_settings,
+    unknown_variable_warnings,
+)
 
 CREDENTIALS = {"customerio_site_id": "site", "customerio_api_key": "k3y-s3cr3t"}
 
@@ -149,6 +154,88 @@ def test_cli_stops_with_one_line_and_nonzero_exit(
     assert len(lines) == 1, result.stderr
     assert named in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_secrets_can_be_read_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    key, password = tmp_path / "api_key", tmp_path / "sasl_password"
+    key.write_text("k3y-from-file\n")  # what `echo x > file` and most secret stores write
+    password.write_text("pw-from-file")
+    monkeypatch.setenv("MPCIO_CUSTOMERIO_SITE_ID", "site")
+    monkeypatch.setenv("MPCIO_CUSTOMERIO_API_KEY_FILE", str(key))
+    monkeypatch.setenv("MPCIO_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("MPCIO_KAFKA_SASL_USERNAME", "user")
+    monkeypatch.setenv("MPCIO_KAFKA_SASL_PASSWORD_FILE", str(password))
+    settings = load_settings()
+    assert settings.customerio_api_key is not None
+    assert settings.customerio_api_key.get_secret_value() == "k3y-from-file"
+    assert settings.kafka_sasl_password is not None
+    assert settings.kafka_sasl_password.get_secret_value() == "pw-from-file"
+    assert {"customerio_api_key", "kafka_sasl_password"} <= SECRET_FIELDS  # every one has _FILE
+
+
+@pytest.mark.parametrize(
+    ("content", "also_plain", "expected"),
+    [
+        (None, False, "invalid setting MPCIO_CUSTOMERIO_API_KEY_FILE: cannot read {path}: "),
+        ("\n", False, "invalid setting MPCIO_CUSTOMERIO_API_KEY_FILE: {path} is empty"),
+        ("k", True, "set MPCIO_CUSTOMERIO_API_KEY or MPCIO_CUSTOMERIO_API_KEY_FILE, not both"),
+    ],
+    ids=["missing-file", "empty-file", "both-set"],
+)
+def test_secret_file_problems_are_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    content: str | None,
+    also_plain: bool,
+    expected: str,
+) -> None:
+    path = tmp_path / "key"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("MPCIO_CUSTOMERIO_SITE_ID", "site")
+    monkeypatch.setenv("MPCIO_CUSTOMERIO_API_KEY_FILE", str(path))
+    if also_plain:
+        monkeypatch.setenv("MPCIO_CUSTOMERIO_API_KEY", "plain-k3y")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(expected.format(path=path))
+    assert "plain-k3y" not in str(caught.value)
+
+
+def test_unknown_variables_are_named_with_the_nearest_valid_one() -> None:
+    environ = {
+        "MPCIO_CUSTOMERIO_APIKEY": "x",
+        "MPCIO_BROKER": "kafka://a:1",
+        "MPCIO_KAFKA_SASL_PASSWORD_FILE": "/run/secrets/pw",
+        "MPCIO_KAFKA_CACHE": "/tmp/kafka",
+        "MPCIO_ZZZ": "1",
+        "PATH": "/bin",
+    }
+    assert unknown_variable_warnings(environ) == [
+        (
+            "MPCIO_CUSTOMERIO_APIKEY is not an mpcio setting and is ignored; "
+            "did you mean MPCIO_CUSTOMERIO_API_KEY?"
+        ),
+        "MPCIO_ZZZ is not an mpcio setting and is ignored",
+    ]
+
+
+def test_cli_warns_once_about_an_unknown_variable(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MPCIO_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "check-config"],
+        env={**clean, "MPCIO_FORWARDING_ENABLE": "false", "MPCIO_BROKER": "kafka://127.0.0.1:1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    warning = "MPCIO_FORWARDING_ENABLE is not an mpcio setting and is ignored; did you mean "
+    assert result.stderr.count(warning + "MPCIO_FORWARDING_ENABLED?") == 1, result.stderr
+    # the misspelt variable had no effect: forwarding stayed on and needs credentials
+    assert result.returncode == 2
+    assert "MPCIO_CUSTOMERIO_API_KEY" in result.stderr
 
 
 def test_owned_topics_are_named_under_the_app_id() -> None:
