@@ -6,12 +6,12 @@ worker, the tests and the benchmarks each get an app with their own id, topics a
 Delivery semantics (ARCHITECTURE.md, "Crash safety"): ``processing_guarantee`` comes from the
 settings (``at_least_once`` by default; ``exactly_once`` is opt-in until its open problems in
 ARCHITECTURE.md §4 are solved). Under ``exactly_once`` faust keeps one transactional producer
-per assigned input partition, reads with ``read_committed`` and commits the input offsets of a partition
-inside that partition's transaction (``send_offsets_to_transaction``); agents send everything a
-record produces through the same producer (:class:`agents.ingest.RecordWriter`). Agents run
-with ``concurrency=1``; faust commits only the contiguous acked prefix, so a crash redoes,
-never skips. :class:`TrackingTableManager` tells :class:`~app.localstore.PendingWrites` which
-input offsets each successful commit covered (the clean-stop marker depends on it).
+per assigned input partition, reads with ``read_committed`` and commits the input offsets of a
+partition inside that partition's transaction (``send_offsets_to_transaction``); agents send
+everything a record produces through the same producer (:class:`agents.ingest.RecordWriter`).
+Agents run with ``concurrency=1``; faust commits only the contiguous acked prefix, so a crash
+redoes, never skips. :class:`TrackingTableManager` tells :class:`~app.localstore.PendingWrites`
+which input offsets each successful commit covered (the clean-stop marker depends on it).
 """
 
 from __future__ import annotations
