@@ -2,7 +2,7 @@
 
 The schema files live in ``schemas/firehose/`` unchanged (JSON Schema draft 3, sources and
 commits in ``schemas/firehose/SOURCES.md``). The published files lag behind the published
-messages in three places; :func:`_adjusted` patches those in memory, and SOURCES.md says why.
+messages in four places; :func:`_adjusted` patches those in memory, and SOURCES.md says why.
 
 Failure semantics: :func:`validate` raises :class:`FirehoseSchemaError` carrying the first
 error (``<path>: <message>``, deterministic: the error nearest the document root, then the
@@ -30,6 +30,7 @@ REQUEST_SCHEMAS = {
     "dsr_processing_request": "DsrProcessingRequest_schema.json",
 }
 IDENTITY_ENCODINGS = ["raw", "md5", "sha1", "sha256"]
+DSR_REQUEST_TYPES = ["erasure", "access", "portability"]
 
 
 class FirehoseSchemaError(ValueError):
@@ -60,6 +61,11 @@ def _adjusted(message_type: str, schema: dict[str, Any]) -> dict[str, Any]:
     elif message_type == "dsr_processing_request":
         schema = copy.deepcopy(schema)
         schema["properties"]["account"]["required"] = False
+        # Required (an erasure must say so) and the OpenDSR types besides erasure, which the
+        # ingress answers without writing (app/ingress/messages.py).
+        request_type = schema["properties"]["subject_request_type"]
+        request_type["required"] = True
+        request_type["enum"] = DSR_REQUEST_TYPES
         identity = schema["properties"]["subject_identities"]["additionalProperties"]
         identity["properties"]["encoding"]["enum"] = IDENTITY_ENCODINGS
     return schema
