@@ -8,8 +8,9 @@
   header (the scheme is case-insensitive; a header that is not UTF-8 is just a wrong one);
 - 415 ``unsupported_encoding``: a ``Content-Encoding`` other than identity, gzip, deflate;
 - 413 ``too_large``: a body (or decoded body) larger than ``MPCIO_INGRESS_MAX_BODY_BYTES``;
-- 503 ``overloaded`` with ``Retry-After``: :data:`MAX_IN_FLIGHT` requests are already being
-  read, validated or written (answered before the body is read; nothing written);
+- 503 ``overloaded`` with ``Retry-After``: :data:`MAX_IN_FLIGHT` requests are being read,
+  validated or written and :data:`MAX_WAITING` more already wait for their turn (answered
+  before the body is read; nothing written). A request within those bounds waits;
 - 408 ``timeout``: the body did not arrive within :data:`BODY_TIMEOUT_SECONDS`;
 - 400 ``malformed_json`` (not JSON), ``schema_invalid`` (its published schema's first error)
   or ``invalid_record`` (a record the worker's parser would reject);
@@ -62,7 +63,7 @@ from app.ingress.messages import Plan, Record, plan_message
 from app.ingress.schemas import FirehoseSchemaError, validate
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     from app.settings import Settings
 
@@ -151,9 +152,12 @@ class KafkaWriter:
         await asyncio.gather(*pending)
 
 
-#: Requests past authentication and still being read, validated or written; one more gets
-#: 503 ``overloaded`` + Retry-After before its body is read (nothing written).
+#: Requests being read, validated or written at once (bodies in memory: at most this many
+#: times ``MPCIO_INGRESS_MAX_BODY_BYTES``); more wait, unread, for a slot.
 MAX_IN_FLIGHT = 32
+#: Requests that may wait for a slot; one more gets 503 ``overloaded`` + Retry-After before its
+#: body is read (nothing written).
+MAX_WAITING = 256
 #: Threads that decode, validate and plan messages (CPU-bound: off the event loop, so the
 #: producer and /healthz keep running while a large message is checked).
 VALIDATION_THREADS = 2
@@ -175,14 +179,56 @@ ENCODINGS = {"": None, "identity": None, "gzip": 16 + zlib.MAX_WBITS, "deflate":
 
 
 class Rejection(Exception):  # noqa: N818 - an answer, not a failure of the service
-    """A message answered 4xx before anything is written: status, reason, detail, type."""
+    """A request answered before anything is written: status, reason, detail, message type
+    and extra response headers."""
 
-    def __init__(self, status: int, reason: str, detail: str, message_type: str = "unknown"):
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        detail: str,
+        message_type: str = "unknown",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.detail = detail
         self.message_type = message_type
+        self.headers = headers
+
+
+class Admission:
+    """Backpressure: at most ``limit`` requests admitted at once, at most ``queue`` waiting.
+
+    :meth:`slot` waits for a slot, or raises :class:`Rejection` (503 ``overloaded`` with
+    ``retry_after``) at once when ``queue`` requests are already waiting."""
+
+    def __init__(self, limit: int, queue: int, retry_after: dict[str, str]) -> None:
+        self._semaphore = asyncio.Semaphore(limit)
+        self._queue = queue
+        self._retry_after = retry_after
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self.waiting >= self._queue:
+            log.warning("ingress: %d requests waiting; answered 503", self.waiting)
+            detail = "too many requests in progress"
+            raise Rejection(503, "overloaded", detail, headers=self._retry_after)
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+
+
+#: The application's :class:`Admission` (its ``waiting`` count, for tests and inspection).
+ADMISSION = web.AppKey("admission", Admission)
 
 
 def prepare(body: bytes, encoding: str, max_bytes: int) -> tuple[str, Plan]:
@@ -257,6 +303,7 @@ def build_app(
     *,
     body_timeout_seconds: float = BODY_TIMEOUT_SECONDS,
     max_in_flight: int = MAX_IN_FLIGHT,
+    max_waiting: int = MAX_WAITING,
 ) -> web.Application:
     """The aiohttp application (routes in the module docstring). Its validation thread pool
     is shut down on the application's cleanup."""
@@ -267,21 +314,14 @@ def build_app(
     retry_after = {"Retry-After": str(settings.ingress_retry_after_seconds)}
     max_bytes = settings.ingress_max_body_bytes
     pool = ThreadPoolExecutor(VALIDATION_THREADS, thread_name_prefix="ingress-validate")
-    in_flight = 0
+    admission = Admission(max_in_flight, max_waiting, retry_after)
 
     async def handle(request: web.Request) -> web.Response:
-        nonlocal in_flight
         started = time.perf_counter()
         try:
             encoding = check_headers(request, token, max_bytes)
-            if in_flight >= max_in_flight:
-                log.warning("ingress: %d requests in flight; answered 503", in_flight)
-                return _refuse("unknown", 503, "overloaded", headers=retry_after)
-            in_flight += 1
-            try:
+            async with admission.slot():
                 message_type, response = await _answer(request, encoding)
-            finally:
-                in_flight -= 1
         except Rejection as refused:
             message_type, response = refused.message_type, _rejected(refused)
         LATENCY.labels(message_type).observe(time.perf_counter() - started)
@@ -316,6 +356,7 @@ def build_app(
         pool.shutdown(wait=False, cancel_futures=True)
 
     app = web.Application(client_max_size=max_bytes)
+    app[ADMISSION] = admission
     app.router.add_post("/", handle)
     app.router.add_post("/firehose", handle)
     app.router.add_get("/metrics", metrics)
@@ -340,7 +381,7 @@ def _rejected(refused: Rejection) -> web.Response:
         refused.status,
         refused.reason,
         refused.detail or None,
-        headers={"WWW-Authenticate": "Bearer"} if refused.status == 401 else None,
+        headers={"WWW-Authenticate": "Bearer"} if refused.status == 401 else refused.headers,
     )
 
 

@@ -22,7 +22,8 @@ from multidict import CIMultiDict
 from app.dryrun import dry_run
 from app.errors import ConfigError
 from app.ingress.schemas import validate
-from app.ingress.server import REGISTRY, RUNNER_OPTIONS, build_app, listen
+from app.ingress.server import ADMISSION, REGISTRY, RUNNER_OPTIONS, build_app, listen
+from tests.integration.support import wait_for
 from tests.unit.test_firehose import AUTH, SECRET, FakeWriter, _settings, example
 
 if TYPE_CHECKING:
@@ -115,23 +116,28 @@ class GatedWriter:
         self.written.extend(records)
 
 
-async def test_request_beyond_capacity_is_503_before_anything_is_written() -> None:
+async def test_requests_beyond_capacity_wait_then_get_503_before_anything_is_written() -> None:
+    """One slot, one waiting place: the second request waits, the third is refused."""
     writer = GatedWriter()
-    client = await _client(writer, max_in_flight=1)
+    client = await _client(writer, max_in_flight=1, max_waiting=1)
     try:
         first = asyncio.create_task(client.post("/", data=MEMBERSHIP, headers=AUTH))
         await writer.started.wait()
+        second = asyncio.create_task(client.post("/", data=MEMBERSHIP, headers=AUTH))
+        admission = client.app[ADMISSION]
+        await wait_for(lambda: admission.waiting == 1, 60, "the second request waiting")
         before = _count("mpcio_ingress_rejected_total", reason="overloaded")
-        second = await client.post("/", data=MEMBERSHIP, headers=AUTH)
-        assert second.status == 503
-        assert second.headers["Retry-After"] == str(_settings().ingress_retry_after_seconds)
-        assert (await second.json())["error"] == "overloaded"
+        third = await client.post("/", data=MEMBERSHIP, headers=AUTH)
+        assert third.status == 503
+        retry_after = str(_settings().ingress_retry_after_seconds)
+        assert third.headers["Retry-After"] == retry_after
+        assert (await third.json())["error"] == "overloaded"
         assert _count("mpcio_ingress_rejected_total", reason="overloaded") == before + 1
+        assert writer.written == []
         writer.release.set()
         assert (await first).status == 200
-        assert len(writer.written) == 1  # the first message only
-        third = await client.post("/", data=MEMBERSHIP, headers=AUTH)
-        assert third.status == 200  # capacity is given back
+        assert (await second).status == 200
+        assert len(writer.written) == 2  # the two admitted messages only
     finally:
         writer.release.set()
         await client.close()
