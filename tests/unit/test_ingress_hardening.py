@@ -14,6 +14,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+import fastjsonschema
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -21,13 +22,13 @@ from multidict import CIMultiDict
 
 from app.dryrun import dry_run
 from app.errors import ConfigError
-from app.ingress.schemas import validate
+from app.ingress.schemas import _fast_check, _validator, validate
 from app.ingress.server import ADMISSION, REGISTRY, RUNNER_OPTIONS, build_app, listen
 from tests.integration.support import wait_for
 from tests.unit.test_firehose import AUTH, SECRET, FakeWriter, _settings, example
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from app.ingress.messages import Record
 
@@ -323,3 +324,54 @@ def test_dry_run_reports_an_unknown_message_type_as_the_ingress_does() -> None:
     assert summary.invalid_lines == 1
     assert errors.getvalue().startswith("line 1: firehose: type: must be one of")
     assert out.getvalue() == b""
+
+
+# --- 1. the fast validator is a faithful conversion of the draft-3 schemas -----------------
+
+FIXTURE_NAMES = [
+    "AudienceMembershipChangeRequest",
+    "AudienceSubscriptionRequest",
+    "DsrProcessingRequest",
+    "ModuleRegistrationRequest",
+]
+WRONG_VALUES: list[Any] = [None, "x", 1, 1.5, True, [], {}, [{}], {"k": 1}]
+
+
+def _variants(document: Any) -> Iterator[Any]:
+    """``document`` with each value, at every depth, replaced by each wrong value or removed
+    (and each list emptied or its item doubled)."""
+    if type(document) is dict:
+        for key, value in document.items():
+            yield {k: v for k, v in document.items() if k != key}
+            for replacement in [*WRONG_VALUES, *_variants(value)]:
+                yield {**document, key: replacement}
+    elif type(document) is list:
+        yield []
+        for index, value in enumerate(document):
+            yield [*document, value]
+            for replacement in [*WRONG_VALUES, *_variants(value)]:
+                yield [*document[:index], replacement, *document[index + 1 :]]
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_fast_check_accepts_and_rejects_as_the_draft3_reference(name: str) -> None:
+    message = example(name)
+    kind = message["type"]
+    reference, fast = _validator(kind), _fast_check(kind)
+    fast(message)  # the published example passes both
+    assert reference.is_valid(message)
+    compared = rejected = 0
+    for variant in _variants({k: v for k, v in message.items() if k != "type"}):
+        candidate = {**variant, "type": kind}
+        expected = reference.is_valid(candidate)
+        try:
+            fast(candidate)
+        except fastjsonschema.JsonSchemaValueException:
+            accepted = False
+        else:
+            accepted = True
+        assert accepted == expected, orjson.dumps(candidate).decode()
+        compared += 1
+        rejected += not expected
+    assert compared > 20
+    assert rejected > 5  # the variants exercise rejections, not only acceptances
