@@ -11,7 +11,8 @@
 - 503 ``overloaded`` with ``Retry-After``: :data:`MAX_IN_FLIGHT` requests are being read,
   validated or written and :data:`MAX_WAITING` more already wait for their turn (answered
   before the body is read; nothing written). A request within those bounds waits;
-- 408 ``timeout``: the body did not arrive within :data:`BODY_TIMEOUT_SECONDS`;
+- 408 ``timeout``: the body did not arrive within :data:`BODY_TIMEOUT_SECONDS`
+  (``disconnected``: the caller closed the connection mid-body; counted, not answered);
 - 400 ``malformed_json`` (not JSON), ``schema_invalid`` (its published schema's first error)
   or ``invalid_record`` (a record the worker's parser would reject);
 - 503 ``broker_unavailable`` with ``Retry-After``: Kafka did not acknowledge every record in
@@ -79,7 +80,8 @@ REQUESTS = Counter(
 REJECTED = Counter(
     "mpcio_ingress_rejected_total",
     "Firehose requests refused, by reason (unauthorized, unsupported_encoding, too_large, "
-    "overloaded, timeout, malformed_json, schema_invalid, invalid_record, broker_unavailable).",
+    "overloaded, timeout, disconnected, malformed_json, schema_invalid, invalid_record, "
+    "broker_unavailable).",
     ["reason"],
     registry=REGISTRY,
 )
@@ -336,6 +338,8 @@ def build_app(
         except TimeoutError:
             detail = f"body not received in {body_timeout_seconds} s"
             raise Rejection(408, "timeout", detail) from None
+        except ConnectionResetError:  # the caller left mid-body: counted, nothing to answer
+            raise Rejection(400, "disconnected", "connection closed before the body") from None
         message_type, plan = await asyncio.get_running_loop().run_in_executor(
             pool, prepare, body, encoding, max_bytes
         )

@@ -204,6 +204,24 @@ async def test_body_that_never_completes_is_408_counted() -> None:
         await client.close()
 
 
+async def test_caller_leaving_mid_body_is_counted_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = await _client(FakeWriter())
+    try:
+        before = _count("mpcio_ingress_rejected_total", reason="disconnected")
+        _, writer = await asyncio.open_connection(client.host, client.port)
+        auth = f"Authorization: Bearer {SECRET}\r\n".encode()
+        writer.write(_request(auth, b"{", length=100))
+        await writer.drain()
+        writer.close()
+        counted = lambda: _count("mpcio_ingress_rejected_total", reason="disconnected")  # noqa: E731
+        await wait_for(lambda: counted() == before + 1, 60, "the disconnect counted")
+        assert not [r for r in caplog.records if r.exc_info]
+    finally:
+        await client.close()
+
+
 async def test_half_sent_headers_are_closed() -> None:
     client = await _client(FakeWriter(), runner={"keepalive_timeout": 0.5})
     try:
