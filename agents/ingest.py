@@ -8,20 +8,32 @@ agent reads the user's stored state, hands the record to its pure function in
 record on the operations topic (key = mpid): faust's per-record cost is paid once per input
 record, not once per Customer.io operation (ARCHITECTURE.md has the measurements).
 
-Delivery semantics (SPEC §7): ``concurrency=1``; table updates and produced records are
-buffered and flushed by faust before it commits the record's offset, so a crash redelivers the
-record; folding it again is idempotent and re-sent events carry the same ULIDs. No exception
-escapes an agent (faust would ack the record and lose it): an unexpected error dead-letters
-the record with reason ``internal_error`` and the stream continues.
+Delivery semantics (ARCHITECTURE.md, "Crash safety"): ``concurrency=1``; with
+``processing_guarantee="exactly_once"`` everything one record produces — its operations record,
+dead letters, re-keyed records and, last, its table changes (local store + changelog) — goes
+through the transactional producer of the record's SOURCE partition, the one faust commits the
+input offset with. A record's outputs, state and offset are therefore committed together (or
+its outputs in an earlier transaction than its state, never later), and the sink reads only
+committed operations. The local store is trusted only after a clean stop
+(:mod:`app.localstore`). A send that fails stops the process at once (exit code 1): nothing of
+the record is committed and the restart redoes it. No exception from the pure step escapes an
+agent (faust would ack the record): it dead-letters the record with reason ``internal_error``
+and the stream continues.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 
 from app import metrics
+from app.deadletter_headers import dead_letter_record
+from app.faust_app import tracked_writes
 from app.pipeline import (
     STAGE_INGEST,
     IngestResult,
@@ -38,6 +50,7 @@ from app.web import kafka_partition
 if TYPE_CHECKING:
     import faust
 
+    from app.localstore import PendingWrites
     from app.settings import Settings
     from app.topics import Topics
 
@@ -69,8 +82,6 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
     batches = _raw_topic(app, topics.batches.name, partitions)
     audiences = _raw_topic(app, topics.audiences.name, partitions)
     erasure = _raw_topic(app, topics.erasure.name, partitions)
-    operations = _raw_topic(app, topics.operations.name, partitions)
-    deadletters = _raw_topic(app, topics.deadletter.name, partitions)
 
     def load(mpid: str) -> bytes | None:
         value: bytes | None = users.get(mpid.encode())
@@ -88,7 +99,9 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
         marker = None if key is None else erasures.get(key)
         return None if marker is None else int(marker)
 
-    async def run(stream: Any, process: Process, rekey_topic: Any) -> None:
+    writer = RecordWriter(app, users, erasures, topics)
+
+    async def run(stream: Any, process: Process, rekey_topic: str) -> None:
         async for event in stream.events():
             message = event.message
             position = SourcePosition(message.topic, message.partition, message.offset)
@@ -110,21 +123,7 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
                     ]
                 )
                 result.counts["dead_letters", STAGE_INGEST, "internal_error"] += 1
-            # Operations go to the producer before the table's changelog write, so the state
-            # that records them as sent can never be stored ahead of the operations themselves.
-            if result.operations is not None:
-                mpid, value = result.operations
-                await operations.send(key=mpid.encode() or None, value=value)
-            for mpid, state in result.states.items():
-                users[mpid.encode()] = state
-            for mpid in result.purged:
-                users.pop(mpid.encode(), None)  # tombstone in the changelog
-            for mpid, erased_ms in result.erased.items():
-                erasures[mpid.encode()] = str(erased_ms).encode()
-            for mpid, raw in result.rekeyed:
-                await rekey_topic.send(key=mpid.encode(), value=raw)
-            for letter in result.dead_letters:
-                await deadletters.send(key=event.key, value=letter)
+            await writer.write(event, result, rekey_topic)
             record_metrics(result)
 
     @app.agent(batches, name="ingest_batches", concurrency=1)
@@ -140,7 +139,7 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
                 erased_at_ms=erased_at(event.key),
                 record_ms=_record_ms(event),
             ),
-            batches,
+            topics.batches.name,
         )
         yield None
 
@@ -155,7 +154,7 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
                 load,
                 settings,
             ),
-            audiences,
+            topics.audiences.name,
         )
         yield None
 
@@ -171,11 +170,109 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
                 record_ms=_record_ms(event),
                 scan_states=lambda: states_of_partition(position.partition),
             ),
-            erasure,
+            topics.erasure.name,
         )
         yield None
 
     return users
+
+
+class RecordWriter:
+    """Writes what one input record produced, in the one order that keeps redelivery safe.
+
+    Order: operations record, dead letters, re-keyed records, then the table changes (each
+    into the local store and, explicitly, its changelog partition = the source partition).
+    State goes last so that a transaction can hold a record's outputs without its state (the
+    record is then redone: its operations are sent again with the same event ids, which
+    Customer.io drops) but never its state without its outputs — the state is what makes the
+    redelivery guard skip a record. Every send uses the transactional producer of the source
+    partition (``exactly_once``), so the source offset commits with it; under
+    ``at_least_once`` (kept for measurement) the same sends go through faust's plain producer,
+    flushed by faust before each offset commit.
+
+    Table values are written with ``table.data[key]`` (the store itself) and the changelog
+    record is sent here, not by faust: faust queues table changelog writes in a buffer that its
+    commit does not flush under transactions, so a state could land in a later transaction
+    than the offset of its record.
+    """
+
+    def __init__(self, app: faust.App, users: Any, erasures: Any, topics: Topics) -> None:
+        self.app = app
+        self.users = users
+        self.erasures = erasures
+        self.topics = topics
+        self.pending: PendingWrites = tracked_writes(app)
+
+    async def write(self, event: Any, result: IngestResult, rekey_topic: str) -> None:
+        message = event.message
+        send = partial(self._send, self._transactional_id(message.topic, message.partition))
+        if result.operations is not None:
+            mpid, operations = result.operations
+            await send(self.topics.operations.name, mpid.encode() or None, operations)
+        for letter in result.dead_letters:
+            record = dead_letter_record(letter, message.headers)
+            await send(
+                self.topics.deadletter.name, record.key, record.value, headers=record.headers
+            )
+        for mpid, raw in result.rekeyed:
+            await send(rekey_topic, mpid.encode(), raw)
+        changes: list[tuple[Any, bytes, bytes | None]] = [
+            *((self.users, mpid.encode(), state) for mpid, state in result.states.items()),
+            *((self.users, mpid.encode(), None) for mpid in result.purged),
+            *(
+                (self.erasures, mpid.encode(), str(erased_ms).encode())
+                for mpid, erased_ms in result.erased.items()
+            ),
+        ]
+        for table, key, value in changes:
+            if value is None:
+                table.data.pop(key, None)  # and a tombstone in the changelog
+            else:
+                table.data[key] = value
+            changelog = table.changelog_topic.get_topic_name()
+            await send(changelog, key, value, message.partition)
+        if changes:
+            self.pending.wrote(message.topic, message.partition, message.offset)
+
+    def _transactional_id(self, topic: str, partition: int) -> str | None:
+        """faust's transactional id for the source partition (None without transactions)."""
+        app = self.app
+        if not app.in_transaction:
+            return None
+        group = app.assignor.group_for_topic(topic)
+        return str(
+            TransactionManager.transactional_id_format.format(
+                group_id=app.conf.id, tpg=TopicPartitionGroup(topic, partition, group)
+            )
+        )
+
+    async def _send(
+        self,
+        transactional_id: str | None,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        try:
+            await self.app.producer.send(
+                topic, key, value, partition, None, headers, transactional_id=transactional_id
+            )
+        except Exception as exc:  # noqa: BLE001 - any failed send: stop before anything commits
+            fail_stop(f"sending to {topic} failed: {exc!r}")
+
+
+def fail_stop(reason: str) -> NoReturn:
+    """Exit the process at once (code 1), committing nothing more.
+
+    Used when a record's outputs cannot be written: continuing could commit the record's
+    offset without them; stopping leaves the record uncommitted, so the restart redoes it
+    (its open transaction is aborted by the broker when the restarted worker takes over)."""
+    log.critical("%s; stopping without committing (the restart redoes the record)", reason)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _store_options(settings: Settings) -> dict[str, Any] | None:

@@ -44,6 +44,7 @@ from app.customerio.classify import HttpAnswer
 from app.customerio.client import TrackClient
 from app.customerio.delivery import FatalDeliveryError, Rejected, RetryPolicy, deliver
 from app.customerio.ratelimit import RateLimiter, workspace_share
+from app.deadletter_headers import dead_letter_record
 from app.errors import InvalidRecordError
 from app.pipeline import SourcePosition, dead_letter, now_ms
 
@@ -83,6 +84,8 @@ class OperationsSink(Service):
         self.settings = settings
         self.topics = topics
         self.stopped_reason: str | None = None
+        #: Set by the first partition assignment (an empty one too): the sink is in its group.
+        self.joined = False
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._client: TrackClient | None = None
@@ -110,10 +113,10 @@ class OperationsSink(Service):
             log.info("sink: %d of %d partitions, %.2f requests/s", mine, total, share)
 
     @property
-    def ready(self) -> bool:
-        """Assigned partitions and not stopped by a configuration error."""
+    def partitions(self) -> int:
+        """Operations partitions assigned to this sink now (0 for a standby)."""
         consumer = self._consumer
-        return self.stopped_reason is None and consumer is not None and bool(consumer.assignment())
+        return 0 if consumer is None else len(consumer.assignment())
 
     async def on_start(self) -> None:
         settings = self.settings
@@ -143,6 +146,11 @@ class OperationsSink(Service):
             group_id=f"{settings.app_id}-sink",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Only operations whose ingest transaction committed: an aborted one (its record is
+            # redone after a crash) would otherwise be delivered as a duplicate or phantom.
+            isolation_level="read_committed",
+            session_timeout_ms=int(settings.kafka_session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(settings.kafka_session_timeout_seconds * 1000 / 3),
             max_poll_records=MAX_RECORDS_PER_FETCH,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             **kafka_security.client_kwargs(settings),
@@ -271,9 +279,17 @@ class OperationsSink(Service):
         if not letters:
             return
         assert self._producer is not None
-        futures = [
-            await self._producer.send(self.topics.deadletter.name, letter) for letter in letters
-        ]
+        futures = []
+        for letter in letters:
+            record = dead_letter_record(letter)
+            futures.append(
+                await self._producer.send(
+                    self.topics.deadletter.name,
+                    record.value,
+                    key=record.key,
+                    headers=record.headers,
+                )
+            )
         await asyncio.gather(*futures)  # confirmed by the broker before any commit
 
     def _letter_for_rejected(self, rejected: Rejected[ItemRef]) -> bytes:
@@ -376,6 +392,7 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning("rebalance while a chunk is in flight; it will be redelivered")
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.sink.joined = True
         self.sink.apply_rate_share(assigned)
 
 

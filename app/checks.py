@@ -8,15 +8,19 @@ Each check says ``ok`` with what it saw, or ``FAILED: <reason>``:
 - ``co-partitioning``: the three input topics have the same partition count;
 - ``customerio``: ``GET /auth`` with the configured site id, API key and region (or URL)
   answers 200; skipped (and passing) when forwarding is disabled;
-- ``key sample`` (only with ``--sample N``): the last N records of the batches topic, counted
-  by :func:`key_form` — how mParticle keys them and how many the worker would re-key.
+- ``key sample`` (only with ``--sample N``): N of the newest records of the batches topic (the
+  newest N/partitions of each partition), counted by :func:`key_form` — how mParticle keys
+  them and how many the worker would re-key.
 
 What a check says passes through the installed :class:`~app.masking.Masker`: a URL with
 credentials (``MPCIO_CUSTOMERIO_URL=http://user:pass@host``) is printed as
 ``http://**********@host``, secrets and addresses in an answer are masked.
 
 Failure semantics: nothing raises for a failing check; every failure is a :class:`Check` with
-``ok`` false. Checks that need a broker are reported as not run when it cannot be reached.
+``ok`` false, and ``settings_rejected`` true when the broker refused the configured TLS trust
+or credentials (wrong CA, host name not in the certificate, authentication failed): the
+command then exits 2 like any other configuration error. Checks that need a broker are
+reported as not run when it cannot be reached.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from app import masking
-from app.errors import BrokerError, InvalidRecordError
+from app.errors import BrokerError, ConfigError, InvalidRecordError
 
 if TYPE_CHECKING:
     from app.customerio.classify import HttpAnswer, TransportFailure
@@ -41,6 +45,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    settings_rejected: bool = False
 
     def line(self) -> str:
         """The printed line, masked: ``name: ok (detail)`` or ``name: FAILED: detail``."""
@@ -82,7 +87,8 @@ def key_form(key: bytes | None, value: bytes | None) -> KeyForm:
 
 
 async def check_key_sample(settings: Settings, count: int) -> Check:
-    """``key sample``: :func:`key_form` of the last ``count`` records of the batches topic."""
+    """``key sample``: :func:`key_form` of ``count`` of the newest records of the batches topic
+    (an equal share from the end of each partition; fewer when the topic holds fewer)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
     from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
@@ -113,7 +119,7 @@ async def check_key_sample(settings: Settings, count: int) -> Check:
                 tp for tp in partitions if await consumer.position(tp) < ends[tp]
             ]:
                 for records in (await consumer.getmany(timeout_ms=1000)).values():
-                    for record in records:
+                    for record in records[: count - sum(forms.values())]:
                         forms[key_form(record.key, record.value)] += 1
     except TimeoutError:
         return Check("key sample", False, f"reading {topic} stalled")
@@ -154,6 +160,8 @@ async def check_kafka(settings: Settings) -> list[Check]:
             await start_client(admin, settings)
     except BrokerError as exc:
         return [Check("kafka", False, str(exc)), *not_run]
+    except ConfigError as exc:
+        return [Check("kafka", False, str(exc), settings_rejected=True), *not_run]
     except TimeoutError:
         return [Check("kafka", False, f"no answer from {settings.broker}"), *not_run]
     try:

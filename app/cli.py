@@ -142,10 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--sample",
-        type=int,
+        type=_positive_int,
         default=0,
         metavar="N",
-        help="also read the last N records of the batches topic and report their key forms",
+        help="also read N of the newest records of the batches topic and report their key forms",
     )
     check.set_defaults(handler=_cmd_check_config)
     return parser
@@ -380,6 +380,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         print(check.line())
     failed = [check.name for check in checks if not check.ok]
     print(f"check-config: {'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'}")
+    if any(check.settings_rejected for check in checks):
+        return EXIT_CONFIG
     return EXIT_FAILURE if failed else 0
 
 

@@ -7,10 +7,12 @@ commits nothing. Positions are ``PARTITION@OFFSET`` in the dead-letter topic.
 Redrive (:func:`plan_redrive`) sends a record back to where it can be processed again:
 ingest-stage records (raw mParticle, audience or erasure JSON) to their ``source_topic`` with
 their key; sink-stage records (one Customer.io item) wrapped in an ``operation_batch`` with one
-operation to the operations topic, keyed by the dead letter's key. Records that cannot be
-redriven are skipped with a reason: a corrupt stored state (``state_corrupt``: the payload is
-the state, not an input), a ``tombstone`` (no value to send), a sink record whose payload is
-not a Customer.io item, a record that is not a dead letter at all.
+operation to the operations topic, keyed by the dead letter's key. Redriven records carry the
+dead letter's headers without its ``mpcio.*`` error context (so the source record's own
+headers come back) plus ``mpcio.redriven.from`` (:mod:`app.deadletter_headers`). Records that
+cannot be redriven are skipped with a reason: a corrupt stored state (``state_corrupt``: the
+payload is the state, not an input), a ``tombstone`` (no value to send), a sink record whose
+payload is not a Customer.io item, a record that is not a dead letter at all.
 
 Privacy: texts shown to an operator (detail, key, payload, response) have email addresses,
 secrets and URL credentials masked by the installed :class:`~app.masking.Masker` unless the
@@ -35,6 +37,7 @@ import orjson
 
 from app import masking
 from app.avro import codec
+from app.deadletter_headers import Headers, as_list, redrive_headers
 from app.errors import BrokerError, InvalidRecordError
 
 if TYPE_CHECKING:
@@ -78,6 +81,7 @@ class StoredLetter:
     key: bytes | None
     letter: dict[str, Any] | None
     error: str | None = None
+    headers: Headers = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,13 +134,18 @@ def iso_time(ms: int) -> str:
 
 
 def decode_stored(
-    position: Position, timestamp_ms: int, key: bytes | None, value: bytes | None
+    position: Position,
+    timestamp_ms: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers | None = None,
 ) -> StoredLetter:
+    headers = headers or []
     try:
         letter = codec("dead_letter").decode(value or b"")
     except InvalidRecordError as exc:
-        return StoredLetter(position, timestamp_ms, key, None, exc.detail)
-    return StoredLetter(position, timestamp_ms, key, letter)
+        return StoredLetter(position, timestamp_ms, key, None, exc.detail, headers)
+    return StoredLetter(position, timestamp_ms, key, letter, headers=headers)
 
 
 def list_line(stored: StoredLetter, *, masked: bool = True) -> str:
@@ -198,13 +207,14 @@ def show_document(stored: StoredLetter, *, masked: bool = True) -> dict[str, Any
 
 @dataclass(frozen=True, slots=True)
 class Redrive:
-    """One record to send back: where, with which key, and what."""
+    """One record to send back: where, with which key, headers, and what."""
 
     position: Position
     topic: str
     key: bytes | None
     value: bytes
     what: str = field(default="")
+    headers: Headers = field(default_factory=list)
 
 
 def plan_redrive(
@@ -217,6 +227,7 @@ def plan_redrive(
     reason = letter["reason"]
     if reason in NOT_REDRIVABLE_REASONS:
         return f"{reason}: {NOT_REDRIVABLE_REASONS[reason]}"
+    headers = redrive_headers(stored.headers, f"{settings.topic_deadletter}/{stored.position}")
     if letter["stage"] != "sink":
         return Redrive(
             stored.position,
@@ -224,6 +235,7 @@ def plan_redrive(
             letter["key"],
             letter["payload"],
             f"{letter['stage']} record",
+            headers,
         )
     try:
         item = orjson.loads(letter["payload"])
@@ -252,7 +264,12 @@ def plan_redrive(
         }
     )
     return Redrive(
-        stored.position, settings.topic_operations, key, value, f"Customer.io {item['action']}"
+        stored.position,
+        settings.topic_operations,
+        key,
+        value,
+        f"Customer.io {item['action']}",
+        headers,
     )
 
 
@@ -305,6 +322,7 @@ async def read_dead_letters(
                         record.timestamp,
                         record.key,
                         record.value,
+                        as_list(record.headers),
                     )
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
@@ -390,7 +408,9 @@ async def redrive(
         missing = sorted({p.topic for p in plans} - existing)
         if missing:
             raise BrokerError(f"nothing sent: topic(s) {', '.join(missing)} do not exist")
-        futures = [await producer.send(p.topic, p.value, key=p.key) for p in plans]
+        futures = [
+            await producer.send(p.topic, p.value, key=p.key, headers=p.headers) for p in plans
+        ]
         await producer.flush()
         failed = [f.exception() for f in futures if f.exception() is not None]
         if failed:

@@ -3,19 +3,33 @@
 The app is built by a factory from :class:`~app.settings.Settings` (not at import time) so the
 worker, the tests and the benchmarks each get an app with their own id, topics and store.
 
-Delivery semantics (SPEC §7): ``processing_guarantee="at_least_once"``, agents run with
-``concurrency=1``; faust flushes the producer before committing source offsets and commits only
-the contiguous acked prefix, so a crash redelivers, never skips.
+Delivery semantics (ARCHITECTURE.md, "Crash safety"): ``processing_guarantee`` comes from the
+settings, ``exactly_once`` by default: faust keeps one transactional producer per assigned
+input partition, reads with ``read_committed`` and commits the input offsets of a partition
+inside that partition's transaction (``send_offsets_to_transaction``); agents send everything a
+record produces through the same producer (:class:`agents.ingest.RecordWriter`). Agents run
+with ``concurrency=1``; faust commits only the contiguous acked prefix, so a crash redoes,
+never skips. :class:`TrackingTableManager` tells :class:`~app.localstore.PendingWrites` which
+input offsets each successful commit covered (the clean-stop marker depends on it).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
+from faust.tables import TableManager
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from app.kafka_security import broker_credentials
-from app.settings import Settings
+from app.localstore import PendingWrites
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, MutableMapping
+
+    from faust.types import TP, TransportT
+
+    from app.settings import Settings
 
 # Measured by bench/ceiling (ARCHITECTURE.md has the figures). With faust's default fetch
 # size the ingest agent stalls about 0.9 s per fetch round once it writes a table or produces
@@ -26,6 +40,57 @@ FAUST_TUNING: dict[str, Any] = {
 }
 
 
+class TrackingTableManager(TableManager):
+    """faust's table manager, also reporting each successful commit to ``pending``.
+
+    faust calls ``on_commit`` only after the offsets were committed (inside the transaction
+    under ``exactly_once``); a failed commit raises before it and crashes the worker."""
+
+    def __init__(self, app: faust.App, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.pending = PendingWrites()
+
+    def on_commit(self, offsets: MutableMapping[TP, int]) -> None:
+        super().on_commit(offsets)
+        self.pending.committed({(tp.topic, tp.partition): offset for tp, offset in offsets.items()})
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        # faust 0.15.3 answers with the consumer's cached last stable offset under
+        # transactions, which is None until the partition was fetched once: table recovery
+        # then sees a highwater of -1, skips the changelog and starts every table empty.
+        # A ListOffsets request with the consumer's read_committed isolation returns the
+        # last stable offset from the broker.
+        consumer = self._ensure_consumer()
+        offsets: Mapping[TP, int] = await consumer.end_offsets(partitions)
+        return offsets
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class ForwarderApp(faust.App):
+    """faust's app on a transport whose table recovery works under transactions."""
+
+    def _new_transport(self) -> TransportT:
+        return _Transport(self.conf.broker_consumer, self)
+
+
+def tracked_writes(app: faust.App) -> PendingWrites:
+    """The :class:`PendingWrites` of an app made by :func:`create_app`."""
+    tables = app.tables
+    if not isinstance(tables, TrackingTableManager):
+        raise TypeError("the app was not made by app.faust_app.create_app")
+    return tables.pending
+
+
 def create_app(settings: Settings, **overrides: Any) -> faust.App:
     """A configured faust app for ``settings``; ``overrides`` win over everything else."""
     config: dict[str, Any] = {
@@ -33,7 +98,10 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "broker_credentials": broker_credentials(settings),
         "store": settings.store,
         "datadir": settings.data_dir,
-        "processing_guarantee": "at_least_once",
+        "processing_guarantee": settings.processing_guarantee,
+        "broker_session_timeout": settings.kafka_session_timeout_seconds,
+        "broker_heartbeat_interval": settings.kafka_session_timeout_seconds / 3,
+        "TableManager": TrackingTableManager,
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": settings.topic_replication_factor,
         "consumer_auto_offset_reset": "earliest",
@@ -56,4 +124,4 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         **FAUST_TUNING,
         **overrides,
     }
-    return faust.App(settings.app_id, **config)
+    return ForwarderApp(settings.app_id, **config)

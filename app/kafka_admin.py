@@ -6,8 +6,9 @@ topics: otherwise one user's state would be split across workers).
 
 Failure semantics: :func:`ensure_topics` raises :class:`~app.errors.ConfigError` naming every
 topic and its count when an existing topic disagrees with the batches topic, before creating
-anything (nothing half-made is left behind), and :class:`~app.errors.BrokerError` when the
-broker cannot be reached.
+anything (nothing half-made is left behind); a broker that cannot be used raises what
+:func:`app.kafka_security.start_or_explain` raises (ConfigError when it rejects the TLS or SASL
+settings, else :class:`~app.errors.BrokerError`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from dataclasses import replace
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 
-from app.errors import BrokerError, ConfigError
+from app.errors import ConfigError
+from app.kafka_security import start_or_explain
 from app.topics import Topics, TopicSpec
 
 
@@ -43,10 +45,7 @@ async def ensure_topics(
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=30_000, **(security or {})
     )
-    try:
-        await admin.start()
-    except KafkaError as exc:
-        raise BrokerError(f"cannot reach Kafka at {','.join(bootstrap)}: {exc}") from exc
+    await start_or_explain(admin, bootstrap, security or {}, label=",".join(bootstrap))
     names = [spec.name for spec in topics.all()]
     try:
         existing = await partition_counts(admin, [*names, *changelogs])

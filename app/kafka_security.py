@@ -9,9 +9,12 @@ consumer, producer and admin client).
 Failure semantics: the settings were validated already (SASL has a user name and password,
 TLS files exist); a TLS file that exists but cannot be loaded raises
 :class:`~app.errors.ConfigError` naming the variables. :func:`start_client` turns a client that
-cannot connect into one :class:`~app.errors.BrokerError` line that says why (refused,
-authentication failed, TLS handshake), because aiokafka's own error only says "Unable to
-bootstrap".
+cannot connect into one line that says why, because aiokafka's own error only says "Unable to
+bootstrap": a :class:`~app.errors.ConfigError` (exit 2) when the broker rejected what the
+settings say — its certificate is not signed by the configured CA, or does not name the host
+in ``MPCIO_BROKER``, or the SASL credentials were refused — since retrying unchanged cannot
+succeed; a :class:`~app.errors.BrokerError` (exit 1) for everything else (refused, no
+answer, closed connection).
 """
 
 from __future__ import annotations
@@ -19,14 +22,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from app.errors import BrokerError, ConfigError
+from app.errors import BrokerError, ConfigError, MpcioError
 
 if TYPE_CHECKING:
     from app.settings import Settings
 
 PROBE_TIMEOUT_SECONDS = 10.0
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
+_NAME_MISMATCH_CODES = frozenset({62, 64})
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionProblem:
+    """Why a Kafka connection failed, for an operator.
+
+    ``settings_rejected``: the broker refused what the settings say (untrusted certificate,
+    host name not in it, credentials refused); retrying with the same settings cannot succeed.
+    """
+
+    reason: str
+    settings_rejected: bool = False
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext:
@@ -84,8 +103,20 @@ class _Startable(Protocol):
 
 
 async def start_client(client: _Startable, settings: Settings) -> None:
-    """``await client.start()``; if it cannot connect, close it and raise one BrokerError
-    saying why. ``client``: an aiokafka producer, consumer or admin client."""
+    """``await client.start()``; if it cannot connect, close it and raise one line saying
+    why (:class:`ConfigError` or :class:`BrokerError`, see the module docstring).
+    ``client``: an aiokafka producer, consumer or admin client."""
+    await start_or_explain(
+        client, settings.bootstrap_servers, client_kwargs(settings), label=settings.broker
+    )
+
+
+async def start_or_explain(
+    client: _Startable, servers: list[str], security: Mapping[str, Any], *, label: str
+) -> None:
+    """:func:`start_client` for callers that hold the bootstrap list and the
+    :func:`client_kwargs` of the settings rather than the settings; ``label`` names the
+    broker in the message."""
     from aiokafka.errors import KafkaError  # noqa: PLC0415
 
     try:
@@ -93,24 +124,27 @@ async def start_client(client: _Startable, settings: Settings) -> None:
     except (KafkaError, OSError, TimeoutError) as exc:
         with contextlib.suppress(Exception):  # producer/consumer: stop(); admin: close()
             await (getattr(client, "stop", None) or getattr(client, "close"))()  # noqa: B009
-        reason = await connection_problem(settings) or str(exc)
-        raise BrokerError(f"cannot use Kafka at {settings.broker}: {reason}") from None
+        problem = await connection_problem(servers, security) or ConnectionProblem(str(exc))
+        error: type[MpcioError] = ConfigError if problem.settings_rejected else BrokerError
+        raise error(f"cannot use Kafka at {label}: {problem.reason}") from None
 
 
 async def connection_problem(
-    settings: Settings, seconds: float = PROBE_TIMEOUT_SECONDS
-) -> str | None:
-    """Why no bootstrap server accepts a connection with these settings (None if one does).
+    servers: list[str], security: Mapping[str, Any], seconds: float = PROBE_TIMEOUT_SECONDS
+) -> ConnectionProblem | None:
+    """Why no server of ``servers`` accepts a connection with the client arguments
+    ``security`` (None if one does).
 
     Opens one connection per bootstrap server the way every client does (TLS, SASL
-    handshake and authentication included) and keeps the first server's error.
+    handshake and authentication included); the reason names each server's error, and the
+    settings count as rejected when any server rejected them.
     """
     from aiokafka.conn import create_conn  # noqa: PLC0415
     from aiokafka.protocol.metadata import MetadataRequest  # noqa: PLC0415
 
-    problems: list[str] = []
-    kwargs = client_kwargs(settings)
-    for server in settings.bootstrap_servers:
+    problems: list[ConnectionProblem] = []
+    kwargs = dict(security)
+    for server in servers:
         host, _, port = server.rpartition(":")
         conn = None
         try:
@@ -121,33 +155,67 @@ async def connection_problem(
                 # a PLAINTEXT client connects to a SASL/TLS listener; its first request fails
                 await conn.send(MetadataRequest([]))
         except TimeoutError:
-            problems.append(f"{server}: no answer within {seconds:.0f}s")
+            problems.append(ConnectionProblem(f"{server}: no answer within {seconds:.0f}s"))
             continue
         except Exception as exc:  # noqa: BLE001 - any failure is the answer we report
-            problems.append(f"{server}: {describe_connection_error(exc)}")
+            problem = describe_connection_error(exc)
+            problems.append(
+                ConnectionProblem(f"{server}: {problem.reason}", problem.settings_rejected)
+            )
             continue
         finally:
             if conn is not None:
                 conn.close()
         return None
-    return "; ".join(problems)
+    return ConnectionProblem(
+        "; ".join(problem.reason for problem in problems),
+        any(problem.settings_rejected for problem in problems),
+    )
 
 
-def describe_connection_error(exc: BaseException) -> str:
-    """A short operator-facing reason for a failed Kafka connection."""
+def describe_connection_error(exc: BaseException) -> ConnectionProblem:
+    """A short operator-facing reason for a failed Kafka connection, and whether the broker
+    rejected the settings (see :class:`ConnectionProblem`)."""
     text = str(exc) or type(exc).__name__
     lowered = text.lower()
+    if (certificate := _certificate_problem(exc)) is not None:
+        return certificate
     if "authentication" in lowered or "sasl" in lowered:
-        return f"authentication failed (check MPCIO_KAFKA_SASL_*): {text}"
+        return ConnectionProblem(
+            f"authentication failed (check MPCIO_KAFKA_SASL_*): {text}", settings_rejected=True
+        )
     if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed (check MPCIO_KAFKA_SSL_*): {text}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if "closed" in lowered:
-        return (
+        reason = f"TLS handshake failed (check MPCIO_KAFKA_SSL_*): {text}"
+    elif isinstance(exc, ConnectionRefusedError):
+        reason = "connection refused"
+    elif "closed" in lowered:
+        reason = (
             f"the broker closed the connection ({text}); does "
             "MPCIO_KAFKA_SECURITY_PROTOCOL match the broker's listener?"
         )
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return text
+    elif isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    else:
+        reason = text
+    return ConnectionProblem(reason)
+
+
+def _certificate_problem(exc: BaseException) -> ConnectionProblem | None:
+    """The certificate verification failure in ``exc`` or what caused it, if any."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, ssl.SSLCertVerificationError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    detail = seen.verify_message or str(seen)
+    if seen.verify_code in _NAME_MISMATCH_CODES:
+        return ConnectionProblem(
+            "host-name verification failed: the broker's certificate does not name the "
+            f"address in MPCIO_BROKER ({detail})",
+            settings_rejected=True,
+        )
+    return ConnectionProblem(
+        "the broker's certificate is not trusted: it is not signed by the CA in "
+        f"MPCIO_KAFKA_SSL_CAFILE (or the system's CAs when unset) ({detail})",
+        settings_rejected=True,
+    )

@@ -32,9 +32,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from app.errors import LocalKafkaError
+
+if TYPE_CHECKING:
+    from app.localtls import TlsFiles
 
 KAFKA_VERSION = "4.0.2"
 LOG4J_VERSION = "2.24.3"
@@ -216,10 +219,20 @@ class LocalKafka(_Lifecycle):
     every topic and offset (the reliability tests rely on it); a temporary one is removed by
     :meth:`close`.
 
-    ``sasl_users`` (user name → password) makes the client listener SASL_PLAINTEXT with the
-    PLAIN mechanism, accepting exactly those users; the first one is also the broker's own
-    identity on that listener. The controller listener stays PLAINTEXT. Without it (the
-    default) the client listener is PLAINTEXT.
+    The client listener (``port``) speaks :attr:`security_protocol`:
+
+    - ``tls`` (:func:`app.localtls.generate_tls`) makes it TLS, serving ``tls.keystore``;
+    - ``sasl_users`` (user name → password) makes it SASL, accepting exactly those users with
+      ``sasl_mechanism``: ``PLAIN`` (users in the listener's JAAS line) or ``SCRAM-SHA-256`` /
+      ``SCRAM-SHA-512`` (credentials written into the metadata log when storage is formatted,
+      so users added for an existing ``data_dir`` are not created);
+    - both: SASL_SSL; neither: PLAINTEXT.
+
+    A secured broker also listens PLAINTEXT on loopback (``internal_port``) for its own
+    broker-to-broker traffic (transaction markers), so a certificate made not to match the
+    host name (the host-name tests) breaks only the clients; clients never see that listener
+    (a client is told only the endpoints of the listener it connected to). The controller
+    listener stays PLAINTEXT.
     """
 
     def __init__(
@@ -231,14 +244,22 @@ class LocalKafka(_Lifecycle):
         version: str = KAFKA_VERSION,
         heap: str = "768m",
         sasl_users: Mapping[str, str] | None = None,
+        sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN",
+        tls: TlsFiles | None = None,
         controller_port: int | None = None,
         cluster: _ClusterMembership | None = None,
     ) -> None:
         if sasl_users is not None and not sasl_users:
             raise LocalKafkaError("sasl_users needs at least one user")
+        # the storage tool's --add-scram and the JAAS line have no escaping for these
+        if any(set(',]"=;') & set(text) for pair in (sasl_users or {}).items() for text in pair):
+            raise LocalKafkaError('SASL user names and passwords must not contain , ] " = ;')
         self.sasl_users = dict(sasl_users) if sasl_users else None
+        self.sasl_mechanism = sasl_mechanism
+        self.tls = tls
         self.port = port or free_port()
         self.controller_port = controller_port or free_port()
+        self.internal_port = free_port()
         self.cluster = cluster
         self._owns_data_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="mpcio-kafka-"))
@@ -258,17 +279,30 @@ class LocalKafka(_Lifecycle):
         return f"kafka://{self.bootstrap}"
 
     @property
+    def security_protocol(self) -> str:
+        """The client listener's protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+        transport = "SSL" if self.tls else "PLAINTEXT"
+        return f"SASL_{transport}" if self.sasl_users else transport
+
+    @property
     def client_kwargs(self) -> dict[str, Any]:
-        """aiokafka security arguments that connect as the first SASL user (or nothing)."""
-        if not self.sasl_users:
-            return {}
-        user, password = next(iter(self.sasl_users.items()))
-        return {
-            "security_protocol": "SASL_PLAINTEXT",
-            "sasl_mechanism": "PLAIN",
-            "sasl_plain_username": user,
-            "sasl_plain_password": password,
-        }
+        """aiokafka security arguments that connect as the first SASL user, trusting the
+        broker's CA (nothing for PLAINTEXT)."""
+        kwargs: dict[str, Any] = {}
+        if self.security_protocol != "PLAINTEXT":
+            kwargs["security_protocol"] = self.security_protocol
+        if self.tls:
+            from aiokafka.helpers import create_ssl_context  # noqa: PLC0415 - heavy import
+
+            kwargs["ssl_context"] = create_ssl_context(cafile=str(self.tls.ca))
+        if self.sasl_users:
+            user, password = next(iter(self.sasl_users.items()))
+            kwargs.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=user,
+                sasl_plain_password=password,
+            )
+        return kwargs
 
     @property
     def log_file(self) -> Path:
@@ -302,7 +336,7 @@ class LocalKafka(_Lifecycle):
             quorum = [] if self.cluster else ["--standalone"]
             cluster_id = self.cluster.cluster_id if self.cluster else new_cluster_id()
             self._java(classpath, "kafka.tools.StorageTool", "format", *quorum,
-                       "-t", cluster_id, "-c", str(config))  # fmt: skip
+                       "-t", cluster_id, "-c", str(config), *self._scram_arguments())  # fmt: skip
         self._began = time.monotonic()
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             [self._java_bin(), f"-Xmx{self.heap}", *self._jvm_flags(), "-cp", classpath,
@@ -317,11 +351,16 @@ class LocalKafka(_Lifecycle):
         process = self._process
         if process is None:
             raise LocalKafkaError("wait_ready before launch")
+        probe = self.client_kwargs
+        if self.tls:
+            # readiness, not identity: a certificate made not to name 127.0.0.1 (host-name
+            # tests) must still let start() see the broker answer
+            probe["ssl_context"].check_hostname = False
         while time.monotonic() - self._began < timeout:
             if process.poll() is not None:
                 raise LocalKafkaError(f"Kafka exited at start-up; see {self.log_file}")
             if _port_open(self.port) and metadata_round_trip(
-                self.bootstrap, timeout=5.0, client_kwargs=self.client_kwargs
+                self.bootstrap, timeout=5.0, client_kwargs=probe
             ):
                 self.started_in = time.monotonic() - self._began
                 return
@@ -375,8 +414,8 @@ class LocalKafka(_Lifecycle):
             # a tombstoned value leave the changelog
             "log.cleaner.backoff.ms": "1000",
         }
-        if self.sasl_users:
-            properties.update(self._sasl_properties())
+        if self.security_protocol != "PLAINTEXT":
+            properties.update(self._security_properties())
         if self.cluster:
             del properties["controller.quorum.bootstrap.servers"]  # static voters instead
             properties.update(self.cluster.properties(self))
@@ -387,23 +426,53 @@ class LocalKafka(_Lifecycle):
         )
         return config
 
-    def _sasl_properties(self) -> dict[str, str]:
-        assert self.sasl_users
-        admin, admin_password = next(iter(self.sasl_users.items()))
-        users = " ".join(f'user_{name}="{pw}"' for name, pw in self.sasl_users.items())
-        return {
+    def _security_properties(self) -> dict[str, str]:
+        """The CLIENT listener with TLS and/or SASL, plus the PLAINTEXT INTERNAL one."""
+        properties = {
             "listeners": f"CLIENT://127.0.0.1:{self.port},"
+            f"INTERNAL://127.0.0.1:{self.internal_port},"
             f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"CLIENT://127.0.0.1:{self.port}",
-            "listener.security.protocol.map": "CLIENT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name": "CLIENT",
-            "sasl.enabled.mechanisms": "PLAIN",
-            "sasl.mechanism.inter.broker.protocol": "PLAIN",
-            "listener.name.client.plain.sasl.jaas.config": (
-                "org.apache.kafka.common.security.plain.PlainLoginModule required "
-                f'username="{admin}" password="{admin_password}" {users};'
-            ),
+            # a client gets the endpoints of the listener it connected to: CLIENT only
+            "advertised.listeners": f"CLIENT://127.0.0.1:{self.port},"
+            f"INTERNAL://127.0.0.1:{self.internal_port}",
+            "listener.security.protocol.map": f"CLIENT:{self.security_protocol},"
+            "INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "INTERNAL",
         }
+        if self.tls:
+            properties.update(
+                {
+                    "listener.name.client.ssl.keystore.type": "PEM",
+                    "listener.name.client.ssl.keystore.location": str(self.tls.keystore),
+                }
+            )
+        if self.sasl_users:
+            mechanism = self.sasl_mechanism.lower()
+            if self.sasl_mechanism == "PLAIN":
+                users = " ".join(f'user_{name}="{pw}"' for name, pw in self.sasl_users.items())
+                jaas = f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+            else:  # the SCRAM users live in the metadata log (_scram_arguments)
+                jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            properties.update(
+                {
+                    "sasl.enabled.mechanisms": self.sasl_mechanism,
+                    f"listener.name.client.{mechanism}.sasl.jaas.config": jaas,
+                }
+            )
+        return properties
+
+    def _scram_arguments(self) -> list[str]:
+        """``--add-scram`` options of the storage tool: KRaft keeps SCRAM users in metadata."""
+        if not self.sasl_users or not self.sasl_mechanism.startswith("SCRAM-"):
+            return []
+        return [
+            argument
+            for name, password in self.sasl_users.items()
+            for argument in (
+                "--add-scram",
+                f"{self.sasl_mechanism}=[name={name},password={password}]",
+            )
+        ]
 
     def _jvm_flags(self) -> list[str]:
         return [

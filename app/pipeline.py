@@ -350,9 +350,11 @@ def _apply_to_user(
 def _already_applied(state: UserState | None, kind: str, source: SourcePosition) -> bool:
     """True when ``state`` already holds this record (a redelivery after a crash).
 
-    faust may store the table's changelog ahead of the input offsets it commits; replaying
+    A Kafka transaction can commit a record's state before faust acks its offset; replaying
     such a record against the newer state would, e.g., forward events of a user whose email
-    only arrived later. Its operations were produced before its state (agents/ingest.py)."""
+    only arrived later. Skipping is safe because the state the worker reads is committed and
+    was sent after the record's operations through the same transactional producer
+    (agents/ingest.py ``RecordWriter``, ARCHITECTURE.md §4): they are in Kafka."""
     if state is None or source.offset < 0:
         return False
     return state.applied_offsets.get(f"{kind}@{source.partition}", -1) >= source.offset

@@ -134,6 +134,18 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: str | None = Field(
         None, description="Private key (PEM) of the client certificate, if not in certfile."
     )
+    kafka_session_timeout_seconds: Annotated[float, Field(ge=6, le=300)] = Field(
+        10.0,
+        description="Consumer-group session timeout of the worker's consumers: how long a "
+        "crashed worker's partitions wait before another worker (or its restart) takes them. "
+        "6 s is the broker's default minimum.",
+    )
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
+        "exactly_once",
+        description="exactly_once: a record's state, operations and input offset commit in "
+        "one Kafka transaction (ARCHITECTURE.md). at_least_once: no transactions, kept only "
+        "to measure their cost (bench.e2e); a crash can then lose a record's operations.",
+    )
     store: str = Field(
         "rocksdb://",
         description="Faust table store: rocksdb:// in production, memory:// for tests.",
@@ -416,6 +428,8 @@ def load_settings(**overrides: Any) -> Settings:
 def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
+        if error["type"] == "default_factory_not_called":  # only follows another bad setting
+            continue
         field = str(error["loc"][0]) if error["loc"] else ""
         message = error["msg"].removeprefix("Value error, ")
         if not field:  # a rule across several settings names them in its message

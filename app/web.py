@@ -3,9 +3,11 @@
 Views (beside faust's ``/metrics``, which serves ``faust_*`` and our ``mpcio_*``):
 
 - ``GET /health/live``  — 200 while the process runs and its web server answers;
-- ``GET /health/ready`` — 200 when this worker has input partitions assigned, every agent is
-  running and (when forwarding) the sink runs, has partitions and is not stopped by a
-  configuration error; else 503 with ``{"ready": false, "reason": ..., "reasons": [...]}``;
+- ``GET /health/ready`` — "running and able to work": 200 once this worker is in its consumer
+  group, every agent is running and (when forwarding) the sink runs in its group and is not
+  stopped by a configuration error; else 503 with ``{"ready": false, "reason": ...,
+  "reasons": [...]}``. Both carry ``status`` (``starting``, ``active``, ``standby`` — in the
+  group without partitions, a surplus replica — or ``rebalancing``) and the partition counts;
 - ``GET /users/{mpid}`` — support view of one user's state from the ``users`` table, every
   personal value masked (``?unmasked=true`` shows them); 404 when this worker does not hold the
   user (a table only holds the partitions assigned to this worker).
@@ -77,7 +79,10 @@ class SinkLike(Protocol):
     def state(self) -> str: ...
 
     @property
-    def ready(self) -> bool: ...
+    def joined(self) -> bool: ...
+
+    @property
+    def partitions(self) -> int: ...
 
     stopped_reason: str | None
 
@@ -93,16 +98,35 @@ class SinkHandleLike(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Readiness:
-    """Whether this worker should receive traffic, and why not."""
+    """Whether this worker is running and able to work, what it is doing, and why not.
+
+    ``status``: ``starting`` (not in its consumer group yet), ``active`` (has input
+    partitions), ``standby`` (in the group with no input partition: more workers than
+    partitions; it takes partitions over on the next rebalance) or ``rebalancing``.
+    """
 
     reasons: tuple[str, ...]
+    status: str = "active"
+    input_partitions: int = 0
+    operations_partitions: int | None = None
 
     @property
     def ready(self) -> bool:
         return not self.reasons
 
     def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"ready": self.ready}
+        body: dict[str, Any] = {
+            "ready": self.ready,
+            "status": self.status,
+            "input_partitions": self.input_partitions,
+        }
+        if self.operations_partitions is not None:
+            body["operations_partitions"] = self.operations_partitions
+        if self.status == "standby":
+            body["detail"] = (
+                "no input partitions assigned: more workers than partitions; "
+                "this worker takes partitions over when the group rebalances"
+            )
         if self.reasons:
             body["reason"] = self.reasons[0]
             body["reasons"] = list(self.reasons)
@@ -111,21 +135,28 @@ class Readiness:
 
 def decide_readiness(
     *,
+    joined: bool,
+    rebalancing: bool,
     input_partitions: int,
     agents: Mapping[str, str],
     forwarding_enabled: bool,
     sink_state: str | None,
-    sink_ready: bool,
+    sink_joined: bool,
+    sink_partitions: int,
     sink_stopped_reason: str | None,
 ) -> Readiness:
-    """Ready = input partitions assigned, every agent running, and delivery able to proceed.
+    """Ready = in the consumer group (with or without partitions), every agent running, and
+    (when forwarding) the sink running in its group and not stopped by a configuration error.
 
+    ``joined``: the worker's first partition assignment has happened (an empty one counts);
     ``agents`` maps agent name → service state (``running``, ``crashed``, ...); the sink
-    fields are ignored when forwarding is disabled.
+    fields are ignored when forwarding is disabled. A worker without partitions is ready: a
+    surplus replica is a healthy standby, not a failure (``kubectl rollout status`` waits for
+    every replica to be ready).
     """
     reasons: list[str] = []
-    if input_partitions <= 0:
-        reasons.append("no input partitions assigned to this worker (starting or rebalancing)")
+    if not joined:
+        reasons.append("joining the consumer group: no partition assignment yet")
     if not agents:
         reasons.append("no agents registered")
     reasons.extend(
@@ -138,9 +169,16 @@ def decide_readiness(
             reasons.append("sink not started")
         elif sink_state != "running":
             reasons.append(f"sink is {sink_state}")
-        elif not sink_ready:
-            reasons.append("no operations partitions assigned to the sink")
-    return Readiness(tuple(reasons))
+        elif not sink_joined:
+            reasons.append("sink joining its consumer group: no partition assignment yet")
+    operations_partitions = sink_partitions if forwarding_enabled else None
+    if not joined:
+        status = "starting"
+    elif rebalancing:
+        status = "rebalancing"
+    else:
+        status = "active" if input_partitions or operations_partitions else "standby"
+    return Readiness(tuple(reasons), status, input_partitions, operations_partitions)
 
 
 # --- access -----------------------------------------------------------------------------------
@@ -353,11 +391,15 @@ class Observer:
         sink = self.sink
         input_partitions = sum(1 for tp in _assignment(self.app) if tp.topic in self.input_topics)
         return decide_readiness(
+            # faust records every assignment, an empty one too, before it recovers tables
+            joined=getattr(self.app, "_assignment", None) is not None,
+            rebalancing=bool(getattr(self.app, "rebalancing", False)),
             input_partitions=input_partitions,
             agents={agent.name: agent.state for agent in self.app.agents.values()},
             forwarding_enabled=self.settings.forwarding_enabled,
             sink_state=None if sink is None else sink.state,
-            sink_ready=sink is not None and sink.ready,
+            sink_joined=sink is not None and sink.joined,
+            sink_partitions=0 if sink is None else sink.partitions,
             sink_stopped_reason=None
             if sink is None or sink.stopped_reason is None
             else masking.active().text(sink.stopped_reason),

@@ -2,15 +2,25 @@
 
 Start-up order: settings were validated by the caller; topics are created if missing and the
 inputs' co-partitioning is checked before the first agent consumes (a mismatch stops the worker
-with one :class:`~app.errors.ConfigError` line); then faust runs until SIGTERM/SIGINT, which
-stop it gracefully (agents finish the record in hand, the producer is flushed, offsets of
-acked records are committed).
+with one :class:`~app.errors.ConfigError` line); the local table store is kept only if the last
+run stopped cleanly (:mod:`app.localstore`); then faust runs until SIGTERM/SIGINT, which stop it
+gracefully (agents finish the record in hand, the last transaction commits the acked offsets).
+
+A graceful stop is bounded: ``STOP_DEADLINE_SECONDS`` after the first SIGTERM/SIGINT the process
+exits with code 1 whatever it was waiting for (e.g. a broker that is down, where faust's
+producer alone would wait 60 s). Nothing is lost by that: what was not committed is aborted by
+the broker and redone on the next start, which also rebuilds the local store. After a stop with
+exit code 0 and every store write committed, the clean-stop marker is written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -19,15 +29,20 @@ from faust.worker import Worker
 
 from agents import attach_agents
 from app import masking
-from app.faust_app import create_app
+from app.faust_app import create_app, tracked_writes
 from app.kafka_admin import ensure_topics
 from app.kafka_security import client_kwargs
+from app.localstore import mark_clean, open_store
 from app.logs import configure_logging
 from app.settings import Settings
 from app.topics import changelog_topics, topics_for
 from app.web import attach_web
 
 log = logging.getLogger(__name__)
+
+# Kubernetes' default grace period is 30 s; stop well inside it, logs flushed.
+STOP_DEADLINE_SECONDS = 25.0
+EXIT_STOP_DEADLINE = 1
 
 
 class ForwarderWorker(Worker):
@@ -39,6 +54,38 @@ class ForwarderWorker(Worker):
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:  # noqa: ARG002
         configure_logging(self.settings.log_level, self.settings.log_format)
+
+    def _on_sigterm(self) -> None:
+        arm_stop_deadline()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        arm_stop_deadline()
+        super()._on_sigint()
+
+
+_deadline: threading.Timer | None = None
+
+
+def arm_stop_deadline(seconds: float = STOP_DEADLINE_SECONDS) -> None:
+    """Exit the process ``seconds`` from now unless it has exited by then (first call only).
+
+    A thread, not a task: it must fire even when the event loop is stuck in a blocking call."""
+    global _deadline  # noqa: PLW0603 - one deadline per process
+    if _deadline is not None:
+        return
+
+    def expire() -> None:
+        sys.stderr.write(
+            f"mpcio: graceful stop exceeded {seconds:.0f} s; exiting now (uncommitted work "
+            "is redone on the next start)\n"
+        )
+        sys.stderr.flush()
+        os._exit(EXIT_STOP_DEADLINE)
+
+    _deadline = threading.Timer(seconds, expire)
+    _deadline.daemon = True
+    _deadline.start()
 
 
 def build_worker_app(settings: Settings) -> faust.App:
@@ -62,15 +109,23 @@ def run_worker(settings: Settings) -> None:
     masking.install(masking.masker_for(settings))
     # faust configures logging again when it starts; this covers the lines before it
     configure_logging(settings.log_level, settings.log_format)
-    partitions = asyncio.run(
-        ensure_topics(
-            settings.bootstrap_servers,
-            topics_for(settings),
-            settings.topic_replication_factor,
-            security=client_kwargs(settings),
-            changelogs=changelog_topics(settings.app_id),
+    # aiokafka logs each failed connection attempt; ensure_topics reports the cause (wrong CA,
+    # host name, password, refused) in one line, so its lines would only repeat it noisily
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        partitions = asyncio.run(
+            ensure_topics(
+                settings.bootstrap_servers,
+                topics_for(settings),
+                settings.topic_replication_factor,
+                security=client_kwargs(settings),
+                changelogs=changelog_topics(settings.app_id),
+            )
         )
-    )
+    finally:
+        client_log.setLevel(level)
     # The batches topic (mParticle's) decides; MPCIO_TOPIC_PARTITIONS only names the count
     # of topics created before it exists.
     settings = settings.model_copy(update={"topic_partitions": partitions})
@@ -83,4 +138,14 @@ def run_worker(settings: Settings) -> None:
             "of this process, so masks differ between workers and restarts; "
             "`mpcio check-config` generates a key"
         )
-    worker.execute_from_commandline()
+    tabledir = Path(app.conf.tabledir)
+    persistent = not settings.store.startswith("memory")
+    if persistent:
+        open_store(tabledir)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        if persistent:
+            code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
+            mark_clean(tabledir, tracked_writes(app), code)
+        raise

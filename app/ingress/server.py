@@ -433,9 +433,10 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     producer, serve.
 
     Raises :class:`~app.errors.ConfigError` when the port cannot be bound (before any topic or
-    producer exists) and :class:`~app.errors.BrokerError` when Kafka cannot be reached at
-    start. On a signal it stops accepting, lets requests in flight finish (their writes
-    complete or answer 503), then closes the producer."""
+    producer exists) or Kafka rejects the TLS/SASL settings, and
+    :class:`~app.errors.BrokerError` when Kafka cannot be reached at start. On a signal it
+    stops accepting, lets requests in flight finish (their writes complete or answer 503), then
+    closes the producer."""
     from aiokafka import AIOKafkaProducer  # noqa: PLC0415
 
     from app.kafka_admin import ensure_topics  # noqa: PLC0415

@@ -60,9 +60,14 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
 PARTITIONS = 4
 SITE_ID, API_KEY = "bench-site", "bench-key"
-CONTENDERS = ("ours", "ceiling", "naive")
+CONTENDERS = ("ours", "ours-alo", "ceiling", "naive")
+# Our worker under each processing guarantee: "ours" is the product (exactly_once, Kafka
+# transactions), "ours-alo" the same worker with processing_guarantee=at_least_once (no
+# transactions), so one run shows what the guarantee costs.
+GUARANTEES = {"ours": "exactly_once", "ours-alo": "at_least_once"}
 TITLES = {
-    "ours": "ours: mpcio worker (table → ops topic → v2 sink)",
+    "ours": "ours: mpcio worker, exactly_once (transactions)",
+    "ours-alo": "ours, at_least_once (no transactions)",
     "ceiling": "ceiling: faust decode + produce, no HTTP",
     "naive": "per-event forwarder (aiokafka + v1, 1 req/event)",
 }
@@ -231,8 +236,12 @@ class Bench:
     def launch(self, contender: str, tag: str, source: str, records: int) -> Any:
         log = self.workdir / f"{tag}.log"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        if contender == "ours":
-            env.update(settings_as_env(self.ours_settings(tag, source)))
+        if contender in GUARANTEES:
+            settings = self.ours_settings(tag, source)
+            guarantee = GUARANTEES[contender]
+            env.update(
+                settings_as_env(settings.model_copy(update={"processing_guarantee": guarantee}))
+            )
             return procs.spawn(
                 [sys.executable, "-m", "app", "worker"], log=log, env=env, cwd=self.workdir / tag
             )
@@ -309,9 +318,12 @@ class Bench:
                 await asyncio.sleep(0.5)
 
     def target(self, contender: str, exp: Expected) -> int:
-        return {"ours": exp.ours_events, "ceiling": exp.records, "naive": exp.naive_events}[
-            contender
-        ]
+        return {
+            "ours": exp.ours_events,
+            "ours-alo": exp.ours_events,
+            "ceiling": exp.records,
+            "naive": exp.naive_events,
+        }[contender]
 
     # --- one run -------------------------------------------------------------------------
     async def run(self, contender: str, phase: str, run: int, paced_rate: float) -> dict[str, Any]:
@@ -323,7 +335,7 @@ class Bench:
             "run": run,
             "shape": asdict(self.options.shape),
             "store": self.options.store
-            if contender == "ours"
+            if contender in GUARANTEES
             else ("memory://" if contender == "ceiling" else None),
             "loadavg_before": os.getloadavg()[0],
         }
@@ -354,7 +366,7 @@ class Bench:
             exp = expected(warm + paced, self.settings_for_expectation)
             row["paced_rate_events_per_s"] = round(paced_rate, 1)
         target = self.target(contender, exp)
-        if contender == "ours":
+        if contender in GUARANTEES:
             await self.create_ours_topics(tag, source)
         process = self.launch(contender, tag, source, exp.records)
         sampler = procs.Sampler(process.pid, self.kafka_pid, self.emulator.process.pid)
@@ -821,7 +833,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     shape.add_argument("--seed", type=int, default=7, help="workload random seed")
     run = parser.add_argument_group("runs")
     run.add_argument("--runs", type=int, default=3, help="runs per contender and phase")
-    run.add_argument("--contenders", default=",".join(CONTENDERS), help="any of ours,ceiling,naive")
+    run.add_argument(
+        "--contenders", default=",".join(CONTENDERS), help="any of " + ",".join(CONTENDERS)
+    )
     run.add_argument("--phases", default=",".join(PHASES), help="any of throughput,paced,limited")
     run.add_argument("--store", default="rocksdb://", help="ours' table store (or memory://)")
     run.add_argument(

@@ -9,7 +9,9 @@ event carries a unique ``seq`` attribute, so the checker matches events by ``seq
 knowing how event ids are derived. Per user (deterministic from its index):
 - every 7th user has no email until round ``rounds // 2`` (its earlier events are skipped);
 - every 5th user opts out in round 1 and back in at round 3 (events in rounds 1-2 after the
-  opt-out are suppressed; resubscribe is off, so it stays unsubscribed);
+  opt-out are suppressed; resubscribe is off, so once Customer.io was told - by an identify
+  while opted out and known by email - it stays unsubscribed; a user whose email arrives only
+  after opting back in is never unsubscribed there);
 - attribute ``tier`` = the round number (last writer wins), ``$FirstName`` constant.
 """
 
@@ -93,7 +95,7 @@ def generate(users: int, rounds: int, events: int) -> Workload:
                 person.update(
                     {"email": f"rel{user}@example.com", "first_name": f"R{user}", "tier": round_}
                 )
-                if opt_user and round_ >= 1:
+                if opted_out:  # an identify says so; without resubscribe it stays
                     person["unsubscribed"] = True
                 expected.identifies += 1  # tier changes every round
     return Workload(records, expected, seq)

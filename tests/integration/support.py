@@ -17,6 +17,8 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.integration import reliability_model
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -36,9 +38,8 @@ async def produce(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
-        for key, value in records:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
+        sent = [await producer.send(topic, value, key=key) for key, value in records]
+        await asyncio.gather(*sent)  # flush() alone would not raise for a refused record
     finally:
         await producer.stop()
 
@@ -217,3 +218,16 @@ def log_findings(paths: Iterable[Path]) -> list[str]:
         findings += [f"{path}: secret {s!r}" for s in LOG_SECRETS if s.encode() in text]
         findings += [f"{path}: email {m.group(0)[:3]!r}..." for m in EMAIL.finditer(text)]
     return findings
+
+
+async def judge(emulator: Any, workload: reliability_model.Workload) -> reliability_model.Verdict:
+    """The reference model's verdict on what ``emulator`` (a RunningEmulator) holds now."""
+    people = (await inspect_emulator(emulator.url, "people"))["people"]
+    events = (await inspect_emulator(emulator.url, "events"))["events"]
+    return reliability_model.check(
+        workload.expected,
+        workload.events_in,
+        people,
+        events,
+        emulator.state.stats()["duplicates_suppressed"],
+    )

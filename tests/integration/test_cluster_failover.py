@@ -29,7 +29,7 @@ from app.kafka_admin import ensure_topics
 from app.localkafka import LocalKafkaCluster
 from tests.integration import reliability_model
 from tests.integration.conftest import Deployment
-from tests.integration.support import inspect_emulator, message_count, produce, wait_for
+from tests.integration.support import judge, message_count, produce, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -175,15 +175,7 @@ async def test_leader_of_operations_killed_mid_stream(
         producing.cancel()
         await deployment.stop_all()
 
-    people = (await inspect_emulator(emulator.url, "people"))["people"]
-    events = (await inspect_emulator(emulator.url, "events"))["events"]
-    verdict = reliability_model.check(
-        workload.expected,
-        workload.events_in,
-        people,
-        events,
-        emulator.state.stats()["duplicates_suppressed"],
-    )
+    verdict = await judge(emulator, workload)
     dead = await message_count(cluster.bootstrap, deployment.topics.deadletter.name)
     with capsys.disabled():
         print(

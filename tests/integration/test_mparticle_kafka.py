@@ -165,3 +165,7 @@ async def test_check_config_sample_reports_key_forms(kafka: LocalKafka, names: N
         result.out,
         re.MULTILINE,
     ), result.both
+    few = await mpcio("check-config", "--sample", "3", env=env)
+    assert re.search(r"^key sample: +ok \(3 records of ", few.out, re.MULTILINE), few.both
+    negative = await mpcio("check-config", "--sample", "-5", env=env)
+    assert negative.code == 2

@@ -193,7 +193,7 @@ async def test_prometheus_scrapes_the_worker_and_every_dashboard_and_alert_query
         lambda: _equals(prometheus, 'mpcio_ready{job="mpcio"}', 1), 60, "mpcio_ready 1", worker
     )
     status, body = await http_get(f"{worker_url}/health/ready")
-    assert (status, body) == (200, {"ready": True})
+    assert (status, body["ready"], body["status"]) == (200, True, "active")
     assert await http_get(f"{worker_url}/health/live") == (200, {"live": True})
     assert await prometheus.scalar("sum(mpcio_sink_items_delivered_total)") == 0
 

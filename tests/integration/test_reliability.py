@@ -9,6 +9,7 @@ duplicates the emulator suppressed, dead letters, lost).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from typing import TYPE_CHECKING
 
@@ -19,14 +20,16 @@ from app.emulator.faults import parse_faults
 from app.localkafka import LocalKafka
 from tests.integration import reliability_model
 from tests.integration.conftest import Deployment
+from tests.integration.killloop import KillLoopPlan, run_kill_loop
 from tests.integration.support import (
-    inspect_emulator,
+    judge,
     message_count,
     produce,
     wait_for,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from app.emulator.server import RunningEmulator
@@ -68,12 +71,7 @@ async def _verdict(
     scenario: str,
     capsys: pytest.CaptureFixture[str],
 ) -> reliability_model.Verdict:
-    people = (await inspect_emulator(emulator.url, "people"))["people"]
-    events = (await inspect_emulator(emulator.url, "events"))["events"]
-    suppressed = emulator.state.stats()["duplicates_suppressed"]
-    verdict = reliability_model.check(
-        workload.expected, workload.events_in, people, events, suppressed
-    )
+    verdict = await judge(emulator, workload)
     dead = await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name)
     with capsys.disabled():
         print("\n" + verdict.summary(scenario, dead))
@@ -91,36 +89,33 @@ async def _settle(emulator: RunningEmulator, expected: int) -> None:
         await asyncio.sleep(1.0)
 
 
-async def test_worker_sigkill_and_restart(
+# CI's short form of the kill loop (bench/killloop runs the long one): 2,000 batches paced
+# over ~100 s, at least 20 SIGKILLs. A 6 s group session (the broker's minimum) lets each
+# restarted worker take over the killed one's partitions quickly.
+KILL_LOOP = KillLoopPlan(users=250, rounds=8, events=2, rate=20.0, kills=20, seed=1311)
+
+
+@pytest.mark.killloop
+async def test_kill_loop_loses_nothing(
     deployment: Deployment, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    workload = _workload()
-    expected = len(workload.expected.events)
-    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records)
-    first = deployment.start_worker(batch_max_items="20", rate_limit_per_second="40")
-    await _until_delivered(emulator, expected // 3, [first])
-    first.kill()  # SIGKILL mid-stream: no flush, no commit
-    second = deployment.start_worker()
-    await _until_delivered(emulator, expected, [second])
-    await _settle(emulator, expected)
-    await _verdict(deployment, emulator, workload, "sigkill", capsys)
-    # State came back from the changelog: no identify storm (one per profile change, plus
-    # at most one per record redelivered after the kill).
-    identifies = emulator.state.store.identifies
-    assert identifies <= workload.expected.identifies + USERS * 2, identifies
+    result = await run_kill_loop(
+        deployment,
+        emulator,
+        KILL_LOOP,
+        worker_env={"batch_max_items": "50", "kafka_session_timeout_seconds": "6"},
+    )
+    with capsys.disabled():
+        print("\n" + result.summary())
+    assert result.kills >= KILL_LOOP.kills
+    assert result.verdict.ok, result.verdict
 
 
 async def test_broker_killed_and_restarted(
     names: Names, tmp_path: Path, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    broker = LocalKafka(data_dir=tmp_path / "kafka")
-    broker.start()
-    try:
-        deployment = Deployment(broker, names, tmp_path, emulator.url)
-        await deployment.prepare()
-        workload = _workload()
+    async with _own_broker(names, tmp_path, emulator) as (broker, deployment, workload):
         expected = len(workload.expected.events)
-        await produce(broker.bootstrap, deployment.topics.batches.name, workload.records)
         worker = deployment.start_worker(batch_max_items="20", rate_limit_per_second="40")
         await _until_delivered(emulator, expected // 3, [worker])
         broker.kill()
@@ -129,9 +124,6 @@ async def test_broker_killed_and_restarted(
         await _until_delivered(emulator, expected, [worker], timeout=180)
         await _settle(emulator, expected)
         await _verdict(deployment, emulator, workload, "broker restart", capsys)
-        await deployment.stop_all()
-    finally:
-        broker.close()
 
 
 async def test_customerio_errors_throttling_timeouts_and_drops(
@@ -267,7 +259,48 @@ async def test_sigterm_stops_gracefully_and_loses_nothing(
     await _until_delivered(emulator, expected // 4, [first])
     seconds = await first.stop()  # SIGTERM, as orchestrators send
     assert seconds < 30, f"SIGTERM took {seconds:.1f}s"
+    with capsys.disabled():
+        print(f"\nSIGTERM during delivery: stopped in {seconds:.1f} s")
     second = deployment.start_worker()
     await _until_delivered(emulator, expected, [second])
     await _settle(emulator, expected)
     await _verdict(deployment, emulator, workload, "sigterm", capsys)
+
+
+async def test_sigterm_with_the_broker_down_is_bounded_and_loses_nothing(
+    names: Names, tmp_path: Path, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with _own_broker(names, tmp_path, emulator) as (broker, deployment, workload):
+        expected = len(workload.expected.events)
+        store = {"store": "rocksdb://", "data_dir": str(tmp_path / "data")}
+        worker = deployment.start_worker(batch_max_items="20", rate_limit_per_second="40", **store)
+        await _until_delivered(emulator, expected // 3, [worker])
+        broker.kill()
+        # The bound must hold whatever faust waits for (its producer alone waits 60 s).
+        seconds = await worker.stop(timeout=60)
+        with capsys.disabled():
+            print(f"\nSIGTERM with the broker down: stopped in {seconds:.1f} s")
+        assert seconds <= 30, f"SIGTERM with the broker down took {seconds:.1f}s"
+        broker.start()
+        restarted = deployment.start_worker(**store)
+        await _until_delivered(emulator, expected, [restarted], timeout=240)
+        await _settle(emulator, expected)
+        await _verdict(deployment, emulator, workload, "sigterm, broker down", capsys)
+
+
+@contextlib.asynccontextmanager
+async def _own_broker(
+    names: Names, tmp_path: Path, emulator: RunningEmulator
+) -> AsyncIterator[tuple[LocalKafka, Deployment, reliability_model.Workload]]:
+    """A broker of the test's own (to kill), its topics, and the workload already produced."""
+    broker = LocalKafka(data_dir=tmp_path / "kafka")
+    broker.start()
+    try:
+        deployment = Deployment(broker, names, tmp_path, emulator.url)
+        await deployment.prepare()
+        workload = _workload()
+        await produce(broker.bootstrap, deployment.topics.batches.name, workload.records)
+        yield broker, deployment, workload
+        await deployment.stop_all()
+    finally:
+        broker.close()

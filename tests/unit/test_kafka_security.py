@@ -11,7 +11,12 @@ import pytest
 
 from app.cli import settings_as_env
 from app.errors import ConfigError
-from app.kafka_security import broker_credentials, client_kwargs, describe_connection_error
+from app.kafka_security import (
+    ConnectionProblem,
+    broker_credentials,
+    client_kwargs,
+    describe_connection_error,
+)
 from app.settings import load_settings
 
 BASE = {"forwarding_enabled": False}
@@ -146,10 +151,43 @@ def test_password_is_redacted_but_passed_to_child_processes() -> None:
 
 
 def test_connection_errors_are_described_for_operators() -> None:
-    assert describe_connection_error(ConnectionRefusedError(111, "refused")) == (
-        "connection refused"
-    )
+    refused = describe_connection_error(ConnectionRefusedError(111, "refused"))
+    assert refused == ConnectionProblem("connection refused", settings_rejected=False)
     auth = describe_connection_error(Exception("SaslAuthenticationFailed: bad password"))
-    assert auth.startswith("authentication failed (check MPCIO_KAFKA_SASL_*)")
+    assert auth.reason.startswith("authentication failed (check MPCIO_KAFKA_SASL_*)")
+    assert auth.settings_rejected
     closed = describe_connection_error(Exception("Connection at 127.0.0.1:9 closed"))
-    assert "MPCIO_KAFKA_SECURITY_PROTOCOL" in closed
+    assert "MPCIO_KAFKA_SECURITY_PROTOCOL" in closed.reason
+    assert not closed.settings_rejected
+
+
+def _verification_error(code: int, message: str) -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] {message}")
+    error.verify_code, error.verify_message = code, message
+    return error
+
+
+def test_certificate_failures_name_the_setting_and_are_configuration_errors() -> None:
+    untrusted = describe_connection_error(
+        _verification_error(20, "unable to get local issuer certificate")
+    )
+    assert untrusted == ConnectionProblem(
+        "the broker's certificate is not trusted: it is not signed by the CA in "
+        "MPCIO_KAFKA_SSL_CAFILE (or the system's CAs when unset) "
+        "(unable to get local issuer certificate)",
+        settings_rejected=True,
+    )
+    # aiokafka may wrap the handshake error; the cause is what counts
+    try:
+        try:
+            raise _verification_error(64, "IP address mismatch, certificate is not valid for x")
+        except ssl.SSLError as exc:
+            raise ConnectionError("Unable to connect") from exc
+    except ConnectionError as wrapped:
+        mismatch = describe_connection_error(wrapped)
+    assert mismatch.reason.startswith("host-name verification failed: the broker's certificate")
+    assert "IP address mismatch" in mismatch.reason
+    assert mismatch.settings_rejected
+    other_tls = describe_connection_error(ssl.SSLError(1, "WRONG_VERSION_NUMBER"))
+    assert other_tls.reason.startswith("TLS handshake failed")
+    assert not other_tls.settings_rejected

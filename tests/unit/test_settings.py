@@ -170,3 +170,15 @@ def test_owned_topics_are_named_under_the_app_id() -> None:
         "customerio-operations",
         "customerio-deadletter",
     )
+
+
+@pytest.mark.parametrize(("name", "value"), [("MPCIO_BROKER", "garbage"), ("MPCIO_APP_ID", "")])
+def test_a_bad_setting_is_the_only_one_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    # topic names derive from the app id: they must not be reported as bad as well
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(forwarding_enabled=False)
+    assert str(caught.value).count("invalid setting") == 1
+    assert name in str(caught.value)

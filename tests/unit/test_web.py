@@ -13,6 +13,7 @@ from app.settings import load_settings
 from app.state import FirstSeen, UserState, decode_state, encode_state
 from app.web import (
     Access,
+    Readiness,
     access_middleware,
     decide_access,
     decide_readiness,
@@ -24,28 +25,66 @@ from app.web import (
 RUNNING = {"ingest_batches": "running", "ingest_audiences": "running"}
 
 
-def ready_when(**changes: object) -> tuple[bool, tuple[str, ...]]:
+def readiness_when(**changes: object) -> Readiness:
     inputs: dict[str, object] = {
+        "joined": True,
+        "rebalancing": False,
         "input_partitions": 4,
         "agents": RUNNING,
         "forwarding_enabled": True,
         "sink_state": "running",
-        "sink_ready": True,
+        "sink_joined": True,
+        "sink_partitions": 4,
         "sink_stopped_reason": None,
         **changes,
     }
-    readiness = decide_readiness(**inputs)  # type: ignore[arg-type]
+    return decide_readiness(**inputs)  # type: ignore[arg-type]
+
+
+def ready_when(**changes: object) -> tuple[bool, tuple[str, ...]]:
+    readiness = readiness_when(**changes)
     return readiness.ready, readiness.reasons
 
 
 def test_ready_when_everything_runs() -> None:
     assert ready_when() == (True, ())
+    assert readiness_when().as_json() == {
+        "ready": True,
+        "status": "active",
+        "input_partitions": 4,
+        "operations_partitions": 4,
+    }
 
 
-def test_not_ready_without_input_partitions() -> None:
-    ready, reasons = ready_when(input_partitions=0)
+def test_a_surplus_replica_without_partitions_is_ready_and_says_standby() -> None:
+    readiness = readiness_when(input_partitions=0, sink_partitions=0)
+    assert readiness.ready
+    body = readiness.as_json()
+    assert body["status"] == "standby"
+    assert (body["input_partitions"], body["operations_partitions"]) == (0, 0)
+    assert "more workers than partitions" in body["detail"]
+    assert "reason" not in body
+
+
+def test_a_worker_delivering_without_input_partitions_is_active() -> None:
+    assert readiness_when(input_partitions=0, sink_partitions=2).status == "active"
+    assert readiness_when(input_partitions=0, forwarding_enabled=False).status == "standby"
+
+
+def test_not_ready_before_joining_the_group() -> None:
+    ready, reasons = ready_when(joined=False, input_partitions=0)
     assert not ready
-    assert reasons == ("no input partitions assigned to this worker (starting or rebalancing)",)
+    assert reasons == ("joining the consumer group: no partition assignment yet",)
+    assert readiness_when(joined=False).status == "starting"
+    ready, reasons = ready_when(sink_joined=False, sink_partitions=0)
+    assert not ready
+    assert reasons == ("sink joining its consumer group: no partition assignment yet",)
+
+
+def test_rebalancing_stays_ready_and_says_so() -> None:
+    readiness = readiness_when(rebalancing=True, input_partitions=0)
+    assert readiness.ready
+    assert readiness.status == "rebalancing"
 
 
 def test_not_ready_when_an_agent_is_not_running() -> None:
@@ -56,42 +95,32 @@ def test_not_ready_when_an_agent_is_not_running() -> None:
 
 
 def test_not_ready_when_delivery_is_stopped_and_says_why() -> None:
-    ready, reasons = ready_when(sink_stopped_reason="Customer.io answered 401", sink_ready=False)
+    ready, reasons = ready_when(sink_stopped_reason="Customer.io answered 401")
     assert not ready
     assert reasons == ("delivery stopped: Customer.io answered 401",)
 
 
-def test_not_ready_when_the_sink_is_missing_stopping_or_unassigned() -> None:
+def test_not_ready_when_the_sink_is_missing_or_stopping() -> None:
     assert ready_when(sink_state=None)[1] == ("sink not started",)
     assert ready_when(sink_state="stopping")[1] == ("sink is stopping",)
-    assert ready_when(sink_ready=False)[1] == ("no operations partitions assigned to the sink",)
 
 
 def test_sink_is_ignored_when_forwarding_is_disabled() -> None:
-    assert ready_when(forwarding_enabled=False, sink_state=None, sink_ready=False)[0]
+    readiness = readiness_when(
+        forwarding_enabled=False, sink_state=None, sink_joined=False, sink_partitions=0
+    )
+    assert readiness.ready
+    assert "operations_partitions" not in readiness.as_json()
 
 
 def test_readiness_json_names_the_first_reason() -> None:
-    readiness = decide_readiness(
-        input_partitions=0,
-        agents={"a": "init"},
-        forwarding_enabled=False,
-        sink_state=None,
-        sink_ready=False,
-        sink_stopped_reason=None,
-    )
-    body = readiness.as_json()
+    body = readiness_when(
+        joined=False, agents={"a": "init"}, forwarding_enabled=False, sink_state=None
+    ).as_json()
     assert body["ready"] is False
+    assert body["status"] == "starting"
     assert body["reason"] == body["reasons"][0]
     assert len(body["reasons"]) == 2
-    assert decide_readiness(
-        input_partitions=1,
-        agents={"a": "running"},
-        forwarding_enabled=False,
-        sink_state=None,
-        sink_ready=False,
-        sink_stopped_reason=None,
-    ).as_json() == {"ready": True}
 
 
 def test_user_view_masks_every_personal_value_by_default() -> None:
