@@ -5,8 +5,9 @@ Customer.io v2 batch item that would be sent, one JSON object per line, exactly 
 would send it. Each line is one input record of any of the worker's input topics, told apart
 by :func:`line_kind`:
 
-- ``firehose``: an object whose ``type`` is a Firehose request message that ``mpcio ingress``
-  accepts: validated like the ingress does, and its records go through the worker's own
+- ``firehose``: an object with a ``type`` (mParticle batches, DSRs and audience feeds have
+  none): validated like the ingress does (an unknown ``type`` is invalid with the ingress's
+  detail, ``firehose: type: must be one of ...``), and its records go through the worker's own
   audience / erasure steps (:mod:`app.pipeline`) against the same in-memory state;
 - ``erasure``: an object with ``subject_request_type`` (a data-subject request, SPEC §5): the
   ``delete`` items, and the user's state is forgotten;
@@ -41,7 +42,7 @@ from app.avro import codec
 from app.erasure import parse_erasure_record
 from app.errors import InvalidRecordError
 from app.ingress.messages import plan_message
-from app.ingress.schemas import REQUEST_SCHEMAS, FirehoseSchemaError, validate
+from app.ingress.schemas import FirehoseSchemaError, validate
 from app.mparticle import load_json, parse_record
 from app.pipeline import (
     IngestResult,
@@ -128,8 +129,8 @@ _POSITION: Final = SourcePosition("dry-run", 0, -1)
 def line_kind(document: Any) -> str:
     """``firehose``, ``erasure``, ``audience`` or ``batch`` for one decoded line (module
     docstring). Firehose first: its DSR message carries ``subject_request_type`` too."""
-    if type(document) is dict and document.get("type") in REQUEST_SCHEMAS:
-        return "firehose"
+    if type(document) is dict and "type" in document:
+        return "firehose"  # an unknown type is refused as the ingress refuses it
     first = document[0] if type(document) is list and document else document
     if type(first) is dict:
         if "subject_request_type" in first:

@@ -25,7 +25,8 @@ state.
 
 Failure semantics: an unusable record raises :class:`~app.errors.InvalidRecordError`
 (``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``mpid_invalid``, and
-``erasure_invalid`` when it names neither an mpid nor an identity).
+``erasure_invalid`` when it names neither an mpid nor an identity, or has no
+``subject_request_type``: nothing defaults to an erasure, the worker dead-letters it).
 """
 
 from __future__ import annotations
@@ -77,11 +78,16 @@ def parse_erasure_record(value: bytes) -> ErasureRequest:
     email, customer_id, hashed = _subject_identities(document.get("subject_identities"))
     if mpid is None and email is None and customer_id is None and not hashed:
         raise InvalidRecordError("erasure_invalid", "request names no mpid, email or customer_id")
-    request_type = document.get("subject_request_type", "erasure")
+    request_type = document.get("subject_request_type")
+    if type(request_type) is not str or not request_type.strip():
+        # No default: an erasure is irreversible, so only a request that says so is one.
+        raise InvalidRecordError(
+            "erasure_invalid", "subject_request_type is missing (erasure, access, portability)"
+        )
     request_id = document.get("subject_request_id")
     return ErasureRequest(
         request_id=request_id if type(request_id) is str else None,
-        request_type=str(request_type).lower(),
+        request_type=request_type.strip().lower(),
         mpid=mpid,
         email=email,
         customer_id=customer_id,

@@ -12,6 +12,9 @@ send once they are durable:
 - ``dsr_processing_request``: the request without its account, on EVERY partition of the
   erasure topic without key (``all_partitions``): Firehose DSRs name identities, not an mpid,
   so each partition's worker looks for the subject among the users it holds (app/erasure.py).
+  Only ``subject_request_type`` ``erasure`` writes; ``access`` and ``portability`` (the schema
+  requires the field, app/ingress/schemas.py) write nothing and are answered with the
+  ``dsr_processing_response``; :attr:`Plan.ignored` names them (``dsr_access``, ...).
 - ``audience_subscription_request`` and ``module_registration_request``: nothing to write.
 
 Each record is parsed here by the worker's own parser before anything is written, so a
@@ -77,6 +80,7 @@ class Plan:
     records: tuple[Record, ...]
     response: dict[str, Any]
     profiles: int  # user profiles the records carry (membership requests), for metrics
+    ignored: str | None = None  # why a message that could write does not (metrics label)
 
 
 def plan_message(
@@ -91,6 +95,7 @@ def plan_message(
         "firehose_version": version,
     }
     records: list[Record] = []
+    ignored = None
     if message_type == "audience_membership_change_request":
         header = {
             field: message[field]
@@ -106,15 +111,19 @@ def plan_message(
         response["suspend_subscription"] = False
     elif message_type == "dsr_processing_request":
         value = orjson.dumps({field: message[field] for field in _DSR_FIELDS if field in message})
-        parse_erasure_record(value)
-        records.append(Record("erasure", None, value, all_partitions=True))
+        if parse_erasure_record(value).request_type == "erasure":
+            records.append(Record("erasure", None, value, all_partitions=True))
+        else:  # access / portability: nothing of ours to export; answered, counted
+            ignored = f"dsr_{message['subject_request_type']}"
     elif message_type == "audience_subscription_request":
         response["audience_subscription_settings"] = message.get(
             "audience_subscription_settings", {}
         )
     elif message_type == "module_registration_request":
         response.update(registration(version))
-    return Plan(tuple(records), response, profiles=len(message.get("user_profiles") or []))
+    return Plan(
+        tuple(records), response, profiles=len(message.get("user_profiles") or []), ignored=ignored
+    )
 
 
 def registration(version: str) -> dict[str, Any]:

@@ -201,3 +201,78 @@ async def _scenario(deployment: Deployment, emulator: RunningEmulator, url: str)
 async def _metrics(url: str) -> str:
     async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
         return await response.text()
+
+
+def _membership(index: int, profiles: int) -> bytes:
+    """A membership change of ``profiles`` distinct users joining one audience."""
+    return orjson.dumps(
+        {
+            "type": "audience_membership_change_request",
+            "id": f"load-{index}",
+            "timestamp_ms": T + index,
+            "firehose_version": "2.8.1",
+            "account": {"account_id": 1},
+            "user_profiles": [
+                {
+                    "mpid": str(index * profiles + n + 1),
+                    "user_identities": [{"type": "email", "encoding": "md5", "value": "0" * 32}],
+                    "audiences": [{"audience_id": 1, "audience_name": "Load", "action": "add"}],
+                }
+                for n in range(profiles)
+            ],
+        }
+    )
+
+
+async def test_concurrent_posts_are_all_durable_once_and_a_taken_port_starts_nothing(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """50 concurrent POSTs of 100 profiles against a healthy broker: every one 200, each
+    profile on the topic exactly once, /healthz answering meanwhile. Then a second ingress on
+    the same port: exit 2 with one line, and its topics were never created."""
+    import asyncio  # noqa: PLC0415
+
+    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415
+
+    ingress, url = await _start_ingress(deployment, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def post(index: int) -> int:
+                headers = {"Content-Type": "application/json", **AUTH}
+                async with session.post(
+                    url, data=_membership(index, 100), headers=headers
+                ) as response:
+                    return response.status
+
+            posts = asyncio.gather(*(post(i) for i in range(50)))
+            async with session.get(f"{url}/healthz") as health:
+                assert health.status == 200
+            assert await posts == [200] * 50
+        audiences = deployment.topics.audiences.name
+        assert await message_count(deployment.kafka.bootstrap, audiences) == 5000
+
+        port = url.rsplit(":", 1)[1]
+        env = {
+            **deployment.env,
+            "MPCIO_INGRESS_SECRET": SECRET,
+            "MPCIO_INGRESS_PORT": port,
+            "MPCIO_TOPIC_AUDIENCES": "never-created-audiences",
+            "MPCIO_TOPIC_ERASURE": "never-created-erasure",
+        }
+        second = WorkerProcess(["-m", "app", "ingress"], env, tmp_path / "second.log").start()
+        assert second.process is not None
+        assert await asyncio.to_thread(second.process.wait, 120) == 2
+        lines = (tmp_path / "second.log").read_text().strip().splitlines()
+        assert len(lines) == 1, lines
+        assert f"cannot listen on 127.0.0.1:{port}" in lines[0]
+        admin = AIOKafkaAdminClient(bootstrap_servers=deployment.kafka.bootstrap)
+        await admin.start()
+        try:
+            topics = set(await admin.list_topics())
+        finally:
+            await admin.close()
+        assert not {"never-created-audiences", "never-created-erasure"} & topics
+    finally:
+        if ingress.process is not None and ingress.process.poll() is None:
+            await ingress.stop()

@@ -18,7 +18,7 @@ from app.pipeline import (
     process_erasure_record,
 )
 from app.settings import Settings, load_settings
-from app.state import UserState, decode_state
+from app.state import UserState, decode_state, encode_state
 
 SOURCE = SourcePosition("mparticle-audiences", 0, 5)
 OFFSETS = itertools.count(100)
@@ -245,3 +245,29 @@ def test_erasure_purges_state_and_blocks_older_batches() -> None:
         b"7", batch, SOURCE, {}.get, _settings(), erased_at_ms=5000, record_ms=5001
     )
     assert _items(after)[0]["action"] == "identify"  # a new user from scratch
+
+
+@pytest.mark.parametrize("request_type", [None, "", 7], ids=["missing", "empty", "not-text"])
+def test_erasure_request_type_is_never_defaulted(request_type: object) -> None:
+    """An erasure is irreversible: a request that does not say ``erasure`` is not one."""
+    document: dict[str, object] = {"mpid": 7}
+    if request_type is not None:
+        document["subject_request_type"] = request_type
+    with pytest.raises(InvalidRecordError) as caught:
+        parse_erasure_record(orjson.dumps(document))
+    assert caught.value.reason == "erasure_invalid"
+    assert "subject_request_type" in caught.value.detail
+
+
+def test_erasure_request_of_another_type_plans_nothing() -> None:
+    request = parse_erasure_record(b'{"subject_request_type": "Access", "mpid": 7}')
+    assert plan_erasure(request, UserState(email="a@x.io")).outcome == "not_erasure"
+
+
+def test_worker_dead_letters_an_erasure_without_request_type_and_deletes_nothing() -> None:
+    store = {"7": encode_state(UserState(email="a@x.io"))}
+    result = process_erasure_record(b"7", b'{"mpid": 7}', SOURCE, store.get, record_ms=5000)
+    assert (result.operations, result.purged) == (None, [])
+    (letter,) = [codec("dead_letter").decode(value) for value in result.dead_letters]
+    assert letter["reason"] == "erasure_invalid"
+    assert result.counts["erasures", "rejected"] == 1

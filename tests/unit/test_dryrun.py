@@ -89,7 +89,7 @@ def _items(result: subprocess.CompletedProcess[bytes]) -> list[dict[str, Any]]:
         (ERASURE, "erasure"),
         ({"type": "dsr_processing_request", "subject_request_type": "erasure"}, "firehose"),
         ({"type": "audience_membership_change_request", "user_profiles": []}, "firehose"),
-        ({"type": "something_else", "mpid": 5}, "batch"),
+        ({"type": "something_else", "mpid": 5}, "firehose"),  # refused as an unknown type
         ({"subject_request_type": "access", "mpid": 5}, "erasure"),
         ("text", "batch"),
         ([], "batch"),
