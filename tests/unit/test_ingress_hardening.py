@@ -284,7 +284,7 @@ def test_ingress_on_a_port_in_use_exits_2_with_one_line_before_kafka() -> None:
             "MPCIO_INGRESS_SECRET": "x" * 24,
             "MPCIO_INGRESS_HOST": "127.0.0.1",
             "MPCIO_INGRESS_PORT": str(port),
-            "MPCIO_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+            "MPCIO_BROKER": "127.0.0.1:9",
         }
         done = subprocess.run(
             [sys.executable, "-m", "app", "ingress"],
