@@ -231,3 +231,17 @@ async def judge(emulator: Any, workload: reliability_model.Workload) -> reliabil
         events,
         emulator.state.stats()["duplicates_suppressed"],
     )
+
+
+async def worker_metrics(port: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample on a worker's ``/metrics``, keyed by (sample name, label set)."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    url = f"http://127.0.0.1:{port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

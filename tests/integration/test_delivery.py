@@ -7,10 +7,8 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.avro import codec
 from app.emulator.faults import RateLimit, parse_faults
@@ -26,6 +24,7 @@ from tests.integration.support import (
     message_count,
     produce,
     wait_for,
+    worker_metrics,
 )
 
 if TYPE_CHECKING:
@@ -51,13 +50,7 @@ async def _wait_for_events(
 
 async def _gauge(worker: WorkerProcess, name: str) -> float:
     """The value of an unlabelled gauge on the worker's /metrics."""
-    url = f"http://127.0.0.1:{worker.env['MPCIO_WEB_PORT']}/metrics"
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        text = await response.text()
-    for family in text_string_to_metric_families(text):
-        if family.name == name:
-            return float(family.samples[0].value)
-    raise AssertionError(f"{name} not on {url}")
+    return (await worker_metrics(worker.env["MPCIO_WEB_PORT"]))[name, frozenset()]
 
 
 def _event_ids(items: list[dict[str, Any]]) -> Counter[str]:

@@ -10,13 +10,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-import aiohttp
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.avro import codec
-from tests.integration.support import consume_until, produce, wait_for
+from tests.integration.support import consume_until, produce, wait_for, worker_metrics
 
 if TYPE_CHECKING:
     from app.emulator.server import RunningEmulator
@@ -49,17 +47,6 @@ def _many_events(mpid: int, count: int) -> bytes:
     return orjson.dumps(
         {"mpid": mpid, "user_identities": {"email": f"u{mpid}@example.com"}, "events": events}
     )
-
-
-async def _metrics(port: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    url = f"http://127.0.0.1:{port}/metrics"
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        text = await response.text()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 async def test_tombstones_empty_and_deep_records_are_dead_lettered_and_counted(
@@ -113,7 +100,7 @@ async def test_tombstones_empty_and_deep_records_are_dead_lettered_and_counted(
 
     await wait_for(lambda: {"before", "after"} <= delivered(), 60, "both valid batches")
 
-    metrics = await _metrics(deployment.env["MPCIO_WEB_PORT"])
+    metrics = await worker_metrics(deployment.env["MPCIO_WEB_PORT"])
 
     def count(name: str, **labels: str) -> float:
         return metrics.get((name, frozenset(labels.items())), 0.0)
