@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import faust
 
-    from agents.sink import SinkHandle
     from app.settings import Settings
+    from app.sink.service import SinkHandle
     from app.topics import Topics
 
 
@@ -18,7 +18,7 @@ def attach_agents(app: faust.App, settings: Settings, topics: Topics) -> SinkHan
     Returns the handle of the sink (``None`` when forwarding is disabled) for the web views.
     """
     from agents.ingest import attach_ingest  # noqa: PLC0415 - keeps `agents` import light
-    from agents.sink import attach_sink  # noqa: PLC0415
+    from app.sink.service import attach_sink  # noqa: PLC0415
 
     attach_ingest(app, settings, topics)
     if settings.forwarding_enabled:

@@ -4,7 +4,7 @@ One agent per input topic (``mparticle-batches``, ``mparticle-audiences``,
 ``mparticle-erasure``), all co-partitioned by mpid and sharing the ``users`` table, so one
 user's batches, membership changes and erasures meet the same state on the same worker. Each
 agent reads the user's stored state, hands the record to its pure function in
-:mod:`app.pipeline`, and writes what it returns. All operations of a record travel as ONE
+:mod:`app.core.pipeline`, and writes what it returns. All operations of a record travel as ONE
 record on the operations topic (key = mpid): faust's per-record cost is paid once per input
 record, not once per Customer.io operation (ARCHITECTURE.md has the measurements).
 
@@ -32,10 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 
 from app import metrics
-from app.deadletter_headers import dead_letter_record
-from app.faust_app import tracked_writes
-from app.logs import log_dead_letters, mask_mpid
-from app.pipeline import (
+from app.core.pipeline import (
     STAGE_INGEST,
     IngestResult,
     SourcePosition,
@@ -45,6 +42,9 @@ from app.pipeline import (
     process_batch_record,
     process_erasure_record,
 )
+from app.deadletter_headers import dead_letter_record
+from app.faust_app import tracked_writes
+from app.logs import log_dead_letters, mask_mpid
 from app.topics import ERASURES_TABLE, USERS_TABLE
 from app.web import kafka_partition
 
@@ -69,7 +69,7 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
         partitions=partitions,
         key_type=bytes,
         value_type=bytes,
-        help="Per-user state (app.state.UserState as Avro), keyed by mpid.",
+        help="Per-user state (app.core.state.UserState as Avro), keyed by mpid.",
         options=_store_options(settings),
     )
     erasures = app.Table(

@@ -306,7 +306,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _position(text: str) -> Any:
-    from app.deadletters import Position  # noqa: PLC0415
+    from app.ops.deadletters import Position  # noqa: PLC0415
 
     try:
         return Position.parse(text)
@@ -354,7 +354,7 @@ def _cmd_ingress(_: argparse.Namespace) -> int:
 
 
 def _cmd_metrics_check(args: argparse.Namespace) -> int:
-    from app.metrics_check import DASHBOARD, check_dashboard, report  # noqa: PLC0415
+    from app.ops.metrics_check import DASHBOARD, check_dashboard, report  # noqa: PLC0415
 
     try:
         results = check_dashboard(args.prometheus, args.dashboard or DASHBOARD)
@@ -369,8 +369,8 @@ def _cmd_metrics_check(args: argparse.Namespace) -> int:
 def _cmd_emulator(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
-    from app.emulator.faults import RateLimit, parse_faults  # noqa: PLC0415
-    from app.emulator.server import EmulatorConfig, serve  # noqa: PLC0415
+    from app.dev.emulator.faults import RateLimit, parse_faults  # noqa: PLC0415
+    from app.dev.emulator.server import EmulatorConfig, serve  # noqa: PLC0415
 
     rules = []
     limit = RateLimit(args.rate_limit) if args.rate_limit else None
@@ -395,7 +395,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def _cmd_dry_run(args: argparse.Namespace) -> int:
-    from app.dryrun import dry_run  # noqa: PLC0415
+    from app.ops.dryrun import dry_run  # noqa: PLC0415
 
     overrides = {
         name: getattr(args, name)
@@ -424,7 +424,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
-    from app.checks import Check, run_checks, summary  # noqa: PLC0415
+    from app.ops.checks import Check, run_checks, summary  # noqa: PLC0415
 
     settings = _load_masked()
     for name, value in settings.redacted().items():
@@ -453,7 +453,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
-    from app.replay import ReplayStoppedError, replay_file  # noqa: PLC0415
+    from app.ops.replay import ReplayStoppedError, replay_file  # noqa: PLC0415
 
     settings = _load_masked(forwarding_enabled=False)  # replay never talks to Customer.io
     topic = args.topic or settings.topic_batches
@@ -493,7 +493,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _selection(args: argparse.Namespace) -> Any:
-    from app.deadletters import Selection, parse_since  # noqa: PLC0415
+    from app.ops.deadletters import Selection, parse_since  # noqa: PLC0415
 
     try:
         since = None if args.since is None else parse_since(args.since)
@@ -511,7 +511,7 @@ def _selection(args: argparse.Namespace) -> Any:
 def _cmd_deadletter_list(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
-    from app.deadletters import list_line, newest_first, select, show_document  # noqa: PLC0415
+    from app.ops.deadletters import list_line, newest_first, select, show_document  # noqa: PLC0415
 
     settings = _load_masked(forwarding_enabled=False)
     selection = _selection(args)
@@ -541,7 +541,7 @@ def _cmd_deadletter_show(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
     import json  # noqa: PLC0415
 
-    from app.deadletters import Selection, select, show_document  # noqa: PLC0415
+    from app.ops.deadletters import Selection, select, show_document  # noqa: PLC0415
 
     settings = _load_masked(forwarding_enabled=False)
     _quiet_kafka_logs()
@@ -567,7 +567,7 @@ def _cmd_deadletter_show(args: argparse.Namespace) -> int:
 def _cmd_deadletter_redrive(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
-    from app.deadletters import redrive  # noqa: PLC0415
+    from app.ops.deadletters import redrive  # noqa: PLC0415
 
     settings = _load_masked(forwarding_enabled=False)
     selection = _selection(args)
@@ -596,7 +596,7 @@ def _quiet_kafka_logs() -> None:
 
 
 def _cmd_kafka(args: argparse.Namespace) -> int:
-    from app.localkafka import LocalKafka, LocalKafkaCluster, fetch_kafka  # noqa: PLC0415
+    from app.dev.localkafka import LocalKafka, LocalKafkaCluster, fetch_kafka  # noqa: PLC0415
 
     if args.fetch_only:
         print(f"Kafka jars in {fetch_kafka()}")
@@ -624,7 +624,7 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from app.demo import run_demo  # noqa: PLC0415
+    from app.dev.demo import run_demo  # noqa: PLC0415
 
     run_demo(kafka_port=args.kafka_port, keep_running=args.keep_running)
     return 0

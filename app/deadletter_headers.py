@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from app import masking
-from app.avro import codec
+from app.core.avro import codec
 
 PREFIX = "mpcio."
 REDRIVEN_FROM = f"{PREFIX}redriven.from"

@@ -486,7 +486,7 @@ SECRET_FIELDS = frozenset(
     name for name, field in Settings.model_fields.items() if _is_secret(field)
 )
 FILE_SUFFIX = "_FILE"
-# Read by the code outside Settings (app/localkafka.py: where the Kafka jars are cached).
+# Read by the code outside Settings (app/dev/localkafka.py: where the Kafka jars are cached).
 OTHER_VARIABLES = frozenset({ENV_PREFIX + "KAFKA_CACHE"})
 
 

@@ -6,7 +6,7 @@ partition number in every topic and are handled in order by one worker.
 
 Values: the input topics carry JSON bytes that our own parser validates (so a bad record can be
 dead-lettered instead of crashing a faust codec); the operations and dead-letter topics, and
-the table changelog, carry Avro in single-object encoding (:mod:`app.avro`).
+the table changelog, carry Avro in single-object encoding (:mod:`app.core.avro`).
 """
 
 from __future__ import annotations

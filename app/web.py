@@ -45,8 +45,8 @@ from aiohttp import web as aiohttp_web
 from aiokafka.partitioner import murmur2
 
 from app import masking, metrics
+from app.core.state import UserState, decode_state
 from app.errors import InvalidRecordError
-from app.state import UserState, decode_state
 from app.topics import ERASURES_TABLE, USERS_TABLE
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ _MPID = re.compile(r"^-?\d{1,20}$")
 
 
 class SinkLike(Protocol):
-    """What the views need from :class:`agents.sink.OperationsSink`."""
+    """What the views need from :class:`app.sink.service.OperationsSink`."""
 
     @property
     def state(self) -> str: ...

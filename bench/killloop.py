@@ -21,8 +21,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from app.emulator.server import EmulatorConfig, running_emulator
-from app.localkafka import LocalKafka
+from app.dev.emulator.server import EmulatorConfig, running_emulator
+from app.dev.localkafka import LocalKafka
 from tests.integration.conftest import API_KEY, SITE_ID, Deployment, Names
 from tests.integration.killloop import KillLoopPlan, run_kill_loop
 

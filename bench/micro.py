@@ -3,15 +3,15 @@
 Run: ``.venv/bin/python bench/micro.py``. Prints microseconds per batch for a realistic
 single-event batch (~600 bytes) and a ten-event batch, on one core, for:
 
-- ``parse``: :func:`app.mparticle.parse_record` (orjson + normalisation);
-- ``fold+transform``: :func:`app.transform.transform` against the state the previous batch left,
-  i.e. the steady state of a known user whose attributes did not change (no identify), plus the
-  first batch of a new user (identify + events);
+- ``parse``: :func:`app.core.mparticle.parse_record` (orjson + normalisation);
+- ``fold+transform``: :func:`app.core.transform.transform` against the state the previous batch
+  left, i.e. the steady state of a known user whose attributes did not change (no identify), plus
+  the first batch of a new user (identify + events);
 - ``encode``: ``orjson.dumps`` of every operation's item (transform already returns the bytes in
   ``Operation.payload``; this is the cost of doing it again);
-- ``state avro``: :func:`app.state.encode_state` / :func:`app.state.decode_state`;
-- ``ingest record``: :func:`app.pipeline.process_batch_record`, the whole per-record work of the
-  ingest agent (state decode, parse, fold + transform, state encode when changed, operations
+- ``state avro``: :func:`app.core.state.encode_state` / :func:`app.core.state.decode_state`;
+- ``ingest record``: :func:`app.core.pipeline.process_batch_record`, the whole per-record work of
+  the ingest agent (state decode, parse, fold + transform, state encode when changed, operations
   record Avro encode) for a known user; the issue's target is <= 60 µs for one event.
 """
 
@@ -26,11 +26,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.mparticle import parse_record
-from app.pipeline import SourcePosition, process_batch_record
+from app.core.mparticle import parse_record
+from app.core.pipeline import SourcePosition, process_batch_record
+from app.core.state import decode_state, encode_state
+from app.core.transform import transform
 from app.settings import Settings
-from app.state import decode_state, encode_state
-from app.transform import transform
 
 BATCH_TIME_MS = 1_700_000_000_000
 SOURCE = SourcePosition("mparticle-batches", 0, 0)

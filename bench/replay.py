@@ -1,7 +1,7 @@
 """Replay throughput: ``mpcio replay`` of a generated file into a local broker.
 
 Run: ``.venv/bin/python -m bench.replay [--records N]``. Starts its own local Kafka (loopback),
-writes N three-event batches to a JSONL file, replays it with :func:`app.replay.replay_file`
+writes N three-event batches to a JSONL file, replays it with :func:`app.ops.replay.replay_file`
 (the code behind ``mpcio replay``) and prints records/s and CPU seconds. Speed is a figure
 here, never a test assertion: tests assert behaviour only (DEVELOPERS.md, "Honest tests").
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import orjson
 
+from app.dev.localkafka import LocalKafka
 from app.kafka_admin import ensure_topics
-from app.localkafka import LocalKafka
-from app.replay import replay_file
+from app.ops.replay import replay_file
 from app.settings import Settings
 from app.topics import topics_for
 

@@ -31,9 +31,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from app.cli import settings_as_env
-from app.demo import local_emulator
+from app.dev.demo import local_emulator
+from app.dev.localkafka import LocalKafka, free_port
 from app.kafka_admin import ensure_topics
-from app.localkafka import LocalKafka, free_port
 from app.settings import Settings
 from app.topics import topics_for
 

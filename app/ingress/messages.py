@@ -11,7 +11,7 @@ send once they are durable:
   worker does not use them, and account settings may hold credentials.
 - ``dsr_processing_request``: the request without its account, on EVERY partition of the
   erasure topic without key (``all_partitions``): Firehose DSRs name identities, not an mpid,
-  so each partition's worker looks for the subject among the users it holds (app/erasure.py).
+  so each partition's worker looks for the subject among the users it holds (app/core/erasure.py).
   Only ``subject_request_type`` ``erasure`` writes; ``access`` and ``portability`` (the schema
   requires the field, app/ingress/schemas.py) write nothing and are answered with the
   ``dsr_processing_response``; :attr:`Plan.ignored` names them (``dsr_access``, ...).
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from app.audiences import parse_audience_record
-from app.erasure import parse_erasure_record
+from app.core.audiences import parse_audience_record
+from app.core.erasure import parse_erasure_record
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -1,6 +1,6 @@
 """``python -m bench.ceiling``: every contender on one real local broker, one table, one JSON.
 
-Flow: start :class:`~app.localkafka.LocalKafka`; per batch size create a 4-partition input
+Flow: start :class:`~app.dev.localkafka.LocalKafka`; per batch size create a 4-partition input
 topic and pre-produce the mParticle batches, plus an operations topic pre-filled with the Avro
 ``operation_batch`` records the ingest design writes (the drain's input); then run each
 contender as a subprocess, round-robin over the runs (run 1 of every contender, then run 2, ...)
@@ -29,7 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.localkafka import LocalKafka
+from app.dev.localkafka import LocalKafka
 from bench.ceiling.workload import mparticle_batch, operation_batch
 from bench.e2e.procs import cpu_seconds, machine_busy
 

@@ -20,8 +20,8 @@ import faust
 import orjson
 from faust.worker import Worker
 
+from app.dev.localkafka import free_port
 from app.faust_app import create_app
-from app.localkafka import free_port
 from app.settings import Settings
 from bench.ceiling.tasksampler import TaskSampler
 from bench.ceiling.workload import ingest

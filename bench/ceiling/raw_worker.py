@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from app.avro import codec
+from app.core.avro import codec
 from bench.ceiling.workload import RequestBuilder, ingest
 
 

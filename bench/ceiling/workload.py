@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import orjson
 
-from app.avro import codec
+from app.core.avro import codec
+from app.core.pipeline import SourcePosition, process_batch_record
 from app.customerio.batching import pack
-from app.pipeline import SourcePosition, process_batch_record
 from app.settings import Settings
 
 SOURCE_TOPIC = "mparticle-batches"
@@ -51,7 +51,7 @@ def mparticle_batch(index: int, events: int) -> tuple[bytes, bytes]:
 
 
 def ingest(key: bytes, value: bytes, previous: bytes | None, partition: int, offset: int):
-    """The ingest agent's real per-record work: :func:`app.pipeline.process_batch_record`
+    """The ingest agent's real per-record work: :func:`app.core.pipeline.process_batch_record`
     (parse, state decode, fold + transform, state encode, ONE operations record in Avro).
 
     Returns ``(state_to_store, operation_batch_bytes, event_count)``.

@@ -1,7 +1,7 @@
 """``python -m bench.e2e``: end-to-end throughput, latency and cost on the real broker and the
 Customer.io emulator, for our worker, the faust ceiling and a per-event forwarder.
 
-Flow: start a local Kafka broker (:class:`~app.localkafka.LocalKafka`) and the Customer.io
+Flow: start a local Kafka broker (:class:`~app.dev.localkafka.LocalKafka`) and the Customer.io
 emulator (``mpcio emulator``, its own process, so its CPU is not the worker's); pre-produce the
 generated workload (:mod:`bench.e2e.workload`) to a 4-partition backlog topic; then, each
 contender as its own subprocess, round-robin over the runs:
@@ -46,9 +46,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.cli import settings_as_env
+from app.dev.localkafka import LocalKafka, free_port
 from app.errors import ConfigError
 from app.kafka_admin import ensure_topics
-from app.localkafka import LocalKafka, free_port
 from app.settings import Settings
 from app.topics import topics_for
 from bench.ceiling.__main__ import create_topics

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from app.dryrun import dry_run
+from app.ops.dryrun import dry_run
 from app.settings import Settings
 
 #: (device_info.platform, application_info.os) pairs, in the order device types are used

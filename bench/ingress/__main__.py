@@ -27,8 +27,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from app.dev.localkafka import LocalKafka, free_port
 from app.kafka_admin import ensure_topics
-from app.localkafka import LocalKafka, free_port
 from app.settings import load_settings
 from app.topics import topics_for
 from bench.e2e.procs import cpu_seconds, machine_busy, spawn, stop

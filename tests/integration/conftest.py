@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from app.emulator.server import EmulatorConfig, RunningEmulator, running_emulator
+from app.dev.emulator.server import EmulatorConfig, RunningEmulator, running_emulator
+from app.dev.localkafka import LocalKafka, free_port
 from app.kafka_admin import ensure_topics
-from app.localkafka import LocalKafka, free_port
 from app.settings import Settings, load_settings
 from app.topics import topics_for
 from tests.integration.support import WorkerProcess, log_findings, worker_env

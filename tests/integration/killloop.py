@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaProducer
 
-    from app.emulator.server import RunningEmulator
+    from app.dev.emulator.server import RunningEmulator
     from tests.integration.conftest import Deployment
     from tests.integration.support import WorkerProcess
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import faust
 
+from app.dev.localkafka import free_port
 from app.faust_app import create_app
-from app.localkafka import free_port
 from app.settings import Settings
 from app.worker import ForwarderWorker
 

@@ -11,7 +11,7 @@ import pytest
 from tests.integration.support import inspect_emulator, message_count, produce, wait_for
 
 if TYPE_CHECKING:
-    from app.emulator.server import RunningEmulator
+    from app.dev.emulator.server import RunningEmulator
     from tests.integration.conftest import Deployment
 
 pytestmark = pytest.mark.integration

@@ -25,8 +25,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from app.dev.localkafka import LocalKafkaCluster
 from app.kafka_admin import ensure_topics
-from app.localkafka import LocalKafkaCluster
 from tests.integration import reliability_model
 from tests.integration.conftest import Deployment
 from tests.integration.support import judge, message_count, produce, wait_for
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from app.emulator.server import RunningEmulator
+    from app.dev.emulator.server import RunningEmulator
     from tests.integration.conftest import Names
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]

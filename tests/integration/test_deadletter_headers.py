@@ -15,7 +15,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.avro import codec
+from app.core.avro import codec
 from app.deadletter_headers import CONTEXT
 from tests.integration.cli import mpcio
 from tests.integration.support import consume_until

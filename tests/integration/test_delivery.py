@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from app.avro import codec
-from app.emulator.faults import RateLimit, parse_faults
-from app.emulator.server import EmulatorConfig, running_emulator
-from app.localkafka import free_port
+from app.core.avro import codec
+from app.dev.emulator.faults import RateLimit, parse_faults
+from app.dev.emulator.server import EmulatorConfig, running_emulator
+from app.dev.localkafka import free_port
 from tests.integration import workload
 from tests.integration.conftest import API_KEY, SITE_ID, Deployment
 from tests.integration.support import (
@@ -30,8 +30,8 @@ from tests.integration.support import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from app.emulator.server import RunningEmulator
-    from app.localkafka import LocalKafka
+    from app.dev.emulator.server import RunningEmulator
+    from app.dev.localkafka import LocalKafka
     from tests.integration.conftest import Names
 
 pytestmark = pytest.mark.integration

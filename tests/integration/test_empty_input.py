@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest
 
-from app.avro import codec
+from app.core.avro import codec
 from tests.integration.support import consume_until, produce, wait_for, worker_metrics
 
 if TYPE_CHECKING:
-    from app.emulator.server import RunningEmulator
+    from app.dev.emulator.server import RunningEmulator
     from tests.integration.conftest import Deployment
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest
 
-from app.avro import codec
-from app.dryrun import dry_run
+from app.core.avro import codec
+from app.dev.localkafka import free_port
 from app.kafka_admin import ensure_topics
-from app.localkafka import free_port
+from app.ops.dryrun import dry_run
 from app.settings import load_settings
 from app.topics import topics_for
 from tests.integration.support import (
@@ -26,7 +26,7 @@ from tests.integration.support import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from app.localkafka import LocalKafka
+    from app.dev.localkafka import LocalKafka
     from tests.integration.conftest import Names
 
 pytestmark = pytest.mark.integration

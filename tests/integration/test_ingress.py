@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
-from app.localkafka import free_port
+from app.dev.localkafka import free_port
 from tests.integration.support import (
     WorkerProcess,
     inspect_emulator,
@@ -27,7 +27,7 @@ from tests.integration.support import (
 )
 
 if TYPE_CHECKING:
-    from app.emulator.server import RunningEmulator
+    from app.dev.emulator.server import RunningEmulator
     from tests.integration.conftest import Deployment
 
 pytestmark = pytest.mark.integration

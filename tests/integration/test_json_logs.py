@@ -20,7 +20,7 @@ from tests.integration.support import WorkerProcess, produce, wait_for
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from app.emulator.server import RunningEmulator
+    from app.dev.emulator.server import RunningEmulator
     from tests.integration.conftest import Deployment
 
 pytestmark = pytest.mark.integration

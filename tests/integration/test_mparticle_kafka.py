@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from app.dev.localkafka import free_port
 from app.errors import ConfigError
 from app.kafka_admin import ensure_topics
-from app.localkafka import free_port
 from app.settings import load_settings
 from app.topics import changelog_topics, topics_for
 from tests.integration import workload
@@ -32,8 +32,8 @@ from tests.integration.support import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from app.emulator.server import RunningEmulator
-    from app.localkafka import LocalKafka
+    from app.dev.emulator.server import RunningEmulator
+    from app.dev.localkafka import LocalKafka
     from app.settings import Settings
     from tests.integration.conftest import Names
 

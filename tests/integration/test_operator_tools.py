@@ -16,10 +16,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.avro import codec
-from app.emulator.faults import parse_faults
-from app.localkafka import LocalKafka
-from app.pipeline import SourcePosition, dead_letter
+from app.core.avro import codec
+from app.core.pipeline import SourcePosition, dead_letter
+from app.dev.emulator.faults import parse_faults
+from app.dev.localkafka import LocalKafka
 from tests.integration import workload
 from tests.integration.cli import mpcio
 from tests.integration.conftest import API_KEY
@@ -35,7 +35,7 @@ from tests.integration.support import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from app.emulator.server import RunningEmulator
+    from app.dev.emulator.server import RunningEmulator
     from tests.integration.conftest import Deployment, Names
 
 pytestmark = pytest.mark.integration

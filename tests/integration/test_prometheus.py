@@ -27,16 +27,16 @@ import aiohttp
 import orjson
 import pytest
 
-from app.avro import codec
-from app.localkafka import free_port
+from app.core.avro import codec
+from app.dev.localkafka import free_port
 from app.masking import Masker
-from app.metrics_check import dashboard_queries, substitute
+from app.ops.metrics_check import dashboard_queries, substitute
 from tests.integration import workload
 from tests.integration.cli import mpcio
 from tests.integration.support import REPO, poll, produce
 
 if TYPE_CHECKING:
-    from app.emulator.server import RunningEmulator
+    from app.dev.emulator.server import RunningEmulator
     from tests.integration.conftest import Deployment
 
 pytestmark = pytest.mark.integration

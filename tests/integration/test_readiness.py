@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 
-from app.localkafka import free_port
+from app.dev.localkafka import free_port
 from tests.integration.conftest import Deployment
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from app.emulator.server import RunningEmulator
-    from app.localkafka import LocalKafka
+    from app.dev.emulator.server import RunningEmulator
+    from app.dev.localkafka import LocalKafka
     from tests.integration.conftest import Names
     from tests.integration.support import WorkerProcess
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest
 
-from app.emulator.faults import parse_faults
-from app.localkafka import LocalKafka, free_port
+from app.dev.emulator.faults import parse_faults
+from app.dev.localkafka import LocalKafka, free_port
 from tests.integration import reliability_model
 from tests.integration.conftest import Deployment
 from tests.integration.killloop import KillLoopPlan, run_kill_loop
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from app.emulator.server import RunningEmulator
+    from app.dev.emulator.server import RunningEmulator
     from tests.integration.conftest import Names
     from tests.integration.support import WorkerProcess
 

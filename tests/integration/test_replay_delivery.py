@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest
 
-from app.dryrun import dry_run
+from app.ops.dryrun import dry_run
 from tests.integration.cli import mpcio
 from tests.integration.support import REPO, wait_for
 
 if TYPE_CHECKING:
-    from app.emulator.server import RunningEmulator
+    from app.dev.emulator.server import RunningEmulator
     from tests.integration.conftest import Deployment
 
 pytestmark = pytest.mark.integration

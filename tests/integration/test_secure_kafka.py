@@ -3,7 +3,7 @@ SASL_PLAINTEXT/PLAIN, and what mParticle's Kafka output requires — SSL, and SA
 SCRAM-SHA-512.
 
 TLS brokers serve a certificate for 127.0.0.1 and localhost signed by a CA made for the test
-(:func:`app.localtls.generate_tls`). check-config, replay, deadletter and a worker (faust's
+(:func:`app.dev.localtls.generate_tls`). check-config, replay, deadletter and a worker (faust's
 clients and the sink's) connect with the right settings. A broker that rejects the settings —
 a wrong password, a CA that did not sign its certificate, a certificate that does not name the
 address in ``MPCIO_BROKER`` — stops each of them with one line and exit 2 (a configuration
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from app.dev.localkafka import LocalKafka, free_port
+from app.dev.localtls import generate_tls
 from app.kafka_admin import ensure_topics
-from app.localkafka import LocalKafka, free_port
-from app.localtls import generate_tls
 from app.settings import load_settings
 from app.topics import topics_for
 from tests.integration import workload
@@ -30,7 +30,7 @@ from tests.integration.support import REPO, WorkerProcess, wait_for, worker_env
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from app.emulator.server import RunningEmulator
+    from app.dev.emulator.server import RunningEmulator
     from tests.integration.conftest import Names
 
 pytestmark = pytest.mark.integration

@@ -32,7 +32,7 @@ from tests.integration.cli import mpcio
 from tests.integration.support import consume_until, poll, produce, wait_for, worker_env
 
 if TYPE_CHECKING:
-    from app.localkafka import LocalKafka
+    from app.dev.localkafka import LocalKafka
     from tests.integration.conftest import Deployment, Names
     from tests.integration.support import WorkerProcess
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.localkafka import LocalKafka
+from app.dev.localkafka import LocalKafka
 from tests.integration.conftest import Names
 from tests.integration.support import WorkerProcess, consume_until, create_topics, produce
 

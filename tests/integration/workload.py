@@ -6,7 +6,7 @@ import io
 
 import orjson
 
-from app.dryrun import dry_run
+from app.ops.dryrun import dry_run
 from app.settings import Settings
 
 T0 = 1_764_400_000_000

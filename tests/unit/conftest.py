@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from app.emulator import EmulatorConfig, RunningEmulator, running_emulator
+from app.dev.emulator import EmulatorConfig, RunningEmulator, running_emulator
 
 SITE_ID, API_KEY = "site-1", "key-1"
 

@@ -7,18 +7,18 @@ import itertools
 import orjson
 import pytest
 
-from app.audiences import AudienceChange, apply_membership, parse_audience_record
-from app.avro import codec
-from app.erasure import ErasureRequest, parse_erasure_record, plan_erasure
-from app.errors import InvalidRecordError
-from app.pipeline import (
+from app.core.audiences import AudienceChange, apply_membership, parse_audience_record
+from app.core.avro import codec
+from app.core.erasure import ErasureRequest, parse_erasure_record, plan_erasure
+from app.core.pipeline import (
     SourcePosition,
     process_audience_record,
     process_batch_record,
     process_erasure_record,
 )
+from app.core.state import UserState, decode_state, encode_state
+from app.errors import InvalidRecordError
 from app.settings import Settings, load_settings
-from app.state import UserState, decode_state, encode_state
 
 SOURCE = SourcePosition("mparticle-audiences", 0, 5)
 OFFSETS = itertools.count(100)

@@ -9,7 +9,7 @@ import avro.io
 import avro.schema
 import pytest
 
-from app.avro import SCHEMA_DIR, codec
+from app.core.avro import SCHEMA_DIR, codec
 from app.errors import InvalidRecordError
 
 OPERATION_BATCH = {

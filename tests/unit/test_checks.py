@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.checks import Check, check_customerio, check_kafka, key_form, summary
-from app.emulator.server import EmulatorConfig, running_emulator
+from app.dev.emulator.server import EmulatorConfig, running_emulator
+from app.ops.checks import Check, check_customerio, check_kafka, key_form, summary
 from app.settings import load_settings
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from app.core.pipeline import SourcePosition, dead_letter
 from app.deadletter_headers import (
     CONTEXT,
     DETAIL_MAX_CHARS,
@@ -10,8 +11,7 @@ from app.deadletter_headers import (
     dead_letter_record,
     redrive_headers,
 )
-from app.deadletters import Position, Redrive, decode_stored, plan_redrive
-from app.pipeline import SourcePosition, dead_letter
+from app.ops.deadletters import Position, Redrive, decode_stored, plan_redrive
 from app.settings import load_settings
 
 T = 1_764_400_000_000

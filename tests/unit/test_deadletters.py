@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from app.avro import codec
-from app.deadletters import (
+from app.core.avro import codec
+from app.core.pipeline import SourcePosition, dead_letter
+from app.ops.deadletters import (
     Position,
     Selection,
     StoredLetter,
@@ -22,7 +23,6 @@ from app.deadletters import (
     plan_redrive,
     show_document,
 )
-from app.pipeline import SourcePosition, dead_letter
 from app.settings import load_settings
 
 SETTINGS = load_settings(forwarding_enabled=False, topic_operations="ops", topic_deadletter="dl")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.localkafka import KAFKA_VERSION
+from app.dev.localkafka import KAFKA_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from app.dryrun import line_kind
+from app.ops.dryrun import line_kind
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "samples" / "mparticle-batches.jsonl"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.emulator.faults import (
+from app.dev.emulator.faults import (
     RATE_LIMITED,
     Fault,
     FaultInjector,
@@ -14,7 +14,7 @@ from app.emulator.faults import (
     RateLimit,
     parse_faults,
 )
-from app.emulator.recording import RequestLog, RequestRecord
+from app.dev.emulator.recording import RequestLog, RequestRecord
 
 
 class FakeClock:

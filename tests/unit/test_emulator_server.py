@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from app.emulator import (
+from app.dev.emulator import (
     EmulatorConfig,
     Fault,
     RateLimit,
@@ -21,9 +21,9 @@ from app.emulator import (
     parse_faults,
     running_emulator,
 )
-from app.emulator.recording import RequestRecord
-from app.emulator.server import SHUTDOWN_TIMEOUT_SECONDS
-from app.emulator.validation import MAX_ITEM_BYTES, MAX_REQUEST_BYTES
+from app.dev.emulator.recording import RequestRecord
+from app.dev.emulator.server import SHUTDOWN_TIMEOUT_SECONDS
+from app.dev.emulator.validation import MAX_ITEM_BYTES, MAX_REQUEST_BYTES
 from app.reference import CUSTOMERIO_OPENAPI_FILE, load_json
 from tests.unit.conftest import API_KEY, SITE_ID
 
@@ -103,7 +103,7 @@ def event(
 ANN = {"email": "ann@example.com"}
 C1 = {"id": "c-1"}
 
-# What app.transform emits, built by hand: identify (email person, then id person with the same
+# What app.core.transform emits, built by hand: identify (email person, then id person with the same
 # email, unsubscribed, created_at, a removed attribute, a list), events and screens with ULIDs.
 TRANSFORM_ITEMS = [
     identify(ANN, email="ann@example.com", first_name="Ann", last_name="Lee", city="Oslo"),

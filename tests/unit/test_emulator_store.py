@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.emulator.store import Person, Store
+from app.dev.emulator.store import Person, Store
 
 AT = 1_795_000_000.0
 ULID_A = "01HZX3B9Q5K8M2N4P6R7S8T9VW"
@@ -230,7 +230,7 @@ def test_apply_dispatches_every_supported_action() -> None:
 
 
 def test_stale_identify_does_not_overwrite_a_newer_one() -> None:
-    from app.emulator.store import Store  # noqa: PLC0415
+    from app.dev.emulator.store import Store  # noqa: PLC0415
 
     store = Store()
     store.identify(("id", "p1"), {"tier": 2}, timestamp=200)

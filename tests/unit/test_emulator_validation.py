@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.emulator.validation import (
+from app.dev.emulator.validation import (
     MAX_ITEM_BYTES,
     ItemError,
     item_error,

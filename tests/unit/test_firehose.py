@@ -13,15 +13,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.errors import KafkaTimeoutError
 from jsonschema import Draft3Validator
 
-from app.audiences import parse_audience_record
-from app.avro import codec
-from app.erasure import matches, parse_erasure_record
+from app.core.audiences import parse_audience_record
+from app.core.avro import codec
+from app.core.erasure import matches, parse_erasure_record
+from app.core.pipeline import SourcePosition, process_audience_record, process_erasure_record
+from app.core.state import UserState, decode_state, encode_state
 from app.ingress.messages import Record, plan_message
 from app.ingress.schemas import FirehoseSchemaError, load_schema, validate
 from app.ingress.server import REGISTRY, BrokerUnavailableError, KafkaWriter, build_app
-from app.pipeline import SourcePosition, process_audience_record, process_erasure_record
 from app.settings import Settings, load_settings
-from app.state import UserState, decode_state, encode_state
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "firehose"
 SECRET = "s3cret-token"
@@ -404,7 +404,7 @@ async def test_metrics_are_served_without_auth() -> None:
 def test_dry_run_applies_firehose_lines_in_file_order() -> None:
     import io  # noqa: PLC0415
 
-    from app.dryrun import dry_run  # noqa: PLC0415
+    from app.ops.dryrun import dry_run  # noqa: PLC0415
 
     batch = orjson.dumps({"mpid": "12345", "user_identities": {"email": "jane.doe@example.com"}})
     invalid = example("AudienceMembershipChangeRequest")

@@ -20,10 +20,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
-from app.dryrun import dry_run
 from app.errors import ConfigError
 from app.ingress.schemas import _fast_check, _validator, validate
 from app.ingress.server import ADMISSION, REGISTRY, RUNNER_OPTIONS, build_app, listen
+from app.ops.dryrun import dry_run
 from tests.integration.support import wait_for
 from tests.unit.test_firehose import AUTH, SECRET, FakeWriter, _settings, example
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from app.dev.localkafka import LocalKafka, LocalKafkaCluster
 from app.errors import LocalKafkaError
-from app.localkafka import LocalKafka, LocalKafkaCluster
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from app.dev.localkafka import LocalKafka
+from app.dev.localtls import TlsFiles, generate_tls
 from app.errors import LocalKafkaError
-from app.localkafka import LocalKafka
-from app.localtls import TlsFiles, generate_tls
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -7,8 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from app.errors import InvalidRecordError
-from app.mparticle import (
+from app.core.mparticle import (
     IGNORED_ATTRIBUTE_VALUE,
     IGNORED_ID,
     IGNORED_TIMESTAMP,
@@ -21,6 +20,7 @@ from app.mparticle import (
     int64_text,
     parse_record,
 )
+from app.errors import InvalidRecordError
 from app.reference import MPARTICLE_SAMPLE_FILE, read_bytes
 
 BATCH_MS = 1_700_000_000_000

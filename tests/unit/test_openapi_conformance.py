@@ -24,13 +24,13 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from app.dryrun import dry_run
-from app.emulator import RunningEmulator
-from app.emulator.openapi import FORMATS, PERSON_SCHEMAS, schema_error
-from app.emulator.validation import item_error
-from app.mparticle import parse_record
+from app.core.mparticle import parse_record
+from app.core.transform import RESERVED_EVENT_DATA_NAMES, is_reserved_person_name, transform
+from app.dev.emulator import RunningEmulator
+from app.dev.emulator.openapi import FORMATS, PERSON_SCHEMAS, schema_error
+from app.dev.emulator.validation import item_error
+from app.ops.dryrun import dry_run
 from app.reference import CUSTOMERIO_OPENAPI_FILE, load_json
-from app.transform import RESERVED_EVENT_DATA_NAMES, is_reserved_person_name, transform
 from bench.e2e import workload as e2e_workload
 from tests.integration import reliability_model
 from tests.integration import workload as delivery_workload

@@ -5,16 +5,16 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from app.avro import codec
-from app.pipeline import (
+from app.core.avro import codec
+from app.core.pipeline import (
     MAX_RECORD_BYTES,
     SourcePosition,
     process_audience_record,
     process_batch_record,
     process_erasure_record,
 )
+from app.core.state import UserState, decode_state, encode_state
 from app.settings import Settings, load_settings
-from app.state import UserState, decode_state, encode_state
 
 SOURCE = SourcePosition("mparticle-batches", 2, 41)
 T = 1_764_400_000_000

@@ -18,12 +18,12 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.core.mparticle import parse_record
+from app.core.pipeline import SourcePosition, process_batch_record
+from app.core.state import fold
+from app.core.transform import transform
 from app.errors import InvalidRecordError
-from app.mparticle import parse_record
-from app.pipeline import SourcePosition, process_batch_record
 from app.settings import load_settings
-from app.state import fold
-from app.transform import transform
 
 SETTINGS = load_settings(forwarding_enabled=False, send_created_at=True)
 SOURCE = SourcePosition("t", 0, 0)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from app.errors import InvalidRecordError
-from app.replay import (
+from app.ops.replay import (
     Flushed,
     ReplayInputError,
     ReplaySource,

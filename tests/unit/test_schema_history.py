@@ -1,7 +1,7 @@
 """The CI guard of schema evolution: every released schema is kept and still readable.
 
 Stored and produced values (the ``users`` table, the operations and dead-letter topics) carry
-their writer schema's fingerprint (app/avro.py). A reader can only resolve a value whose writer
+their writer schema's fingerprint (app/core/avro.py). A reader can only resolve a value whose writer
 schema it still has, so:
 
 - the current ``schemas/<name>.avsc`` must be in ``schemas/history/<name>/`` (changing a schema
@@ -25,7 +25,7 @@ import pytest
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 from fastavro import parse_schema
 
-from app.avro import HISTORY_DIR_NAME, SCHEMA_DIR, history_file, schema_fingerprint
+from app.core.avro import HISTORY_DIR_NAME, SCHEMA_DIR, history_file, schema_fingerprint
 
 REPO = SCHEMA_DIR.parent
 SCHEMA_NAMES = sorted(path.stem for path in SCHEMA_DIR.glob("*.avsc"))

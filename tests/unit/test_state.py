@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from app.errors import InvalidRecordError
-from app.mparticle import Batch, parse_batch
-from app.state import (
+from app.core.mparticle import Batch, parse_batch
+from app.core.state import (
     FirstSeen,
     UserState,
     decode_state,
@@ -17,6 +16,7 @@ from app.state import (
     encode_state,
     fold,
 )
+from app.errors import InvalidRecordError
 
 T0 = 1_700_000_000_000
 

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest
 
-import app.state
-from app.avro import HISTORY_DIR_NAME, SCHEMA_DIR, AvroCodec, codec
+import app.core.state
+from app.core.avro import HISTORY_DIR_NAME, SCHEMA_DIR, AvroCodec, codec
+from app.core.pipeline import SourcePosition, process_batch_record
+from app.core.state import FirstSeen, UserState, decode_state, encode_state
 from app.errors import InvalidRecordError
-from app.pipeline import SourcePosition, process_batch_record
 from app.settings import load_settings
-from app.state import FirstSeen, UserState, decode_state, encode_state
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -78,7 +78,7 @@ def test_state_written_today_reads_back_after_a_schema_change(
     written_today = encode_state(STATE)
     upgraded = AvroCodec("user_state", _schema_dir(tmp_path, _with_new_field()))
     assert upgraded.header != written_today[:10]  # the schema really changed
-    monkeypatch.setattr(app.state, "codec", lambda name: upgraded)
+    monkeypatch.setattr(app.core.state, "codec", lambda name: upgraded)
 
     assert decode_state(written_today) == STATE
     assert upgraded.decode(written_today)["loyalty_tier"] == "bronze"  # the reader's default

@@ -11,11 +11,9 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from app.mparticle import Batch, parse_batch, parse_record
-from app.reference import CUSTOMERIO_OPENAPI_FILE, MPARTICLE_SAMPLE_FILE, load_json, read_bytes
-from app.settings import Settings
-from app.state import UserState
-from app.transform import (
+from app.core.mparticle import Batch, parse_batch, parse_record
+from app.core.state import UserState
+from app.core.transform import (
     LIMIT_ATTRIBUTE_NAME,
     LIMIT_ATTRIBUTE_RENAMED,
     LIMIT_ATTRIBUTE_VALUE_CUT,
@@ -31,6 +29,8 @@ from app.transform import (
     event_name,
     transform,
 )
+from app.reference import CUSTOMERIO_OPENAPI_FILE, MPARTICLE_SAMPLE_FILE, load_json, read_bytes
+from app.settings import Settings
 
 T0 = 1_700_000_000_000
 EMAIL = "ann@example.com"
@@ -829,9 +829,9 @@ def test_openapi_validator_catches_a_broken_item(batch_validator: dict[str, Any]
 
 
 def test_identify_carries_the_update_time_so_late_requests_cannot_overwrite() -> None:
-    from app.mparticle import parse_record  # noqa: PLC0415
+    from app.core.mparticle import parse_record  # noqa: PLC0415
+    from app.core.transform import transform  # noqa: PLC0415
     from app.settings import load_settings  # noqa: PLC0415
-    from app.transform import transform  # noqa: PLC0415
 
     raw = (
         b'{"mpid": 1, "timestamp_unixtime_ms": 1764400000999,'

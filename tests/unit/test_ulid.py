@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.ulid import CROCKFORD_ALPHABET, MAX_TIME_MS, event_ulid, ulid
+from app.core.ulid import CROCKFORD_ALPHABET, MAX_TIME_MS, event_ulid, ulid
 
 
 def decode_ulid(text: str) -> tuple[int, bytes]:

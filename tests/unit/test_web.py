@@ -7,10 +7,10 @@ from aiohttp import web as aiohttp_web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Gauge
 
+from app.core.state import FirstSeen, UserState, decode_state, encode_state
 from app.masking import Masker
 from app.metrics import LagGauge, build_labels, partition_lag
 from app.settings import load_settings
-from app.state import FirstSeen, UserState, decode_state, encode_state
 from app.web import (
     Access,
     Readiness,

@@ -33,17 +33,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from app.audiences import parse_audience_record, transform_membership
-from app.avro import codec
-from app.erasure import matches, parse_erasure_record, plan_erasure
+from app.core.audiences import parse_audience_record, transform_membership
+from app.core.avro import codec
+from app.core.erasure import matches, parse_erasure_record, plan_erasure
+from app.core.mparticle import parse_record
+from app.core.state import UserState, decode_state, encode_state
+from app.core.transform import Operation, Transformed, transform
 from app.errors import InvalidRecordError
-from app.mparticle import parse_record
-from app.state import UserState, decode_state, encode_state
-from app.transform import Operation, Transformed, transform
 
 if TYPE_CHECKING:
-    from app.audiences import MembershipUpdate
-    from app.mparticle import Batch
+    from app.core.audiences import MembershipUpdate
+    from app.core.mparticle import Batch
     from app.settings import Settings
 
 STAGE_INGEST = "ingest"
@@ -220,7 +220,7 @@ def process_erasure_record(
     A request that names an mpid erases that user. A request without one (a Firehose DSR,
     which ``mpcio ingress`` writes once to every partition) erases every user of
     ``scan_states()`` — ``(mpid, stored state)`` of the users of this record's partition —
-    that :func:`~app.erasure.matches` it: a scan of the partition, so its cost grows with the
+    that :func:`~app.core.erasure.matches` it: a scan of the partition, so its cost grows with the
     users held (DSRs are rare). The operations record is keyed by the (first) erased mpid so
     its deletes follow that user's earlier operations in order.
 

@@ -5,7 +5,7 @@
 ``/api/v2/batch`` item schema is an ``anyOf`` of those components with a ``discriminator`` on
 ``action``, so validating against the one the action names is the same check, without trying
 the other eleven. Formats are checked (``email`` with the ``email-validator`` library, as
-:mod:`app.emails`; ``ULID``), and two rules of Customer.io's reserved-attributes doc that the
+:mod:`app.core.emails`; ``ULID``), and two rules of Customer.io's reserved-attributes doc that the
 OpenAPI leaves to prose are added: an ``email`` identifier and an identify's ``email``
 attribute must be valid addresses.
 
@@ -13,12 +13,12 @@ Speed: the emulator checks every item of every benchmark, so the schemas are com
 with ``fastjsonschema`` (the person schemas use only draft-07 keywords; tests compare its
 verdicts with the ``jsonschema`` reference implementation on the raw OpenAPI document). Before
 compiling, ``$ref`` s are inlined, ``default`` s dropped (``fastjsonschema`` would write them
-into the item) and ``identifiers`` left to :func:`app.emulator.validation.identifiers_error`,
+into the item) and ``identifiers`` left to :func:`app.dev.emulator.validation.identifiers_error`,
 which runs first and is stricter than the OpenAPI's ``oneOf`` (exactly one of ``id``,
 ``email``, ``cio_id``, a non-empty string of at most 150 bytes): every item it lets through
 passes that ``oneOf``, whose failed branches would cost more than the rest of the schema.
 
-It runs after the hand-written limit checks of :mod:`app.emulator.validation` (which name the
+It runs after the hand-written limit checks of :mod:`app.dev.emulator.validation` (which name the
 limit that was crossed); what passes them but not the schema is refused here with reason
 ``invalid``, ``field`` the dotted path of the offending value and ``message`` the schema's
 complaint. The document is loaded and the schemas compiled once per process, on first use.
@@ -35,8 +35,8 @@ from typing import Any, Final
 
 import fastjsonschema
 
-from app.emails import is_email_address
-from app.emulator.validation import REASON_INVALID, ULID_PATTERN, ItemError
+from app.core.emails import is_email_address
+from app.dev.emulator.validation import REASON_INVALID, ULID_PATTERN, ItemError
 from app.reference import CUSTOMERIO_OPENAPI_FILE, load_json
 
 # The component schema of each person action (OpenAPI: /api/v2/batch items, "Person" anyOf).
@@ -61,7 +61,7 @@ Check = Callable[[Any], Any]
 
 
 def is_email_format(value: object) -> bool:
-    """The OpenAPI ``email`` format: an address by :func:`app.emails.is_email_address`."""
+    """The OpenAPI ``email`` format: an address by :func:`app.core.emails.is_email_address`."""
     return type(value) is not str or is_email_address(value)
 
 
@@ -79,7 +79,7 @@ FORMATS: Final[dict[str, Callable[[Any], bool]]] = {
 def schema_error(item: dict[str, Any]) -> ItemError | None:
     """Why the person ``item`` fails the OpenAPI schema of its action, or ``None``.
 
-    ``item`` must already have passed :func:`app.emulator.validation.item_error` (a person
+    ``item`` must already have passed :func:`app.dev.emulator.validation.item_error` (a person
     item with a known action and valid identifiers)."""
     action = item["action"]
     fast = _compiled(detailed=False).get(action)

@@ -35,15 +35,15 @@ from typing import Any
 
 import orjson
 
-from app.deadletters import Selection, StoredLetter, select
-from app.dryrun import dry_run
+from app.dev.localkafka import LocalKafka, free_port
 from app.errors import MpcioError
 from app.kafka_admin import ensure_topics
-from app.localkafka import LocalKafka, free_port
+from app.ops.deadletters import Selection, StoredLetter, select
+from app.ops.dryrun import dry_run
 from app.settings import Settings
 from app.topics import topics_for
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "mparticle-batches.jsonl"
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "mparticle-batches.jsonl"
 SITE_ID, API_KEY = "demo-site", "demo-key"
 INGRESS_SECRET = "demo-ingress-secret"  # noqa: S105 - the local demo's own, printed nowhere
 DEMO_AUDIENCE = {"audience_id": 9001, "audience_name": "Demo VIPs"}
@@ -311,7 +311,7 @@ def _firehose_tour(
 
 def _sample_user(lines: list[bytes], emulator_url: str) -> tuple[str, str]:
     """The mpid and email of the first sample user that Customer.io holds."""
-    from app.mparticle import parse_record  # noqa: PLC0415
+    from app.core.mparticle import parse_record  # noqa: PLC0415
 
     people = (_get(emulator_url, "/_emulator/people") or {}).get("people", [])
     emails = {p["email"] for p in people if p["email"] and not p["deleted"]}

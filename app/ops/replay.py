@@ -2,7 +2,7 @@
 
 Each line is one record exactly as mParticle's Kafka output writes it: one batch object, or a
 bulk array of batches. Lines are validated with the worker's own parser
-(:func:`app.mparticle.parse_record`), so replay accepts exactly what the worker accepts, and
+(:func:`app.core.mparticle.parse_record`), so replay accepts exactly what the worker accepts, and
 each record is keyed by its batch's mpid as canonical decimal text (a bulk array by its first
 batch's mpid), so a user's records land on the partition the worker expects. The input may be
 gzip-compressed (detected by its magic bytes or a ``.gz`` name).
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from app import masking
+from app.core.mparticle import parse_record
 from app.errors import (
     BrokerError,
     InvalidRecordError,
@@ -42,7 +43,6 @@ from app.errors import (
     is_kafka_error,
     plain_kafka_error,
 )
-from app.mparticle import parse_record
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Iterator

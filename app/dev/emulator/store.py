@@ -1,7 +1,7 @@
 """The emulated workspace: people and their events, changed by validated Track API operations.
 
 Pure state, no I/O: the server calls :meth:`Store.apply` with v2 items that passed
-:func:`app.emulator.validation.item_error`, or the v1 methods with checked arguments, and tests
+:func:`app.dev.emulator.validation.item_error`, or the v1 methods with checked arguments, and tests
 read the result. Behaviour follows Customer.io's documented rules:
 
 - People are found by ``id``, by ``email`` (case-insensitively) or by ``cio_id`` (assigned
@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.emulator.validation import EVENT_ACTIONS, Identifier, IdentifierKind
+from app.dev.emulator.validation import EVENT_ACTIONS, Identifier, IdentifierKind
 
 # Attributes that are instructions to Customer.io rather than data about the person.
 _CONTROL_ATTRIBUTES = frozenset({"_update", "_timestamp", "cio_relationships", "cio_id"})

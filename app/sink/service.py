@@ -38,7 +38,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from mode import Service
 
 from app import metrics
-from app.avro import codec
+from app.core.avro import codec
+from app.core.pipeline import SourcePosition, dead_letter, now_ms
 from app.customerio.batching import pack
 from app.customerio.classify import HttpAnswer
 from app.customerio.client import TrackClient
@@ -47,7 +48,6 @@ from app.customerio.ratelimit import RateLimiter, workspace_share
 from app.deadletter_headers import dead_letter_record
 from app.errors import InvalidRecordError
 from app.logs import log_dead_letters
-from app.pipeline import SourcePosition, dead_letter, now_ms
 
 if TYPE_CHECKING:
     import faust

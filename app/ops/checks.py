@@ -103,7 +103,7 @@ def key_form(key: bytes | None, value: bytes | None) -> KeyForm:
     ``+42``, or a bulk record of several users; re-keyed); ``unparseable``: not a batch at all
     (dead-lettered). Never raises.
     """
-    from app.mparticle import parse_record  # noqa: PLC0415
+    from app.core.mparticle import parse_record  # noqa: PLC0415
 
     try:
         batches = parse_record(value or b"")

@@ -9,7 +9,7 @@ shape as mParticle's DSR API uses it:
 "customer_id": {"value": ...}}``, which is the Firehose ``dsr_processing_request`` shape:
 ``{"<type>": {"encoding": "raw" | "md5" | "sha1" | "sha256", "value": ...}}`` with type
 ``email`` or ``controller_customer_id`` (other types, device ids, are ignored). A raw email
-that is not an address (``N/A``; :mod:`app.emails`) is ignored. Other request types (access,
+that is not an address (``N/A``; :mod:`app.core.emails`) is ignored. Other request types (access,
 portability) are acknowledged and counted, not acted on.
 
 Who is erased: the user named by ``mpid``; for a request without mpid (every Firehose DSR),
@@ -35,13 +35,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from app.emails import is_email_address
+from app.core.emails import is_email_address
+from app.core.mparticle import int64_text, load_json
+from app.core.transform import is_person_identifier
 from app.errors import InvalidRecordError
-from app.mparticle import int64_text, load_json
-from app.transform import is_person_identifier
 
 if TYPE_CHECKING:
-    from app.state import UserState
+    from app.core.state import UserState
 
 ErasureOutcome = Literal["erased", "no_match", "not_erasure"]
 
@@ -118,7 +118,7 @@ def _subject_identities(
                     found[_kind(entry["identity_type"])] = str(text).strip()
     email = found.get("email") or None
     if email is not None and not is_email_address(email):
-        email = None  # a placeholder such as "N/A" names no person (app.emails)
+        email = None  # a placeholder such as "N/A" names no person (app.core.emails)
     return email, found.get("customer_id") or None, tuple(hashed)
 
 

@@ -8,7 +8,7 @@ by :func:`line_kind`:
 - ``firehose``: an object with a ``type`` (mParticle batches, DSRs and audience feeds have
   none): validated like the ingress does (an unknown ``type`` is invalid with the ingress's
   detail, ``firehose: type: must be one of ...``), and its records go through the worker's own
-  audience / erasure steps (:mod:`app.pipeline`) against the same in-memory state;
+  audience / erasure steps (:mod:`app.core.pipeline`) against the same in-memory state;
 - ``erasure``: an object with ``subject_request_type`` (a data-subject request, SPEC §5): the
   ``delete`` items, and the user's state is forgotten;
 - ``audience``: an object with a top-level ``audiences`` list, or the audience feed's
@@ -37,28 +37,28 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import orjson
 
-from app.audiences import parse_audience_record, transform_membership
-from app.avro import codec
-from app.erasure import parse_erasure_record
-from app.errors import InvalidRecordError
-from app.ingress.messages import plan_message
-from app.ingress.schemas import FirehoseSchemaError, validate
-from app.mparticle import load_json, parse_record
-from app.pipeline import (
+from app.core.audiences import parse_audience_record, transform_membership
+from app.core.avro import codec
+from app.core.erasure import parse_erasure_record
+from app.core.mparticle import load_json, parse_record
+from app.core.pipeline import (
     IngestResult,
     SourcePosition,
     process_audience_record,
     process_erasure_record,
 )
-from app.state import decode_state, encode_state
-from app.transform import transform
+from app.core.state import decode_state, encode_state
+from app.core.transform import transform
+from app.errors import InvalidRecordError
+from app.ingress.messages import plan_message
+from app.ingress.schemas import FirehoseSchemaError, validate
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from app.core.state import UserState
+    from app.core.transform import Transformed
     from app.settings import Settings
-    from app.state import UserState
-    from app.transform import Transformed
 
 
 @dataclass(slots=True)

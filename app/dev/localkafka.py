@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from app.errors import LocalKafkaError
 
 if TYPE_CHECKING:
-    from app.localtls import TlsFiles
+    from app.dev.localtls import TlsFiles
 
 KAFKA_VERSION = "4.0.2"
 LOG4J_VERSION = "2.24.3"
@@ -90,7 +90,7 @@ def default_cache_dir() -> Path:
     """``$MPCIO_KAFKA_CACHE``, else ``.cache/kafka`` of a source checkout, else ``~/.cache``."""
     if env := os.environ.get("MPCIO_KAFKA_CACHE"):
         return Path(env)
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").exists():
         return checkout / ".cache" / "kafka"
     return Path.home() / ".cache" / "mpcio" / "kafka"
@@ -221,7 +221,7 @@ class LocalKafka(_Lifecycle):
 
     The client listener (``port``) speaks :attr:`security_protocol`:
 
-    - ``tls`` (:func:`app.localtls.generate_tls`) makes it TLS, serving ``tls.keystore``;
+    - ``tls`` (:func:`app.dev.localtls.generate_tls`) makes it TLS, serving ``tls.keystore``;
     - ``sasl_users`` (user name → password) makes it SASL, accepting exactly those users with
       ``sasl_mechanism``: ``PLAIN`` (users in the listener's JAAS line) or ``SCRAM-SHA-256`` /
       ``SCRAM-SHA-512`` (credentials written into the metadata log when storage is formatted,

@@ -34,7 +34,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from app.errors import InvalidRecordError
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 HISTORY_DIR_NAME = "history"
 _MAGIC = b"\xc3\x01"
 

@@ -1,4 +1,4 @@
-"""Throwaway TLS material for the local broker (:mod:`app.localkafka`): a CA and a broker
+"""Throwaway TLS material for the local broker (:mod:`app.dev.localkafka`): a CA and a broker
 certificate it signed, as the PEM files Kafka 4 reads without keytool.
 
 For tests and local trials only: the keys are unencrypted files under ``directory`` and the

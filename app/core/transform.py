@@ -1,6 +1,6 @@
 """Map one parsed mParticle batch to Customer.io Track API v2 batch items (SPEC §3, rules 1-12).
 
-:func:`transform` folds the batch into the user's previous state (:func:`app.state.fold`) and
+:func:`transform` folds the batch into the user's previous state (:func:`app.core.state.fold`) and
 returns the new state together with the ordered operations and counters. It is pure and
 deterministic: the same batch and the same previous state always give the same result, and
 transforming a batch a second time with the state the first run returned sends no identify
@@ -12,7 +12,7 @@ names, created_at when enabled, other attributes when enabled) differs from the 
 when the person id changed (rule 11) and on an opt-out transition (rule 9). Every item is
 serialised once here (``Operation.payload``) to enforce Customer.io's size limits. An
 event is suppressed while the user is opted out at the event's time, by the one ordering rule
-of :func:`app.state.opt_out_status` (event time, then position in the batch).
+of :func:`app.core.state.opt_out_status` (event time, then position in the batch).
 
 Values and names (docs/mapping.md): a user tag (null value) is sent as ``true``; a name
 Customer.io reads specially (:data:`RESERVED_PERSON_NAMES`, the ``_`` and ``cio_`` prefixes,
@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import orjson
 
-from app.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch, Event
-from app.state import UserState, fold, opt_out_status
-from app.ulid import event_ulid
+from app.core.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch, Event
+from app.core.state import UserState, fold, opt_out_status
+from app.core.ulid import event_ulid
 
 if TYPE_CHECKING:
     from app.settings import Settings

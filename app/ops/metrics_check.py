@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards" / "mpcio.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "mpcio.json"
 
 # What Grafana would put in place of its variables.
 GRAFANA_VARIABLES = {

@@ -17,12 +17,12 @@ redelivered older batch may arrive after a newer one was already folded):
   commutative, so batch order does not matter.
 
 ``person_id``, ``sent_digest`` and ``unsubscribed_sent`` record what was last sent to
-Customer.io; only :mod:`app.transform` sets them. ``audiences`` is carried through unchanged
+Customer.io; only :mod:`app.core.transform` sets them. ``audiences`` is carried through unchanged
 (filled by the audience agent).
 
 Failure semantics: :func:`fold` never raises for a parsed batch. :func:`decode_state` reads a
 state written with the current ``user_state`` schema or any released one kept in
-``schemas/history/`` (fields added since take their defaults, :mod:`app.avro`); it raises
+``schemas/history/`` (fields added since take their defaults, :mod:`app.core.avro`); it raises
 :class:`~app.errors.InvalidRecordError` (reason ``avro_decode``) for bytes that are not a
 ``user_state`` record, including an unknown schema fingerprint and a stored attribute JSON that
 is corrupt.
@@ -35,9 +35,9 @@ from typing import Any
 
 import orjson
 
-from app.avro import codec
+from app.core.avro import codec
+from app.core.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch, Event
 from app.errors import InvalidRecordError
-from app.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch, Event
 
 
 @dataclass(frozen=True, slots=True)

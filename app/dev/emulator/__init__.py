@@ -4,14 +4,14 @@ Start one in-process with :func:`running_emulator` (tests), serve one in the for
 :func:`serve` (``mpcio emulator``), or mount :func:`build_app` in any aiohttp runner. It
 authenticates like Customer.io, validates with production's limits, keeps a workspace of people
 and events that tests can inspect, and injects faults on demand. The modules:
-:mod:`~app.emulator.validation` (pure checks), :mod:`~app.emulator.store` (the workspace),
-:mod:`~app.emulator.faults` (fault rules and rate limit), :mod:`~app.emulator.recording`
-(request log and counters) and :mod:`~app.emulator.server` (HTTP). ``docs/emulator.md``
+:mod:`~app.dev.emulator.validation` (pure checks), :mod:`~app.dev.emulator.store` (the workspace),
+:mod:`~app.dev.emulator.faults` (fault rules and rate limit), :mod:`~app.dev.emulator.recording`
+(request log and counters) and :mod:`~app.dev.emulator.server` (HTTP). ``docs/emulator.md``
 documents the HTTP interface.
 """
 
-from app.emulator.faults import Fault, FaultInjector, FaultRule, RateLimit, parse_faults
-from app.emulator.server import (
+from app.dev.emulator.faults import Fault, FaultInjector, FaultRule, RateLimit, parse_faults
+from app.dev.emulator.server import (
     DEFAULT_PORT,
     EmulatorConfig,
     EmulatorState,

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from app import masking
-from app.avro import codec
+from app.core.avro import codec
 from app.deadletter_headers import Headers, as_list, redrive_headers
 from app.errors import BrokerError, InvalidRecordError
 

@@ -16,11 +16,11 @@ and ``/unsuppress``. Answers follow Customer.io's OpenAPI description:
 - invalid v1 request: ``400 {"meta": {"error": message, "errors": [message]}}`` (the first is
   what the service sends, the second what its OpenAPI description documents).
 
-Every Track API request first passes the fault injector (:mod:`app.emulator.faults`, before
+Every Track API request first passes the fault injector (:mod:`app.dev.emulator.faults`, before
 authentication, as a load balancer would), then authentication, then validation
-(:mod:`app.emulator.validation`, then every v2 item against Customer.io's OpenAPI schema of its
-action, formats included: :mod:`app.emulator.openapi`) and the workspace
-(:mod:`app.emulator.store`). Requests are recorded in :mod:`app.emulator.recording`. The
+(:mod:`app.dev.emulator.validation`, then every v2 item against Customer.io's OpenAPI schema of its
+action, formats included: :mod:`app.dev.emulator.openapi`) and the workspace
+(:mod:`app.dev.emulator.store`). Requests are recorded in :mod:`app.dev.emulator.recording`. The
 ``/_emulator/*`` routes (no auth) inspect and steer it; ``docs/emulator.md`` describes them.
 
 Failure semantics: a faulted request applies nothing, except ``delay``, which answers normally
@@ -44,11 +44,11 @@ import orjson
 from aiohttp import encode_basic_auth, hdrs, web
 from aiohttp.typedefs import Handler, LooseHeaders
 
-from app.emulator.faults import Fault, FaultInjector, FaultRule, RateLimit, parse_faults
-from app.emulator.openapi import schema_error
-from app.emulator.recording import DEFAULT_LOG_LIMIT, RequestLog, RequestRecord
-from app.emulator.store import Store
-from app.emulator.validation import (
+from app.dev.emulator.faults import Fault, FaultInjector, FaultRule, RateLimit, parse_faults
+from app.dev.emulator.openapi import schema_error
+from app.dev.emulator.recording import DEFAULT_LOG_LIMIT, RequestLog, RequestRecord
+from app.dev.emulator.store import Store
+from app.dev.emulator.validation import (
     MAX_ITEM_BYTES,
     MAX_REQUEST_BYTES,
     REASON_INVALID,

@@ -30,8 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from app.errors import InvalidRecordError
-from app.mparticle import (
+from app.core.mparticle import (
     AttributeValue,
     Batch,
     int64_text,
@@ -41,8 +40,9 @@ from app.mparticle import (
     parse_user_attributes,
     required_mpid,
 )
-from app.state import EMPTY_STATE, UserState
-from app.transform import Transformed, transform
+from app.core.state import EMPTY_STATE, UserState
+from app.core.transform import Transformed, transform
+from app.errors import InvalidRecordError
 
 if TYPE_CHECKING:
     from app.settings import Settings

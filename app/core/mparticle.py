@@ -8,7 +8,7 @@ form). :func:`parse_record` returns the batches in order, already normalised:
   (``session_id`` is not used by the mapping, so it is not read.)
 - ``user_identities`` may be the outbound array of ``{identity_type, identity}``, the inbound
   object map, or null/absent; only ``customer_id`` and ``email`` are kept. An email identity
-  that is not an address (``N/A``, ``none``, a typo without ``@``; :mod:`app.emails`) is no
+  that is not an address (``N/A``, ``none``, a typo without ``@``; :mod:`app.core.emails`) is no
   email: it is counted in ``Batch.ignored`` as ``email_invalid`` and the batch has no email.
 - reserved ``$`` user attributes are matched case-insensitively and their aliases merged: keys
   are canonicalised to ``$`` + lower case (``$FirstName`` → ``$firstname``, ``$Zipcode`` →
@@ -39,7 +39,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import orjson
 
-from app.emails import is_email_address
+from app.core.emails import is_email_address
 from app.errors import InvalidRecordError
 
 Scalar: TypeAlias = str | int | float | bool
@@ -541,7 +541,7 @@ def parse_identities(value: object, ignored: dict[str, int]) -> tuple[str | None
 
 
 def _email_identity(value: object, ignored: dict[str, int]) -> str | None:
-    """A trimmed email identity that is an address (:mod:`app.emails`); a placeholder such as
+    """A trimmed email identity that is an address (:mod:`app.core.emails`); a placeholder such as
     ``N/A`` is no email: counted as ``email_invalid`` and treated as absent."""
     email = _identity_value(value, ignored, integer_allowed=False)
     if email is None or is_email_address(email):

@@ -1,0 +1,1 @@
+"""Development tools: the demo, the local Kafka broker, TLS material, the emulator."""

@@ -1,0 +1,1 @@
+"""Operator commands: replay, dead letters, check-config, dry-run, metrics-check."""

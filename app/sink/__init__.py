@@ -1,0 +1,1 @@
+"""The sink: drains the operations topic into Customer.io's Track API."""
