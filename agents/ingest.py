@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 
 from app import metrics
+from app.changelog import changelog_configs
 from app.core.pipeline import (
     STAGE_INGEST,
     IngestResult,
@@ -71,6 +72,7 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
         value_type=bytes,
         help="Per-user state (app.core.state.UserState as Avro), keyed by mpid.",
         options=_store_options(settings),
+        extra_topic_configs=changelog_configs(settings),
     )
     erasures = app.Table(
         ERASURES_TABLE,
@@ -79,6 +81,7 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
         value_type=bytes,
         help="mpid -> Kafka time (ms, decimal) of its last erasure request.",
         options=_store_options(settings),
+        extra_topic_configs=changelog_configs(settings),
     )
     batches = _raw_topic(app, topics.batches.name, partitions)
     audiences = _raw_topic(app, topics.audiences.name, partitions)

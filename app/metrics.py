@@ -103,9 +103,18 @@ CONSUMER_LAG = Gauge(
 )
 TABLE_KEYS = Gauge(
     "mpcio_table_keys",
-    "Keys held by this worker in each table (its assigned partitions only; RocksDB's "
-    "estimate with the rocksdb:// store).",
+    "Keys held by this worker in each table (its active partitions only; with rocksdb:// "
+    "counted exactly a slice per sample, so it trails the truth by one pass).",
     ["table"],
+)
+RECOVERY_IN_PROGRESS = Gauge(
+    "mpcio_table_recovery_in_progress",
+    "1 while this worker rebuilds table state from the changelogs (the fast restore before "
+    "faust starts, or faust's own recovery of newly assigned partitions), else 0.",
+)
+RECOVERY_REMAINING = Gauge(
+    "mpcio_table_recovery_remaining_records",
+    "Changelog records this worker still has to read before its tables are recovered.",
 )
 READY = Gauge(
     "mpcio_ready",
