@@ -122,10 +122,55 @@ def event_ulid(time_ms: int, source_message_id: str) -> str:
 
 def person_sequences(items: list[dict[str, Any]]) -> dict[str, list[tuple[str, Any]]]:
     """Each person's ``(action, id or attributes)`` in the order of ``items``: what per-person
-    order is judged on (an event by its id, an identify by what it sets)."""
+    order is judged on (an event by its id, an identify by what it sets). A repeat of an item
+    already in the sequence (an at-least-once redelivery) is left out: order is judged on
+    first arrivals, and the emulator's de-duplication on what stays."""
     sequences: dict[str, list[tuple[str, Any]]] = {}
+    seen: set[bytes] = set()
     for item in items:
         ((_, person),) = item["identifiers"].items()
         what = item.get("id") if item["action"] != "identify" else item.get("attributes")
-        sequences.setdefault(person, []).append((item["action"], what))
+        key = orjson.dumps([person, item["action"], what], option=orjson.OPT_SORT_KEYS)
+        if key not in seen:
+            seen.add(key)
+            sequences.setdefault(person, []).append((item["action"], what))
     return sequences
+
+
+def expected_people(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """By email: the ``id`` and ``attributes`` a workspace holds after ``items`` (identifies
+    merged in order, ``""`` removing, the identifiers not kept as attributes), and
+    ``unsubscribed`` as Customer.io reads it. Every item of the forwarder's carries the email."""
+    people: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if item["action"] != "identify":
+            continue
+        attributes = dict(item["attributes"])
+        person = people.setdefault(attributes.pop("email"), {"id": None, "attributes": {}})
+        person["id"] = item["identifiers"].get("id", person["id"])
+        for name, value in attributes.items():
+            if value == "":
+                person["attributes"].pop(name, None)
+            else:
+                person["attributes"][name] = value
+    for person in people.values():
+        person["unsubscribed"] = person["attributes"].get("unsubscribed") is True
+    return people
+
+
+def expected_events(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """By event id: what the workspace stores for each event or screen of ``items``, and the
+    identifier (``person_id`` or ``person_email``) it must be attributed to."""
+    events = {}
+    for item in items:
+        if item["action"] == "identify":
+            continue
+        ((kind, person),) = item["identifiers"].items()
+        events[item["id"]] = {
+            "action": item["action"],
+            "name": item["name"],
+            "timestamp": item["timestamp"],
+            "attributes": item.get("attributes", {}),
+            "person_id" if kind == "id" else "person_email": person,
+        }
+    return events
