@@ -52,7 +52,7 @@ def golden(source: str, lines: list[bytes]) -> dict[str, Any]:
 
 def dumps(document: dict[str, Any]) -> bytes:
     """JSON with one item per line, so a review (and ``git diff``) reads item by item."""
-    head = {key: value for key, value in document.items() if key not in ("items",)}
+    head = {key: value for key, value in document.items() if key != "items"}
     lines = [b"  " + orjson.dumps(entry) for entry in document["items"]]
     body = b",\n".join(lines)
     rest = orjson.dumps(head)[1:-1]

@@ -137,6 +137,7 @@ async def test_5xx_burst_and_429_storm_lose_and_duplicate_nothing(
     people = (await inspect_emulator(emulator.url, "people"))["people"]
     assert len(people) == 54  # 60 users, every 10th without email
     assert all(p["attributes"]["tier"] == 1 for p in people)  # latest attributes won
+    assert_workspace(emulator, expected)
     assert await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name) == 0
 
 
@@ -215,6 +216,7 @@ async def test_bad_credentials_stop_delivery_then_fixed_key_delivers_backlog(
     await _wait_for_events(emulator, sum(_event_ids(expected).values()), [good])
     events = (await inspect_emulator(emulator.url, "events"))["events"]
     assert Counter(e["id"] for e in events) == _event_ids(expected)
+    assert_workspace(emulator, expected)
 
 
 async def test_steady_load_fills_requests_and_respects_the_rate_limit(
@@ -287,6 +289,7 @@ async def test_two_workers_share_the_workspace_rate_limit(
         assert all(0 < share < 10 for share in shares)
         assert len(requests) <= 10 * took + 2  # can't be broken by a busy machine
         assert Counter(e.id for e in emulator.state.store.events) == _event_ids(expected)
+        assert_workspace(emulator, expected)
 
 
 def _max_overlap(requests: list[dict[str, Any]]) -> int:

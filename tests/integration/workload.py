@@ -12,6 +12,7 @@ uses (``tests/unit/test_golden.py``).
 from __future__ import annotations
 
 from hashlib import blake2b
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from app.settings import Settings
 
 T0 = 1_764_400_000_000
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -58,6 +60,11 @@ def batches(users: int, batches_per_user: int, events_per_batch: int) -> list[tu
             }
             records.append((str(mpid).encode(), orjson.dumps(batch)))
     return records
+
+
+def golden_items(name: str) -> list[dict[str, Any]]:
+    """The hand-reviewed items of ``tests/golden/<name>`` (README.md there), in order."""
+    return [entry["item"] for entry in orjson.loads((GOLDEN / name).read_bytes())["items"]]
 
 
 def expected_items(values: list[bytes], settings: Settings) -> list[dict[str, Any]]:
