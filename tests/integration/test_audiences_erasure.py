@@ -247,6 +247,12 @@ def _erasures(users: tuple[int, ...]) -> list[tuple[bytes, bytes]]:
     ]
 
 
+def _workload(deployment: Deployment) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
+    """20 users, 2 batches each, and the items Customer.io must get for them."""
+    records = workload.batches(users=20, batches_per_user=2, events_per_batch=3)
+    return records, workload.expected_items([value for _, value in records], deployment.settings)
+
+
 def _names_of(user: int) -> set[str]:
     return {f"c-{user}", f"user{user}@example.com"}
 
@@ -269,8 +275,7 @@ async def test_erasure_while_the_users_operations_wait_in_the_operations_topic(
     deployment: Deployment, emulator: RunningEmulator
 ) -> None:
     kafka, topics = deployment.kafka.bootstrap, deployment.topics
-    records = workload.batches(users=20, batches_per_user=2, events_per_batch=3)
-    expected = workload.expected_items([value for _, value in records], deployment.settings)
+    records, expected = _workload(deployment)
     forwarded = sum(1 for _, value in records if b'"email"' in value)
     # Customer.io refuses the key, so the sink holds every operation in the operations topic.
     refused, _ = parse_faults({"kind": "status", "status": 401, "count": None})
@@ -310,8 +315,7 @@ async def test_sink_crash_between_delete_and_commit_redelivers_the_delete(
     deployment: Deployment, emulator: RunningEmulator
 ) -> None:
     kafka, topics = deployment.kafka.bootstrap, deployment.topics
-    records = workload.batches(users=20, batches_per_user=2, events_per_batch=3)
-    expected = workload.expected_items([value for _, value in records], deployment.settings)
+    records, expected = _workload(deployment)
     applied = record_applied(emulator)
     await produce(kafka, topics.batches.name, records)
     env = {"kafka_session_timeout_seconds": "6"}
