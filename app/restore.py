@@ -344,28 +344,10 @@ async def interim_web(host: str, port: int, progress: RestoreProgress) -> AsyncI
         await runner.cleanup()
 
 
-async def restore_with_probes(
-    bootstrap: list[str],
-    stores: Mapping[str, PartitionStore],
-    partitions: Mapping[str, int],
-    *,
-    security: Mapping[str, Any],
-    reader: Mapping[str, Any],
-    web: tuple[str, int],
-) -> RestoreProgress:
-    """:func:`restore_tables` with :func:`interim_web` serving meanwhile; logs the figures."""
-    progress = RestoreProgress()
-    async with interim_web(*web, progress):
-        await restore_tables(
-            bootstrap, stores, partitions, security=security, reader=reader, progress=progress
-        )
-    log.info("table store restored from the changelogs: %s", progress.report())
-    return progress
-
-
 async def prepare_tables(app: faust.App, settings: Settings, *, restore: bool) -> None:
     """Before faust starts: align the changelogs' compaction configs, then (``restore``)
-    rebuild the table store from them; a failed restore deletes the half-written store."""
+    rebuild the table store from them while :func:`interim_web` answers the probes, and log
+    the figures; a failed restore deletes the half-written store."""
     from app.changelog import changelog_configs  # noqa: PLC0415
     from app.kafka_security import client_kwargs  # noqa: PLC0415
 
@@ -376,15 +358,18 @@ async def prepare_tables(app: faust.App, settings: Settings, *, restore: bool) -
     )
     if not restore or not existing:  # a first start: nothing to restore
         return
+    progress = RestoreProgress()
     try:
-        await restore_with_probes(
-            settings.bootstrap_servers,
-            stores,
-            existing,
-            security=security,
-            reader=reader_config(settings),
-            web=(settings.web_host, settings.web_port),
-        )
+        async with interim_web(settings.web_host, settings.web_port, progress):
+            await restore_tables(
+                settings.bootstrap_servers,
+                stores,
+                existing,
+                security=security,
+                reader=reader_config(settings),
+                progress=progress,
+            )
     except BaseException:
         shutil.rmtree(app.conf.tabledir, ignore_errors=True)
         raise
+    log.info("table store restored from the changelogs: %s", progress.report())
