@@ -79,6 +79,10 @@ class RestoreProgress:
     done: int = 0
     bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+    running: bool = False
+
+    def __post_init__(self) -> None:
+        metrics.track_recovery(lambda: self.remaining if self.running else None)
 
     @property
     def remaining(self) -> int:
@@ -185,7 +189,7 @@ async def restore_tables(
         await consumer.stop()
     todo = {(tp.topic, tp.partition): (starts[tp], ends[tp]) for tp in tps if ends[tp] > starts[tp]}
     progress.total = sum(end - start for start, end in todo.values())
-    metrics.RECOVERY_IN_PROGRESS.set(1)
+    progress.running = True
     dbs: dict[tuple[str, int], Any] = {}
     try:
         for topic, partition in todo:
@@ -197,8 +201,7 @@ async def restore_tables(
     finally:
         for db in dbs.values():
             db.close()
-        metrics.RECOVERY_IN_PROGRESS.set(0)
-        metrics.RECOVERY_REMAINING.set(0)
+        progress.running = False
     return progress
 
 
@@ -236,7 +239,6 @@ def _read(
                     key = (position.topic, position.partition)
                     if position.offset >= left[key][1]:
                         last[key] = left.pop(key)[1] - 1
-            metrics.RECOVERY_REMAINING.set(progress.remaining)
             if time.monotonic() - last_log > PROGRESS_LOG_SECONDS:
                 last_log = time.monotonic()
                 log.info("restoring tables: %d records left", progress.remaining)

@@ -20,12 +20,12 @@ set. Once listening, the worker logs its address and every route with its access
 
 A timer (every :data:`SAMPLE_INTERVAL_SECONDS`) samples the gauges that no event increments:
 ``mpcio_consumer_lag{topic,partition}`` (ingest inputs and the sink's operations topic),
-``mpcio_table_keys{table}``, the recovery gauges (``mpcio_table_recovery_in_progress``,
-``mpcio_table_recovery_remaining_records``) and ``mpcio_ready``. A sample reads only local state
-(offsets the consumers already know, service states, faust's recovery counters): no broker
-round trip; the table keys are counted exactly, a bounded slice per sample (:class:`KeyCounter`).
-While faust recovers tables, ``/health/ready`` is 503 with status ``recovering`` and the records
-left.
+``mpcio_table_keys{table}`` and ``mpcio_ready``. A sample reads only local state (offsets the
+consumers already know, service states): no broker round trip; the table keys are counted
+exactly, a bounded slice per sample (:class:`KeyCounter`). The recovery gauges
+(``mpcio_table_recovery_in_progress``, ``mpcio_table_recovery_remaining_records``) are read
+from faust's recovery at every scrape (faust runs no timer while it recovers). While faust
+recovers tables, ``/health/ready`` is 503 with status ``recovering`` and the records left.
 
 The decisions (:func:`decide_readiness`, :func:`decide_access`, :func:`user_json`) are pure,
 for unit tests.
@@ -345,10 +345,14 @@ def _assigned_actives(app: faust.App) -> set[Any]:
 def _recovery_remaining(app: faust.App) -> int | None:
     """Changelog records faust's recovery still has to read for active partitions; ``None``
     when it is not recovering."""
-    recovery = getattr(app.tables, "recovery", None)
+    # faust makes its Recovery service on first use: before the app starts there is none
+    recovery = getattr(app.tables, "_recovery", None)
     if recovery is None or not getattr(recovery, "in_recovery", False):
         return None
-    return int(recovery.active_remaining_total())
+    try:
+        return int(recovery.active_remaining_total())
+    except Exception:  # read on every scrape: a rebalance midway must not break /metrics  # noqa: BLE001
+        return 0
 
 
 def _assignment(app: faust.App) -> set[Any]:
@@ -497,9 +501,6 @@ class Observer:
                 keys = counter.step(table, actives)
                 if keys is not None:
                     metrics.TABLE_KEYS.labels(name).set(keys)
-        remaining = _recovery_remaining(self.app)
-        metrics.RECOVERY_IN_PROGRESS.set(0 if remaining is None else 1)
-        metrics.RECOVERY_REMAINING.set(remaining or 0)
         metrics.READY.set(1 if self.readiness().ready else 0)
 
 
@@ -508,6 +509,7 @@ def attach_web(
 ) -> Observer:
     """Register the views, the access guard, the build info and the gauge sampler on ``app``."""
     observer = Observer(app, settings, topics, sink)
+    metrics.track_recovery(lambda: _recovery_remaining(app))
     token = settings.support_token.get_secret_value() if settings.support_token else None
     aiohttp_app(app).middlewares.append(access_middleware(token))
     metrics.BUILD.info(metrics.build_labels(settings))

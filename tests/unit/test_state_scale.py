@@ -155,3 +155,21 @@ def test_store_older_than_the_tombstone_retention_is_discarded(tmp_path: Path) -
     os.utime(tabledir / MARKER, (old, old))
     assert not open_store(tabledir, max_age_seconds=3600)
     assert not tabledir.exists()
+
+
+def test_recovery_gauges_read_a_running_restore_at_scrape_time() -> None:
+    from prometheus_client import REGISTRY  # noqa: PLC0415
+
+    def sample(name: str) -> float | None:
+        value: float | None = REGISTRY.get_sample_value(name)
+        return value
+
+    progress = RestoreProgress(total=1000, done=400)
+    assert sample("mpcio_table_recovery_in_progress") == 0
+    progress.running = True
+    assert sample("mpcio_table_recovery_in_progress") == 1
+    assert sample("mpcio_table_recovery_remaining_records") == 600
+    progress.done = 1000
+    assert sample("mpcio_table_recovery_remaining_records") == 0
+    progress.running = False
+    assert sample("mpcio_table_recovery_in_progress") == 0
