@@ -194,7 +194,7 @@ class Settings(BaseSettings):
         True,
         description="Rebuild a missing or untrusted table store by bulk-reading the committed "
         "changelogs into RocksDB before faust starts (README 'Sizing and state'); false = "
-        "faust's own recovery only (about 10x slower).",
+        "faust's own recovery only (30-60x slower, README).",
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
         "at_least_once",
