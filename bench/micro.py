@@ -27,9 +27,10 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.core.mparticle import parse_record
-from app.core.pipeline import SourcePosition, process_batch_record
+from app.core.pipeline import process_batch_record
 from app.core.state import decode_state, encode_state
 from app.core.transform import transform
+from app.records import SourcePosition
 from app.settings import Settings
 
 BATCH_TIME_MS = 1_700_000_000_000

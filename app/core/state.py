@@ -37,7 +37,7 @@ import orjson
 
 from app.core.avro import codec
 from app.core.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch, Event
-from app.errors import InvalidRecordError
+from app.errors import InvalidRecordError, Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,9 +285,11 @@ def decode_state(data: bytes) -> UserState:
     try:
         attributes: Any = orjson.loads(record["attributes_json"])
     except orjson.JSONDecodeError as exc:
-        raise InvalidRecordError("avro_decode", f"corrupt user_state attributes: {exc}") from exc
+        raise InvalidRecordError(
+            Reason.AVRO_DECODE, f"corrupt user_state attributes: {exc}"
+        ) from exc
     if type(attributes) is not dict:
-        raise InvalidRecordError("avro_decode", "user_state attributes are not a JSON object")
+        raise InvalidRecordError(Reason.AVRO_DECODE, "user_state attributes are not a JSON object")
     return UserState(
         email=record["email"],
         customer_id=record["customer_id"],

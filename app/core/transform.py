@@ -41,22 +41,21 @@ import orjson
 from app.core.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch, Event
 from app.core.state import UserState, fold, opt_out_status
 from app.core.ulid import event_ulid
+from app.customerio.limits import (
+    MAX_ATTRIBUTE_NAME_BYTES,
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    MAX_ATTRIBUTES_PER_IDENTIFY,
+    MAX_EVENT_NAME_BYTES,
+    MAX_IDENTIFIER_BYTES,
+    MAX_ITEM_BYTES,
+)
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from app.core.options import CoreOptions
 
 BatchOutcome: TypeAlias = Literal[
     "forwarded", "skipped_no_email", "environment_filtered", "person_id_invalid"
 ]
-
-# Customer.io Track API limits (SPEC §3, end).
-MAX_PERSON_ID_BYTES: Final = 150
-MAX_ATTRIBUTE_NAME_BYTES: Final = 150
-MAX_ATTRIBUTE_VALUE_BYTES: Final = 1000
-MAX_ATTRIBUTES_PER_IDENTIFY: Final = 300
-MAX_EVENT_NAME_BYTES: Final = 100
-# v2 items may be 32 KB; 32,000 leaves room for either reading of "KB".
-MAX_ITEM_BYTES: Final = 32_000
 
 # Transformed.limits keys.
 LIMIT_PERSON_ID: Final = "person_id_invalid"
@@ -139,10 +138,10 @@ class Transformed:
     limits: dict[str, int] = field(default_factory=dict)
 
 
-def transform(batch: Batch, state: UserState | None, settings: Settings) -> Transformed:
+def transform(batch: Batch, state: UserState | None, options: CoreOptions) -> Transformed:
     """Fold ``batch`` into ``state`` and derive the Customer.io operations (module docstring)."""
     forwardable = sum(1 for event in batch.events if event.kind in _ACTIONS)
-    if batch.environment not in settings.environments:
+    if batch.environment not in options.environments:
         return _not_forwarded(state, state, "environment_filtered", forwardable, {})
 
     folded = fold(state, batch)
@@ -162,10 +161,10 @@ def transform(batch: Batch, state: UserState | None, settings: Settings) -> Tran
     unsubscribed: bool | None = None
     if folded.opted_out and not folded.unsubscribed_sent:
         unsubscribed = True
-    elif folded.unsubscribed_sent and not folded.opted_out and settings.resubscribe_on_opt_in:
+    elif folded.unsubscribed_sent and not folded.opted_out and options.resubscribe_on_opt_in:
         unsubscribed = False
 
-    digest = profile_digest(folded, settings)
+    digest = profile_digest(folded, options)
     operations: list[Operation] = []
     if (
         digest != folded.sent_digest
@@ -173,7 +172,7 @@ def transform(batch: Batch, state: UserState | None, settings: Settings) -> Tran
         or unsubscribed is not None
         or folded.audiences_left
     ):
-        attributes = _identify_attributes(folded, batch, settings, unsubscribed, limits)
+        attributes = _identify_attributes(folded, batch, options, unsubscribed, limits)
         operations.extend(
             _identifies(person_id, identifiers, attributes, limits, update_time(folded))
         )
@@ -209,19 +208,19 @@ def transform(batch: Batch, state: UserState | None, settings: Settings) -> Tran
 
 def is_person_identifier(value: str) -> bool:
     """Whether ``value`` can name a Customer.io person: non-empty, at most 150 bytes."""
-    return bool(value) and len(value.encode("utf-8")) <= MAX_PERSON_ID_BYTES
+    return bool(value) and len(value.encode("utf-8")) <= MAX_IDENTIFIER_BYTES
 
 
-def profile_digest(state: UserState, settings: Settings) -> bytes:
-    """BLAKE2b-128 of everything an identify would carry for ``state`` under ``settings``."""
+def profile_digest(state: UserState, options: CoreOptions) -> bytes:
+    """BLAKE2b-128 of everything an identify would carry for ``state`` under ``options``."""
     material = (
         state.email,
         state.first_name,
         state.last_name,
         state.created_at_ms // 1000
-        if settings.send_created_at and state.created_at_ms is not None
+        if options.send_created_at and state.created_at_ms is not None
         else None,
-        state.attributes if settings.include_user_attributes else None,
+        state.attributes if options.include_user_attributes else None,
         sorted(state.audiences.items()),
     )
     return blake2b(orjson.dumps(material, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
@@ -301,7 +300,7 @@ def _with_sent(state: UserState, person_id: str, digest: bytes) -> UserState:
 def _identify_attributes(
     state: UserState,
     batch: Batch,
-    settings: Settings,
+    options: CoreOptions,
     unsubscribed: bool | None,
     limits: dict[str, int],
 ) -> dict[str, AttributeValue]:
@@ -310,11 +309,11 @@ def _identify_attributes(
     for name, known in (("first_name", state.first_name), ("last_name", state.last_name)):
         if known is not None:
             attributes[name] = _fit_text(known, limits)
-    if settings.send_created_at and state.created_at_ms is not None:
+    if options.send_created_at and state.created_at_ms is not None:
         attributes["created_at"] = state.created_at_ms // 1000
     if unsubscribed is not None:
         attributes["unsubscribed"] = unsubscribed
-    if settings.include_user_attributes:
+    if options.include_user_attributes:
         # Custom names first, then reserved ($) ones, so "$City" wins over a custom "city".
         user_attributes = state.attributes
         for canonical in sorted(user_attributes, key=_reserved_last):
@@ -326,16 +325,16 @@ def _identify_attributes(
     for canonical in batch.deleted_user_attributes:
         if canonical in (FIRST_NAME_KEY, LAST_NAME_KEY):
             attributes[output_attribute_name(canonical)] = ""
-        elif settings.include_user_attributes:
+        elif options.include_user_attributes:
             deleted_name = _sent_name(output_attribute_name(canonical), limits)
             if deleted_name is not None:
                 attributes[deleted_name] = ""
-    attributes.update(membership_attributes(state, settings, limits))
+    attributes.update(membership_attributes(state, options, limits))
     return attributes
 
 
 def membership_attributes(
-    state: UserState, settings: Settings, limits: dict[str, int]
+    state: UserState, options: CoreOptions, limits: dict[str, int]
 ) -> dict[str, AttributeValue]:
     """SPEC §4: ``SegmentMembership`` = quoted, comma-separated ids of the user's audiences
     (empty once the last one is left), and ``In <Audience Name>`` true/false when enabled.
@@ -351,7 +350,7 @@ def membership_attributes(
             quoted.pop()
             membership = ",".join(quoted)
     attributes: dict[str, AttributeValue] = {MEMBERSHIP_ATTRIBUTE: membership}
-    if settings.one_attribute_per_audience:
+    if options.one_attribute_per_audience:
         for flag, audiences in ((False, state.audiences_left), (True, state.audiences)):
             for name in audiences.values():
                 attribute = _sent_name(f"In {name}", limits)

@@ -32,24 +32,12 @@ from app.customerio.classify import (
     TransportFailure,
     classify,
 )
-from app.errors import ConfigError
+from app.errors import FatalDeliveryError
 
 if TYPE_CHECKING:
     from app.customerio.batching import BatchRequest
 
 Ref = TypeVar("Ref")
-
-
-class FatalDeliveryError(ConfigError):
-    """Customer.io refused our credentials (401/403) or pointed us at another host (3xx)."""
-
-    def __init__(self, decision: Decision) -> None:
-        super().__init__(
-            f"Customer.io answered {decision.reason}: check MPCIO_CUSTOMERIO_SITE_ID, "
-            "MPCIO_CUSTOMERIO_API_KEY and MPCIO_CUSTOMERIO_REGION; delivery is stopped and "
-            "offsets are kept, nothing was dead-lettered"
-        )
-        self.decision = decision
 
 
 class BatchSender(Protocol):
@@ -120,7 +108,7 @@ async def deliver(
             report.delivered = len(request)
             return report
         if decision.outcome is Outcome.FATAL:
-            raise FatalDeliveryError(decision)
+            raise FatalDeliveryError(decision.reason)
         if decision.outcome is Outcome.PARTIAL:
             if all(0 <= error.batch_index < len(request) for error in decision.item_errors):
                 _reject_named(request, decision, status, report)

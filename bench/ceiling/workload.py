@@ -9,8 +9,9 @@ from __future__ import annotations
 import orjson
 
 from app.core.avro import codec
-from app.core.pipeline import SourcePosition, process_batch_record
+from app.core.pipeline import process_batch_record
 from app.customerio.batching import pack
+from app.records import SourcePosition
 from app.settings import Settings
 
 SOURCE_TOPIC = "mparticle-batches"

@@ -11,13 +11,13 @@ from app.core.audiences import AudienceChange, apply_membership, parse_audience_
 from app.core.avro import codec
 from app.core.erasure import ErasureRequest, parse_erasure_record, plan_erasure
 from app.core.pipeline import (
-    SourcePosition,
     process_audience_record,
     process_batch_record,
     process_erasure_record,
 )
 from app.core.state import UserState, decode_state, encode_state
 from app.errors import InvalidRecordError
+from app.records import SourcePosition
 from app.settings import Settings, load_settings
 
 SOURCE = SourcePosition("mparticle-audiences", 0, 5)

@@ -16,11 +16,13 @@ from jsonschema import Draft3Validator
 from app.core.audiences import parse_audience_record
 from app.core.avro import codec
 from app.core.erasure import matches, parse_erasure_record
-from app.core.pipeline import SourcePosition, process_audience_record, process_erasure_record
+from app.core.pipeline import process_audience_record, process_erasure_record
 from app.core.state import UserState, decode_state, encode_state
+from app.errors import BrokerUnavailableError, FirehoseSchemaError
 from app.ingress.messages import Record, plan_message
-from app.ingress.schemas import FirehoseSchemaError, load_schema, validate
-from app.ingress.server import REGISTRY, BrokerUnavailableError, KafkaWriter, build_app
+from app.ingress.schemas import load_schema, validate
+from app.ingress.server import REGISTRY, KafkaWriter, build_app
+from app.records import SourcePosition
 from app.settings import Settings, load_settings
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "firehose"

@@ -8,12 +8,12 @@ import pytest
 from app.core.avro import codec
 from app.core.pipeline import (
     MAX_RECORD_BYTES,
-    SourcePosition,
     process_audience_record,
     process_batch_record,
     process_erasure_record,
 )
 from app.core.state import UserState, decode_state, encode_state
+from app.records import SourcePosition
 from app.settings import Settings, load_settings
 
 SOURCE = SourcePosition("mparticle-batches", 2, 41)

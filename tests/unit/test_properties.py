@@ -19,10 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.core.mparticle import parse_record
-from app.core.pipeline import SourcePosition, process_batch_record
+from app.core.pipeline import process_batch_record
 from app.core.state import fold
 from app.core.transform import transform
 from app.errors import InvalidRecordError
+from app.records import SourcePosition
 from app.settings import load_settings
 
 SETTINGS = load_settings(forwarding_enabled=False, send_created_at=True)

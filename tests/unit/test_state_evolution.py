@@ -17,9 +17,10 @@ import pytest
 
 import app.core.state
 from app.core.avro import HISTORY_DIR_NAME, SCHEMA_DIR, AvroCodec, codec
-from app.core.pipeline import SourcePosition, process_batch_record
+from app.core.pipeline import process_batch_record
 from app.core.state import FirstSeen, UserState, decode_state, encode_state
 from app.errors import InvalidRecordError
+from app.records import SourcePosition
 from app.settings import load_settings
 
 if TYPE_CHECKING:
