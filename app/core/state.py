@@ -30,7 +30,7 @@ is corrupt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -93,24 +93,19 @@ def fold(state: UserState | None, batch: Batch) -> UserState:
         previous.opted_out, previous.opt_out_at_ms, batch.events
     )
     first_seen, last_device_type, last_seen_ms = _fold_devices(previous, batch)
-    return UserState(
+    return replace(
+        previous,
         email=email,
         customer_id=customer_id,
-        person_id=previous.person_id,
         first_name=first_name,
         last_name=last_name,
         attributes=attributes,
         profile_at_ms=profile_at_ms,
-        sent_digest=previous.sent_digest,
         opted_out=opted_out,
         opt_out_at_ms=opt_out_at_ms,
-        unsubscribed_sent=previous.unsubscribed_sent,
         first_seen=first_seen,
         last_device_type=last_device_type,
         last_seen_ms=last_seen_ms,
-        audiences=previous.audiences,
-        audiences_left=previous.audiences_left,
-        applied_offsets=previous.applied_offsets,
     )
 
 

@@ -32,7 +32,7 @@ without it. Names that are blank after trimming never get here (the parser rejec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
@@ -276,24 +276,12 @@ def _not_forwarded(
 def _with_sent(state: UserState, person_id: str, digest: bytes) -> UserState:
     """``state`` recording that Customer.io now knows ``person_id``, ``digest`` and its
     subscription (unsubscribed exactly when opted out)."""
-    return UserState(
-        email=state.email,
-        customer_id=state.customer_id,
+    return replace(
+        state,
         person_id=person_id,
-        first_name=state.first_name,
-        last_name=state.last_name,
-        attributes=state.attributes,
-        profile_at_ms=state.profile_at_ms,
         sent_digest=digest,
-        opted_out=state.opted_out,
-        opt_out_at_ms=state.opt_out_at_ms,
         unsubscribed_sent=state.opted_out,
-        first_seen=state.first_seen,
-        last_device_type=state.last_device_type,
-        last_seen_ms=state.last_seen_ms,
-        audiences=state.audiences,
         audiences_left={},  # the identify just built carried them
-        applied_offsets=state.applied_offsets,
     )
 
 
