@@ -2,55 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from aiokafka import TopicPartition
 
-from app.records import SourcePosition, decode_dead_letter, operation_batch
+from app.records import decode_dead_letter
 from app.sink.planning import commit_offsets, plan_chunk, rewind_offsets
-
-TOPIC = "ops"
-T = 1_764_400_000_000
-
-
-@dataclass(frozen=True)
-class Fetched:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-def record(partition: int, offset: int, items: int = 2) -> Fetched:
-    """An operations record whose items name their partition, offset and index."""
-    mpid = str(100 + partition)
-    value = operation_batch(
-        mpid,
-        [("event", mpid, f"p{partition}o{offset}i{i}".encode()) for i in range(items)],
-        SourcePosition("batches", partition, offset),
-        T,
-    )
-    return Fetched(TOPIC, partition, offset, mpid.encode(), value)
-
-
-def chunk_of(*records: Fetched) -> dict[TopicPartition, list[Fetched]]:
-    chunk: dict[TopicPartition, list[Fetched]] = {}
-    for fetched in records:
-        chunk.setdefault(TopicPartition(TOPIC, fetched.partition), []).append(fetched)
-    return chunk
+from tests.unit.operations_records import TOPIC, Fetched, T, chunk_of, item, record
 
 
 def test_lanes_keep_each_partitions_order_and_never_split_a_partition() -> None:
-    records = [record(p, o) for o in range(10, 14) for p in range(8)]
+    records = [record(p, o, items=2) for o in range(10, 14) for p in range(8)]
     plan = plan_chunk(chunk_of(*records), lanes=3, clock=lambda: T)
 
     assert len(plan.lanes) == 3
     for lane in plan.lanes:
         assert len({ref.partition % 3 for _, ref in lane}) == 1  # partition p → lane p % 3
         for partition in {ref.partition for _, ref in lane}:
-            items = [item for item, ref in lane if ref.partition == partition]
-            expected = [f"p{partition}o{o}i{i}".encode() for o in range(10, 14) for i in range(2)]
+            items = [payload for payload, ref in lane if ref.partition == partition]
+            expected = [item(partition, o, i) for o in range(10, 14) for i in range(2)]
             assert items == expected
     assert sum(len(lane) for lane in plan.lanes) == 8 * 4 * 2
     assert plan.letters == []
@@ -65,9 +33,14 @@ def test_item_refs_carry_the_records_position_mpid_and_ingest_time() -> None:
 def test_an_undecodable_record_becomes_a_sink_dead_letter_and_the_rest_is_delivered() -> None:
     broken = Fetched(TOPIC, 1, 9, b"101", b"not avro")
     tombstone = Fetched(TOPIC, 1, 10, b"101", None)
-    plan = plan_chunk(chunk_of(record(1, 8), broken, tombstone, record(1, 11)), 2, lambda: T)
+    plan = plan_chunk(chunk_of(record(1, 8, 2), broken, tombstone, record(1, 11, 2)), 2, lambda: T)
 
-    assert [item for item, _ in plan.lanes[0]] == [b"p1o8i0", b"p1o8i1", b"p1o11i0", b"p1o11i1"]
+    assert [payload for payload, _ in plan.lanes[0]] == [
+        item(1, 8, 0),
+        item(1, 8, 1),
+        item(1, 11, 0),
+        item(1, 11, 1),
+    ]
     letters = [decode_dead_letter(letter) for letter in plan.letters]
     assert [(x["stage"], x["reason"], x["source_offset"]) for x in letters] == [
         ("sink", "avro_decode", 9),

@@ -18,10 +18,11 @@ from aiokafka import TopicPartition
 from app.customerio.classify import HttpAnswer, TransportFailure
 from app.customerio.delivery import RetryPolicy
 from app.customerio.ratelimit import RateLimiter
-from app.records import SourcePosition, decode_dead_letter, operation_batch
+from app.records import decode_dead_letter
 from app.settings import load_settings
 from app.sink.service import OperationsSink, SinkIO
 from app.topics import topics_for
+from tests.unit.operations_records import chunk_of, record
 
 SETTINGS = load_settings(
     forwarding_enabled=False,
@@ -32,38 +33,7 @@ SETTINGS = load_settings(
 )
 TOPICS = topics_for(SETTINGS)
 POLICY = RetryPolicy(max_attempts=1, max_seconds=1.0, initial_backoff=0.0, max_backoff=0.0)
-T = 1_764_400_000_000
 WAIT = 30.0  # generous: only a hang fails it
-
-
-@dataclass(frozen=True)
-class Fetched:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-def record(partition: int, offset: int, items: int = 1) -> Fetched:
-    mpid = str(100 + partition)
-    value = operation_batch(
-        mpid,
-        [
-            ("event", mpid, orjson.dumps({"p": partition, "o": offset, "i": i}))
-            for i in range(items)
-        ],
-        SourcePosition("batches", partition, offset),
-        T,
-    )
-    return Fetched("ops", partition, offset, mpid.encode(), value)
-
-
-def chunk_of(*records: Fetched) -> dict[TopicPartition, list[Any]]:
-    chunk: dict[TopicPartition, list[Any]] = {}
-    for fetched in records:
-        chunk.setdefault(TopicPartition("ops", fetched.partition), []).append(fetched)
-    return chunk
 
 
 @dataclass
