@@ -32,6 +32,7 @@ from app.core.state import decode_state, encode_state
 from app.core.transform import transform
 from app.records import SourcePosition
 from app.settings import Settings
+from app.wiring import core_options
 
 BATCH_TIME_MS = 1_700_000_000_000
 SOURCE = SourcePosition("mparticle-batches", 0, 0)
@@ -80,7 +81,7 @@ def per_call_us(function: Callable[[], object], repeat: int) -> float:
 
 
 def main() -> None:
-    settings = Settings(forwarding_enabled=False, send_created_at=True)
+    settings = core_options(Settings(forwarding_enabled=False, send_created_at=True))
     for event_count in (1, 10):
         raw = make_batch(event_count)
         batch = parse_record(raw)[0]
