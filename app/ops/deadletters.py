@@ -14,7 +14,7 @@ ingest-stage records (raw mParticle, audience or erasure JSON) to their ``source
 their key; sink-stage records (one Customer.io item) wrapped in an ``operation_batch`` with one
 operation to the operations topic, keyed by the dead letter's key. Redriven records carry the
 dead letter's headers without its ``mpcio.*`` error context (so the source record's own
-headers come back) plus ``mpcio.redriven.from`` (:mod:`app.deadletter_headers`). Records that
+headers come back) plus ``mpcio.redriven.from`` (:mod:`app.records`). Records that
 cannot be redriven are skipped with a reason: a corrupt stored state (``state_corrupt``: the
 payload is the state, not an input), a ``tombstone`` (no value to send), a sink record whose
 payload is not a Customer.io item, a record that is not a dead letter at all.
