@@ -43,7 +43,7 @@ from app.core.pipeline import (
     process_erasure_record,
 )
 from app.deadletter_headers import dead_letter_record
-from app.faust_app import tracked_writes
+from app.faust_app import tracked_writes, uncommitted_writes
 from app.logs import log_dead_letters, mask_mpid
 from app.topics import ERASURES_TABLE, USERS_TABLE
 from app.web import kafka_partition
@@ -51,7 +51,7 @@ from app.web import kafka_partition
 if TYPE_CHECKING:
     import faust
 
-    from app.localstore import PendingWrites
+    from app.localstore import PendingWrites, UncommittedWrites
     from app.settings import Settings
     from app.topics import Topics
 
@@ -84,20 +84,30 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
     audiences = _raw_topic(app, topics.audiences.name, partitions)
     erasure = _raw_topic(app, topics.erasure.name, partitions)
 
+    # Reads see this worker's writes whose transaction is still open before the store, which
+    # holds committed values only (app.localstore.UncommittedWrites).
+    uncommitted = uncommitted_writes(app)
+
+    def read(table: Any, key: bytes) -> bytes | None:
+        held, value = uncommitted.get(table, key)
+        stored: bytes | None = value if held else table.get(key)
+        return stored
+
     def load(mpid: str) -> bytes | None:
-        value: bytes | None = users.get(mpid.encode())
-        return value
+        return read(users, mpid.encode())
 
     def states_of_partition(partition: int) -> list[tuple[str, bytes]]:
         # Firehose DSRs name no mpid: the erasure of one partition looks at its own users.
-        return [
-            (key.decode("ascii"), value)
+        states = {
+            key: value
             for key, value in list(users.items())
             if kafka_partition(key, partitions) == partition
-        ]
+        }
+        states.update(uncommitted.changes(users, partition))
+        return [(key.decode("ascii"), value) for key, value in states.items() if value is not None]
 
     def erased_at(key: bytes | None) -> int | None:
-        marker = None if key is None else erasures.get(key)
+        marker = None if key is None else read(erasures, key)
         return None if marker is None else int(marker)
 
     writer = RecordWriter(app, users, erasures, topics)
@@ -192,7 +202,9 @@ class RecordWriter:
     """Writes what one input record produced, in the one order that keeps redelivery safe.
 
     Order: operations record, dead letters, re-keyed records, then the table changes (each
-    into the local store and, explicitly, its changelog partition = the source partition).
+    sent, explicitly, to its changelog partition = the source partition, then handed to
+    :class:`~app.localstore.UncommittedWrites`, which applies it to the local store when that
+    transaction commits and drops it when it is aborted).
     State goes last so that a transaction can hold a record's outputs without its state (the
     record is then redone: its operations are sent again with the same event ids, which
     Customer.io drops) but never its state without its outputs — the state is what makes the
@@ -201,10 +213,11 @@ class RecordWriter:
     ``at_least_once`` (kept for measurement) the same sends go through faust's plain producer,
     flushed by faust before each offset commit.
 
-    Table values are written with ``table.data[key]`` (the store itself) and the changelog
-    record is sent here, not by faust: faust queues table changelog writes in a buffer that its
-    commit does not flush under transactions, so a state could land in a later transaction
-    than the offset of its record.
+    Table values bypass faust's table API (the store is written via ``table.data``) and the
+    changelog record is sent here, not by faust: faust queues table changelog writes in a
+    buffer that its commit does not flush under transactions, so a state could land in a later
+    transaction than the offset of its record; and faust writes its store at once, so after an
+    aborted transaction (crash, rebalance) the store would be ahead of Kafka.
     """
 
     def __init__(self, app: faust.App, users: Any, erasures: Any, topics: Topics) -> None:
@@ -213,6 +226,7 @@ class RecordWriter:
         self.erasures = erasures
         self.topics = topics
         self.pending: PendingWrites = tracked_writes(app)
+        self.uncommitted: UncommittedWrites = uncommitted_writes(app)
 
     async def write(self, event: Any, result: IngestResult, rekey_topic: str) -> None:
         message = event.message
@@ -237,12 +251,10 @@ class RecordWriter:
             ),
         ]
         for table, key, value in changes:
-            if value is None:
-                table.data.pop(key, None)  # and a tombstone in the changelog
-            else:
-                table.data[key] = value
             changelog = table.changelog_topic.get_topic_name()
-            await send(changelog, key, value, message.partition)
+            await send(changelog, key, value, message.partition)  # None: a tombstone
+            # no await since the send: its transaction cannot have committed in between
+            self.uncommitted.put(message.partition, table, key, value)
         if changes:
             self.pending.wrote(message.topic, message.partition, message.offset)
 

@@ -16,6 +16,7 @@ which input offsets each successful commit covered (the clean-stop marker depend
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -23,15 +24,16 @@ from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from app.kafka_security import broker_credentials
-from app.localstore import PendingWrites
+from app.localstore import PendingWrites, UncommittedWrites
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, MutableMapping
+    from collections.abc import AsyncIterator, Mapping, MutableMapping
 
-    from faust.types import TP, TransportT
+    from faust.types import TP, Message, TransportT
 
     from app.settings import Settings
 
+log = logging.getLogger(__name__)
 # Measured by bench/ceiling (ARCHITECTURE.md has the figures). With faust's default fetch
 # size the ingest agent stalls about 0.9 s per fetch round once it writes a table or produces
 # (~1,500 records/s, the worker mostly idle); 8 MiB per partition makes it CPU-bound
@@ -50,6 +52,7 @@ class TrackingTableManager(TableManager):
     def __init__(self, app: faust.App, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.pending = PendingWrites()
+        self.uncommitted = UncommittedWrites(hold=app.in_transaction)
 
     def on_commit(self, offsets: MutableMapping[TP, int]) -> None:
         super().on_commit(offsets)
@@ -69,12 +72,128 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    """faust's consumer that re-reads a hole in an input partition before accepting it.
+
+    faust treats any jump in the offsets it reads from an acknowledged partition as a gap of
+    transaction markers and aborted records, and counts the gap as acknowledged, so the next
+    commit moves the input offset past it. But faust's ``getmany`` also drops fetched records
+    without seeking back (a partition paused or revoked while a fetched batch is handed out):
+    the next fetch then starts behind them, the hole looks like a gap, and the dropped records
+    are committed without ever being processed (seen in the kill loop: offsets 43-64 of a
+    partition skipped after a restart). Here a hole is accepted only when the broker returns
+    the same hole twice: the first time, the partition is sought back to the first missing
+    offset and the rest of its batch is withheld; records in the hole then arrive (they were
+    dropped) or the same record after it does (the hole holds no data: faust's gap logic
+    takes over). Changelog partitions (table recovery) are passed through unchecked: their
+    markers are many and recovery does not commit offsets.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # per input partition: the next offset the fetcher should return (after a record
+        # handed out or a seek), and the hole seen once and sought back over (from, to)
+        self._expected: dict[TP, int] = {}
+        self._suspect: dict[TP, tuple[int, int]] = {}
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        await super().seek(partition, offset)
+        self._expected[partition] = offset
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        # faust's perform_seek leaves each partition's next offset (the committed one) here
+        for tp, offset in self._read_offset.items():
+            if offset is None:
+                self._expected.pop(tp, None)
+            else:
+                self._expected[tp] = offset
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        for tp in revoked:
+            self._expected.pop(tp, None)
+            self._suspect.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 - faust's signature
+        withheld: set[TP] = set()
+        async for tp, message in super().getmany(timeout):
+            if tp in withheld:
+                continue
+            if await self._hole_to_reread(tp, message.offset):
+                withheld.add(tp)
+                continue
+            yield tp, message
+
+    async def _hole_to_reread(self, tp: TP, offset: int) -> bool:
+        """True when ``offset`` jumps over offsets not yet seen twice (the partition was
+        sought back to the first of them); False when the record may be handed out."""
+        expected = self._expected.get(tp)
+        checked = not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)
+        if expected is None or offset <= expected or not checked:
+            self._accept(tp, offset)
+            return False
+        hole = (expected, offset)
+        if self._suspect.get(tp) == hole:
+            self._accept(tp, offset)
+            return False
+        if not self.flow_active or tp not in self.assignment():
+            return True  # a rebalance is under way: it seeks to the committed offset itself
+        await self.seek(tp, expected)
+        self._suspect[tp] = hole
+        return True
+
+    def _accept(self, tp: TP, offset: int) -> None:
+        self._suspect.pop(tp, None)
+        self._expected[tp] = max(offset + 1, self._expected.get(tp, 0))
+
+
+class _Producer(faust_aiokafka.Producer):
+    """faust's producer, telling :class:`UncommittedWrites` what each transaction's end means.
+
+    ``commit_transactions`` is faust's, plus one call: right after a partition's transaction
+    committed, still holding faust's per-producer lock (no send can slip in between), the
+    table writes held for that partition are applied to the store. A failed commit raises as
+    in faust (the worker crashes; the held writes die with it). ``stop_transaction`` (faust
+    calls it for revoked partitions; the next owner's producer aborts the open transaction)
+    discards them.
+    """
+
+    async def commit_transactions(
+        self,
+        tid_to_offset_map: Mapping[str, Mapping[TP, int]],
+        group_id: str,
+        start_new_transaction: bool = True,
+    ) -> None:
+        uncommitted = uncommitted_writes(self.app)
+        for transactional_id, offsets in tid_to_offset_map.items():
+            async with self._trn_locks[transactional_id]:
+                producer = self._transaction_producers.get(transactional_id)
+                if producer is None:
+                    log.warning("commit invoked for unknown transaction %s", transactional_id)
+                    continue
+                await producer.send_offsets_to_transaction(offsets, group_id)
+                await producer.commit_transaction()
+                for partition in {tp.partition for tp in offsets}:
+                    uncommitted.committed(partition)
+                if start_new_transaction:
+                    await producer.begin_transaction()
+
+    async def stop_transaction(self, transactional_id: str) -> None:
+        uncommitted_writes(self.app).aborted(_partition_of(transactional_id))
+        await super().stop_transaction(transactional_id)
+
+
+def _partition_of(transactional_id: str) -> int:
+    """The input partition of a faust transactional id (``{app id}-{group}-{partition}``)."""
+    return int(transactional_id.rsplit("-", 1)[1])
 
 
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
+    Producer = _Producer
 
 
 class ForwarderApp(faust.App):
@@ -84,12 +203,21 @@ class ForwarderApp(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
-def tracked_writes(app: faust.App) -> PendingWrites:
-    """The :class:`PendingWrites` of an app made by :func:`create_app`."""
+def _tracking_tables(app: Any) -> TrackingTableManager:
     tables = app.tables
     if not isinstance(tables, TrackingTableManager):
         raise TypeError("the app was not made by app.faust_app.create_app")
-    return tables.pending
+    return tables
+
+
+def tracked_writes(app: faust.App) -> PendingWrites:
+    """The :class:`PendingWrites` of an app made by :func:`create_app`."""
+    return _tracking_tables(app).pending
+
+
+def uncommitted_writes(app: Any) -> UncommittedWrites:
+    """The :class:`UncommittedWrites` of an app made by :func:`create_app` (faust.App)."""
+    return _tracking_tables(app).uncommitted
 
 
 def create_app(settings: Settings, **overrides: Any) -> faust.App:

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import logging
 import shutil
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, MutableMapping
     from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MARKER = ".clean-stop"
 
 Position = tuple[str, int]  # (topic, partition) of an input record
+_Key = tuple[str, bytes]  # (table name, key)
 
 
 class PendingWrites:
@@ -61,6 +62,83 @@ class PendingWrites:
     def clean(self) -> bool:
         """True when every write so far is covered by a committed offset."""
         return not self._last
+
+
+class StoredTable(Protocol):
+    """What :class:`UncommittedWrites` needs of a faust table: its name and its store."""
+
+    name: str
+
+    @property
+    def data(self) -> MutableMapping[bytes, bytes]: ...
+
+
+class UncommittedWrites:
+    """Table writes whose Kafka transaction has not committed yet, held apart from the store.
+
+    Under ``exactly_once`` (``hold=True``) the ingest agent sends a record's changelog record in
+    its source partition's transaction and then puts the value here instead of into the
+    local store; every read of the agent goes through :meth:`get` / :meth:`changes` first.
+    When that partition's transaction commits, :meth:`committed` applies the partition's
+    writes to the store; when faust drops the partition's producer (partition revoked: the next
+    owner's producer aborts the open transaction), :meth:`aborted` discards them. So the local
+    store only ever holds committed values: a redelivered record is never judged against a
+    state whose transaction was aborted (after a crash, a rebalance, or a producer fenced).
+    Without transactions (``hold=False``) ``put`` writes the store at once.
+
+    Values are raw bytes; ``None`` is a deletion (a changelog tombstone). Partitions are input
+    (= changelog) partition numbers. The caller must ``put`` with no ``await`` between the send
+    of the changelog record and the ``put`` (asyncio: nothing else runs in between), and the
+    commit must call :meth:`committed` before the next transaction begins.
+    """
+
+    def __init__(self, *, hold: bool) -> None:
+        self.hold = hold
+        self._by_partition: dict[int, dict[_Key, tuple[StoredTable, bytes | None]]] = {}
+
+    def put(self, partition: int, table: StoredTable, key: bytes, value: bytes | None) -> None:
+        if not self.hold:
+            _store(table, key, value)
+            return
+        self._by_partition.setdefault(partition, {})[table.name, key] = (table, value)
+
+    def get(self, table: StoredTable, key: bytes) -> tuple[bool, bytes | None]:
+        """``(True, value)`` when an uncommitted write holds ``key`` (value None: deleted),
+        ``(False, None)`` when the store decides."""
+        for writes in self._by_partition.values():
+            held = writes.get((table.name, key))
+            if held is not None:
+                return True, held[1]
+        return False, None
+
+    def changes(self, table: StoredTable, partition: int) -> dict[bytes, bytes | None]:
+        """The uncommitted writes of ``table`` in ``partition`` (key -> value, None: deleted)."""
+        writes = self._by_partition.get(partition, {})
+        return {key: value for (name, key), (_, value) in writes.items() if name == table.name}
+
+    def committed(self, partition: int) -> None:
+        """The partition's transaction committed: its writes go to the store, in order."""
+        for table, key, value in (
+            (table, key, value)
+            for (_, key), (table, value) in self._by_partition.pop(partition, {}).items()
+        ):
+            _store(table, key, value)
+
+    def aborted(self, partition: int) -> None:
+        """The partition's transaction will not commit here: its writes are discarded."""
+        self._by_partition.pop(partition, None)
+
+    @property
+    def held(self) -> int:
+        """How many writes wait for their transaction (for tests and diagnostics)."""
+        return sum(len(writes) for writes in self._by_partition.values())
+
+
+def _store(table: StoredTable, key: bytes, value: bytes | None) -> None:
+    if value is None:
+        table.data.pop(key, None)
+    else:
+        table.data[key] = value
 
 
 def open_store(tabledir: Path) -> bool:

@@ -157,11 +157,10 @@ class Settings(BaseSettings):
         "6 s is the broker's default minimum.",
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
-        "at_least_once",
-        description="exactly_once (experimental): a record's state, operations and input "
-        "offset commit in one Kafka transaction (ARCHITECTURE.md §4); with faust 0.15.3 "
-        "workers can still stall after a rebalance, so it is not the default yet. "
-        "at_least_once: no transactions; a worker crash can lose a record's operations.",
+        "exactly_once",
+        description="exactly_once: a record's state, operations and input offset commit in "
+        "one Kafka transaction (ARCHITECTURE.md §4). at_least_once: no transactions, kept "
+        "for measurement only; a worker crash can lose a record's operations.",
     )
     store: str = Field(
         "rocksdb://",
