@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from app.localstore import MARKER, PendingWrites, mark_clean, open_store
+from app.localstore import MARKER, PendingWrites, UncommittedWrites, mark_clean, open_store
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -53,3 +53,59 @@ def test_no_marker_after_a_failed_exit_or_uncommitted_writes(tmp_path: Path) -> 
     pending.wrote("batches", 3, 9)
     assert not mark_clean(tables, pending, exit_code=0)
     assert not (tables / MARKER).exists()
+
+
+class _Table:
+    """A faust table as UncommittedWrites sees it: a name and its store."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.data: dict[bytes, bytes] = {}
+
+
+def test_held_writes_reach_the_store_only_when_their_partition_commits() -> None:
+    users, erasures = _Table("users"), _Table("erasures")
+    users.data[b"7"] = b"committed"
+    writes = UncommittedWrites(hold=True)
+    writes.put(0, users, b"7", b"open")
+    writes.put(0, erasures, b"7", b"123")
+    writes.put(1, users, b"8", b"other partition")
+    assert users.data == {b"7": b"committed"}  # the store holds committed values only
+    assert writes.get(users, b"7") == (True, b"open")  # the agent reads its own writes
+    assert writes.get(erasures, b"9") == (False, None)
+    assert writes.changes(users, 0) == {b"7": b"open"}
+    writes.committed(0)
+    assert users.data == {b"7": b"open"}
+    assert erasures.data == {b"7": b"123"}
+    assert writes.get(users, b"7") == (False, None)
+    assert writes.held == 1  # partition 1's transaction is still open
+
+
+def test_an_aborted_partition_leaves_the_store_as_committed() -> None:
+    users = _Table("users")
+    users.data[b"7"] = b"committed"
+    writes = UncommittedWrites(hold=True)
+    writes.put(0, users, b"7", None)  # an erasure: a tombstone in the open transaction
+    writes.put(0, users, b"9", b"first state")
+    assert writes.get(users, b"7") == (True, None)
+    writes.aborted(0)
+    writes.committed(0)  # a later commit of the partition has nothing of the aborted one
+    assert users.data == {b"7": b"committed"}
+    assert writes.held == 0
+
+
+def test_a_deletion_applies_as_a_removal_on_commit() -> None:
+    users = _Table("users")
+    users.data[b"7"] = b"committed"
+    writes = UncommittedWrites(hold=True)
+    writes.put(0, users, b"7", None)
+    writes.committed(0)
+    assert users.data == {}
+
+
+def test_without_transactions_writes_go_to_the_store_at_once() -> None:
+    users = _Table("users")
+    writes = UncommittedWrites(hold=False)
+    writes.put(0, users, b"7", b"state")
+    assert users.data == {b"7": b"state"}
+    assert writes.held == 0
