@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -252,9 +252,9 @@ class RecordWriter:
         ]
         for table, key, value in changes:
             changelog = table.changelog_topic.get_topic_name()
-            await send(changelog, key, value, message.partition)  # None: a tombstone
+            sent = await send(changelog, key, value, message.partition)  # None: a tombstone
             # no await since the send: its transaction cannot have committed in between
-            self.uncommitted.put(message.partition, table, key, value)
+            self.uncommitted.put(message.partition, table, key, value, sent)
         if changes:
             self.pending.wrote(message.topic, message.partition, message.offset)
 
@@ -279,13 +279,15 @@ class RecordWriter:
         partition: int | None = None,
         *,
         headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
+    ) -> Awaitable[Any]:
+        """Queue one record in the transaction; returns the future of its RecordMetadata."""
         try:
-            await self.app.producer.send(
+            sent: Awaitable[Any] = await self.app.producer.send(
                 topic, key, value, partition, None, headers, transactional_id=transactional_id
             )
         except Exception as exc:  # noqa: BLE001 - any failed send: stop before anything commits
             fail_stop(f"sending to {topic} failed: {exc!r}")
+        return sent
 
 
 def fail_stop(reason: str) -> NoReturn:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from faust.types import TP
 
 from app.localstore import MARKER, PendingWrites, UncommittedWrites, mark_clean, open_store
 
@@ -55,12 +59,38 @@ def test_no_marker_after_a_failed_exit_or_uncommitted_writes(tmp_path: Path) -> 
     assert not (tables / MARKER).exists()
 
 
+class _Store(dict[bytes, bytes]):
+    """A faust store: a mapping that also keeps persisted changelog offsets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.persisted: dict[TP, int] = {}
+
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        self.persisted[tp] = offset
+
+
+class _Changelog:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
 class _Table:
-    """A faust table as UncommittedWrites sees it: a name and its store."""
+    """A faust table as UncommittedWrites sees it: a name, its store and its changelog."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.data: dict[bytes, bytes] = {}
+        self.data = _Store()
+        self.changelog_topic = _Changelog(f"{name}-changelog")
+
+
+def _acknowledged(offset: int) -> asyncio.Future[Any]:
+    sent: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    sent.set_result(SimpleNamespace(offset=offset))
+    return sent
 
 
 def test_held_writes_reach_the_store_only_when_their_partition_commits() -> None:
@@ -109,3 +139,19 @@ def test_without_transactions_writes_go_to_the_store_at_once() -> None:
     writes.put(0, users, b"7", b"state")
     assert users.data == {b"7": b"state"}
     assert writes.held == 0
+
+
+async def test_a_commit_persists_the_highest_acknowledged_changelog_offset() -> None:
+    users = _Table("users")
+    writes = UncommittedWrites(hold=True)
+    pending: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    writes.put(2, users, b"7", b"a", _acknowledged(40))
+    writes.put(2, users, b"8", b"b", _acknowledged(41))
+    writes.put(2, users, b"9", b"c", pending)  # not acknowledged (yet): never counted
+    writes.committed(2)
+    assert users.data.persisted == {TP("users-changelog", 2): 41}
+    assert users.data == {b"7": b"a", b"8": b"b", b"9": b"c"}
+    writes.put(2, users, b"7", b"d", _acknowledged(39))
+    writes.aborted(2)
+    writes.committed(2)
+    assert users.data.persisted == {TP("users-changelog", 2): 41}  # an abort persists nothing
