@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types.enums import ProcessingGuarantee
 
 from app.kafka_security import broker_credentials
 from app.localstore import PendingWrites, UncommittedWrites
@@ -57,7 +58,12 @@ class TrackingTableManager(TableManager):
     def __init__(self, app: faust.App, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.pending = PendingWrites()
-        self.uncommitted = UncommittedWrites(hold=app.in_transaction)
+        # Not app.in_transaction: faust caches that property, and before the worker starts it
+        # is False (the whole run would then go without transactions).
+        self.uncommitted = UncommittedWrites(
+            hold=ProcessingGuarantee(app.conf.processing_guarantee)
+            is ProcessingGuarantee.EXACTLY_ONCE
+        )
 
     def on_commit(self, offsets: MutableMapping[TP, int]) -> None:
         super().on_commit(offsets)
@@ -74,6 +80,22 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = self._ensure_consumer()
         offsets: Mapping[TP, int] = await consumer.end_offsets(partitions)
         return offsets
+
+
+def hole_to_reread(
+    expected: int | None, offset: int, seen: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """The hole ``(first missing offset, offset)`` to read again before the record at
+    ``offset`` is handed out, or None to hand it out.
+
+    ``expected`` is the next offset the partition should deliver (None: unknown, nothing is
+    checked); ``seen`` the hole already sought back over once. A hole the broker returns a
+    second time holds no data (transaction markers, aborted records) and is accepted.
+    """
+    if expected is None or offset <= expected:
+        return None
+    hole = (expected, offset)
+    return None if seen == hole else hole
 
 
 class _Consumer(faust_aiokafka.Consumer):
@@ -133,20 +155,18 @@ class _Consumer(faust_aiokafka.Consumer):
             yield tp, message
 
     async def _hole_to_reread(self, tp: TP, offset: int) -> bool:
-        """True when ``offset`` jumps over offsets not yet seen twice (the partition was
-        sought back to the first of them); False when the record may be handed out."""
-        expected = self._expected.get(tp)
+        """True when the record at ``offset`` must wait: it jumps over offsets not yet seen
+        twice (the partition was sought back to the first of them); False to hand it out."""
         checked = not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)
-        if expected is None or offset <= expected or not checked:
-            self._accept(tp, offset)
-            return False
-        hole = (expected, offset)
-        if self._suspect.get(tp) == hole:
+        hole = hole_to_reread(
+            self._expected.get(tp) if checked else None, offset, self._suspect.get(tp)
+        )
+        if hole is None:
             self._accept(tp, offset)
             return False
         if not self.flow_active or tp not in self.assignment():
             return True  # a rebalance is under way: it seeks to the committed offset itself
-        await self.seek(tp, expected)
+        await self.seek(tp, hole[0])
         self._suspect[tp] = hole
         return True
 
