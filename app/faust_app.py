@@ -210,6 +210,25 @@ class _Producer(faust_aiokafka.Producer):
         uncommitted_writes(self.app).aborted(_partition_of(transactional_id))
         await super().stop_transaction(transactional_id)
 
+    async def maybe_begin_transaction(self, transactional_id: str) -> None:
+        """Start a FRESH producer for a partition assigned by a rebalance, aborting the last one.
+
+        faust calls this for every assigned partition after every rebalance, and begins a
+        transaction on the producer it already has: that fails while its transaction is open
+        (logged, ignored), and a producer that another worker fenced in between (the partition
+        went there and came back) stays in use: its sends fail unseen and its next commit never
+        completes, so the worker stops processing (the two-worker stalls). faust also forgets
+        what was acked and seeks every assigned partition back to its committed offset, so
+        the records of the open transaction are redone anyway. Hence: drop the held table
+        writes, stop the old producer, and let faust start a new one, whose initialisation
+        fences the old one and aborts its open transaction.
+        """
+        uncommitted_writes(self.app).aborted(_partition_of(transactional_id))
+        old = self._transaction_producers.pop(transactional_id, None)
+        if old is not None:
+            await old.stop()
+        await super().maybe_begin_transaction(transactional_id)
+
 
 def _partition_of(transactional_id: str) -> int:
     """The input partition of a faust transactional id (``{app id}-{group}-{partition}``)."""
