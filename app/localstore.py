@@ -125,7 +125,7 @@ class UncommittedWrites:
         sent: Awaitable[Any] | None = None,
     ) -> None:
         if not self.hold:
-            _store(table, key, value)
+            _store(table, key, value, partition)
             return
         self._by_partition.setdefault(partition, {})[table.name, key] = _Held(table, value, sent)
 
@@ -147,7 +147,7 @@ class UncommittedWrites:
         """The partition's transaction committed: its writes go to the store."""
         highest: dict[str, tuple[StoredTable, int]] = {}
         for (name, key), held in self._by_partition.pop(partition, {}).items():
-            _store(held.table, key, held.value)
+            _store(held.table, key, held.value, partition)
             offset = _acknowledged_offset(held.sent)
             if offset is not None and offset > highest.get(name, (held.table, -1))[1]:
                 highest[name] = (held.table, offset)
@@ -175,11 +175,26 @@ def _acknowledged_offset(sent: Awaitable[Any] | None) -> int | None:
     return offset
 
 
-def _store(table: StoredTable, key: bytes, value: bytes | None) -> None:
+def _store(table: StoredTable, key: bytes, value: bytes | None, partition: int) -> None:
+    """Write ``key`` into ``partition`` of the table's store (``None``: delete it)."""
+    store = table.data
+    database_of = getattr(store, "_db_for_partition", None)
+    if database_of is None:  # the memory store (and test fakes): one mapping for all partitions
+        if value is None:
+            store.pop(key, None)
+        else:
+            store[key] = value
+        return
+    # faust's RocksDB store keeps one database per partition and its own __setitem__ takes the
+    # partition from the event being processed, which a commit has not: write the partition's
+    # database as faust's _set does (and keep its key -> partition index, which reads use).
+    database = database_of(partition)
     if value is None:
-        table.data.pop(key, None)
+        database.delete(key)
+        store._key_index.pop(key, None)
     else:
-        table.data[key] = value
+        database.put(key, value)
+        store._key_index[key] = partition
 
 
 def open_store(tabledir: Path) -> bool:

@@ -155,3 +155,38 @@ async def test_a_commit_persists_the_highest_acknowledged_changelog_offset() -> 
     writes.aborted(2)
     writes.committed(2)
     assert users.data.persisted == {TP("users-changelog", 2): 41}  # an abort persists nothing
+
+
+class _Database(dict[bytes, bytes]):
+    def put(self, key: bytes, value: bytes) -> None:
+        self[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.pop(key, None)
+
+
+class _PartitionedStore:
+    """faust's RocksDB store as the commit writes it: one database per partition."""
+
+    def __init__(self) -> None:
+        self.databases: dict[int, _Database] = {}
+        self._key_index: dict[bytes, int] = {}
+
+    def _db_for_partition(self, partition: int) -> _Database:
+        return self.databases.setdefault(partition, _Database())
+
+
+def test_a_commit_writes_the_partitions_own_database_without_an_event() -> None:
+    users = _Table("users")
+    store = _PartitionedStore()
+    users.data = store  # type: ignore[assignment]
+    writes = UncommittedWrites(hold=True)
+    writes.put(3, users, b"7", b"state")
+    writes.put(1, users, b"8", b"other")
+    writes.committed(3)
+    assert store.databases == {3: {b"7": b"state"}}
+    assert store._key_index == {b"7": 3}
+    writes.put(3, users, b"7", None)
+    writes.committed(3)
+    assert store.databases == {3: {}}
+    assert store._key_index == {}
