@@ -4,12 +4,12 @@ The app is built by a factory from :class:`~app.settings.Settings` (not at impor
 worker, the tests and the benchmarks each get an app with their own id, topics and store.
 
 Delivery semantics (ARCHITECTURE.md, "Crash safety"): ``processing_guarantee`` comes from the
-settings (``exactly_once`` by default). Under ``exactly_once`` faust keeps one transactional
-producer per assigned input partition, reads with ``read_committed`` and commits the input
-offsets of a partition inside that partition's transaction (``send_offsets_to_transaction``);
-agents send everything a record produces through the same producer
-(:class:`agents.ingest.RecordWriter`). Agents run with ``concurrency=1``; faust commits only the
-contiguous acked prefix, so a crash redoes, never skips. Narrow overrides of faust, each
+settings (``at_least_once`` by default until the commit stall of ARCHITECTURE.md §4 is solved).
+Under ``exactly_once`` faust keeps one transactional producer per assigned input partition,
+reads with ``read_committed`` and commits the input offsets of a partition inside that
+partition's transaction (``send_offsets_to_transaction``); agents send everything a record
+produces through the same producer (:class:`agents.ingest.RecordWriter`). Agents run with
+``concurrency=1``; faust commits only the contiguous acked prefix, so a crash redoes, never skips. Narrow overrides of faust, each
 documented where it is: the consumer re-reads a hole in an input partition before faust may
 count it as a gap (:class:`_Consumer`), takes changelog highwaters from the broker
 (:class:`_ConsumerThread`), and the producer applies a partition's held table writes to the
