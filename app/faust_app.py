@@ -9,8 +9,8 @@ Under ``exactly_once`` faust keeps one transactional producer per assigned input
 reads with ``read_committed`` and commits the input offsets of a partition inside that
 partition's transaction (``send_offsets_to_transaction``); agents send everything a record
 produces through the same producer (:class:`agents.ingest.RecordWriter`). Agents run with
-``concurrency=1``; faust commits only the contiguous acked prefix, so a crash redoes, never skips. Narrow overrides of faust, each
-documented where it is: the consumer re-reads a hole in an input partition before faust may
+``concurrency=1``; faust commits only the contiguous acked prefix, so a crash redoes, never
+skips. Narrow overrides of faust, each documented where it is: the consumer re-reads a hole in an input partition before faust may
 count it as a gap (:class:`_Consumer`), takes changelog highwaters from the broker
 (:class:`_ConsumerThread`), and the producer applies a partition's held table writes to the
 store when its transaction commits and discards them when faust drops it (:class:`_Producer`,
