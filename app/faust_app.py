@@ -10,13 +10,13 @@ reads with ``read_committed`` and commits the input offsets of a partition insid
 partition's transaction (``send_offsets_to_transaction``); agents send everything a record
 produces through the same producer (:class:`agents.ingest.RecordWriter`). Agents run with
 ``concurrency=1``; faust commits only the contiguous acked prefix, so a crash redoes, never
-skips. Narrow overrides of faust, each documented where it is: the consumer re-reads a hole in an input partition before faust may
-count it as a gap (:class:`_Consumer`), takes changelog highwaters from the broker
-(:class:`_ConsumerThread`), and the producer applies a partition's held table writes to the
-store when its transaction commits and discards them when faust drops it (:class:`_Producer`,
-:class:`~app.localstore.UncommittedWrites`). :class:`TrackingTableManager` tells
-:class:`~app.localstore.PendingWrites` which input offsets each successful commit covered (the
-clean-stop marker depends on it).
+skips. Narrow overrides of faust, each documented where it is: the consumer re-reads a hole in
+an input partition before faust may count it as a gap (:class:`_Consumer`), takes changelog
+highwaters from the broker (:class:`_ConsumerThread`), and the producer applies a partition's
+held table writes to the store when its transaction commits and discards them when faust drops
+it (:class:`_Producer`, :class:`~app.localstore.UncommittedWrites`).
+:class:`TrackingTableManager` tells :class:`~app.localstore.PendingWrites` which input offsets
+each successful commit covered (the clean-stop marker depends on it).
 """
 
 from __future__ import annotations
