@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -34,168 +35,235 @@ from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 from app import metrics
 from app.changelog import changelog_configs
 from app.core.pipeline import (
-    STAGE_INGEST,
     IngestResult,
-    SourcePosition,
-    dead_letter,
-    now_ms,
     process_audience_record,
     process_batch_record,
     process_erasure_record,
 )
-from app.deadletter_headers import dead_letter_record
-from app.faust_app import tracked_writes
+from app.errors import Reason
+from app.faust_app import tracked_writes, uncommitted_writes
 from app.logs import log_dead_letters, mask_mpid
+from app.records import SourcePosition, Stage, dead_letter, dead_letter_record, now_ms
 from app.topics import ERASURES_TABLE, USERS_TABLE
 from app.web import kafka_partition
+from app.wiring import core_options
 
 if TYPE_CHECKING:
     import faust
 
-    from app.localstore import PendingWrites
+    from app.core.options import CoreOptions
+    from app.localstore import PendingWrites, UncommittedWrites
     from app.settings import Settings
     from app.topics import Topics
 
 log = logging.getLogger(__name__)
 
-Process = Callable[[Any, SourcePosition], IngestResult]
+#: One agent's pure step: (faust event, its source position) → what to write.
+Step = Callable[[Any, SourcePosition], IngestResult]
+#: Called after a record's outputs were written (the benchmark counts with it).
+AfterWrite = Callable[[IngestResult], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestTables:
+    """The two tables of the ingest agents (faust ``Table``, raw bytes keys and values):
+    ``users`` (mpid → encoded ``UserState``) and ``erasures`` (mpid → Kafka time of its last
+    erasure request, decimal ms).
+
+    Reads see this worker's writes whose transaction is still open (``uncommitted``) before
+    the store, which holds committed values only (:class:`app.localstore.UncommittedWrites`).
+    """
+
+    users: Any
+    erasures: Any
+    uncommitted: UncommittedWrites
+
+    def _read(self, table: Any, key: bytes) -> bytes | None:
+        held, value = self.uncommitted.get(table, key)
+        stored: bytes | None = value if held else table.get(key)
+        return stored
+
+    def load(self, mpid: str) -> bytes | None:
+        """A user's stored state (encoded), or None."""
+        return self._read(self.users, mpid.encode())
+
+    def erased_at(self, key: bytes | None) -> int | None:
+        """When the key's user was last erased (Kafka time, ms), or None."""
+        marker = None if key is None else self._read(self.erasures, key)
+        return None if marker is None else int(marker)
+
+    def states_of_partition(self, partition: int, partitions: int) -> list[tuple[str, bytes]]:
+        """``(mpid, stored state)`` of the users of one input partition (a Firehose DSR names
+        no mpid: its erasure scans the users of its own partition)."""
+        states = {
+            key: value
+            for key, value in list(self.users.items())
+            if kafka_partition(key, partitions) == partition
+        }
+        states.update(self.uncommitted.changes(self.users, partition))
+        return [(key.decode("ascii"), value) for key, value in states.items() if value is not None]
+
+
+def declare_tables(app: faust.App, settings: Settings) -> IngestTables:
+    """Declare the users and erasures tables on ``app`` (changelog-backed, co-partitioned)."""
+    # bytes key/value types select faust's raw codec: values are our own Avro / decimal text.
+    declare = partial(
+        app.Table,
+        partitions=settings.topic_partitions,
+        key_type=bytes,
+        value_type=bytes,
+        options=_store_options(settings),
+        extra_topic_configs=changelog_configs(settings),
+    )
+    return IngestTables(
+        users=declare(
+            USERS_TABLE, help="Per-user state (app.core.state.UserState as Avro), keyed by mpid."
+        ),
+        erasures=declare(
+            ERASURES_TABLE, help="mpid -> Kafka time (ms, decimal) of its last erasure request."
+        ),
+        uncommitted=uncommitted_writes(app),
+    )
+
+
+def batch_step(tables: IngestTables, options: CoreOptions) -> Step:
+    """The pure step of ``mparticle-batches`` records."""
+    return lambda event, position: process_batch_record(
+        event.key,
+        event.value,
+        position,
+        tables.load,
+        options,
+        erased_at_ms=tables.erased_at(event.key),
+        record_ms=_record_ms(event),
+    )
+
+
+def audience_step(tables: IngestTables, options: CoreOptions) -> Step:
+    """The pure step of ``mparticle-audiences`` records."""
+    return lambda event, position: process_audience_record(
+        event.key, event.value, position, tables.load, options
+    )
+
+
+def erasure_step(tables: IngestTables, partitions: int) -> Step:
+    """The pure step of ``mparticle-erasure`` records."""
+    return lambda event, position: process_erasure_record(
+        event.key,
+        event.value,
+        position,
+        tables.load,
+        record_ms=_record_ms(event),
+        scan_states=lambda: tables.states_of_partition(position.partition, partitions),
+    )
+
+
+#: The ingest agents: (agent name, input topic of ``Topics``, its step from the tables, the
+#: core options and the partition count).
+AGENTS: tuple[tuple[str, str, Callable[[IngestTables, CoreOptions, int], Step]], ...] = (
+    ("ingest_batches", "batches", lambda tables, options, _: batch_step(tables, options)),
+    ("ingest_audiences", "audiences", lambda tables, options, _: audience_step(tables, options)),
+    ("ingest_erasure", "erasure", lambda tables, _, partitions: erasure_step(tables, partitions)),
+)
 
 
 def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
-    """Declare the tables and the three ingest agents on ``app``; return the users table."""
+    """Declare the tables and the ingest agents (:data:`AGENTS`) on ``app``; return the users
+    table."""
     partitions = settings.topic_partitions
-    # bytes key/value types select faust's raw codec: values are our own Avro / decimal text.
-    users = app.Table(
-        USERS_TABLE,
-        partitions=partitions,
-        key_type=bytes,
-        value_type=bytes,
-        help="Per-user state (app.core.state.UserState as Avro), keyed by mpid.",
-        options=_store_options(settings),
-        extra_topic_configs=changelog_configs(settings),
-    )
-    erasures = app.Table(
-        ERASURES_TABLE,
-        partitions=partitions,
-        key_type=bytes,
-        value_type=bytes,
-        help="mpid -> Kafka time (ms, decimal) of its last erasure request.",
-        options=_store_options(settings),
-        extra_topic_configs=changelog_configs(settings),
-    )
-    batches = _raw_topic(app, topics.batches.name, partitions)
-    audiences = _raw_topic(app, topics.audiences.name, partitions)
-    erasure = _raw_topic(app, topics.erasure.name, partitions)
+    tables = declare_tables(app, settings)
+    writer = RecordWriter(app, tables.users, tables.erasures, topics)
+    options = core_options(settings)
+    for name, topic, make_step in AGENTS:
+        source = getattr(topics, topic).name
+        _add_agent(app, name, source, partitions, make_step(tables, options, partitions), writer)
+    return tables.users
 
-    def load(mpid: str) -> bytes | None:
-        value: bytes | None = users.get(mpid.encode())
-        return value
 
-    def states_of_partition(partition: int) -> list[tuple[str, bytes]]:
-        # Firehose DSRs name no mpid: the erasure of one partition looks at its own users.
-        return [
-            (key.decode("ascii"), value)
-            for key, value in list(users.items())
-            if kafka_partition(key, partitions) == partition
+def _add_agent(  # noqa: PLR0917 - the agent's whole wiring, each argument needed
+    app: faust.App, name: str, source: str, partitions: int, step: Step, writer: RecordWriter
+) -> None:
+    topic = app.topic(source, key_type=bytes, value_type=bytes, partitions=partitions)
+
+    async def agent(stream: Any) -> AsyncIterator[None]:
+        # Re-keyed records go back to the record's own topic, keyed by their mpid.
+        await ingest_stream(stream, step, writer, rekey_topic=source)
+        yield None
+
+    app.agent(topic, name=name, concurrency=1)(agent)
+
+
+async def ingest_stream(
+    stream: Any,
+    step: Step,
+    writer: RecordWriter,
+    *,
+    rekey_topic: str,
+    after_write: AfterWrite | None = None,
+) -> None:
+    """The loop of one ingest agent: each record → ``step`` → :func:`write_record`.
+
+    An exception from ``step`` (a bug) dead-letters the record with reason
+    ``internal_error`` instead of escaping, which would make faust ack it."""
+    async for event in stream.events():
+        message = event.message
+        position = SourcePosition(message.topic, message.partition, message.offset)
+        try:
+            result = step(event, position)
+        except Exception as exc:  # a bug must not lose the record: dead-letter it
+            log.exception(
+                "ingest failed on %s",
+                position,
+                extra={
+                    "topic": position.topic,
+                    "partition": position.partition,
+                    "offset": position.offset,
+                    "mpid": mask_mpid(event.key),
+                    "reason": Reason.INTERNAL_ERROR,
+                },
+            )
+            result = _internal_error(event, position, exc)
+        await write_record(writer, event, result, rekey_topic)
+        if after_write is not None:
+            await after_write(result)
+
+
+async def write_record(
+    writer: RecordWriter, event: Any, result: IngestResult, rekey_topic: str
+) -> None:
+    """The write step of one input record: its outputs and table changes in the crash-safe
+    order (:meth:`RecordWriter.write`: operations → dead letters → re-keys → states, purges
+    and erasure markers), then its metrics. A failed send stops the process (``fail_stop``)."""
+    await writer.write(event, result, rekey_topic)
+    record_metrics(result)
+
+
+def _internal_error(event: Any, position: SourcePosition, exc: Exception) -> IngestResult:
+    """The dead letter of a record the pure step failed on (``internal_error``)."""
+    result = IngestResult(
+        dead_letters=[
+            dead_letter(
+                Reason.INTERNAL_ERROR,
+                repr(exc)[:1000],
+                stage=Stage.INGEST,
+                source=position,
+                key=event.key,
+                payload=event.value,
+                failed_at_ms=now_ms(),
+            )
         ]
-
-    def erased_at(key: bytes | None) -> int | None:
-        marker = None if key is None else erasures.get(key)
-        return None if marker is None else int(marker)
-
-    writer = RecordWriter(app, users, erasures, topics)
-
-    async def run(stream: Any, process: Process, rekey_topic: str) -> None:
-        async for event in stream.events():
-            message = event.message
-            position = SourcePosition(message.topic, message.partition, message.offset)
-            try:
-                result = process(event, position)
-            except Exception as exc:  # a bug must not lose the record: dead-letter it
-                log.exception(
-                    "ingest failed on %s",
-                    position,
-                    extra={
-                        "topic": position.topic,
-                        "partition": position.partition,
-                        "offset": position.offset,
-                        "mpid": mask_mpid(event.key),
-                        "reason": "internal_error",
-                    },
-                )
-                result = IngestResult(
-                    dead_letters=[
-                        dead_letter(
-                            "internal_error",
-                            repr(exc)[:1000],
-                            stage=STAGE_INGEST,
-                            source=position,
-                            key=event.key,
-                            payload=event.value,
-                            failed_at_ms=now_ms(),
-                        )
-                    ]
-                )
-                result.counts["dead_letters", STAGE_INGEST, "internal_error"] += 1
-            await writer.write(event, result, rekey_topic)
-            record_metrics(result)
-
-    @app.agent(batches, name="ingest_batches", concurrency=1)
-    async def ingest_batches(stream: Any) -> AsyncIterator[None]:
-        await run(
-            stream,
-            lambda event, position: process_batch_record(
-                event.key,
-                event.value,
-                position,
-                load,
-                settings,
-                erased_at_ms=erased_at(event.key),
-                record_ms=_record_ms(event),
-            ),
-            topics.batches.name,
-        )
-        yield None
-
-    @app.agent(audiences, name="ingest_audiences", concurrency=1)
-    async def ingest_audiences(stream: Any) -> AsyncIterator[None]:
-        await run(
-            stream,
-            lambda event, position: process_audience_record(
-                event.key,
-                event.value,
-                position,
-                load,
-                settings,
-            ),
-            topics.audiences.name,
-        )
-        yield None
-
-    @app.agent(erasure, name="ingest_erasure", concurrency=1)
-    async def ingest_erasure(stream: Any) -> AsyncIterator[None]:
-        await run(
-            stream,
-            lambda event, position: process_erasure_record(
-                event.key,
-                event.value,
-                position,
-                load,
-                record_ms=_record_ms(event),
-                scan_states=lambda: states_of_partition(position.partition),
-            ),
-            topics.erasure.name,
-        )
-        yield None
-
-    return users
+    )
+    result.counts["dead_letters", Stage.INGEST, Reason.INTERNAL_ERROR] += 1
+    return result
 
 
 class RecordWriter:
     """Writes what one input record produced, in the one order that keeps redelivery safe.
 
     Order: operations record, dead letters, re-keyed records, then the table changes (each
-    into the local store and, explicitly, its changelog partition = the source partition).
+    sent, explicitly, to its changelog partition = the source partition, then handed to
+    :class:`~app.localstore.UncommittedWrites`, which applies it to the local store when that
+    transaction commits and drops it when it is aborted).
     State goes last so that a transaction can hold a record's outputs without its state (the
     record is then redone: its operations are sent again with the same event ids, which
     Customer.io drops) but never its state without its outputs — the state is what makes the
@@ -204,10 +272,11 @@ class RecordWriter:
     ``at_least_once`` (kept for measurement) the same sends go through faust's plain producer,
     flushed by faust before each offset commit.
 
-    Table values are written with ``table.data[key]`` (the store itself) and the changelog
-    record is sent here, not by faust: faust queues table changelog writes in a buffer that its
-    commit does not flush under transactions, so a state could land in a later transaction
-    than the offset of its record.
+    Table values bypass faust's table API (the store is written via ``table.data``) and the
+    changelog record is sent here, not by faust: faust queues table changelog writes in a
+    buffer that its commit does not flush under transactions, so a state could land in a later
+    transaction than the offset of its record; and faust writes its store at once, so after an
+    aborted transaction (crash, rebalance) the store would be ahead of Kafka.
     """
 
     def __init__(self, app: faust.App, users: Any, erasures: Any, topics: Topics) -> None:
@@ -216,6 +285,7 @@ class RecordWriter:
         self.erasures = erasures
         self.topics = topics
         self.pending: PendingWrites = tracked_writes(app)
+        self.uncommitted: UncommittedWrites = uncommitted_writes(app)
 
     async def write(self, event: Any, result: IngestResult, rekey_topic: str) -> None:
         message = event.message
@@ -240,12 +310,10 @@ class RecordWriter:
             ),
         ]
         for table, key, value in changes:
-            if value is None:
-                table.data.pop(key, None)  # and a tombstone in the changelog
-            else:
-                table.data[key] = value
             changelog = table.changelog_topic.get_topic_name()
-            await send(changelog, key, value, message.partition)
+            sent = await send(changelog, key, value, message.partition)  # None: a tombstone
+            # no await since the send: its transaction cannot have committed in between
+            self.uncommitted.put(message.partition, table, key, value, sent)
         if changes:
             self.pending.wrote(message.topic, message.partition, message.offset)
 
@@ -270,13 +338,15 @@ class RecordWriter:
         partition: int | None = None,
         *,
         headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
+    ) -> Awaitable[Any]:
+        """Queue one record in the transaction; returns the future of its RecordMetadata."""
         try:
-            await self.app.producer.send(
+            sent: Awaitable[Any] = await self.app.producer.send(
                 topic, key, value, partition, None, headers, transactional_id=transactional_id
             )
         except Exception as exc:  # noqa: BLE001 - any failed send: stop before anything commits
             fail_stop(f"sending to {topic} failed: {exc!r}")
+        return sent
 
 
 def fail_stop(reason: str) -> NoReturn:
@@ -306,10 +376,6 @@ def _record_ms(event: Any) -> int | None:
     """The record's Kafka timestamp in ms (faust gives seconds as a float)."""
     seconds = event.message.timestamp
     return None if seconds is None else round(seconds * 1000)
-
-
-def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
-    return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions)
 
 
 _COUNTERS: dict[str, Any] = {
