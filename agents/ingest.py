@@ -1,8 +1,12 @@
 """Ingest agents: the three input topics → table ``users`` → ``customerio-operations``.
 
 One agent per input topic (``mparticle-batches``, ``mparticle-audiences``,
-``mparticle-erasure``), all co-partitioned by mpid and sharing the ``users`` table, so one
-user's batches, membership changes and erasures meet the same state on the same worker. Each
+``mparticle-erasure``) and one for the deployment's re-key topic (``<app id>-rekey``), all
+co-partitioned by mpid and sharing the ``users`` table, so one user's batches, membership
+changes and erasures meet the same state on the same worker. A record not keyed by its user's
+mpid is sent, part by part keyed by each part's mpid, to the re-key topic (never back to an
+input topic: those belong to mParticle and ``mpcio ingress``), and the re-key agent processes
+each part like a record of the topic it came from (header ``mpcio.rekey.kind``). Each
 agent reads the user's stored state, hands the record to its pure function in
 :mod:`app.core.pipeline`, and writes what it returns. All operations of a record travel as ONE
 record on the operations topic (key = mpid): faust's per-record cost is paid once per input
@@ -37,15 +41,17 @@ from app.core.pipeline import (
     IngestResult,
     SourcePosition,
     dead_letter,
+    from_rekey_topic,
     now_ms,
     process_audience_record,
     process_batch_record,
     process_erasure_record,
+    unknown_rekey_kind,
 )
-from app.deadletter_headers import dead_letter_record
+from app.deadletter_headers import as_list, dead_letter_record
 from app.faust_app import tracked_writes
 from app.logs import log_dead_letters, mask_mpid
-from app.topics import ERASURES_TABLE, USERS_TABLE
+from app.topics import ERASURES_TABLE, USERS_TABLE, RekeyKind, rekey_headers, rekey_kind
 from app.web import kafka_partition
 
 if TYPE_CHECKING:
@@ -61,7 +67,7 @@ Process = Callable[[Any, SourcePosition], IngestResult]
 
 
 def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
-    """Declare the tables and the three ingest agents on ``app``; return the users table."""
+    """Declare the tables and the four ingest agents on ``app``; return the users table."""
     partitions = settings.topic_partitions
     # bytes key/value types select faust's raw codec: values are our own Avro / decimal text.
     users = app.Table(
@@ -83,6 +89,7 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
     batches = _raw_topic(app, topics.batches.name, partitions)
     audiences = _raw_topic(app, topics.audiences.name, partitions)
     erasure = _raw_topic(app, topics.erasure.name, partitions)
+    rekeyed = _raw_topic(app, topics.rekey.name, partitions)
 
     def load(mpid: str) -> bytes | None:
         value: bytes | None = users.get(mpid.encode())
@@ -102,10 +109,44 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
 
     writer = RecordWriter(app, users, erasures, topics)
 
-    async def run(stream: Any, process: Process, rekey_topic: str) -> None:
+    processors: dict[RekeyKind, Process] = {
+        "batches": lambda event, position: process_batch_record(
+            event.key,
+            event.value,
+            position,
+            load,
+            settings,
+            erased_at_ms=erased_at(event.key),
+            record_ms=_record_ms(event),
+        ),
+        "audiences": lambda event, position: process_audience_record(
+            event.key, event.value, position, load, settings
+        ),
+        "erasure": lambda event, position: process_erasure_record(
+            event.key,
+            event.value,
+            position,
+            load,
+            record_ms=_record_ms(event),
+            scan_states=lambda: states_of_partition(position.partition),
+        ),
+    }
+
+    def process_rekeyed(event: Any, position: SourcePosition) -> IngestResult:
+        # a re-keyed record is processed as a record of the topic it came from
+        kind = rekey_kind(as_list(event.message.headers))
+        if kind is None:
+            return unknown_rekey_kind(event.key, event.value, position)
+        return from_rekey_topic(processors[kind](event, position), position)
+
+    async def run(stream: Any, kind: RekeyKind | None) -> None:
+        """Process ``stream``: an input topic of ``kind``, or (None) the re-key topic."""
+        process = process_rekeyed if kind is None else processors[kind]
         async for event in stream.events():
             message = event.message
-            position = SourcePosition(message.topic, message.partition, message.offset)
+            position = SourcePosition(
+                message.topic, message.partition, message.offset, rekeyed=kind is None
+            )
             try:
                 result = process(event, position)
             except Exception as exc:  # a bug must not lose the record: dead-letter it
@@ -134,55 +175,27 @@ def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
                     ]
                 )
                 result.counts["dead_letters", STAGE_INGEST, "internal_error"] += 1
-            await writer.write(event, result, rekey_topic)
+            await writer.write(event, result, kind)
             record_metrics(result)
 
     @app.agent(batches, name="ingest_batches", concurrency=1)
     async def ingest_batches(stream: Any) -> AsyncIterator[None]:
-        await run(
-            stream,
-            lambda event, position: process_batch_record(
-                event.key,
-                event.value,
-                position,
-                load,
-                settings,
-                erased_at_ms=erased_at(event.key),
-                record_ms=_record_ms(event),
-            ),
-            topics.batches.name,
-        )
+        await run(stream, "batches")
         yield None
 
     @app.agent(audiences, name="ingest_audiences", concurrency=1)
     async def ingest_audiences(stream: Any) -> AsyncIterator[None]:
-        await run(
-            stream,
-            lambda event, position: process_audience_record(
-                event.key,
-                event.value,
-                position,
-                load,
-                settings,
-            ),
-            topics.audiences.name,
-        )
+        await run(stream, "audiences")
         yield None
 
     @app.agent(erasure, name="ingest_erasure", concurrency=1)
     async def ingest_erasure(stream: Any) -> AsyncIterator[None]:
-        await run(
-            stream,
-            lambda event, position: process_erasure_record(
-                event.key,
-                event.value,
-                position,
-                load,
-                record_ms=_record_ms(event),
-                scan_states=lambda: states_of_partition(position.partition),
-            ),
-            topics.erasure.name,
-        )
+        await run(stream, "erasure")
+        yield None
+
+    @app.agent(rekeyed, name="ingest_rekeyed", concurrency=1)
+    async def ingest_rekeyed(stream: Any) -> AsyncIterator[None]:
+        await run(stream, None)
         yield None
 
     return users
@@ -214,7 +227,10 @@ class RecordWriter:
         self.topics = topics
         self.pending: PendingWrites = tracked_writes(app)
 
-    async def write(self, event: Any, result: IngestResult, rekey_topic: str) -> None:
+    async def write(self, event: Any, result: IngestResult, kind: RekeyKind | None) -> None:
+        """Write ``result`` of ``event`` (see the class docstring). ``kind``: the role of the
+        event's topic, named on the records it re-keys; None for the re-key topic, whose
+        records re-key nothing (:func:`~app.core.pipeline.from_rekey_topic`)."""
         message = event.message
         send = partial(self._send, self._transactional_id(message.topic, message.partition))
         if result.operations is not None:
@@ -226,8 +242,19 @@ class RecordWriter:
                 self.topics.deadletter.name, record.key, record.value, headers=record.headers
             )
         log_dead_letters(log, result.dead_letters)
-        for mpid, raw in result.rekeyed:
-            await send(rekey_topic, mpid.encode(), raw)
+        if result.rekeyed:
+            # never back to the input topic (its owner's): to ours, with the record's own
+            # Kafka time, so that erasure markers compare it as the record it came from
+            origin = f"{message.topic}/{message.partition}@{message.offset}"
+            headers = rekey_headers(as_list(message.headers), kind, origin)
+            for mpid, raw in result.rekeyed:
+                await send(
+                    self.topics.rekey.name,
+                    mpid.encode(),
+                    raw,
+                    headers=headers,
+                    timestamp=message.timestamp,
+                )
         changes: list[tuple[Any, bytes, bytes | None]] = [
             *((self.users, mpid.encode(), state) for mpid, state in result.states.items()),
             *((self.users, mpid.encode(), None) for mpid in result.purged),
@@ -267,10 +294,12 @@ class RecordWriter:
         partition: int | None = None,
         *,
         headers: list[tuple[str, bytes]] | None = None,
+        timestamp: float | None = None,
     ) -> None:
+        """``timestamp``: the record's Kafka time in seconds (None: the time of the send)."""
         try:
             await self.app.producer.send(
-                topic, key, value, partition, None, headers, transactional_id=transactional_id
+                topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
             )
         except Exception as exc:  # noqa: BLE001 - any failed send: stop before anything commits
             fail_stop(f"sending to {topic} failed: {exc!r}")

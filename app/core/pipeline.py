@@ -19,8 +19,9 @@ counter. A
 stored state that cannot be decoded is dead-lettered too (reason ``state_corrupt``) and the user
 starts afresh, so one corrupt value never blocks a partition. Batches whose mpid is not the
 record key (keyless or bulk records) are not processed here: they are returned in ``rekeyed``
-for the agent to send back to the input topic keyed by their own mpid, so every user's state
-lives on the partition its key maps to.
+for the agent to send to the deployment's re-key topic keyed by their own mpid, so every
+user's state lives on the partition its key maps to; read from there (:func:`from_rekey_topic`)
+they are processed like a record of the topic they came from.
 """
 
 from __future__ import annotations
@@ -54,11 +55,16 @@ MAX_RECORD_BYTES = 1_000_000
 
 @dataclass(frozen=True, slots=True)
 class SourcePosition:
-    """Where a record came from: kept in operations and dead letters for tracing and redrive."""
+    """Where a record came from: kept in operations and dead letters for tracing and redrive.
+
+    ``rekeyed``: read from the re-key topic (:mod:`app.topics`), whose offsets are a sequence
+    of their own, shared by records of every kind: the redelivery guard keeps them apart from
+    the input topics' offsets."""
 
     topic: str
     partition: int
     offset: int
+    rekeyed: bool = False
 
 
 @dataclass(slots=True)
@@ -68,8 +74,8 @@ class IngestResult:
     ``states``: encoded :class:`UserState` per mpid (changed ones only); ``purged``: mpids
     whose state must be deleted (tombstone); ``erased``: erasure markers (mpid → Kafka time of
     the request) to keep; ``operations``: at most
-    one encoded ``OperationBatch`` (key = mpid); ``rekeyed``: (mpid, raw batch JSON) to send
-    back to the input topic; ``dead_letters``: encoded ``DeadLetter`` records.
+    one encoded ``OperationBatch`` (key = mpid); ``rekeyed``: (mpid, raw JSON of that user's
+    part) to send to the re-key topic; ``dead_letters``: encoded ``DeadLetter`` records.
     ``counts`` holds metric increments keyed by (metric, label values).
     """
 
@@ -116,6 +122,59 @@ def dead_letter(
             "failed_at_ms": failed_at_ms,
         }
     )
+
+
+def unknown_rekey_kind(
+    key: bytes | None,
+    value: bytes | None,
+    source: SourcePosition,
+    *,
+    clock: Callable[[], int] = now_ms,
+) -> IngestResult:
+    """A record of the re-key topic whose :data:`~app.topics.REKEY_KIND_HEADER` is missing or
+    unknown: the worker writes one on every record it re-keys, so someone else wrote this one.
+    It is dead-lettered (reason ``rekey_kind_unknown``) and nothing else is done."""
+    result = IngestResult()
+    result.dead_letters.append(
+        dead_letter(
+            "rekey_kind_unknown",
+            "a record of the re-key topic needs the header mpcio.rekey.kind = batches, "
+            "audiences or erasure",
+            stage=STAGE_INGEST,
+            source=source,
+            key=key,
+            payload=b"" if value is None else value,
+            failed_at_ms=clock(),
+        )
+    )
+    result.counts["dead_letters", STAGE_INGEST, "rekey_kind_unknown"] += 1
+    return result
+
+
+def from_rekey_topic(
+    result: IngestResult, source: SourcePosition, *, clock: Callable[[], int] = now_ms
+) -> IngestResult:
+    """``result`` of the record at ``source`` on the re-key topic, with nothing to re-key again.
+
+    Such a record is one user's part keyed by that user's mpid, so the pure step re-keys
+    nothing. Should it (a parser that disagreed with itself), each part becomes a dead letter
+    ``rekey_loop`` (key = the part's mpid, payload = the part)
+    instead of circling through the re-key topic for ever."""
+    for mpid, raw in result.rekeyed:
+        result.dead_letters.append(
+            dead_letter(
+                "rekey_loop",
+                "a record read from the re-key topic would be re-keyed again",
+                stage=STAGE_INGEST,
+                source=source,
+                key=mpid.encode(),
+                payload=raw,
+                failed_at_ms=clock(),
+            )
+        )
+        result.counts["dead_letters", STAGE_INGEST, "rekey_loop"] += 1
+    result.rekeyed = []
+    return result
 
 
 def process_batch_record(
@@ -179,7 +238,7 @@ def process_audience_record(
 
     A user without an email keeps the membership in state; it is sent with the first identify
     once an email is known. Records for another mpid than the key are returned in
-    ``rekeyed`` (for the audiences topic)."""
+    ``rekeyed`` (for the re-key topic)."""
     result = IngestResult()
     try:
         value = _present(value)  # narrowed to bytes from here on
@@ -357,7 +416,7 @@ def _already_applied(state: UserState | None, kind: str, source: SourcePosition)
     (agents/ingest.py ``RecordWriter``, ARCHITECTURE.md §4): they are in Kafka."""
     if state is None or source.offset < 0:
         return False
-    return state.applied_offsets.get(f"{kind}@{source.partition}", -1) >= source.offset
+    return state.applied_offsets.get(_applied_key(kind, source), -1) >= source.offset
 
 
 def _mark_applied(state: UserState | None, kind: str, source: SourcePosition) -> UserState | None:
@@ -365,8 +424,15 @@ def _mark_applied(state: UserState | None, kind: str, source: SourcePosition) ->
         return state
     return replace(
         state,
-        applied_offsets={**state.applied_offsets, f"{kind}@{source.partition}": source.offset},
+        applied_offsets={**state.applied_offsets, _applied_key(kind, source): source.offset},
     )
+
+
+def _applied_key(kind: str, source: SourcePosition) -> str:
+    """``<kind>@<partition>``; ``rekey@<partition>`` for a record of the re-key topic, whose
+    offsets must never be compared with the input topic's (a re-keyed batch at offset 5 is
+    not older than batch 7 of the batches topic)."""
+    return f"{'rekey' if source.rekeyed else kind}@{source.partition}"
 
 
 def _present(value: bytes | None) -> bytes:
