@@ -6,11 +6,14 @@ takes "a comma-separated list of bootstrap servers"; the worker must accept both
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
-from collections import Counter
 from typing import TYPE_CHECKING
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from app.dev.localkafka import free_port
 from app.errors import ConfigError
@@ -105,12 +108,58 @@ async def test_a_mismatch_is_one_error_naming_each_topic_and_nothing_is_created(
     assert set(present) == {topics.batches.name, topics.operations.name}
 
 
-async def test_worker_runs_on_mparticles_topic_with_a_comma_separated_broker_list(
+def _as_mparticle_keys_them(
+    records: list[tuple[bytes, bytes]], partitions: int
+) -> tuple[list[tuple[bytes | None, bytes, int | None]], int]:
+    """``records`` (keyed by mpid) as a producer that is not us would key them, and how many
+    of them are not keyed by their canonical mpid.
+
+    Per user (by mpid % 8): half keyed by the mpid as mParticle does; no key, the rare event
+    without a user id, on a partition of its own (mParticle picks one at random; one per user
+    keeps the user's records in an order the test can expect); or a key that is not the
+    canonical mpid: leading zeros, hexadecimal, the email."""
+    chooser = random.Random(20)
+    keyless_partition: dict[int, int] = {}
+    out: list[tuple[bytes | None, bytes, int | None]] = []
+    for key, value in records:
+        mpid = int(key)
+        form = mpid % 8
+        if form < 4:
+            out.append((key, value, None))
+        elif form == 4:
+            partition = keyless_partition.setdefault(mpid, chooser.randrange(partitions))
+            out.append((None, value, partition))
+        else:
+            email = orjson.loads(value)["user_identities"].get("email", f"x{mpid}@example.com")
+            other = {5: b"00" + key, 6: hex(mpid).encode(), 7: email.encode()}[form]
+            out.append((other, value, None))
+    return out, sum(1 for key, _ in records if int(key) % 8 >= 4)
+
+
+async def _produce_as_mparticle(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, int | None]]
+) -> None:
+    """Send ``(key, value, partition)`` in order (partition None: the key's default partition)
+    and wait until every record is acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = [
+            await producer.send(topic, value, key=key, partition=partition)
+            for key, value, partition in records
+        ]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+async def test_worker_plays_mparticles_role_unkeyed_and_odd_keys_reach_customerio_in_order(
     kafka: LocalKafka, names: Names, emulator: RunningEmulator, tmp_path: Path
 ) -> None:
-    # mParticle's role: a 6-partition topic made beforehand, records keyed by mpid.
+    # mParticle's role: a 6-partition topic made beforehand, its broker list comma-separated
+    # without a scheme, records keyed by mpid, some unkeyed, some keyed otherwise.
     env = worker_env(
-        f"{kafka.bootstrap},{kafka.bootstrap}",  # mParticle's form: no scheme, commas
+        f"{kafka.bootstrap},{kafka.bootstrap}",
         names.prefix,
         free_port(),
         topic_partitions="8",
@@ -123,25 +172,44 @@ async def test_worker_runs_on_mparticles_topic_with_a_comma_separated_broker_lis
     settings = load_settings(**{k.removeprefix("MPCIO_").lower(): v for k, v in env.items()})
     topics = topics_for(settings)
     await _made(kafka, [topics.batches.name], partitions=6)
-    records = workload.batches(users=30, batches_per_user=2, events_per_batch=2)
-    await produce(kafka.bootstrap, topics.batches.name, records)
-    expected = workload.expected_items([value for _, value in records], settings)
-    expected_events = Counter(i["id"] for i in expected if i["action"] == "event")
+    workload_records = workload.batches(users=40, batches_per_user=4, events_per_batch=2)
+    records, not_canonical = _as_mparticle_keys_them(workload_records, partitions=6)
+    await _produce_as_mparticle(kafka.bootstrap, topics.batches.name, records)
+    expected = workload.expected_items([value for _, value, _ in records], settings)
+    expected_events = [i for i in expected if i["action"] == "event"]
 
     worker = WorkerProcess(["-m", "app", "worker"], env, tmp_path / "worker.log").start()
     try:
 
         def delivered() -> bool:
             worker.assert_running()
-            return len(emulator.state.store.events) >= sum(expected_events.values())
+            return len(emulator.state.store.events) >= len(expected_events)
 
-        await wait_for(delivered, 240, "every event at the emulator")
+        await wait_for(delivered, 300, "every event at the emulator")
     finally:
         await worker.stop()
-    assert Counter(e.id for e in emulator.state.store.events) == expected_events
-    assert await _counts(kafka, [topics.operations.name]) == {topics.operations.name: 6}
-    # we wrote nothing into mParticle's topic
+
+    store = emulator.state.store
+    received = [event.id for event in store.events]
+    assert sorted(received) == sorted(i["id"] for i in expected_events)  # all, once each
+    # in order per user: each user's events arrived in the order mParticle produced them
+    user_of = {i["id"]: next(iter(i["identifiers"].values())) for i in expected_events}
+    for user in set(user_of.values()):
+        mine = [event for event in received if user_of[event] == user]
+        assert mine == [i["id"] for i in expected_events if user_of[i["id"]] == user], user
+    assert store.stale_identifies == 0  # no user's profile update overtook an older one
+    people = [p for p in store.people if p.email]
+    assert len(people) == 36  # every 10th user has no email (workload)
+    assert {p.attributes["tier"] for p in people} == {1}  # the last round's attribute won
+    # nothing written into mParticle's topic: its end offsets are what the test produced
     assert await message_count(kafka.bootstrap, topics.batches.name, 6) == len(records)
+    # the records not keyed by their mpid went through our own topic, 6 partitions like it
+    assert not_canonical == 4 * 20  # 20 of the 40 users, 4 batches each
+    assert await _counts(kafka, [topics.rekey.name, topics.operations.name]) == {
+        topics.rekey.name: 6,
+        topics.operations.name: 6,
+    }
+    assert await message_count(kafka.bootstrap, topics.rekey.name, 6) == not_canonical
 
 
 async def test_check_config_sample_reports_key_forms(kafka: LocalKafka, names: Names) -> None:
