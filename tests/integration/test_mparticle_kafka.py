@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from app.dev.emulator.server import EmulatorConfig, running_emulator
 from app.dev.localkafka import free_port
 from app.errors import ConfigError
 from app.kafka_admin import ensure_topics
@@ -191,7 +193,7 @@ async def test_worker_plays_mparticles_role_unkeyed_and_odd_keys_reach_customeri
 
     store = emulator.state.store
     received = [event.id for event in store.events]
-    assert sorted(received) == sorted(i["id"] for i in expected_events)  # all, once each
+    assert Counter(received) == Counter(i["id"] for i in expected_events)  # all, once each
     # in order per user: each user's events arrived in the order mParticle produced them
     user_of = {i["id"]: next(iter(i["identifiers"].values())) for i in expected_events}
     for user in set(user_of.values()):
@@ -229,7 +231,15 @@ async def test_check_config_sample_reports_key_forms(kafka: LocalKafka, names: N
 
     assert re.search(
         rf"^key sample: +ok \(11 records of {settings.topic_batches}: 5 keyed by mpid, 3 without "
-        r"a key, 2 with another key -> 5 would be re-keyed, 1 not batches \(dead-lettered\)\)$",
+        rf"a key, 2 with another key -> 5 would be re-keyed through {settings.topic_rekey}, 1 not "
+        r"batches \(dead-lettered\)\)$",
+        result.out,
+        re.MULTILINE,
+    ), result.both
+    # the re-key topic is one of the deployment's topics, checked like the others
+    assert re.search(r"^topics: +ok \(6 topics exist\)$", result.out, re.MULTILINE), result.both
+    assert re.search(
+        r"^co-partitioning: +ok \(4 topics read by ingest x 4 partitions\)$",
         result.out,
         re.MULTILINE,
     ), result.both
@@ -237,3 +247,73 @@ async def test_check_config_sample_reports_key_forms(kafka: LocalKafka, names: N
     assert re.search(r"^key sample: +ok \(3 records of ", few.out, re.MULTILINE), few.both
     negative = await mpcio("check-config", "--sample", "-5", env=env)
     assert negative.code == 2
+
+
+async def test_two_deployments_on_one_broker_with_default_topic_names_deliver_only_their_users(
+    kafka: LocalKafka, names: Names, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    # Production and staging, or two workspaces: one broker, two app ids, the topics we own at
+    # their default names; the inputs differ, as two mParticle connections would.
+    records = workload.batches(users=40, batches_per_user=2, events_per_batch=2)
+    shares = {
+        "prod": [r for r in records if int(r[0]) % 40 < 20],
+        "staging": [r for r in records if int(r[0]) % 40 >= 20],
+    }
+    async with running_emulator(EmulatorConfig(site_id=SITE_ID, api_key=API_KEY)) as second:
+        emulators = {"prod": emulator, "staging": second}
+        envs = {
+            name: {
+                "MPCIO_BROKER": kafka.bootstrap,
+                "MPCIO_APP_ID": f"{names.prefix}-{name}",
+                **{
+                    f"MPCIO_TOPIC_{role.upper()}": names.topic(f"{name}-{role}")
+                    for role in ("batches", "audiences", "erasure")
+                },
+                "MPCIO_STORE": "memory://",
+                "MPCIO_WEB_PORT": str(free_port()),
+                "MPCIO_CUSTOMERIO_SITE_ID": SITE_ID,
+                "MPCIO_CUSTOMERIO_API_KEY": API_KEY,
+                "MPCIO_CUSTOMERIO_URL": emulators[name].url,
+                **{f"MPCIO_{k.upper()}": v for k, v in FAST_RETRIES.items()},
+            }
+            for name in shares
+        }
+        expected: dict[str, list[str]] = {}
+        for name, share in shares.items():
+            settings = load_settings(
+                **{k.removeprefix("MPCIO_").lower(): v for k, v in envs[name].items()}
+            )
+            assert settings.topic_operations == f"{names.prefix}-{name}-operations"
+            assert settings.topic_rekey == f"{names.prefix}-{name}-rekey"
+            keyed, _ = _as_mparticle_keys_them(share, partitions=4)
+            await _made(kafka, [settings.topic_batches], partitions=4)
+            await _produce_as_mparticle(kafka.bootstrap, settings.topic_batches, keyed)
+            items = workload.expected_items([value for _, value in share], settings)
+            expected[name] = [i["id"] for i in items if i["action"] == "event"]
+        workers = {
+            name: WorkerProcess(["-m", "app", "worker"], env, tmp_path / f"{name}.log").start()
+            for name, env in envs.items()
+        }
+        try:
+
+            def delivered() -> bool:
+                for worker in workers.values():
+                    worker.assert_running()
+                return all(
+                    len(emulators[name].state.store.events) >= len(expected[name])
+                    for name in shares
+                )
+
+            await wait_for(delivered, 300, "every event at its deployment's emulator")
+        finally:
+            for worker in workers.values():
+                await worker.stop()
+        for name, share in shares.items():
+            store = emulators[name].state.store
+            assert Counter(event.id for event in store.events) == Counter(expected[name])
+            own = {
+                email
+                for _, value in share
+                if (email := orjson.loads(value)["user_identities"].get("email"))
+            }
+            assert {person.email for person in store.people} == own, name
