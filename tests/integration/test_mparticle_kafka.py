@@ -16,6 +16,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from app.core.avro import codec
 from app.dev.emulator.server import EmulatorConfig, running_emulator
 from app.dev.localkafka import free_port
 from app.errors import ConfigError
@@ -27,6 +28,7 @@ from tests.integration.cli import mpcio
 from tests.integration.conftest import API_KEY, FAST_RETRIES, SITE_ID
 from tests.integration.support import (
     WorkerProcess,
+    consume_until,
     create_topics,
     message_count,
     produce,
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from app.dev.emulator.server import RunningEmulator
     from app.dev.localkafka import LocalKafka
     from app.settings import Settings
-    from tests.integration.conftest import Names
+    from tests.integration.conftest import Deployment, Names
 
 pytestmark = pytest.mark.integration
 
@@ -317,3 +319,50 @@ async def test_two_deployments_on_one_broker_with_default_topic_names_deliver_on
                 if (email := orjson.loads(value)["user_identities"].get("email"))
             }
             assert {person.email for person in store.people} == own, name
+
+
+async def test_rekeyed_audience_and_erasure_records_are_processed_as_their_kind(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    kafka, topics = deployment.kafka, deployment.topics
+    ada, bea = workload.batches(users=2, batches_per_user=1, events_per_batch=1)
+    await produce(kafka.bootstrap, topics.batches.name, [ada, bea])
+    # written by something that is not a worker: no kind header
+    await produce(kafka.bootstrap, topics.rekey.name, [(b"10000", ada[1])])
+    worker = deployment.start_worker()
+    store = emulator.state.store
+
+    def both_known() -> bool:
+        worker.assert_running()
+        return {p.email for p in store.people} == {"user0@example.com", "user1@example.com"}
+
+    await wait_for(both_known, 240, "both users at the emulator")
+    membership = {
+        "mpid": 10000,
+        "audiences": [{"audience_id": 123, "audience_name": "VIPs", "action": "add"}],
+    }
+    erasure = {
+        "subject_request_type": "erasure",
+        "mpid": 10001,
+        "subject_identities": [{"identity_type": "email", "identity_value": "user1@example.com"}],
+    }
+    await produce(kafka.bootstrap, topics.audiences.name, [(None, orjson.dumps(membership))])
+    await produce(kafka.bootstrap, topics.erasure.name, [(b"+10001", orjson.dumps(erasure))])
+
+    def applied() -> bool:
+        worker.assert_running()
+        people = {p.email: p for p in store.people}
+        vip = people.get("user0@example.com")
+        return vip is not None and "SegmentMembership" in vip.attributes and len(people) == 1
+
+    await wait_for(applied, 240, "the re-keyed membership and erasure applied")
+    assert len(store.deleted) == 1
+    letters = await consume_until(
+        kafka.bootstrap, topics.deadletter.name, lambda rs: len(rs) >= 1, workers=[worker]
+    )
+    await deployment.stop_all()
+    [letter] = [codec("dead_letter").decode(record.value) for record in letters]
+    assert (letter["reason"], letter["source_topic"]) == ("rekey_kind_unknown", topics.rekey.name)
+    # the inputs hold what was produced, the re-key topic the two parts and the stray record
+    for topic, count in ((topics.audiences, 1), (topics.erasure, 1), (topics.rekey, 3)):
+        assert await message_count(kafka.bootstrap, topic.name) == count, topic.name
