@@ -239,8 +239,7 @@ async def check_kafka(settings: Settings) -> list[Check]:
             copart = Check(
                 "co-partitioning",
                 True,
-                f"{len(present)} topics read by ingest x {next(iter(present.values()))} "
-                "partitions",
+                f"{len(present)} topics read by ingest x {max(present.values())} partitions",
             )
         return [kafka, topic_check, copart]
     finally:
