@@ -83,19 +83,9 @@ def unknown_rekey_kind(
     unknown: the worker writes one on every record it re-keys, so someone else wrote this one.
     It is dead-lettered (reason ``rekey_kind_unknown``) and nothing else is done."""
     result = IngestResult()
-    result.dead_letters.append(
-        dead_letter(
-            Reason.REKEY_KIND_UNKNOWN,
-            "a record of the re-key topic needs the header mpcio.rekey.kind = batches, "
-            "audiences or erasure",
-            stage=Stage.INGEST,
-            source=source,
-            key=key,
-            payload=b"" if value is None else value,
-            failed_at_ms=clock(),
-        )
-    )
-    result.counts["dead_letters", Stage.INGEST, Reason.REKEY_KIND_UNKNOWN] += 1
+    detail = "a record of the re-key topic needs the header mpcio.rekey.kind = batches, "
+    exc = InvalidRecordError(Reason.REKEY_KIND_UNKNOWN, detail + "audiences or erasure")
+    _reject(result, exc, source, key, value, clock, counter=None)  # its topic is unknown
     return result
 
 
@@ -398,8 +388,9 @@ def _reject(  # noqa: PLR0917 - private helper, every argument is needed
     value: bytes | None,
     clock: Callable[[], int],
     *,
-    counter: str,
+    counter: str | None,
 ) -> None:
+    """Dead-letter the record for ``exc``; count it ``rejected`` in ``counter`` (if any)."""
     result.dead_letters.append(
         dead_letter(
             exc.reason,
@@ -412,7 +403,8 @@ def _reject(  # noqa: PLR0917 - private helper, every argument is needed
         )
     )
     result.counts["dead_letters", Stage.INGEST, exc.reason] += 1
-    result.counts[counter, "rejected"] += 1
+    if counter is not None:
+        result.counts[counter, "rejected"] += 1
 
 
 def _count_transformed(
