@@ -125,6 +125,11 @@ class Settings(BaseSettings):
         default_factory=lambda data: f"{data['app_id']}-deadletter",
         description="Output: everything rejected, with its reason; default <app id>-deadletter.",
     )
+    topic_rekey: str = Field(
+        default_factory=lambda data: f"{data['app_id']}-rekey",
+        description="Internal: records re-keyed by their mpid (mParticle's unkeyed ones); "
+        "default <app id>-rekey.",
+    )
     topic_partitions: PositiveInt = Field(
         8,
         description="Partitions of every topic the worker creates; the input topics must all "
