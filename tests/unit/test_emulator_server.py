@@ -687,6 +687,7 @@ async def test_requests_and_stats_describe_the_traffic(
         "people_deleted": 0,
         "unresolved_operations": 0,
         "attribute_update_failures": 0,
+        "attributes_over_limit": 0,
         "faults_injected": {},
         "max_requests_per_second": 3,
     }

@@ -172,6 +172,7 @@ def test_event_for_unknown_person_creates_them_except_by_cio_id() -> None:
         "person_id": "1",
         "person_email": None,
         "received_at": AT,
+        "sequence": 1,
     }
 
 
