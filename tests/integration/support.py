@@ -228,6 +228,7 @@ async def judge(
     *,
     stale_explained: bool = False,
     expected_dead_letters: Counter[str] | None = None,
+    other_emails: frozenset[str] = frozenset(),
 ) -> reliability_model.Verdict:
     """The reference model's verdict on what ``emulator`` (a RunningEmulator) holds now and on
     the reasons of ``deployment``'s dead-letter topic (see :func:`reliability_model.check`)."""
@@ -248,6 +249,7 @@ async def judge(
         observed,
         stale_explained=stale_explained,
         expected_dead_letters=expected_dead_letters,
+        other_emails=other_emails,
     )
 
 

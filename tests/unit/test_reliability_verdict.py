@@ -210,3 +210,14 @@ def test_the_summary_names_every_count() -> None:
     summary = _verdict(ITEMS).summary("scenario", 0)
     for words in ("lost 0", "extra people 0", "misattributed 0", "out of order 0", "stale"):
         assert words in summary
+
+
+def test_people_the_scenario_adds_by_email_are_not_extra() -> None:
+    other = {
+        "type": "person",
+        "identifiers": {"email": "wide@example.com"},
+        "action": "identify",
+        "attributes": {"a": 1},
+    }
+    assert _verdict([*ITEMS, other], other_emails=frozenset({"wide@example.com"})).ok
+    assert not _verdict([*ITEMS, other], other_emails=frozenset({"long@example.com"})).ok
