@@ -259,7 +259,8 @@ def _misattributed(expected: Expected, events: list[dict[str, Any]]) -> dict[int
             continue
         email = expected.people[owner]["email"]
         if event.get("person_id") != owner or event.get("person_email") != email:
-            wrong[seq] = f"landed on id={event.get('person_id')!r} email={event.get('person_email')!r}"
+            landed = (event.get("person_id"), event.get("person_email"))
+            wrong[seq] = f"landed on id={landed[0]!r} email={landed[1]!r}"
     return wrong
 
 

@@ -132,10 +132,12 @@ _attributes = _mostly(
 )
 _event_names = _mostly(st.text(min_size=1, max_size=30), st.just(" "), st.just("N" * 101), _int64)
 _event_ids = _mostly(st.just(ULID), st.none(), _text, st.just(ULID.lower()))
+_PLATFORMS = ("ios", "android")
+_device_attributes = st.dictionaries(_text, _text, max_size=2)
 _devices = _mostly(
     st.fixed_dictionaries(
-        {"token": st.text(min_size=1, max_size=20), "platform": st.sampled_from(["ios", "android"])},
-        optional={"last_used": _timestamps, "attributes": st.dictionaries(_text, _text, max_size=2)},
+        {"token": st.text(min_size=1, max_size=20), "platform": st.sampled_from(_PLATFORMS)},
+        optional={"last_used": _timestamps, "attributes": _device_attributes},
     ),
     st.fixed_dictionaries(
         {},

@@ -159,9 +159,7 @@ def test_a_redelivered_old_identify_is_a_fault_unless_a_crash_explains_it() -> N
 
 def test_a_never_opted_out_user_who_is_unsubscribed_fails() -> None:
     never = next(
-        person
-        for person, want in WORKLOAD.expected.people.items()
-        if not want["unsubscribed"]
+        person for person, want in WORKLOAD.expected.people.items() if not want["unsubscribed"]
     )
     unsubscribe = {
         "type": "person",

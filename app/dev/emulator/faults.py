@@ -282,9 +282,6 @@ def _parse_rule(entry: dict[str, Any]) -> FaultRule:
     count = entry.get("count", 1 if "probability" not in entry else None)
     if count is not None and (type(count) is not int or count < 1):
         raise ValueError("count must be a positive integer or null (unlimited)")
-    seed = entry.get("seed")
-    if seed is not None and type(seed) is not int:
-        raise ValueError("seed must be an integer")
     method = entry.get("method")
     path = entry.get("path")
     if method is not None and type(method) is not str:
@@ -297,8 +294,15 @@ def _parse_rule(entry: dict[str, Any]) -> FaultRule:
         probability=probability,
         method=None if method is None else method.upper(),
         path=path,
-        seed=seed,
+        seed=_seed(entry),
     )
+
+
+def _seed(entry: dict[str, Any]) -> int | None:
+    seed = entry.get("seed")
+    if seed is not None and type(seed) is not int:
+        raise ValueError("seed must be an integer")
+    return seed
 
 
 def _parse_rate_limit(entry: dict[str, Any]) -> RateLimit:

@@ -402,18 +402,9 @@ async def _answer_received(
                 headers = {hdrs.RETRY_AFTER: str(fault.retry_after)}
             message = f"emulated fault: {fault.kind} {fault.status}"
             return _json(fault.status, {"meta": {"error": message}}, headers)
-    authorized = emulator.authorized(request.headers.get(hdrs.AUTHORIZATION))
-    if request.path != _REGION_PATH and emulator.at_other_region(request):
-        if authorized and emulator.config.region == "eu":
-            location = REGION_URLS["eu"] + request.path_qs
-            return _json(307, {"meta": {"error": "wrong region"}}, {hdrs.LOCATION: location})
-        authorized = False  # the other region has no such workspace
-    if not authorized:
-        return _json(
-            401,
-            {"meta": {"error": "Unauthorized request"}},
-            {hdrs.WWW_AUTHENTICATE: 'Basic realm="Customer.io Track API"'},
-        )
+    refusal = _refusal(request, emulator)
+    if refusal is not None:
+        return refusal
     try:
         return await handler(request)
     except web.HTTPException as exc:  # no such route (404) or method (405), as JSON
@@ -423,6 +414,24 @@ async def _answer_received(
             {"meta": {"error": exc.reason}},
             None if allow is None else {hdrs.ALLOW: allow},
         )
+
+
+def _refusal(request: web.Request, emulator: _Emulator) -> web.Response | None:
+    """The answer to a request that may not reach the workspace: 401 without the credentials,
+    or on the other region's host 307 (an EU workspace, authenticated) or 401 (a US one)."""
+    authorized = emulator.authorized(request.headers.get(hdrs.AUTHORIZATION))
+    if request.path != _REGION_PATH and emulator.at_other_region(request):
+        if authorized and emulator.config.region == "eu":
+            location = REGION_URLS["eu"] + request.path_qs
+            return _json(307, {"meta": {"error": "wrong region"}}, {hdrs.LOCATION: location})
+        authorized = False  # the other region has no such workspace
+    if authorized:
+        return None
+    return _json(
+        401,
+        {"meta": {"error": "Unauthorized request"}},
+        {hdrs.WWW_AUTHENTICATE: 'Basic realm="Customer.io Track API"'},
+    )
 
 
 def _drop_connection(request: web.Request) -> None:
