@@ -69,6 +69,10 @@ def _first(action: str, person: str, when: Callable[[Item], bool] = lambda _: Tr
     )
 
 
+def _identify(who: dict[str, str], **attributes: Any) -> Item:
+    return {"type": "person", "identifiers": who, "action": "identify", "attributes": attributes}
+
+
 def _tier(tier: int) -> Callable[[Item], bool]:
     return lambda item: item["attributes"].get("tier") == tier
 
@@ -95,12 +99,7 @@ def test_an_event_visible_twice_fails() -> None:
 
 
 def test_an_email_only_twin_fails() -> None:
-    twin = {
-        "type": "person",
-        "identifiers": {"email": "someone-else@example.com"},
-        "action": "identify",
-        "attributes": {"tier": 0},
-    }
+    twin = _identify({"email": "someone-else@example.com"}, tier=0)
     verdict = _verdict([*ITEMS, twin])
     assert not verdict.ok
     assert verdict.extra_people == ["id=None email='someone-else@example.com'"]
@@ -157,33 +156,17 @@ def test_a_redelivered_old_identify_is_a_fault_unless_a_crash_explains_it() -> N
     assert explained.ok, explained
 
 
-def test_a_never_opted_out_user_who_is_unsubscribed_fails() -> None:
-    never = next(
-        person for person, want in WORKLOAD.expected.people.items() if not want["unsubscribed"]
+@pytest.mark.parametrize("opted_out", [False, True])
+def test_an_unsubscribed_flag_the_rules_do_not_call_for_fails(opted_out: bool) -> None:
+    """A user who never opted out must not be unsubscribed; one who opted out must stay so."""
+    person = next(
+        person
+        for person, want in WORKLOAD.expected.people.items()
+        if want["unsubscribed"] is opted_out
     )
-    unsubscribe = {
-        "type": "person",
-        "identifiers": {"id": never},
-        "action": "identify",
-        "attributes": {"unsubscribed": True},
-    }
-    verdict = _verdict([*ITEMS, unsubscribe])
+    verdict = _verdict([*ITEMS, _identify({"id": person}, unsubscribed=not opted_out)])
     assert not verdict.ok
-    assert verdict.wrong_people == {never: "unsubscribed: want False, got True"}
-
-
-def test_an_opted_out_user_who_is_subscribed_again_fails() -> None:
-    opted = next(
-        person for person, want in WORKLOAD.expected.people.items() if want["unsubscribed"]
-    )
-    resubscribe = {
-        "type": "person",
-        "identifiers": {"id": opted},
-        "action": "identify",
-        "attributes": {"unsubscribed": False},
-    }
-    verdict = _verdict([*ITEMS, resubscribe])
-    assert verdict.wrong_people == {opted: "unsubscribed: want True, got False"}
+    assert verdict.wrong_people == {person: f"unsubscribed: want {opted_out}, got {not opted_out}"}
 
 
 @pytest.mark.parametrize(
@@ -211,11 +194,6 @@ def test_the_summary_names_every_count() -> None:
 
 
 def test_people_the_scenario_adds_by_email_are_not_extra() -> None:
-    other = {
-        "type": "person",
-        "identifiers": {"email": "wide@example.com"},
-        "action": "identify",
-        "attributes": {"a": 1},
-    }
+    other = _identify({"email": "wide@example.com"}, a=1)
     assert _verdict([*ITEMS, other], other_emails=frozenset({"wide@example.com"})).ok
     assert not _verdict([*ITEMS, other], other_emails=frozenset({"long@example.com"})).ok
