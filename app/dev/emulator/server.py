@@ -312,13 +312,13 @@ def serve(
         ", pessimistic" if config.pessimistic else "",
     )
     app = build_app(config)
-    sockets = [_listening(host, port)]
-    if other_region_port is not None:
-        sockets.append(_listening(host, other_region_port))
+    where: dict[str, Any] = {"host": host, "port": port}
+    if other_region_port is not None:  # two ports: aiohttp serves a list of bound sockets
+        where = {"sock": [_listening(host, port), _listening(host, other_region_port)]}
         app[_EMULATOR].other_region_ports.add(other_region_port)
     web.run_app(
         app,
-        sock=sockets,
+        **where,
         access_log=None,
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
         print=None,
