@@ -746,12 +746,15 @@ async def test_a_us_workspace_is_unknown_on_the_eu_host(
 
 async def test_an_eu_workspace_is_redirected_from_the_us_host(http: aiohttp.ClientSession) -> None:
     async with running_emulator(EmulatorConfig(SITE_ID, API_KEY, region="eu")) as eu:
-        status, body, headers = await call(
-            http, "POST", eu.other_region_url + "/api/v2/batch?x=1", {"batch": [identify(C1)]}
-        )
-        assert status == 307
-        assert headers["Location"] == "https://track-eu.customer.io/api/v2/batch?x=1"
-        assert body == {"meta": {"error": "wrong region"}}
+        async with http.post(
+            eu.other_region_url + "/api/v2/batch?x=1",
+            data=orjson.dumps({"batch": [identify(C1)]}),
+            headers=AUTH,
+            allow_redirects=False,  # as the forwarder's client: never follow
+        ) as response:
+            assert response.status == 307
+            assert response.headers["Location"] == "https://track-eu.customer.io/api/v2/batch?x=1"
+            assert await response.json() == {"meta": {"error": "wrong region"}}
         status, _, _ = await call(http, "GET", eu.other_region_url + "/auth", headers={})
         assert status == 401  # no redirect without credentials
         status, _, _ = await call(http, "GET", eu.url + "/auth")
