@@ -86,9 +86,8 @@ def pessimistic_config(**overrides: Any) -> EmulatorConfig:
     """The emulator of the reliability and delivery suites: pessimistic (``docs/emulator.md``:
     stale identifies applied, a finite event-id window, 300 attributes per person), with the
     tests' credentials and a fixed seed for probabilistic faults."""
-    return EmulatorConfig(
-        site_id=SITE_ID, api_key=API_KEY, pessimistic=True, seed=2101, **overrides
-    )
+    fields: dict[str, Any] = {"site_id": SITE_ID, "api_key": API_KEY, "seed": 2101}
+    return EmulatorConfig(**{**fields, **overrides, "pessimistic": True})
 
 
 @pytest.fixture

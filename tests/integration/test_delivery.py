@@ -328,7 +328,7 @@ async def test_lanes_over_eight_partitions_keep_each_persons_order(
     delays, _ = parse_faults(
         {"kind": "delay", "delay_seconds": 0.3, "probability": 0.4, "count": 25}
     )
-    config = EmulatorConfig(site_id=SITE_ID, api_key=API_KEY, faults=tuple(delays), seed=21)
+    config = pessimistic_config(faults=tuple(delays), seed=21)
     async with running_emulator(config) as emulator:
         deployment = Deployment(kafka, names, tmp_path, emulator.url, topic_partitions="8")
         await deployment.prepare()
