@@ -20,11 +20,14 @@ import faust
 import orjson
 from faust.worker import Worker
 
+from agents.ingest import RecordWriter, batch_step, declare_tables, ingest_stream
+from app.core.pipeline import IngestResult
 from app.dev.localkafka import free_port
 from app.faust_app import create_app
 from app.settings import Settings
+from app.topics import topics_for
+from app.wiring import core_options
 from bench.ceiling.tasksampler import TaskSampler
-from bench.ceiling.workload import ingest
 
 
 def _cpu() -> float:
@@ -92,6 +95,8 @@ def build(config: dict[str, Any]) -> faust.App:
         web_port=free_port(),
         # The ceiling is faust's plain pass-through; bench.e2e shows ours under both guarantees.
         processing_guarantee="at_least_once",
+        topic_batches=config["source"],
+        topic_operations=config["sink"],
     )
     app = create_app(settings, web_enabled=False, **config.get("overrides", {}))
     if config.get("no_sensors"):
@@ -106,7 +111,12 @@ def build(config: dict[str, Any]) -> faust.App:
 
     source = app.topic(config["source"], key_serializer="raw", value_serializer="raw")
     sink = app.topic(config["sink"], key_serializer="raw", value_serializer="raw")
-    users = app.Table("users", partitions=4, key_type=bytes, value_type=bytes)
+    # The plain table cases' table (the ingest case declares the worker's own tables).
+    users: Any = (
+        None
+        if config["case"] == "faust_ingest"
+        else app.Table("users", partitions=4, key_type=bytes, value_type=bytes)
+    )
     progress = Progress(app, config)
     if config.get("task_sampler"):
 
@@ -156,17 +166,20 @@ def build(config: dict[str, Any]) -> faust.App:
                 await progress.add(len(values), events)
 
     elif case == "faust_ingest":
+        # The worker's own ingest: the real step, tables and write step (agents.ingest).
+        tables = declare_tables(app, settings)
+        writer = RecordWriter(app, tables.users, tables.erasures, topics_for(settings))
+        step = batch_step(tables, core_options(settings))
+
+        async def counted(result: IngestResult) -> None:
+            events = sum(n for (kind, *_), n in result.counts.items() if kind == "events")
+            await progress.add(1, events)
 
         @app.agent(source, concurrency=1)
         async def ingest_agent(stream: Any) -> None:
-            async for event in stream.events():
-                key, message = event.key, event.message
-                state, record, events = ingest(
-                    key, event.value, users.get(key), message.partition, message.offset
-                )
-                users[key] = state
-                await sink.send(key=key, value=record)
-                await progress.add(1, events)
+            await ingest_stream(
+                stream, step, writer, rekey_topic=config["source"], after_write=counted
+            )
 
     elif case == "faust_table_produce":
 
