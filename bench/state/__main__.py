@@ -16,6 +16,12 @@ emulator, for each ``--users`` N:
 4. ``--kill``: a ready worker is killed with SIGKILL and restarted at once on its data dir
    (a crash discards the store: :mod:`app.localstore`); seconds from the kill to the probe's
    delivery, for ``--kill-env`` "before" settings and the defaults.
+5. ``--failover``: two workers in one group, both ready and each owning input partitions;
+   one is killed with SIGKILL and NOT restarted, and one probe user per batches partition is
+   produced at once. Measured from the kill: seconds until the survivor's ``/health/ready``
+   reports every input partition, every operations partition, and ready again, and seconds
+   until every probe is in the emulator (``--failover-runs`` times, with the session,
+   heartbeat, rebalance timeout and standby settings printed alongside).
 
 Results are printed as JSON lines and written to ``bench/results/state-<time>.json``.
 """
@@ -39,6 +45,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 
 from app.changelog import changelog_configs
 from app.core.mparticle import parse_batch
@@ -140,24 +147,50 @@ class Run:
         )
         return {"changelog_records": sum(ends.values()), "changelog_mb": round(size / 1e6, 2)}
 
-    async def ready(self) -> bool:
+    async def readiness(self, port: int | None = None) -> dict[str, Any] | None:
+        """The ``/health/ready`` body of the worker on ``port`` (default: the run's first
+        port); ``None`` while it does not answer. Its ``ready`` is the HTTP status's verdict."""
         try:
             async with (
                 aiohttp.ClientSession() as session,
-                session.get(f"http://127.0.0.1:{self.port}/health/ready") as answer,
+                session.get(f"http://127.0.0.1:{port or self.port}/health/ready") as answer,
             ):
-                return answer.status == 200
-        except aiohttp.ClientError:
-            return False
+                body: dict[str, Any] = await answer.json()
+                return body
+        except (aiohttp.ClientError, ValueError):
+            return None
+
+    async def ready(self, port: int | None = None) -> bool:
+        body = await self.readiness(port)
+        return body is not None and bool(body.get("ready"))
+
+
+def probe_records(tag: str, users: int = 1) -> list[tuple[bytes, bytes]]:
+    """One batch each of ``users`` new users with an email (the emulator gets an identify and
+    an event per user; user i's Customer.io id is ``probe-<tag>-cust-<i>``)."""
+    shape = Shape(
+        users=users, batches_per_user=1, events_per_batch=1, no_email_share=0.0, opted_out_share=0.0
+    )
+    return [(record.key, orjson.dumps(record.batch)) for record in generate(shape, f"probe-{tag}")]
 
 
 def probe_record(tag: str) -> tuple[bytes, bytes]:
-    """One batch of a new user with an email (the emulator gets an identify and an event)."""
-    shape = Shape(
-        users=1, batches_per_user=1, events_per_batch=1, no_email_share=0.0, opted_out_share=0.0
-    )
-    record = generate(shape, prefix=f"probe-{tag}")[0]
-    return record.key, orjson.dumps(record.batch)
+    """One batch of a new user with an email."""
+    return probe_records(tag)[0]
+
+
+def probes_per_partition(tag: str, partitions: int) -> dict[int, tuple[str, bytes, bytes]]:
+    """partition → (Customer.io id, key, batch) of one new user whose key the producer's
+    default partitioner (murmur2, as the ingest's re-key check expects) sends there."""
+    partitioner = DefaultPartitioner()
+    every = list(range(partitions))
+    chosen: dict[int, tuple[str, bytes, bytes]] = {}
+    candidates = probe_records(tag, users=partitions * 16)
+    for user, (key, batch) in enumerate(candidates):
+        chosen.setdefault(partitioner(key, every, every), (f"probe-{tag}-cust-{user}", key, batch))
+    if len(chosen) < partitions:  # 16 candidates per partition miss one with odds ~1e-6
+        raise RuntimeError(f"no probe key found for partitions {set(every) - set(chosen)}")
+    return chosen
 
 
 async def until(
@@ -270,7 +303,94 @@ async def kill_restart(run: Run, env: dict[str, str]) -> float | None:
     return delivered
 
 
-async def bench(users: int, paths: list[str], kill: bool, kafka: LocalKafka) -> dict[str, Any]:
+def failover_settings(run: Run, env: dict[str, str]) -> dict[str, Any]:
+    """The group settings the failover workers run with (the worker's defaults unless ``env``
+    overrides them)."""
+    merged = {**run.env, **env}
+    settings = load_settings(**{k.removeprefix("MPCIO_").lower(): v for k, v in merged.items()})
+    return {
+        "session_timeout_s": settings.kafka_session_timeout_seconds,
+        "heartbeat_s": round(settings.kafka_session_timeout_seconds / 3, 2),
+        "rebalance_timeout_s": settings.kafka_rebalance_timeout_seconds,
+        "standby_replicas": settings.standby_replicas,
+        "processing_guarantee": settings.processing_guarantee,
+    }
+
+
+async def failover(run: Run, env: dict[str, str]) -> dict[str, Any]:
+    """Two workers in one group; one is SIGKILLed for good. Seconds from the kill until the
+    survivor holds every input partition (``assigned_s``), every operations partition
+    (``sink_assigned_s``) and is ready (``ready_s``), and until the first and the last of one
+    probe user per batches partition, produced right after the kill, is in the emulator.
+
+    Raises ``TimeoutError`` if the workers never share the partitions or a stage takes more
+    than ``PROBE_WAIT_SECONDS``; the workers are stopped either way."""
+    tag = uuid.uuid4().hex[:8]
+    ports = [run.port, free_port()]
+    workers = [
+        run.spawn(run.tmp / f"failover-{tag}-{port}", **env, MPCIO_WEB_PORT=str(port))[0]
+        for port in ports
+    ]
+    try:
+        bodies: list[dict[str, Any] | None] = [None, None]
+
+        async def sharing() -> bool:
+            """Both ready, each with input partitions (the second join's rebalance is over)."""
+            for worker in workers:
+                if worker.poll() is not None:
+                    raise RuntimeError(f"a worker exited ({worker.returncode}) before the kill")
+            bodies[:] = [await run.readiness(port) for port in ports]
+            return all(b is not None and b["ready"] and b["input_partitions"] for b in bodies)
+
+        await until(sharing, 3600, "two ready workers sharing the partitions", workers[0])
+        total_inputs = sum(b["input_partitions"] for b in bodies if b)
+        total_operations = sum(b.get("operations_partitions", 0) for b in bodies if b)
+        await asyncio.sleep(2)  # let the sinks commit what they delivered (nothing in flight)
+        workers[1].kill()
+        workers[1].wait(10)
+        killed = time.monotonic()
+        probes = probes_per_partition(tag, PARTITIONS)
+        await run.produce([(key, batch) for _, key, batch in probes.values()])
+        marks: dict[str, float] = {}
+        store = run.emulator.state.store
+        while len(marks) < 5:
+            if workers[0].poll() is not None:
+                raise RuntimeError(f"the surviving worker exited ({workers[0].returncode})")
+            if time.monotonic() - killed > PROBE_WAIT_SECONDS:
+                raise TimeoutError(f"failover stages reached: {sorted(marks)}")
+            body = await run.readiness(ports[0]) or {}
+            now = round(time.monotonic() - killed, 2)
+            if body.get("input_partitions") == total_inputs:
+                marks.setdefault("assigned_s", now)
+            if body.get("operations_partitions") == total_operations:
+                marks.setdefault("sink_assigned_s", now)
+            if body.get("ready") and {"assigned_s", "sink_assigned_s"} <= marks.keys():
+                marks.setdefault("ready_s", now)
+            delivered = sum(store.find(("id", cid)) is not None for cid, _, _ in probes.values())
+            if delivered:
+                marks.setdefault("first_probe_delivered_s", now)
+            if delivered == len(probes):
+                marks.setdefault("all_probes_delivered_s", now)
+            await asyncio.sleep(0.05)
+    finally:
+        for worker in workers:
+            stop(worker)
+    return {
+        "input_partitions": total_inputs,
+        "operations_partitions": total_operations,
+        "probes": len(probes),
+        **marks,
+    }
+
+
+async def bench(
+    users: int,
+    paths: list[str],
+    kill: bool,
+    kafka: LocalKafka,
+    failovers: int = 0,
+    failover_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     async with running_emulator(EmulatorConfig(site_id=SITE_ID, api_key=API_KEY)) as emulator:
         run = Run(kafka, emulator, users)
         await ensure_topics([kafka.bootstrap], run.topics)
@@ -282,6 +402,10 @@ async def bench(users: int, paths: list[str], kill: bool, kafka: LocalKafka) -> 
         if kill:
             result["kill9_before_s"] = await kill_restart(run, BEFORE)
             result["kill9_after_s"] = await kill_restart(run, {})
+        if failovers:
+            env = failover_env or {}
+            result["failover_settings"] = failover_settings(run, env)
+            result["failover"] = [await failover(run, env) for _ in range(failovers)]
         return result
 
 
@@ -290,12 +414,31 @@ def main() -> None:
     parser.add_argument("--users", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--paths", nargs="*", default=["faust", "fast"], choices=["faust", "fast"])
     parser.add_argument("--kill", action="store_true", help="also measure kill -9 restarts")
+    parser.add_argument(
+        "--failover",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
+        metavar="RUNS",
+        help="also measure a worker of two killed for good, RUNS times (default 1)",
+    )
+    parser.add_argument(
+        "--failover-env",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="worker settings for the failover runs (e.g. MPCIO_KAFKA_SESSION_TIMEOUT_SECONDS=60)",
+    )
     args = parser.parse_args()
+    failover_env = dict(item.split("=", 1) for item in args.failover_env)
     RESULTS.mkdir(parents=True, exist_ok=True)
     results = []
     with LocalKafka() as kafka:
         for users in args.users:
-            result = asyncio.run(bench(users, args.paths, args.kill, kafka))
+            result = asyncio.run(
+                bench(users, args.paths, args.kill, kafka, args.failover, failover_env)
+            )
             print(json.dumps(result), flush=True)
             results.append(result)
     out = RESULTS / f"state-{time.strftime('%Y%m%dT%H%M%S')}.json"
