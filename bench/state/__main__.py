@@ -147,6 +147,18 @@ class Run:
         )
         return {"changelog_records": sum(ends.values()), "changelog_mb": round(size / 1e6, 2)}
 
+    async def all_committed(self) -> bool:
+        """Whether the worker group has committed an offset on every batches partition."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka.bootstrap)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(self.settings.app_id)
+        finally:
+            await admin.close()
+        batches = self.topics.batches.name
+        done = {tp.partition for tp, at in offsets.items() if tp.topic == batches and at.offset > 0}
+        return len(done) == PARTITIONS
+
     async def readiness(self, port: int | None = None) -> dict[str, Any] | None:
         """The ``/health/ready`` body of the worker on ``port`` (default: the run's first
         port); ``None`` while it does not answer. Its ``ready`` is the HTTP status's verdict."""
@@ -321,7 +333,8 @@ async def failover(run: Run, env: dict[str, str]) -> dict[str, Any]:
     """Two workers in one group; one is SIGKILLed for good. Seconds from the kill until the
     survivor holds every input partition (``assigned_s``), every operations partition
     (``sink_assigned_s``) and is ready (``ready_s``), and until the first and the last of one
-    probe user per batches partition, produced right after the kill, is in the emulator.
+    probe user per batches partition, produced right after the kill, is in the emulator
+    (after a warm-up probe per partition was delivered and its offset committed).
 
     Raises ``TimeoutError`` if the workers never share the partitions or a stage takes more
     than ``PROBE_WAIT_SECONDS``; the workers are stopped either way."""
@@ -345,6 +358,19 @@ async def failover(run: Run, env: dict[str, str]) -> dict[str, Any]:
         await until(sharing, 3600, "two ready workers sharing the partitions", workers[0])
         total_inputs = sum(b["input_partitions"] for b in bodies if b)
         total_operations = sum(b.get("operations_partitions", 0) for b in bodies if b)
+        # A warm-up probe per partition, delivered and committed before the kill, as in a
+        # running deployment: a partition whose group never committed an offset loses the
+        # records faust fetches while it recovers the moved partition (README "Sizing and
+        # state"), which would measure that stall instead of the failover.
+        warm = probes_per_partition(f"{tag}w", PARTITIONS)
+        await run.produce([(key, batch) for _, key, batch in warm.values()])
+        store = run.emulator.state.store
+
+        async def warmed() -> bool:
+            delivered = all(store.find(("id", cid)) is not None for cid, _, _ in warm.values())
+            return delivered and await run.all_committed()
+
+        await until(warmed, PROBE_WAIT_SECONDS, "the warm-up probes' commit", workers[0], 0.2)
         await asyncio.sleep(2)  # let the sinks commit what they delivered (nothing in flight)
         workers[1].kill()
         workers[1].wait(10)
@@ -352,7 +378,6 @@ async def failover(run: Run, env: dict[str, str]) -> dict[str, Any]:
         probes = probes_per_partition(tag, PARTITIONS)
         await run.produce([(key, batch) for _, key, batch in probes.values()])
         marks: dict[str, float] = {}
-        store = run.emulator.state.store
         while len(marks) < 5:
             if workers[0].poll() is not None:
                 raise RuntimeError(f"the surviving worker exited ({workers[0].returncode})")
