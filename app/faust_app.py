@@ -132,11 +132,20 @@ class _Consumer(faust_aiokafka.Consumer):
     async def perform_seek(self) -> None:
         await super().perform_seek()
         # faust's perform_seek leaves each partition's next offset (the committed one) here
+        never_committed = []
         for tp, offset in self._read_offset.items():
             if offset is None:
                 self._expected.pop(tp, None)
+                if tp in self.assignment() and self.app.topics.acks_enabled_for(tp.topic):
+                    never_committed.append(tp)
             else:
                 self._expected[tp] = offset
+        # aiokafka's seek_to_committed does not move a partition its group never committed,
+        # so records faust fetched and dropped while it recovered the tables (a partition
+        # moved from a SIGKILLed worker before any commit) were skipped for good: read such
+        # partitions from their beginning, as consumer_auto_offset_reset=earliest means.
+        if never_committed:
+            await self._thread.seek_to_beginning(*never_committed)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:

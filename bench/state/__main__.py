@@ -177,18 +177,31 @@ class Run:
         return body is not None and bool(body.get("ready"))
 
 
-def probe_records(tag: str, users: int = 1) -> list[tuple[bytes, bytes]]:
-    """One batch each of ``users`` new users with an email (the emulator gets an identify and
-    an event per user; user i's Customer.io id is ``probe-<tag>-cust-<i>``)."""
+def probe_records(tag: str, users: int = 1) -> list[tuple[str, bytes, bytes]]:
+    """(Customer.io id, key, batch) of one batch each of ``users`` new users with an email
+    (the emulator gets an identify and an event per user)."""
     shape = Shape(
         users=users, batches_per_user=1, events_per_batch=1, no_email_share=0.0, opted_out_share=0.0
     )
-    return [(record.key, orjson.dumps(record.batch)) for record in generate(shape, f"probe-{tag}")]
+    return [
+        (customer_id(record.batch), record.key, orjson.dumps(record.batch))
+        for record in generate(shape, f"probe-{tag}")
+    ]
+
+
+def customer_id(batch: dict[str, Any]) -> str:
+    """The batch's customer_id identity: the id the forwarder gives the person."""
+    return next(
+        str(identity["identity"])
+        for identity in batch["user_identities"]
+        if identity["identity_type"] == "customer_id"
+    )
 
 
 def probe_record(tag: str) -> tuple[bytes, bytes]:
-    """One batch of a new user with an email."""
-    return probe_records(tag)[0]
+    """Key and batch of one new user with an email."""
+    _, key, batch = probe_records(tag)[0]
+    return key, batch
 
 
 def probes_per_partition(tag: str, partitions: int) -> dict[int, tuple[str, bytes, bytes]]:
@@ -197,9 +210,8 @@ def probes_per_partition(tag: str, partitions: int) -> dict[int, tuple[str, byte
     partitioner = DefaultPartitioner()
     every = list(range(partitions))
     chosen: dict[int, tuple[str, bytes, bytes]] = {}
-    candidates = probe_records(tag, users=partitions * 16)
-    for user, (key, batch) in enumerate(candidates):
-        chosen.setdefault(partitioner(key, every, every), (f"probe-{tag}-cust-{user}", key, batch))
+    for cid, key, batch in probe_records(tag, users=partitions * 16):
+        chosen.setdefault(partitioner(key, every, every), (cid, key, batch))
     if len(chosen) < partitions:  # 16 candidates per partition miss one with odds ~1e-6
         raise RuntimeError(f"no probe key found for partitions {set(every) - set(chosen)}")
     return chosen
@@ -329,7 +341,7 @@ def failover_settings(run: Run, env: dict[str, str]) -> dict[str, Any]:
     }
 
 
-async def failover(run: Run, env: dict[str, str]) -> dict[str, Any]:
+async def failover(run: Run, env: dict[str, str], *, warm_up: bool = True) -> dict[str, Any]:
     """Two workers in one group; one is SIGKILLed for good. Seconds from the kill until the
     survivor holds every input partition (``assigned_s``), every operations partition
     (``sink_assigned_s``) and is ready (``ready_s``), and until the first and the last of one
@@ -359,18 +371,18 @@ async def failover(run: Run, env: dict[str, str]) -> dict[str, Any]:
         total_inputs = sum(b["input_partitions"] for b in bodies if b)
         total_operations = sum(b.get("operations_partitions", 0) for b in bodies if b)
         # A warm-up probe per partition, delivered and committed before the kill, as in a
-        # running deployment: a partition whose group never committed an offset loses the
-        # records faust fetches while it recovers the moved partition (README "Sizing and
-        # state"), which would measure that stall instead of the failover.
-        warm = probes_per_partition(f"{tag}w", PARTITIONS)
-        await run.produce([(key, batch) for _, key, batch in warm.values()])
+        # running deployment (``warm_up=False``: partitions the group never committed, the
+        # case app.faust_app's _Consumer.perform_seek reads from their beginning).
         store = run.emulator.state.store
+        warm = probes_per_partition(f"{tag}w", PARTITIONS) if warm_up else {}
+        if warm:
+            await run.produce([(key, batch) for _, key, batch in warm.values()])
 
-        async def warmed() -> bool:
-            delivered = all(store.find(("id", cid)) is not None for cid, _, _ in warm.values())
-            return delivered and await run.all_committed()
+            async def warmed() -> bool:
+                done = all(store.find(("id", cid)) is not None for cid, _, _ in warm.values())
+                return done and await run.all_committed()
 
-        await until(warmed, PROBE_WAIT_SECONDS, "the warm-up probes' commit", workers[0], 0.2)
+            await until(warmed, PROBE_WAIT_SECONDS, "the warm-up's commit", workers[0], 0.2)
         await asyncio.sleep(2)  # let the sinks commit what they delivered (nothing in flight)
         workers[1].kill()
         workers[1].wait(10)
@@ -415,6 +427,8 @@ async def bench(
     kafka: LocalKafka,
     failovers: int = 0,
     failover_env: dict[str, str] | None = None,
+    *,
+    cold: bool = False,
 ) -> dict[str, Any]:
     async with running_emulator(EmulatorConfig(site_id=SITE_ID, api_key=API_KEY)) as emulator:
         run = Run(kafka, emulator, users)
@@ -430,7 +444,9 @@ async def bench(
         if failovers:
             env = failover_env or {}
             result["failover_settings"] = failover_settings(run, env)
-            result["failover"] = [await failover(run, env) for _ in range(failovers)]
+            result["failover"] = [
+                await failover(run, env, warm_up=not cold) for _ in range(failovers)
+            ]
         return result
 
 
@@ -455,6 +471,11 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="worker settings for the failover runs (e.g. MPCIO_KAFKA_SESSION_TIMEOUT_SECONDS=60)",
     )
+    parser.add_argument(
+        "--failover-cold",
+        action="store_true",
+        help="no warm-up: the probes land in partitions the group never committed",
+    )
     args = parser.parse_args()
     failover_env = dict(item.split("=", 1) for item in args.failover_env)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -462,7 +483,15 @@ def main() -> None:
     with LocalKafka() as kafka:
         for users in args.users:
             result = asyncio.run(
-                bench(users, args.paths, args.kill, kafka, args.failover, failover_env)
+                bench(
+                    users,
+                    args.paths,
+                    args.kill,
+                    kafka,
+                    args.failover,
+                    failover_env,
+                    cold=args.failover_cold,
+                )
             )
             print(json.dumps(result), flush=True)
             results.append(result)
