@@ -33,7 +33,8 @@ from app.kafka_security import broker_credentials
 from app.localstore import PendingWrites, UncommittedWrites
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping, MutableMapping
+    from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
+    from collections.abc import Set as AbstractSet
 
     from faust.types import TP, Message, TransportT
 
@@ -98,6 +99,27 @@ def hole_to_reread(
     return None if seen == hole else hole
 
 
+def never_committed(
+    read_offsets: Mapping[TP, int | None],
+    assigned: AbstractSet[TP],
+    is_input: Callable[[str], bool],
+) -> list[TP]:
+    """The assigned input partitions without a committed offset (``read_offsets`` after
+    faust's seek to the committed offsets: None = the group never committed one).
+
+    aiokafka's ``seek_to_committed`` leaves such a partition where its fetcher is, so records
+    faust fetched and dropped while it recovered the tables (a partition moved from a
+    SIGKILLed worker before its first commit, seen in ``bench.state --failover-cold``) would
+    be skipped for good; they are read again from the beginning, as
+    ``consumer_auto_offset_reset=earliest`` means.
+    """
+    return [
+        tp
+        for tp, offset in read_offsets.items()
+        if offset is None and tp in assigned and is_input(tp.topic)
+    ]
+
+
 class _Consumer(faust_aiokafka.Consumer):
     """faust's consumer that re-reads a hole in an input partition before accepting it.
 
@@ -132,20 +154,16 @@ class _Consumer(faust_aiokafka.Consumer):
     async def perform_seek(self) -> None:
         await super().perform_seek()
         # faust's perform_seek leaves each partition's next offset (the committed one) here
-        never_committed = []
         for tp, offset in self._read_offset.items():
             if offset is None:
                 self._expected.pop(tp, None)
-                if tp in self.assignment() and self.app.topics.acks_enabled_for(tp.topic):
-                    never_committed.append(tp)
             else:
                 self._expected[tp] = offset
-        # aiokafka's seek_to_committed does not move a partition its group never committed,
-        # so records faust fetched and dropped while it recovered the tables (a partition
-        # moved from a SIGKILLed worker before any commit) were skipped for good: read such
-        # partitions from their beginning, as consumer_auto_offset_reset=earliest means.
-        if never_committed:
-            await self._thread.seek_to_beginning(*never_committed)
+        unread = never_committed(
+            self._read_offset, self.assignment(), self.app.topics.acks_enabled_for
+        )
+        if unread:
+            await self._thread.seek_to_beginning(*unread)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:

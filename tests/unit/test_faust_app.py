@@ -1,8 +1,11 @@
-"""The consumer's hole check (app.faust_app.hole_to_reread): re-read a hole once, then accept."""
+"""The consumer's hole check (app.faust_app.hole_to_reread): re-read a hole once, then accept;
+and the input partitions it reads from their beginning after a rebalance (never_committed)."""
 
 from __future__ import annotations
 
-from app.faust_app import hole_to_reread
+from faust.types import TP
+
+from app.faust_app import hole_to_reread, never_committed
 
 
 def test_contiguous_records_are_handed_out() -> None:
@@ -25,3 +28,15 @@ def test_the_same_hole_seen_twice_holds_no_data_and_is_accepted() -> None:
 
 def test_a_different_hole_is_checked_again() -> None:
     assert hole_to_reread(43, 66, (43, 65)) == (43, 66)
+
+
+def test_only_assigned_input_partitions_never_committed_are_read_from_their_beginning() -> None:
+    batches = [TP("batches", p) for p in range(3)]
+    changelog, revoked = TP("app-users-changelog", 0), TP("batches", 7)
+    read_offsets = {batches[0]: 5, batches[1]: None, batches[2]: None, changelog: None}
+    read_offsets[revoked] = None
+    assigned = {*batches, changelog}
+
+    unread = never_committed(read_offsets, assigned, lambda topic: topic == "batches")
+
+    assert unread == [batches[1], batches[2]]
