@@ -321,7 +321,16 @@ _COUNTERS: dict[str, Any] = {
 }
 
 
+#: labelled counter children by counts key: prometheus_client's ``labels()`` validates and
+#: locks on every call, several times per record on the hot path (bench.e2e profile)
+_CHILDREN: dict[tuple[str, ...], Any] = {}
+
+
 def record_metrics(result: IngestResult) -> None:
     """Apply the increments of one record to the Prometheus counters."""
-    for (kind, *values), count in result.counts.items():
-        _COUNTERS[kind].labels(*values).inc(count)
+    for key, count in result.counts.items():
+        child = _CHILDREN.get(key)
+        if child is None:
+            kind, *values = key
+            child = _CHILDREN[key] = _COUNTERS[kind].labels(*values)
+        child.inc(count)

@@ -16,9 +16,11 @@ which input offsets each successful commit covered (the clean-stop marker depend
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+from typing import TYPE_CHECKING, Any, Literal
 
 import faust
+import uvloop
 from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -39,6 +41,16 @@ if TYPE_CHECKING:
 FAUST_TUNING: dict[str, Any] = {
     "consumer_max_fetch_size": 8 * 1024 * 1024,
 }
+
+
+def use_event_loop(name: Literal["uvloop", "asyncio"]) -> None:
+    """Make ``name`` the loop of every event loop this process creates from now on.
+
+    Call before the worker (or ``asyncio.run``) creates its loop; faust's consumer thread
+    creates its own loop from the same policy. uvloop runs the same faust/aiokafka code with
+    less CPU per Kafka record (README "Benchmarks" has the measured gain)."""
+    policy = uvloop.EventLoopPolicy() if name == "uvloop" else asyncio.DefaultEventLoopPolicy()
+    asyncio.set_event_loop_policy(policy)
 
 
 class TrackingTableManager(TableManager):

@@ -163,6 +163,11 @@ class Settings(BaseSettings):
         "workers can still stall after a rebalance, so it is not the default yet. "
         "at_least_once: no transactions; a worker crash can lose a record's operations.",
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="The worker's event loop: uvloop (libuv; cheaper per Kafka record, "
+        "README 'Benchmarks') or Python's own asyncio loop.",
+    )
     store: str = Field(
         "rocksdb://",
         description="Faust table store: rocksdb:// in production, memory:// for tests.",

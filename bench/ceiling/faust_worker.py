@@ -20,11 +20,14 @@ import faust
 import orjson
 from faust.worker import Worker
 
+from agents.ingest import RecordWriter
+from app.core.pipeline import SourcePosition, process_batch_record
 from app.dev.localkafka import free_port
-from app.faust_app import create_app
+from app.faust_app import create_app, use_event_loop
 from app.settings import Settings
+from app.topics import topics_for
 from bench.ceiling.tasksampler import TaskSampler
-from bench.ceiling.workload import ingest
+from bench.ceiling.workload import SETTINGS, events_in
 
 
 def _cpu() -> float:
@@ -156,17 +159,24 @@ def build(config: dict[str, Any]) -> faust.App:
                 await progress.add(len(values), events)
 
     elif case == "faust_ingest":
+        # The worker's own write step (agents.ingest.RecordWriter): the operations record,
+        # then the state into the store and, sent explicitly, its changelog record.
+        erasures = app.Table("erasures", partitions=4, key_type=bytes, value_type=bytes)
+        names = {"topic_batches": config["source"], "topic_operations": config["sink"]}
+        writer = RecordWriter(app, users, erasures, topics_for(settings.model_copy(update=names)))
 
         @app.agent(source, concurrency=1)
         async def ingest_agent(stream: Any) -> None:
             async for event in stream.events():
-                key, message = event.key, event.message
-                state, record, events = ingest(
-                    key, event.value, users.get(key), message.partition, message.offset
-                )
-                users[key] = state
-                await sink.send(key=key, value=record)
-                await progress.add(1, events)
+                message = event.message
+                position = SourcePosition(message.topic, message.partition, message.offset)
+                result = process_batch_record(event.key, event.value, position, users_get, SETTINGS)
+                await writer.write(event, result, config["source"])
+                await progress.add(1, events_in(result))
+
+        def users_get(mpid: str) -> bytes | None:
+            value: bytes | None = users.get(mpid.encode())
+            return value
 
     elif case == "faust_table_produce":
 
@@ -185,6 +195,8 @@ def build(config: dict[str, Any]) -> faust.App:
 
 def main() -> None:
     config = json.loads(os.environ["BENCH_CONFIG"])
+    # the product's loop unless the run says otherwise (--sweep's event_loop=... variants)
+    use_event_loop(config.get("event_loop") or Settings.model_fields["event_loop"].default)
     app = build(config)
     Worker(app, loglevel=config.get("loglevel", "warning"), quiet=True).execute_from_commandline()
 

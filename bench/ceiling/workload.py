@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 
 from app.core.avro import codec
-from app.core.pipeline import SourcePosition, process_batch_record
+from app.core.pipeline import IngestResult, SourcePosition, process_batch_record
 from app.customerio.batching import pack
 from app.settings import Settings
 
@@ -61,8 +61,12 @@ def ingest(key: bytes, value: bytes, previous: bytes | None, partition: int, off
     )
     state = result.states.get(key.decode(), previous)
     record = None if result.operations is None else result.operations[1]
-    events = sum(count for (kind, *_), count in result.counts.items() if kind == "events")
-    return state or b"", record, events
+    return state or b"", record, events_in(result)
+
+
+def events_in(result: IngestResult) -> int:
+    """The input events one record held (the pipeline's ``events`` counters, all outcomes)."""
+    return sum(count for (kind, *_), count in result.counts.items() if kind == "events")
 
 
 def operation_batch(index: int, events: int) -> tuple[bytes, bytes, int]:
