@@ -6,10 +6,11 @@ offset only after the operations before it were delivered or dead-lettered, and 
 consumer moves operations at many times faust's per-record rate (ARCHITECTURE.md).
 
 Loop: take what is fetched (waiting up to ``batch_linger_ms`` to fill requests), split the
-operations into ``sink_lanes`` lanes by partition (partition p → lane p % lanes, so a user's
-operations stay in order), pack each lane into v2 requests within Customer.io's limits and
-deliver the lanes' requests concurrently, each lane's in order. Then write the dead letters
-and wait for the broker to confirm them, then commit the chunk's offsets.
+operations into lanes by partition (partition p → lane p % lanes, so a user's operations stay
+in order; as many lanes as the chunk fills requests, at most ``sink_lanes``), pack each lane
+into v2 requests within Customer.io's limits and deliver the lanes' requests concurrently,
+each lane's in order. Then write the dead letters and wait for the broker to confirm them,
+then commit the chunk's offsets.
 
 Failure semantics:
 - retryable answers are retried inside :func:`~app.customerio.delivery.deliver` until the
@@ -30,8 +31,9 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -61,6 +63,7 @@ log = logging.getLogger(__name__)
 
 STAGE_SINK = "sink"
 MAX_RECORDS_PER_FETCH = 2000
+T = TypeVar("T")
 UNEXPECTED_ERROR_PAUSE_SECONDS = 5.0
 
 
@@ -212,10 +215,10 @@ class OperationsSink(Service):
         return chunk
 
     async def _deliver_chunk(self, chunk: Chunk) -> None:
-        lanes: dict[int, list[tuple[bytes, ItemRef]]] = defaultdict(list)
+        by_partition: dict[int, list[tuple[bytes, ItemRef]]] = defaultdict(list)
         letters: list[bytes] = []
         for tp, records in chunk.items():
-            lane = lanes[tp.partition % self.settings.sink_lanes]
+            lane = by_partition[tp.partition]
             for record in records:
                 try:
                     batch = codec("operation_batch").decode(record.value)
@@ -224,6 +227,7 @@ class OperationsSink(Service):
                     continue
                 ref = ItemRef(tp.partition, record.offset, batch["mpid"], batch["ingested_at_ms"])
                 lane.extend((operation["item"], ref) for operation in batch["operations"])
+        lanes = assign_lanes(by_partition, self.settings.sink_lanes, self.settings.batch_max_items)
         reports = await asyncio.gather(
             *(self._deliver_lane(items) for items in lanes.values()), return_exceptions=True
         )
@@ -415,3 +419,20 @@ def attach_sink(app: faust.App, settings: Settings, topics: Topics) -> SinkHandl
 
     app.service(ConfiguredSink)
     return handle
+
+
+def assign_lanes(
+    by_partition: Mapping[int, list[T]], max_lanes: int, max_items: int
+) -> dict[int, list[T]]:
+    """Lanes of one chunk: partition p's items (in order) go to lane p % n, where n is as many
+    lanes as the chunk fills requests of ``max_items``, at most ``max_lanes``.
+
+    Split ``max_lanes`` ways, a chunk that fits one request would cost that many (Customer.io
+    limits requests, so under its limit items per request is the throughput). A partition is
+    wholly in one lane, so one user's operations keep their order."""
+    items = sum(len(partition) for partition in by_partition.values())
+    used = min(max_lanes, max(1, -(-items // max_items)))
+    lanes: dict[int, list[T]] = defaultdict(list)
+    for partition, partition_items in sorted(by_partition.items()):
+        lanes[partition % used].extend(partition_items)
+    return lanes
