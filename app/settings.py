@@ -276,8 +276,9 @@ class Settings(BaseSettings):
     request_timeout_seconds: PositiveFloat = Field(10.0, description="Per-request timeout.")
     sink_lanes: Annotated[int, Field(gt=0, le=64)] = Field(
         4,
-        description="Requests in flight at once; partition p is always delivered by lane "
-        "p % lanes, so one user's operations stay in order.",
+        description="Most requests in flight at once: a chunk uses as many lanes as it fills "
+        "requests, and partition p goes through lane p % lanes used, so one user's operations "
+        "stay in order.",
     )
     credentials_probe_seconds: PositiveFloat = Field(
         30.0,

@@ -175,7 +175,7 @@ def build(config: dict[str, Any]) -> faust.App:
                 await progress.add(1, events_in(result))
 
         def users_get(mpid: str) -> bytes | None:
-            value: bytes | None = users.get(mpid.encode())
+            value: bytes | None = users.data.get(mpid.encode())  # as agents.ingest reads
             return value
 
     elif case == "faust_table_produce":

@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
 PARTITIONS = 4
 SITE_ID, API_KEY = "bench-site", "bench-key"
-CONTENDERS = ("ours", "ours-alo", "ours-asyncio", "ceiling", "naive")
+CONTENDERS = ("ours", "ours-alo", "ours-asyncio", "ceiling", "ceiling-asyncio", "naive")
 DEFAULT_CONTENDERS = ("ours", "ours-alo", "ceiling", "naive")
 # Our worker with settings of its own: "ours" is the product (exactly_once, Kafka
 # transactions), "ours-alo" the same worker with processing_guarantee=at_least_once (no
@@ -72,11 +72,14 @@ OURS: dict[str, dict[str, str]] = {
     "ours-alo": {"processing_guarantee": "at_least_once"},
     "ours-asyncio": {"processing_guarantee": "exactly_once", "event_loop": "asyncio"},
 }
+# The faust pass-through ceiling on the product's event loop, and on Python's own.
+CEILINGS: dict[str, str | None] = {"ceiling": None, "ceiling-asyncio": "asyncio"}
 TITLES = {
     "ours": "ours: mpcio worker, exactly_once (transactions)",
     "ours-alo": "ours, at_least_once (no transactions)",
     "ours-asyncio": "ours, exactly_once, asyncio loop (not uvloop)",
     "ceiling": "ceiling: faust decode + produce, no HTTP",
+    "ceiling-asyncio": "ceiling, asyncio loop (not uvloop)",
     "naive": "per-event forwarder (aiokafka + v1, 1 req/event)",
 }
 PHASES = ("throughput", "paced", "limited")
@@ -265,7 +268,7 @@ class Bench:
             return procs.spawn(
                 [sys.executable, "-m", "app", "worker"], log=log, env=env, cwd=self.workdir / tag
             )
-        if contender == "ceiling":
+        if contender in CEILINGS:
             config = {
                 "case": "faust_produce",
                 "app_id": f"e2e-{tag}",
@@ -281,6 +284,7 @@ class Bench:
                 "overrides": {},
                 "flush": True,
                 "loglevel": "warning",
+                "event_loop": CEILINGS[contender],
             }
             env["BENCH_CONFIG"] = json.dumps(config)
             return procs.spawn(
@@ -340,7 +344,7 @@ class Bench:
     def target(self, contender: str, exp: Expected) -> int:
         if contender in OURS:
             return exp.ours_events
-        return {"ceiling": exp.records, "naive": exp.naive_events}[contender]
+        return exp.records if contender in CEILINGS else exp.naive_events
 
     # --- one run -------------------------------------------------------------------------
     async def run(self, contender: str, phase: str, run: int, paced_rate: float) -> dict[str, Any]:
@@ -353,7 +357,7 @@ class Bench:
             "shape": asdict(self.options.shape),
             "store": self.options.store
             if contender in OURS
-            else ("memory://" if contender == "ceiling" else None),
+            else ("memory://" if contender in CEILINGS else None),
             "loadavg_before": os.getloadavg()[0],
             "workers": self.options.workers,
         }
@@ -365,7 +369,7 @@ class Bench:
         else:
             source = self.backlog_topic
         out_topic = f"{tag}-out"
-        if contender == "ceiling":
+        if contender in CEILINGS:
             await create_topics(self.kafka.bootstrap, [out_topic])
         assert self.backlog_expected is not None
         exp = self.backlog_expected
@@ -487,7 +491,7 @@ class Bench:
             )
 
     async def counter(self, contender: str, out_topic: str) -> DeliveryCounter:
-        if contender == "ceiling":
+        if contender in CEILINGS:
             counter: DeliveryCounter = TopicCounter(self.kafka.bootstrap, out_topic)
         else:
             counter = EmulatorCounter(self.emulator)
@@ -566,7 +570,7 @@ class Bench:
         sampler: procs.Sampler,
         counter: DeliveryCounter,
     ) -> None:
-        if contender == "ceiling":
+        if contender in CEILINGS:
             assert isinstance(counter, TopicCounter)
             receipts = counter.receipts  # (received_at s, sent_at_ms, phase, events, bytes)
         else:
@@ -596,15 +600,15 @@ class Bench:
             window_seconds=round(window, 3),
             events_per_s=round(events / window, 1) if window > 0 else None,
         )
-        if contender != "ceiling" and phase != "paced":
+        if contender not in CEILINGS and phase != "paced":
             delivered_share = events / max(self.target(contender, exp), 1)
             row["input_events_per_s"] = (
                 round(delivered_share * exp.input_events / window, 1) if window > 0 else None
             )
-        elif contender == "ceiling":
+        elif contender in CEILINGS:
             row["input_events_per_s"] = row["events_per_s"]
             row["output_bytes_per_event"] = round(sum(r[4] for r in counted) / events, 1)
-        if contender != "ceiling":
+        if contender not in CEILINGS:
             requests = [r for r in await self.emulator.requests() if r["received_at"] <= end + 0.5]
             statuses = Counter(str(r["status"]) for r in requests)
             ok = sum(1 for r in requests if r["status"] is not None and r["status"] < 300)
@@ -813,7 +817,7 @@ def print_tables(rows: list[dict[str, Any]], options: Options) -> None:
         print(header)
         print("-" * len(header))
         for contender in options.contenders:
-            if contender == "ceiling":
+            if contender in CEILINGS:
                 continue
             ok = group("limited", contender)
             if not ok:
@@ -986,7 +990,7 @@ async def run_all(
         await bench.prepare_backlog()
         for phase in options.phases:
             contenders = [
-                c for c in options.contenders if not (phase == "limited" and c == "ceiling")
+                c for c in options.contenders if not (phase == "limited" and c in CEILINGS)
             ]
             for run in range(1, options.runs + 1):
                 for contender in contenders:
