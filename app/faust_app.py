@@ -43,12 +43,12 @@ FAUST_TUNING: dict[str, Any] = {
 }
 
 
-def use_event_loop(name: Literal["uvloop", "asyncio"]) -> None:
+def use_event_loop(name: Literal["asyncio", "uvloop"]) -> None:
     """Make ``name`` the loop of every event loop this process creates from now on.
 
     Call before the worker (or ``asyncio.run``) creates its loop; faust's consumer thread
-    creates its own loop from the same policy. uvloop runs the same faust/aiokafka code with
-    less CPU per Kafka record (README "Benchmarks" has the measured gain)."""
+    creates its own loop from the same policy (``MPCIO_EVENT_LOOP``; README "Benchmarks and
+    reliability" has uvloop's measurement)."""
     policy = uvloop.EventLoopPolicy() if name == "uvloop" else asyncio.DefaultEventLoopPolicy()
     asyncio.set_event_loop_policy(policy)
 

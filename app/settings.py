@@ -163,10 +163,11 @@ class Settings(BaseSettings):
         "workers can still stall after a rebalance, so it is not the default yet. "
         "at_least_once: no transactions; a worker crash can lose a record's operations.",
     )
-    event_loop: Literal["uvloop", "asyncio"] = Field(
-        "uvloop",
-        description="The worker's event loop: uvloop (libuv; cheaper per Kafka record, "
-        "README 'Benchmarks') or Python's own asyncio loop.",
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio",
+        description="The worker's event loop: Python's own asyncio loop, or uvloop (libuv), "
+        "which bench.e2e's ours-uvloop contender compares; it did not win on a busy 2-core "
+        "machine (README 'Benchmarks and reliability').",
     )
     store: str = Field(
         "rocksdb://",
