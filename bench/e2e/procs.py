@@ -131,12 +131,16 @@ class Sampler:
         self.workers = workers
         self.broker, self.emulator = broker, emulator
         self.samples: list[tuple[float, float, float, float, float]] = []
+        # a worker that exited keeps the CPU it had used (/proc has nothing for it any more)
+        self.worker_cpu = dict.fromkeys(workers, 0.0)
 
     def sample(self) -> None:
+        for pid in self.workers:
+            self.worker_cpu[pid] = max(self.worker_cpu[pid], cpu_seconds(pid))
         self.samples.append(
             (
                 time.time(),
-                sum(cpu_seconds(pid) for pid in self.workers),
+                sum(self.worker_cpu.values()),
                 cpu_seconds(self.broker),
                 cpu_seconds(self.emulator),
                 machine_busy(),
