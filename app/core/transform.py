@@ -213,7 +213,16 @@ def is_person_identifier(value: str) -> bool:
 
 
 def profile_digest(state: UserState, settings: Settings) -> bytes:
-    """BLAKE2b-128 of everything an identify would carry for ``state`` under ``settings``."""
+    """BLAKE2b-128 of everything an identify would carry for ``state`` under ``settings``.
+
+    Attribute values enter in their Customer.io form (:func:`_fit_value`), so a change that
+    sends the same thing (a user tag ``null`` becoming ``true``, text changed past 1000 bytes)
+    sends no identify again (rule 8: only when the forwarded attributes differ)."""
+    attributes = (
+        {name: _fit_value(value, {}) for name, value in state.attributes.items()}
+        if settings.include_user_attributes
+        else None
+    )
     material = (
         state.email,
         state.first_name,
@@ -221,7 +230,7 @@ def profile_digest(state: UserState, settings: Settings) -> bytes:
         state.created_at_ms // 1000
         if settings.send_created_at and state.created_at_ms is not None
         else None,
-        state.attributes if settings.include_user_attributes else None,
+        attributes,
         sorted(state.audiences.items()),
     )
     return blake2b(orjson.dumps(material, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()

@@ -392,6 +392,8 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:  # noqa: ARG002
+        if not self.sink.idle.is_set():
+            log.info("sink: rebalance waits for the chunk in flight to finish and commit")
         try:
             await asyncio.wait_for(self.sink.idle.wait(), timeout=30)
         except TimeoutError:

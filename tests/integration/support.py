@@ -17,7 +17,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.integration import reliability_model
+from tests.integration import reliability_model, workload
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -245,3 +245,48 @@ async def worker_metrics(port: str) -> dict[tuple[str, frozenset[tuple[str, str]
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def record_applied(emulator: Any) -> list[dict[str, Any]]:
+    """From now on, every v2 item ``emulator`` (a RunningEmulator) carries out, in the order
+    it does so (its arrival order): the list fills as the emulator works."""
+    store = emulator.state.store
+    applied: list[dict[str, Any]] = []
+    carry_out = store.apply
+
+    def apply(item: dict[str, Any], received_at: float) -> None:
+        applied.append(item)
+        carry_out(item, received_at)
+
+    store.apply = apply
+    return applied
+
+
+def assert_workspace(emulator: Any, items: list[dict[str, Any]]) -> None:
+    """The emulator's live people and stored events are exactly what ``items`` make: every
+    person's id, attributes and unsubscribed flag, no one else, and every event once, with
+    its content and the person it was attributed to (``workload.expected_people`` / ``_events``).
+    """
+    store = emulator.state.store
+    people = {
+        person.email: {
+            "id": person.id,
+            "attributes": person.attributes,
+            "unsubscribed": person.unsubscribed,
+        }
+        for person in store.people
+    }
+    assert people == workload.expected_people(items)
+    expected = workload.expected_events(items)
+    events = {}
+    for event in store.events:
+        by = "person_id" if "person_id" in expected.get(event.id, {}) else "person_email"
+        events[event.id] = {
+            "action": event.action,
+            "name": event.name,
+            "timestamp": event.timestamp,
+            "attributes": event.attributes,
+            by: getattr(event, by),
+        }
+    assert len(events) == len(store.events), "an event was stored twice"
+    assert events == expected

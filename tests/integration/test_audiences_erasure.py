@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from tests.integration.support import inspect_emulator, message_count, produce, wait_for
+from app.dev.emulator.faults import parse_faults
+from tests.integration import workload
+from tests.integration.support import (
+    assert_workspace,
+    consume_until,
+    inspect_emulator,
+    message_count,
+    produce,
+    record_applied,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from app.dev.emulator.server import RunningEmulator
@@ -219,3 +229,129 @@ async def _all_records(bootstrap: str, topic: str) -> list[Any]:
         return records
     finally:
         await consumer.stop()
+
+
+ERASED = (1, 4)  # workload users whose erasure races with their own operations
+
+
+DELETE = {"type": "person", "action": "delete"}
+
+
+def _erasures(users: tuple[int, ...]) -> list[tuple[bytes, bytes]]:
+    return [
+        (
+            str(10_000 + user).encode(),
+            orjson.dumps({"subject_request_type": "erasure", "mpid": 10_000 + user}),
+        )
+        for user in users
+    ]
+
+
+def _workload(deployment: Deployment) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
+    """20 users, 2 batches each, and the items Customer.io must get for them."""
+    records = workload.batches(users=20, batches_per_user=2, events_per_batch=3)
+    return records, workload.expected_items([value for _, value in records], deployment.settings)
+
+
+def _names_of(user: int) -> set[str]:
+    return {f"c-{user}", f"user{user}@example.com"}
+
+
+def _not_erased(items: list[dict[str, Any]], users: tuple[int, ...]) -> list[dict[str, Any]]:
+    erased = set().union(*(_names_of(user) for user in users))
+    return [item for item in items if not erased & set(item["identifiers"].values())]
+
+
+def _assert_never_reappears(applied: list[dict[str, Any]], user: int) -> None:
+    """After the first delete of ``user`` reached the emulator, nothing but deletes names them."""
+    names = _names_of(user)
+    mine = [item for item in applied if names & set(item["identifiers"].values())]
+    first = next(i for i, item in enumerate(mine) if item["action"] == "delete")
+    assert mine[first - 1]["action"] == "event", mine  # their operations went first
+    assert {item["action"] for item in mine[first:]} == {"delete"}, mine[first:]
+
+
+async def test_erasure_while_the_users_operations_wait_in_the_operations_topic(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    kafka, topics = deployment.kafka.bootstrap, deployment.topics
+    records, expected = _workload(deployment)
+    forwarded = sum(1 for _, value in records if b'"email"' in value)
+    # Customer.io refuses the key, so the sink holds every operation in the operations topic.
+    refused, _ = parse_faults({"kind": "status", "status": 401, "count": None})
+    emulator.faults.add(refused)
+    applied = record_applied(emulator)
+    await produce(kafka, topics.batches.name, records)
+    worker = deployment.start_worker(credentials_probe_seconds="1")
+    await consume_until(
+        kafka, topics.operations.name, lambda rs: len(rs) >= forwarded, workers=[worker]
+    )
+    await produce(kafka, topics.erasure.name, _erasures(ERASED))
+    await consume_until(  # each erasure: deletes by customer id and by email, in one record
+        kafka, topics.operations.name, lambda rs: len(rs) >= forwarded + 2, workers=[worker]
+    )
+    assert emulator.state.store.events == []  # nothing delivered yet: all of it waits
+
+    emulator.faults.clear()
+    expected_events = sum(1 for item in _not_erased(expected, ERASED) if item["action"] == "event")
+    await wait_for(
+        lambda: (
+            len(emulator.state.store.deleted) == len(ERASED)
+            and len(emulator.state.store.events) >= expected_events
+        ),
+        180,
+        "the deletions and everyone else's events",
+    )
+    for user in ERASED:
+        assert emulator.state.store.find(("id", f"c-{user}")) is None
+        assert emulator.state.store.find(("email", f"user{user}@example.com")) is None
+        _assert_never_reappears(applied, user)
+    assert_workspace(emulator, _not_erased(expected, ERASED))
+    assert await message_count(kafka, topics.deadletter.name) == 0
+    worker.assert_running()
+
+
+async def test_sink_crash_between_delete_and_commit_redelivers_the_delete(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    kafka, topics = deployment.kafka.bootstrap, deployment.topics
+    records, expected = _workload(deployment)
+    applied = record_applied(emulator)
+    await produce(kafka, topics.batches.name, records)
+    env = {"kafka_session_timeout_seconds": "6"}
+    first = deployment.start_worker(**env)
+    events = sum(1 for item in expected if item["action"] == "event")
+    await wait_for(lambda: len(emulator.state.store.events) >= events, 120, "every event")
+
+    # The emulator carries out the delete, and the worker dies before it hears the answer: the
+    # sink cannot have committed the delete's offset (SIGKILL, in the request's own handler).
+    store = emulator.state.store
+    delete = store.delete
+
+    def delete_then_crash(identifier: tuple[str, str]) -> None:
+        delete(identifier)
+        if identifier == ("id", "c-1") and first.process is not None:
+            first.process.kill()
+
+    store.delete = delete_then_crash  # type: ignore[method-assign]
+    await produce(kafka, topics.erasure.name, _erasures((1,)))
+    await wait_for(
+        lambda: first.process is not None and first.process.poll() is not None,
+        120,
+        "the worker killed at the delete",
+    )
+    second = deployment.start_worker(**env)
+
+    def redelivered() -> bool:
+        second.assert_running()
+        return all(
+            sum(1 for item in applied if item == {**DELETE, "identifiers": named}) >= 2
+            for named in ({"id": "c-1"}, {"email": "user1@example.com"})
+        )
+
+    await wait_for(redelivered, 180, "both deletes delivered again after the restart")
+    assert store.find(("id", "c-1")) is None
+    assert store.find(("email", "user1@example.com")) is None
+    _assert_never_reappears(applied, 1)
+    assert_workspace(emulator, _not_erased(expected, (1,)))
+    assert await message_count(kafka, topics.deadletter.name) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -19,10 +20,12 @@ from tests.integration.conftest import API_KEY, SITE_ID, Deployment
 from tests.integration.support import (
     REPO,
     WorkerProcess,
+    assert_workspace,
     consume_until,
     inspect_emulator,
     message_count,
     produce,
+    record_applied,
     wait_for,
     worker_metrics,
 )
@@ -60,6 +63,11 @@ def _event_ids(items: list[dict[str, Any]]) -> Counter[str]:
 async def test_sample_reaches_customerio_following_the_seed(
     deployment: Deployment, emulator: RunningEmulator
 ) -> None:
+    """The sample's people and events at Customer.io are exactly the hand-reviewed golden
+    file's (tests/golden/sample.json), in each person's order; its rejected lines are
+    dead-lettered with their reasons."""
+    golden = orjson.loads((REPO / "tests" / "golden" / "sample.json").read_bytes())
+    expected = [entry["item"] for entry in golden["items"]]
     lines = [
         line
         for line in (REPO / "samples" / "mparticle-batches.jsonl").read_bytes().splitlines()
@@ -73,7 +81,7 @@ async def test_sample_reaches_customerio_following_the_seed(
             keys.append(str(first["mpid"]).encode())
         except (orjson.JSONDecodeError, KeyError):
             keys.append(None)
-    expected = workload.expected_items(lines, deployment.settings)
+    applied = record_applied(emulator)
     await produce(
         deployment.kafka.bootstrap,
         deployment.topics.batches.name,
@@ -81,33 +89,23 @@ async def test_sample_reaches_customerio_following_the_seed(
     )
     worker = deployment.start_worker()
     await _wait_for_events(emulator, sum(_event_ids(expected).values()), [worker])
-
-    people = {p["email"]: p for p in (await inspect_emulator(emulator.url, "people"))["people"]}
-    assert set(people) == {
-        "ada@example.com",
-        "bob@example.org",
-        "cy@example.net",
-        "dee@example.com",
-        "eve@example.com",
-        "fay@example.com",
-    }
-    assert people["ada@example.com"]["id"] == "cust-ada"
-    assert people["ada@example.com"]["attributes"]["first_name"] == "Ada"
-    assert people["bob@example.org"]["id"] == "cust-bob"  # identity change updated the person
-    assert "newsletter" not in people["bob@example.org"]["attributes"]  # deleted attribute
-    assert people["dee@example.com"]["unsubscribed"] is True  # opt-in does not resubscribe
-    events = (await inspect_emulator(emulator.url, "events"))["events"]
-    assert Counter(e["id"] for e in events) == _event_ids(expected)
-    names = {e["name"] for e in events}
-    assert "Add_To_Cart" in names
-    assert all(isinstance(e["timestamp"], int) for e in events)
     dead = await consume_until(
         deployment.kafka.bootstrap,
         deployment.topics.deadletter.name,
-        lambda rs: len(rs) >= 3,
+        lambda rs: len(rs) >= len(golden["rejected"]),
         workers=[worker],
     )
-    assert len(dead) == 3
+    await wait_for(lambda: len(applied) >= len(expected), 60, "every golden item applied")
+
+    assert_workspace(emulator, expected)
+    assert workload.person_sequences(applied) == workload.person_sequences(expected)
+    assert len(applied) == len(expected)  # nothing more, e.g. no repeated identify (rule 8)
+    assert Counter(codec("dead_letter").decode(r.value)["reason"] for r in dead) == Counter(
+        entry["reason"] for entry in golden["rejected"]
+    )
+    people = {p.email: p for p in emulator.state.store.people}
+    assert people["bob@example.org"].id == "cust-bob"  # the identity change moved the person
+    assert people["dee@example.com"].unsubscribed  # opt-in does not resubscribe
     assert emulator.state.stats()["requests_by_status"].keys() == {"200"}
 
 
@@ -139,6 +137,7 @@ async def test_5xx_burst_and_429_storm_lose_and_duplicate_nothing(
     people = (await inspect_emulator(emulator.url, "people"))["people"]
     assert len(people) == 54  # 60 users, every 10th without email
     assert all(p["attributes"]["tier"] == 1 for p in people)  # latest attributes won
+    assert_workspace(emulator, expected)
     assert await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name) == 0
 
 
@@ -217,6 +216,7 @@ async def test_bad_credentials_stop_delivery_then_fixed_key_delivers_backlog(
     await _wait_for_events(emulator, sum(_event_ids(expected).values()), [good])
     events = (await inspect_emulator(emulator.url, "events"))["events"]
     assert Counter(e["id"] for e in events) == _event_ids(expected)
+    assert_workspace(emulator, expected)
 
 
 async def test_steady_load_fills_requests_and_respects_the_rate_limit(
@@ -289,3 +289,140 @@ async def test_two_workers_share_the_workspace_rate_limit(
         assert all(0 < share < 10 for share in shares)
         assert len(requests) <= 10 * took + 2  # can't be broken by a busy machine
         assert Counter(e.id for e in emulator.state.store.events) == _event_ids(expected)
+        assert_workspace(emulator, expected)
+
+
+def _max_overlap(requests: list[dict[str, Any]]) -> int:
+    """The most v2 batch requests the emulator was serving at one moment."""
+    edges = sorted(
+        (moment, step)
+        for r in requests
+        if r["path"] == "/api/v2/batch"
+        for moment, step in ((r["received_at"], 1), (r["received_at"] + r["duration_seconds"], -1))
+    )
+    busiest = current = 0
+    for _, step in edges:
+        current += step
+        busiest = max(busiest, current)
+    return busiest
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+async def test_lanes_over_eight_partitions_keep_each_persons_order(
+    kafka: LocalKafka, names: Names, tmp_path: Path, lanes: int
+) -> None:
+    # Seeded random delays reorder requests between lanes; a person's items must still arrive
+    # in order, since partition p always goes through lane p % lanes.
+    delays, _ = parse_faults(
+        {"kind": "delay", "delay_seconds": 0.3, "probability": 0.4, "count": 25}
+    )
+    config = EmulatorConfig(site_id=SITE_ID, api_key=API_KEY, faults=tuple(delays), seed=21)
+    async with running_emulator(config) as emulator:
+        deployment = Deployment(kafka, names, tmp_path, emulator.url, topic_partitions="8")
+        await deployment.prepare()
+        records = workload.batches(users=24, batches_per_user=3, events_per_batch=3)
+        expected = workload.expected_items([value for _, value in records], deployment.settings)
+        applied = record_applied(emulator)
+        await produce(kafka.bootstrap, deployment.topics.batches.name, records)
+        worker = deployment.start_worker(sink_lanes=str(lanes), batch_max_items="5")
+        try:
+            await _wait_for_events(emulator, sum(_event_ids(expected).values()), [worker])
+            await wait_for(lambda: len(applied) >= len(expected), 60, "every item applied")
+        finally:
+            await deployment.stop_all()
+        requests = (await inspect_emulator(emulator.url, "requests"))["requests"]
+        overlap = _max_overlap(requests)
+        print(f"\n{lanes} lane(s) over 8 partitions: {len(requests)} requests, {overlap} at once")
+        assert workload.person_sequences(applied) == workload.person_sequences(expected)
+        assert_workspace(emulator, expected)
+        assert await message_count(kafka.bootstrap, deployment.topics.deadletter.name, 8) == 0
+        assert "of 8 partitions" in worker.output()
+        # One lane sends one request at a time; three lanes do overlap.
+        assert overlap == 1 if lanes == 1 else overlap >= 2
+
+
+async def _committed(deployment: Deployment, group: str) -> int:
+    """The sum of the offsets ``group`` has committed on the operations topic."""
+    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=deployment.kafka.bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    topic = deployment.topics.operations.name
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)
+
+
+async def test_401_for_a_while_then_good_answers_resume_without_a_restart(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    records = workload.batches(users=20, batches_per_user=2, events_per_batch=3)
+    expected = workload.expected_items([value for _, value in records], deployment.settings)
+    refused, _ = parse_faults({"kind": "status", "status": 401, "count": None})
+    emulator.faults.add(refused)  # every request, /auth included: the key "is revoked"
+    applied = record_applied(emulator)
+    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, records)
+    worker = deployment.start_worker(credentials_probe_seconds="1")
+    port = worker.env["MPCIO_WEB_PORT"]
+
+    def probes() -> int:
+        return sum(
+            1 for r in emulator.state.requests.records if r.path == "/auth" and r.status == 401
+        )
+
+    await wait_for(lambda: "delivery stopped" in worker.output(), 120, "the fatal-stop log line")
+    await wait_for(lambda: probes() >= 2, 60, "two refused credential probes")
+    worker.assert_running()
+    assert await _gauge(worker, "mpcio_sink_stopped") == 1
+    assert emulator.state.store.events == []
+    assert await _committed(deployment, f"{deployment.settings.app_id}-sink") == 0
+
+    emulator.faults.clear()  # the key works again; nobody touches the worker
+    await _wait_for_events(emulator, sum(_event_ids(expected).values()), [worker])
+    await wait_for(lambda: len(applied) >= len(expected), 60, "every item applied")
+    assert "resuming delivery" in worker.output()
+    assert (await worker_metrics(port))["mpcio_sink_stopped", frozenset()] == 0
+    assert worker.process is not None
+    assert worker.process.poll() is None  # the same process all along: no restart
+    assert len(deployment.workers) == 1
+    assert workload.person_sequences(applied) == workload.person_sequences(expected)
+    assert_workspace(emulator, expected)
+    assert await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name) == 0
+
+
+async def test_rebalance_while_a_chunk_is_in_flight_keeps_order_and_loses_nothing(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    records = workload.batches(users=24, batches_per_user=3, events_per_batch=3)
+    expected = workload.expected_items([value for _, value in records], deployment.settings)
+    # The first request waits 25 s at the emulator (the request timeout is raised above it, so
+    # it is answered, not retried; the sink lets a revoke wait up to 30 s for it): the second
+    # worker joins while it is in flight, and the first says its revoke waits for the chunk.
+    slow, _ = parse_faults(
+        {"kind": "delay", "delay_seconds": 25, "count": 1, "path": "/api/v2/batch"}
+    )
+    emulator.faults.add(slow)
+    applied = record_applied(emulator)
+    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, records)
+    env = {"batch_max_items": "20", "request_timeout_seconds": "40"}
+    first = deployment.start_worker(**env)
+    await wait_for(lambda: not emulator.faults.rules, 120, "the slow request in flight")
+    second = deployment.start_worker(**env, web_port=str(free_port()))
+    await wait_for(
+        lambda: "rebalance waits for the chunk in flight" in first.output(),
+        60,
+        "a rebalance while the slow request is in flight",
+    )
+    await _wait_for_events(emulator, sum(_event_ids(expected).values()), [first, second])
+    await wait_for(lambda: len(applied) >= len(expected), 60, "every item applied")
+    await wait_for(
+        lambda: re.search(r"sink: [1-9]\d* of 4 partitions", second.output()) is not None,
+        120,
+        "the second worker's sink taking partitions",
+    )
+    assert "it will be redelivered" not in first.output()  # the chunk finished before revoke
+    assert workload.person_sequences(applied) == workload.person_sequences(expected)
+    assert_workspace(emulator, expected)
+    assert await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name) == 0

@@ -360,6 +360,19 @@ def test_rule_08_identify_only_on_change() -> None:
     assert attributes(results[2]) == {"email": EMAIL, "plan": "max"}
 
 
+def test_rule_08_no_identify_when_the_forwarded_attributes_are_the_same() -> None:
+    # Found by the golden review of samples/ (eve: a tag null, then true): both are sent as
+    # true, so the second batch changes nothing Customer.io would be told.
+    results = run(
+        [
+            make_batch(user_attributes={"vip": None, "bio": "x" * 1200}),
+            make_batch(at=T0 + 1, user_attributes={"vip": True, "bio": "x" * 1100}),
+            make_batch(at=T0 + 2, user_attributes={"vip": False, "bio": "x" * 1100}),
+        ]
+    )
+    assert [len(identifies(result)) for result in results] == [1, 0, 1]
+
+
 def test_rule_08_identify_precedes_events() -> None:
     (result,) = run([make_batch(events=[custom(), screen()])])
     assert [item["action"] for item in items(result)] == ["identify", "event", "screen"]
