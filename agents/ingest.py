@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -33,162 +34,216 @@ from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 
 from app import metrics
 from app.core.pipeline import (
-    STAGE_INGEST,
     IngestResult,
-    SourcePosition,
-    dead_letter,
-    now_ms,
     process_audience_record,
     process_batch_record,
     process_erasure_record,
 )
-from app.deadletter_headers import dead_letter_record
+from app.errors import Reason
 from app.faust_app import tracked_writes
 from app.logs import log_dead_letters, mask_mpid
+from app.records import SourcePosition, Stage, dead_letter, dead_letter_record, now_ms
 from app.topics import ERASURES_TABLE, USERS_TABLE
 from app.web import kafka_partition
+from app.wiring import core_options
 
 if TYPE_CHECKING:
     import faust
 
+    from app.core.options import CoreOptions
     from app.localstore import PendingWrites
     from app.settings import Settings
     from app.topics import Topics
 
 log = logging.getLogger(__name__)
 
-Process = Callable[[Any, SourcePosition], IngestResult]
+#: One agent's pure step: (faust event, its source position) → what to write.
+Step = Callable[[Any, SourcePosition], IngestResult]
+#: Called after a record's outputs were written (the benchmark counts with it).
+AfterWrite = Callable[[IngestResult], Awaitable[None]]
 
 
-def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
-    """Declare the tables and the three ingest agents on ``app``; return the users table."""
-    partitions = settings.topic_partitions
-    # bytes key/value types select faust's raw codec: values are our own Avro / decimal text.
-    users = app.Table(
-        USERS_TABLE,
-        partitions=partitions,
-        key_type=bytes,
-        value_type=bytes,
-        help="Per-user state (app.core.state.UserState as Avro), keyed by mpid.",
-        options=_store_options(settings),
-    )
-    erasures = app.Table(
-        ERASURES_TABLE,
-        partitions=partitions,
-        key_type=bytes,
-        value_type=bytes,
-        help="mpid -> Kafka time (ms, decimal) of its last erasure request.",
-        options=_store_options(settings),
-    )
-    batches = _raw_topic(app, topics.batches.name, partitions)
-    audiences = _raw_topic(app, topics.audiences.name, partitions)
-    erasure = _raw_topic(app, topics.erasure.name, partitions)
+@dataclass(frozen=True, slots=True)
+class IngestTables:
+    """The two tables of the ingest agents (faust ``Table``, raw bytes keys and values):
+    ``users`` (mpid → encoded ``UserState``) and ``erasures`` (mpid → Kafka time of its last
+    erasure request, decimal ms)."""
+
+    users: Any
+    erasures: Any
 
     # Reads go to the store itself (``table.data``), as RecordWriter's writes do: faust's
     # ``table.get`` adds only sensor calls (two monitors, a labelled Prometheus counter),
     # paid twice per record on the hot path.
-    def load(mpid: str) -> bytes | None:
-        value: bytes | None = users.data.get(mpid.encode())
+    def load(self, mpid: str) -> bytes | None:
+        """A user's stored state (encoded), or None."""
+        value: bytes | None = self.users.data.get(mpid.encode())
         return value
 
-    def states_of_partition(partition: int) -> list[tuple[str, bytes]]:
-        # Firehose DSRs name no mpid: the erasure of one partition looks at its own users.
+    def erased_at(self, key: bytes | None) -> int | None:
+        """When the key's user was last erased (Kafka time, ms), or None."""
+        marker = None if key is None else self.erasures.data.get(key)
+        return None if marker is None else int(marker)
+
+    def states_of_partition(self, partition: int, partitions: int) -> list[tuple[str, bytes]]:
+        """``(mpid, stored state)`` of the users of one input partition (a Firehose DSR names
+        no mpid: its erasure scans the users of its own partition)."""
         return [
             (key.decode("ascii"), value)
-            for key, value in list(users.items())
+            for key, value in list(self.users.items())
             if kafka_partition(key, partitions) == partition
         ]
 
-    def erased_at(key: bytes | None) -> int | None:
-        marker = None if key is None else erasures.data.get(key)
-        return None if marker is None else int(marker)
 
-    writer = RecordWriter(app, users, erasures, topics)
+def declare_tables(app: faust.App, settings: Settings) -> IngestTables:
+    """Declare the users and erasures tables on ``app`` (changelog-backed, co-partitioned)."""
+    # bytes key/value types select faust's raw codec: values are our own Avro / decimal text.
+    declare = partial(
+        app.Table,
+        partitions=settings.topic_partitions,
+        key_type=bytes,
+        value_type=bytes,
+        options=_store_options(settings),
+    )
+    return IngestTables(
+        users=declare(
+            USERS_TABLE, help="Per-user state (app.core.state.UserState as Avro), keyed by mpid."
+        ),
+        erasures=declare(
+            ERASURES_TABLE, help="mpid -> Kafka time (ms, decimal) of its last erasure request."
+        ),
+    )
 
-    async def run(stream: Any, process: Process, rekey_topic: str) -> None:
-        async for event in stream.events():
-            message = event.message
-            position = SourcePosition(message.topic, message.partition, message.offset)
-            try:
-                result = process(event, position)
-            except Exception as exc:  # a bug must not lose the record: dead-letter it
-                log.exception(
-                    "ingest failed on %s",
-                    position,
-                    extra={
-                        "topic": position.topic,
-                        "partition": position.partition,
-                        "offset": position.offset,
-                        "mpid": mask_mpid(event.key),
-                        "reason": "internal_error",
-                    },
-                )
-                result = IngestResult(
-                    dead_letters=[
-                        dead_letter(
-                            "internal_error",
-                            repr(exc)[:1000],
-                            stage=STAGE_INGEST,
-                            source=position,
-                            key=event.key,
-                            payload=event.value,
-                            failed_at_ms=now_ms(),
-                        )
-                    ]
-                )
-                result.counts["dead_letters", STAGE_INGEST, "internal_error"] += 1
-            await writer.write(event, result, rekey_topic)
-            record_metrics(result)
 
-    @app.agent(batches, name="ingest_batches", concurrency=1)
-    async def ingest_batches(stream: Any) -> AsyncIterator[None]:
-        await run(
-            stream,
-            lambda event, position: process_batch_record(
-                event.key,
-                event.value,
-                position,
-                load,
-                settings,
-                erased_at_ms=erased_at(event.key),
-                record_ms=_record_ms(event),
-            ),
-            topics.batches.name,
-        )
+def batch_step(tables: IngestTables, options: CoreOptions) -> Step:
+    """The pure step of ``mparticle-batches`` records."""
+    return lambda event, position: process_batch_record(
+        event.key,
+        event.value,
+        position,
+        tables.load,
+        options,
+        erased_at_ms=tables.erased_at(event.key),
+        record_ms=_record_ms(event),
+    )
+
+
+def audience_step(tables: IngestTables, options: CoreOptions) -> Step:
+    """The pure step of ``mparticle-audiences`` records."""
+    return lambda event, position: process_audience_record(
+        event.key, event.value, position, tables.load, options
+    )
+
+
+def erasure_step(tables: IngestTables, partitions: int) -> Step:
+    """The pure step of ``mparticle-erasure`` records."""
+    return lambda event, position: process_erasure_record(
+        event.key,
+        event.value,
+        position,
+        tables.load,
+        record_ms=_record_ms(event),
+        scan_states=lambda: tables.states_of_partition(position.partition, partitions),
+    )
+
+
+#: The ingest agents: (agent name, input topic of ``Topics``, its step from the tables, the
+#: core options and the partition count).
+AGENTS: tuple[tuple[str, str, Callable[[IngestTables, CoreOptions, int], Step]], ...] = (
+    ("ingest_batches", "batches", lambda tables, options, _: batch_step(tables, options)),
+    ("ingest_audiences", "audiences", lambda tables, options, _: audience_step(tables, options)),
+    ("ingest_erasure", "erasure", lambda tables, _, partitions: erasure_step(tables, partitions)),
+)
+
+
+def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
+    """Declare the tables and the ingest agents (:data:`AGENTS`) on ``app``; return the users
+    table."""
+    partitions = settings.topic_partitions
+    tables = declare_tables(app, settings)
+    writer = RecordWriter(app, tables.users, tables.erasures, topics)
+    options = core_options(settings)
+    for name, topic, make_step in AGENTS:
+        source = getattr(topics, topic).name
+        _add_agent(app, name, source, partitions, make_step(tables, options, partitions), writer)
+    return tables.users
+
+
+def _add_agent(  # noqa: PLR0917 - the agent's whole wiring, each argument needed
+    app: faust.App, name: str, source: str, partitions: int, step: Step, writer: RecordWriter
+) -> None:
+    topic = app.topic(source, key_type=bytes, value_type=bytes, partitions=partitions)
+
+    async def agent(stream: Any) -> AsyncIterator[None]:
+        # Re-keyed records go back to the record's own topic, keyed by their mpid.
+        await ingest_stream(stream, step, writer, rekey_topic=source)
         yield None
 
-    @app.agent(audiences, name="ingest_audiences", concurrency=1)
-    async def ingest_audiences(stream: Any) -> AsyncIterator[None]:
-        await run(
-            stream,
-            lambda event, position: process_audience_record(
-                event.key,
-                event.value,
-                position,
-                load,
-                settings,
-            ),
-            topics.audiences.name,
-        )
-        yield None
+    app.agent(topic, name=name, concurrency=1)(agent)
 
-    @app.agent(erasure, name="ingest_erasure", concurrency=1)
-    async def ingest_erasure(stream: Any) -> AsyncIterator[None]:
-        await run(
-            stream,
-            lambda event, position: process_erasure_record(
-                event.key,
-                event.value,
-                position,
-                load,
-                record_ms=_record_ms(event),
-                scan_states=lambda: states_of_partition(position.partition),
-            ),
-            topics.erasure.name,
-        )
-        yield None
 
-    return users
+async def ingest_stream(
+    stream: Any,
+    step: Step,
+    writer: RecordWriter,
+    *,
+    rekey_topic: str,
+    after_write: AfterWrite | None = None,
+) -> None:
+    """The loop of one ingest agent: each record → ``step`` → :func:`write_record`.
+
+    An exception from ``step`` (a bug) dead-letters the record with reason
+    ``internal_error`` instead of escaping, which would make faust ack it."""
+    async for event in stream.events():
+        message = event.message
+        position = SourcePosition(message.topic, message.partition, message.offset)
+        try:
+            result = step(event, position)
+        except Exception as exc:  # a bug must not lose the record: dead-letter it
+            log.exception(
+                "ingest failed on %s",
+                position,
+                extra={
+                    "topic": position.topic,
+                    "partition": position.partition,
+                    "offset": position.offset,
+                    "mpid": mask_mpid(event.key),
+                    "reason": Reason.INTERNAL_ERROR,
+                },
+            )
+            result = _internal_error(event, position, exc)
+        await write_record(writer, event, result, rekey_topic)
+        if after_write is not None:
+            await after_write(result)
+
+
+async def write_record(
+    writer: RecordWriter, event: Any, result: IngestResult, rekey_topic: str
+) -> None:
+    """The write step of one input record: its outputs and table changes in the crash-safe
+    order (:meth:`RecordWriter.write`: operations → dead letters → re-keys → states, purges
+    and erasure markers), then its metrics. A failed send stops the process (``fail_stop``)."""
+    await writer.write(event, result, rekey_topic)
+    record_metrics(result)
+
+
+def _internal_error(event: Any, position: SourcePosition, exc: Exception) -> IngestResult:
+    """The dead letter of a record the pure step failed on (``internal_error``)."""
+    result = IngestResult(
+        dead_letters=[
+            dead_letter(
+                Reason.INTERNAL_ERROR,
+                repr(exc)[:1000],
+                stage=Stage.INGEST,
+                source=position,
+                key=event.key,
+                payload=event.value,
+                failed_at_ms=now_ms(),
+            )
+        ]
+    )
+    result.counts["dead_letters", Stage.INGEST, Reason.INTERNAL_ERROR] += 1
+    return result
 
 
 class RecordWriter:
@@ -306,10 +361,6 @@ def _record_ms(event: Any) -> int | None:
     """The record's Kafka timestamp in ms (faust gives seconds as a float)."""
     seconds = event.message.timestamp
     return None if seconds is None else round(seconds * 1000)
-
-
-def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
-    return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions)
 
 
 _COUNTERS: dict[str, Any] = {

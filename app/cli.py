@@ -30,7 +30,6 @@ from app.logs import configure_logging
 from app.metrics import package_version
 from app.settings import (
     ENV_PREFIX,
-    SECRET_FIELDS,
     Settings,
     load_settings,
     unknown_variable_warnings,
@@ -453,7 +452,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
-    from app.ops.replay import ReplayStoppedError, replay_file  # noqa: PLC0415
+    from app.errors import ReplayStoppedError  # noqa: PLC0415
+    from app.ops.replay import replay_file  # noqa: PLC0415
 
     settings = _load_masked(forwarding_enabled=False)  # replay never talks to Customer.io
     topic = args.topic or settings.topic_batches
@@ -628,23 +628,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(kafka_port=args.kafka_port, keep_running=args.keep_running)
     return 0
-
-
-def settings_as_env(settings: Settings, *, changed_only: bool = False) -> dict[str, str]:
-    """``MPCIO_*`` variables that reproduce ``settings`` in a child process (secrets included);
-    ``changed_only``: only the settings that differ from their defaults."""
-    env: dict[str, str] = {}
-    dumped = settings.model_dump(mode="json", exclude_defaults=changed_only)
-    for name in sorted(SECRET_FIELDS & dumped.keys()):
-        secret = getattr(settings, name)
-        if secret is not None:
-            dumped[name] = secret.get_secret_value()
-    for name, value in dumped.items():
-        if value is None:
-            continue
-        text = ",".join(sorted(value)) if isinstance(value, list) else str(value)
-        env[f"MPCIO_{name.upper()}"] = text.lower() if isinstance(value, bool) else text
-    return env
 
 
 def _wait_for_signal() -> None:

@@ -128,10 +128,10 @@ def log_dead_letters(logger: logging.Logger, letters: Iterable[bytes]) -> None:
     """One WARNING per encoded ``DeadLetter`` written: reason and detail as the message, and
     ``topic``, ``partition``, ``offset``, ``mpid`` (masked), ``reason``, ``stage`` and
     ``http_status`` as context fields (JSON fields in JSON logs)."""
-    from app.core.avro import codec  # noqa: PLC0415 - Avro only where dead letters are written
+    from app.records import decode_dead_letter  # noqa: PLC0415 - Avro only where letters are written
 
     for encoded in letters:
-        letter = codec("dead_letter").decode(encoded)
+        letter = decode_dead_letter(encoded)
         logger.warning(
             "dead letter %s: %.300s",
             letter["reason"],

@@ -27,10 +27,12 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.core.mparticle import parse_record
-from app.core.pipeline import SourcePosition, process_batch_record
+from app.core.pipeline import process_batch_record
 from app.core.state import decode_state, encode_state
 from app.core.transform import transform
+from app.records import SourcePosition
 from app.settings import Settings
+from app.wiring import core_options
 
 BATCH_TIME_MS = 1_700_000_000_000
 SOURCE = SourcePosition("mparticle-batches", 0, 0)
@@ -79,7 +81,7 @@ def per_call_us(function: Callable[[], object], repeat: int) -> float:
 
 
 def main() -> None:
-    settings = Settings(forwarding_enabled=False, send_created_at=True)
+    settings = core_options(Settings(forwarding_enabled=False, send_created_at=True))
     for event_count in (1, 10):
         raw = make_batch(event_count)
         batch = parse_record(raw)[0]

@@ -30,12 +30,12 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from app.cli import settings_as_env
 from app.dev.demo import local_emulator
 from app.dev.localkafka import LocalKafka, free_port
 from app.kafka_admin import ensure_topics
 from app.settings import Settings
 from app.topics import topics_for
+from app.wiring import settings_as_env
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T0 = 1_764_400_000_000

@@ -42,10 +42,10 @@ from app.core.mparticle import (
 )
 from app.core.state import EMPTY_STATE, UserState
 from app.core.transform import Transformed, transform
-from app.errors import InvalidRecordError
+from app.errors import InvalidRecordError, Reason
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from app.core.options import CoreOptions
 
 AudienceAction = Literal["add", "delete"]
 _ACTIONS: dict[str, AudienceAction | None] = {
@@ -78,7 +78,7 @@ class MembershipUpdate:
         """An eventless batch carrying the identities and attribute changes, so the batch
         transform folds them and builds the identify. It has no time, so device first-seen
         bookkeeping is untouched and the attribute changes apply in arrival order.
-        Membership has no environment: pass one the settings forward."""
+        Membership has no environment: pass one the options forward."""
         return Batch(
             mpid=self.mpid,
             environment=environment,
@@ -105,11 +105,11 @@ def parse_audience_record(value: bytes) -> list[MembershipUpdate]:
         document = document["user_profiles"]
     profiles = document if type(document) is list else [document]
     if not profiles:
-        raise InvalidRecordError("empty_record", "no profile in the record")
+        raise InvalidRecordError(Reason.EMPTY_RECORD, "no profile in the record")
     updates = []
     for index, profile in enumerate(profiles):
         if type(profile) is not dict:
-            raise InvalidRecordError("not_an_object", f"profile {index} is not an object")
+            raise InvalidRecordError(Reason.NOT_AN_OBJECT, f"profile {index} is not an object")
         updates.append(_update(profile))
     return updates
 
@@ -119,20 +119,20 @@ def _update(profile: dict[str, Any]) -> MembershipUpdate:
     email, customer_id = parse_identities(profile.get("user_identities"), {})
     raw_changes = profile.get("audiences")
     if type(raw_changes) is not list:
-        raise InvalidRecordError("audiences_invalid", "audiences is not a list")
+        raise InvalidRecordError(Reason.AUDIENCES_INVALID, "audiences is not a list")
     changes = []
     upserts: dict[str, Any] = {}
     deletes: list[str] = []
     for index, raw in enumerate(raw_changes):
         if type(raw) is not dict:
-            raise InvalidRecordError("audiences_invalid", f"audience {index} is not an object")
+            raise InvalidRecordError(Reason.AUDIENCES_INVALID, f"audience {index} is not an object")
         audience_id = int64_text(raw.get("audience_id"))
         if audience_id is None and type(raw.get("audience_id")) is str:
             audience_id = raw["audience_id"].strip() or None
         action_name = str(raw.get("action", "")).lower()
         if audience_id is None or action_name not in _ACTIONS:
             raise InvalidRecordError(
-                "audiences_invalid",
+                Reason.AUDIENCES_INVALID,
                 f"audience {index} needs an audience_id and action add|delete|attribute_update",
             )
         action = _ACTIONS[action_name]
@@ -188,12 +188,10 @@ def apply_membership(state: UserState | None, changes: tuple[AudienceChange, ...
 
 
 def transform_membership(
-    update: MembershipUpdate, state: UserState | None, settings: Settings
+    update: MembershipUpdate, state: UserState | None, options: CoreOptions
 ) -> Transformed:
     """Fold ``update`` into ``state`` and derive the identify that carries the new membership
     (the batch transform on the update's identities; membership has no environment, so the
     first forwarded one is used)."""
-    environment = next(iter(sorted(settings.environments)))
-    return transform(
-        update.as_batch(environment), apply_membership(state, update.changes), settings
-    )
+    environment = next(iter(sorted(options.environments)))
+    return transform(update.as_batch(environment), apply_membership(state, update.changes), options)

@@ -32,7 +32,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from app.errors import InvalidRecordError
+from app.errors import InvalidRecordError, Reason
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 HISTORY_DIR_NAME = "history"
@@ -92,20 +92,22 @@ class AvroCodec:
         elif header[:2] == _MAGIC and len(header) == 10:
             fp = struct.unpack("<Q", header[2:])[0]
             raise InvalidRecordError(
-                "avro_decode",
+                Reason.AVRO_DECODE,
                 f"{self.name} written with unknown schema fingerprint {fp:016x} "
                 f"(not in schemas/{HISTORY_DIR_NAME}/{self.name}/)",
             )
         else:
             raise InvalidRecordError(
-                "avro_decode", f"not a {self.name} record (unknown header {header.hex()})"
+                Reason.AVRO_DECODE, f"not a {self.name} record (unknown header {header.hex()})"
             )
         try:
             record = schemaless_reader(io.BytesIO(data[10:]), writer, reader)
         except (EOFError, ValueError, UnicodeDecodeError, IndexError) as exc:
-            raise InvalidRecordError("avro_decode", f"corrupt {self.name} record: {exc}") from exc
+            raise InvalidRecordError(
+                Reason.AVRO_DECODE, f"corrupt {self.name} record: {exc}"
+            ) from exc
         if not isinstance(record, dict):
-            raise InvalidRecordError("avro_decode", f"{self.name} did not decode to a record")
+            raise InvalidRecordError(Reason.AVRO_DECODE, f"{self.name} did not decode to a record")
         return record
 
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from app.core.emails import is_email_address
 from app.core.mparticle import int64_text, load_json
 from app.core.transform import is_person_identifier
-from app.errors import InvalidRecordError
+from app.errors import InvalidRecordError, Reason
 
 if TYPE_CHECKING:
     from app.core.state import UserState
@@ -70,19 +70,21 @@ class ErasurePlan:
 def parse_erasure_record(value: bytes) -> ErasureRequest:
     document = load_json(value)
     if type(document) is not dict:
-        raise InvalidRecordError("not_an_object", "erasure request is not a JSON object")
+        raise InvalidRecordError(Reason.NOT_AN_OBJECT, "erasure request is not a JSON object")
     raw_mpid = document.get("mpid")
     mpid = None if raw_mpid is None else int64_text(raw_mpid)
     if raw_mpid is not None and mpid is None:
-        raise InvalidRecordError("mpid_invalid", "mpid is not a signed 64-bit integer")
+        raise InvalidRecordError(Reason.MPID_INVALID, "mpid is not a signed 64-bit integer")
     email, customer_id, hashed = _subject_identities(document.get("subject_identities"))
     if mpid is None and email is None and customer_id is None and not hashed:
-        raise InvalidRecordError("erasure_invalid", "request names no mpid, email or customer_id")
+        raise InvalidRecordError(
+            Reason.ERASURE_INVALID, "request names no mpid, email or customer_id"
+        )
     request_type = document.get("subject_request_type")
     if type(request_type) is not str or not request_type.strip():
         # No default: an erasure is irreversible, so only a request that says so is one.
         raise InvalidRecordError(
-            "erasure_invalid", "subject_request_type is missing (erasure, access, portability)"
+            Reason.ERASURE_INVALID, "subject_request_type is missing (erasure, access, portability)"
         )
     request_id = document.get("subject_request_id")
     return ErasureRequest(

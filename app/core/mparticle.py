@@ -40,7 +40,7 @@ from typing import Any, Final, Literal, TypeAlias
 import orjson
 
 from app.core.emails import is_email_address
-from app.errors import InvalidRecordError
+from app.errors import InvalidRecordError, Reason
 
 Scalar: TypeAlias = str | int | float | bool
 AttributeValue: TypeAlias = Scalar | list[Scalar] | None
@@ -263,11 +263,11 @@ def required_mpid(raw: dict[str, Any], what: str) -> str:
     """The canonical mpid of ``raw``; ``mpid_missing`` / ``mpid_invalid`` rejections."""
     raw_mpid = raw.get("mpid")
     if raw_mpid is None:
-        raise InvalidRecordError("mpid_missing", f"{what} has no mpid")
+        raise InvalidRecordError(Reason.MPID_MISSING, f"{what} has no mpid")
     mpid = int64_text(raw_mpid)
     if mpid is None:
         raise InvalidRecordError(
-            "mpid_invalid", f"mpid is not a signed 64-bit integer: {raw_mpid!r:.40}"
+            Reason.MPID_INVALID, f"mpid is not a signed 64-bit integer: {raw_mpid!r:.40}"
         )
     return mpid
 
@@ -283,11 +283,11 @@ def load_json(value: bytes) -> Any:
         try:
             value.decode("utf-8")
         except UnicodeDecodeError as utf8_exc:
-            raise InvalidRecordError("invalid_utf8", str(utf8_exc)) from None
+            raise InvalidRecordError(Reason.INVALID_UTF8, str(utf8_exc)) from None
         # orjson reports nesting beyond its limit as "depth limit exceeded: ..." (tested)
         if str(exc).startswith("depth limit"):
-            raise InvalidRecordError("too_deep", f"JSON nested too deeply: {exc}") from None
-        raise InvalidRecordError("invalid_json", str(exc)) from None
+            raise InvalidRecordError(Reason.TOO_DEEP, f"JSON nested too deeply: {exc}") from None
+        raise InvalidRecordError(Reason.INVALID_JSON, str(exc)) from None
 
 
 def parse_record(value: bytes) -> list[Batch]:
@@ -297,17 +297,19 @@ def parse_record(value: bytes) -> list[Batch]:
         batches = [parse_batch(document)]
     elif type(document) is list:
         if not document:
-            raise InvalidRecordError("empty_record", "empty bulk array: the record holds no batch")
+            raise InvalidRecordError(
+                Reason.EMPTY_RECORD, "empty bulk array: the record holds no batch"
+            )
         batches = []
         for index, item in enumerate(document):
             if type(item) is not dict:
                 raise InvalidRecordError(
-                    "not_an_object", f"bulk item {index} is {_json_type(item)}, not an object"
+                    Reason.NOT_AN_OBJECT, f"bulk item {index} is {_json_type(item)}, not an object"
                 )
             batches.append(parse_batch(item))
     else:
         raise InvalidRecordError(
-            "not_an_object", f"top level is {_json_type(document)}, not an object or array"
+            Reason.NOT_AN_OBJECT, f"top level is {_json_type(document)}, not an object or array"
         )
     # Nesting depth never exceeds the number of '{' and '[' in the record: counting them (in C)
     # spares the walk for almost every record.
@@ -322,7 +324,7 @@ def _check_depth(batches: list[Batch]) -> None:
         for event in batch.events:
             if event.custom_attributes and _too_deep(event.custom_attributes, MAX_DATA_DEPTH):
                 raise InvalidRecordError(
-                    "too_deep",
+                    Reason.TOO_DEEP,
                     f"event custom_attributes nested deeper than {MAX_DATA_DEPTH} levels",
                 )
 
@@ -340,13 +342,15 @@ def parse_batch(raw: dict[str, Any]) -> Batch:
     elif type(environment) is str:
         environment = environment.lower()
     else:
-        raise InvalidRecordError("environment_invalid", f"environment is {_json_type(environment)}")
+        raise InvalidRecordError(
+            Reason.ENVIRONMENT_INVALID, f"environment is {_json_type(environment)}"
+        )
 
     raw_events = raw.get("events")
     if raw_events is None:
         raw_events = []
     elif type(raw_events) is not list:
-        raise InvalidRecordError("events_not_a_list", f"events is {_json_type(raw_events)}")
+        raise InvalidRecordError(Reason.EVENTS_NOT_A_LIST, f"events is {_json_type(raw_events)}")
 
     timestamp_ms = _timestamp(raw.get("timestamp_unixtime_ms"), ignored)
     email, customer_id = parse_identities(raw.get("user_identities"), ignored)
@@ -519,7 +523,9 @@ def parse_identities(value: object, ignored: dict[str, int]) -> tuple[str | None
             _identity_value(value.get("customer_id"), ignored, integer_allowed=True),
         )
     if type(value) is not list:
-        raise InvalidRecordError("identities_invalid", f"user_identities is {_json_type(value)}")
+        raise InvalidRecordError(
+            Reason.IDENTITIES_INVALID, f"user_identities is {_json_type(value)}"
+        )
     email = customer_id = None
     for entry in value:
         if type(entry) is not dict:

@@ -3,7 +3,7 @@
 :func:`process_batch_record`, :func:`process_audience_record` and
 :func:`process_erasure_record` are the whole ingest step of ``mparticle-batches``,
 ``mparticle-audiences`` and ``mparticle-erasure`` as plain functions: the agent gives one the
-record, a way to read a user's stored state and the settings, and writes what it returns
+record, a way to read a user's stored state and the core options, and writes what it returns
 (table updates and deletions, one operations record, dead letters, re-keyed records). They do
 no I/O.
 
@@ -25,7 +25,6 @@ lives on the partition its key maps to.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -34,31 +33,21 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from app.core.audiences import parse_audience_record, transform_membership
-from app.core.avro import codec
 from app.core.erasure import matches, parse_erasure_record, plan_erasure
 from app.core.mparticle import parse_record
 from app.core.state import UserState, decode_state, encode_state
 from app.core.transform import Operation, Transformed, transform
-from app.errors import InvalidRecordError
+from app.errors import InvalidRecordError, Reason
+from app.records import SourcePosition, Stage, dead_letter, now_ms, operation_batch
 
 if TYPE_CHECKING:
     from app.core.audiences import MembershipUpdate
     from app.core.mparticle import Batch
-    from app.settings import Settings
+    from app.core.options import CoreOptions
 
-STAGE_INGEST = "ingest"
 # Largest state or operations record written: Kafka's default limits (the broker's
 # message.max.bytes, the producer's max.request.size) are 1 MiB per record batch.
 MAX_RECORD_BYTES = 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class SourcePosition:
-    """Where a record came from: kept in operations and dead letters for tracing and redrive."""
-
-    topic: str
-    partition: int
-    offset: int
 
 
 @dataclass(slots=True)
@@ -82,48 +71,12 @@ class IngestResult:
     counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def dead_letter(
-    reason: str,
-    detail: str,
-    *,
-    stage: str,
-    source: SourcePosition,
-    key: bytes | None,
-    payload: bytes,
-    failed_at_ms: int,
-    http_status: int | None = None,
-    response: str | None = None,
-    attempts: int = 0,
-) -> bytes:
-    """An encoded ``DeadLetter`` record (schemas/dead_letter.avsc)."""
-    return codec("dead_letter").encode(
-        {
-            "reason": reason,
-            "detail": detail,
-            "stage": stage,
-            "source_topic": source.topic,
-            "source_partition": source.partition,
-            "source_offset": source.offset,
-            "key": key,
-            "payload": payload,
-            "http_status": http_status,
-            "response": response,
-            "attempts": attempts,
-            "failed_at_ms": failed_at_ms,
-        }
-    )
-
-
 def process_batch_record(
     key: bytes | None,
     value: bytes | None,
     source: SourcePosition,
     load_state: Callable[[str], bytes | None],
-    settings: Settings,
+    options: CoreOptions,
     *,
     erased_at_ms: int | None = None,
     record_ms: int | None = None,
@@ -154,7 +107,7 @@ def process_batch_record(
     _apply_to_user(
         result,
         mine,
-        lambda batch, state: transform(batch, state, settings),
+        lambda batch, state: transform(batch, state, options),
         kind="batches",
         counter="batches",
         source=source,
@@ -171,7 +124,7 @@ def process_audience_record(
     value: bytes | None,
     source: SourcePosition,
     load_state: Callable[[str], bytes | None],
-    settings: Settings,
+    options: CoreOptions,
     *,
     clock: Callable[[], int] = now_ms,
 ) -> IngestResult:
@@ -193,7 +146,7 @@ def process_audience_record(
     _apply_to_user(
         result,
         mine,
-        lambda update, state: transform_membership(update, state, settings),
+        lambda update, state: transform_membership(update, state, options),
         kind="audiences",
         counter="audience_updates",
         source=source,
@@ -338,7 +291,7 @@ def _apply_to_user(
         # Kafka would refuse the write (and the agent with it): reject the input, apply nothing
         what = "operations" if record is not None and len(record[1]) == size else "state"
         detail = f"its {what} record would be {size} bytes, over {MAX_RECORD_BYTES}"
-        _reject(result, InvalidRecordError("too_large", detail), source, key, value, clock,
+        _reject(result, InvalidRecordError(Reason.TOO_LARGE, detail), source, key, value, clock,
                 counter=counter)  # fmt: skip
         return
     result.counts.update(counts)
@@ -372,7 +325,7 @@ def _mark_applied(state: UserState | None, kind: str, source: SourcePosition) ->
 def _present(value: bytes | None) -> bytes:
     """The record's value; a tombstone (``None``) is rejected with reason ``tombstone``."""
     if value is None:
-        raise InvalidRecordError("tombstone", "the record has no value (a Kafka tombstone)")
+        raise InvalidRecordError(Reason.TOMBSTONE, "the record has no value (a Kafka tombstone)")
     return value
 
 
@@ -390,14 +343,14 @@ def _reject(  # noqa: PLR0917 - private helper, every argument is needed
         dead_letter(
             exc.reason,
             exc.detail,
-            stage=STAGE_INGEST,
+            stage=Stage.INGEST,
             source=source,
             key=key,
             payload=b"" if value is None else value,
             failed_at_ms=clock(),
         )
     )
-    result.counts["dead_letters", STAGE_INGEST, exc.reason] += 1
+    result.counts["dead_letters", Stage.INGEST, exc.reason] += 1
     result.counts[counter, "rejected"] += 1
 
 
@@ -416,21 +369,8 @@ def _count_transformed(
 def _operations_record(
     mpid: str, operations: list[Operation], source: SourcePosition, clock: Callable[[], int]
 ) -> tuple[str, bytes]:
-    return (
-        mpid,
-        codec("operation_batch").encode(
-            {
-                "mpid": mpid,
-                "source_topic": source.topic,
-                "source_partition": source.partition,
-                "source_offset": source.offset,
-                "ingested_at_ms": clock(),
-                "operations": [
-                    {"action": op.action, "person_id": op.person_id, "item": op.payload}
-                    for op in operations
-                ],
-            }
-        ),
+    return mpid, operation_batch(
+        mpid, ((op.action, op.person_id, op.payload) for op in operations), source, clock()
     )
 
 
@@ -474,16 +414,16 @@ def _load(  # noqa: PLR0917 - private helper, every argument is needed
     except InvalidRecordError as exc:
         result.dead_letters.append(
             dead_letter(
-                "state_corrupt",
+                Reason.STATE_CORRUPT,
                 exc.detail,
-                stage=STAGE_INGEST,
+                stage=Stage.INGEST,
                 source=source,
                 key=key,
                 payload=stored,
                 failed_at_ms=clock(),
             )
         )
-        result.counts["dead_letters", STAGE_INGEST, "state_corrupt"] += 1
+        result.counts["dead_letters", Stage.INGEST, Reason.STATE_CORRUPT] += 1
         return None
 
 

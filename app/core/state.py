@@ -30,14 +30,14 @@ is corrupt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
 from app.core.avro import codec
 from app.core.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch, Event
-from app.errors import InvalidRecordError
+from app.errors import InvalidRecordError, Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,24 +93,19 @@ def fold(state: UserState | None, batch: Batch) -> UserState:
         previous.opted_out, previous.opt_out_at_ms, batch.events
     )
     first_seen, last_device_type, last_seen_ms = _fold_devices(previous, batch)
-    return UserState(
+    return replace(
+        previous,
         email=email,
         customer_id=customer_id,
-        person_id=previous.person_id,
         first_name=first_name,
         last_name=last_name,
         attributes=attributes,
         profile_at_ms=profile_at_ms,
-        sent_digest=previous.sent_digest,
         opted_out=opted_out,
         opt_out_at_ms=opt_out_at_ms,
-        unsubscribed_sent=previous.unsubscribed_sent,
         first_seen=first_seen,
         last_device_type=last_device_type,
         last_seen_ms=last_seen_ms,
-        audiences=previous.audiences,
-        audiences_left=previous.audiences_left,
-        applied_offsets=previous.applied_offsets,
     )
 
 
@@ -285,9 +280,11 @@ def decode_state(data: bytes) -> UserState:
     try:
         attributes: Any = orjson.loads(record["attributes_json"])
     except orjson.JSONDecodeError as exc:
-        raise InvalidRecordError("avro_decode", f"corrupt user_state attributes: {exc}") from exc
+        raise InvalidRecordError(
+            Reason.AVRO_DECODE, f"corrupt user_state attributes: {exc}"
+        ) from exc
     if type(attributes) is not dict:
-        raise InvalidRecordError("avro_decode", "user_state attributes are not a JSON object")
+        raise InvalidRecordError(Reason.AVRO_DECODE, "user_state attributes are not a JSON object")
     return UserState(
         email=record["email"],
         customer_id=record["customer_id"],

@@ -32,7 +32,7 @@ without it. Names that are blank after trimming never get here (the parser rejec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
@@ -41,22 +41,21 @@ import orjson
 from app.core.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch, Event
 from app.core.state import UserState, fold, opt_out_status
 from app.core.ulid import event_ulid
+from app.customerio.limits import (
+    MAX_ATTRIBUTE_NAME_BYTES,
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    MAX_ATTRIBUTES_PER_IDENTIFY,
+    MAX_EVENT_NAME_BYTES,
+    MAX_IDENTIFIER_BYTES,
+    MAX_ITEM_BYTES,
+)
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from app.core.options import CoreOptions
 
 BatchOutcome: TypeAlias = Literal[
     "forwarded", "skipped_no_email", "environment_filtered", "person_id_invalid"
 ]
-
-# Customer.io Track API limits (SPEC §3, end).
-MAX_PERSON_ID_BYTES: Final = 150
-MAX_ATTRIBUTE_NAME_BYTES: Final = 150
-MAX_ATTRIBUTE_VALUE_BYTES: Final = 1000
-MAX_ATTRIBUTES_PER_IDENTIFY: Final = 300
-MAX_EVENT_NAME_BYTES: Final = 100
-# v2 items may be 32 KB; 32,000 leaves room for either reading of "KB".
-MAX_ITEM_BYTES: Final = 32_000
 
 # Transformed.limits keys.
 LIMIT_PERSON_ID: Final = "person_id_invalid"
@@ -139,10 +138,10 @@ class Transformed:
     limits: dict[str, int] = field(default_factory=dict)
 
 
-def transform(batch: Batch, state: UserState | None, settings: Settings) -> Transformed:
+def transform(batch: Batch, state: UserState | None, options: CoreOptions) -> Transformed:
     """Fold ``batch`` into ``state`` and derive the Customer.io operations (module docstring)."""
     forwardable = sum(1 for event in batch.events if event.kind in _ACTIONS)
-    if batch.environment not in settings.environments:
+    if batch.environment not in options.environments:
         return _not_forwarded(state, state, "environment_filtered", forwardable, {})
 
     folded = fold(state, batch)
@@ -162,10 +161,10 @@ def transform(batch: Batch, state: UserState | None, settings: Settings) -> Tran
     unsubscribed: bool | None = None
     if folded.opted_out and not folded.unsubscribed_sent:
         unsubscribed = True
-    elif folded.unsubscribed_sent and not folded.opted_out and settings.resubscribe_on_opt_in:
+    elif folded.unsubscribed_sent and not folded.opted_out and options.resubscribe_on_opt_in:
         unsubscribed = False
 
-    digest = profile_digest(folded, settings)
+    digest = profile_digest(folded, options)
     operations: list[Operation] = []
     if (
         digest != folded.sent_digest
@@ -173,7 +172,7 @@ def transform(batch: Batch, state: UserState | None, settings: Settings) -> Tran
         or unsubscribed is not None
         or folded.audiences_left
     ):
-        attributes = _identify_attributes(folded, batch, settings, unsubscribed, limits)
+        attributes = _identify_attributes(folded, batch, options, unsubscribed, limits)
         operations.extend(
             _identifies(person_id, identifiers, attributes, limits, update_time(folded))
         )
@@ -209,18 +208,18 @@ def transform(batch: Batch, state: UserState | None, settings: Settings) -> Tran
 
 def is_person_identifier(value: str) -> bool:
     """Whether ``value`` can name a Customer.io person: non-empty, at most 150 bytes."""
-    return bool(value) and len(value.encode("utf-8")) <= MAX_PERSON_ID_BYTES
+    return bool(value) and len(value.encode("utf-8")) <= MAX_IDENTIFIER_BYTES
 
 
-def profile_digest(state: UserState, settings: Settings) -> bytes:
-    """BLAKE2b-128 of everything an identify would carry for ``state`` under ``settings``.
+def profile_digest(state: UserState, options: CoreOptions) -> bytes:
+    """BLAKE2b-128 of everything an identify would carry for ``state`` under ``options``.
 
     Attribute values enter in their Customer.io form (:func:`_fit_value`), so a change that
     sends the same thing (a user tag ``null`` becoming ``true``, text changed past 1000 bytes)
     sends no identify again (rule 8: only when the forwarded attributes differ)."""
     attributes = (
         {name: _fit_value(value, {}) for name, value in state.attributes.items()}
-        if settings.include_user_attributes
+        if options.include_user_attributes
         else None
     )
     material = (
@@ -228,7 +227,7 @@ def profile_digest(state: UserState, settings: Settings) -> bytes:
         state.first_name,
         state.last_name,
         state.created_at_ms // 1000
-        if settings.send_created_at and state.created_at_ms is not None
+        if options.send_created_at and state.created_at_ms is not None
         else None,
         attributes,
         sorted(state.audiences.items()),
@@ -286,31 +285,19 @@ def _not_forwarded(
 def _with_sent(state: UserState, person_id: str, digest: bytes) -> UserState:
     """``state`` recording that Customer.io now knows ``person_id``, ``digest`` and its
     subscription (unsubscribed exactly when opted out)."""
-    return UserState(
-        email=state.email,
-        customer_id=state.customer_id,
+    return replace(
+        state,
         person_id=person_id,
-        first_name=state.first_name,
-        last_name=state.last_name,
-        attributes=state.attributes,
-        profile_at_ms=state.profile_at_ms,
         sent_digest=digest,
-        opted_out=state.opted_out,
-        opt_out_at_ms=state.opt_out_at_ms,
         unsubscribed_sent=state.opted_out,
-        first_seen=state.first_seen,
-        last_device_type=state.last_device_type,
-        last_seen_ms=state.last_seen_ms,
-        audiences=state.audiences,
         audiences_left={},  # the identify just built carried them
-        applied_offsets=state.applied_offsets,
     )
 
 
 def _identify_attributes(
     state: UserState,
     batch: Batch,
-    settings: Settings,
+    options: CoreOptions,
     unsubscribed: bool | None,
     limits: dict[str, int],
 ) -> dict[str, AttributeValue]:
@@ -319,11 +306,11 @@ def _identify_attributes(
     for name, known in (("first_name", state.first_name), ("last_name", state.last_name)):
         if known is not None:
             attributes[name] = _fit_text(known, limits)
-    if settings.send_created_at and state.created_at_ms is not None:
+    if options.send_created_at and state.created_at_ms is not None:
         attributes["created_at"] = state.created_at_ms // 1000
     if unsubscribed is not None:
         attributes["unsubscribed"] = unsubscribed
-    if settings.include_user_attributes:
+    if options.include_user_attributes:
         # Custom names first, then reserved ($) ones, so "$City" wins over a custom "city".
         user_attributes = state.attributes
         for canonical in sorted(user_attributes, key=_reserved_last):
@@ -335,16 +322,16 @@ def _identify_attributes(
     for canonical in batch.deleted_user_attributes:
         if canonical in (FIRST_NAME_KEY, LAST_NAME_KEY):
             attributes[output_attribute_name(canonical)] = ""
-        elif settings.include_user_attributes:
+        elif options.include_user_attributes:
             deleted_name = _sent_name(output_attribute_name(canonical), limits)
             if deleted_name is not None:
                 attributes[deleted_name] = ""
-    attributes.update(membership_attributes(state, settings, limits))
+    attributes.update(membership_attributes(state, options, limits))
     return attributes
 
 
 def membership_attributes(
-    state: UserState, settings: Settings, limits: dict[str, int]
+    state: UserState, options: CoreOptions, limits: dict[str, int]
 ) -> dict[str, AttributeValue]:
     """SPEC §4: ``SegmentMembership`` = quoted, comma-separated ids of the user's audiences
     (empty once the last one is left), and ``In <Audience Name>`` true/false when enabled.
@@ -360,7 +347,7 @@ def membership_attributes(
             quoted.pop()
             membership = ",".join(quoted)
     attributes: dict[str, AttributeValue] = {MEMBERSHIP_ATTRIBUTE: membership}
-    if settings.one_attribute_per_audience:
+    if options.one_attribute_per_audience:
         for flag, audiences in ((False, state.audiences_left), (True, state.audiences)):
             for name in audiences.values():
                 attribute = _sent_name(f"In {name}", limits)

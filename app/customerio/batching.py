@@ -15,12 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from app.customerio.limits import MAX_ITEM_BYTES
+
 Ref = TypeVar("Ref")
 
 _PREFIX = b'{"batch":['
 _SUFFIX = b"]}"
 ENVELOPE_BYTES = len(_PREFIX) + len(_SUFFIX)
-MAX_ITEM_BYTES = 32_000
 
 
 @dataclass(slots=True)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from app.errors import Reason, http_reason
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -80,10 +82,6 @@ class Decision:
         return f"{self.status // 100}xx"
 
 
-# Decision reasons of a 207 that cannot be matched to the request's items.
-REASON_207_UNPARSED = "customerio_207_unparsed"
-REASON_207_UNMATCHED = "customerio_207_unmatched"
-
 RETRYABLE_STATUSES = frozenset({408, 429})
 NOT_RETRYABLE_5XX = frozenset({501, 505})
 
@@ -101,8 +99,10 @@ def classify(  # noqa: PLR0911 - one return per row of the policy table reads be
             # Which items were applied is unknown: dead-letter them all rather than count an
             # unknown rejection as delivered (redriving an applied item is harmless: event ids
             # and identifies are idempotent).
-            return Decision(Outcome.DEAD_LETTER, REASON_207_UNPARSED, status)
-        return Decision(Outcome.PARTIAL, "customerio_rejected_item", status, item_errors=errors)
+            return Decision(Outcome.DEAD_LETTER, Reason.CUSTOMERIO_207_UNPARSED, status)
+        return Decision(
+            Outcome.PARTIAL, Reason.CUSTOMERIO_REJECTED_ITEM, status, item_errors=errors
+        )
     if 200 <= status < 300:
         return Decision(Outcome.DONE, "ok", status)
     if status in (401, 403):
@@ -112,7 +112,7 @@ def classify(  # noqa: PLR0911 - one return per row of the policy table reads be
     if status in RETRYABLE_STATUSES or (500 <= status < 600 and status not in NOT_RETRYABLE_5XX):
         retry_after = retry_after_seconds(answer.headers, now)
         return Decision(Outcome.RETRY, f"http_{status}", status, retry_after=retry_after)
-    return Decision(Outcome.DEAD_LETTER, f"http_{status}", status)
+    return Decision(Outcome.DEAD_LETTER, http_reason(status), status)
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:

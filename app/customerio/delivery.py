@@ -25,31 +25,18 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 import orjson
 
 from app.customerio.classify import (
-    REASON_207_UNMATCHED,
     Decision,
     HttpAnswer,
     Outcome,
     TransportFailure,
     classify,
 )
-from app.errors import ConfigError
+from app.errors import FatalDeliveryError, Reason
 
 if TYPE_CHECKING:
     from app.customerio.batching import BatchRequest
 
 Ref = TypeVar("Ref")
-
-
-class FatalDeliveryError(ConfigError):
-    """Customer.io refused our credentials (401/403) or pointed us at another host (3xx)."""
-
-    def __init__(self, decision: Decision) -> None:
-        super().__init__(
-            f"Customer.io answered {decision.reason}: check MPCIO_CUSTOMERIO_SITE_ID, "
-            "MPCIO_CUSTOMERIO_API_KEY and MPCIO_CUSTOMERIO_REGION; delivery is stopped and "
-            "offsets are kept, nothing was dead-lettered"
-        )
-        self.decision = decision
 
 
 class BatchSender(Protocol):
@@ -120,12 +107,14 @@ async def deliver(
             report.delivered = len(request)
             return report
         if decision.outcome is Outcome.FATAL:
-            raise FatalDeliveryError(decision)
+            raise FatalDeliveryError(decision.reason)
         if decision.outcome is Outcome.PARTIAL:
             if all(0 <= error.batch_index < len(request) for error in decision.item_errors):
                 _reject_named(request, decision, status, report)
             else:  # an index outside the request: the answer is not about these items
-                _reject_all(request, REASON_207_UNMATCHED, _answer_text(answer), status, report)
+                _reject_all(
+                    request, Reason.CUSTOMERIO_207_UNMATCHED, _answer_text(answer), status, report
+                )
             return report
         if decision.outcome is Outcome.DEAD_LETTER:
             _reject_all(request, decision.reason, _answer_text(answer), status, report)
@@ -137,7 +126,7 @@ async def deliver(
                 f"retries_exhausted after {report.attempts} attempts in {elapsed:.1f}s; "
                 f"last: {decision.reason}"
             )
-            _reject_all(request, "retries_exhausted", detail, status, report)
+            _reject_all(request, Reason.RETRIES_EXHAUSTED, detail, status, report)
             return report
         await pause(delay)
 
@@ -174,7 +163,7 @@ def _reject_named(
             Rejected(
                 request.payloads[index],
                 request.refs[index],
-                "customerio_rejected_item",
+                Reason.CUSTOMERIO_REJECTED_ITEM,
                 "; ".join(f"{e['field']}: {e['message']}" for e in errors)[:2000],
                 status,
                 orjson.dumps(errors).decode(),

@@ -36,12 +36,13 @@ from typing import Any
 import orjson
 
 from app.dev.localkafka import LocalKafka, free_port
-from app.errors import MpcioError
+from app.errors import DemoError, MpcioError
 from app.kafka_admin import ensure_topics
 from app.ops.deadletters import Selection, StoredLetter, select
 from app.ops.dryrun import dry_run
 from app.settings import Settings
 from app.topics import topics_for
+from app.wiring import settings_as_env
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "mparticle-batches.jsonl"
 SITE_ID, API_KEY = "demo-site", "demo-key"
@@ -49,10 +50,6 @@ INGRESS_SECRET = "demo-ingress-secret"  # noqa: S105 - the local demo's own, pri
 DEMO_AUDIENCE = {"audience_id": 9001, "audience_name": "Demo VIPs"}
 WAIT_SECONDS = 90
 STOP_SECONDS = 30  # above the worker's own bounded stop
-
-
-class DemoError(MpcioError):
-    """A part of the demo did not come up or did not finish."""
 
 
 def run_demo(*, kafka_port: int | None, keep_running: bool, sample: Path = SAMPLE) -> None:
@@ -126,7 +123,6 @@ def _settings(broker: LocalKafka, emulator_url: str, workdir: Path) -> Settings:
 def _keep_running(settings: Settings, workdir: Path, worker: subprocess.Popen[bytes]) -> None:
     """Print how to reach the running stack, then wait for Ctrl-C/SIGTERM (or the worker's
     exit)."""
-    from app.cli import settings_as_env  # noqa: PLC0415 - avoid a cycle at import time
 
     print(f"\nEverything keeps running (logs in {workdir}); Ctrl-C stops it.")
     print("To explore it from another shell (the emulator's demo key, not a real secret):")
@@ -185,7 +181,6 @@ def _worker(
     settings: Settings, log_path: Path, command: str = "worker"
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``mpcio <command>`` (the worker, or the ingress) in a subprocess, stopped on exit."""
-    from app.cli import settings_as_env  # noqa: PLC0415 - avoid a cycle at import time
 
     with _child([command], log_path, env=settings_as_env(settings)) as process:
         yield process

@@ -28,6 +28,8 @@ import orjson
 from jsonschema import Draft3Validator
 from jsonschema.exceptions import ValidationError
 
+from app.errors import FirehoseSchemaError
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -42,10 +44,6 @@ REQUEST_SCHEMAS = {
 }
 IDENTITY_ENCODINGS = ["raw", "md5", "sha1", "sha256"]
 DSR_REQUEST_TYPES = ["erasure", "access", "portability"]
-
-
-class FirehoseSchemaError(ValueError):
-    """A message that its published schema rejects; ``str()`` is the first error."""
 
 
 def load_schema(file_name: str) -> dict[str, Any]:

@@ -59,9 +59,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from app.errors import ConfigError, InvalidRecordError
+from app.errors import BrokerUnavailableError, ConfigError, FirehoseSchemaError, InvalidRecordError
 from app.ingress.messages import Plan, Record, plan_message
-from app.ingress.schemas import FirehoseSchemaError, validate
+from app.ingress.schemas import validate
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -110,10 +110,6 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
-
-
-class BrokerUnavailableError(Exception):
-    """Kafka did not acknowledge every record of a message (the reason, without payloads)."""
 
 
 class Writer(Protocol):

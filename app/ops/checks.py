@@ -245,8 +245,7 @@ async def check_kafka(settings: Settings) -> list[Check]:
 
 async def check_customerio(settings: Settings) -> Check:
     """``GET /auth`` with the configured credentials (skipped when forwarding is off)."""
-    from app.customerio.client import TrackClient  # noqa: PLC0415
-    from app.customerio.ratelimit import RateLimiter  # noqa: PLC0415
+    from app import wiring  # noqa: PLC0415 - aiohttp only for this check
 
     if not settings.forwarding_enabled:
         return Check.skip("customerio", "MPCIO_FORWARDING_ENABLED is false")
@@ -254,14 +253,8 @@ async def check_customerio(settings: Settings) -> Check:
     if site_id is None or api_key is None:  # Settings requires both when forwarding
         return Check("customerio", False, "no credentials")
     url = settings.customerio_base_url
-    async with TrackClient(
-        url,
-        site_id,
-        api_key,
-        timeout_seconds=settings.request_timeout_seconds,
-        limiter=RateLimiter(settings.rate_limit_per_second),
-        max_connections=1,
-    ) as client:
+    client = wiring.track_client(settings, wiring.rate_limiter(settings), max_connections=1)
+    async with client:
         answer = await client.check_auth()
     return _auth_verdict(url, site_id, answer)
 

@@ -14,7 +14,7 @@ ingest-stage records (raw mParticle, audience or erasure JSON) to their ``source
 their key; sink-stage records (one Customer.io item) wrapped in an ``operation_batch`` with one
 operation to the operations topic, keyed by the dead letter's key. Redriven records carry the
 dead letter's headers without its ``mpcio.*`` error context (so the source record's own
-headers come back) plus ``mpcio.redriven.from`` (:mod:`app.deadletter_headers`). Records that
+headers come back) plus ``mpcio.redriven.from`` (:mod:`app.records`). Records that
 cannot be redriven are skipped with a reason: a corrupt stored state (``state_corrupt``: the
 payload is the state, not an input), a ``tombstone`` (no value to send), a sink record whose
 payload is not a Customer.io item, a record that is not a dead letter at all.
@@ -43,9 +43,17 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from app import masking
-from app.core.avro import codec
-from app.deadletter_headers import Headers, as_list, redrive_headers
-from app.errors import BrokerError, InvalidRecordError
+from app.errors import BrokerError, InvalidRecordError, Reason
+from app.records import (
+    Headers,
+    SourcePosition,
+    Stage,
+    as_list,
+    decode_dead_letter,
+    operation_batch,
+    redrive_headers,
+)
+from app.records import now_ms as wall_ms
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -56,8 +64,8 @@ _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 STALL_SECONDS = 30.0
 NOT_REDRIVABLE_REASONS = {
-    "state_corrupt": "the payload is a corrupt stored state, not input",
-    "tombstone": "a tombstone has no value to send back",
+    Reason.STATE_CORRUPT: "the payload is a corrupt stored state, not input",
+    Reason.TOMBSTONE: "a tombstone has no value to send back",
 }
 
 
@@ -149,7 +157,7 @@ def decode_stored(
 ) -> StoredLetter:
     headers = headers or []
     try:
-        letter = codec("dead_letter").decode(value or b"")
+        letter = decode_dead_letter(value or b"")
     except InvalidRecordError as exc:
         return StoredLetter(position, timestamp_ms, key, None, exc.detail, headers)
     return StoredLetter(position, timestamp_ms, key, letter, headers=headers)
@@ -235,7 +243,7 @@ def plan_redrive(
     if reason in NOT_REDRIVABLE_REASONS:
         return f"{reason}: {NOT_REDRIVABLE_REASONS[reason]}"
     headers = redrive_headers(stored.headers, f"{settings.topic_deadletter}/{stored.position}")
-    if letter["stage"] != "sink":
+    if letter["stage"] != Stage.SINK:
         return Redrive(
             stored.position,
             letter["source_topic"],
@@ -254,21 +262,13 @@ def plan_redrive(
     key = letter["key"]
     mpid = key.decode("utf-8", "replace") if key else ""
     person = identifiers if isinstance(identifiers, dict) else {}
-    value = codec("operation_batch").encode(
-        {
-            "mpid": mpid,
-            "source_topic": settings.topic_deadletter,
-            "source_partition": stored.position.partition,
-            "source_offset": stored.position.offset,
-            "ingested_at_ms": now_ms if now_ms is not None else time.time_ns() // 1_000_000,
-            "operations": [
-                {
-                    "action": item["action"],
-                    "person_id": str(next(iter(person.values()), "")),
-                    "item": letter["payload"],
-                }
-            ],
-        }
+    value = operation_batch(
+        mpid,
+        [(item["action"], str(next(iter(person.values()), "")), letter["payload"])],
+        SourcePosition(
+            settings.topic_deadletter, stored.position.partition, stored.position.offset
+        ),
+        now_ms if now_ms is not None else wall_ms(),
     )
     return Redrive(
         stored.position,

@@ -38,24 +38,21 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import orjson
 
 from app.core.audiences import parse_audience_record, transform_membership
-from app.core.avro import codec
 from app.core.erasure import parse_erasure_record
 from app.core.mparticle import load_json, parse_record
-from app.core.pipeline import (
-    IngestResult,
-    SourcePosition,
-    process_audience_record,
-    process_erasure_record,
-)
+from app.core.pipeline import IngestResult, process_audience_record, process_erasure_record
 from app.core.state import decode_state, encode_state
 from app.core.transform import transform
-from app.errors import InvalidRecordError
+from app.errors import FirehoseSchemaError, InvalidRecordError, Reason
 from app.ingress.messages import plan_message
-from app.ingress.schemas import FirehoseSchemaError, validate
+from app.ingress.schemas import validate
+from app.records import SourcePosition, decode_operation_batch
+from app.wiring import core_options
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from app.core.options import CoreOptions
     from app.core.state import UserState
     from app.core.transform import Transformed
     from app.settings import Settings
@@ -76,10 +73,10 @@ class DryRunSummary:
 
 @dataclass(slots=True)
 class _Run:
-    """One dry run: its settings, counts, where notes go, the line being handled (1-based)
+    """One dry run: its core options, counts, where notes go, the line being handled (1-based)
     and every user's state so far (by mpid)."""
 
-    settings: Settings
+    options: CoreOptions
     summary: DryRunSummary
     notes: IO[str]
     line: int = 0
@@ -118,7 +115,7 @@ class _Run:
             self.states.pop(mpid, None)
         if result.operations is None:
             return []
-        operations = codec("operation_batch").decode(result.operations[1])["operations"]
+        operations = decode_operation_batch(result.operations[1])["operations"]
         return [operation["item"] for operation in operations]
 
 
@@ -144,7 +141,7 @@ def _batch_line(line: bytes, run: _Run) -> list[bytes]:
     payloads = []
     for batch in parse_record(line):
         run.summary.batches += 1
-        result = transform(batch, run.states.get(batch.mpid), run.settings)
+        result = transform(batch, run.states.get(batch.mpid), run.options)
         payloads.extend(run.fold(batch.mpid, result, batch.ignored))
     return payloads
 
@@ -153,7 +150,7 @@ def _audience_line(line: bytes, run: _Run) -> list[bytes]:
     payloads = []
     for update in parse_audience_record(line):
         run.summary.audience_updates += 1
-        result = transform_membership(update, run.states.get(update.mpid), run.settings)
+        result = transform_membership(update, run.states.get(update.mpid), run.options)
         payloads.extend(run.fold(update.mpid, result))
     return payloads
 
@@ -179,12 +176,12 @@ def _firehose_line(line: bytes, run: _Run) -> list[bytes]:
     try:
         plan = plan_message(validate(message), message, now_ms=0, new_id=lambda: "dry-run")
     except (FirehoseSchemaError, InvalidRecordError) as exc:
-        raise InvalidRecordError("firehose", str(exc)) from exc
+        raise InvalidRecordError(Reason.FIREHOSE, str(exc)) from exc
     payloads: list[bytes] = []
     for record in plan.records:
         if record.topic == "audiences":
             result = process_audience_record(
-                record.key, record.value, _POSITION, run.load, run.settings
+                record.key, record.value, _POSITION, run.load, run.options
             )
         else:
             result = process_erasure_record(
@@ -207,7 +204,7 @@ def dry_run(
     lines: Iterable[bytes], settings: Settings, out: IO[bytes], errors: IO[str]
 ) -> DryRunSummary:
     """Handle every line; write items to ``out`` and bad lines to ``errors``."""
-    run = _Run(settings, DryRunSummary(), errors)
+    run = _Run(core_options(settings), DryRunSummary(), errors)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -39,7 +39,8 @@ from app.core.mparticle import parse_record
 from app.errors import (
     BrokerError,
     InvalidRecordError,
-    MpcioError,
+    ReplayInputError,
+    ReplayStoppedError,
     is_kafka_error,
     plain_kafka_error,
 )
@@ -52,18 +53,6 @@ if TYPE_CHECKING:
 GZIP_MAGIC = b"\x1f\x8b"
 FLUSH_EVERY = 20_000
 PROGRESS_INTERVAL_SECONDS = 1.0
-
-
-class ReplayInputError(MpcioError):
-    """The input file cannot be opened or read (or is a broken gzip stream)."""
-
-
-class ReplayStoppedError(BrokerError):
-    """Kafka stopped accepting records; ``summary`` counts what it acknowledged before."""
-
-    def __init__(self, message: str, summary: ReplaySummary) -> None:
-        super().__init__(message)
-        self.summary = summary
 
 
 @dataclass(slots=True)

@@ -20,14 +20,14 @@ import faust
 import orjson
 from faust.worker import Worker
 
-from agents.ingest import RecordWriter
-from app.core.pipeline import SourcePosition, process_batch_record
+from agents.ingest import RecordWriter, batch_step, declare_tables, ingest_stream
+from app.core.pipeline import IngestResult
 from app.dev.localkafka import free_port
 from app.faust_app import create_app, use_event_loop
 from app.settings import Settings
 from app.topics import topics_for
+from app.wiring import core_options
 from bench.ceiling.tasksampler import TaskSampler
-from bench.ceiling.workload import SETTINGS, events_in
 
 
 def _cpu() -> float:
@@ -95,6 +95,8 @@ def build(config: dict[str, Any]) -> faust.App:
         web_port=free_port(),
         # The ceiling is faust's plain pass-through; bench.e2e shows ours under both guarantees.
         processing_guarantee="at_least_once",
+        topic_batches=config["source"],
+        topic_operations=config["sink"],
     )
     app = create_app(settings, web_enabled=False, **config.get("overrides", {}))
     if config.get("no_sensors"):
@@ -109,7 +111,12 @@ def build(config: dict[str, Any]) -> faust.App:
 
     source = app.topic(config["source"], key_serializer="raw", value_serializer="raw")
     sink = app.topic(config["sink"], key_serializer="raw", value_serializer="raw")
-    users = app.Table("users", partitions=4, key_type=bytes, value_type=bytes)
+    # The plain table cases' table (the ingest case declares the worker's own tables).
+    users: Any = (
+        None
+        if config["case"] == "faust_ingest"
+        else app.Table("users", partitions=4, key_type=bytes, value_type=bytes)
+    )
     progress = Progress(app, config)
     if config.get("task_sampler"):
 
@@ -159,24 +166,20 @@ def build(config: dict[str, Any]) -> faust.App:
                 await progress.add(len(values), events)
 
     elif case == "faust_ingest":
-        # The worker's own write step (agents.ingest.RecordWriter): the operations record,
-        # then the state into the store and, sent explicitly, its changelog record.
-        erasures = app.Table("erasures", partitions=4, key_type=bytes, value_type=bytes)
-        names = {"topic_batches": config["source"], "topic_operations": config["sink"]}
-        writer = RecordWriter(app, users, erasures, topics_for(settings.model_copy(update=names)))
+        # The worker's own ingest: the real step, tables and write step (agents.ingest).
+        tables = declare_tables(app, settings)
+        writer = RecordWriter(app, tables.users, tables.erasures, topics_for(settings))
+        step = batch_step(tables, core_options(settings))
+
+        async def counted(result: IngestResult) -> None:
+            events = sum(n for (kind, *_), n in result.counts.items() if kind == "events")
+            await progress.add(1, events)
 
         @app.agent(source, concurrency=1)
         async def ingest_agent(stream: Any) -> None:
-            async for event in stream.events():
-                message = event.message
-                position = SourcePosition(message.topic, message.partition, message.offset)
-                result = process_batch_record(event.key, event.value, position, users_get, SETTINGS)
-                await writer.write(event, result, config["source"])
-                await progress.add(1, events_in(result))
-
-        def users_get(mpid: str) -> bytes | None:
-            value: bytes | None = users.data.get(mpid.encode())  # as agents.ingest reads
-            return value
+            await ingest_stream(
+                stream, step, writer, rekey_topic=config["source"], after_write=counted
+            )
 
     elif case == "faust_table_produce":
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import orjson
 
 from app.core.avro import codec
-from app.core.pipeline import IngestResult, SourcePosition, process_batch_record
+from app.core.pipeline import process_batch_record
 from app.customerio.batching import pack
+from app.records import SourcePosition
 from app.settings import Settings
+from app.wiring import core_options
 
 SOURCE_TOPIC = "mparticle-batches"
-SETTINGS = Settings(forwarding_enabled=False)
+OPTIONS = core_options(Settings(forwarding_enabled=False))
 
 
 def mparticle_batch(index: int, events: int) -> tuple[bytes, bytes]:
@@ -57,16 +59,12 @@ def ingest(key: bytes, value: bytes, previous: bytes | None, partition: int, off
     Returns ``(state_to_store, operation_batch_bytes, event_count)``.
     """
     result = process_batch_record(
-        key, value, SourcePosition(SOURCE_TOPIC, partition, offset), lambda _: previous, SETTINGS
+        key, value, SourcePosition(SOURCE_TOPIC, partition, offset), lambda _: previous, OPTIONS
     )
     state = result.states.get(key.decode(), previous)
     record = None if result.operations is None else result.operations[1]
-    return state or b"", record, events_in(result)
-
-
-def events_in(result: IngestResult) -> int:
-    """The input events one record held (the pipeline's ``events`` counters, all outcomes)."""
-    return sum(count for (kind, *_), count in result.counts.items() if kind == "events")
+    events = sum(count for (kind, *_), count in result.counts.items() if kind == "events")
+    return state or b"", record, events
 
 
 def operation_batch(index: int, events: int) -> tuple[bytes, bytes, int]:

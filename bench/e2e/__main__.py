@@ -46,12 +46,12 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.cli import settings_as_env
 from app.dev.localkafka import LocalKafka, free_port
 from app.errors import ConfigError
 from app.kafka_admin import ensure_topics
 from app.settings import Settings
 from app.topics import topics_for
+from app.wiring import settings_as_env
 from bench.ceiling.__main__ import create_topics
 from bench.e2e import procs
 from bench.e2e.profile import summarise_profile

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.core.avro import codec
-from app.deadletter_headers import CONTEXT
+from app.records import CONTEXT
 from tests.integration.cli import mpcio
 from tests.integration.support import consume_until
 

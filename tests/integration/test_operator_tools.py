@@ -17,10 +17,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.core.avro import codec
-from app.core.pipeline import SourcePosition, dead_letter
 from app.dev.emulator.faults import parse_faults
 from app.dev.localkafka import LocalKafka
 from app.ops.replay import FLUSH_EVERY
+from app.records import SourcePosition, dead_letter
 from tests.integration import workload
 from tests.integration.cli import mpcio
 from tests.integration.conftest import API_KEY

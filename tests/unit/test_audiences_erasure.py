@@ -10,23 +10,25 @@ import pytest
 from app.core.audiences import AudienceChange, apply_membership, parse_audience_record
 from app.core.avro import codec
 from app.core.erasure import ErasureRequest, parse_erasure_record, plan_erasure
+from app.core.options import CoreOptions
 from app.core.pipeline import (
-    SourcePosition,
     process_audience_record,
     process_batch_record,
     process_erasure_record,
 )
 from app.core.state import UserState, decode_state, encode_state
 from app.errors import InvalidRecordError
-from app.settings import Settings, load_settings
+from app.records import SourcePosition
+from app.settings import load_settings
+from app.wiring import core_options
 
 SOURCE = SourcePosition("mparticle-audiences", 0, 5)
 OFFSETS = itertools.count(100)
 T = 1_764_400_000_000
 
 
-def _settings(**overrides: object) -> Settings:
-    return load_settings(forwarding_enabled=False, **overrides)
+def _settings(**overrides: object) -> CoreOptions:
+    return core_options(load_settings(forwarding_enabled=False, **overrides))
 
 
 def _membership(mpid: int, *changes: tuple[int, str, str], email: str | None = "a@x.io") -> bytes:
@@ -48,7 +50,7 @@ def _items(result) -> list[dict]:  # type: ignore[no-untyped-def]
     return [orjson.loads(op["item"]) for op in record["operations"]]
 
 
-def _run(value: bytes, key: bytes, store: dict[str, bytes], settings: Settings):  # type: ignore[no-untyped-def]
+def _run(value: bytes, key: bytes, store: dict[str, bytes], settings: CoreOptions):  # type: ignore[no-untyped-def]
     source = SourcePosition(SOURCE.topic, SOURCE.partition, next(OFFSETS))
     result = process_audience_record(key, value, source, store.get, settings, clock=lambda: 1)
     store.update(result.states)

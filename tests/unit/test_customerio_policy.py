@@ -16,7 +16,8 @@ from app.customerio.classify import (
     classify,
     retry_after_seconds,
 )
-from app.customerio.delivery import FatalDeliveryError, RetryPolicy, deliver
+from app.customerio.delivery import RetryPolicy, deliver
+from app.errors import FatalDeliveryError
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,18 @@
-"""Kafka headers of dead letters (app.deadletter_headers) and what redrive does with them."""
+"""Kafka headers of dead letters (app.records) and what redrive does with them."""
 
 from __future__ import annotations
 
-from app.core.pipeline import SourcePosition, dead_letter
-from app.deadletter_headers import (
+from app.ops.deadletters import Position, Redrive, decode_stored, plan_redrive
+from app.records import (
     CONTEXT,
     DETAIL_MAX_CHARS,
     REDRIVEN_FROM,
+    SourcePosition,
     as_list,
+    dead_letter,
     dead_letter_record,
     redrive_headers,
 )
-from app.ops.deadletters import Position, Redrive, decode_stored, plan_redrive
 from app.settings import load_settings
 
 T = 1_764_400_000_000

@@ -10,7 +10,6 @@ import orjson
 import pytest
 
 from app.core.avro import codec
-from app.core.pipeline import SourcePosition, dead_letter
 from app.ops.deadletters import (
     Position,
     Selection,
@@ -23,6 +22,7 @@ from app.ops.deadletters import (
     plan_redrive,
     show_document,
 )
+from app.records import SourcePosition, dead_letter
 from app.settings import load_settings
 
 SETTINGS = load_settings(forwarding_enabled=False, topic_operations="ops", topic_deadletter="dl")

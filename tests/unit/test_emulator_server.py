@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from app.customerio.limits import MAX_ITEM_BYTES, MAX_REQUEST_BYTES
 from app.dev.emulator import (
     EmulatorConfig,
     Fault,
@@ -23,7 +24,6 @@ from app.dev.emulator import (
 )
 from app.dev.emulator.recording import RequestRecord
 from app.dev.emulator.server import SHUTDOWN_TIMEOUT_SECONDS
-from app.dev.emulator.validation import MAX_ITEM_BYTES, MAX_REQUEST_BYTES
 from app.reference import CUSTOMERIO_OPENAPI_FILE, load_json
 from tests.unit.conftest import API_KEY, SITE_ID
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from app.customerio.limits import MAX_ITEM_BYTES
 from app.dev.emulator.validation import (
-    MAX_ITEM_BYTES,
     ItemError,
     item_error,
     path_identifier,

@@ -16,12 +16,15 @@ from jsonschema import Draft3Validator
 from app.core.audiences import parse_audience_record
 from app.core.avro import codec
 from app.core.erasure import matches, parse_erasure_record
-from app.core.pipeline import SourcePosition, process_audience_record, process_erasure_record
+from app.core.pipeline import process_audience_record, process_erasure_record
 from app.core.state import UserState, decode_state, encode_state
+from app.errors import BrokerUnavailableError, FirehoseSchemaError
 from app.ingress.messages import Record, plan_message
-from app.ingress.schemas import FirehoseSchemaError, load_schema, validate
-from app.ingress.server import REGISTRY, BrokerUnavailableError, KafkaWriter, build_app
+from app.ingress.schemas import load_schema, validate
+from app.ingress.server import REGISTRY, KafkaWriter, build_app
+from app.records import SourcePosition
 from app.settings import Settings, load_settings
+from app.wiring import core_options
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "firehose"
 SECRET = "s3cret-token"
@@ -189,13 +192,13 @@ def test_raw_firehose_identities_supply_email_and_customer_id() -> None:
 
 def test_membership_of_known_user_identifies_with_segments_and_attributes() -> None:
     known = encode_state(UserState(email="jane@x.io", customer_id="c-9", attributes={"Churned": 1}))
-    settings = _settings(one_attribute_per_audience=True)
+    options = core_options(_settings(one_attribute_per_audience=True))
     result = process_audience_record(
         b"12345",
         _profile_record(),
         SourcePosition("mparticle-audiences", 0, 3),
         {"12345": known}.get,
-        settings,
+        options,
         clock=lambda: 1,
     )
     items = [
@@ -219,7 +222,7 @@ def test_membership_of_user_without_email_is_held() -> None:
         _profile_record(),
         SourcePosition("mparticle-audiences", 0, 3),
         {}.get,
-        _settings(),
+        core_options(_settings()),
         clock=lambda: 1,
     )
     assert result.operations is None

@@ -9,7 +9,6 @@ from pathlib import Path
 import faust
 import pytest
 
-from app.cli import settings_as_env
 from app.errors import ConfigError
 from app.kafka_security import (
     ConnectionProblem,
@@ -18,6 +17,7 @@ from app.kafka_security import (
     describe_connection_error,
 )
 from app.settings import load_settings
+from app.wiring import settings_as_env
 
 BASE = {"forwarding_enabled": False}
 SASL = {

@@ -36,7 +36,7 @@ from tests.integration import reliability_model
 from tests.integration import workload as delivery_workload
 from tests.unit.conftest import API_KEY, SITE_ID
 from tests.unit.test_emulator_server import ANN, C1, ULIDS, batch, event, identify
-from tests.unit.test_properties import PROFILE, SETTINGS, batches
+from tests.unit.test_properties import OPTIONS, PROFILE, SETTINGS, batches
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "mparticle-batches.jsonl"
 URI = "urn:customerio-track-api"
@@ -184,7 +184,7 @@ def test_transform_emits_nothing_the_openapi_refuses_for_the_three_cases() -> No
         operation.item
         for line in lines
         for parsed in parse_record(orjson.dumps(line))
-        for operation in transform(parsed, None, SETTINGS).operations
+        for operation in transform(parsed, None, OPTIONS).operations
     ]
     assert [item["action"] for item in items] == ["identify", "identify", "event"]
     for item in items:
@@ -244,7 +244,7 @@ def test_every_emitted_item_validates_against_the_openapi(raw: dict[str, Any]) -
     (parsed,) = parse_record(orjson.dumps(raw))
     state = None
     for _ in range(2):  # the second pass: identify on change, opted-out state
-        result = transform(parsed, state, SETTINGS)
+        result = transform(parsed, state, OPTIONS)
         for operation in result.operations:
             assert openapi_errors(operation.item) == [], operation.item
         state = result.state

@@ -6,23 +6,25 @@ import orjson
 import pytest
 
 from app.core.avro import codec
+from app.core.options import CoreOptions
 from app.core.pipeline import (
     MAX_RECORD_BYTES,
-    SourcePosition,
     process_audience_record,
     process_batch_record,
     process_erasure_record,
 )
 from app.core.state import UserState, decode_state, encode_state
-from app.settings import Settings, load_settings
+from app.records import SourcePosition
+from app.settings import load_settings
+from app.wiring import core_options
 
 SOURCE = SourcePosition("mparticle-batches", 2, 41)
 T = 1_764_400_000_000
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return load_settings(forwarding_enabled=False)
+def settings() -> CoreOptions:
+    return core_options(load_settings(forwarding_enabled=False))
 
 
 def _batch(mpid: int | str = 42, email: str | None = "ada@example.com", events: int = 2) -> dict:
@@ -43,13 +45,13 @@ def _batch(mpid: int | str = 42, email: str | None = "ada@example.com", events: 
     }  # fmt: skip
 
 
-def _run(value: bytes, key: bytes | None, store: dict[str, bytes], settings: Settings):  # type: ignore[no-untyped-def]
+def _run(value: bytes, key: bytes | None, store: dict[str, bytes], settings: CoreOptions):  # type: ignore[no-untyped-def]
     result = process_batch_record(key, value, SOURCE, store.get, settings, clock=lambda: 7)
     store.update(result.states)
     return result
 
 
-def test_one_operations_record_per_input_record_in_order(settings: Settings) -> None:
+def test_one_operations_record_per_input_record_in_order(settings: CoreOptions) -> None:
     result = _run(orjson.dumps(_batch()), b"42", {}, settings)
     assert result.operations is not None
     mpid, value = result.operations
@@ -63,7 +65,7 @@ def test_one_operations_record_per_input_record_in_order(settings: Settings) -> 
     assert result.counts["operations", "event"] == 2
 
 
-def test_redelivered_record_is_skipped_as_already_applied(settings: Settings) -> None:
+def test_redelivered_record_is_skipped_as_already_applied(settings: CoreOptions) -> None:
     store: dict[str, bytes] = {}
     value = orjson.dumps(_batch())
     first = _run(value, b"42", store, settings)
@@ -75,7 +77,7 @@ def test_redelivered_record_is_skipped_as_already_applied(settings: Settings) ->
 
 
 def test_same_batch_at_a_new_offset_repeats_event_ids_without_identify(
-    settings: Settings,
+    settings: CoreOptions,
 ) -> None:
     store: dict[str, bytes] = {}
     value = orjson.dumps(_batch())
@@ -103,7 +105,7 @@ def test_same_batch_at_a_new_offset_repeats_event_ids_without_identify(
     ids=["utf8", "json", "array-of-scalars", "events", "mpid"],
 )
 def test_bad_record_becomes_one_dead_letter_with_reason(
-    settings: Settings, value: bytes, reason: str
+    settings: CoreOptions, value: bytes, reason: str
 ) -> None:
     result = _run(value, b"1", {}, settings)
     assert result.operations is None
@@ -116,14 +118,14 @@ def test_bad_record_becomes_one_dead_letter_with_reason(
     assert result.counts["dead_letters", "ingest", reason] == 1
 
 
-def test_keyless_record_is_rekeyed_not_processed(settings: Settings) -> None:
+def test_keyless_record_is_rekeyed_not_processed(settings: CoreOptions) -> None:
     result = _run(orjson.dumps(_batch(mpid="-9")), None, {}, settings)
     assert result.operations is None
     assert result.states == {}
     assert [(mpid, orjson.loads(raw)["mpid"]) for mpid, raw in result.rekeyed] == [("-9", "-9")]
 
 
-def test_bulk_record_processes_own_batches_and_rekeys_others(settings: Settings) -> None:
+def test_bulk_record_processes_own_batches_and_rekeys_others(settings: CoreOptions) -> None:
     value = orjson.dumps([_batch(mpid=42, events=1), _batch(mpid=43, events=1),
                           _batch(mpid=42, events=1)])  # fmt: skip
     result = _run(value, b"42", {}, settings)
@@ -133,7 +135,7 @@ def test_bulk_record_processes_own_batches_and_rekeys_others(settings: Settings)
     assert [op["action"] for op in ops] == ["identify", "event", "event"]
 
 
-def test_user_without_email_is_remembered_not_forwarded(settings: Settings) -> None:
+def test_user_without_email_is_remembered_not_forwarded(settings: CoreOptions) -> None:
     store: dict[str, bytes] = {}
     result = _run(orjson.dumps(_batch(email=None)), b"42", store, settings)
     assert result.operations is None
@@ -141,7 +143,9 @@ def test_user_without_email_is_remembered_not_forwarded(settings: Settings) -> N
     assert decode_state(store["42"]).first_name == "Ada"  # kept for when an email arrives
 
 
-def test_corrupt_stored_state_is_dead_lettered_and_user_starts_afresh(settings: Settings) -> None:
+def test_corrupt_stored_state_is_dead_lettered_and_user_starts_afresh(
+    settings: CoreOptions,
+) -> None:
     store = {"42": b"garbage"}
     result = _run(orjson.dumps(_batch()), b"42", store, settings)
     reasons = [codec("dead_letter").decode(d)["reason"] for d in result.dead_letters]
@@ -149,7 +153,7 @@ def test_corrupt_stored_state_is_dead_lettered_and_user_starts_afresh(settings: 
     assert result.operations is not None
 
 
-def test_existing_state_is_used(settings: Settings) -> None:
+def test_existing_state_is_used(settings: CoreOptions) -> None:
     opted_out = UserState(
         email="ada@example.com", opted_out=True, unsubscribed_sent=True, opt_out_at_ms=T - 1
     )
@@ -165,7 +169,7 @@ _DEEP_EVENT = orjson.dumps(_batch()).replace(
 )
 
 
-def _process(topic: str, key: bytes | None, value: bytes | None, settings: Settings):  # type: ignore[no-untyped-def]
+def _process(topic: str, key: bytes | None, value: bytes | None, settings: CoreOptions):  # type: ignore[no-untyped-def]
     source = SourcePosition(topic, 1, 9)
     if topic == "batches":
         return process_batch_record(key, value, source, {}.get, settings, clock=lambda: 7)
@@ -198,7 +202,7 @@ _COUNTER = {"batches": "batches", "audiences": "audience_updates", "erasure": "e
     ],
 )
 def test_empty_and_tombstone_records_are_dead_lettered_and_counted(
-    topic: str, value: bytes | None, reason: str, settings: Settings
+    topic: str, value: bytes | None, reason: str, settings: CoreOptions
 ) -> None:
     result = _process(topic, b"42", value, settings)
     (letter,) = [codec("dead_letter").decode(d) for d in result.dead_letters]
@@ -225,7 +229,7 @@ def test_empty_and_tombstone_records_are_dead_lettered_and_counted(
     ],
 )
 def test_record_too_large_for_kafka_is_dead_lettered_and_not_applied(
-    batch: dict, what: str, settings: Settings
+    batch: dict, what: str, settings: CoreOptions
 ) -> None:
     value = orjson.dumps(batch)
     store: dict[str, bytes] = {}
@@ -241,7 +245,7 @@ def test_record_too_large_for_kafka_is_dead_lettered_and_not_applied(
     assert result.counts["events", "all", "forwarded"] == 0
 
 
-def test_record_just_within_the_limit_is_used(settings: Settings) -> None:
+def test_record_just_within_the_limit_is_used(settings: CoreOptions) -> None:
     result = _run(orjson.dumps(_batch(events=3_000)), b"42", {}, settings)
     assert result.operations is not None
     assert len(result.operations[1]) <= MAX_RECORD_BYTES

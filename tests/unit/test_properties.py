@@ -19,13 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.core.mparticle import parse_record
-from app.core.pipeline import SourcePosition, process_batch_record
+from app.core.pipeline import process_batch_record
 from app.core.state import fold
 from app.core.transform import transform
 from app.errors import InvalidRecordError
+from app.records import SourcePosition
 from app.settings import load_settings
+from app.wiring import core_options
 
 SETTINGS = load_settings(forwarding_enabled=False, send_created_at=True)
+OPTIONS = core_options(SETTINGS)
 SOURCE = SourcePosition("t", 0, 0)
 PROFILE = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -127,7 +130,7 @@ def _parse_or_typed_rejection(raw: bytes) -> None:
 @given(json_values, st.one_of(st.none(), st.binary(max_size=5)))
 def test_ingest_step_never_raises(document: Any, key: bytes | None) -> None:
     raw = json.dumps(document).encode()  # stdlib: also writes integers beyond 64 bits
-    result = process_batch_record(key, raw, SOURCE, lambda _: None, SETTINGS)
+    result = process_batch_record(key, raw, SOURCE, lambda _: None, OPTIONS)
     assert result.operations is None or result.operations[0]
 
 
@@ -151,12 +154,12 @@ def test_redelivered_record_sends_nothing(raw: dict[str, Any]) -> None:
     (batch,) = parse_record(value)
     key = batch.mpid.encode()  # mParticle's key: the batch is processed, not re-keyed
     store: dict[str, bytes] = {}
-    first = process_batch_record(key, value, SOURCE, store.get, SETTINGS)
+    first = process_batch_record(key, value, SOURCE, store.get, OPTIONS)
     store.update(first.states)
-    again = process_batch_record(key, value, SOURCE, store.get, SETTINGS)
+    again = process_batch_record(key, value, SOURCE, store.get, OPTIONS)
     assert again.operations is None
     assert again.states == {}
-    if batch.environment in SETTINGS.environments:
+    if batch.environment in OPTIONS.environments:
         assert first.states  # the first pass stored the state the second one found
 
 
@@ -167,8 +170,8 @@ def test_same_batch_again_sends_no_identify_and_same_event_ids(raw: dict[str, An
     this: this is mParticle sending it twice): Customer.io sees no second identify and the same
     event ids, which it drops."""
     (batch,) = parse_record(orjson.dumps(raw))
-    first = transform(batch, None, SETTINGS)
-    second = transform(batch, first.state, SETTINGS)
+    first = transform(batch, None, OPTIONS)
+    second = transform(batch, first.state, OPTIONS)
     assert all(op.action != "identify" for op in second.operations)
     if not any(event.kind == "opt_out" for event in batch.events):
         first_ids = [op.item["id"] for op in first.operations if op.action != "identify"]
@@ -179,7 +182,7 @@ def test_same_batch_again_sends_no_identify_and_same_event_ids(raw: dict[str, An
 @given(batches())
 def test_every_item_respects_customerio_limits(raw: dict[str, Any]) -> None:
     (batch,) = parse_record(orjson.dumps(raw))
-    for operation in transform(batch, None, SETTINGS).operations:
+    for operation in transform(batch, None, OPTIONS).operations:
         item = operation.item
         assert len(operation.payload) <= 32_000
         assert orjson.loads(operation.payload) == item
@@ -241,7 +244,7 @@ def test_opt_out_order_follows_event_time_whatever_the_batch_order(
         raw = {"mpid": 1, "timestamp_unixtime_ms": base_ms,
                "user_identities": {"email": "ann@example.com"}, "events": events}  # fmt: skip
         (batch,) = parse_record(orjson.dumps(raw))
-        result = transform(batch, None, SETTINGS)
+        result = transform(batch, None, OPTIONS)
         forwarded = sorted(op.item["name"] for op in result.operations if op.action == "event")
         assert forwarded == expected
         assert result.state is not None

@@ -8,12 +8,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from app.errors import InvalidRecordError
+from app.errors import InvalidRecordError, ReplayInputError, ReplayStoppedError
 from app.ops.replay import (
     Flushed,
-    ReplayInputError,
     ReplaySource,
-    ReplayStoppedError,
     format_progress,
     record_key,
     replay_lines,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.sink.service import assign_lanes
+from app.sink.planning import assign_lanes
 
 
 def test_a_chunk_that_fits_one_request_uses_one_lane() -> None:

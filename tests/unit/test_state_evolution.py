@@ -17,10 +17,12 @@ import pytest
 
 import app.core.state
 from app.core.avro import HISTORY_DIR_NAME, SCHEMA_DIR, AvroCodec, codec
-from app.core.pipeline import SourcePosition, process_batch_record
+from app.core.pipeline import process_batch_record
 from app.core.state import FirstSeen, UserState, decode_state, encode_state
 from app.errors import InvalidRecordError
+from app.records import SourcePosition
 from app.settings import load_settings
+from app.wiring import core_options
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -135,7 +137,7 @@ def test_unknown_fingerprint_is_a_state_corrupt_dead_letter_with_its_reason() ->
         orjson.dumps(batch),
         SourcePosition("mparticle-batches", 0, 5),
         {"42": stored}.get,
-        load_settings(forwarding_enabled=False),
+        core_options(load_settings(forwarding_enabled=False)),
         clock=lambda: 7,
     )
     (letter,) = [codec("dead_letter").decode(d) for d in result.dead_letters]

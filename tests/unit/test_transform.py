@@ -12,6 +12,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from app.core.mparticle import Batch, parse_batch, parse_record
+from app.core.options import CoreOptions
 from app.core.state import UserState
 from app.core.transform import (
     LIMIT_ATTRIBUTE_NAME,
@@ -23,22 +24,23 @@ from app.core.transform import (
     LIMIT_EVENT_NAME_CUT,
     LIMIT_IDENTIFY_SPLIT,
     LIMIT_PERSON_ID,
-    MAX_ITEM_BYTES,
     Operation,
     Transformed,
     event_name,
     transform,
 )
+from app.customerio.limits import MAX_ITEM_BYTES
 from app.reference import CUSTOMERIO_OPENAPI_FILE, MPARTICLE_SAMPLE_FILE, load_json, read_bytes
 from app.settings import Settings
+from app.wiring import core_options
 
 T0 = 1_700_000_000_000
 EMAIL = "ann@example.com"
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 
 
-def settings(**overrides: Any) -> Settings:
-    return Settings(forwarding_enabled=False, **overrides)
+def settings(**overrides: Any) -> CoreOptions:
+    return core_options(Settings(forwarding_enabled=False, **overrides))
 
 
 DEFAULT = settings()
@@ -89,7 +91,7 @@ def make_batch(
 
 
 def run(
-    batches: list[Batch], config: Settings = DEFAULT, state: UserState | None = None
+    batches: list[Batch], config: CoreOptions = DEFAULT, state: UserState | None = None
 ) -> list[Transformed]:
     results = []
     for batch in batches:
@@ -851,5 +853,7 @@ def test_identify_carries_the_update_time_so_late_requests_cannot_overwrite() ->
         b' "user_identities": {"email": "a@example.com"}}'
     )
     (batch,) = parse_record(raw)
-    (identify,) = transform(batch, None, load_settings(forwarding_enabled=False)).operations
+    (identify,) = transform(
+        batch, None, core_options(load_settings(forwarding_enabled=False))
+    ).operations
     assert identify.item["timestamp"] == 1_764_400_000

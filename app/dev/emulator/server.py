@@ -44,13 +44,12 @@ import orjson
 from aiohttp import encode_basic_auth, hdrs, web
 from aiohttp.typedefs import Handler, LooseHeaders
 
+from app.customerio.limits import MAX_ITEM_BYTES, MAX_REQUEST_BYTES
 from app.dev.emulator.faults import Fault, FaultInjector, FaultRule, RateLimit, parse_faults
 from app.dev.emulator.openapi import schema_error
 from app.dev.emulator.recording import DEFAULT_LOG_LIMIT, RequestLog, RequestRecord
 from app.dev.emulator.store import Store
 from app.dev.emulator.validation import (
-    MAX_ITEM_BYTES,
-    MAX_REQUEST_BYTES,
     REASON_INVALID,
     REASON_TOO_LARGE,
     Identifier,

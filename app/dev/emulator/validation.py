@@ -31,14 +31,16 @@ from typing import Any, Final, Literal, TypeAlias
 
 import orjson
 
-MAX_REQUEST_BYTES: Final = 500_000
-MAX_ITEM_BYTES: Final = 32_000
-MAX_IDENTIFIER_BYTES: Final = 150
-MAX_ATTRIBUTE_NAME_BYTES: Final = 150
-MAX_ATTRIBUTE_VALUE_BYTES: Final = 1000
-MAX_ATTRIBUTES_PER_IDENTIFY: Final = 300
-MAX_EVENT_NAME_BYTES: Final = 100
-MAX_EVENT_DATA_BYTES: Final = 100_000
+from app.customerio.limits import (
+    MAX_ATTRIBUTE_NAME_BYTES,
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    MAX_ATTRIBUTES_PER_IDENTIFY,
+    MAX_EVENT_DATA_BYTES,
+    MAX_EVENT_NAME_BYTES,
+    MAX_IDENTIFIER_BYTES,
+    MAX_ITEM_BYTES,
+)
+
 # Unix seconds up to the year 2286; anything larger is a millisecond timestamp sent by mistake.
 MAX_TIMESTAMP_SECONDS: Final = 9_999_999_999
 

@@ -1,9 +1,21 @@
-"""Kafka headers of dead letters: the error context where standard Kafka tools show it.
+"""The wire records between the stages, in one home: what ingest writes and the sink reads.
 
-A dead letter's value is the Avro ``DeadLetter`` record (``schemas/dead_letter.avsc``), which
-Kafka UIs, kcat and Kafka Connect cannot read without the schema. Its headers repeat the
-error context as UTF-8 text, the way Kafka Connect's dead-letter queue does with its
-``__connect.errors.*`` headers. Every name starts with :data:`PREFIX` (``mpcio.``):
+- :class:`SourcePosition`: where a record came from (topic, partition, offset), kept in
+  operations records and dead letters for tracing and redrive;
+- the ``OperationBatch`` record (``schemas/operation_batch.avsc``): all Customer.io operations
+  of one input record, key = mpid — :func:`operation_batch` encodes it,
+  :func:`decode_operation_batch` decodes it;
+- the ``DeadLetter`` record (``schemas/dead_letter.avsc``): :func:`dead_letter` encodes it,
+  :func:`decode_dead_letter` decodes it; :class:`Stage` names the stage that wrote it; its
+  reason is one of the closed catalogue :class:`app.errors.Reason` (the slug an
+  :class:`~app.errors.InvalidRecordError` carries; README, "Dead letters", lists each);
+- the Kafka headers of a dead letter (below) and of a redriven record.
+
+Kafka headers of dead letters: the error context where standard Kafka tools show it. A dead
+letter's value is the Avro ``DeadLetter`` record, which Kafka UIs, kcat and Kafka Connect cannot
+read without the schema. Its headers repeat the error context as UTF-8 text, the way Kafka
+Connect's dead-letter queue does with its ``__connect.errors.*`` headers. Every name starts
+with :data:`PREFIX` (``mpcio.``):
 
 ==========================  ===============================================================
 ``mpcio.reason``            the reason slug (``invalid_json``, ``retries_exhausted``, ...)
@@ -24,17 +36,113 @@ redrive gives them back; the context headers above replace any of the same name.
 is keyed by the source record's key (the mpid) for both writers, as Kafka Connect keeps the
 original key.
 
-Pure functions, no I/O; a dead letter that does not decode raises
-:class:`~app.errors.InvalidRecordError` (the writers only pass letters they just encoded).
+Pure functions, no I/O. Decoding a record that is not what it claims raises
+:class:`~app.errors.InvalidRecordError` (reason ``avro_decode``); encoding never fails for
+values of the documented types.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from app import masking
 from app.core.avro import codec
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePosition:
+    """Where a record came from: kept in operations and dead letters for tracing and redrive."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class Stage(StrEnum):
+    """Which stage wrote a dead letter (its ``stage`` field and ``mpcio.stage`` header)."""
+
+    INGEST = "ingest"
+    SINK = "sink"
+
+
+def now_ms() -> int:
+    """Wall-clock time in ms since the epoch (the records' ``*_ms`` fields)."""
+    return time.time_ns() // 1_000_000
+
+
+def dead_letter(
+    reason: str,
+    detail: str,
+    *,
+    stage: Stage,
+    source: SourcePosition,
+    key: bytes | None,
+    payload: bytes,
+    failed_at_ms: int,
+    http_status: int | None = None,
+    response: str | None = None,
+    attempts: int = 0,
+) -> bytes:
+    """An encoded ``DeadLetter`` record (schemas/dead_letter.avsc); ``reason`` is an
+    :class:`~app.errors.Reason` or ``http_<status>`` (:func:`~app.errors.http_reason`)."""
+    return codec("dead_letter").encode(
+        {
+            "reason": str(reason),
+            "detail": detail,
+            "stage": str(stage),
+            "source_topic": source.topic,
+            "source_partition": source.partition,
+            "source_offset": source.offset,
+            "key": key,
+            "payload": payload,
+            "http_status": http_status,
+            "response": response,
+            "attempts": attempts,
+            "failed_at_ms": failed_at_ms,
+        }
+    )
+
+
+def decode_dead_letter(value: bytes) -> dict[str, Any]:
+    """The fields of an encoded ``DeadLetter`` (schema field names); raises
+    :class:`~app.errors.InvalidRecordError` when ``value`` is not one."""
+    return codec("dead_letter").decode(value)
+
+
+def operation_batch(
+    mpid: str,
+    operations: Iterable[tuple[str, str, bytes]],
+    source: SourcePosition,
+    ingested_at_ms: int,
+) -> bytes:
+    """An encoded ``OperationBatch`` (schemas/operation_batch.avsc): ``operations`` are
+    ``(action, person_id, item JSON)`` in delivery order; ``ingested_at_ms`` starts the
+    end-to-end latency the sink measures."""
+    return codec("operation_batch").encode(
+        {
+            "mpid": mpid,
+            "source_topic": source.topic,
+            "source_partition": source.partition,
+            "source_offset": source.offset,
+            "ingested_at_ms": ingested_at_ms,
+            "operations": [
+                {"action": action, "person_id": person_id, "item": item}
+                for action, person_id, item in operations
+            ],
+        }
+    )
+
+
+def decode_operation_batch(value: bytes) -> dict[str, Any]:
+    """The fields of an encoded ``OperationBatch`` (``operations``: dicts with ``action``,
+    ``person_id``, ``item``); raises :class:`~app.errors.InvalidRecordError` when ``value`` is
+    not one."""
+    return codec("operation_batch").decode(value)
+
 
 PREFIX = "mpcio."
 REDRIVEN_FROM = f"{PREFIX}redriven.from"
@@ -103,7 +211,7 @@ def dead_letter_record(
     """The Kafka record of an encoded dead letter: keyed by the source record's key (the mpid,
     as Kafka Connect keeps the original key), the value unchanged, the headers the source
     record's (context names replaced) followed by the error context."""
-    decoded = codec("dead_letter").decode(letter)
+    decoded = decode_dead_letter(letter)
     headers = [*without(as_list(source_headers), CONTEXT), *context_headers(decoded)]
     return DeadLetterRecord(decoded["key"], letter, headers)
 
