@@ -40,7 +40,7 @@ from app.core.pipeline import (
     process_erasure_record,
 )
 from app.errors import Reason
-from app.faust_app import tracked_writes
+from app.faust_app import tracked_writes, uncommitted_writes
 from app.logs import log_dead_letters, mask_mpid
 from app.records import SourcePosition, Stage, dead_letter, dead_letter_record, now_ms
 from app.topics import ERASURES_TABLE, USERS_TABLE
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import faust
 
     from app.core.options import CoreOptions
-    from app.localstore import PendingWrites
+    from app.localstore import PendingWrites, UncommittedWrites
     from app.settings import Settings
     from app.topics import Topics
 
@@ -67,32 +67,43 @@ AfterWrite = Callable[[IngestResult], Awaitable[None]]
 class IngestTables:
     """The two tables of the ingest agents (faust ``Table``, raw bytes keys and values):
     ``users`` (mpid → encoded ``UserState``) and ``erasures`` (mpid → Kafka time of its last
-    erasure request, decimal ms)."""
+    erasure request, decimal ms).
+
+    Reads see this worker's writes whose transaction is still open (``uncommitted``) before
+    the store, which holds committed values only (:class:`app.localstore.UncommittedWrites`).
+    """
 
     users: Any
     erasures: Any
+    uncommitted: UncommittedWrites
 
-    # Reads go to the store itself (``table.data``), as RecordWriter's writes do: faust's
-    # ``table.get`` adds only sensor calls (two monitors, a labelled Prometheus counter),
-    # paid twice per record on the hot path.
+    def _read(self, table: Any, key: bytes) -> bytes | None:
+        held, value = self.uncommitted.get(table, key)
+        # The store itself (``table.data``), as RecordWriter's writes go: faust's
+        # ``table.get`` adds only sensor calls (two monitors, a labelled Prometheus counter),
+        # paid twice per record on the hot path.
+        stored: bytes | None = value if held else table.data.get(key)
+        return stored
+
     def load(self, mpid: str) -> bytes | None:
         """A user's stored state (encoded), or None."""
-        value: bytes | None = self.users.data.get(mpid.encode())
-        return value
+        return self._read(self.users, mpid.encode())
 
     def erased_at(self, key: bytes | None) -> int | None:
         """When the key's user was last erased (Kafka time, ms), or None."""
-        marker = None if key is None else self.erasures.data.get(key)
+        marker = None if key is None else self._read(self.erasures, key)
         return None if marker is None else int(marker)
 
     def states_of_partition(self, partition: int, partitions: int) -> list[tuple[str, bytes]]:
         """``(mpid, stored state)`` of the users of one input partition (a Firehose DSR names
         no mpid: its erasure scans the users of its own partition)."""
-        return [
-            (key.decode("ascii"), value)
+        states = {
+            key: value
             for key, value in list(self.users.items())
             if kafka_partition(key, partitions) == partition
-        ]
+        }
+        states.update(self.uncommitted.changes(self.users, partition))
+        return [(key.decode("ascii"), value) for key, value in states.items() if value is not None]
 
 
 def declare_tables(app: faust.App, settings: Settings) -> IngestTables:
@@ -112,6 +123,7 @@ def declare_tables(app: faust.App, settings: Settings) -> IngestTables:
         erasures=declare(
             ERASURES_TABLE, help="mpid -> Kafka time (ms, decimal) of its last erasure request."
         ),
+        uncommitted=uncommitted_writes(app),
     )
 
 
@@ -250,7 +262,9 @@ class RecordWriter:
     """Writes what one input record produced, in the one order that keeps redelivery safe.
 
     Order: operations record, dead letters, re-keyed records, then the table changes (each
-    into the local store and, explicitly, its changelog partition = the source partition).
+    sent, explicitly, to its changelog partition = the source partition, then handed to
+    :class:`~app.localstore.UncommittedWrites`, which applies it to the local store when that
+    transaction commits and drops it when it is aborted).
     State goes last so that a transaction can hold a record's outputs without its state (the
     record is then redone: its operations are sent again with the same event ids, which
     Customer.io drops) but never its state without its outputs — the state is what makes the
@@ -259,10 +273,11 @@ class RecordWriter:
     ``at_least_once`` (kept for measurement) the same sends go through faust's plain producer,
     flushed by faust before each offset commit.
 
-    Table values are written with ``table.data[key]`` (the store itself) and the changelog
-    record is sent here, not by faust: faust queues table changelog writes in a buffer that its
-    commit does not flush under transactions, so a state could land in a later transaction
-    than the offset of its record.
+    Table values bypass faust's table API (the store is written via ``table.data``) and the
+    changelog record is sent here, not by faust: faust queues table changelog writes in a
+    buffer that its commit does not flush under transactions, so a state could land in a later
+    transaction than the offset of its record; and faust writes its store at once, so after an
+    aborted transaction (crash, rebalance) the store would be ahead of Kafka.
     """
 
     def __init__(self, app: faust.App, users: Any, erasures: Any, topics: Topics) -> None:
@@ -271,6 +286,7 @@ class RecordWriter:
         self.erasures = erasures
         self.topics = topics
         self.pending: PendingWrites = tracked_writes(app)
+        self.uncommitted: UncommittedWrites = uncommitted_writes(app)
 
     async def write(self, event: Any, result: IngestResult, rekey_topic: str) -> None:
         message = event.message
@@ -295,12 +311,10 @@ class RecordWriter:
             ),
         ]
         for table, key, value in changes:
-            if value is None:
-                table.data.pop(key, None)  # and a tombstone in the changelog
-            else:
-                table.data[key] = value
             changelog = table.changelog_topic.get_topic_name()
-            await send(changelog, key, value, message.partition)
+            sent = await send(changelog, key, value, message.partition)  # None: a tombstone
+            # no await since the send: its transaction cannot have committed in between
+            self.uncommitted.put(message.partition, table, key, value, sent)
         if changes:
             self.pending.wrote(message.topic, message.partition, message.offset)
 
@@ -325,13 +339,15 @@ class RecordWriter:
         partition: int | None = None,
         *,
         headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
+    ) -> Awaitable[Any]:
+        """Queue one record in the transaction; returns the future of its RecordMetadata."""
         try:
-            await self.app.producer.send(
+            sent: Awaitable[Any] = await self.app.producer.send(
                 topic, key, value, partition, None, headers, transactional_id=transactional_id
             )
         except Exception as exc:  # noqa: BLE001 - any failed send: stop before anything commits
             fail_stop(f"sending to {topic} failed: {exc!r}")
+        return sent
 
 
 def fail_stop(reason: str) -> NoReturn:

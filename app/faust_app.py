@@ -4,36 +4,44 @@ The app is built by a factory from :class:`~app.settings.Settings` (not at impor
 worker, the tests and the benchmarks each get an app with their own id, topics and store.
 
 Delivery semantics (ARCHITECTURE.md, "Crash safety"): ``processing_guarantee`` comes from the
-settings (``at_least_once`` by default; ``exactly_once`` is opt-in until its open problems in
-ARCHITECTURE.md §4 are solved). Under ``exactly_once`` faust keeps one transactional producer
-per assigned input partition, reads with ``read_committed`` and commits the input offsets of a
-partition inside that partition's transaction (``send_offsets_to_transaction``); agents send
-everything a record produces through the same producer (:class:`agents.ingest.RecordWriter`).
-Agents run with ``concurrency=1``; faust commits only the contiguous acked prefix, so a crash
-redoes, never skips. :class:`TrackingTableManager` tells :class:`~app.localstore.PendingWrites`
-which input offsets each successful commit covered (the clean-stop marker depends on it).
+settings (``at_least_once`` by default until the commit stall of ARCHITECTURE.md §4 is solved).
+Under ``exactly_once`` faust keeps one transactional producer per assigned input partition,
+reads with ``read_committed`` and commits the input offsets of a partition inside that
+partition's transaction (``send_offsets_to_transaction``); agents send everything a record
+produces through the same producer (:class:`agents.ingest.RecordWriter`). Agents run with
+``concurrency=1``; faust commits only the contiguous acked prefix, so a crash redoes, never
+skips. Narrow overrides of faust, each documented where it is: the consumer re-reads a hole in
+an input partition before faust may count it as a gap (:class:`_Consumer`), takes changelog
+highwaters from the broker (:class:`_ConsumerThread`), and the producer applies a partition's
+held table writes to the store when its transaction commits and discards them when faust drops
+it (:class:`_Producer`, :class:`~app.localstore.UncommittedWrites`).
+:class:`TrackingTableManager` tells :class:`~app.localstore.PendingWrites` which input offsets
+each successful commit covered (the clean-stop marker depends on it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any, Literal
 
 import faust
 import uvloop
 from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types.enums import ProcessingGuarantee
 
 from app.kafka_security import broker_credentials
-from app.localstore import PendingWrites
+from app.localstore import PendingWrites, UncommittedWrites
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, MutableMapping
+    from collections.abc import AsyncIterator, Mapping, MutableMapping
 
-    from faust.types import TP, TransportT
+    from faust.types import TP, Message, TransportT
 
     from app.settings import Settings
 
+log = logging.getLogger(__name__)
 # Measured by bench/ceiling (ARCHITECTURE.md has the figures). With faust's default fetch
 # size the ingest agent stalls about 0.9 s per fetch round once it writes a table or produces
 # (~1,500 records/s, the worker mostly idle); 8 MiB per partition makes it CPU-bound
@@ -62,6 +70,12 @@ class TrackingTableManager(TableManager):
     def __init__(self, app: faust.App, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.pending = PendingWrites()
+        # Not app.in_transaction: faust caches that property, and before the worker starts it
+        # is False (the whole run would then go without transactions).
+        self.uncommitted = UncommittedWrites(
+            hold=ProcessingGuarantee(app.conf.processing_guarantee)
+            is ProcessingGuarantee.EXACTLY_ONCE
+        )
 
     def on_commit(self, offsets: MutableMapping[TP, int]) -> None:
         super().on_commit(offsets)
@@ -80,13 +94,162 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return offsets
 
 
+def hole_to_reread(
+    expected: int | None, offset: int, seen: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """The hole ``(first missing offset, offset)`` to read again before the record at
+    ``offset`` is handed out, or None to hand it out.
+
+    ``expected`` is the next offset the partition should deliver (None: unknown, nothing is
+    checked); ``seen`` the hole already sought back over once. A hole the broker returns a
+    second time holds no data (transaction markers, aborted records) and is accepted.
+    """
+    if expected is None or offset <= expected:
+        return None
+    hole = (expected, offset)
+    return None if seen == hole else hole
+
+
 class _Consumer(faust_aiokafka.Consumer):
+    """faust's consumer that re-reads a hole in an input partition before accepting it.
+
+    faust treats any jump in the offsets it reads from an acknowledged partition as a gap of
+    transaction markers and aborted records, and counts the gap as acknowledged, so the next
+    commit moves the input offset past it. But faust's ``getmany`` also drops fetched records
+    without seeking back (a partition paused or revoked while a fetched batch is handed out):
+    the next fetch then starts behind them, the hole looks like a gap, and the dropped records
+    are committed without ever being processed (seen in the kill loop: offsets 43-64 of a
+    partition skipped after a restart). Here a hole is accepted only when the broker returns
+    the same hole twice: the first time, the partition is sought back to the first missing
+    offset and the rest of its batch is withheld; records in the hole then arrive (they were
+    dropped) or the same record after it does (the hole holds no data: faust's gap logic
+    takes over). Changelog partitions (table recovery) are passed through unchecked: their
+    markers are many and recovery does not commit offsets.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # per input partition: the next offset the fetcher should return (after a record
+        # handed out or a seek), and the hole seen once and sought back over (from, to)
+        self._expected: dict[TP, int] = {}
+        self._suspect: dict[TP, tuple[int, int]] = {}
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        await super().seek(partition, offset)
+        self._expected[partition] = offset
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        # faust's perform_seek leaves each partition's next offset (the committed one) here
+        for tp, offset in self._read_offset.items():
+            if offset is None:
+                self._expected.pop(tp, None)
+            else:
+                self._expected[tp] = offset
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        for tp in revoked:
+            self._expected.pop(tp, None)
+            self._suspect.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 - faust's signature
+        withheld: set[TP] = set()
+        async for tp, message in super().getmany(timeout):
+            if tp in withheld:
+                continue
+            if await self._hole_to_reread(tp, message.offset):
+                withheld.add(tp)
+                continue
+            yield tp, message
+
+    async def _hole_to_reread(self, tp: TP, offset: int) -> bool:
+        """True when the record at ``offset`` must wait: it jumps over offsets not yet seen
+        twice (the partition was sought back to the first of them); False to hand it out."""
+        checked = not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)
+        hole = hole_to_reread(
+            self._expected.get(tp) if checked else None, offset, self._suspect.get(tp)
+        )
+        if hole is None:
+            self._accept(tp, offset)
+            return False
+        if not self.flow_active or tp not in self.assignment():
+            return True  # a rebalance is under way: it seeks to the committed offset itself
+        await self.seek(tp, hole[0])
+        self._suspect[tp] = hole
+        return True
+
+    def _accept(self, tp: TP, offset: int) -> None:
+        self._suspect.pop(tp, None)
+        self._expected[tp] = max(offset + 1, self._expected.get(tp, 0))
+
+
+class _Producer(faust_aiokafka.Producer):
+    """faust's producer, telling :class:`UncommittedWrites` what each transaction's end means.
+
+    ``commit_transactions`` is faust's, plus one call: right after a partition's transaction
+    committed, still holding faust's per-producer lock (no send can slip in between), the
+    table writes held for that partition are applied to the store. A failed commit raises as
+    in faust (the worker crashes; the held writes die with it). ``stop_transaction`` (faust
+    calls it for revoked partitions; the next owner's producer aborts the open transaction)
+    discards them.
+    """
+
+    async def commit_transactions(
+        self,
+        tid_to_offset_map: Mapping[str, Mapping[TP, int]],
+        group_id: str,
+        start_new_transaction: bool = True,
+    ) -> None:
+        uncommitted = uncommitted_writes(self.app)
+        for transactional_id, offsets in tid_to_offset_map.items():
+            async with self._trn_locks[transactional_id]:
+                producer = self._transaction_producers.get(transactional_id)
+                if producer is None:
+                    log.warning("commit invoked for unknown transaction %s", transactional_id)
+                    continue
+                await producer.send_offsets_to_transaction(offsets, group_id)
+                await producer.commit_transaction()
+                for partition in {tp.partition for tp in offsets}:
+                    uncommitted.committed(partition)
+                if start_new_transaction:
+                    await producer.begin_transaction()
+
+    async def stop_transaction(self, transactional_id: str) -> None:
+        uncommitted_writes(self.app).aborted(_partition_of(transactional_id))
+        await super().stop_transaction(transactional_id)
+
+    async def maybe_begin_transaction(self, transactional_id: str) -> None:
+        """Start a FRESH producer for a partition assigned by a rebalance, aborting the last one.
+
+        faust calls this for every assigned partition after every rebalance, and begins a
+        transaction on the producer it already has: that fails while its transaction is open
+        (logged, ignored), and a producer that another worker fenced in between (the partition
+        went there and came back) stays in use: its sends fail unseen and its next commit never
+        completes, so the worker stops processing (the two-worker stalls). faust also forgets
+        what was acked and seeks every assigned partition back to its committed offset, so
+        the records of the open transaction are redone anyway. Hence: drop the held table
+        writes, stop the old producer, and let faust start a new one, whose initialisation
+        fences the old one and aborts its open transaction.
+        """
+        uncommitted_writes(self.app).aborted(_partition_of(transactional_id))
+        old = self._transaction_producers.pop(transactional_id, None)
+        if old is not None:
+            await old.stop()
+        await super().maybe_begin_transaction(transactional_id)
+
+
+def _partition_of(transactional_id: str) -> int:
+    """The input partition of a faust transactional id (``{app id}-{group}-{partition}``)."""
+    return int(transactional_id.rsplit("-", 1)[1])
 
 
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
+    Producer = _Producer
 
 
 class ForwarderApp(faust.App):
@@ -96,12 +259,21 @@ class ForwarderApp(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
-def tracked_writes(app: faust.App) -> PendingWrites:
-    """The :class:`PendingWrites` of an app made by :func:`create_app`."""
+def _tracking_tables(app: Any) -> TrackingTableManager:
     tables = app.tables
     if not isinstance(tables, TrackingTableManager):
         raise TypeError("the app was not made by app.faust_app.create_app")
-    return tables.pending
+    return tables
+
+
+def tracked_writes(app: faust.App) -> PendingWrites:
+    """The :class:`PendingWrites` of an app made by :func:`create_app`."""
+    return _tracking_tables(app).pending
+
+
+def uncommitted_writes(app: Any) -> UncommittedWrites:
+    """The :class:`UncommittedWrites` of an app made by :func:`create_app` (faust.App)."""
+    return _tracking_tables(app).uncommitted
 
 
 def create_app(settings: Settings, **overrides: Any) -> faust.App:

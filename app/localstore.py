@@ -1,19 +1,21 @@
 """When the worker may trust its local table store, and the bookkeeping that decides it.
 
 faust writes a table value into the local store (RocksDB) at once, while the same value
-reaches the changelog only with the Kafka transaction of its input record. After a crash the
-store can therefore hold values of transactions that were aborted, and faust's recovery (which
-replays the committed changelog on top of the store) does not remove them: a user whose first
-state was aborted would keep it, marked as applied, and the redelivery guard would skip their
-redelivered record. So the store is trusted only after a *clean* stop:
+reaches the changelog only with the Kafka transaction of its input record. Two guards keep the
+store from getting ahead of Kafka:
 
-- :func:`open_store` runs before faust opens any table: without the clean-stop marker it deletes
-  the table directory (faust then rebuilds every table from the committed changelog); with it,
-  it removes the marker, so a crash from now on leaves none;
-- :class:`PendingWrites` counts the records whose writes reached the store but whose input
+- :class:`UncommittedWrites` (``exactly_once``): the agent's table writes are held in memory
+  until their transaction commits, then applied to the store; an aborted transaction's writes
+  are discarded. The store then holds committed values only, after a crash or a rebalance too;
+- the clean-stop marker (both modes): :func:`open_store` runs before faust opens any table:
+  without the marker it deletes the table directory (faust then rebuilds every table from the
+  committed changelog); with it, it removes the marker, so a crash from now on leaves none.
+  :class:`PendingWrites` counts the records whose writes reached the store but whose input
   offset is not committed yet (the agent reports writes, faust's commit reports offsets);
-- :func:`mark_clean` writes the marker when the worker exits with code 0 and nothing is
-  pending.
+  :func:`mark_clean` writes the marker when the worker exits with code 0 and nothing is
+  pending. Under ``at_least_once`` this is what keeps a state written ahead of its lost
+  operations from being trusted (a user whose state was written would be skipped as already
+  applied on redelivery); under ``exactly_once`` it only costs a rebuild after a crash.
 
 Failure semantics: a marker that cannot be written only costs a rebuild on the next start; a
 table directory that cannot be deleted raises ``OSError`` (the worker must not start on a store
@@ -22,12 +24,16 @@ it cannot trust).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from faust.types import TP
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Mapping
     from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 MARKER = ".clean-stop"
 
 Position = tuple[str, int]  # (topic, partition) of an input record
+_Key = tuple[str, bytes]  # (table name, key)
 
 
 class PendingWrites:
@@ -61,6 +68,133 @@ class PendingWrites:
     def clean(self) -> bool:
         """True when every write so far is covered by a committed offset."""
         return not self._last
+
+
+class StoredTable(Protocol):
+    """What :class:`UncommittedWrites` needs of a faust table: its name, store and changelog."""
+
+    name: str
+
+    @property
+    def data(self) -> Any: ...  # the store: item set, pop, set_persisted_offset(tp, offset)
+
+    @property
+    def changelog_topic(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class _Held:
+    table: StoredTable
+    value: bytes | None
+    sent: Awaitable[Any] | None  # the changelog send's future RecordMetadata
+
+
+class UncommittedWrites:
+    """Table writes whose Kafka transaction has not committed yet, held apart from the store.
+
+    Under ``exactly_once`` (``hold=True``) the ingest agent sends a record's changelog record in
+    its source partition's transaction and then puts the value here instead of into the
+    local store; every read of the agent goes through :meth:`get` / :meth:`changes` first.
+    When that partition's transaction commits, :meth:`committed` applies the partition's
+    writes to the store and records, as faust's persisted offset of each changelog partition,
+    the highest changelog offset applied (so a restart after a clean stop replays only the
+    changelog written after it); when faust drops the partition's producer (partition revoked:
+    the next owner's producer aborts the open transaction), :meth:`aborted` discards them. So
+    the local store only ever holds committed values: a redelivered record is never judged
+    against a state whose transaction was aborted (after a crash, a rebalance, or a producer
+    fenced). Without transactions (``hold=False``) ``put`` writes the store at once.
+
+    Values are raw bytes; ``None`` is a deletion (a changelog tombstone). Partitions are input
+    (= changelog) partition numbers. The caller must ``put`` with no ``await`` between the send
+    of the changelog record and the ``put`` (asyncio: nothing else runs in between), and the
+    commit must call :meth:`committed` before the next transaction begins. A send whose
+    acknowledgement is not known at commit time only leaves the persisted offset lower (more
+    changelog replayed at the next start), never higher.
+    """
+
+    def __init__(self, *, hold: bool) -> None:
+        self.hold = hold
+        self._by_partition: dict[int, dict[_Key, _Held]] = {}
+
+    def put(
+        self,
+        partition: int,
+        table: StoredTable,
+        key: bytes,
+        value: bytes | None,
+        sent: Awaitable[Any] | None = None,
+    ) -> None:
+        if not self.hold:
+            _store(table, key, value, partition)
+            return
+        self._by_partition.setdefault(partition, {})[table.name, key] = _Held(table, value, sent)
+
+    def get(self, table: StoredTable, key: bytes) -> tuple[bool, bytes | None]:
+        """``(True, value)`` when an uncommitted write holds ``key`` (value None: deleted),
+        ``(False, None)`` when the store decides."""
+        for writes in self._by_partition.values():
+            held = writes.get((table.name, key))
+            if held is not None:
+                return True, held.value
+        return False, None
+
+    def changes(self, table: StoredTable, partition: int) -> dict[bytes, bytes | None]:
+        """The uncommitted writes of ``table`` in ``partition`` (key -> value, None: deleted)."""
+        writes = self._by_partition.get(partition, {})
+        return {key: held.value for (name, key), held in writes.items() if name == table.name}
+
+    def committed(self, partition: int) -> None:
+        """The partition's transaction committed: its writes go to the store."""
+        highest: dict[str, tuple[StoredTable, int]] = {}
+        for (name, key), held in self._by_partition.pop(partition, {}).items():
+            _store(held.table, key, held.value, partition)
+            offset = _acknowledged_offset(held.sent)
+            if offset is not None and offset > highest.get(name, (held.table, -1))[1]:
+                highest[name] = (held.table, offset)
+        for table, offset in highest.values():
+            changelog = TP(table.changelog_topic.get_topic_name(), partition)
+            table.data.set_persisted_offset(changelog, offset)
+
+    def aborted(self, partition: int) -> None:
+        """The partition's transaction will not commit here: its writes are discarded."""
+        self._by_partition.pop(partition, None)
+
+    @property
+    def held(self) -> int:
+        """How many writes wait for their transaction (for tests and diagnostics)."""
+        return sum(len(writes) for writes in self._by_partition.values())
+
+
+def _acknowledged_offset(sent: Awaitable[Any] | None) -> int | None:
+    """The offset a send was written at, or None while unknown (not acknowledged, failed)."""
+    if not isinstance(sent, asyncio.Future) or not sent.done() or sent.cancelled():
+        return None
+    if sent.exception() is not None:
+        return None
+    offset: int = sent.result().offset
+    return offset
+
+
+def _store(table: StoredTable, key: bytes, value: bytes | None, partition: int) -> None:
+    """Write ``key`` into ``partition`` of the table's store (``None``: delete it)."""
+    store = table.data
+    database_of = getattr(store, "_db_for_partition", None)
+    if database_of is None:  # the memory store (and test fakes): one mapping for all partitions
+        if value is None:
+            store.pop(key, None)
+        else:
+            store[key] = value
+        return
+    # faust's RocksDB store keeps one database per partition and its own __setitem__ takes the
+    # partition from the event being processed, which a commit has not: write the partition's
+    # database as faust's _set does (and keep its key -> partition index, which reads use).
+    database = database_of(partition)
+    if value is None:
+        database.delete(key)
+        store._key_index.pop(key, None)
+    else:
+        database.put(key, value)
+        store._key_index[key] = partition
 
 
 def open_store(tabledir: Path) -> bool:
