@@ -1,8 +1,12 @@
 """Ingest agents: the three input topics → table ``users`` → ``customerio-operations``.
 
 One agent per input topic (``mparticle-batches``, ``mparticle-audiences``,
-``mparticle-erasure``), all co-partitioned by mpid and sharing the ``users`` table, so one
-user's batches, membership changes and erasures meet the same state on the same worker. Each
+``mparticle-erasure``) and one for the deployment's re-key topic (``<app id>-rekey``), all
+co-partitioned by mpid and sharing the ``users`` table, so one user's batches, membership
+changes and erasures meet the same state on the same worker. A record not keyed by its user's
+mpid is sent, part by part keyed by each part's mpid, to the re-key topic (never back to an
+input topic: those belong to mParticle and ``mpcio ingress``), and the re-key agent processes
+each part like a record of the topic it came from (header ``mpcio.rekey.kind``). Each
 agent reads the user's stored state, hands the record to its pure function in
 :mod:`app.core.pipeline`, and writes what it returns. All operations of a record travel as ONE
 record on the operations topic (key = mpid): faust's per-record cost is paid once per input
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -33,17 +37,27 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 
 from app import metrics
+from app.changelog import changelog_configs
 from app.core.pipeline import (
     IngestResult,
+    from_rekey_topic,
     process_audience_record,
     process_batch_record,
     process_erasure_record,
+    unknown_rekey_kind,
 )
 from app.errors import Reason
 from app.faust_app import tracked_writes, uncommitted_writes
 from app.logs import log_dead_letters, mask_mpid
-from app.records import SourcePosition, Stage, dead_letter, dead_letter_record, now_ms
-from app.topics import ERASURES_TABLE, USERS_TABLE
+from app.records import (
+    SourcePosition,
+    Stage,
+    as_list,
+    dead_letter,
+    dead_letter_record,
+    now_ms,
+)
+from app.topics import ERASURES_TABLE, USERS_TABLE, RekeyKind, rekey_headers, rekey_kind
 from app.web import kafka_partition
 from app.wiring import core_options
 
@@ -115,6 +129,7 @@ def declare_tables(app: faust.App, settings: Settings) -> IngestTables:
         key_type=bytes,
         value_type=bytes,
         options=_store_options(settings),
+        extra_topic_configs=changelog_configs(settings),
     )
     return IngestTables(
         users=declare(
@@ -159,9 +174,24 @@ def erasure_step(tables: IngestTables, partitions: int) -> Step:
     )
 
 
-#: The ingest agents: (agent name, input topic of ``Topics``, its step from the tables, the
-#: core options and the partition count).
-AGENTS: tuple[tuple[str, str, Callable[[IngestTables, CoreOptions, int], Step]], ...] = (
+def rekey_step(steps: Mapping[RekeyKind, Step]) -> Step:
+    """The pure step of the re-key topic's records: each is processed by ``steps`` of the kind
+    it came from (header ``mpcio.rekey.kind``) and re-keys nothing again
+    (:func:`~app.core.pipeline.from_rekey_topic`); one without a known kind is dead-lettered
+    (:func:`~app.core.pipeline.unknown_rekey_kind`)."""
+
+    def step(event: Any, position: SourcePosition) -> IngestResult:
+        kind = rekey_kind(as_list(event.message.headers))
+        if kind is None:
+            return unknown_rekey_kind(event.key, event.value, position)
+        return from_rekey_topic(steps[kind](event, position), position)
+
+    return step
+
+
+#: The input agents: (agent name, input topic of ``Topics``, its step from the tables, the
+#: core options and the partition count). :func:`attach_ingest` adds ``ingest_rekeyed``.
+AGENTS: tuple[tuple[str, RekeyKind, Callable[[IngestTables, CoreOptions, int], Step]], ...] = (
     ("ingest_batches", "batches", lambda tables, options, _: batch_step(tables, options)),
     ("ingest_audiences", "audiences", lambda tables, options, _: audience_step(tables, options)),
     ("ingest_erasure", "erasure", lambda tables, _, partitions: erasure_step(tables, partitions)),
@@ -169,26 +199,36 @@ AGENTS: tuple[tuple[str, str, Callable[[IngestTables, CoreOptions, int], Step]],
 
 
 def attach_ingest(app: faust.App, settings: Settings, topics: Topics) -> Any:
-    """Declare the tables and the ingest agents (:data:`AGENTS`) on ``app``; return the users
-    table."""
+    """Declare the tables, the input agents (:data:`AGENTS`) and the re-key topic's agent
+    (``ingest_rekeyed``, :func:`rekey_step`) on ``app``; return the users table."""
     partitions = settings.topic_partitions
     tables = declare_tables(app, settings)
     writer = RecordWriter(app, tables.users, tables.erasures, topics)
     options = core_options(settings)
-    for name, topic, make_step in AGENTS:
-        source = getattr(topics, topic).name
-        _add_agent(app, name, source, partitions, make_step(tables, options, partitions), writer)
+    steps: dict[RekeyKind, Step] = {}
+    for name, kind, make_step in AGENTS:
+        steps[kind] = make_step(tables, options, partitions)
+        source = getattr(topics, kind).name
+        _add_agent(app, name, source, partitions, steps[kind], writer, kind)
+    _add_agent(
+        app, "ingest_rekeyed", topics.rekey.name, partitions, rekey_step(steps), writer, None
+    )
     return tables.users
 
 
 def _add_agent(  # noqa: PLR0917 - the agent's whole wiring, each argument needed
-    app: faust.App, name: str, source: str, partitions: int, step: Step, writer: RecordWriter
+    app: faust.App,
+    name: str,
+    source: str,
+    partitions: int,
+    step: Step,
+    writer: RecordWriter,
+    kind: RekeyKind | None,
 ) -> None:
     topic = app.topic(source, key_type=bytes, value_type=bytes, partitions=partitions)
 
     async def agent(stream: Any) -> AsyncIterator[None]:
-        # Re-keyed records go back to the record's own topic, keyed by their mpid.
-        await ingest_stream(stream, step, writer, rekey_topic=source)
+        await ingest_stream(stream, step, writer, kind=kind)
         yield None
 
     app.agent(topic, name=name, concurrency=1)(agent)
@@ -199,16 +239,21 @@ async def ingest_stream(
     step: Step,
     writer: RecordWriter,
     *,
-    rekey_topic: str,
+    kind: RekeyKind | None,
     after_write: AfterWrite | None = None,
 ) -> None:
     """The loop of one ingest agent: each record → ``step`` → :func:`write_record`.
+
+    ``kind``: the role of the stream's input topic, named on the records it re-keys; None for
+    the re-key topic (its positions are marked ``rekeyed`` for the redelivery guard).
 
     An exception from ``step`` (a bug) dead-letters the record with reason
     ``internal_error`` instead of escaping, which would make faust ack it."""
     async for event in stream.events():
         message = event.message
-        position = SourcePosition(message.topic, message.partition, message.offset)
+        position = SourcePosition(
+            message.topic, message.partition, message.offset, rekeyed=kind is None
+        )
         try:
             result = step(event, position)
         except Exception as exc:  # a bug must not lose the record: dead-letter it
@@ -224,18 +269,18 @@ async def ingest_stream(
                 },
             )
             result = _internal_error(event, position, exc)
-        await write_record(writer, event, result, rekey_topic)
+        await write_record(writer, event, result, kind)
         if after_write is not None:
             await after_write(result)
 
 
 async def write_record(
-    writer: RecordWriter, event: Any, result: IngestResult, rekey_topic: str
+    writer: RecordWriter, event: Any, result: IngestResult, kind: RekeyKind | None
 ) -> None:
     """The write step of one input record: its outputs and table changes in the crash-safe
     order (:meth:`RecordWriter.write`: operations → dead letters → re-keys → states, purges
     and erasure markers), then its metrics. A failed send stops the process (``fail_stop``)."""
-    await writer.write(event, result, rekey_topic)
+    await writer.write(event, result, kind)
     record_metrics(result)
 
 
@@ -288,7 +333,10 @@ class RecordWriter:
         self.pending: PendingWrites = tracked_writes(app)
         self.uncommitted: UncommittedWrites = uncommitted_writes(app)
 
-    async def write(self, event: Any, result: IngestResult, rekey_topic: str) -> None:
+    async def write(self, event: Any, result: IngestResult, kind: RekeyKind | None) -> None:
+        """Write ``result`` of ``event`` (see the class docstring). ``kind``: the role of the
+        event's topic, named on the records it re-keys; None for the re-key topic, whose
+        records re-key nothing (:func:`~app.core.pipeline.from_rekey_topic`)."""
         message = event.message
         send = partial(self._send, self._transactional_id(message.topic, message.partition))
         if result.operations is not None:
@@ -300,8 +348,19 @@ class RecordWriter:
                 self.topics.deadletter.name, record.key, record.value, headers=record.headers
             )
         log_dead_letters(log, result.dead_letters)
-        for mpid, raw in result.rekeyed:
-            await send(rekey_topic, mpid.encode(), raw)
+        if result.rekeyed:
+            # never back to the input topic (its owner's): to ours, with the record's own
+            # Kafka time, so that erasure markers compare it as the record it came from
+            origin = f"{message.topic}/{message.partition}@{message.offset}"
+            headers = rekey_headers(as_list(message.headers), kind, origin)
+            for mpid, raw in result.rekeyed:
+                await send(
+                    self.topics.rekey.name,
+                    mpid.encode(),
+                    raw,
+                    headers=headers,
+                    timestamp=message.timestamp,
+                )
         changes: list[tuple[Any, bytes, bytes | None]] = [
             *((self.users, mpid.encode(), state) for mpid, state in result.states.items()),
             *((self.users, mpid.encode(), None) for mpid in result.purged),
@@ -339,11 +398,13 @@ class RecordWriter:
         partition: int | None = None,
         *,
         headers: list[tuple[str, bytes]] | None = None,
+        timestamp: float | None = None,
     ) -> Awaitable[Any]:
-        """Queue one record in the transaction; returns the future of its RecordMetadata."""
+        """Queue one record in the transaction; returns the future of its RecordMetadata.
+        ``timestamp``: the record's Kafka time in seconds (None: the time of the send)."""
         try:
             sent: Awaitable[Any] = await self.app.producer.send(
-                topic, key, value, partition, None, headers, transactional_id=transactional_id
+                topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
             )
         except Exception as exc:  # noqa: BLE001 - any failed send: stop before anything commits
             fail_stop(f"sending to {topic} failed: {exc!r}")

@@ -149,6 +149,17 @@ def _parser() -> argparse.ArgumentParser:
         help="a fault rule as JSON (repeatable), see docs/emulator.md",
     )
     emulator.add_argument("--seed", type=int, default=None, help="seed of probabilistic faults")
+    emulator.add_argument(
+        "--pessimistic",
+        action="store_true",
+        help="apply stale identifies, a finite event-id window, 300 attributes per person",
+    )
+    emulator.add_argument(
+        "--dedup-window", type=int, default=None, help="event ids remembered (pessimistic mode)"
+    )
+    emulator.add_argument(
+        "--other-region-port", type=int, default=None, help="also play the other region's host"
+    )
     emulator.set_defaults(handler=_cmd_emulator)
 
     dry = commands.add_parser(
@@ -387,9 +398,11 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         rate_limit=limit,
         faults=tuple(rules),
         seed=args.seed,
+        pessimistic=args.pessimistic,
+        **({} if args.dedup_window is None else {"dedup_window": args.dedup_window}),
     )
     configure_logging("INFO", _log_format())
-    serve(config, host=args.host, port=args.port)
+    serve(config, host=args.host, port=args.port, other_region_port=args.other_region_port)
     return 0
 
 

@@ -95,6 +95,9 @@ class Reason(StrEnum):
     AVRO_DECODE = "avro_decode"
     STATE_CORRUPT = "state_corrupt"
     INTERNAL_ERROR = "internal_error"
+    # ingest: a record of the re-key topic that no worker wrote as it is
+    REKEY_KIND_UNKNOWN = "rekey_kind_unknown"
+    REKEY_LOOP = "rekey_loop"
     # sink: an item Customer.io did not accept
     ITEM_TOO_LARGE = "item_too_large"
     RETRIES_EXHAUSTED = "retries_exhausted"

@@ -286,6 +286,10 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "processing_guarantee": settings.processing_guarantee,
         "broker_session_timeout": settings.kafka_session_timeout_seconds,
         "broker_heartbeat_interval": settings.kafka_session_timeout_seconds / 3,
+        # faust's 60 s default: a rebalance waiting for a member that will not rejoin stalls
+        # every partition that long (README "Sizing and state").
+        "broker_rebalance_timeout": settings.kafka_rebalance_timeout_seconds,
+        "table_standby_replicas": settings.standby_replicas,
         "TableManager": TrackingTableManager,
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": settings.topic_replication_factor,

@@ -25,12 +25,17 @@ it cannot trust).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import shutil
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from faust.types import TP
+
+from app.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Mapping
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MARKER = ".clean-stop"
+LOCK_FILE = ".lock"
 
 Position = tuple[str, int]  # (topic, partition) of an input record
 _Key = tuple[str, bytes]  # (table name, key)
@@ -197,21 +203,60 @@ def _store(table: StoredTable, key: bytes, value: bytes | None, partition: int) 
         store._key_index[key] = partition
 
 
-def open_store(tabledir: Path) -> bool:
+def lock_data_dir(datadir: Path) -> IO[bytes]:
+    """Hold an exclusive lock on ``datadir`` for the life of the process; return its file.
+
+    Two workers on one data dir would each open the same RocksDB databases (faust then logs
+    "DB for partition N is locked" 30 times and crashes, its partitions stalled meanwhile).
+    Raises :class:`~app.errors.ConfigError` at once, naming the directory and the holder's
+    pid, when another process holds it. The kernel drops the lock when the process exits,
+    even on SIGKILL, so a crashed worker never leaves it behind.
+    """
+    datadir.mkdir(parents=True, exist_ok=True)
+    handle = (datadir / LOCK_FILE).open("a+b")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().decode(errors="replace").strip() or "unknown"
+        handle.close()
+        raise ConfigError(
+            f"invalid setting MPCIO_DATA_DIR: {datadir} is in use by another worker (pid "
+            f"{holder}); every worker needs its own data dir (the Helm chart gives each pod "
+            "its own volume)"
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()).encode())
+    handle.flush()
+    return handle
+
+
+def open_store(tabledir: Path, max_age_seconds: float | None = None) -> bool:
     """Make ``tabledir`` safe to open; return whether the existing store was kept.
 
-    Kept (True) only when the last run stopped cleanly (the marker exists; it is removed now).
-    Otherwise an existing directory is deleted with one warning and False is returned; a
-    missing directory is a first start (False, nothing to delete).
+    Kept (True) only when the last run stopped cleanly (the marker exists; it is removed now)
+    less than ``max_age_seconds`` ago: an older store could hold users whose erasure
+    tombstones the changelog's compaction has dropped since (``delete.retention.ms``), and
+    replaying the changelog on top of it would never remove them. Otherwise an existing
+    directory is deleted with one warning and False is returned; a missing directory is a
+    first start (False, nothing to delete).
     """
     marker = tabledir / MARKER
+    why = "the last run did not stop cleanly"
     if marker.exists():
+        age = time.time() - marker.stat().st_mtime
         marker.unlink()
-        return True
+        if max_age_seconds is None or age < max_age_seconds:
+            return True
+        why = (
+            f"the store is {age:.0f} s old, older than the changelogs keep erasure tombstones "
+            f"({max_age_seconds:.0f} s)"
+        )
     if tabledir.exists():
         log.warning(
-            "the last run did not stop cleanly: discarding the local table store %s; the "
-            "tables are rebuilt from their committed changelogs",
+            "%s: discarding the local table store %s; the tables are rebuilt from their "
+            "committed changelogs",
+            why,
             tabledir,
         )
         shutil.rmtree(tabledir)

@@ -55,11 +55,16 @@ from app.core.avro import codec
 
 @dataclass(frozen=True, slots=True)
 class SourcePosition:
-    """Where a record came from: kept in operations and dead letters for tracing and redrive."""
+    """Where a record came from: kept in operations and dead letters for tracing and redrive.
+
+    ``rekeyed``: read from the re-key topic (:mod:`app.topics`), whose offsets are a sequence
+    of their own, shared by records of every kind: the redelivery guard keeps them apart from
+    the input topics' offsets."""
 
     topic: str
     partition: int
     offset: int
+    rekeyed: bool = False
 
 
 class Stage(StrEnum):

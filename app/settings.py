@@ -125,6 +125,11 @@ class Settings(BaseSettings):
         default_factory=lambda data: f"{data['app_id']}-deadletter",
         description="Output: everything rejected, with its reason; default <app id>-deadletter.",
     )
+    topic_rekey: str = Field(
+        default_factory=lambda data: f"{data['app_id']}-rekey",
+        description="Internal: records re-keyed by their mpid (mParticle's unkeyed ones); "
+        "default <app id>-rekey.",
+    )
     topic_partitions: PositiveInt = Field(
         8,
         description="Partitions of every topic the worker creates; the input topics must all "
@@ -155,6 +160,46 @@ class Settings(BaseSettings):
         description="Consumer-group session timeout of the worker's consumers: how long a "
         "crashed worker's partitions wait before another worker (or its restart) takes them. "
         "6 s is the broker's default minimum.",
+    )
+    kafka_rebalance_timeout_seconds: Annotated[float, Field(ge=6, le=600)] = Field(
+        20.0,
+        description="How long a consumer-group rebalance waits for the members to rejoin "
+        "(faust's broker_rebalance_timeout; its default is 60 s). A member that misses it is "
+        "dropped from the group; partitions stall at most this long in a rebalance.",
+    )
+    standby_replicas: Annotated[int, Field(ge=0, le=8)] = Field(
+        1,
+        description="Standby copies of each table partition kept warm by other workers "
+        "(faust's table_standby_replicas): a partition moving to a worker that holds its "
+        "standby resumes at once instead of reading the changelog. 0 = none.",
+    )
+    changelog_segment_bytes: Annotated[int, Field(ge=1024 * 1024)] = Field(
+        64 * 1024 * 1024,
+        description="segment.bytes of the table changelog topics: Kafka compacts only closed "
+        "segments, so a smaller segment lets superseded user states go sooner.",
+    )
+    changelog_segment_seconds: Annotated[int, Field(ge=1)] = Field(
+        3600,
+        description="segment.ms of the table changelog topics (in seconds): a segment closes "
+        "after this long even when small, so compaction keeps up on quiet partitions too.",
+    )
+    changelog_min_cleanable_dirty_ratio: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.1,
+        description="min.cleanable.dirty.ratio of the changelog topics: compact once this "
+        "share of a partition's closed log is superseded (Kafka's default 0.5 lets a "
+        "changelog, and so recovery, grow to twice the live state).",
+    )
+    changelog_delete_retention_seconds: Annotated[int, Field(ge=60)] = Field(
+        7 * 24 * 3600,
+        description="delete.retention.ms of the changelog topics (in seconds): how long an "
+        "erased user's tombstone stays readable; a data dir older than this is never trusted "
+        "(it could hold a user whose tombstone is gone).",
+    )
+    fast_restore: bool = Field(
+        True,
+        description="Rebuild a missing or untrusted table store by bulk-reading the committed "
+        "changelogs into RocksDB before faust starts (README 'Sizing and state'); false = "
+        "faust's own recovery only (30-60x slower, README).",
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
         "at_least_once",

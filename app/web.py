@@ -21,8 +21,11 @@ set. Once listening, the worker logs its address and every route with its access
 A timer (every :data:`SAMPLE_INTERVAL_SECONDS`) samples the gauges that no event increments:
 ``mpcio_consumer_lag{topic,partition}`` (ingest inputs and the sink's operations topic),
 ``mpcio_table_keys{table}`` and ``mpcio_ready``. A sample reads only local state (offsets the
-consumers already know, table sizes, service states): no broker round trip, no table scan with
-RocksDB (its key estimate is used).
+consumers already know, service states): no broker round trip; the table keys are counted
+exactly, a bounded slice per sample (:class:`KeyCounter`). The recovery gauges
+(``mpcio_table_recovery_in_progress``, ``mpcio_table_recovery_remaining_records``) are read
+from faust's recovery at every scrape (faust runs no timer while it recovers). While faust
+recovers tables, ``/health/ready`` is 503 with status ``recovering`` and the records left.
 
 The decisions (:func:`decide_readiness`, :func:`decide_access`, :func:`user_json`) are pure,
 for unit tests.
@@ -63,6 +66,8 @@ log = logging.getLogger(__name__)
 #: How often the lag, table-size and readiness gauges are sampled (not a setting: a sample is
 #: a few dictionary reads, and Prometheus scrapes are rarely more frequent than this).
 SAMPLE_INTERVAL_SECONDS = 2.0
+#: Keys the table-size count reads per sample (~10 µs each: bounded time on the loop).
+KEY_COUNT_BUDGET = 20_000
 #: Longest wait for a consumer position the timer falls back to (never blocks the loop long).
 POSITION_TIMEOUT_SECONDS = 1.0
 
@@ -100,9 +105,10 @@ class SinkHandleLike(Protocol):
 class Readiness:
     """Whether this worker is running and able to work, what it is doing, and why not.
 
-    ``status``: ``starting`` (not in its consumer group yet), ``active`` (has input
-    partitions), ``standby`` (in the group with no input partition: more workers than
-    partitions; it takes partitions over on the next rebalance) or ``rebalancing``.
+    ``status``: ``starting`` (not in its consumer group yet), ``recovering`` (reading the
+    changelogs into its tables), ``active`` (has input partitions), ``standby`` (in the group
+    with no input partition: more workers than partitions; it takes partitions over on the
+    next rebalance) or ``rebalancing``.
     """
 
     reasons: tuple[str, ...]
@@ -144,6 +150,7 @@ def decide_readiness(
     sink_joined: bool,
     sink_partitions: int,
     sink_stopped_reason: str | None,
+    recovery_remaining: int | None = None,
 ) -> Readiness:
     """Ready = in the consumer group (with or without partitions), every agent running, and
     (when forwarding) the sink running in its group and not stopped by a configuration error.
@@ -152,11 +159,17 @@ def decide_readiness(
     ``agents`` maps agent name → service state (``running``, ``crashed``, ...); the sink
     fields are ignored when forwarding is disabled. A worker without partitions is ready: a
     surplus replica is a healthy standby, not a failure (``kubectl rollout status`` waits for
-    every replica to be ready).
+    every replica to be ready). ``recovery_remaining``: changelog records still to read while
+    faust recovers the tables of assigned partitions (``None`` when not recovering): not
+    ready, status ``recovering``.
     """
     reasons: list[str] = []
     if not joined:
         reasons.append("joining the consumer group: no partition assignment yet")
+    if recovery_remaining is not None:
+        reasons.append(
+            f"recovering table state from the changelogs: {recovery_remaining} records left"
+        )
     if not agents:
         reasons.append("no agents registered")
     reasons.extend(
@@ -174,6 +187,8 @@ def decide_readiness(
     operations_partitions = sink_partitions if forwarding_enabled else None
     if not joined:
         status = "starting"
+    elif recovery_remaining is not None:
+        status = "recovering"
     elif rebalancing:
         status = "rebalancing"
     else:
@@ -319,6 +334,27 @@ def not_found_json(mpid: str, partitions: int, held: Iterable[int]) -> dict[str,
 # --- sampling the app -------------------------------------------------------------------------
 
 
+def _assigned_actives(app: faust.App) -> set[Any]:
+    """The topic partitions (changelogs included) this worker is active for."""
+    try:
+        return set(app.assignor.assigned_actives())
+    except Exception:  # no assignment yet  # noqa: BLE001
+        return set()
+
+
+def _recovery_remaining(app: faust.App) -> int | None:
+    """Changelog records faust's recovery still has to read for active partitions; ``None``
+    when it is not recovering."""
+    # faust makes its Recovery service on first use: before the app starts there is none
+    recovery = getattr(app.tables, "_recovery", None)
+    if recovery is None or not getattr(recovery, "in_recovery", False):
+        return None
+    try:
+        return int(recovery.active_remaining_total())
+    except Exception:  # read on every scrape: a rebalance midway must not break /metrics  # noqa: BLE001
+        return 0
+
+
 def _assignment(app: faust.App) -> set[Any]:
     try:
         return set(app.consumer.assignment())
@@ -356,17 +392,58 @@ async def ingest_lag(app: faust.App, input_topics: Iterable[str]) -> dict[tuple[
     return lags
 
 
-def table_keys(table: Any) -> int:
-    """Keys of a faust table held locally: exact in memory, RocksDB's estimate on disk."""
-    store = table.data
-    dbs = getattr(store, "_dbs_for_actives", None)
-    if dbs is None:
-        return len(table)
-    total = 0
-    for db in dbs():
-        estimate = db.property_int_value("rocksdb.estimate-num-keys")
-        total += int(estimate or 0)
-    return total
+class KeyCounter:
+    """Exact count of the keys a faust table holds for this worker's active partitions.
+
+    RocksDB's ``rocksdb.estimate-num-keys`` counts every write not yet compacted away, so a
+    key written twice counts twice (the gauge showed 200,000 for 100,000 users). An exact
+    count needs a scan, so it is made a slice at a time: each :meth:`step` reads at most
+    ``budget`` keys (a new iterator each time, resumed after the last key seen, so no
+    database stays pinned between steps) and the total is published once every active
+    partition has a complete count; it then trails the truth by one full pass. The memory
+    store is counted with ``len`` at once.
+    """
+
+    def __init__(self, budget: int = KEY_COUNT_BUDGET) -> None:
+        self.budget = budget
+        self._counted: dict[int, int] = {}  # partition -> keys at its last complete pass
+        self._cursor: dict[int, tuple[bytes, int]] = {}  # partition -> (last key, so far)
+
+    def step(self, table: Any, actives: Iterable[int]) -> int | None:
+        """Count another slice; return the total when every partition of ``actives`` has one."""
+        store = table.data
+        dbs: Mapping[int, Any] | None = getattr(store, "_dbs", None)
+        if dbs is None:
+            return len(table)
+        partitions = sorted(p for p in set(actives) if p in dbs)
+        left = self.budget
+        for partition in partitions:
+            if left <= 0:
+                break
+            left -= self._scan(partition, dbs[partition], left, store.offset_key)
+        for gone in set(self._counted) - set(partitions):
+            del self._counted[gone]
+        if all(p in self._counted for p in partitions):
+            return sum(self._counted[p] for p in partitions)
+        return None
+
+    def _scan(self, partition: int, db: Any, budget: int, skip: bytes) -> int:
+        last, counted = self._cursor.pop(partition, (b"", 0))
+        iterator = db.iter()
+        iterator.seek(last)
+        if last and iterator.valid() and iterator.key() == last:
+            iterator.next()
+        read = 0
+        while iterator.valid() and read < budget:
+            last = iterator.key()
+            counted += last != skip
+            read += 1
+            iterator.next()
+        if iterator.valid():
+            self._cursor[partition] = (last, counted)
+        else:
+            self._counted[partition] = counted
+        return max(read, 1)
 
 
 class Observer:
@@ -381,6 +458,7 @@ class Observer:
         self.operations_topic = topics.operations.name
         self.sink_handle = sink
         self._ingest_lag = metrics.LagGauge()
+        self._key_counters = {name: KeyCounter() for name in (USERS_TABLE, ERASURES_TABLE)}
         self._sink_lag = metrics.LagGauge()
 
     @property
@@ -403,6 +481,7 @@ class Observer:
             sink_stopped_reason=None
             if sink is None or sink.stopped_reason is None
             else masking.active().text(sink.stopped_reason),
+            recovery_remaining=_recovery_remaining(self.app),
         )
 
     def table(self, name: str) -> Any:
@@ -414,10 +493,14 @@ class Observer:
         sink = self.sink
         sink_lag = {} if sink is None else await sink.lag()
         self._sink_lag.update({(tp.topic, tp.partition): lag for tp, lag in sink_lag.items()})
-        for name in (USERS_TABLE, ERASURES_TABLE):
+        for name, counter in self._key_counters.items():
             table = self.table(name)
             if table is not None:
-                metrics.TABLE_KEYS.labels(name).set(table_keys(table))
+                topic = table.changelog_topic.get_topic_name()
+                actives = {tp.partition for tp in _assigned_actives(self.app) if tp.topic == topic}
+                keys = counter.step(table, actives)
+                if keys is not None:
+                    metrics.TABLE_KEYS.labels(name).set(keys)
         metrics.READY.set(1 if self.readiness().ready else 0)
 
 
@@ -426,6 +509,7 @@ def attach_web(
 ) -> Observer:
     """Register the views, the access guard, the build info and the gauge sampler on ``app``."""
     observer = Observer(app, settings, topics, sink)
+    metrics.track_recovery(lambda: _recovery_remaining(app))
     token = settings.support_token.get_secret_value() if settings.support_token else None
     aiohttp_app(app).middlewares.append(access_middleware(token))
     metrics.BUILD.info(metrics.build_labels(settings))

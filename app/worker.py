@@ -32,8 +32,9 @@ from app import masking
 from app.faust_app import create_app, tracked_writes, use_event_loop
 from app.kafka_admin import ensure_topics
 from app.kafka_security import client_kwargs
-from app.localstore import mark_clean, open_store
+from app.localstore import lock_data_dir, mark_clean, open_store
 from app.logs import configure_logging
+from app.restore import prepare_tables
 from app.settings import Settings
 from app.topics import changelog_topics, topics_for
 from app.web import attach_web
@@ -141,8 +142,14 @@ def run_worker(settings: Settings) -> None:
         )
     tabledir = Path(app.conf.tabledir)
     persistent = not settings.store.startswith("memory")
+    kept = False
     if persistent:
-        open_store(tabledir)
+        # held until the process exits: a second worker on this dir stops here, exit 2
+        data_lock = lock_data_dir(Path(app.conf.datadir))  # noqa: F841
+        kept = open_store(tabledir, settings.changelog_delete_retention_seconds)
+    restore = persistent and not kept and settings.fast_restore
+    # on faust's own loop: the stores opened here bind to it (asyncio.run would close it)
+    app.loop.run_until_complete(prepare_tables(app, settings, restore=restore))
     try:
         worker.execute_from_commandline()
     except SystemExit as exit_:

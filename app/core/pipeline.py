@@ -19,8 +19,9 @@ counter. A
 stored state that cannot be decoded is dead-lettered too (reason ``state_corrupt``) and the user
 starts afresh, so one corrupt value never blocks a partition. Batches whose mpid is not the
 record key (keyless or bulk records) are not processed here: they are returned in ``rekeyed``
-for the agent to send back to the input topic keyed by their own mpid, so every user's state
-lives on the partition its key maps to.
+for the agent to send to the deployment's re-key topic keyed by their own mpid, so every
+user's state lives on the partition its key maps to; read from there (:func:`from_rekey_topic`)
+they are processed like a record of the topic they came from.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ class IngestResult:
     ``states``: encoded :class:`UserState` per mpid (changed ones only); ``purged``: mpids
     whose state must be deleted (tombstone); ``erased``: erasure markers (mpid → Kafka time of
     the request) to keep; ``operations``: at most
-    one encoded ``OperationBatch`` (key = mpid); ``rekeyed``: (mpid, raw batch JSON) to send
-    back to the input topic; ``dead_letters``: encoded ``DeadLetter`` records.
+    one encoded ``OperationBatch`` (key = mpid); ``rekeyed``: (mpid, raw JSON of that user's
+    part) to send to the re-key topic; ``dead_letters``: encoded ``DeadLetter`` records.
     ``counts`` holds metric increments keyed by (metric, label values).
     """
 
@@ -69,6 +70,49 @@ class IngestResult:
     rekeyed: list[tuple[str, bytes]] = field(default_factory=list)
     dead_letters: list[bytes] = field(default_factory=list)
     counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
+
+
+def unknown_rekey_kind(
+    key: bytes | None,
+    value: bytes | None,
+    source: SourcePosition,
+    *,
+    clock: Callable[[], int] = now_ms,
+) -> IngestResult:
+    """A record of the re-key topic whose :data:`~app.topics.REKEY_KIND_HEADER` is missing or
+    unknown: the worker writes one on every record it re-keys, so someone else wrote this one.
+    It is dead-lettered (reason ``rekey_kind_unknown``) and nothing else is done."""
+    result = IngestResult()
+    detail = "a record of the re-key topic needs the header mpcio.rekey.kind = batches, "
+    exc = InvalidRecordError(Reason.REKEY_KIND_UNKNOWN, detail + "audiences or erasure")
+    _reject(result, exc, source, key, value, clock, counter=None)  # its topic is unknown
+    return result
+
+
+def from_rekey_topic(
+    result: IngestResult, source: SourcePosition, *, clock: Callable[[], int] = now_ms
+) -> IngestResult:
+    """``result`` of the record at ``source`` on the re-key topic, with nothing to re-key again.
+
+    Such a record is one user's part keyed by that user's mpid, so the pure step re-keys
+    nothing. Should it (a parser that disagreed with itself), each part becomes a dead letter
+    ``rekey_loop`` (key = the part's mpid, payload = the part)
+    instead of circling through the re-key topic for ever."""
+    for mpid, raw in result.rekeyed:
+        result.dead_letters.append(
+            dead_letter(
+                Reason.REKEY_LOOP,
+                "a record read from the re-key topic would be re-keyed again",
+                stage=Stage.INGEST,
+                source=source,
+                key=mpid.encode(),
+                payload=raw,
+                failed_at_ms=clock(),
+            )
+        )
+        result.counts["dead_letters", Stage.INGEST, Reason.REKEY_LOOP] += 1
+    result.rekeyed = []
+    return result
 
 
 def process_batch_record(
@@ -132,7 +176,7 @@ def process_audience_record(
 
     A user without an email keeps the membership in state; it is sent with the first identify
     once an email is known. Records for another mpid than the key are returned in
-    ``rekeyed`` (for the audiences topic)."""
+    ``rekeyed`` (for the re-key topic)."""
     result = IngestResult()
     try:
         value = _present(value)  # narrowed to bytes from here on
@@ -310,7 +354,7 @@ def _already_applied(state: UserState | None, kind: str, source: SourcePosition)
     (agents/ingest.py ``RecordWriter``, ARCHITECTURE.md §4): they are in Kafka."""
     if state is None or source.offset < 0:
         return False
-    return state.applied_offsets.get(f"{kind}@{source.partition}", -1) >= source.offset
+    return state.applied_offsets.get(_applied_key(kind, source), -1) >= source.offset
 
 
 def _mark_applied(state: UserState | None, kind: str, source: SourcePosition) -> UserState | None:
@@ -318,8 +362,15 @@ def _mark_applied(state: UserState | None, kind: str, source: SourcePosition) ->
         return state
     return replace(
         state,
-        applied_offsets={**state.applied_offsets, f"{kind}@{source.partition}": source.offset},
+        applied_offsets={**state.applied_offsets, _applied_key(kind, source): source.offset},
     )
+
+
+def _applied_key(kind: str, source: SourcePosition) -> str:
+    """``<kind>@<partition>``; ``rekey@<partition>`` for a record of the re-key topic, whose
+    offsets must never be compared with the input topic's (a re-keyed batch at offset 5 is
+    not older than batch 7 of the batches topic)."""
+    return f"{'rekey' if source.rekeyed else kind}@{source.partition}"
 
 
 def _present(value: bytes | None) -> bytes:
@@ -337,8 +388,9 @@ def _reject(  # noqa: PLR0917 - private helper, every argument is needed
     value: bytes | None,
     clock: Callable[[], int],
     *,
-    counter: str,
+    counter: str | None,
 ) -> None:
+    """Dead-letter the record for ``exc``; count it ``rejected`` in ``counter`` (if any)."""
     result.dead_letters.append(
         dead_letter(
             exc.reason,
@@ -351,7 +403,8 @@ def _reject(  # noqa: PLR0917 - private helper, every argument is needed
         )
     )
     result.counts["dead_letters", Stage.INGEST, exc.reason] += 1
-    result.counts[counter, "rejected"] += 1
+    if counter is not None:
+        result.counts[counter, "rejected"] += 1
 
 
 def _count_transformed(

@@ -6,12 +6,14 @@ was not run:
 - ``kafka``: a connection and metadata round trip with the configured security (TLS/SASL);
 - ``topics``: every topic of the deployment exists (the worker creates missing ones at
   start-up, so on a fresh cluster this fails until the first worker ran or they were created);
-- ``co-partitioning``: the three input topics have the same partition count;
+- ``co-partitioning``: the topics the ingest agents read (the three input topics and the
+  re-key topic) have the same partition count;
 - ``customerio``: ``GET /auth`` with the configured site id, API key and region (or URL)
   answers 200; skipped when forwarding is disabled;
 - ``key sample`` (only with ``--sample N``): N of the newest records of the batches topic (the
   newest N/partitions of each partition), counted by :func:`key_form` — how mParticle keys
-  them and how many the worker would re-key.
+  them and how many the worker would re-key (through the re-key topic, never into the batches
+  topic).
 
 What a check says passes through the installed :class:`~app.masking.Masker`: a URL with
 credentials (``MPCIO_CUSTOMERIO_URL=http://user:pass@host``) is printed as
@@ -161,7 +163,8 @@ async def check_key_sample(settings: Settings, count: int) -> Check:
         True,
         f"{total} records of {topic}: {forms['mpid']} keyed by mpid, {forms['none']} without "
         f"a key, {forms['other']} with another key -> {forms['none'] + forms['other']} would be "
-        f"re-keyed, {forms['unparseable']} not batches (dead-lettered)",
+        f"re-keyed through {settings.topic_rekey}, {forms['unparseable']} not batches "
+        "(dead-lettered)",
     )
 
 
@@ -222,21 +225,21 @@ async def check_kafka(settings: Settings) -> list[Check]:
             copart = Check(
                 "co-partitioning",
                 False,
-                "input topics differ in partition count: "
+                "topics read by ingest differ in partition count: "
                 + ", ".join(f"{name}={n}" for name, n in present.items()),
             )
         elif len(present) < len(inputs):
             copart = Check(
                 "co-partitioning",
                 False,
-                "cannot check: missing input topic(s) "
+                "cannot check: missing topic(s) "
                 + ", ".join(name for name, n in inputs.items() if n is None),
             )
         else:
             copart = Check(
                 "co-partitioning",
                 True,
-                f"{len(present)} inputs x {next(iter(present.values()))} partitions",
+                f"{len(present)} topics read by ingest x {max(present.values())} partitions",
             )
         return [kafka, topic_check, copart]
     finally:

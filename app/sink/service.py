@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import ConsumerStoppedError
 from mode import Service
 
 from app import metrics, wiring
@@ -223,6 +224,15 @@ class OperationsSink(Service):
 
     @Service.task
     async def _drain(self) -> None:
+        try:
+            await self._drain_until_stopped()
+        except ConsumerStoppedError:
+            # on_stop stops the consumer while this loop may wait in getmany: that is the
+            # clean stop (SIGTERM), not a crash; any other time it is one
+            if not self.should_stop:
+                raise
+
+    async def _drain_until_stopped(self) -> None:
         while not self.should_stop:
             chunk = await self._next_chunk()
             if chunk:

@@ -177,9 +177,7 @@ def build(config: dict[str, Any]) -> faust.App:
 
         @app.agent(source, concurrency=1)
         async def ingest_agent(stream: Any) -> None:
-            await ingest_stream(
-                stream, step, writer, rekey_topic=config["source"], after_write=counted
-            )
+            await ingest_stream(stream, step, writer, kind="batches", after_write=counted)
 
     elif case == "faust_table_produce":
 

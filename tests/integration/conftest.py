@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,14 @@ FAST_RETRIES = {
     "retry_backoff_max_seconds": "0.5",
     "batch_linger_ms": "50",
 }
+
+
+def pessimistic_config(**overrides: Any) -> EmulatorConfig:
+    """The emulator of the reliability and delivery suites: pessimistic (``docs/emulator.md``:
+    stale identifies applied, a finite event-id window, 300 attributes per person), with the
+    tests' credentials and a fixed seed for probabilistic faults."""
+    fields: dict[str, Any] = {"site_id": SITE_ID, "api_key": API_KEY, "seed": 2101}
+    return EmulatorConfig(**{**fields, **overrides, "pessimistic": True})
 
 
 @pytest.fixture

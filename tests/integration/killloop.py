@@ -144,7 +144,8 @@ async def run_kill_loop(
         await _settle(emulator)
     finally:
         producer.cancel()
-    verdict = await judge(emulator, workload)
+    # Kills cause redeliveries: an identify arriving after a newer one is explained.
+    verdict = await judge(emulator, workload, deployment, stale_explained=True)
     dead = await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name)
     return KillLoopResult(
         plan=plan,

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -220,17 +221,48 @@ def log_findings(paths: Iterable[Path]) -> list[str]:
     return findings
 
 
-async def judge(emulator: Any, workload: reliability_model.Workload) -> reliability_model.Verdict:
-    """The reference model's verdict on what ``emulator`` (a RunningEmulator) holds now."""
-    people = (await inspect_emulator(emulator.url, "people"))["people"]
-    events = (await inspect_emulator(emulator.url, "events"))["events"]
+async def judge(
+    emulator: Any,
+    workload: reliability_model.Workload,
+    deployment: Any,
+    *,
+    stale_explained: bool = False,
+    expected_dead_letters: Counter[str] | None = None,
+    other_emails: frozenset[str] = frozenset(),
+) -> reliability_model.Verdict:
+    """The reference model's verdict on what ``emulator`` (a RunningEmulator) holds now and on
+    the reasons of ``deployment``'s dead-letter topic (see :func:`reliability_model.check`)."""
+    stats = emulator.state.stats()
+    observed = reliability_model.Observed(
+        people=(await inspect_emulator(emulator.url, "people"))["people"],
+        events=(await inspect_emulator(emulator.url, "events"))["events"],
+        identifies=(await inspect_emulator(emulator.url, "identifies"))["identifies"],
+        duplicates_suppressed=stats["duplicates_suppressed"],
+        stale_identifies=stats["stale_identifies"],
+        dead_letter_reasons=await dead_letter_reasons(
+            deployment.kafka.bootstrap, deployment.topics.deadletter.name
+        ),
+    )
     return reliability_model.check(
         workload.expected,
         workload.events_in,
-        people,
-        events,
-        emulator.state.stats()["duplicates_suppressed"],
+        observed,
+        stale_explained=stale_explained,
+        expected_dead_letters=expected_dead_letters,
+        other_emails=other_emails,
     )
+
+
+async def dead_letter_reasons(bootstrap: str, topic: str) -> list[str]:
+    """The ``mpcio.reason`` header of every record on the dead-letter ``topic`` now."""
+    count = await message_count(bootstrap, topic)
+    records = await consume_until(bootstrap, topic, lambda found: len(found) >= count)
+    return [
+        value.decode()
+        for record in records
+        for key, value in record.headers
+        if key == "mpcio.reason"
+    ]
 
 
 async def worker_metrics(port: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

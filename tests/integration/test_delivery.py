@@ -1,4 +1,8 @@
-"""End to end on the real broker and the emulator: batches in → people and events out."""
+"""End to end on the real broker and the emulator: batches in → people and events out.
+
+The emulator is pessimistic here (``docs/emulator.md``): stale identifies are applied, event ids
+are remembered for a finite window, a person holds at most 300 attributes.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,10 @@ import pytest
 
 from app.core.avro import codec
 from app.dev.emulator.faults import RateLimit, parse_faults
-from app.dev.emulator.server import EmulatorConfig, running_emulator
+from app.dev.emulator.server import running_emulator
 from app.dev.localkafka import free_port
 from tests.integration import workload
-from tests.integration.conftest import API_KEY, SITE_ID, Deployment
+from tests.integration.conftest import Deployment, pessimistic_config
 from tests.integration.support import (
     REPO,
     WorkerProcess,
@@ -31,6 +35,7 @@ from tests.integration.support import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from app.dev.emulator.server import RunningEmulator
@@ -38,6 +43,13 @@ if TYPE_CHECKING:
     from tests.integration.conftest import Names
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[RunningEmulator]:
+    """The pessimistic emulator for every test here (and the ``deployment`` it feeds)."""
+    async with running_emulator(pessimistic_config()) as running:
+        yield running
 
 
 async def _wait_for_events(
@@ -251,7 +263,7 @@ async def test_two_workers_share_the_workspace_rate_limit(
 ) -> None:
     # Customer.io's limit is per workspace: two workers together must stay inside it. The
     # emulator's token bucket answers 429 once more than 10 requests/s arrive on average.
-    config = EmulatorConfig(site_id=SITE_ID, api_key=API_KEY, rate_limit=RateLimit(10))
+    config = pessimistic_config(rate_limit=RateLimit(10))
     async with running_emulator(config) as emulator:
         deployment = Deployment(kafka, names, tmp_path, emulator.url)
         await deployment.prepare()
@@ -316,7 +328,7 @@ async def test_lanes_over_eight_partitions_keep_each_persons_order(
     delays, _ = parse_faults(
         {"kind": "delay", "delay_seconds": 0.3, "probability": 0.4, "count": 25}
     )
-    config = EmulatorConfig(site_id=SITE_ID, api_key=API_KEY, faults=tuple(delays), seed=21)
+    config = pessimistic_config(faults=tuple(delays), seed=21)
     async with running_emulator(config) as emulator:
         deployment = Deployment(kafka, names, tmp_path, emulator.url, topic_partitions="8")
         await deployment.prepare()

@@ -6,12 +6,18 @@ takes "a comma-separated list of bootstrap servers"; the worker must accept both
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from app.core.avro import codec
+from app.dev.emulator.server import EmulatorConfig, running_emulator
 from app.dev.localkafka import free_port
 from app.errors import ConfigError
 from app.kafka_admin import ensure_topics
@@ -22,6 +28,7 @@ from tests.integration.cli import mpcio
 from tests.integration.conftest import API_KEY, FAST_RETRIES, SITE_ID
 from tests.integration.support import (
     WorkerProcess,
+    consume_until,
     create_topics,
     message_count,
     produce,
@@ -35,7 +42,7 @@ if TYPE_CHECKING:
     from app.dev.emulator.server import RunningEmulator
     from app.dev.localkafka import LocalKafka
     from app.settings import Settings
-    from tests.integration.conftest import Names
+    from tests.integration.conftest import Deployment, Names
 
 pytestmark = pytest.mark.integration
 
@@ -105,12 +112,80 @@ async def test_a_mismatch_is_one_error_naming_each_topic_and_nothing_is_created(
     assert set(present) == {topics.batches.name, topics.operations.name}
 
 
-async def test_worker_runs_on_mparticles_topic_with_a_comma_separated_broker_list(
+async def _committed_records(bootstrap: str, topic: str, partitions: int) -> int:
+    """How many committed records ``topic`` holds: a topic written in transactions also spends
+    offsets on their markers and on aborted records, so its end offsets overcount."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)  # the last stable offsets, read_committed
+        count = 0
+        async with asyncio.timeout(120):
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                fetched = await consumer.getmany(timeout_ms=500)
+                count += sum(len(records) for records in fetched.values())
+        return count
+    finally:
+        await consumer.stop()
+
+
+def _as_mparticle_keys_them(
+    records: list[tuple[bytes, bytes]], partitions: int
+) -> tuple[list[tuple[bytes | None, bytes, int | None]], int]:
+    """``records`` (keyed by mpid) as a producer that is not us would key them, and how many
+    of them are not keyed by their canonical mpid.
+
+    Per user (by mpid % 8): half keyed by the mpid as mParticle does; no key, the rare event
+    without a user id, on a partition of its own (mParticle picks one at random; one per user
+    keeps the user's records in an order the test can expect); or a key that is not the
+    canonical mpid: leading zeros, hexadecimal, the email."""
+    chooser = random.Random(20)
+    keyless_partition: dict[int, int] = {}
+    out: list[tuple[bytes | None, bytes, int | None]] = []
+    for key, value in records:
+        mpid = int(key)
+        form = mpid % 8
+        if form < 4:
+            out.append((key, value, None))
+        elif form == 4:
+            partition = keyless_partition.setdefault(mpid, chooser.randrange(partitions))
+            out.append((None, value, partition))
+        else:
+            email = orjson.loads(value)["user_identities"].get("email", f"x{mpid}@example.com")
+            other = {5: b"00" + key, 6: hex(mpid).encode(), 7: email.encode()}[form]
+            out.append((other, value, None))
+    return out, sum(1 for key, _ in records if int(key) % 8 >= 4)
+
+
+async def _produce_as_mparticle(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, int | None]]
+) -> None:
+    """Send ``(key, value, partition)`` in order (partition None: the key's default partition)
+    and wait until every record is acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = [
+            await producer.send(topic, value, key=key, partition=partition)
+            for key, value, partition in records
+        ]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+async def test_worker_plays_mparticles_role_unkeyed_and_odd_keys_reach_customerio_in_order(
     kafka: LocalKafka, names: Names, emulator: RunningEmulator, tmp_path: Path
 ) -> None:
-    # mParticle's role: a 6-partition topic made beforehand, records keyed by mpid.
+    # mParticle's role: a 6-partition topic made beforehand, its broker list comma-separated
+    # without a scheme, records keyed by mpid, some unkeyed, some keyed otherwise.
     env = worker_env(
-        f"{kafka.bootstrap},{kafka.bootstrap}",  # mParticle's form: no scheme, commas
+        f"{kafka.bootstrap},{kafka.bootstrap}",
         names.prefix,
         free_port(),
         topic_partitions="8",
@@ -123,25 +198,44 @@ async def test_worker_runs_on_mparticles_topic_with_a_comma_separated_broker_lis
     settings = load_settings(**{k.removeprefix("MPCIO_").lower(): v for k, v in env.items()})
     topics = topics_for(settings)
     await _made(kafka, [topics.batches.name], partitions=6)
-    records = workload.batches(users=30, batches_per_user=2, events_per_batch=2)
-    await produce(kafka.bootstrap, topics.batches.name, records)
-    expected = workload.expected_items([value for _, value in records], settings)
-    expected_events = Counter(i["id"] for i in expected if i["action"] == "event")
+    workload_records = workload.batches(users=40, batches_per_user=4, events_per_batch=2)
+    records, not_canonical = _as_mparticle_keys_them(workload_records, partitions=6)
+    await _produce_as_mparticle(kafka.bootstrap, topics.batches.name, records)
+    expected = workload.expected_items([value for _, value, _ in records], settings)
+    expected_events = [i for i in expected if i["action"] == "event"]
 
     worker = WorkerProcess(["-m", "app", "worker"], env, tmp_path / "worker.log").start()
     try:
 
         def delivered() -> bool:
             worker.assert_running()
-            return len(emulator.state.store.events) >= sum(expected_events.values())
+            return len(emulator.state.store.events) >= len(expected_events)
 
-        await wait_for(delivered, 240, "every event at the emulator")
+        await wait_for(delivered, 300, "every event at the emulator")
     finally:
         await worker.stop()
-    assert Counter(e.id for e in emulator.state.store.events) == expected_events
-    assert await _counts(kafka, [topics.operations.name]) == {topics.operations.name: 6}
-    # we wrote nothing into mParticle's topic
+
+    store = emulator.state.store
+    received = [event.id for event in store.events]
+    assert Counter(received) == Counter(i["id"] for i in expected_events)  # all, once each
+    # in order per user: each user's events arrived in the order mParticle produced them
+    user_of = {i["id"]: next(iter(i["identifiers"].values())) for i in expected_events}
+    for user in set(user_of.values()):
+        mine = [event for event in received if user_of[event] == user]
+        assert mine == [i["id"] for i in expected_events if user_of[i["id"]] == user], user
+    assert store.stale_identifies == 0  # no user's profile update overtook an older one
+    people = [p for p in store.people if p.email]
+    assert len(people) == 36  # every 10th user has no email (workload)
+    assert {p.attributes["tier"] for p in people} == {1}  # the last round's attribute won
+    # nothing written into mParticle's topic: its end offsets are what the test produced
     assert await message_count(kafka.bootstrap, topics.batches.name, 6) == len(records)
+    # the records not keyed by their mpid went through our own topic, 6 partitions like it
+    assert not_canonical == 4 * 20  # 20 of the 40 users, 4 batches each
+    assert await _counts(kafka, [topics.rekey.name, topics.operations.name]) == {
+        topics.rekey.name: 6,
+        topics.operations.name: 6,
+    }
+    assert await _committed_records(kafka.bootstrap, topics.rekey.name, 6) == not_canonical
 
 
 async def test_check_config_sample_reports_key_forms(kafka: LocalKafka, names: Names) -> None:
@@ -161,7 +255,15 @@ async def test_check_config_sample_reports_key_forms(kafka: LocalKafka, names: N
 
     assert re.search(
         rf"^key sample: +ok \(11 records of {settings.topic_batches}: 5 keyed by mpid, 3 without "
-        r"a key, 2 with another key -> 5 would be re-keyed, 1 not batches \(dead-lettered\)\)$",
+        rf"a key, 2 with another key -> 5 would be re-keyed through {settings.topic_rekey}, 1 not "
+        r"batches \(dead-lettered\)\)$",
+        result.out,
+        re.MULTILINE,
+    ), result.both
+    # the re-key topic is one of the deployment's topics, checked like the others
+    assert re.search(r"^topics: +ok \(6 topics exist\)$", result.out, re.MULTILINE), result.both
+    assert re.search(
+        r"^co-partitioning: +ok \(4 topics read by ingest x 4 partitions\)$",
         result.out,
         re.MULTILINE,
     ), result.both
@@ -169,3 +271,121 @@ async def test_check_config_sample_reports_key_forms(kafka: LocalKafka, names: N
     assert re.search(r"^key sample: +ok \(3 records of ", few.out, re.MULTILINE), few.both
     negative = await mpcio("check-config", "--sample", "-5", env=env)
     assert negative.code == 2
+
+
+async def test_two_deployments_on_one_broker_with_default_topic_names_deliver_only_their_users(
+    kafka: LocalKafka, names: Names, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    # Production and staging, or two workspaces: one broker, two app ids, the topics we own at
+    # their default names; the inputs differ, as two mParticle connections would.
+    records = workload.batches(users=40, batches_per_user=2, events_per_batch=2)
+    shares = {
+        "prod": [r for r in records if int(r[0]) % 40 < 20],
+        "staging": [r for r in records if int(r[0]) % 40 >= 20],
+    }
+    async with running_emulator(EmulatorConfig(site_id=SITE_ID, api_key=API_KEY)) as second:
+        emulators = {"prod": emulator, "staging": second}
+        envs = {
+            name: {
+                "MPCIO_BROKER": kafka.bootstrap,
+                "MPCIO_APP_ID": f"{names.prefix}-{name}",
+                **{
+                    f"MPCIO_TOPIC_{role.upper()}": names.topic(f"{name}-{role}")
+                    for role in ("batches", "audiences", "erasure")
+                },
+                "MPCIO_STORE": "memory://",
+                "MPCIO_WEB_PORT": str(free_port()),
+                "MPCIO_CUSTOMERIO_SITE_ID": SITE_ID,
+                "MPCIO_CUSTOMERIO_API_KEY": API_KEY,
+                "MPCIO_CUSTOMERIO_URL": emulators[name].url,
+                **{f"MPCIO_{k.upper()}": v for k, v in FAST_RETRIES.items()},
+            }
+            for name in shares
+        }
+        expected: dict[str, list[str]] = {}
+        for name, share in shares.items():
+            settings = load_settings(
+                **{k.removeprefix("MPCIO_").lower(): v for k, v in envs[name].items()}
+            )
+            assert settings.topic_operations == f"{names.prefix}-{name}-operations"
+            assert settings.topic_rekey == f"{names.prefix}-{name}-rekey"
+            keyed, _ = _as_mparticle_keys_them(share, partitions=4)
+            await _made(kafka, [settings.topic_batches], partitions=4)
+            await _produce_as_mparticle(kafka.bootstrap, settings.topic_batches, keyed)
+            items = workload.expected_items([value for _, value in share], settings)
+            expected[name] = [i["id"] for i in items if i["action"] == "event"]
+        workers = {
+            name: WorkerProcess(["-m", "app", "worker"], env, tmp_path / f"{name}.log").start()
+            for name, env in envs.items()
+        }
+        try:
+
+            def delivered() -> bool:
+                for worker in workers.values():
+                    worker.assert_running()
+                return all(
+                    len(emulators[name].state.store.events) >= len(expected[name])
+                    for name in shares
+                )
+
+            await wait_for(delivered, 300, "every event at its deployment's emulator")
+        finally:
+            for worker in workers.values():
+                await worker.stop()
+        for name, share in shares.items():
+            store = emulators[name].state.store
+            assert Counter(event.id for event in store.events) == Counter(expected[name])
+            own = {
+                email
+                for _, value in share
+                if (email := orjson.loads(value)["user_identities"].get("email"))
+            }
+            assert {person.email for person in store.people} == own, name
+
+
+async def test_rekeyed_audience_and_erasure_records_are_processed_as_their_kind(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    kafka, topics = deployment.kafka, deployment.topics
+    ada, bea = workload.batches(users=2, batches_per_user=1, events_per_batch=1)
+    await produce(kafka.bootstrap, topics.batches.name, [ada, bea])
+    # written by something that is not a worker: no kind header
+    await produce(kafka.bootstrap, topics.rekey.name, [(b"10000", ada[1])])
+    worker = deployment.start_worker()
+    store = emulator.state.store
+
+    def both_known() -> bool:
+        worker.assert_running()
+        return {p.email for p in store.people} == {"user0@example.com", "user1@example.com"}
+
+    await wait_for(both_known, 240, "both users at the emulator")
+    membership = {
+        "mpid": 10000,
+        "audiences": [{"audience_id": 123, "audience_name": "VIPs", "action": "add"}],
+    }
+    erasure = {
+        "subject_request_type": "erasure",
+        "mpid": 10001,
+        "subject_identities": [{"identity_type": "email", "identity_value": "user1@example.com"}],
+    }
+    await produce(kafka.bootstrap, topics.audiences.name, [(None, orjson.dumps(membership))])
+    await produce(kafka.bootstrap, topics.erasure.name, [(b"+10001", orjson.dumps(erasure))])
+
+    def applied() -> bool:
+        worker.assert_running()
+        people = {p.email: p for p in store.people}
+        vip = people.get("user0@example.com")
+        return vip is not None and "SegmentMembership" in vip.attributes and len(people) == 1
+
+    await wait_for(applied, 240, "the re-keyed membership and erasure applied")
+    assert len(store.deleted) == 1
+    letters = await consume_until(
+        kafka.bootstrap, topics.deadletter.name, lambda rs: len(rs) >= 1, workers=[worker]
+    )
+    await deployment.stop_all()
+    [letter] = [codec("dead_letter").decode(record.value) for record in letters]
+    assert (letter["reason"], letter["source_topic"]) == ("rekey_kind_unknown", topics.rekey.name)
+    # the inputs hold what was produced, the re-key topic the two parts and the stray record
+    for topic in (topics.audiences, topics.erasure):
+        assert await message_count(kafka.bootstrap, topic.name) == 1, topic.name
+    assert await _committed_records(kafka.bootstrap, topics.rekey.name, 4) == 3

@@ -6,7 +6,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,44 @@ def test_a_port_in_use_is_one_line_not_a_traceback() -> None:
         f"mpcio: error while attempting to bind on address ('127.0.0.1', {port}): "
         "address already in use"
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _status(url: str) -> int:
+    request = urllib.request.Request(url)
+    request.add_header("Authorization", "Basic ZGVtby1zaXRlOmRlbW8ta2V5")  # demo-site:demo-key
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_emulator_command_serves_pessimistic_mode_and_the_other_region_host() -> None:
+    own, other = _free_port(), _free_port()
+    command = [sys.executable, "-m", "app", "emulator", "--port", str(own), "--pessimistic",
+               "--dedup-window", "5", "--other-region-port", str(other)]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                own_status = _status(f"http://127.0.0.1:{own}/auth")
+                break
+            except urllib.error.URLError:
+                assert process.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert own_status == 200
+        assert _status(f"http://127.0.0.1:{other}/auth") == 401  # a US workspace on the EU host
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert "region us, pessimistic" in output

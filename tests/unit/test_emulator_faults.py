@@ -203,3 +203,30 @@ def test_busiest_second_is_the_largest_one_second_window(
     for at in arrivals:
         log.arrived(at)
     assert log.max_requests_per_second == busiest
+
+
+def test_a_rule_with_its_own_seed_faults_the_same_requests_whatever_else_is_configured() -> None:
+    seeded = {"kind": "status", "status": 503, "probability": 0.5, "seed": 21, "path": "/api"}
+    other = {"kind": "throttle", "probability": 0.5, "path": "/other"}
+    alone = FaultInjector(parse_faults(seeded)[0], seed=1)
+    crowded = FaultInjector(parse_faults([other, seeded])[0], seed=99)
+    pattern = [alone.decide("POST", "/api/v2/batch") is not None for _ in range(200)]
+    for _ in range(200):  # the other rule draws too, from its own source
+        crowded.decide("POST", "/other")
+    assert [crowded.decide("POST", "/api/v2/batch") is not None for _ in range(200)] == pattern
+    assert 60 < sum(pattern) < 140
+
+
+def test_unseeded_probabilistic_rules_repeat_from_run_to_run() -> None:
+    spec = [{"kind": "drop", "probability": 0.5}, {"kind": "throttle", "probability": 0.5}]
+    runs = [FaultInjector(parse_faults(spec)[0]) for _ in range(2)]
+    first, second = ([run.decide("POST", "/") for _ in range(100)] for run in runs)
+    assert first == second
+    assert {None, Fault("drop"), Fault("throttle", 429)} == set(first)
+
+
+def test_seed_is_shown_and_must_be_an_integer() -> None:
+    rules, _ = parse_faults({"kind": "drop", "probability": 0.5, "seed": 3})
+    assert FaultInjector(rules).as_json()["rules"][0]["seed"] == 3
+    with pytest.raises(ValueError, match="fault 0: seed must be an integer"):
+        parse_faults({"kind": "drop", "probability": 0.5, "seed": "3"})

@@ -687,6 +687,7 @@ async def test_requests_and_stats_describe_the_traffic(
         "people_deleted": 0,
         "unresolved_operations": 0,
         "attribute_update_failures": 0,
+        "attributes_over_limit": 0,
         "faults_injected": {},
         "max_requests_per_second": 3,
     }
@@ -724,3 +725,73 @@ async def test_reset_forgets_everything_but_faults(
     assert await batch(http, emulator, [event(C1, ULIDS[0])]) == (200, {})
     assert emulator.state.stats()["events_stored"] == 1  # the event id is new again
     assert (await call(http, "GET", emulator.url + "/auth"))[0] == 500
+
+
+# --- region hosts and pessimistic mode ------------------------------------------------------------
+
+
+async def test_a_us_workspace_is_unknown_on_the_eu_host(
+    emulator: RunningEmulator, http: aiohttp.ClientSession
+) -> None:
+    status, body, _ = await call(http, "POST", emulator.other_region_url + "/api/v2/batch",
+                                 {"batch": [identify(C1)]})  # fmt: skip
+    assert (status, body) == (401, {"meta": {"error": "Unauthorized request"}})
+    eu_host = {**AUTH, "Host": "track-eu.customer.io"}  # the real host name, on the own port
+    status, _, _ = await call(http, "GET", emulator.url + "/auth", headers=eu_host)
+    assert status == 401
+    status, body, _ = await call(http, "GET", emulator.other_region_url + "/api/v1/accounts/region")
+    assert (status, body["region"]) == (200, "us")  # the region lookup answers on both hosts
+    assert emulator.state.store.people_count == 0
+
+
+async def test_an_eu_workspace_is_redirected_from_the_us_host(http: aiohttp.ClientSession) -> None:
+    async with running_emulator(EmulatorConfig(SITE_ID, API_KEY, region="eu")) as eu:
+        async with http.post(
+            eu.other_region_url + "/api/v2/batch?x=1",
+            data=orjson.dumps({"batch": [identify(C1)]}),
+            headers=AUTH,
+            allow_redirects=False,  # as the forwarder's client: never follow
+        ) as response:
+            assert response.status == 307
+            assert response.headers["Location"] == "https://track-eu.customer.io/api/v2/batch?x=1"
+            assert await response.json() == {"meta": {"error": "wrong region"}}
+        status, _, _ = await call(http, "GET", eu.other_region_url + "/auth", headers={})
+        assert status == 401  # no redirect without credentials
+        status, _, _ = await call(http, "GET", eu.url + "/auth")
+        assert status == 200  # its own host answers
+        assert eu.state.store.people_count == 0
+
+
+async def test_pessimistic_mode_caps_attributes_and_applies_stale_identifies(
+    http: aiohttp.ClientSession,
+) -> None:
+    config = EmulatorConfig(SITE_ID, API_KEY, pessimistic=True, dedup_window=1)
+    async with running_emulator(config) as emulator:
+        wide = [identify(C1, **{f"a{i}": i for i in range(start, start + 200)})
+                for start in (0, 200)]  # fmt: skip
+        late = {**identify(C1, a0="late"), "timestamp": TS - 10}
+        items = [{**wide[0], "timestamp": TS}, {**wide[1], "timestamp": TS}, late]
+        assert await batch(http, emulator, items) == (200, {})
+        (person,) = emulator.state.store.people
+        assert len(person.attributes) == 300
+        assert person.attributes["a0"] == "late"
+        replay = [event(C1, ULIDS[0]), event(C1, ULIDS[1]), event(C1, ULIDS[0])]
+        assert await batch(http, emulator, replay) == (200, {})
+        stats = await inspect(http, emulator, "stats")
+        assert (stats["attributes_over_limit"], stats["stale_identifies"]) == (100, 1)
+        assert (stats["events_stored"], stats["duplicates_suppressed"]) == (3, 0)  # window 1
+        identifies = (await inspect(http, emulator, "identifies"))["identifies"]
+        assert [(i["stale"], i["sequence"]) for i in identifies] == [
+            (False, 1), (False, 2), (True, 3)
+        ]  # fmt: skip
+        await call(http, "POST", emulator.url + "/_emulator/reset", headers={})
+        assert emulator.state.store.rules == config.workspace_rules  # kept across a reset
+
+
+async def test_lenient_mode_keeps_every_attribute_and_event_id(
+    emulator: RunningEmulator, http: aiohttp.ClientSession
+) -> None:
+    items = [identify(C1, **{f"a{i}": i for i in range(start, start + 200)}) for start in (0, 200)]
+    assert await batch(http, emulator, items) == (200, {})
+    (person,) = emulator.state.store.people
+    assert len(person.attributes) == 400

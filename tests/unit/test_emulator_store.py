@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.dev.emulator.store import Person, Store
+from app.dev.emulator.store import Person, Store, WorkspaceRules
 
 AT = 1_795_000_000.0
 ULID_A = "01HZX3B9Q5K8M2N4P6R7S8T9VW"
@@ -172,6 +172,7 @@ def test_event_for_unknown_person_creates_them_except_by_cio_id() -> None:
         "person_id": "1",
         "person_email": None,
         "received_at": AT,
+        "sequence": 1,
     }
 
 
@@ -240,3 +241,78 @@ def test_stale_identify_does_not_overwrite_a_newer_one() -> None:
     assert person is not None
     assert person.attributes == {"tier": 2, "plan": "pro"}
     assert store.stale_identifies == 1
+
+
+# --- pessimistic rules ---------------------------------------------------------------------------
+
+
+def test_pessimistic_store_applies_a_stale_identify_and_logs_it() -> None:
+    store = Store(WorkspaceRules(apply_stale_identifies=True))
+    store.identify(("id", "p1"), {"tier": 2}, timestamp=200, received_at=AT)
+    store.identify(("id", "p1"), {"tier": 1}, timestamp=100, received_at=AT + 1)  # late
+    store.identify(("id", "p1"), {"tier": 3}, timestamp=150)  # newer than the late one only
+    assert only_person(store).attributes == {"tier": 3}
+    assert store.stale_identifies == 2
+    assert [(a.attributes["tier"], a.stale, a.sequence) for a in store.identifies_log] == [
+        (2, False, 1),
+        (1, True, 2),
+        (3, True, 3),
+    ]
+    assert store.identifies_log[1].as_json() == {
+        "identifiers": {"id": "p1"},
+        "person_cio_id": "00000001",
+        "attributes": {"tier": 1},
+        "timestamp": 100,
+        "stale": True,
+        "received_at": AT + 1,
+        "sequence": 2,
+    }
+
+
+def test_lenient_store_does_not_log_the_stale_identify_it_drops() -> None:
+    store = Store()
+    store.identify(("id", "p1"), {"tier": 2}, timestamp=200)
+    store.identify(("id", "p1"), {"tier": 1}, timestamp=100)
+    assert [a.attributes for a in store.identifies_log] == [{"tier": 2}]
+
+
+def test_identifies_and_events_share_one_arrival_sequence() -> None:
+    store = Store()
+    store.identify(("id", "p1"), {"tier": 1})
+    track(store, ("id", "p1"), ULID_A)
+    track(store, ("id", "p1"), ULID_A)  # a duplicate: not applied, takes no place
+    store.identify(("id", "p1"), {"tier": 2})
+    track(store, ("id", "p1"), ULID_B)
+    assert [a.sequence for a in store.identifies_log] == [1, 3]
+    assert [e.sequence for e in store.events] == [2, 4]
+
+
+def test_finite_dedup_window_forgets_the_oldest_event_ids() -> None:
+    store = Store(WorkspaceRules(dedup_window=2))
+    ulid_c = "01HZX3B9Q5K8M2N4P6R7S8T9VY"
+    for event_id in (ULID_A, ULID_B, ulid_c):
+        assert track(store, ("id", "p1"), event_id) is True
+    assert track(store, ("id", "p1"), ULID_B) is False  # still in the window
+    assert track(store, ("id", "p1"), ULID_A) is True  # forgotten: stored again
+    assert store.duplicates_suppressed == 1
+    assert [e.id for e in store.events] == [ULID_A, ULID_B, ulid_c, ULID_A]
+
+
+def test_unlimited_dedup_window_remembers_every_event_id() -> None:
+    store = Store()
+    for number in range(50):
+        track(store, ("id", "p1"), f"01HZX3B9Q5K8M2N4P6R7S8T9{number:02d}")
+    assert track(store, ("id", "p1"), "01HZX3B9Q5K8M2N4P6R7S8T900") is False
+
+
+def test_attribute_cap_keeps_existing_attributes_updatable_and_drops_new_ones() -> None:
+    store = Store(WorkspaceRules(max_attributes_per_person=3))
+    store.identify(("id", "p1"), {"a": 1, "b": 2, "c": 3, "d": 4, "email": "p1@example.com"})
+    person = only_person(store)
+    assert person.attributes == {"a": 1, "b": 2, "c": 3}
+    assert person.email == "p1@example.com"  # an identifier, not one of the attributes
+    store.identify(("id", "p1"), {"a": 10, "e": 5})
+    assert person.attributes == {"a": 10, "b": 2, "c": 3}
+    store.identify(("id", "p1"), {"b": "", "e": 5})  # a removal makes room
+    assert person.attributes == {"a": 10, "c": 3, "e": 5}
+    assert store.attributes_over_limit == 2

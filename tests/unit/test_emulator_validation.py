@@ -81,7 +81,7 @@ INVALID_ITEMS: list[tuple[str, Any, str, str]] = [
     ("no identifiers", {"type": "person", "action": "delete"}, "required", "identifiers"),
     ("two identifiers", person("delete", {"id": "1", "email": "a@b.c"}), "invalid", "identifiers"),
     ("no identifier", person("delete", {}), "invalid", "identifiers"),
-    ("phone identifier", person("delete", {"phone": "+1555"}), "invalid", "identifiers.phone"),
+    ("phone identifier", person("delete", {"phone": "+1555"}), "unsupported", "identifiers.phone"),
     ("empty id", person("delete", {"id": ""}), "invalid", "identifiers.id"),
     ("numeric id", person("delete", {"id": 42}), "invalid", "identifiers.id"),
     ("151-byte id", person("delete", {"id": "x" * 151}), "too_long", "identifiers.id"),

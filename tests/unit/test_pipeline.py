@@ -9,9 +9,11 @@ from app.core.avro import codec
 from app.core.options import CoreOptions
 from app.core.pipeline import (
     MAX_RECORD_BYTES,
+    from_rekey_topic,
     process_audience_record,
     process_batch_record,
     process_erasure_record,
+    unknown_rekey_kind,
 )
 from app.core.state import UserState, decode_state, encode_state
 from app.records import SourcePosition
@@ -133,6 +135,51 @@ def test_bulk_record_processes_own_batches_and_rekeys_others(settings: CoreOptio
     assert result.operations is not None
     ops = codec("operation_batch").decode(result.operations[1])["operations"]
     assert [op["action"] for op in ops] == ["identify", "event", "event"]
+
+
+def test_rekey_topic_offsets_are_guarded_apart_from_the_input_topics(settings: CoreOptions) -> None:
+    store: dict[str, bytes] = {}
+    _run(orjson.dumps(_batch(events=1)), b"42", store, settings)  # batches topic, offset 41
+    rekeyed = SourcePosition("mpcio-rekey", SOURCE.partition, 3, rekeyed=True)
+    value = orjson.dumps(_batch(events=2))
+    first = process_batch_record(b"42", value, rekeyed, store.get, settings, clock=lambda: 7)
+    # offset 3 of the re-key topic is not "older" than offset 41 of the batches topic
+    assert first.operations is not None
+    assert first.counts["batches", "redelivered"] == 0
+    store.update(first.states)
+    again = process_batch_record(b"42", value, rekeyed, store.get, settings, clock=lambda: 7)
+    assert again.counts["batches", "redelivered"] == 1  # but a redelivery of it is skipped
+    later = SourcePosition(SOURCE.topic, SOURCE.partition, SOURCE.offset + 1)
+    next_batch = process_batch_record(
+        b"42", orjson.dumps(_batch(events=3)), later, store.get, settings, clock=lambda: 7
+    )
+    assert next_batch.operations is not None
+
+
+def test_a_rekey_topic_record_without_a_known_kind_is_dead_lettered() -> None:
+    rekeyed = SourcePosition("mpcio-rekey", 1, 5, rekeyed=True)
+    result = unknown_rekey_kind(b"42", b"{}", rekeyed, clock=lambda: 7)
+    [letter] = [codec("dead_letter").decode(raw) for raw in result.dead_letters]
+    assert (letter["reason"], letter["source_topic"], letter["source_offset"]) == (
+        "rekey_kind_unknown",
+        "mpcio-rekey",
+        5,
+    )
+    assert (letter["key"], letter["payload"]) == (b"42", b"{}")
+    assert result.counts["dead_letters", "ingest", "rekey_kind_unknown"] == 1
+
+
+def test_a_rekey_topic_record_is_never_rekeyed_again(settings: CoreOptions) -> None:
+    rekeyed = SourcePosition("mpcio-rekey", 1, 5, rekeyed=True)
+    bulk = orjson.dumps([_batch(mpid=42, events=1), _batch(mpid=43, events=1)])
+    result = from_rekey_topic(
+        process_batch_record(b"42", bulk, rekeyed, {}.get, settings), rekeyed, clock=lambda: 7
+    )
+    assert result.rekeyed == []
+    [letter] = [codec("dead_letter").decode(raw) for raw in result.dead_letters]
+    assert (letter["reason"], letter["key"]) == ("rekey_loop", b"43")
+    assert orjson.loads(letter["payload"])["mpid"] == 43
+    assert result.operations is not None  # user 42's part is processed as usual
 
 
 def test_user_without_email_is_remembered_not_forwarded(settings: CoreOptions) -> None:

@@ -240,9 +240,10 @@ def test_cli_warns_once_about_an_unknown_variable(tmp_path: Path) -> None:
 
 def test_owned_topics_are_named_under_the_app_id() -> None:
     staging = load_settings(forwarding_enabled=False, app_id="staging")
-    assert (staging.topic_operations, staging.topic_deadletter) == (
+    assert (staging.topic_operations, staging.topic_deadletter, staging.topic_rekey) == (
         "staging-operations",
         "staging-deadletter",
+        "staging-rekey",
     )
     production = load_settings(forwarding_enabled=False, app_id="production")
     assert production.topic_operations != staging.topic_operations
@@ -252,10 +253,12 @@ def test_owned_topics_are_named_under_the_app_id() -> None:
         app_id="staging",
         topic_operations="customerio-operations",
         topic_deadletter="customerio-deadletter",
+        topic_rekey="my-rekey",
     )
-    assert (kept.topic_operations, kept.topic_deadletter) == (
+    assert (kept.topic_operations, kept.topic_deadletter, kept.topic_rekey) == (
         "customerio-operations",
         "customerio-deadletter",
+        "my-rekey",
     )
 
 

@@ -18,7 +18,12 @@ connection without an answer. ``status``, ``throttle`` and ``drop`` also accept
 ``delay_seconds`` to wait first. A request that gets any fault other than ``delay`` applies
 nothing.
 
-Pure: the clock and the random source are injected, nothing sleeps here.
+Seeded: every probabilistic rule draws from a random source of its own, seeded by the rule's
+``seed`` or else by the injector's (0 when none is given) and the rule's position, so a run
+with the same rules and the same requests faults the same requests, and one rule's draws never
+shift another's.
+
+Pure: the clock and the seeds are injected, nothing sleeps here.
 
 Failure semantics: :func:`parse_faults` raises ``ValueError`` naming the bad field for a rule
 that cannot be used; the server answers it with 400 and the CLI exits with the message.
@@ -61,6 +66,7 @@ class FaultRule:
     probability: float = 1.0
     method: str | None = None
     path: str | None = None
+    seed: int | None = None
 
     def matches(self, method: str, path: str) -> bool:
         """Whether the rule applies to a request, budget and probability aside."""
@@ -79,6 +85,8 @@ class FaultRule:
             rule["delay_seconds"] = self.fault.delay_seconds
         if self.probability != 1.0:
             rule["probability"] = self.probability
+        if self.seed is not None:
+            rule["seed"] = self.seed
         if self.method is not None:
             rule["method"] = self.method
         if self.path is not None:
@@ -125,11 +133,13 @@ class FaultInjector:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rules: list[FaultRule] = []
+        # Each probabilistic rule's own random source, by identity of the injector's copy.
+        self._randoms: dict[int, random.Random] = {}
+        self._seed = 0 if seed is None else seed
+        self._added = 0
         self._limit: RateLimit | None = None
         self._tokens = 0.0
         self._refilled_at = 0.0
-        # Probabilistic faults for tests and benchmarks, not security: a seedable PRNG is right.
-        self._random = random.Random(seed)  # noqa: S311
         self._clock = clock
         self.add(list(rules), limit)
 
@@ -144,12 +154,20 @@ class FaultInjector:
         return self._limit
 
     def add(self, rules: list[FaultRule], limit: RateLimit | None = None) -> None:
-        """Append ``rules`` (copies, so their budgets are this injector's own); replace the rate
-        limit when ``limit`` is given (its bucket starts full)."""
-        self._rules.extend(
-            FaultRule(rule.fault, rule.count, rule.probability, rule.method, rule.path)
-            for rule in rules
-        )
+        """Append ``rules`` (copies, so their budgets are this injector's own), each
+        probabilistic one with a random source seeded by its ``seed``, else by the injector's
+        seed and the rule's position among all rules ever added; replace the rate limit when
+        ``limit`` is given (its bucket starts full)."""
+        for rule in rules:
+            copy = FaultRule(
+                rule.fault, rule.count, rule.probability, rule.method, rule.path, rule.seed
+            )
+            if copy.probability < 1.0:
+                seed = rule.seed if rule.seed is not None else f"{self._seed}:{self._added}"
+                # Faults for tests and benchmarks, not security: a seedable PRNG is right.
+                self._randoms[id(copy)] = random.Random(seed)  # noqa: S311
+            self._added += 1
+            self._rules.append(copy)
         if limit is not None:
             self._limit = limit
             self._tokens = limit.capacity
@@ -158,6 +176,7 @@ class FaultInjector:
     def clear(self) -> None:
         """Remove every rule and the rate limit."""
         self._rules.clear()
+        self._randoms.clear()
         self._limit = None
 
     def decide(self, method: str, path: str) -> Fault | None:
@@ -165,12 +184,13 @@ class FaultInjector:
         for index, rule in enumerate(self._rules):
             if not rule.matches(method, path):
                 continue
-            if rule.probability < 1.0 and self._random.random() >= rule.probability:
+            if rule.probability < 1.0 and self._randoms[id(rule)].random() >= rule.probability:
                 continue
             if rule.count is not None:
                 rule.count -= 1
                 if rule.count == 0:
                     del self._rules[index]
+                    self._randoms.pop(id(rule), None)
             return rule.fault
         return self._rate_limited()
 
@@ -218,7 +238,17 @@ def parse_faults(spec: Any) -> tuple[list[FaultRule], RateLimit | None]:
 
 
 _RULE_FIELDS: Final = frozenset(
-    {"kind", "status", "retry_after", "delay_seconds", "count", "probability", "method", "path"}
+    {
+        "kind",
+        "status",
+        "retry_after",
+        "delay_seconds",
+        "count",
+        "probability",
+        "method",
+        "path",
+        "seed",
+    }
 )
 
 
@@ -264,7 +294,15 @@ def _parse_rule(entry: dict[str, Any]) -> FaultRule:
         probability=probability,
         method=None if method is None else method.upper(),
         path=path,
+        seed=_seed(entry),
     )
+
+
+def _seed(entry: dict[str, Any]) -> int | None:
+    seed = entry.get("seed")
+    if seed is not None and type(seed) is not int:
+        raise ValueError("seed must be an integer")
+    return seed
 
 
 def _parse_rate_limit(entry: dict[str, Any]) -> RateLimit:

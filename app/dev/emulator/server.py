@@ -16,6 +16,18 @@ and ``/unsuppress``. Answers follow Customer.io's OpenAPI description:
 - invalid v1 request: ``400 {"meta": {"error": message, "errors": [message]}}`` (the first is
   what the service sends, the second what its OpenAPI description documents).
 
+Region hosts: :func:`running_emulator` also listens on a second port that plays the other
+region's host (:attr:`RunningEmulator.other_region_url`; a request whose ``Host`` is the other
+region's real host name is treated the same). There, an EU workspace's authenticated requests
+are redirected (``307``, ``Location`` on the EU host), as Customer.io's OpenAPI says its US host
+does, and a US workspace's get ``401`` (the EU region does not know it); the region lookup
+``GET /api/v1/accounts/region`` answers on both.
+
+Pessimistic mode (``EmulatorConfig(pessimistic=True)``, ``mpcio emulator --pessimistic``) makes
+the workspace as unforgiving as Customer.io may be where its behaviour is unpublished or looser
+than ours (:class:`app.dev.emulator.store.WorkspaceRules`): stale identifies are applied, event
+ids are remembered for a finite window only, and a person holds at most 300 attributes.
+
 Every Track API request first passes the fault injector (:mod:`app.dev.emulator.faults`, before
 authentication, as a load balancer would), then authentication, then validation
 (:mod:`app.dev.emulator.validation`, then every v2 item against Customer.io's OpenAPI schema of its
@@ -34,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -48,7 +61,7 @@ from app.customerio.limits import MAX_ITEM_BYTES, MAX_REQUEST_BYTES
 from app.dev.emulator.faults import Fault, FaultInjector, FaultRule, RateLimit, parse_faults
 from app.dev.emulator.openapi import schema_error
 from app.dev.emulator.recording import DEFAULT_LOG_LIMIT, RequestLog, RequestRecord
-from app.dev.emulator.store import Store
+from app.dev.emulator.store import Store, WorkspaceRules
 from app.dev.emulator.validation import (
     REASON_INVALID,
     REASON_TOO_LARGE,
@@ -67,6 +80,15 @@ DEFAULT_PORT: Final = 8089
 # aiohttp refuses larger bodies with 413 before a handler sees them.
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 REGION_URLS: Final = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
+REGION_HOSTS: Final = {"us": "track.customer.io", "eu": "track-eu.customer.io"}
+OTHER_REGION: Final = {"us": "eu", "eu": "us"}
+_REGION_PATH: Final = "/api/v1/accounts/region"
+# Pessimistic mode: Customer.io publishes no de-duplication window; this one is finite (so a
+# redelivery far behind its original shows) yet larger than any test's redelivery distance.
+PESSIMISTIC_DEDUP_WINDOW: Final = 10_000
+# Customer.io: "Unique attributes | 300 | Max number of attributes allowed per person or
+# Identify call" (Track API limits, in the OpenAPI document's description).
+MAX_ATTRIBUTES_PER_PERSON: Final = 300
 # How long a stopping emulator waits for requests in flight (delayed ones are dropped at once).
 SHUTDOWN_TIMEOUT_SECONDS: Final = 5.0
 
@@ -81,6 +103,10 @@ class EmulatorConfig:
 
     ``environment_id`` is what ``GET /api/v1/accounts/region`` reports; ``seed`` makes
     probabilistic faults repeatable; ``request_log_limit`` bounds ``GET /_emulator/requests``.
+    ``pessimistic`` switches on the pessimistic workspace rules (module docstring), with
+    ``dedup_window`` event ids remembered; ``apply_stale_identifies`` (pessimistic mode only,
+    default on) can be turned off for a scenario whose faults themselves make identifies arrive
+    late, to keep Customer.io's documented ``timestamp`` ordering there.
     """
 
     site_id: str
@@ -91,21 +117,38 @@ class EmulatorConfig:
     seed: int | None = None
     environment_id: int = 1
     request_log_limit: int = DEFAULT_LOG_LIMIT
+    pessimistic: bool = False
+    dedup_window: int = PESSIMISTIC_DEDUP_WINDOW
+    apply_stale_identifies: bool = True
+
+    @property
+    def workspace_rules(self) -> WorkspaceRules:
+        """The workspace rules this configuration asks for (lenient unless pessimistic)."""
+        if not self.pessimistic:
+            return WorkspaceRules()
+        return WorkspaceRules(
+            apply_stale_identifies=self.apply_stale_identifies,
+            dedup_window=self.dedup_window,
+            max_attributes_per_person=MAX_ATTRIBUTES_PER_PERSON,
+        )
 
 
 class EmulatorState:
     """The workspace (:attr:`store`), the request log (:attr:`requests`) and item counters."""
 
-    def __init__(self, request_log_limit: int = DEFAULT_LOG_LIMIT) -> None:
+    def __init__(
+        self, request_log_limit: int = DEFAULT_LOG_LIMIT, rules: WorkspaceRules | None = None
+    ) -> None:
         self._request_log_limit = request_log_limit
-        self.store = Store()
+        self._rules = WorkspaceRules() if rules is None else rules
+        self.store = Store(self._rules)
         self.requests = RequestLog(request_log_limit)
         self.items_accepted = 0
         self.items_rejected = 0
 
     def reset(self) -> None:
-        """Forget every person, event, request and counter (faults are kept)."""
-        self.store = Store()
+        """Forget every person, event, request and counter (faults and rules are kept)."""
+        self.store = Store(self._rules)
         self.requests = RequestLog(self._request_log_limit)
         self.items_accepted = 0
         self.items_rejected = 0
@@ -128,6 +171,7 @@ class EmulatorState:
             "people_deleted": len(store.deleted),
             "unresolved_operations": store.unresolved_operations,
             "attribute_update_failures": store.attribute_update_failures,
+            "attributes_over_limit": store.attributes_over_limit,
             "faults_injected": dict(requests.faults),
             "max_requests_per_second": requests.max_requests_per_second,
         }
@@ -135,11 +179,13 @@ class EmulatorState:
 
 @dataclass(frozen=True, slots=True)
 class RunningEmulator:
-    """An emulator serving in this process: its base URL and live handles."""
+    """An emulator serving in this process: its base URL, the URL where it plays the other
+    region's host, and live handles."""
 
     url: str
     state: EmulatorState
     faults: FaultInjector
+    other_region_url: str
 
 
 class _Emulator:
@@ -147,7 +193,9 @@ class _Emulator:
 
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
-        self.state = EmulatorState(config.request_log_limit)
+        self.state = EmulatorState(config.request_log_limit, config.workspace_rules)
+        # Local ports where the emulator plays the other region's host (set once bound).
+        self.other_region_ports: set[int] = set()
         self.faults = FaultInjector(list(config.faults), config.rate_limit, seed=config.seed)
         self.credentials = f"{config.site_id}:{config.api_key}"
         self.authorization = encode_basic_auth(config.site_id, config.api_key)
@@ -167,6 +215,16 @@ class _Emulator:
         except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
             return False
         return credentials == self.credentials
+
+    def at_other_region(self, request: web.Request) -> bool:
+        """Whether ``request`` reached the other region's host: by its ``Host`` name, or by
+        arriving on a port that plays that host."""
+        other = REGION_HOSTS[OTHER_REGION[self.config.region]]
+        if request.host.partition(":")[0].lower() == other:
+            return True
+        transport = request.transport
+        sockname = None if transport is None else transport.get_extra_info("sockname")
+        return sockname is not None and sockname[1] in self.other_region_ports
 
     async def waited(self, seconds: float) -> bool:
         """Sleep ``seconds``; ``False`` when the emulator started shutting down meanwhile."""
@@ -197,6 +255,7 @@ def build_app(config: EmulatorConfig) -> web.Application:
     app.router.add_post("/api/v1/customers/{identifier}/unsuppress", _v1_unsuppress)
     app.router.add_get("/_emulator/people", _inspect_people)
     app.router.add_get("/_emulator/events", _inspect_events)
+    app.router.add_get("/_emulator/identifies", _inspect_identifies)
     app.router.add_get("/_emulator/requests", _inspect_requests)
     app.router.add_get("/_emulator/stats", _inspect_stats)
     app.router.add_post("/_emulator/reset", _reset)
@@ -210,38 +269,69 @@ def build_app(config: EmulatorConfig) -> web.Application:
 async def running_emulator(
     config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[RunningEmulator]:
-    """Serve an emulator on ``host``:``port`` (0 = a free port) for the ``async with`` block."""
+    """Serve an emulator on ``host``:``port`` (0 = a free port) for the ``async with`` block,
+    and play the other region's host on another free port of ``host``."""
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound_host, bound_port = runner.addresses[0][:2]
-        url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, 0).start()
+        (own_host, own_port), (other_host, other_port) = (a[:2] for a in runner.addresses)
         emulator = app[_EMULATOR]
-        yield RunningEmulator(f"http://{url_host}:{bound_port}", emulator.state, emulator.faults)
+        emulator.other_region_ports.add(other_port)
+        yield RunningEmulator(
+            _url(own_host, own_port),
+            emulator.state,
+            emulator.faults,
+            other_region_url=_url(other_host, other_port),
+        )
     finally:
         await runner.cleanup()
 
 
-def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-    """Serve an emulator in the foreground until SIGINT (Ctrl-C) or SIGTERM."""
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(
+    config: EmulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    other_region_port: int | None = None,
+) -> None:
+    """Serve an emulator in the foreground until SIGINT (Ctrl-C) or SIGTERM; with
+    ``other_region_port``, also play the other region's host there."""
     logger.info(
-        "Customer.io emulator on http://%s:%d (site id %s, region %s)",
+        "Customer.io emulator on http://%s:%d (site id %s, region %s%s)",
         host,
         port,
         config.site_id,
         config.region,
+        ", pessimistic" if config.pessimistic else "",
     )
+    app = build_app(config)
+    where: dict[str, Any] = {"host": host, "port": port}
+    if other_region_port is not None:  # two ports: aiohttp serves a list of bound sockets
+        where = {"sock": [_listening(host, port), _listening(host, other_region_port)]}
+        app[_EMULATOR].other_region_ports.add(other_region_port)
     web.run_app(
-        build_app(config),
-        host=host,
-        port=port,
+        app,
+        **where,
         access_log=None,
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
         print=None,
     )
+
+
+def _listening(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (aiohttp serves a list of them)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -311,12 +401,9 @@ async def _answer_received(
                 headers = {hdrs.RETRY_AFTER: str(fault.retry_after)}
             message = f"emulated fault: {fault.kind} {fault.status}"
             return _json(fault.status, {"meta": {"error": message}}, headers)
-    if not emulator.authorized(request.headers.get(hdrs.AUTHORIZATION)):
-        return _json(
-            401,
-            {"meta": {"error": "Unauthorized request"}},
-            {hdrs.WWW_AUTHENTICATE: 'Basic realm="Customer.io Track API"'},
-        )
+    refusal = _refusal(request, emulator)
+    if refusal is not None:
+        return refusal
     try:
         return await handler(request)
     except web.HTTPException as exc:  # no such route (404) or method (405), as JSON
@@ -326,6 +413,24 @@ async def _answer_received(
             {"meta": {"error": exc.reason}},
             None if allow is None else {hdrs.ALLOW: allow},
         )
+
+
+def _refusal(request: web.Request, emulator: _Emulator) -> web.Response | None:
+    """The answer to a request that may not reach the workspace: 401 without the credentials,
+    or on the other region's host 307 (an EU workspace, authenticated) or 401 (a US one)."""
+    authorized = emulator.authorized(request.headers.get(hdrs.AUTHORIZATION))
+    if request.path != _REGION_PATH and emulator.at_other_region(request):
+        if authorized and emulator.config.region == "eu":
+            location = REGION_URLS["eu"] + request.path_qs
+            return _json(307, {"meta": {"error": "wrong region"}}, {hdrs.LOCATION: location})
+        authorized = False  # the other region has no such workspace
+    if authorized:
+        return None
+    return _json(
+        401,
+        {"meta": {"error": "Unauthorized request"}},
+        {hdrs.WWW_AUTHENTICATE: 'Basic realm="Customer.io Track API"'},
+    )
 
 
 def _drop_connection(request: web.Request) -> None:
@@ -419,7 +524,10 @@ async def _v1_identify(request: web.Request) -> web.Response:
         return _v1_rejected(request, message)
     store = _v1_accepted(request)
     store.identify(
-        path_identifier(identifier), attributes, update_only=attributes.get("_update") is True
+        path_identifier(identifier),
+        attributes,
+        update_only=attributes.get("_update") is True,
+        received_at=time.time(),
     )
     return _ok()
 
@@ -514,6 +622,11 @@ async def _inspect_events(request: web.Request) -> web.Response:
     if filters:
         events = [event for event in events if all(event[key] == value for key, value in filters)]
     return _json(200, {"events": events})
+
+
+async def _inspect_identifies(request: web.Request) -> web.Response:
+    log = request.app[_EMULATOR].state.store.identifies_log
+    return _json(200, {"identifies": [applied.as_json() for applied in log]})
 
 
 async def _inspect_requests(request: web.Request) -> web.Response:

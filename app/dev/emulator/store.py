@@ -9,16 +9,22 @@ read the result. Behaviour follows Customer.io's documented rules:
 - An identify of an unknown ``id`` or ``email`` creates the person, unless ``_update`` is true.
   An identify ``{"id": X}`` whose ``email`` attribute belongs to a person without an id updates
   that person and gives them the id X (SPEC §3 rule 11 relies on it).
-- An identify carrying ``timestamp`` older than the newest one applied to the person is stale
-  and ignored (counted in ``stale_identifies``).
+- An identify carrying ``timestamp`` older than the newest one applied to the person is stale:
+  ignored (counted in ``stale_identifies``), or applied anyway under pessimistic
+  :class:`WorkspaceRules` (still counted), so that out-of-order delivery shows in the result.
+- Every applied identify is kept in :attr:`Store.identifies_log` (arrival order), so a checker
+  can see the order in which each person's updates arrived.
 - Attributes merge; an empty string removes an attribute. ``email`` and ``id`` attributes change
   the person's identifiers: ``email`` when the person is referenced by ``id`` or ``cio_id``,
   ``id`` when the person has none yet or is referenced by ``cio_id``. ``unsubscribed`` is kept
   as an attribute and read as Customer.io does (true, any case of "true", 1 or "1").
 - Events, screens and pages are stored with the person they were attributed to. An event whose
-  ``id`` (a ULID, compared case-insensitively) was seen before in the workspace is dropped and
-  counted in ``duplicates_suppressed``. An event for an unknown ``id`` or ``email`` creates the
-  person.
+  ``id`` (a ULID, compared case-insensitively) was seen before in the workspace (or, with a
+  finite ``dedup_window``, among the last ``dedup_window`` event ids) is dropped and counted in
+  ``duplicates_suppressed``. An event for an unknown ``id`` or ``email`` creates the person.
+- With ``max_attributes_per_person`` set (Customer.io: 300 unique attributes per person), a new
+  attribute that would take the person past the cap is not stored and is counted in
+  ``attributes_over_limit``; values of attributes the person already has still change.
 - ``delete`` removes the person and their events from the workspace and keeps a scrubbed copy
   (ids only) in :attr:`Store.deleted`; their event ids stay known, so a replay is still
   de-duplicated. ``suppress`` and ``unsuppress`` set a flag.
@@ -32,6 +38,7 @@ is skipped and counted in ``attribute_update_failures``, the rest of the update 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +47,50 @@ from app.dev.emulator.validation import EVENT_ACTIONS, Identifier, IdentifierKin
 
 # Attributes that are instructions to Customer.io rather than data about the person.
 _CONTROL_ATTRIBUTES = frozenset({"_update", "_timestamp", "cio_relationships", "cio_id"})
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceRules:
+    """How the workspace treats what it is sent, where Customer.io's exact behaviour is looser or
+    unpublished.
+
+    ``apply_stale_identifies``: apply an identify older than one already applied (counted in
+    ``stale_identifies`` either way) instead of dropping it, so out-of-order delivery changes the
+    result. ``dedup_window``: how many of the most recent event ids are remembered for
+    de-duplication (``None``: all of them). ``max_attributes_per_person``: the cap on a person's
+    unique attributes (``None``: no cap).
+    """
+
+    apply_stale_identifies: bool = False
+    dedup_window: int | None = None
+    max_attributes_per_person: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedIdentify:
+    """One identify the workspace applied: to whom, what, whether it was older than one applied
+    before (``stale``), and its place (``sequence``) among every identify and event applied."""
+
+    identifier: Identifier
+    person_cio_id: str
+    attributes: Mapping[str, Any]
+    timestamp: int | None
+    stale: bool
+    received_at: float
+    sequence: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The identify as the inspection API shows it."""
+        kind, value = self.identifier
+        return {
+            "identifiers": {kind: value},
+            "person_cio_id": self.person_cio_id,
+            "attributes": self.attributes,
+            "timestamp": self.timestamp,
+            "stale": self.stale,
+            "received_at": self.received_at,
+            "sequence": self.sequence,
+        }
 
 
 @dataclass(slots=True)
@@ -81,7 +132,8 @@ class Person:
 
 @dataclass(slots=True)
 class StoredEvent:
-    """An event, screen or page view as stored, with who it was attributed to then."""
+    """An event, screen or page view as stored, with who it was attributed to then and its
+    place (``sequence``) among every identify and event applied."""
 
     action: str
     name: str
@@ -92,6 +144,7 @@ class StoredEvent:
     person_id: str | None
     person_email: str | None
     received_at: float
+    sequence: int = 0
 
     def as_json(self) -> dict[str, Any]:
         """The event as the inspection API shows it (``timestamp`` null when none was sent)."""
@@ -105,25 +158,32 @@ class StoredEvent:
             "person_id": self.person_id,
             "person_email": self.person_email,
             "received_at": self.received_at,
+            "sequence": self.sequence,
         }
 
 
 class Store:
     """People, events and the counters of what happened to operations (module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rules: WorkspaceRules | None = None) -> None:
+        self.rules = WorkspaceRules() if rules is None else rules
         self.events: list[StoredEvent] = []
         self.deleted: list[Person] = []
+        self.identifies_log: list[AppliedIdentify] = []
         self.identifies = 0
         self.stale_identifies = 0
         self.duplicates_suppressed = 0
         self.unresolved_operations = 0
         self.attribute_update_failures = 0
+        self.attributes_over_limit = 0
         self._by_cio_id: dict[str, Person] = {}
         self._by_id: dict[str, Person] = {}
         self._by_email: dict[str, Person] = {}
         self._event_ids: set[str] = set()
+        # Insertion order of _event_ids, kept only for a finite dedup window (oldest first).
+        self._event_id_order: deque[str] = deque()
         self._next_cio_number = 1
+        self._applied = 0  # identifies and events applied so far: their ``sequence``
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -160,6 +220,7 @@ class Store:
                 attributes,
                 update_only=attributes.get("_update") is True,
                 timestamp=item.get("timestamp"),
+                received_at=received_at,
             )
         elif action in EVENT_ACTIONS:
             self.track(
@@ -189,13 +250,16 @@ class Store:
         *,
         update_only: bool = False,
         timestamp: int | None = None,
+        received_at: float = 0.0,
     ) -> None:
         """Create or update the person ``identifier`` names and merge ``attributes``.
 
         An identify whose ``timestamp`` is older than one already applied to the person is a
         stale update (a request that arrived late, e.g. after its client timed out and retried):
-        it changes nothing and is counted in ``stale_identifies``, which is what Customer.io's
-        ``timestamp`` is for ("control the order of attribute updates")."""
+        it is counted in ``stale_identifies`` and changes nothing, which is what Customer.io's
+        ``timestamp`` is for ("control the order of attribute updates") - unless the rules say
+        ``apply_stale_identifies``, when it is applied like any other. ``received_at`` (epoch
+        seconds) goes into :attr:`identifies_log`."""
         self.identifies += 1
         kind, value = identifier
         person = self.find(identifier)
@@ -208,12 +272,20 @@ class Store:
                 self.unresolved_operations += 1
                 return
             person = self._create(kind, value)
-        stale = person.attributes_at is not None and timestamp is not None
-        if stale and timestamp < person.attributes_at:  # type: ignore[operator]
+        newest = person.attributes_at
+        stale = newest is not None and timestamp is not None and timestamp < newest
+        if stale:
             self.stale_identifies += 1
-            return
-        if timestamp is not None:
+            if not self.rules.apply_stale_identifies:
+                return
+        elif timestamp is not None:
             person.attributes_at = timestamp
+        self._applied += 1
+        self.identifies_log.append(
+            AppliedIdentify(
+                identifier, person.cio_id, attributes, timestamp, stale, received_at, self._applied
+            )
+        )
         self._merge(person, kind, attributes)
 
     def track(
@@ -240,7 +312,8 @@ class Store:
                 return False
             person = self._create(kind, value)
         if dedup_key is not None:
-            self._event_ids.add(dedup_key)
+            self._remember_event_id(dedup_key)
+        self._applied += 1
         person.event_count += 1
         self.events.append(
             StoredEvent(
@@ -253,6 +326,7 @@ class Store:
                 person_id=person.id,
                 person_email=person.email,
                 received_at=received_at,
+                sequence=self._applied,
             )
         )
         return True
@@ -301,6 +375,14 @@ class Store:
             self.unresolved_operations += 1
         return person
 
+    def _remember_event_id(self, key: str) -> None:
+        self._event_ids.add(key)
+        window = self.rules.dedup_window
+        if window is not None:
+            self._event_id_order.append(key)
+            if len(self._event_id_order) > window:
+                self._event_ids.discard(self._event_id_order.popleft())
+
     def _create(self, kind: IdentifierKind, value: str) -> Person:
         person = Person(cio_id=f"{self._next_cio_number:08x}")
         self._next_cio_number += 1
@@ -319,6 +401,7 @@ class Store:
 
     def _merge(self, person: Person, kind: IdentifierKind, attributes: Mapping[str, Any]) -> None:
         stored = person.attributes
+        cap = self.rules.max_attributes_per_person
         for name, value in attributes.items():
             if name in _CONTROL_ATTRIBUTES:
                 continue
@@ -329,6 +412,8 @@ class Store:
                     self._change_id(person, kind, str(value))
             elif value == "":
                 stored.pop(name, None)
+            elif cap is not None and name not in stored and len(stored) >= cap:
+                self.attributes_over_limit += 1
             else:
                 stored[name] = value
 

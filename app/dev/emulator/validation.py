@@ -19,8 +19,9 @@ unix seconds (a value of 10^10 or more is taken for milliseconds and refused); a
 Failure semantics: nothing raises. A v2 check returns an :class:`ItemError` (``reason`` is a
 stable slug, ``field`` a dotted path inside the item, ``message`` the detail) or ``None``; a v1
 check returns the error message or ``None``. Person items with the actions ``merge``,
-``add_relationships`` and ``delete_relationships``, and object and delivery items, are refused
-as ``unsupported``: the forwarder never sends them and the emulator does not model them.
+``add_relationships`` and ``delete_relationships``, object and delivery items, and ``phone``
+identifiers are refused as ``unsupported``: the forwarder never sends them and the emulator does
+not model them.
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ def identifiers_error(identifiers: Any) -> ItemError | None:
         )
     ((kind, value),) = identifiers.items()
     field = f"identifiers.{kind}"
+    if kind == "phone":  # a workspace option of Customer.io's; the forwarder never sends it
+        return ItemError(REASON_UNSUPPORTED, field, "the emulator does not model phone identifiers")
     if kind not in IDENTIFIER_KINDS:
         return ItemError(REASON_INVALID, field, "identifier must be one of id, email, cio_id")
     message = identifier_value_error(value)

@@ -1,0 +1,199 @@
+"""The reliability verdict (tests/integration/reliability_model.py) fails every broken outcome.
+
+An outcome is built the way the integration scenarios see one: the workload's Customer.io items
+(dry run) applied in order to a pessimistic emulator workspace, read back as the inspection API
+shows it. The faithful outcome passes; each test then breaks it in one way a faulty pipeline
+could, and the verdict must name that fault.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from app.dev.emulator.server import EmulatorConfig
+from app.dev.emulator.store import Store
+from app.ops.dryrun import dry_run
+from tests.integration import reliability_model
+from tests.unit.test_properties import SETTINGS
+
+USERS, ROUNDS, EVENTS = 10, 4, 2
+WORKLOAD = reliability_model.generate(USERS, ROUNDS, EVENTS)
+Item = dict[str, Any]
+
+
+def _items() -> list[Item]:
+    out = io.BytesIO()
+    dry_run([value for _, value in WORKLOAD.records], SETTINGS, out, io.StringIO())
+    return [orjson.loads(line) for line in out.getvalue().splitlines()]
+
+
+ITEMS = _items()
+
+
+def _store(items: list[Item]) -> Store:
+    store = Store(EmulatorConfig("s", "k", pessimistic=True).workspace_rules)
+    for index, item in enumerate(items):
+        store.apply(item, received_at=float(index))
+    return store
+
+
+def _observed(store: Store, reasons: list[str] | None = None) -> reliability_model.Observed:
+    return reliability_model.Observed(
+        people=[p.as_json() for p in (*store.people, *store.deleted)],
+        events=[e.as_json() for e in store.events],
+        identifies=[i.as_json() for i in store.identifies_log],
+        duplicates_suppressed=store.duplicates_suppressed,
+        stale_identifies=store.stale_identifies,
+        dead_letter_reasons=reasons or [],
+    )
+
+
+def _verdict(items: list[Item], **options: Any) -> reliability_model.Verdict:
+    reasons = options.pop("reasons", None)
+    return reliability_model.check(
+        WORKLOAD.expected, WORKLOAD.events_in, _observed(_store(items), reasons), **options
+    )
+
+
+def _first(action: str, person: str, when: Callable[[Item], bool] = lambda _: True) -> int:
+    return next(
+        index
+        for index, item in enumerate(ITEMS)
+        if item["action"] == action and item["identifiers"] == {"id": person} and when(item)
+    )
+
+
+def _identify(who: dict[str, str], **attributes: Any) -> Item:
+    return {"type": "person", "identifiers": who, "action": "identify", "attributes": attributes}
+
+
+def _tier(tier: int) -> Callable[[Item], bool]:
+    return lambda item: item["attributes"].get("tier") == tier
+
+
+def test_the_faithful_outcome_passes() -> None:
+    verdict = _verdict(ITEMS)
+    assert verdict.ok, verdict
+    assert verdict.delivered == len(WORKLOAD.expected.events) > 0
+
+
+def test_a_lost_event_fails() -> None:
+    index = _first("event", "r-0")
+    verdict = _verdict(ITEMS[:index] + ITEMS[index + 1 :])
+    assert not verdict.ok
+    assert verdict.lost == [ITEMS[index]["attributes"]["seq"]]
+
+
+def test_an_event_visible_twice_fails() -> None:
+    index = _first("event", "r-0")
+    twin = {**ITEMS[index], "id": "01KB00000000000000000000ZZ"}  # a new id: not de-duplicated
+    verdict = _verdict([*ITEMS, twin])
+    assert not verdict.ok
+    assert verdict.duplicated == [twin["attributes"]["seq"]]
+
+
+def test_an_email_only_twin_fails() -> None:
+    twin = _identify({"email": "someone-else@example.com"}, tier=0)
+    verdict = _verdict([*ITEMS, twin])
+    assert not verdict.ok
+    assert verdict.extra_people == ["id=None email='someone-else@example.com'"]
+
+
+def test_an_event_on_the_wrong_person_fails() -> None:
+    index = _first("event", "r-0")
+    moved = {**ITEMS[index], "identifiers": {"id": "r-1"}}
+    verdict = _verdict([*ITEMS[:index], moved, *ITEMS[index + 1 :]])
+    assert not verdict.ok
+    assert list(verdict.misattributed) == [moved["attributes"]["seq"]]
+    assert "r-1" in verdict.misattributed[moved["attributes"]["seq"]]
+
+
+def test_an_event_arriving_before_its_identify_fails() -> None:
+    """The same final state (the identify later gives the person created by the event its
+    email): only attribution and order show it."""
+    identify = _first("identify", "r-0", _tier(0))
+    event = _first("event", "r-0")
+    items = [ITEMS[event], *(item for i, item in enumerate(ITEMS) if i != event)]
+    verdict = _verdict(items)
+    assert not verdict.ok
+    assert identify < event
+    assert (verdict.lost, verdict.wrong_people, verdict.extra_people) == ([], {}, [])
+    assert ITEMS[event]["attributes"]["seq"] in verdict.misattributed
+    assert "before the identify of its round" in verdict.out_of_order["r-0"]
+
+
+def test_identifies_out_of_order_fail() -> None:
+    """Round 3's identify delivered before round 2's: the pessimistic workspace applies the
+    late one, so the person ends on the wrong tier, and the order check names it."""
+    two, three = _first("identify", "r-0", _tier(2)), _first("identify", "r-0", _tier(3))
+    items = list(ITEMS)
+    items[two], items[three] = items[three], items[two]
+    verdict = _verdict(items)
+    assert not verdict.ok
+    assert verdict.wrong_people["r-0"] == "tier: want 3, got 2"
+    assert "r-0" in verdict.out_of_order
+    assert verdict.stale_identifies == 1
+    assert verdict.unexplained_stale == 1
+
+
+def test_a_redelivered_old_identify_is_a_fault_unless_a_crash_explains_it() -> None:
+    """After a crash, the sink re-sends a run it had sent: the workspace sees an older identify
+    once more (then the newer one again). Order of first arrivals is still right."""
+    start = _first("identify", "r-0", _tier(2))
+    end = _first("identify", "r-0", _tier(3))
+    redelivered = [*ITEMS[: end + 1], *ITEMS[start : end + 1], *ITEMS[end + 1 :]]
+    unexplained = _verdict(redelivered)
+    assert not unexplained.ok
+    assert unexplained.unexplained_stale == unexplained.stale_identifies >= 1
+    assert unexplained.out_of_order == {}
+    explained = _verdict(redelivered, stale_explained=True)
+    assert explained.ok, explained
+
+
+@pytest.mark.parametrize("opted_out", [False, True])
+def test_an_unsubscribed_flag_the_rules_do_not_call_for_fails(opted_out: bool) -> None:
+    """A user who never opted out must not be unsubscribed; one who opted out must stay so."""
+    person = next(
+        person
+        for person, want in WORKLOAD.expected.people.items()
+        if want["unsubscribed"] is opted_out
+    )
+    verdict = _verdict([*ITEMS, _identify({"id": person}, unsubscribed=not opted_out)])
+    assert not verdict.ok
+    assert verdict.wrong_people == {person: f"unsubscribed: want {opted_out}, got {not opted_out}"}
+
+
+@pytest.mark.parametrize(
+    ("found", "wanted", "ok"),
+    [
+        ([], Counter(), True),
+        (["invalid_json"], Counter(), False),
+        (["invalid_json", "invalid_json"], Counter({"invalid_json": 2}), True),
+        (["invalid_json"], Counter({"invalid_json": 2}), False),
+        (["invalid_json", "too_deep"], Counter({"invalid_json": 1, "other": 1}), False),
+    ],
+)
+def test_dead_letter_reasons_must_be_the_exact_multiset(
+    found: list[str], wanted: Counter[str], ok: bool
+) -> None:
+    verdict = _verdict(ITEMS, reasons=found, expected_dead_letters=wanted)
+    assert verdict.ok is ok
+    assert verdict.dead_letters == Counter(found)
+
+
+def test_the_summary_names_every_count() -> None:
+    summary = _verdict(ITEMS).summary("scenario", 0)
+    for words in ("lost 0", "extra people 0", "misattributed 0", "out of order 0", "stale"):
+        assert words in summary
+
+
+def test_people_the_scenario_adds_by_email_are_not_extra() -> None:
+    other = _identify({"email": "wide@example.com"}, a=1)
+    assert _verdict([*ITEMS, other], other_emails=frozenset({"wide@example.com"})).ok
+    assert not _verdict([*ITEMS, other], other_emails=frozenset({"long@example.com"})).ok
