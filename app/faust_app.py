@@ -21,10 +21,12 @@ each successful commit covered (the clean-stop marker depends on it).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import faust
+import uvloop
 from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.enums import ProcessingGuarantee
@@ -48,6 +50,16 @@ log = logging.getLogger(__name__)
 FAUST_TUNING: dict[str, Any] = {
     "consumer_max_fetch_size": 8 * 1024 * 1024,
 }
+
+
+def use_event_loop(name: Literal["asyncio", "uvloop"]) -> None:
+    """Make ``name`` the loop of every event loop this process creates from now on.
+
+    Call before the worker (or ``asyncio.run``) creates its loop; faust's consumer thread
+    creates its own loop from the same policy (``MPCIO_EVENT_LOOP``; README "Benchmarks and
+    reliability" has uvloop's measurement)."""
+    policy = uvloop.EventLoopPolicy() if name == "uvloop" else asyncio.DefaultEventLoopPolicy()
+    asyncio.set_event_loop_policy(policy)
 
 
 class TrackingTableManager(TableManager):

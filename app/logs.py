@@ -105,7 +105,10 @@ class TextFormatter(logging.Formatter):
 
 #: Loggers whose DEBUG lines print the key and value of every record sent (names, customer
 #: ids, attributes: only addresses would be masked); kept at INFO whatever the level.
-RECORD_DUMPING_LOGGERS = ("faust.topics", "aiokafka.producer.producer")
+#: ``aiokafka.conn`` prints every request and response: record bytes cut at 100 bytes (an
+#: address cut short no longer looks like one to the masker) and the SASL authenticate bytes
+#: (a password cut or escaped no longer matches the secret being redacted).
+RECORD_DUMPING_LOGGERS = ("faust.topics", "aiokafka.producer.producer", "aiokafka.conn")
 
 
 def configure_logging(level: str, fmt: str) -> None:

@@ -209,6 +209,12 @@ class Settings(BaseSettings):
         "commit after a rebalance. at_least_once: no transactions; the local store is "
         'rebuilt from the changelog after a crash (README "Crash safety").',
     )
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio",
+        description="The worker's event loop: Python's own asyncio loop, or uvloop (libuv), "
+        "which bench.e2e's ours-uvloop contender compares; it did not win on a busy 2-core "
+        "machine (README 'Benchmarks and reliability').",
+    )
     store: str = Field(
         "rocksdb://",
         description="Faust table store: rocksdb:// in production, memory:// for tests.",
@@ -317,8 +323,9 @@ class Settings(BaseSettings):
     request_timeout_seconds: PositiveFloat = Field(10.0, description="Per-request timeout.")
     sink_lanes: Annotated[int, Field(gt=0, le=64)] = Field(
         4,
-        description="Requests in flight at once; partition p is always delivered by lane "
-        "p % lanes, so one user's operations stay in order.",
+        description="Most requests in flight at once: a chunk uses as many lanes as it fills "
+        "requests, and partition p goes through lane p % lanes used, so one user's operations "
+        "stay in order.",
     )
     credentials_probe_seconds: PositiveFloat = Field(
         30.0,

@@ -29,7 +29,7 @@ from faust.worker import Worker
 
 from agents import attach_agents
 from app import masking
-from app.faust_app import create_app, tracked_writes
+from app.faust_app import create_app, tracked_writes, use_event_loop
 from app.kafka_admin import ensure_topics
 from app.kafka_security import client_kwargs
 from app.localstore import lock_data_dir, mark_clean, open_store
@@ -108,6 +108,7 @@ def run_worker(settings: Settings) -> None:
     line after it is masked with it.
     """
     masking.install(masking.masker_for(settings))
+    use_event_loop(settings.event_loop)
     # faust configures logging again when it starts; this covers the lines before it
     configure_logging(settings.log_level, settings.log_format)
     # aiokafka logs each failed connection attempt; ensure_topics reports the cause (wrong CA,

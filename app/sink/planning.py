@@ -4,7 +4,8 @@ A chunk is what one fetch returned: ``{partition key: [records in offset order]}
 ``TopicPartition`` → ``ConsumerRecord``; anything with the same attributes in tests).
 :func:`plan_chunk` decodes each ``OperationBatch`` record and puts its items, in order, into
 lane ``partition % lanes``: one user's operations are always in one partition, so a lane that
-sends its requests in order keeps per-user order while lanes run concurrently. A record that is
+sends its requests in order keeps per-user order while lanes run concurrently; a chunk uses
+only as many lanes as it fills requests (:func:`assign_lanes`). A record that is
 not an ``OperationBatch`` becomes a dead letter (stage ``sink``, reason ``avro_decode``) instead
 of stopping the sink. :func:`commit_offsets` and :func:`rewind_offsets` say where the chunk's
 partitions stand after it is done or must be read again. No I/O: the service
@@ -67,16 +68,21 @@ class ChunkPlan:
 
 
 def plan_chunk(
-    chunk: Mapping[Partition, Sequence[Fetched]], lanes: int, clock: Callable[[], int]
+    chunk: Mapping[Partition, Sequence[Fetched]],
+    lanes: int,
+    clock: Callable[[], int],
+    *,
+    request_items: int,
 ) -> ChunkPlan:
-    """Split ``chunk`` into at most ``lanes`` lanes by partition (``partition % lanes``).
+    """Split ``chunk`` into at most ``lanes`` lanes by partition (:func:`assign_lanes`: as many
+    as the chunk fills requests of ``request_items`` items).
 
     ``clock`` gives the ``failed_at_ms`` of dead letters (ms since the epoch)."""
-    by_lane: dict[int, Lane] = {}
+    by_partition: dict[int, Lane] = {}
     plan = ChunkPlan()
     for records in chunk.values():
         for record in records:
-            lane = by_lane.setdefault(record.partition % lanes, [])
+            lane = by_partition.setdefault(record.partition, [])
             try:
                 batch = decode_operation_batch(record.value or b"")
             except InvalidRecordError as exc:
@@ -85,8 +91,30 @@ def plan_chunk(
                 continue
             ref = ItemRef(record.partition, record.offset, batch["mpid"], batch["ingested_at_ms"])
             lane.extend((operation["item"], ref) for operation in batch["operations"])
-    plan.lanes = [lane for lane in by_lane.values() if lane]
+    plan.lanes = [
+        lane for lane in assign_lanes(by_partition, lanes, request_items).values() if lane
+    ]
     return plan
+
+
+Item = TypeVar("Item")
+
+
+def assign_lanes(
+    by_partition: Mapping[int, list[Item]], max_lanes: int, max_items: int
+) -> dict[int, list[Item]]:
+    """Lanes of one chunk: partition p's items (in order) go to lane p % n, where n is as many
+    lanes as the chunk fills requests of ``max_items``, at most ``max_lanes``.
+
+    Split ``max_lanes`` ways, a chunk that fits one request would cost that many (Customer.io
+    limits requests, so under its limit items per request is the throughput). A partition is
+    wholly in one lane, so one user's operations keep their order."""
+    items = sum(len(partition) for partition in by_partition.values())
+    used = min(max_lanes, max(1, -(-items // max_items)))
+    lanes: dict[int, list[Item]] = {}
+    for partition, partition_items in sorted(by_partition.items()):
+        lanes.setdefault(partition % used, []).extend(partition_items)
+    return lanes
 
 
 def commit_offsets(chunk: Mapping[Partition, Sequence[Fetched]]) -> dict[Partition, int]:

@@ -6,10 +6,11 @@ offset only after the operations before it were delivered or dead-lettered, and 
 consumer moves operations at many times faust's per-record rate (ARCHITECTURE.md).
 
 Loop: take what is fetched (waiting up to ``batch_linger_ms`` to fill requests), split the
-operations into ``sink_lanes`` lanes by partition (partition p → lane p % lanes, so a user's
-operations stay in order), pack each lane into v2 requests within Customer.io's limits and
-deliver the lanes' requests concurrently, each lane's in order. Then write the dead letters
-and wait for the broker to confirm them, then commit the chunk's offsets.
+operations into lanes by partition (partition p → lane p % lanes, so a user's operations stay
+in order; as many lanes as the chunk fills requests, at most ``sink_lanes``), pack each lane
+into v2 requests within Customer.io's limits and deliver the lanes' requests concurrently,
+each lane's in order. Then write the dead letters and wait for the broker to confirm them,
+then commit the chunk's offsets.
 
 Failure semantics:
 - retryable answers are retried inside :func:`~app.customerio.delivery.deliver` until the
@@ -275,7 +276,9 @@ class OperationsSink(Service):
         return chunk
 
     async def _deliver_chunk(self, chunk: Chunk) -> None:
-        plan = plan_chunk(chunk, self.settings.sink_lanes, now_ms)
+        plan = plan_chunk(
+            chunk, self.settings.sink_lanes, now_ms, request_items=self.settings.batch_max_items
+        )
         for reason in plan.undecodable:
             metrics.DEAD_LETTERS.labels(Stage.SINK, reason).inc()
         reports = await asyncio.gather(

@@ -85,6 +85,8 @@ SWEEP: list[tuple[str, dict[str, Any]]] = [
     ("sensors cleared", {"__no_sensors__": True}),
     ("unused table declared", {"__always_table__": True}),
     ("store=rocksdb://", {"__store__": "rocksdb://"}),
+    ("event_loop=asyncio", {"__event_loop__": "asyncio"}),
+    ("event_loop=uvloop", {"__event_loop__": "uvloop"}),
 ]
 
 
@@ -179,6 +181,7 @@ def run_one(
         "loglevel": overrides.get("__loglevel__", "warning"),
         "task_sampler": bool(overrides.get("__task_sampler__")),
         "always_table": bool(overrides.get("__always_table__")),
+        "event_loop": overrides.get("__event_loop__"),
     }
     env = {**os.environ, "BENCH_CONFIG": json.dumps(config), "PYTHONPATH": str(REPO)}
     log = workdir / f"{tag}.log"

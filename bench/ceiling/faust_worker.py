@@ -23,7 +23,7 @@ from faust.worker import Worker
 from agents.ingest import RecordWriter, batch_step, declare_tables, ingest_stream
 from app.core.pipeline import IngestResult
 from app.dev.localkafka import free_port
-from app.faust_app import create_app
+from app.faust_app import create_app, use_event_loop
 from app.settings import Settings
 from app.topics import topics_for
 from app.wiring import core_options
@@ -196,6 +196,8 @@ def build(config: dict[str, Any]) -> faust.App:
 
 def main() -> None:
     config = json.loads(os.environ["BENCH_CONFIG"])
+    # the product's loop unless the run says otherwise (--sweep's event_loop=... variants)
+    use_event_loop(config.get("event_loop") or Settings.model_fields["event_loop"].default)
     app = build(config)
     Worker(app, loglevel=config.get("loglevel", "warning"), quiet=True).execute_from_commandline()
 

@@ -31,6 +31,7 @@ import math
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,15 +61,25 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
 PARTITIONS = 4
 SITE_ID, API_KEY = "bench-site", "bench-key"
-CONTENDERS = ("ours", "ours-alo", "ceiling", "naive")
-# Our worker under each processing guarantee: "ours" is the product (exactly_once, Kafka
+CONTENDERS = ("ours", "ours-alo", "ours-uvloop", "ceiling", "ceiling-uvloop", "naive")
+DEFAULT_CONTENDERS = ("ours", "ours-alo", "ceiling", "naive")
+# Our worker with settings of its own: "ours" is the product (exactly_once, Kafka
 # transactions), "ours-alo" the same worker with processing_guarantee=at_least_once (no
-# transactions), so one run shows what the guarantee costs.
-GUARANTEES = {"ours": "exactly_once", "ours-alo": "at_least_once"}
+# transactions), so one run shows what the guarantee costs; "ours-uvloop" the product on
+# uvloop instead of Python's own event loop (MPCIO_EVENT_LOOP).
+OURS: dict[str, dict[str, str]] = {
+    "ours": {"processing_guarantee": "exactly_once"},
+    "ours-alo": {"processing_guarantee": "at_least_once"},
+    "ours-uvloop": {"processing_guarantee": "exactly_once", "event_loop": "uvloop"},
+}
+# The faust pass-through ceiling on the product's event loop, and on uvloop.
+CEILINGS: dict[str, str | None] = {"ceiling": None, "ceiling-uvloop": "uvloop"}
 TITLES = {
     "ours": "ours: mpcio worker, exactly_once (transactions)",
     "ours-alo": "ours, at_least_once (no transactions)",
+    "ours-uvloop": "ours, exactly_once, on uvloop",
     "ceiling": "ceiling: faust decode + produce, no HTTP",
+    "ceiling-uvloop": "ceiling on uvloop",
     "naive": "per-event forwarder (aiokafka + v1, 1 req/event)",
 }
 PHASES = ("throughput", "paced", "limited")
@@ -90,6 +101,7 @@ class Options:
     idle_timeout: float
     profile: str | None
     keep_logs: bool
+    workers: int = 1
 
 
 @dataclass
@@ -233,19 +245,30 @@ class Bench:
             await asyncio.gather(*pending)
 
     # --- contenders ----------------------------------------------------------------------
-    def launch(self, contender: str, tag: str, source: str, records: int) -> Any:
-        log = self.workdir / f"{tag}.log"
+    def launch(self, contender: str, tag: str, source: str, records: int) -> procs.Group:
+        """``--workers`` processes of the contender, all in one consumer group."""
+        return procs.Group(
+            [
+                self.launch_one(contender, tag, source, records, index)
+                for index in range(self.options.workers)
+            ]
+        )
+
+    def launch_one(
+        self, contender: str, tag: str, source: str, records: int, index: int
+    ) -> subprocess.Popen[bytes]:
+        """Worker ``index`` of a contender: same group as its siblings, its own log, data
+        directory and web port."""
+        name = tag if index == 0 else f"{tag}-w{index}"
+        log = self.workdir / f"{name}.log"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        if contender in GUARANTEES:
-            settings = self.ours_settings(tag, source)
-            guarantee = GUARANTEES[contender]
-            env.update(
-                settings_as_env(settings.model_copy(update={"processing_guarantee": guarantee}))
-            )
+        if contender in OURS:
+            settings = self.ours_settings(tag, source, index)
+            env.update(settings_as_env(settings.model_copy(update=OURS[contender])))
             return procs.spawn(
                 [sys.executable, "-m", "app", "worker"], log=log, env=env, cwd=self.workdir / tag
             )
-        if contender == "ceiling":
+        if contender in CEILINGS:
             config = {
                 "case": "faust_produce",
                 "app_id": f"e2e-{tag}",
@@ -255,12 +278,13 @@ class Bench:
                 "sink": f"{tag}-out",
                 "events": self.options.shape.events_per_batch,
                 "records": records,
-                "result_file": str(self.workdir / f"{tag}.result.json"),
-                "data_dir": str(self.workdir / tag),
+                "result_file": str(self.workdir / f"{name}.result.json"),
+                "data_dir": str(self.workdir / name),
                 "store": "memory://",
                 "overrides": {},
                 "flush": True,
                 "loglevel": "warning",
+                "event_loop": CEILINGS[contender],
             }
             env["BENCH_CONFIG"] = json.dumps(config)
             return procs.spawn(
@@ -280,8 +304,8 @@ class Bench:
         env["BENCH_CONFIG"] = json.dumps(config)
         return procs.spawn([sys.executable, "-m", "bench.e2e.naive"], log=log, env=env)
 
-    def ours_settings(self, tag: str, source: str) -> Settings:
-        data_dir = self.workdir / tag / "data"
+    def ours_settings(self, tag: str, source: str, index: int = 0) -> Settings:
+        data_dir = self.workdir / tag / f"data-{index}"
         data_dir.mkdir(parents=True, exist_ok=True)
         return Settings(
             broker=self.kafka.url,
@@ -318,12 +342,9 @@ class Bench:
                 await asyncio.sleep(0.5)
 
     def target(self, contender: str, exp: Expected) -> int:
-        return {
-            "ours": exp.ours_events,
-            "ours-alo": exp.ours_events,
-            "ceiling": exp.records,
-            "naive": exp.naive_events,
-        }[contender]
+        if contender in OURS:
+            return exp.ours_events
+        return exp.records if contender in CEILINGS else exp.naive_events
 
     # --- one run -------------------------------------------------------------------------
     async def run(self, contender: str, phase: str, run: int, paced_rate: float) -> dict[str, Any]:
@@ -335,9 +356,10 @@ class Bench:
             "run": run,
             "shape": asdict(self.options.shape),
             "store": self.options.store
-            if contender in GUARANTEES
-            else ("memory://" if contender == "ceiling" else None),
+            if contender in OURS
+            else ("memory://" if contender in CEILINGS else None),
             "loadavg_before": os.getloadavg()[0],
+            "workers": self.options.workers,
         }
         limited = phase == "limited"
         await self.emulator.reset(self.options.limited_rate if limited else None)
@@ -347,7 +369,7 @@ class Bench:
         else:
             source = self.backlog_topic
         out_topic = f"{tag}-out"
-        if contender == "ceiling":
+        if contender in CEILINGS:
             await create_topics(self.kafka.bootstrap, [out_topic])
         assert self.backlog_expected is not None
         exp = self.backlog_expected
@@ -366,10 +388,10 @@ class Bench:
             exp = expected(warm + paced, self.settings_for_expectation)
             row["paced_rate_events_per_s"] = round(paced_rate, 1)
         target = self.target(contender, exp)
-        if contender in GUARANTEES:
+        if contender in OURS:
             await self.create_ours_topics(tag, source)
         process = self.launch(contender, tag, source, exp.records)
-        sampler = procs.Sampler(process.pid, self.kafka_pid, self.emulator.process.pid)
+        sampler = procs.Sampler(process.pids, self.kafka_pid, self.emulator.process.pid)
         counter = await self.counter(contender, out_topic)
         spy = None
         pacer: asyncio.Task[None] | None = None
@@ -415,7 +437,7 @@ class Bench:
 
                     def on_first() -> None:
                         nonlocal spy
-                        spy = self.start_profiler(process.pid, tag)
+                        spy = self.start_profiler(process.pids[0], tag)
 
                 cap = self.options.limited_seconds if limited else self.options.cap_seconds
                 outcome = await self.watch(
@@ -427,12 +449,13 @@ class Bench:
                     startup=self.options.startup_timeout,
                     on_first=on_first,
                 )
-            row["peak_rss_mb"] = procs.peak_rss_mb(process.pid)
+            row["peak_rss_mb"] = process.peak_rss_mb()
         finally:
             if pacer is not None:
                 pacer.cancel()
             sampler.sample()
-            row["exit_code"] = await asyncio.to_thread(procs.stop, process)
+            exit_codes = await asyncio.to_thread(process.stop)
+            row["exit_code"] = exit_codes[0] if len(exit_codes) == 1 else exit_codes
             await counter.close(drain=not self.interrupted)
             if spy is not None:
                 await asyncio.to_thread(spy.wait, 60)
@@ -468,7 +491,7 @@ class Bench:
             )
 
     async def counter(self, contender: str, out_topic: str) -> DeliveryCounter:
-        if contender == "ceiling":
+        if contender in CEILINGS:
             counter: DeliveryCounter = TopicCounter(self.kafka.bootstrap, out_topic)
         else:
             counter = EmulatorCounter(self.emulator)
@@ -477,7 +500,7 @@ class Bench:
 
     async def watch(
         self,
-        process: Any,
+        process: procs.Group,
         sampler: procs.Sampler,
         counter: DeliveryCounter,
         target: int,
@@ -547,7 +570,7 @@ class Bench:
         sampler: procs.Sampler,
         counter: DeliveryCounter,
     ) -> None:
-        if contender == "ceiling":
+        if contender in CEILINGS:
             assert isinstance(counter, TopicCounter)
             receipts = counter.receipts  # (received_at s, sent_at_ms, phase, events, bytes)
         else:
@@ -577,15 +600,15 @@ class Bench:
             window_seconds=round(window, 3),
             events_per_s=round(events / window, 1) if window > 0 else None,
         )
-        if contender != "ceiling" and phase != "paced":
+        if contender not in CEILINGS and phase != "paced":
             delivered_share = events / max(self.target(contender, exp), 1)
             row["input_events_per_s"] = (
                 round(delivered_share * exp.input_events / window, 1) if window > 0 else None
             )
-        elif contender == "ceiling":
+        elif contender in CEILINGS:
             row["input_events_per_s"] = row["events_per_s"]
             row["output_bytes_per_event"] = round(sum(r[4] for r in counted) / events, 1)
-        if contender != "ceiling":
+        if contender not in CEILINGS:
             requests = [r for r in await self.emulator.requests() if r["received_at"] <= end + 0.5]
             statuses = Counter(str(r["status"]) for r in requests)
             ok = sum(1 for r in requests if r["status"] is not None and r["status"] < 300)
@@ -730,8 +753,9 @@ def print_tables(rows: list[dict[str, Any]], options: Options) -> None:
 
     if "throughput" in options.phases:
         print(
-            "\nThroughput (pre-produced backlog; median [min-max] of the runs; utilisation %: "
-            "100 = one core, box 200 = both cores busy)"
+            f"\nThroughput ({options.workers} worker process(es) per contender, one group; "
+            "pre-produced backlog; median [min-max] of the runs; utilisation %: 100 = one "
+            "core, box 200 = both cores busy; wrk% and CPU s/1k ev: all workers together)"
         )
         header = (
             f"{'contender':<50} {'delivered ev/s':>24} {'input ev/s':>10} {'req/1k ev':>9} "
@@ -793,7 +817,7 @@ def print_tables(rows: list[dict[str, Any]], options: Options) -> None:
         print(header)
         print("-" * len(header))
         for contender in options.contenders:
-            if contender == "ceiling":
+            if contender in CEILINGS:
                 continue
             ok = group("limited", contender)
             if not ok:
@@ -834,10 +858,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run = parser.add_argument_group("runs")
     run.add_argument("--runs", type=int, default=3, help="runs per contender and phase")
     run.add_argument(
-        "--contenders", default=",".join(CONTENDERS), help="any of " + ",".join(CONTENDERS)
+        "--contenders",
+        default=",".join(DEFAULT_CONTENDERS),
+        help="any of " + ",".join(CONTENDERS),
     )
     run.add_argument("--phases", default=",".join(PHASES), help="any of throughput,paced,limited")
     run.add_argument("--store", default="rocksdb://", help="ours' table store (or memory://)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes per contender, all in one consumer group (the backlog topic has "
+        f"{PARTITIONS} partitions, so at most {PARTITIONS} do work)",
+    )
     run.add_argument(
         "--cap-seconds",
         type=float,
@@ -928,6 +961,7 @@ def options_from(args: argparse.Namespace) -> Options:
         idle_timeout=args.idle_timeout,
         profile=args.profile,
         keep_logs=args.keep_logs,
+        workers=args.workers,
     )
 
 
@@ -956,7 +990,7 @@ async def run_all(
         await bench.prepare_backlog()
         for phase in options.phases:
             contenders = [
-                c for c in options.contenders if not (phase == "limited" and c == "ceiling")
+                c for c in options.contenders if not (phase == "limited" and c in CEILINGS)
             ]
             for run in range(1, options.runs + 1):
                 for contender in contenders:

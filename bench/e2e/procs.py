@@ -60,6 +60,35 @@ def stop(process: subprocess.Popen[bytes], grace: float = 30.0) -> int | None:
     return process.returncode
 
 
+class Group:
+    """The N processes of one contender (``--workers N``: one consumer group)."""
+
+    def __init__(self, processes: list[subprocess.Popen[bytes]]) -> None:
+        self.processes = processes
+        self.pids = [process.pid for process in processes]
+
+    def poll(self) -> int | None:
+        """The exit code of the first process that has exited, None while all run."""
+        for process in self.processes:
+            if process.poll() is not None:
+                return process.returncode
+        return None
+
+    def stop(self, grace: float = 30.0) -> list[int | None]:
+        """SIGTERM all at once (a rebalance per stopped worker would slow the rest), then
+        reap each like :func:`stop`; the exit codes in launch order."""
+        for process in self.processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+        return [stop(process, grace) for process in self.processes]
+
+    def peak_rss_mb(self) -> float | None:
+        """Sum of the processes' peak resident sets (MiB); None if none could be read."""
+        peaks = [peak for pid in self.pids if (peak := peak_rss_mb(pid)) is not None]
+        return sum(peaks) if peaks else None
+
+
 def stop_all() -> None:
     for process in _CHILDREN:
         stop(process, grace=10.0)
@@ -95,20 +124,25 @@ def peak_rss_mb(pid: int) -> float | None:
 
 
 class Sampler:
-    """Samples (wall time, worker CPU, broker CPU, emulator CPU, machine busy) on demand."""
+    """Samples (wall time, workers' CPU, broker CPU, emulator CPU, machine busy) on demand;
+    the workers' column is the sum over all of a contender's processes."""
 
-    def __init__(self, worker: int, broker: int | None, emulator: int | None) -> None:
-        self.pids = (worker, broker, emulator)
+    def __init__(self, workers: list[int], broker: int | None, emulator: int | None) -> None:
+        self.workers = workers
+        self.broker, self.emulator = broker, emulator
         self.samples: list[tuple[float, float, float, float, float]] = []
+        # a worker that exited keeps the CPU it had used (/proc has nothing for it any more)
+        self.worker_cpu = dict.fromkeys(workers, 0.0)
 
     def sample(self) -> None:
-        worker, broker, emulator = self.pids
+        for pid in self.workers:
+            self.worker_cpu[pid] = max(self.worker_cpu[pid], cpu_seconds(pid))
         self.samples.append(
             (
                 time.time(),
-                cpu_seconds(worker),
-                cpu_seconds(broker),
-                cpu_seconds(emulator),
+                sum(self.worker_cpu.values()),
+                cpu_seconds(self.broker),
+                cpu_seconds(self.emulator),
                 machine_busy(),
             )
         )

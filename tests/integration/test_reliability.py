@@ -139,7 +139,9 @@ async def test_broker_killed_and_restarted(
 ) -> None:
     async with _own_broker(names, tmp_path, emulator) as (broker, deployment, workload):
         expected = len(workload.expected.events)
-        worker = deployment.start_worker(batch_max_items="20", rate_limit_per_second="40")
+        worker = deployment.start_worker(
+            batch_max_items="20", rate_limit_per_second="40", **_rocksdb(deployment)
+        )
         await _until_delivered(emulator, expected // 3, [worker])
         broker.kill()
         await asyncio.sleep(2)  # an outage, not a synchronisation: the broker is down 2 s
@@ -175,7 +177,10 @@ async def test_customerio_errors_throttling_timeouts_and_drops(
     # 45 faults in a row can hit one request: the budget must outlast the storm (exhausting
     # it dead-letters, which test_delivery covers), so allow more attempts than faults.
     worker = deployment.start_worker(
-        batch_max_items="20", request_timeout_seconds="1", retry_max_attempts="60"
+        batch_max_items="20",
+        request_timeout_seconds="1",
+        retry_max_attempts="60",
+        **_rocksdb(deployment),
     )
     await _until_delivered(emulator, expected, [worker], timeout=180)
     await _settle(emulator, expected)
@@ -200,10 +205,15 @@ async def test_second_worker_joins_and_leaves(
     await produce(
         deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records[:half]
     )
-    first = deployment.start_worker(rate_limit_per_second="40", batch_max_items="20")
+    first = deployment.start_worker(
+        rate_limit_per_second="40", batch_max_items="20", **_rocksdb(deployment, "first")
+    )
     await _until_delivered(emulator, 10, [first])
     second = deployment.start_worker(
-        rate_limit_per_second="40", batch_max_items="20", web_port=str(free_port())
+        rate_limit_per_second="40",
+        batch_max_items="20",
+        web_port=str(free_port()),
+        **_rocksdb(deployment, "second"),
     )
     await produce(
         deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records[half:]
@@ -270,7 +280,7 @@ async def test_poison_input_keeps_the_stream_flowing(
             records.append(poison.pop())
     records.extend(poison)
     await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, records)
-    worker = deployment.start_worker()
+    worker = deployment.start_worker(**_rocksdb(deployment))
     await _until_delivered(emulator, expected, [worker])
     await _settle(emulator, expected)
     # One dead letter per unusable record, each with its own reason: random bytes, truncated
@@ -316,7 +326,7 @@ async def test_sigterm_stops_gracefully_and_loses_nothing(
     await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records)
     # rocksdb with one data directory: the restart keeps the store of the clean stop and
     # replays only the changelog written after the last commit's persisted offset
-    store = {"store": "rocksdb://", "data_dir": str(deployment.tmp_path / "data")}
+    store = _rocksdb(deployment)
     first = deployment.start_worker(batch_max_items="20", **store)
     await _until_delivered(emulator, expected // 4, [first])
     seconds = await first.stop()  # SIGTERM, as orchestrators send
@@ -334,7 +344,7 @@ async def test_sigterm_with_the_broker_down_is_bounded_and_loses_nothing(
 ) -> None:
     async with _own_broker(names, tmp_path, emulator) as (broker, deployment, workload):
         expected = len(workload.expected.events)
-        store = {"store": "rocksdb://", "data_dir": str(tmp_path / "data")}
+        store = _rocksdb(deployment)
         worker = deployment.start_worker(batch_max_items="20", rate_limit_per_second="40", **store)
         await _until_delivered(emulator, expected // 3, [worker])
         broker.kill()
@@ -350,6 +360,12 @@ async def test_sigterm_with_the_broker_down_is_bounded_and_loses_nothing(
         await _verdict(
             deployment, emulator, workload, "sigterm, broker down", capsys, stale_explained=True
         )
+
+
+def _rocksdb(deployment: Deployment, worker: str = "worker") -> dict[str, str]:
+    """The production store (RocksDB) with a data dir of the worker's own, kept across its
+    restarts (each worker needs its own: a data dir in use by another worker is refused)."""
+    return {"store": "rocksdb://", "data_dir": str(deployment.tmp_path / f"data-{worker}")}
 
 
 @contextlib.asynccontextmanager

@@ -106,3 +106,19 @@ def test_text_lines_are_redacted_too() -> None:
     assert "ValueError: bad <email:" in text  # the traceback follows its line
     assert "eve@example.com" not in text
     assert "topsecret" not in text
+
+
+@pytest.mark.parametrize("name", ["faust.topics", "aiokafka.producer.producer", "aiokafka.conn"])
+def test_record_dumping_loggers_stay_at_info_at_debug(name: str) -> None:
+    """aiokafka.conn at DEBUG prints record bytes and SASL authenticate bytes cut at 100 bytes
+    or escaped, which the masker cannot recognise (an address or password cut short)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging("DEBUG", "text")
+        assert not logging.getLogger(name).isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("app.worker").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.getLogger(name).setLevel(logging.NOTSET)

@@ -11,7 +11,7 @@ from tests.unit.operations_records import TOPIC, Fetched, T, chunk_of, item, rec
 
 def test_lanes_keep_each_partitions_order_and_never_split_a_partition() -> None:
     records = [record(p, o, items=2) for o in range(10, 14) for p in range(8)]
-    plan = plan_chunk(chunk_of(*records), lanes=3, clock=lambda: T)
+    plan = plan_chunk(chunk_of(*records), lanes=3, clock=lambda: T, request_items=2)
 
     assert len(plan.lanes) == 3
     for lane in plan.lanes:
@@ -25,7 +25,7 @@ def test_lanes_keep_each_partitions_order_and_never_split_a_partition() -> None:
 
 
 def test_item_refs_carry_the_records_position_mpid_and_ingest_time() -> None:
-    plan = plan_chunk(chunk_of(record(5, 77, items=1)), lanes=4, clock=lambda: T)
+    plan = plan_chunk(chunk_of(record(5, 77, items=1)), lanes=4, clock=lambda: T, request_items=1)
     ((_, ref),) = plan.lanes[0]
     assert (ref.partition, ref.offset, ref.mpid, ref.ingested_at_ms) == (5, 77, "105", T)
 
@@ -33,7 +33,8 @@ def test_item_refs_carry_the_records_position_mpid_and_ingest_time() -> None:
 def test_an_undecodable_record_becomes_a_sink_dead_letter_and_the_rest_is_delivered() -> None:
     broken = Fetched(TOPIC, 1, 9, b"101", b"not avro")
     tombstone = Fetched(TOPIC, 1, 10, b"101", None)
-    plan = plan_chunk(chunk_of(record(1, 8, 2), broken, tombstone, record(1, 11, 2)), 2, lambda: T)
+    chunk = chunk_of(record(1, 8, 2), broken, tombstone, record(1, 11, 2))
+    plan = plan_chunk(chunk, 2, lambda: T, request_items=1)
 
     assert [payload for payload, _ in plan.lanes[0]] == [
         item(1, 8, 0),

@@ -29,6 +29,8 @@ SETTINGS = load_settings(
     topic_operations="ops",
     topic_deadletter="dl",
     sink_lanes=2,
+    # small requests, so the 16-item chunks below fill two of them and use both lanes
+    batch_max_items=8,
     credentials_probe_seconds=0.01,
 )
 TOPICS = topics_for(SETTINGS)
