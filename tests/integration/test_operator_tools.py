@@ -505,7 +505,9 @@ async def test_check_config_reaches_kafka_and_customerio(
         is None
     )
     assert f"FAILED: missing {other}-operations (mpcio worker creates them)" in split.out
-    assert re.search(r"^co-partitioning: +FAILED: input topics differ", split.out, re.MULTILINE)
+    assert re.search(
+        r"^co-partitioning: +FAILED: topics read by ingest differ", split.out, re.MULTILINE
+    )
     assert f"{other}-audiences=2" in split.out
     assert re.search(r"^customerio: +skipped \(MPCIO_FORWARDING_ENABLED", split.out, re.MULTILINE)
     assert "FAILED: topics, co-partitioning (skipped: customerio)" in split.out
