@@ -44,9 +44,12 @@ async def test_table_survives_worker_restart(kafka: LocalKafka, names: Names, tm
     await produce(kafka.bootstrap, source, [(b"a", b"x"), (b"a", b"x")])
     second = WorkerProcess(argv, env, tmp_path / "worker-2.log").start()
     try:
+        # generous: on a busy machine the new process's start and changelog recovery are slow
         records = await consume_until(
-            kafka.bootstrap, sink, lambda r: len(r) >= 17, workers=[second]
+            kafka.bootstrap, sink, lambda r: len(r) >= 17, timeout=120, workers=[second]
         )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{second.output()[-6000:]}") from None
     finally:
         second.terminate()
     assert len(records) == 17, second.output()[-3000:]
