@@ -116,8 +116,10 @@ def configure_logging(level: str, fmt: str) -> None:
 
     ``level``: a logging level name; ``fmt``: ``json`` for JSON lines, anything else for text.
     """
+    debug = logging.getLevelName(level) < logging.INFO
     for name in RECORD_DUMPING_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.INFO))
+        # only below INFO: otherwise they inherit (the CLI quiets all of aiokafka)
+        logging.getLogger(name).setLevel(logging.INFO if debug else logging.NOTSET)
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
     formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()

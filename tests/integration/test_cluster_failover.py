@@ -106,7 +106,12 @@ async def _topic_settings(bootstrap: str, topic: str) -> tuple[int, str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        (described,) = await admin.describe_topics([topic])
+        # a topic just created can be described before its partitions reach every broker
+        for _ in range(300):  # up to ~60 s
+            (described,) = await admin.describe_topics([topic])
+            if described["partitions"]:
+                break
+            await asyncio.sleep(0.2)
         (configs,) = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"min.insync.replicas": None})]
         )
