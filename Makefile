@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint unit integration clean prometheus
+.PHONY: run test lint unit integration explore clean prometheus
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: $(BIN)/.installed
 
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit
+
+# Property tests with fresh random draws (CI replays a fixed sequence), 5,000 examples each.
+explore: $(BIN)/.installed
+	MPCIO_HYPOTHESIS_PROFILE=explore $(BIN)/pytest tests/unit/test_properties.py tests/unit/test_openapi_differential.py
 
 integration: $(BIN)/.installed prometheus
 	$(BIN)/pytest tests/integration

@@ -59,6 +59,11 @@ DEVIATIONS: dict[str, tuple[Callable[[ItemError], bool], dict[str, Any]]] = {
         {"type": "person", "identifiers": {"id": "a"}, "action": "identify",
          "attributes": {"a": "v" * 1001}},
     ),
+    "attribute names are non-empty (the pessimistic reading)": (
+        lambda e: e.field == "attributes" and e.message == "attribute name is empty",
+        {"type": "person", "identifiers": {"id": "a"}, "action": "identify",
+         "attributes": {"": "v"}},
+    ),
     "timestamps are unix seconds from 0 to 9,999,999,999": (
         lambda e: e.field == "timestamp" and e.reason == "invalid",
         {"type": "person", "identifiers": {"id": "a"}, "action": "identify",
