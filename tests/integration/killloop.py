@@ -2,12 +2,14 @@
 
 Shared by the CI test (``tests/integration/test_reliability.py``, short form) and the bench
 (``python -m bench.killloop``, long form). A paced producer writes the reference workload
-(:mod:`tests.integration.reliability_model`) to the batches topic while a loop starts a worker
+(:mod:`tests.integration.reliability_model`: batches, and erasures of some users racing with
+their batches or after them) to the batches and erasure topics while a loop starts a worker
 on ``rocksdb://`` with ONE data directory kept across restarts, waits a random moment and
 SIGKILLs it, again and again; the kills land during start-up and recovery, during ingest and
 during delivery (the worker ingests and delivers at once). After the last kill a worker runs
-until the emulator holds every expected event and stays quiet; the reference model then
-decides: 0 lost, 0 visible duplicates, every person's attributes and unsubscribed flag right.
+until the emulator holds exactly the expected events and stays quiet; the reference model
+then decides: 0 lost, 0 visible duplicates, every person's attributes and unsubscribed flag
+right, every erased person gone (or new, from the batches after its erasure alone).
 
 Randomness comes from ``seed`` only (moments and kinds of kill), so a failing run can be
 repeated; what happens inside the worker at each moment still depends on the machine.
@@ -22,12 +24,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tests.integration import reliability_model
-from tests.integration.support import judge, message_count, wait_for
+from tests.integration.support import (
+    judge,
+    message_count,
+    produce_workload,
+    stored_seqs,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from aiokafka import AIOKafkaProducer
 
     from app.dev.emulator.server import RunningEmulator
     from tests.integration.conftest import Deployment
@@ -108,6 +114,7 @@ async def run_kill_loop(
     """
     workload = reliability_model.generate(plan.users, plan.rounds, plan.events)
     expected = len(workload.expected.events)
+    wanted = workload.expected.events
     rng = random.Random(plan.seed)
     env = {
         "store": "rocksdb://",
@@ -116,7 +123,7 @@ async def run_kill_loop(
     }
     began = time.monotonic()
     producer = asyncio.create_task(
-        _produce_paced(deployment, workload.records, plan.rate), name="paced producer"
+        produce_workload(deployment, workload.sends, plan.rate), name="paced producer"
     )
     kills = early = 0
     moments: list[float] = []
@@ -136,11 +143,11 @@ async def run_kill_loop(
             moments.append(round(time.monotonic() - started, 2))
             progress(
                 f"kill {kills}: {moments[-1]:.1f} s after start, "
-                f"emulator holds {len(emulator.state.store.events)}/{expected} events"
+                f"emulator holds {len(stored_seqs(emulator) & wanted)}/{expected} events"
             )
         await producer
         final = deployment.start_worker(**env)
-        await _until_all_delivered(emulator, expected, final)
+        await _until_all_delivered(emulator, workload.expected, final)
         await _settle(emulator)
     finally:
         producer.cancel()
@@ -158,29 +165,6 @@ async def run_kill_loop(
         expected_identifies=workload.expected.identifies,
         kill_moments=moments,
     )
-
-
-async def _produce_paced(
-    deployment: Deployment, records: list[tuple[bytes, bytes]], rate: float
-) -> None:
-    """Send ``records`` in order at ``rate`` per second; fail if any was not acknowledged."""
-    from aiokafka import AIOKafkaProducer  # noqa: PLC0415 - only the loop needs a producer
-
-    producer: AIOKafkaProducer = AIOKafkaProducer(
-        bootstrap_servers=deployment.kafka.bootstrap, acks="all"
-    )
-    await producer.start()
-    try:
-        began = time.monotonic()
-        sent = []
-        for index, (key, value) in enumerate(records):
-            due = began + index / rate
-            if (wait := due - time.monotonic()) > 0:
-                await asyncio.sleep(wait)
-            sent.append(await producer.send(deployment.topics.batches.name, value, key=key))
-        await asyncio.gather(*sent)  # raises if the broker refused any record
-    finally:
-        await producer.stop()
 
 
 async def _sleep_while_running(worker: WorkerProcess, seconds: float) -> None:
@@ -206,16 +190,17 @@ async def _until_progress(emulator: RunningEmulator, worker: WorkerProcess) -> N
 
 
 async def _until_all_delivered(
-    emulator: RunningEmulator, expected: int, worker: WorkerProcess
+    emulator: RunningEmulator, expected: reliability_model.Expected, worker: WorkerProcess
 ) -> None:
-    """Wait until the emulator holds ``expected`` events, or until the final worker, after
+    """Wait until the emulator holds exactly the expected events (erased ones deleted: see
+    :func:`reliability_model.complete`), or until the final worker, after
     delivering something, has sent nothing for ``QUIET_SECONDS`` (what is missing then is
     lost, and the verdict says so), or ``FINAL_TIMEOUT_SECONDS``; fails if the worker exits."""
     began = time.monotonic()
     requests = emulator.state.stats()["requests"]
     delivered = False
     last_change = began
-    while len(emulator.state.store.events) < expected:
+    while not reliability_model.complete(expected, stored_seqs(emulator)):
         worker.assert_running()
         now = time.monotonic()
         current = emulator.state.stats()["requests"]

@@ -14,16 +14,43 @@ knowing how event ids are derived. Per user (deterministic from its index):
   while opted out and known by email - it stays unsubscribed; a user whose email arrives only
   after opting back in is never unsubscribed there);
 - attribute ``tier`` = the round number (last writer wins), ``$FirstName`` constant.
+
+Erasure (SPEC §5, README "Audiences and erasure"): a seeded share of the users who never opt
+out get one OpenDSR erasure request on the erasure topic (keyed by mpid; three record forms:
+mpid with an email identity, mpid only, mpid with mParticle's ``customer_id`` map). Its place
+in the stream is one of three kinds, in turn:
+- ``racing``: right after the user's batch of a seeded round that is not its last, so it races
+  with that batch (and the earlier ones still being processed or delivered); the user's later
+  batches come after it;
+- ``racing_last``: right after the user's last batch;
+- ``after``: after the whole workload.
+The rules, stated here independently of ``app``: every batch that reached Kafka before the
+erasure is erased with the person (dropped if it arrives after the erasure, deleted with the
+person if before), so none of its events or attributes is visible at the end; a batch that
+reached Kafka after it starts a new user, i.e. a new Customer.io person built from the later
+batches alone (same customer id and email). The producer gives records strictly increasing
+Kafka timestamps, so "before" and "after" are exactly the order of :attr:`Workload.sends`.
+The later batches come a whole round after the erasure: the product orders an erasure and
+the user's later batches by processing order across topics (README Limits), which a round of
+backlog in between keeps.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 T0 = 1_764_400_000_000
+# The share of eligible users (those who never opt out: a new user after an erasure would not
+# know an earlier opt-out, a rule this model leaves out) who get an erasure, and its seed.
+ERASED_SHARE = 0.15
+ERASURE_SEED = 21
+ERASURE_KINDS = ("racing", "racing_last", "after")
+# Sends go to the batches topic or the erasure topic.
+BATCHES, ERASURE = "batches", "erasure"
 
 
 @dataclass
@@ -37,22 +64,88 @@ class Expected:
     owner: dict[int, str] = field(default_factory=dict)
     round_of: dict[int, int] = field(default_factory=dict)
     identifies: int = 0  # identifies the rules call for (no redelivery)
+    # Erased users: person id -> (email, the highest round erased with them). Seqs of events
+    # sent before their erasure (never to be visible at the end).
+    erased: dict[str, tuple[str, int]] = field(default_factory=dict)
+    erased_events: dict[int, str] = field(default_factory=dict)  # seq -> its owner
 
 
 @dataclass
 class Workload:
-    records: list[tuple[bytes, bytes]]
+    """``sends``: ``(topic kind, key, value)`` in the order to produce them, kind
+    :data:`BATCHES` or :data:`ERASURE`, with strictly increasing Kafka timestamps."""
+
+    sends: list[tuple[str, bytes, bytes]]
     expected: Expected
     events_in: int
 
+    @property
+    def records(self) -> list[tuple[bytes, bytes]]:
+        """The batches alone, in order."""
+        return [(key, value) for kind, key, value in self.sends if kind == BATCHES]
+
+    @property
+    def erasures(self) -> int:
+        return sum(1 for kind, _, _ in self.sends if kind == ERASURE)
+
+
+@dataclass(frozen=True)
+class _Erasure:
+    """One erased user's request: after which of its rounds it is sent (``None``: after the
+    whole workload) and the record's form (0, 1, 2: module docstring)."""
+
+    after_round: int | None
+    form: int
+
+
+def _erasures(users: int, rounds: int) -> dict[int, _Erasure]:
+    rng = random.Random(ERASURE_SEED)
+    eligible = [user for user in range(users) if user % 5 != 1]
+    chosen = sorted(rng.sample(eligible, max(3, round(users * ERASED_SHARE))))
+    plans: dict[int, _Erasure] = {}
+    for index, user in enumerate(chosen):
+        kind = ERASURE_KINDS[index % len(ERASURE_KINDS)]
+        after_round = {
+            "racing": rng.randrange(rounds - 1) if rounds > 1 else rounds - 1,
+            "racing_last": rounds - 1,
+            "after": None,
+        }[kind]
+        plans[user] = _Erasure(after_round, index % 3)
+    return plans
+
+
+def _erasure_record(user: int, form: int) -> tuple[str, bytes, bytes]:
+    mpid = 500_000 + user
+    request: dict[str, Any] = {
+        "subject_request_type": "erasure",
+        "subject_request_id": f"rel-erasure-{user}",
+        "mpid": mpid,
+    }
+    if form == 0:
+        request["subject_identities"] = [
+            {"identity_type": "email", "identity_value": f"rel{user}@example.com"}
+        ]
+    elif form == 2:
+        request["subject_identities"] = {"customer_id": {"value": f"r-{user}"}}
+    return ERASURE, str(mpid).encode(), json.dumps(request).encode()
+
 
 def generate(users: int, rounds: int, events: int) -> Workload:
-    records: list[tuple[bytes, bytes]] = []
+    """The workload of ``users`` x ``rounds`` batches (module docstring) and what it must
+    leave in Customer.io. ``users`` >= 5 for every erasure kind to occur."""
+    sends: list[tuple[str, bytes, bytes]] = []
     expected = Expected()
+    erasures = _erasures(users, rounds) if users >= 5 else {}
+    last_round: dict[int, int] = {}  # erased user -> its highest round erased with it
     seq = 0
     for round_ in range(rounds):
         for user in range(users):
             mpid = 500_000 + user
+            erasure = erasures.get(user)
+            # Erased with the person: sent before its erasure (module docstring).
+            doomed = erasure is not None and (
+                erasure.after_round is None or round_ <= erasure.after_round
+            )
             late_email = user % 7 == 3
             opt_user = user % 5 == 1
             has_email = not late_email or round_ >= rounds // 2
@@ -84,7 +177,9 @@ def generate(users: int, rounds: int, events: int) -> Workload:
                         },
                     }
                 )
-                if has_email and not opted_out:
+                if doomed:
+                    expected.erased_events[seq] = f"r-{user}"
+                elif has_email and not opted_out:
                     expected.events.add(seq)
                     expected.owner[seq] = f"r-{user}"
                     expected.round_of[seq] = round_
@@ -96,8 +191,12 @@ def generate(users: int, rounds: int, events: int) -> Workload:
                 "user_attributes": {"$FirstName": f"R{user}", "tier": round_},
                 "events": batch_events,
             }
-            records.append((str(mpid).encode(), json.dumps(batch).encode()))
-            if has_email:
+            sends.append((BATCHES, str(mpid).encode(), json.dumps(batch).encode()))
+            if erasure is not None and round_ == erasure.after_round:
+                sends.append(_erasure_record(user, erasure.form))
+            if doomed:
+                last_round[user] = round_
+            elif has_email:
                 person = expected.people.setdefault(f"r-{user}", {"unsubscribed": False})
                 person.update(
                     {"email": f"rel{user}@example.com", "first_name": f"R{user}", "tier": round_}
@@ -105,7 +204,17 @@ def generate(users: int, rounds: int, events: int) -> Workload:
                 if opted_out:  # an identify says so; without resubscribe it stays
                     person["unsubscribed"] = True
                 expected.identifies += 1  # tier changes every round
-    return Workload(records, expected, seq)
+    for user, erasure in erasures.items():
+        if erasure.after_round is None:
+            sends.append(_erasure_record(user, erasure.form))
+        expected.erased[f"r-{user}"] = (f"rel{user}@example.com", last_round[user])
+    return Workload(sends, expected, seq)
+
+
+def complete(expected: Expected, seqs: set[int]) -> bool:
+    """True when ``seqs`` (those of the events the workspace holds) are exactly the expected
+    ones: all delivered, and every erased user's earlier ones deleted."""
+    return seqs == expected.events
 
 
 def _time(round_: int, index: int) -> int:
@@ -124,6 +233,11 @@ class Verdict:
     first update that arrived before one it must follow. ``unexplained_stale``: identifies the
     workspace saw arrive after a newer one, when no fault or crash of the scenario explains one.
     ``dead_letters``: the reasons found on the dead-letter topic vs the expected multiset.
+    ``reappeared``: erased person id → how it came back: live at the end although no batch
+    followed its erasure, or live carrying an identify or event sent before its erasure.
+    ``erasures``: erasure requests in the workload; ``people_deleted``: erased users with a
+    deleted person in the workspace (figures only: an erasure that overtakes all of its user's
+    batches leaves no person to delete).
     """
 
     events_in: int
@@ -140,6 +254,9 @@ class Verdict:
     unexplained_stale: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     expected_dead_letters: Counter[str] = field(default_factory=Counter)
+    reappeared: dict[str, str] = field(default_factory=dict)
+    erasures: int = 0
+    people_deleted: int = 0
 
     @property
     def ok(self) -> bool:
@@ -152,6 +269,7 @@ class Verdict:
             or self.misattributed
             or self.out_of_order
             or self.unexplained_stale
+            or self.reappeared
             or self.dead_letters != self.expected_dead_letters
         )
 
@@ -162,7 +280,9 @@ class Verdict:
             f"{len(self.lost)}, unexpected {len(self.unexpected)}, visible duplicates "
             f"{len(self.duplicated)}, wrong people {len(self.wrong_people)}, extra people "
             f"{len(self.extra_people)}, misattributed {len(self.misattributed)}, out of order "
-            f"{len(self.out_of_order)}, stale identifies {self.stale_identifies}"
+            f"{len(self.out_of_order)}, stale identifies {self.stale_identifies}, erasures "
+            f"{self.erasures}, people deleted {self.people_deleted}, reappeared "
+            f"{len(self.reappeared)}"
         )
 
 
@@ -221,6 +341,15 @@ def check(
         unexplained_stale=0 if stale_explained else observed.stale_identifies,
         dead_letters=Counter(observed.dead_letter_reasons),
         expected_dead_letters=expected_dead_letters or Counter(),
+        reappeared=_reappeared(expected, observed),
+        erasures=len(expected.erased),
+        people_deleted=len(
+            {
+                p["id"]
+                for p in observed.people
+                if p.get("deleted") and p.get("id") in expected.erased
+            }
+        ),
     )
 
 
@@ -246,6 +375,40 @@ def _wrong_people(expected: Expected, by_id: dict[str, dict[str, Any]]) -> dict[
                 wrong[person_id] = f"{name}: want {value!r}, got {attributes.get(name)!r}"
                 break
     return wrong
+
+
+def _reappeared(expected: Expected, observed: Observed) -> dict[str, str]:
+    """Erased people who came back (see :class:`Verdict`). An identify tells its round by its
+    ``tier``; one without it (attributes split over several identifies) is judged by the
+    others."""
+    found: dict[str, str] = {}
+    identifies: dict[str, list[int]] = {}
+    for identify in observed.identifies:
+        tier = (identify.get("attributes") or {}).get("tier")
+        if isinstance(tier, int):
+            identifies.setdefault(identify["person_cio_id"], []).append(tier)
+    for event in observed.events:
+        seq = _seq(event)
+        if seq is not None and seq in expected.erased_events:
+            found.setdefault(
+                expected.erased_events[seq], f"event {seq}, sent before the erasure, is visible"
+            )
+    for person_id, (email, last_round) in expected.erased.items():
+        live = [
+            p
+            for p in observed.people
+            if not p.get("deleted")
+            and (p.get("id") == person_id or str(p.get("email")).lower() == email)
+        ]
+        if live and person_id not in expected.people:
+            found.setdefault(person_id, "live again, though no batch followed its erasure")
+        for person in live:
+            earlier = [tier for tier in identifies.get(person["cio_id"], []) if tier <= last_round]
+            if earlier:
+                found.setdefault(
+                    person_id, f"live with an identify of round {earlier[0]}, before its erasure"
+                )
+    return found
 
 
 def _misattributed(expected: Expected, events: list[dict[str, Any]]) -> dict[int, str]:

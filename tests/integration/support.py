@@ -45,6 +45,47 @@ async def produce(
         await producer.stop()
 
 
+async def produce_workload(
+    deployment: Any, sends: Iterable[tuple[str, bytes | None, bytes]], rate: float | None = None
+) -> None:
+    """Send a reliability workload's ``(kind, key, value)`` records (kind ``batches`` or
+    ``erasure``: :attr:`reliability_model.Workload.sends`) in order, each to that topic of
+    ``deployment``, at ``rate`` records per second (``None``: at once).
+
+    Kafka timestamps (ms) increase strictly from record to record, across both topics: the
+    worker tells a batch that reached Kafka before an erasure by them (README "Audiences and
+    erasure"), so the model's "before" must be the order sent, also within one millisecond.
+    Raises if the broker refused any record."""
+    topics = {
+        reliability_model.BATCHES: deployment.topics.batches.name,
+        reliability_model.ERASURE: deployment.topics.erasure.name,
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=deployment.kafka.bootstrap, acks="all")
+    await producer.start()
+    try:
+        began = time.monotonic()
+        stamp = 0
+        sent = []
+        for index, (kind, key, value) in enumerate(sends):
+            if rate is not None and (wait := began + index / rate - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            stamp = max(time.time_ns() // 1_000_000, stamp + 1)
+            sent.append(await producer.send(topics[kind], value, key=key, timestamp_ms=stamp))
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+def stored_seqs(emulator: Any) -> set[int]:
+    """The ``seq`` attributes of the events ``emulator`` (a RunningEmulator) holds now: the
+    reliability workload's events (:mod:`tests.integration.reliability_model`)."""
+    return {
+        seq
+        for event in emulator.state.store.events
+        if type(seq := event.attributes.get("seq")) is int
+    }
+
+
 async def consume_until(
     bootstrap: str,
     topic: str,

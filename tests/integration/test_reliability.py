@@ -29,7 +29,8 @@ from tests.integration.killloop import KillLoopPlan, run_kill_loop
 from tests.integration.support import (
     judge,
     message_count,
-    produce,
+    produce_workload,
+    stored_seqs,
     wait_for,
 )
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from app.dev.emulator.server import RunningEmulator
+    from app.dev.emulator.validation import Identifier
     from tests.integration.conftest import Names
     from tests.integration.support import WorkerProcess
 
@@ -58,7 +60,8 @@ def _workload() -> reliability_model.Workload:
 
 
 def _stored(emulator: RunningEmulator) -> int:
-    return len(emulator.state.store.events)
+    """Events the emulator holds now (an erased user's earlier ones until their delete)."""
+    return len(stored_seqs(emulator))
 
 
 async def _until_delivered(
@@ -102,10 +105,16 @@ async def _verdict(
     return verdict
 
 
-async def _settle(emulator: RunningEmulator, expected: int) -> None:
-    """Wait for the expected events, then until no request arrives for a moment, so late
-    duplicates (which the emulator would show) have had their chance to arrive."""
-    await wait_for(lambda: _stored(emulator) >= expected, 120, "all expected events")
+async def _settle(emulator: RunningEmulator, workload: reliability_model.Workload) -> None:
+    """Wait for exactly the expected events (every erased user's earlier ones deleted; when
+    that does not come, the verdict names what differs), then until no request arrives for a
+    moment, so late duplicates (which the emulator would show) have had their chance."""
+    with contextlib.suppress(AssertionError):
+        await wait_for(
+            lambda: reliability_model.complete(workload.expected, stored_seqs(emulator)),
+            120,
+            "exactly the expected events",
+        )
     last = -1
     while emulator.state.stats()["requests"] != last:
         last = emulator.state.stats()["requests"]
@@ -134,6 +143,48 @@ async def test_kill_loop_loses_nothing(
     assert result.verdict.ok, result.verdict
 
 
+KILLS_AT_DELETES = 2
+
+
+async def test_sink_killed_between_a_delete_and_its_commit_erases_for_good(
+    deployment: Deployment, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The workload with its erasures; the worker SIGKILLed inside the emulator's handling of a
+    delete (the delete is carried out, its offset cannot be committed), twice: at the first
+    delete, and at the first one the restarted worker sends (the redelivered delete or a new
+    one). The third worker delivers the rest; the verdict: nothing lost, every erased person
+    gone or new, and everyone else exact."""
+    workload = _workload()
+    expected = len(workload.expected.events)
+    store = emulator.state.store
+    delete = store.delete
+    victims: list[WorkerProcess] = []
+
+    def delete_then_kill(identifier: Identifier) -> None:
+        delete(identifier)
+        if len(victims) <= KILLS_AT_DELETES:
+            victims[-1].kill()  # no-op for a worker already dead
+
+    def killed() -> bool:
+        return victims[-1].process is not None and victims[-1].process.poll() is not None
+
+    store.delete = delete_then_kill  # type: ignore[method-assign]
+    await produce_workload(deployment, workload.sends)
+    env = {"batch_max_items": "20", "kafka_session_timeout_seconds": "6", **_rocksdb(deployment)}
+    for _kill in range(KILLS_AT_DELETES):
+        victims.append(deployment.start_worker(**env))
+        await wait_for(killed, 180, "the worker killed at a delete")
+    victims.append(deployment.start_worker(**env))
+    await _until_delivered(emulator, expected, victims[-1:], timeout=180)
+    await _settle(emulator, workload)
+    verdict = await _verdict(
+        deployment, emulator, workload, "sink killed at a delete", capsys, stale_explained=True
+    )
+    assert verdict.erasures == workload.erasures > 0
+    assert verdict.people_deleted > 0
+    assert verdict.reappeared == {}
+
+
 async def test_broker_killed_and_restarted(
     names: Names, tmp_path: Path, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -147,7 +198,7 @@ async def test_broker_killed_and_restarted(
         await asyncio.sleep(2)  # an outage, not a synchronisation: the broker is down 2 s
         broker.start()
         await _until_delivered(emulator, expected, [worker], timeout=180)
-        await _settle(emulator, expected)
+        await _settle(emulator, workload)
         await _verdict(
             deployment, emulator, workload, "broker restart", capsys, stale_explained=True
         )
@@ -173,7 +224,7 @@ async def test_customerio_errors_throttling_timeouts_and_drops(
         ]
     )
     emulator.faults.add(rules)
-    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records)
+    await produce_workload(deployment, workload.sends)
     # 45 faults in a row can hit one request: the budget must outlast the storm (exhausting
     # it dead-letters, which test_delivery covers), so allow more attempts than faults.
     worker = deployment.start_worker(
@@ -183,7 +234,7 @@ async def test_customerio_errors_throttling_timeouts_and_drops(
         **_rocksdb(deployment),
     )
     await _until_delivered(emulator, expected, [worker], timeout=180)
-    await _settle(emulator, expected)
+    await _settle(emulator, workload)
     verdict = await _verdict(
         deployment, emulator, workload, "api storm", capsys, stale_explained=True
     )
@@ -201,10 +252,8 @@ async def test_second_worker_joins_and_leaves(
 ) -> None:
     workload = _workload()
     expected = len(workload.expected.events)
-    half = len(workload.records) // 2
-    await produce(
-        deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records[:half]
-    )
+    half = len(workload.sends) // 2
+    await produce_workload(deployment, workload.sends[:half])
     first = deployment.start_worker(
         rate_limit_per_second="40", batch_max_items="20", **_rocksdb(deployment, "first")
     )
@@ -215,13 +264,11 @@ async def test_second_worker_joins_and_leaves(
         web_port=str(free_port()),
         **_rocksdb(deployment, "second"),
     )
-    await produce(
-        deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records[half:]
-    )
+    await produce_workload(deployment, workload.sends[half:])
     await _until_delivered(emulator, expected * 2 // 3, [first, second])
     assert await second.stop() < 30  # leaves: its partitions (and state) move back
     await _until_delivered(emulator, expected, [first])
-    await _settle(emulator, expected)
+    await _settle(emulator, workload)
     await _verdict(deployment, emulator, workload, "rebalance", capsys)
 
 
@@ -271,18 +318,18 @@ async def test_poison_input_keeps_the_stream_flowing(
 ) -> None:
     workload = _workload()
     expected = len(workload.expected.events)
-    records: list[tuple[bytes | None, bytes]] = []
-    poison = _poison()
-    step = len(workload.records) // len(poison)
-    for index, record in enumerate(workload.records):
-        records.append(record)
+    sends: list[tuple[str, bytes | None, bytes]] = []
+    poison = [(reliability_model.BATCHES, key, value) for key, value in _poison()]
+    step = len(workload.sends) // len(poison)
+    for index, send in enumerate(workload.sends):
+        sends.append(send)
         if index % step == 0 and poison:
-            records.append(poison.pop())
-    records.extend(poison)
-    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, records)
+            sends.append(poison.pop())
+    sends.extend(poison)
+    await produce_workload(deployment, sends)
     worker = deployment.start_worker(**_rocksdb(deployment))
     await _until_delivered(emulator, expected, [worker])
-    await _settle(emulator, expected)
+    await _settle(emulator, workload)
     # One dead letter per unusable record, each with its own reason: random bytes, truncated
     # JSON, a wrong mpid type, a too-deep nesting, and an array of arrays (a bulk record whose
     # item is not a batch). Record "3" has no email: skipped, not dead-lettered.
@@ -323,7 +370,7 @@ async def test_sigterm_stops_gracefully_and_loses_nothing(
     expected = len(workload.expected.events)
     rules, _ = parse_faults([{"kind": "delay", "delay_seconds": 0.5, "count": 20}])
     emulator.faults.add(rules)
-    await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, workload.records)
+    await produce_workload(deployment, workload.sends)
     # rocksdb with one data directory: the restart keeps the store of the clean stop and
     # replays only the changelog written after the last commit's persisted offset
     store = _rocksdb(deployment)
@@ -335,7 +382,7 @@ async def test_sigterm_stops_gracefully_and_loses_nothing(
         print(f"\nSIGTERM during delivery: stopped in {seconds:.1f} s")
     second = deployment.start_worker(**store)
     await _until_delivered(emulator, expected, [second])
-    await _settle(emulator, expected)
+    await _settle(emulator, workload)
     await _verdict(deployment, emulator, workload, "sigterm", capsys)
 
 
@@ -356,7 +403,7 @@ async def test_sigterm_with_the_broker_down_is_bounded_and_loses_nothing(
         broker.start()
         restarted = deployment.start_worker(**store)
         await _until_delivered(emulator, expected, [restarted], timeout=240)
-        await _settle(emulator, expected)
+        await _settle(emulator, workload)
         await _verdict(
             deployment, emulator, workload, "sigterm, broker down", capsys, stale_explained=True
         )
@@ -379,7 +426,7 @@ async def _own_broker(
         deployment = Deployment(broker, names, tmp_path, emulator.url)
         await deployment.prepare()
         workload = _workload()
-        await produce(broker.bootstrap, deployment.topics.batches.name, workload.records)
+        await produce_workload(deployment, workload.sends)
         yield broker, deployment, workload
         await deployment.stop_all()
     finally:

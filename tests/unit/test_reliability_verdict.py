@@ -29,7 +29,7 @@ Item = dict[str, Any]
 
 def _items() -> list[Item]:
     out = io.BytesIO()
-    dry_run([value for _, value in WORKLOAD.records], SETTINGS, out, io.StringIO())
+    dry_run([value for _, _, value in WORKLOAD.sends], SETTINGS, out, io.StringIO())
     return [orjson.loads(line) for line in out.getvalue().splitlines()]
 
 
@@ -189,7 +189,16 @@ def test_dead_letter_reasons_must_be_the_exact_multiset(
 
 def test_the_summary_names_every_count() -> None:
     summary = _verdict(ITEMS).summary("scenario", 0)
-    for words in ("lost 0", "extra people 0", "misattributed 0", "out of order 0", "stale"):
+    for words in (
+        "lost 0",
+        "extra people 0",
+        "misattributed 0",
+        "out of order 0",
+        "stale",
+        f"erasures {len(WORKLOAD.expected.erased)}",
+        "people deleted",
+        "reappeared 0",
+    ):
         assert words in summary
 
 
@@ -197,3 +206,81 @@ def test_people_the_scenario_adds_by_email_are_not_extra() -> None:
     other = _identify({"email": "wide@example.com"}, a=1)
     assert _verdict([*ITEMS, other], other_emails=frozenset({"wide@example.com"})).ok
     assert not _verdict([*ITEMS, other], other_emails=frozenset({"long@example.com"})).ok
+
+
+# Erasure: users erased in the workload (reliability_model's docstring names the kinds).
+GONE = next(p for p, (_, last) in WORKLOAD.expected.erased.items() if last == ROUNDS - 1)
+REBORN = next(p for p in WORKLOAD.expected.erased if p in WORKLOAD.expected.people)
+
+
+def _deletes_of(person: str) -> list[int]:
+    email = WORKLOAD.expected.erased[person][0]
+    return [
+        index
+        for index, item in enumerate(ITEMS)
+        if item["action"] == "delete" and item["identifiers"] in ({"id": person}, {"email": email})
+    ]
+
+
+def test_the_faithful_outcome_deletes_the_erased_and_starts_the_reborn_afresh() -> None:
+    verdict = _verdict(ITEMS)
+    assert verdict.erasures == len(WORKLOAD.expected.erased) == WORKLOAD.erasures >= 3
+    assert verdict.people_deleted >= 1
+    assert verdict.reappeared == {}
+    assert GONE not in WORKLOAD.expected.people
+    assert WORKLOAD.expected.people[REBORN]["tier"] == ROUNDS - 1
+
+
+def test_an_erasure_never_carried_out_fails() -> None:
+    """The deletes never reach Customer.io: the person is still there, with its events."""
+    deletes = set(_deletes_of(GONE))
+    assert deletes
+    verdict = _verdict([item for index, item in enumerate(ITEMS) if index not in deletes])
+    assert not verdict.ok
+    assert GONE in verdict.reappeared
+    assert verdict.people_deleted == _verdict(ITEMS).people_deleted - 1
+
+
+def test_an_identify_sent_before_the_erasure_arriving_after_it_fails() -> None:
+    """A late re-sent identify of the erased person recreates it."""
+    email = WORKLOAD.expected.erased[GONE][0]
+    verdict = _verdict([*ITEMS, _identify({"id": GONE}, email=email, tier=0)])
+    assert not verdict.ok
+    assert verdict.reappeared == {GONE: "live again, though no batch followed its erasure"}
+
+
+def test_an_event_sent_before_the_erasure_arriving_after_it_fails() -> None:
+    """A late re-sent event (its id forgotten by the workspace's window) recreates the person
+    and shows an event the erasure removed."""
+    seq = next(s for s, owner in WORKLOAD.expected.erased_events.items() if owner == GONE)
+    event = {
+        "type": "person",
+        "identifiers": {"id": GONE},
+        "action": "event",
+        "name": "Step 0",
+        "id": "01KB00000000000000000000ZY",
+        "attributes": {"seq": seq},
+    }
+    verdict = _verdict([*ITEMS, event])
+    assert not verdict.ok
+    assert verdict.reappeared[GONE] == f"event {seq}, sent before the erasure, is visible"
+
+
+def test_an_old_identify_landing_before_the_new_user_fails_though_the_end_state_is_right() -> None:
+    """Between the delete and the new user's first identify, an identify from before the
+    erasure recreates the person; the new user's identifies then overwrite every attribute, so
+    only the identify log shows that the erased person came back."""
+    first_after = max(_deletes_of(REBORN)) + 1
+    old = _identify({"id": REBORN}, tier=0)
+    verdict = _verdict([*ITEMS[:first_after], old, *ITEMS[first_after:]])
+    assert not verdict.ok
+    assert (verdict.lost, verdict.wrong_people, verdict.extra_people) == ([], {}, [])
+    assert verdict.reappeared == {REBORN: "live with an identify of round 0, before its erasure"}
+
+
+def test_deleting_someone_not_erased_fails() -> None:
+    delete = {"type": "person", "identifiers": {"id": "r-0"}, "action": "delete"}
+    verdict = _verdict([*ITEMS, delete])
+    assert not verdict.ok
+    assert verdict.wrong_people == {"r-0": "missing"}
+    assert verdict.reappeared == {}
