@@ -221,8 +221,9 @@ def process_erasure_record(
     users held (DSRs are rare). The operations record is keyed by the (first) erased mpid so
     its deletes follow that user's earlier operations in order.
 
-    The marker (``erased``: mpid → the request's Kafka timestamp) lets later batches that
-    reached Kafka before the erasure be dropped; it holds no personal data."""
+    The marker (``erased``: mpid → the request's Kafka timestamp, set for every erasure that
+    names an mpid, also one that finds nothing to delete yet) lets batches that reached Kafka
+    before the erasure but are read after it be dropped; it holds no personal data."""
     result = IngestResult()
     try:
         value = _present(value)  # narrowed to bytes from here on
@@ -253,6 +254,10 @@ def process_erasure_record(
         items.extend(item for item in plan.deletes if item not in items)
         if mpid is not None and plan.outcome == "erased":
             result.purged.append(mpid)
+        if mpid is not None and plan.outcome != "not_erasure":
+            # Also when nothing of the user is known yet (no_match): batches that reached
+            # Kafka before the erasure may still be on their way on the batches topic, and
+            # must not bring the user back.
             result.erased[mpid] = record_ms if record_ms is not None else clock()
     result.counts["erasures", outcome] += 1
     operations = [

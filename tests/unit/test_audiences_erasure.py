@@ -249,6 +249,20 @@ def test_erasure_purges_state_and_blocks_older_batches() -> None:
     assert _items(after)[0]["action"] == "identify"  # a new user from scratch
 
 
+def test_erasure_read_before_the_users_batches_still_blocks_them() -> None:
+    """An mpid-only erasure read before any of the user's batches (they are on another topic,
+    read in no set order with it): nothing to delete yet, but the marker is set, so the
+    batches that reached Kafka before it do not bring the user back (found by the reliability
+    workload's erasures)."""
+    erasure = orjson.dumps({"subject_request_type": "erasure", "mpid": 7})
+    result = process_erasure_record(b"7", erasure, SOURCE, {}.get, record_ms=5000)
+    assert (result.operations, result.purged) == (None, [])
+    assert result.counts["erasures", "no_match"] == 1
+    assert result.erased == {"7": 5000}
+    access = orjson.dumps({"subject_request_type": "access", "mpid": 7})
+    assert process_erasure_record(b"7", access, SOURCE, {}.get, record_ms=5000).erased == {}
+
+
 @pytest.mark.parametrize("request_type", [None, "", 7], ids=["missing", "empty", "not-text"])
 def test_erasure_request_type_is_never_defaulted(request_type: object) -> None:
     """An erasure is irreversible: a request that does not say ``erasure`` is not one."""
