@@ -123,7 +123,8 @@ async def run_kill_loop(
     }
     began = time.monotonic()
     producer = asyncio.create_task(
-        produce_workload(deployment, workload.sends, plan.rate), name="paced producer"
+        produce_workload(deployment, workload.sends, plan.rate, workload.follows),
+        name="paced producer",
     )
     kills = early = 0
     moments: list[float] = []

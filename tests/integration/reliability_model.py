@@ -30,9 +30,12 @@ person if before), so none of its events or attributes is visible at the end; a 
 reached Kafka after it starts a new user, i.e. a new Customer.io person built from the later
 batches alone (same customer id and email). The producer gives records strictly increasing
 Kafka timestamps, so "before" and "after" are exactly the order of :attr:`Workload.sends`.
-The later batches come a whole round after the erasure: the product orders an erasure and
-the user's later batches by processing order across topics (README Limits), which a round of
-backlog in between keeps.
+The product orders an erasure and the user's later batches only by the order it reads the
+two topics in (README Limits): a later batch read first, or an erasure read again after a
+crash, erases the new user too. So the later batches come a round after the erasure, and a
+paced producer (the kill loop) holds each one until the worker has committed its erasure's
+offset (:attr:`Workload.follows`); a producer that sends everything at once relies on the
+round of backlog between them (the erasure topic's few records are read first).
 """
 
 from __future__ import annotations
@@ -73,11 +76,15 @@ class Expected:
 @dataclass
 class Workload:
     """``sends``: ``(topic kind, key, value)`` in the order to produce them, kind
-    :data:`BATCHES` or :data:`ERASURE`, with strictly increasing Kafka timestamps."""
+    :data:`BATCHES` or :data:`ERASURE`, with strictly increasing Kafka timestamps.
+    ``follows``: index in ``sends`` of a batch sent after its user's erasure → index of that
+    erasure (a paced producer holds the batch until the erasure is read for good: module
+    docstring)."""
 
     sends: list[tuple[str, bytes, bytes]]
     expected: Expected
     events_in: int
+    follows: dict[int, int] = field(default_factory=dict)
 
     @property
     def records(self) -> list[tuple[bytes, bytes]]:
@@ -137,6 +144,8 @@ def generate(users: int, rounds: int, events: int) -> Workload:
     expected = Expected()
     erasures = _erasures(users, rounds) if users >= 5 else {}
     last_round: dict[int, int] = {}  # erased user -> its highest round erased with it
+    erasure_at: dict[int, int] = {}  # erased user -> index of its erasure in sends
+    follows: dict[int, int] = {}
     seq = 0
     for round_ in range(rounds):
         for user in range(users):
@@ -191,8 +200,11 @@ def generate(users: int, rounds: int, events: int) -> Workload:
                 "user_attributes": {"$FirstName": f"R{user}", "tier": round_},
                 "events": batch_events,
             }
+            if user in erasure_at:
+                follows[len(sends)] = erasure_at[user]
             sends.append((BATCHES, str(mpid).encode(), json.dumps(batch).encode()))
             if erasure is not None and round_ == erasure.after_round:
+                erasure_at[user] = len(sends)
                 sends.append(_erasure_record(user, erasure.form))
             if doomed:
                 last_round[user] = round_
@@ -208,7 +220,7 @@ def generate(users: int, rounds: int, events: int) -> Workload:
         if erasure.after_round is None:
             sends.append(_erasure_record(user, erasure.form))
         expected.erased[f"r-{user}"] = (f"rel{user}@example.com", last_round[user])
-    return Workload(sends, expected, seq)
+    return Workload(sends, expected, seq, follows)
 
 
 def complete(expected: Expected, seqs: set[int]) -> bool:

@@ -46,7 +46,10 @@ async def produce(
 
 
 async def produce_workload(
-    deployment: Any, sends: Iterable[tuple[str, bytes | None, bytes]], rate: float | None = None
+    deployment: Any,
+    sends: Iterable[tuple[str, bytes | None, bytes]],
+    rate: float | None = None,
+    follows: Mapping[int, int] | None = None,
 ) -> None:
     """Send a reliability workload's ``(kind, key, value)`` records (kind ``batches`` or
     ``erasure``: :attr:`reliability_model.Workload.sends`) in order, each to that topic of
@@ -55,18 +58,29 @@ async def produce_workload(
     Kafka timestamps (ms) increase strictly from record to record, across both topics: the
     worker tells a batch that reached Kafka before an erasure by them (README "Audiences and
     erasure"), so the model's "before" must be the order sent, also within one millisecond.
-    Raises if the broker refused any record."""
+    ``follows`` (:attr:`reliability_model.Workload.follows`): a batch listed there waits until
+    the worker's group has committed the offset of the erasure it follows (so neither reading
+    order nor a crash can erase it with its user; README Limits), at most
+    ``ERASURE_COMMIT_TIMEOUT_SECONDS``. Raises if the broker refused any record or a wait
+    timed out."""
     topics = {
         reliability_model.BATCHES: deployment.topics.batches.name,
         reliability_model.ERASURE: deployment.topics.erasure.name,
     }
+    follows = follows or {}
     producer = AIOKafkaProducer(bootstrap_servers=deployment.kafka.bootstrap, acks="all")
+    admin = AIOKafkaAdminClient(bootstrap_servers=deployment.kafka.bootstrap)
     await producer.start()
+    if follows:
+        await admin.start()
     try:
         began = time.monotonic()
         stamp = 0
-        sent = []
+        sent: list[asyncio.Future[Any]] = []
         for index, (kind, key, value) in enumerate(sends):
+            if index in follows:
+                erasure = await sent[follows[index]]
+                await _committed_past(admin, deployment.settings.app_id, erasure)
             if rate is not None and (wait := began + index / rate - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
             stamp = max(time.time_ns() // 1_000_000, stamp + 1)
@@ -74,6 +88,25 @@ async def produce_workload(
         await asyncio.gather(*sent)
     finally:
         await producer.stop()
+        if follows:
+            await admin.close()
+
+
+ERASURE_COMMIT_TIMEOUT_SECONDS = 600.0
+
+
+async def _committed_past(admin: AIOKafkaAdminClient, group: str, record: Any) -> None:
+    """Wait until ``group`` has committed an offset past ``record`` (a RecordMetadata)."""
+    partition = TopicPartition(record.topic, record.partition)
+    deadline = time.monotonic() + ERASURE_COMMIT_TIMEOUT_SECONDS
+    while True:
+        offsets = await admin.list_consumer_group_offsets(group, partitions=[partition])
+        committed = offsets.get(partition)
+        if committed is not None and committed.offset > record.offset:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{group} did not commit {partition} past {record.offset}")
+        await asyncio.sleep(0.2)
 
 
 def stored_seqs(emulator: Any) -> set[int]:
