@@ -2,10 +2,12 @@
 
 Starts a local Kafka broker (its own data directory), the Customer.io emulator in this process
 and the worker topics, then runs :func:`tests.integration.killloop.run_kill_loop`: the
-reference workload produced at a steady pace while a worker on ``rocksdb://`` (one data
+reference workload (batches, and erasures of a seeded share of users) produced at a steady pace
+while a worker on ``rocksdb://`` (one data
 directory across restarts) is SIGKILLed at seeded random moments and restarted, then the
 reference model's verdict. Prints one line per kill and the figures (kills, events in,
-delivered, lost, duplicates the emulator suppressed, visible duplicates, wrong people); exits 1
+delivered, lost, duplicates the emulator suppressed, visible duplicates, wrong people,
+erasures, people deleted, reappeared); exits 1
 when the verdict is not clean. CI runs the short form (tests/integration/test_reliability.py).
 
 ``--guarantee`` picks the worker's processing guarantee: ``at_least_once`` (the product's
