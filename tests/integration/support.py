@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 from tests.integration import reliability_model, workload
 
@@ -100,7 +101,12 @@ async def _committed_past(admin: AIOKafkaAdminClient, group: str, record: Any) -
     partition = TopicPartition(record.topic, record.partition)
     deadline = time.monotonic() + ERASURE_COMMIT_TIMEOUT_SECONDS
     while True:
-        offsets = await admin.list_consumer_group_offsets(group, partitions=[partition])
+        try:
+            offsets = await asyncio.wait_for(
+                admin.list_consumer_group_offsets(group, partitions=[partition]), 10
+            )
+        except (KafkaError, TimeoutError):  # the group or its coordinator not there yet
+            offsets = {}
         committed = offsets.get(partition)
         if committed is not None and committed.offset > record.offset:
             return

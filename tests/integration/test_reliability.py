@@ -144,16 +144,19 @@ async def test_kill_loop_loses_nothing(
 
 
 KILLS_AT_DELETES = 2
+# Records per second: slow enough that the worker reads each erasure after the user's batches
+# produced before it (so its deletes find a person), as they would arrive in production.
+PACE = 10.0
 
 
 async def test_sink_killed_between_a_delete_and_its_commit_erases_for_good(
     deployment: Deployment, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The workload with its erasures; the worker SIGKILLed inside the emulator's handling of a
-    delete (the delete is carried out, its offset cannot be committed), twice: at the first
-    delete, and at the first one the restarted worker sends (the redelivered delete or a new
-    one). The third worker delivers the rest; the verdict: nothing lost, every erased person
-    gone or new, and everyone else exact."""
+    """The workload with its erasures, paced while the worker runs; the worker SIGKILLed inside
+    the emulator's handling of a delete that finds its person (carried out, its offset not
+    committed), twice: at the first such delete, and at the first one the restarted worker
+    carries out. The third worker delivers the rest; the verdict: nothing lost, every erased
+    person gone or new, and everyone else exact."""
     workload = _workload()
     expected = len(workload.expected.events)
     store = emulator.state.store
@@ -161,27 +164,38 @@ async def test_sink_killed_between_a_delete_and_its_commit_erases_for_good(
     victims: list[WorkerProcess] = []
 
     def delete_then_kill(identifier: Identifier) -> None:
+        carried_out = store.find(identifier) is not None
         delete(identifier)
-        if len(victims) <= KILLS_AT_DELETES:
+        if carried_out and len(victims) <= KILLS_AT_DELETES:
             victims[-1].kill()  # no-op for a worker already dead
 
     def killed() -> bool:
+        if producer.done():
+            producer.result()  # raises what stopped the producer
         return victims[-1].process is not None and victims[-1].process.poll() is not None
 
     store.delete = delete_then_kill  # type: ignore[method-assign]
-    await produce_workload(deployment, workload.sends)
     env = {"batch_max_items": "20", "kafka_session_timeout_seconds": "6", **_rocksdb(deployment)}
-    for _kill in range(KILLS_AT_DELETES):
-        victims.append(deployment.start_worker(**env))
-        await wait_for(killed, 180, "the worker killed at a delete")
     victims.append(deployment.start_worker(**env))
+    producer = asyncio.create_task(
+        produce_workload(deployment, workload.sends, PACE, workload.follows)
+    )
+    try:
+        for kill in range(KILLS_AT_DELETES):
+            if kill:
+                victims.append(deployment.start_worker(**env))
+            await wait_for(killed, 300, "the worker killed at a delete")
+        victims.append(deployment.start_worker(**env))
+        await producer
+    finally:
+        producer.cancel()
     await _until_delivered(emulator, expected, victims[-1:], timeout=180)
     await _settle(emulator, workload)
     verdict = await _verdict(
         deployment, emulator, workload, "sink killed at a delete", capsys, stale_explained=True
     )
     assert verdict.erasures == workload.erasures > 0
-    assert verdict.people_deleted > 0
+    assert verdict.people_deleted >= KILLS_AT_DELETES
     assert verdict.reappeared == {}
 
 
