@@ -284,3 +284,12 @@ def test_deleting_someone_not_erased_fails() -> None:
     assert not verdict.ok
     assert verdict.wrong_people == {"r-0": "missing"}
     assert verdict.reappeared == {}
+
+
+def test_a_workload_without_rebirths_sends_nothing_after_an_erasure() -> None:
+    """For scenarios that send everything at once (test_reliability's ``_workload``)."""
+    plain = reliability_model.generate(USERS, ROUNDS, EVENTS, reborn=False)
+    assert plain.erasures == WORKLOAD.erasures
+    assert plain.follows == {}
+    assert not set(plain.expected.erased) & set(plain.expected.people)
+    assert len(plain.records) < len(WORKLOAD.records)
