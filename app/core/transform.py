@@ -138,8 +138,14 @@ class Transformed:
     limits: dict[str, int] = field(default_factory=dict)
 
 
-def transform(batch: Batch, state: UserState | None, options: CoreOptions) -> Transformed:
-    """Fold ``batch`` into ``state`` and derive the Customer.io operations (module docstring)."""
+def transform(
+    batch: Batch, state: UserState | None, options: CoreOptions, *, record_ms: int | None = None
+) -> Transformed:
+    """Fold ``batch`` into ``state`` and derive the Customer.io operations (module docstring).
+
+    ``record_ms`` is the Kafka timestamp (unix ms) of the record that carried the batch, if
+    known: the identify's ``timestamp`` when the batch has no valid time (:func:`identify_time`).
+    """
     forwardable = sum(1 for event in batch.events if event.kind in _ACTIONS)
     if batch.environment not in options.environments:
         return _not_forwarded(state, state, "environment_filtered", forwardable, {})
@@ -174,7 +180,9 @@ def transform(batch: Batch, state: UserState | None, options: CoreOptions) -> Tr
     ):
         attributes = _identify_attributes(folded, batch, options, unsubscribed, limits)
         operations.extend(
-            _identifies(person_id, identifiers, attributes, limits, update_time(folded))
+            _identifies(
+                person_id, identifiers, attributes, limits, identify_time(folded, batch, record_ms)
+            )
         )
         folded = _with_sent(folded, person_id, digest)
     elif folded.unsubscribed_sent and not folded.opted_out:
@@ -254,15 +262,24 @@ def event_name(raw: str) -> str:
 def event_identity(event: Event, batch: Batch) -> bytes:
     """What names an event uniquely, for its ULID (rule 7); never the person id.
 
-    ``source_message_id``, else mpid + ``event_id``, else mpid + batch (``batch_id``, else
-    batch time) + position in the batch. The prefixes keep the three kinds apart.
+    Always the mpid, so two users whose events share a ``source_message_id`` or ``event_id``
+    never share an id (SPEC rule 7 hashes ``source_message_id`` alone; that lets Customer.io
+    drop one of two users' events, so the mpid is added for safety). Then ``source_message_id``,
+    else ``event_id``, else the batch (``batch_id``, else batch time), the position in the batch
+    and the event's content (kind, name, custom attributes as canonical JSON): two batches of a
+    user without ``batch_id`` at the same time differ in content, while a redelivered identical
+    event keeps its id. The prefixes keep the three kinds apart; ``\x00`` separates fields (it
+    cannot occur in an mpid, and a message id containing it only names itself).
     """
     if event.source_message_id is not None:
-        return b"m\x00" + event.source_message_id.encode("utf-8")
+        return f"m\x00{batch.mpid}\x00{event.source_message_id}".encode()
     if event.event_id is not None:
         return f"e\x00{batch.mpid}\x00{event.event_id}".encode()
     batch_ref = batch.batch_id if batch.batch_id is not None else f"t{batch.timestamp_ms}"
-    return f"p\x00{batch.mpid}\x00{batch_ref}\x00{event.position}".encode()
+    content = orjson.dumps(
+        [event.kind, event.name, event.custom_attributes or {}], option=orjson.OPT_SORT_KEYS
+    )
+    return f"p\x00{batch.mpid}\x00{batch_ref}\x00{event.position}\x00".encode() + content
 
 
 def _not_forwarded(
@@ -470,6 +487,19 @@ def update_time(state: UserState) -> int | None:
     timed out and retried, then later updates went through) cannot overwrite newer ones."""
     times = [ms for ms in (state.profile_at_ms, state.opt_out_at_ms) if ms]
     return max(times) // 1000 if times else None
+
+
+def identify_time(state: UserState, batch: Batch, record_ms: int | None) -> int | None:
+    """The identify ``timestamp`` (unix seconds) for ``batch`` folded into ``state``.
+
+    :func:`update_time`, except for a batch without a valid time (missing or unusable
+    ``timestamp_unixtime_ms``): then the Kafka record's time ``record_ms`` (when mParticle
+    wrote the batch, so no earlier than its facts), or the later of the two when the state
+    knows an older time; ``None`` (no ``timestamp``) when neither is known."""
+    seconds = update_time(state)
+    if batch.timestamp_ms is not None or record_ms is None:
+        return seconds
+    return record_ms // 1000 if seconds is None else max(seconds, record_ms // 1000)
 
 
 def _identify_operation(
