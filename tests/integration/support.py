@@ -294,6 +294,23 @@ def record_applied(emulator: Any) -> list[dict[str, Any]]:
     return applied
 
 
+async def delivery_stopped(
+    worker: WorkerProcess, emulator: Any, status: int, timeout: float = 120
+) -> None:
+    """Wait until the emulator has answered ``status`` (a 401 or a wrong region's 3xx) and the
+    worker has logged its fatal stop; then the worker still runs (stopped delivering, not
+    crashed) and nothing reached the workspace."""
+    answers = emulator.state.stats
+    await wait_for(
+        lambda: answers()["requests_by_status"].get(str(status), 0) >= 1,
+        timeout,
+        f"a {status} from the emulator",
+    )
+    await wait_for(lambda: "delivery stopped" in worker.output(), 60, "the fatal-stop log line")
+    worker.assert_running()
+    assert emulator.state.store.events == []
+
+
 def assert_workspace(emulator: Any, items: list[dict[str, Any]]) -> None:
     """The emulator's live people and stored events are exactly what ``items`` make: every
     person's id, attributes and unsubscribed flag, no one else, and every event once, with

@@ -62,6 +62,15 @@ def batches(users: int, batches_per_user: int, events_per_batch: int) -> list[tu
     return records
 
 
+def scenario(
+    settings: Settings, *, users: int, batches_per_user: int, events_per_batch: int
+) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
+    """The records of :func:`batches` and the items Customer.io must receive for them under
+    ``settings`` (:func:`expected_items`): the setup of every end-to-end workload test."""
+    records = batches(users, batches_per_user, events_per_batch)
+    return records, expected_items([value for _, value in records], settings)
+
+
 def golden_items(name: str) -> list[dict[str, Any]]:
     """The hand-reviewed items of ``tests/golden/<name>`` (README.md there), in order."""
     return [entry["item"] for entry in orjson.loads((GOLDEN / name).read_bytes())["items"]]
