@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from hashlib import blake2b
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import orjson
@@ -45,9 +46,11 @@ from app.customerio.limits import (
     MAX_ATTRIBUTE_NAME_BYTES,
     MAX_ATTRIBUTE_VALUE_BYTES,
     MAX_ATTRIBUTES_PER_IDENTIFY,
+    MAX_ATTRIBUTES_PER_PERSON,
     MAX_EVENT_NAME_BYTES,
     MAX_IDENTIFIER_BYTES,
     MAX_ITEM_BYTES,
+    OWN_ATTRIBUTES_PER_PERSON,
 )
 
 if TYPE_CHECKING:
@@ -68,6 +71,11 @@ LIMIT_IDENTIFY_SPLIT: Final = "identify_split"
 LIMIT_EVENT_NAME_CUT: Final = "event_name_truncated"
 LIMIT_EVENT_DATA_DROPPED: Final = "event_data_dropped"
 LIMIT_MEMBERSHIP_CUT: Final = "segment_membership_truncated"
+LIMIT_PERSON_CAP: Final = "attribute_over_person_cap"
+
+#: User attributes sent per person: Customer.io keeps 300 per person and silently drops a new
+#: one beyond them, so the first-seen ones are kept and the rest are held back, counted.
+MAX_USER_ATTRIBUTES_PER_PERSON: Final = MAX_ATTRIBUTES_PER_PERSON - OWN_ATTRIBUTES_PER_PERSON
 
 MEMBERSHIP_ATTRIBUTE: Final = "SegmentMembership"
 
@@ -161,6 +169,8 @@ def transform(
         limits[LIMIT_PERSON_ID] = 1
         return _not_forwarded(state, folded, "person_id_invalid", forwardable, limits)
     identifiers = {"id": customer_id} if customer_id else {"email": email}
+    if options.include_user_attributes and len(folded.attributes) > MAX_USER_ATTRIBUTES_PER_PERSON:
+        _count_held_back(batch, folded, limits)
 
     # Rule 9 compares with what Customer.io was told, not with the previous state, so a user
     # who opted out before having an email is unsubscribed on the first identify.
@@ -226,7 +236,10 @@ def profile_digest(state: UserState, options: CoreOptions) -> bytes:
     sends the same thing (a user tag ``null`` becoming ``true``, text changed past 1000 bytes)
     sends no identify again (rule 8: only when the forwarded attributes differ)."""
     attributes = (
-        {name: _fit_value(value, {}) for name, value in state.attributes.items()}
+        {
+            name: _fit_value(value, {})
+            for name, value in within_person_cap(state.attributes)[0].items()
+        }
         if options.include_user_attributes
         else None
     )
@@ -327,15 +340,7 @@ def _identify_attributes(
         attributes["created_at"] = state.created_at_ms // 1000
     if unsubscribed is not None:
         attributes["unsubscribed"] = unsubscribed
-    if options.include_user_attributes:
-        # Custom names first, then reserved ($) ones, so "$City" wins over a custom "city".
-        user_attributes = state.attributes
-        for canonical in sorted(user_attributes, key=_reserved_last):
-            sent_name = _sent_name(output_attribute_name(canonical), limits)
-            if sent_name is not None:
-                keep, value = _fit_value(user_attributes[canonical], limits)
-                if keep:
-                    attributes[sent_name] = value
+    # Removals before additions: an attribute removed makes room for one held back by the cap.
     for canonical in batch.deleted_user_attributes:
         if canonical in (FIRST_NAME_KEY, LAST_NAME_KEY):
             attributes[output_attribute_name(canonical)] = ""
@@ -343,8 +348,57 @@ def _identify_attributes(
             deleted_name = _sent_name(output_attribute_name(canonical), limits)
             if deleted_name is not None:
                 attributes[deleted_name] = ""
+    if options.include_user_attributes:
+        _add_user_attributes(attributes, state, limits)
     attributes.update(membership_attributes(state, options, limits))
     return attributes
+
+
+def _count_held_back(batch: Batch, state: UserState, limits: dict[str, int]) -> None:
+    """Count (``attribute_over_person_cap``) each attribute ``batch`` sets that the person cap
+    holds back (:func:`within_person_cap`): every value not forwarded is counted once, when it
+    arrives, whether or not an identify is sent."""
+    kept = within_person_cap(state.attributes)[0]
+    held_back = sum(
+        1 for name in batch.user_attributes if name in state.attributes and name not in kept
+    )
+    if held_back:
+        limits[LIMIT_PERSON_CAP] = limits.get(LIMIT_PERSON_CAP, 0) + held_back
+
+
+def _add_user_attributes(
+    attributes: dict[str, AttributeValue], state: UserState, limits: dict[str, int]
+) -> None:
+    """Rule 4 into ``attributes``: the user's attributes within the person cap, named and
+    fitted for Customer.io; custom names first, then reserved ($) ones, so "$City" wins over a
+    custom "city"."""
+    user_attributes = within_person_cap(state.attributes)[0]
+    for canonical in sorted(user_attributes, key=_reserved_last):
+        sent_name = _sent_name(output_attribute_name(canonical), limits)
+        if sent_name is not None:
+            keep, value = _fit_value(user_attributes[canonical], limits)
+            if keep:
+                attributes[sent_name] = value
+
+
+def within_person_cap(
+    attributes: dict[str, AttributeValue],
+) -> tuple[dict[str, AttributeValue], int]:
+    """``(kept, held back)``: the first :data:`MAX_USER_ATTRIBUTES_PER_PERSON` of a user's
+    attributes in the order they were first seen, and how many more there are.
+
+    Customer.io keeps at most 300 attributes per person and silently drops a new one beyond
+    them; every identify carries all of the user's attributes, so what Customer.io holds is
+    what was sent. The state keeps attributes in first-seen order (a new name is added at the
+    end, a removed one leaves), so the same ones are kept each time, a new name on a full
+    person is held back (counted by the transform, ``attribute_over_person_cap``), and removing
+    one lets the first held-back one in. Attributes with the same Customer.io name (``$City``
+    and ``city``) or dropped for their name count once each, so the cap errs on the safe side.
+    """
+    if len(attributes) <= MAX_USER_ATTRIBUTES_PER_PERSON:
+        return attributes, 0
+    kept = dict(islice(attributes.items(), MAX_USER_ATTRIBUTES_PER_PERSON))
+    return kept, len(attributes) - len(kept)
 
 
 def membership_attributes(

@@ -23,7 +23,9 @@ from app.core.transform import (
     LIMIT_EVENT_DATA_RENAMED,
     LIMIT_EVENT_NAME_CUT,
     LIMIT_IDENTIFY_SPLIT,
+    LIMIT_PERSON_CAP,
     LIMIT_PERSON_ID,
+    MAX_USER_ATTRIBUTES_PER_PERSON,
     Operation,
     Transformed,
     event_name,
@@ -662,15 +664,78 @@ def test_limit_attribute_value(value: Any, expected: Any, counter: str | None) -
 
 
 def test_limit_300_attributes_per_identify_splits() -> None:
-    many = {f"attr_{index:03d}": index for index in range(650)}
-    (result,) = run([make_batch(user_attributes=many)])
+    many = {f"attr_{index:03d}": index for index in range(290)}
+    gone = [f"old_{index:03d}" for index in range(360)]  # removals are not capped
+    (result,) = run([make_batch(user_attributes=many, deleted_user_attributes=gone)])
     sent = identifies(result)
     assert len(sent) == 3
     assert all(len(item["attributes"]) <= 300 for item in sent)
     assert all(item["attributes"]["email"] == EMAIL for item in sent)
     merged = {key: value for item in sent for key, value in item["attributes"].items()}
-    assert merged == {"email": EMAIL, **many}
+    assert merged == {"email": EMAIL, **dict.fromkeys(gone, ""), **many}
+    assert list(merged)[1:361] == gone  # removals first: they make room on a full person
     assert result.limits[LIMIT_IDENTIFY_SPLIT] == 2
+
+
+def _numbered(first: int, count: int) -> dict[str, Any]:
+    return {f"a{index:04d}": index for index in range(first, first + count)}
+
+
+CAP = MAX_USER_ATTRIBUTES_PER_PERSON
+
+
+@pytest.mark.parametrize(
+    ("batches", "sent_names", "held_back"),
+    [
+        pytest.param([{"user_attributes": _numbered(0, 10)}], list(_numbered(0, 10)), 0,
+                     id="few"),
+        pytest.param([{"user_attributes": _numbered(0, CAP)}], list(_numbered(0, CAP)), 0,
+                     id="exactly-the-cap"),
+        pytest.param([{"user_attributes": _numbered(0, CAP + 1)}], list(_numbered(0, CAP)), 1,
+                     id="one-over"),
+        pytest.param([{"user_attributes": _numbered(0, 400)}], list(_numbered(0, CAP)),
+                     400 - CAP, id="many-over"),
+        # a full person's new attribute is held back, the first-seen ones stay
+        pytest.param([{"user_attributes": _numbered(100, CAP)},
+                      {"user_attributes": _numbered(0, 1)}],
+                     list(_numbered(100, CAP)), 1, id="new-name-on-a-full-person"),
+        # removing a kept attribute lets the first held-back one in
+        pytest.param([{"user_attributes": _numbered(0, CAP + 2)},
+                      {"deleted_user_attributes": ["a0003"]}],
+                     ["a0003", *[n for n in _numbered(0, CAP + 1) if n != "a0003"]], 2,
+                     id="removal-makes-room"),
+    ],
+)  # fmt: skip
+def test_limit_300_attributes_per_person_keeps_the_first_seen(
+    batches: list[dict[str, Any]], sent_names: list[str], held_back: int
+) -> None:
+    """Customer.io keeps 300 attributes per person and drops a new one beyond them silently:
+    the forwarder sends the first-seen 295 (5 left for its own) and counts the rest."""
+    results = run([make_batch(at=T0 + i, **fields) for i, fields in enumerate(batches)])
+    sent = next(identifies(result) for result in reversed(results) if identifies(result))
+    (identify,) = sent
+    assert [name for name in identify["attributes"] if name != "email"] == sent_names
+    assert sum(result.limits.get(LIMIT_PERSON_CAP, 0) for result in results) == held_back
+
+
+@pytest.mark.parametrize(
+    ("second", "identify_sent", "held_back"),
+    [
+        pytest.param({"a0295": "changed"}, False, 1, id="held-back-value-changes"),
+        pytest.param({"z_new": 1}, False, 1, id="new-name-on-a-full-person"),
+        pytest.param({"a0001": "changed"}, True, 0, id="kept-value-changes"),
+        pytest.param({}, False, 0, id="nothing-set"),
+    ],
+)  # fmt: skip
+def test_held_back_attributes_are_counted_when_they_arrive_and_send_nothing(
+    second: dict[str, Any], identify_sent: bool, held_back: int
+) -> None:
+    first = _numbered(0, CAP + 1)
+    _, again = run(
+        [make_batch(user_attributes=first), make_batch(at=T0 + 1, user_attributes=second)]
+    )
+    assert bool(identifies(again)) is identify_sent
+    assert again.limits.get(LIMIT_PERSON_CAP, 0) == held_back
 
 
 def test_limit_item_bytes_splits_identify() -> None:
