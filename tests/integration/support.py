@@ -193,6 +193,18 @@ async def inspect_emulator(url: str, what: str) -> Any:
         return await r.json()
 
 
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> int:
+    """The sum of the offsets ``group`` has committed on ``topic``: how many of its records
+    the group has processed for good (0 before its first commit)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
 async def message_count(bootstrap: str, topic: str, partitions: int = 4) -> int:
     """How many records ``topic`` holds now (sum of end offsets; nothing is compacted here)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)

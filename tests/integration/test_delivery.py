@@ -26,6 +26,7 @@ from tests.integration.support import (
     REPO,
     WorkerProcess,
     assert_workspace,
+    committed_offsets,
     consume_until,
     delivery_stopped,
     inspect_emulator,
@@ -353,20 +354,6 @@ async def test_lanes_over_eight_partitions_keep_each_persons_order(
         assert overlap == 1 if lanes == 1 else overlap >= 2
 
 
-async def _committed(deployment: Deployment, group: str) -> int:
-    """The sum of the offsets ``group`` has committed on the operations topic."""
-    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=deployment.kafka.bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    topic = deployment.topics.operations.name
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)
-
-
 async def test_401_for_a_while_then_good_answers_resume_without_a_restart(
     deployment: Deployment, emulator: RunningEmulator
 ) -> None:
@@ -390,7 +377,9 @@ async def test_401_for_a_while_then_good_answers_resume_without_a_restart(
     worker.assert_running()
     assert await _gauge(worker, "mpcio_sink_stopped") == 1
     assert emulator.state.store.events == []
-    assert await _committed(deployment, f"{deployment.settings.app_id}-sink") == 0
+    sink_group = f"{deployment.settings.app_id}-sink"
+    operations = deployment.topics.operations.name
+    assert await committed_offsets(deployment.kafka.bootstrap, sink_group, operations) == 0
 
     emulator.faults.clear()  # the key works again; nobody touches the worker
     await _wait_for_events(emulator, sum(_event_ids(expected).values()), [worker])
