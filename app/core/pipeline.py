@@ -130,7 +130,8 @@ def process_batch_record(
 
     ``erased_at_ms`` is when the key's user was erased (if ever) and ``record_ms`` the record's
     Kafka timestamp: a batch that reached Kafka before the erasure is dropped (counted as
-    ``erased``), so an erasure is never undone by a batch still in flight.
+    ``erased``), so an erasure is never undone by a batch still in flight; it is also the
+    identify's time for a batch without a valid time (:func:`~app.core.transform.identify_time`).
     """
 
     def admit(result: IngestResult, mine: list[Batch]) -> bool:
@@ -144,7 +145,7 @@ def process_batch_record(
     return _process_user_record(
         _UserRecord(key, value, source, kind="batches", counter="batches"),
         parse_record,
-        lambda batch, state: transform(batch, state, options),
+        lambda batch, state: transform(batch, state, options, record_ms=record_ms),
         load_state,
         clock,
         admit=admit,
