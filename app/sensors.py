@@ -8,11 +8,13 @@ locks per call; the stream label is re-normalised per event). The bench.e2e prof
 (records read per topic and outcome, operations, dead letters: :mod:`app.metrics`, from the
 ingest results), so :class:`LeanPrometheusMonitor` keeps faust's metrics of the rare events
 only — commits, committed offsets, rebalances, assignments, send errors, web requests — and
-turns the per-message and per-send hooks into no-ops. Measured in ARCHITECTURE.md §5.
+turns the per-message and per-send hooks into no-ops, except the one timestamp faust's own
+stall detection reads. Measured in ARCHITECTURE.md §5.
 """
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from faust.sensors.prometheus import PrometheusMonitor, setup_prometheus_sensors
@@ -27,17 +29,27 @@ if TYPE_CHECKING:
 
 class LeanPrometheusMonitor(PrometheusMonitor):
     """:class:`PrometheusMonitor` whose per-message, per-event, per-send and per-table-access
-    hooks do nothing; its other hooks (commits, rebalances, assignment, send errors, web
-    requests) are faust's. The ``faust_*`` series of the no-op hooks (messages received,
-    active events, events per stream, send latency, table keys) stay at zero."""
+    hooks do nothing but note when each partition's stream last took an event; its other hooks
+    (commits, rebalances, assignment, send errors, web requests) are faust's. The ``faust_*``
+    series of the no-op hooks (messages received, active events, events per stream, send
+    latency, table keys) stay at zero."""
 
     def on_message_in(self, tp: TP, offset: int, message: Message) -> None:
         """Per message read: nothing (``mpcio_*`` counters count records by outcome)."""
 
     def on_stream_event_in(
-        self, tp: TP, offset: int, stream: StreamT[Any], event: EventT[Any]
+        self,
+        tp: TP,
+        offset: int,  # noqa: ARG002 - faust's hook signature
+        stream: StreamT[Any],  # noqa: ARG002
+        event: EventT[Any],  # noqa: ARG002
     ) -> dict[str, Any] | None:
-        """Per stream event: nothing, and no state for :meth:`on_stream_event_out`."""
+        """Per stream event: only when the partition's stream last took an event, and no state
+        for :meth:`on_stream_event_out`. faust's consumer reads that time to tell a stalled
+        stream from a working one (without it, a backlog older than
+        ``stream_processing_timeout`` would be logged as "stream idle" while it is processed)."""
+        self.stream_inbound_time[tp] = monotonic()
+        return None
 
     def on_stream_event_out(
         self,

@@ -25,6 +25,11 @@ def test_per_message_hooks_count_nothing_and_commits_are_still_exported() -> Non
     assert registry.get_sample_value("faust_messages_received_total") == 0
     assert monitor.messages_received_total == 0  # faust's own Monitor counters skipped too
 
+    # what faust's consumer reads to tell a working stream from a stalled one is kept
+    assert tp not in monitor.stream_inbound_time
+    monitor.on_stream_event_in(tp, 7, stream=None, event=None)  # type: ignore[arg-type]
+    assert tp in monitor.stream_inbound_time
+
     monitor.on_tp_commit({tp: 8})
     committed = {"topic": "batches", "partition": "0"}
     assert registry.get_sample_value("faust_topic_partition_offset_commited", committed) == 8
