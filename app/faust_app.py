@@ -143,6 +143,25 @@ def hole_to_reread(
     return None if seen == hole else hole
 
 
+def unprocessed_head(
+    committed: int | None, first_acked: int, accepted_hole: tuple[int, int] | None
+) -> bool:
+    """True when committing from ``first_acked`` would skip offsets never processed.
+
+    ``committed``: the partition's committed offset (the next one to process; None: never
+    committed); ``first_acked``: the lowest offset the agent acknowledged since;
+    ``accepted_hole``: the last hole ``(first missing, next record)`` the broker returned twice
+    (:func:`hole_to_reread`). faust commits the acknowledged offsets when the first of them is
+    at most ONE past the committed offset (its allowance for a transaction marker there), so a
+    single record that never reached the agent would be committed as done.
+    """
+    if committed is None or first_acked <= committed:
+        return False
+    return accepted_hole is None or not (
+        accepted_hole[0] <= committed and accepted_hole[1] >= first_acked
+    )
+
+
 def never_committed(
     read_offsets: Mapping[TP, int | None],
     assigned: AbstractSet[TP],
@@ -187,6 +206,7 @@ class _Consumer(faust_aiokafka.Consumer):
         # handed out or a seek), and the hole seen once and sought back over (from, to)
         self._expected: dict[TP, int] = {}
         self._suspect: dict[TP, tuple[int, int]] = {}
+        self._accepted_hole: dict[TP, tuple[int, int]] = {}
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -227,6 +247,7 @@ class _Consumer(faust_aiokafka.Consumer):
         for tp in revoked:
             self._expected.pop(tp, None)
             self._suspect.pop(tp, None)
+            self._accepted_hole.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 - faust's signature
@@ -247,6 +268,9 @@ class _Consumer(faust_aiokafka.Consumer):
             self._expected.get(tp) if checked else None, offset, self._suspect.get(tp)
         )
         if hole is None:
+            suspect = self._suspect.get(tp)
+            if suspect is not None and suspect[1] == offset:
+                self._accepted_hole[tp] = suspect  # seen twice: no data in it
             self._accept(tp, offset)
             return False
         if not self.flow_active or tp not in self.assignment():
@@ -258,6 +282,27 @@ class _Consumer(faust_aiokafka.Consumer):
     def _accept(self, tp: TP, offset: int) -> None:
         self._suspect.pop(tp, None)
         self._expected[tp] = max(offset + 1, self._expected.get(tp, 0))
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """faust's next offset to commit for ``tp``, refused (the worker exits 1) when it would
+        skip offsets the agent never processed (:func:`unprocessed_head`).
+
+        Seen in an ``exactly_once`` kill loop: after a restart the first record of a partition
+        (its committed offset) never reached the agent, the next ones did, and faust committed
+        past it: one batch lost. Whatever dropped it, committing cannot be right; the restart
+        reads the partition again from the committed offset.
+        """
+        acked = self._acked[tp]
+        if acked and not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic):
+            committed = self._committed_offset[tp]
+            first = min(acked)
+            if unprocessed_head(committed, first, self._accepted_hole.get(tp)):
+                fail_stop(
+                    f"{tp.topic}[{tp.partition}]: offsets {committed}..{first - 1} were never "
+                    "processed but would be committed"
+                )
+        offset: int | None = super()._new_offset(tp)
+        return offset
 
 
 class _Producer(faust_aiokafka.Producer):
