@@ -4,7 +4,8 @@ The app is built by a factory from :class:`~app.settings.Settings` (not at impor
 worker, the tests and the benchmarks each get an app with their own id, topics and store.
 
 Delivery semantics (ARCHITECTURE.md, "Crash safety"): ``processing_guarantee`` comes from the
-settings (``exactly_once`` by default; ARCHITECTURE.md §4).
+settings (``at_least_once`` by default until the kill loop is clean under ``exactly_once``;
+ARCHITECTURE.md §4).
 Under ``exactly_once`` faust keeps one transactional producer per assigned input partition,
 reads with ``read_committed`` and commits the input offsets of a partition inside that
 partition's transaction (``send_offsets_to_transaction``); agents send everything a record
@@ -207,6 +208,7 @@ class _Consumer(faust_aiokafka.Consumer):
         self._expected: dict[TP, int] = {}
         self._suspect: dict[TP, tuple[int, int]] = {}
         self._accepted_hole: dict[TP, tuple[int, int]] = {}
+        self._seeking = False  # faust's seek of every partition to its committed offset runs
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -216,7 +218,11 @@ class _Consumer(faust_aiokafka.Consumer):
         self._expected[partition] = offset
 
     async def perform_seek(self) -> None:
-        await super().perform_seek()
+        self._seeking = True
+        try:
+            await super().perform_seek()
+        finally:
+            self._seeking = False
         # faust's perform_seek leaves each partition's next offset (the committed one) here
         for tp, offset in self._read_offset.items():
             if offset is None:
@@ -264,14 +270,13 @@ class _Consumer(faust_aiokafka.Consumer):
         """True when the record at ``offset`` must wait: it jumps over offsets not yet seen
         twice (the partition was sought back to the first of them); False to hand it out."""
         checked = not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)
-        if checked and not self.app.flow_control.is_active():
+        if checked and (self._seeking or not self.app.flow_control.is_active()):
             # faust's stream drops every record it receives while the app's flow control is
-            # suspended (from the end of table recovery, when the input partitions are resumed
-            # and sought to their committed offsets, until the flow resumes): handed out now,
-            # the record would be lost to the agent while counting as read, and its hole seen
-            # twice. Read it again once the flow resumes.
-            if self.flow_active and tp in self.assignment():
-                await self.seek(tp, offset)
+            # suspended (at the end of table recovery the input partitions are resumed and
+            # sought to their committed offsets before the flow resumes): handed out now, the
+            # record would be lost to the agent while counting as read. Withheld, it leaves a
+            # hole that is read again after the seek to the committed offsets; no seek of ours
+            # may run meanwhile, or it would land after that seek and skip what lies between.
             return True
         hole = hole_to_reread(
             self._expected.get(tp) if checked else None, offset, self._suspect.get(tp)
