@@ -270,13 +270,18 @@ class _Consumer(faust_aiokafka.Consumer):
         """True when the record at ``offset`` must wait: it jumps over offsets not yet seen
         twice (the partition was sought back to the first of them); False to hand it out."""
         checked = not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)
-        if checked and (self._seeking or not self.app.flow_control.is_active()):
-            # faust's stream drops every record it receives while the app's flow control is
-            # suspended (at the end of table recovery the input partitions are resumed and
-            # sought to their committed offsets before the flow resumes): handed out now, the
-            # record would be lost to the agent while counting as read. Withheld, it leaves a
-            # hole that is read again after the seek to the committed offsets; no seek of ours
-            # may run meanwhile, or it would land after that seek and skip what lies between.
+        if checked and (
+            self._seeking or self.app.rebalancing or not self.app.flow_control.is_active()
+        ):
+            # Until a rebalance ends, a record handed out can be dropped before the agent sees
+            # it while counting as read: faust's stream drops records while the app's flow
+            # control is suspended, and at the end of table recovery faust resumes the input
+            # partitions, seeks them to their committed offsets and only then resumes the flow
+            # control, which empties every agent's queue (traced: the record at the committed
+            # offset, fetched in between, never reached the agent; faust then committed past
+            # it). Withheld, it leaves a hole that is read again after the rebalance; no seek of
+            # ours may run meanwhile, or it could land after faust's seek and skip what lies
+            # between.
             return True
         hole = hole_to_reread(
             self._expected.get(tp) if checked else None, offset, self._suspect.get(tp)
