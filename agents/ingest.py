@@ -45,9 +45,10 @@ from app.core.pipeline import (
     process_erasure_record,
     unknown_rekey_kind,
 )
+from app.core.transform import LIMIT_PERSON_CAP
 from app.errors import Reason
 from app.faust_app import fail_stop, tracked_writes, uncommitted_writes
-from app.logs import log_dead_letters, mask_mpid
+from app.logs import log_dead_letters, log_held_back, mask_mpid
 from app.records import (
     SourcePosition,
     Stage,
@@ -281,6 +282,7 @@ async def write_record(
     and erasure markers), then its metrics. A failed send stops the process (``fail_stop``)."""
     await writer.write(event, result, kind)
     record_metrics(result)
+    log_held_back(log, result.counts["limits", LIMIT_PERSON_CAP], next(iter(result.states), None))
 
 
 def _internal_error(event: Any, position: SourcePosition, exc: Exception) -> IngestResult:

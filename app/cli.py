@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -34,6 +34,9 @@ from app.settings import (
     load_settings,
     unknown_variable_warnings,
 )
+
+if TYPE_CHECKING:
+    from app.dev.localkafka import LocalKafka
 
 log = logging.getLogger("mpcio")
 
@@ -120,6 +123,24 @@ def _parser() -> argparse.ArgumentParser:
         help="run an N-node KRaft cluster (replication N, min in-sync 2; default 1)",
     )
     kafka.add_argument("--data-dir", type=Path, default=None, help="keep data here")
+    kafka.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on the client port: a throwaway CA and broker certificate for 127.0.0.1 and "
+        "localhost (valid one day), written to the data dir (single broker only)",
+    )
+    kafka.add_argument(
+        "--sasl-user",
+        metavar="NAME:PASSWORD",
+        help="SASL on the client port with this one user (single broker only); with --tls "
+        "that is SASL_SSL, as mParticle's Kafka output uses",
+    )
+    kafka.add_argument(
+        "--sasl-mechanism",
+        choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+        default="SCRAM-SHA-512",
+        help="with --sasl-user (default SCRAM-SHA-512)",
+    )
     kafka.add_argument("--fetch-only", action="store_true", help="only download the jars")
     kafka.set_defaults(handler=_cmd_kafka)
 
@@ -609,17 +630,25 @@ def _quiet_kafka_logs() -> None:
 
 
 def _cmd_kafka(args: argparse.Namespace) -> int:
-    from app.dev.localkafka import LocalKafka, LocalKafkaCluster, fetch_kafka  # noqa: PLC0415
+    from app.dev.localkafka import LocalKafkaCluster, fetch_kafka  # noqa: PLC0415
 
     if args.fetch_only:
         print(f"Kafka jars in {fetch_kafka()}")
         return 0
     broker: LocalKafka | LocalKafkaCluster
+    secured = args.tls or args.sasl_user
+    if secured and args.brokers != 1:
+        raise ConfigError("--tls and --sasl-user run a single broker: drop --brokers")
     if args.brokers == 1:
-        broker = LocalKafka(port=args.port, data_dir=args.data_dir)
+        broker = _local_kafka(args)
         broker.start()
         print(f"Kafka ready at {broker.bootstrap} in {broker.started_in:.1f}s")
         print(f"log: {broker.log_file}")
+        if secured:
+            print("for the worker and the CLI:")
+            print(" ".join(_secured_settings(broker)))
+            if broker.sasl_users:
+                print("and MPCIO_KAFKA_SASL_PASSWORD: the password given to --sasl-user")
     else:
         broker = LocalKafkaCluster(
             args.brokers,
@@ -634,6 +663,59 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
     _wait_for_signal()
     broker.close()
     return 0
+
+
+def _local_kafka(args: argparse.Namespace) -> LocalKafka:
+    """``mpcio kafka``'s single broker; with ``--tls``/``--sasl-user`` the broker the TLS
+    integration tests run, by hand.
+
+    The certificates go to ``<data dir>/tls`` (a temporary folder without ``--data-dir``).
+    Raises :class:`ConfigError` for a ``--sasl-user`` that is not ``NAME:PASSWORD``."""
+    import atexit  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from app.dev.localkafka import LocalKafka  # noqa: PLC0415
+    from app.dev.localtls import generate_tls  # noqa: PLC0415
+
+    users = None
+    if args.sasl_user:
+        name, _, password = args.sasl_user.partition(":")
+        if not name or not password:
+            raise ConfigError("--sasl-user must be NAME:PASSWORD")
+        users = {name: password}
+    tls = None
+    if args.tls:
+        if args.data_dir:
+            folder = args.data_dir / "tls"
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="mpcio-kafka-tls-"))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        tls = generate_tls(folder)
+    return LocalKafka(
+        port=args.port,
+        data_dir=args.data_dir,
+        tls=tls,
+        sasl_users=users,
+        sasl_mechanism=args.sasl_mechanism,
+    )
+
+
+def _secured_settings(broker: LocalKafka) -> list[str]:
+    """The ``MPCIO_*`` settings that reach ``broker``, but the password (never printed)."""
+    lines = [
+        f"MPCIO_BROKER={broker.bootstrap}",
+        f"MPCIO_KAFKA_SECURITY_PROTOCOL={broker.security_protocol}",
+    ]
+    if broker.tls:
+        lines.append(f"MPCIO_KAFKA_SSL_CAFILE={broker.tls.ca}")
+    if broker.sasl_users:
+        lines += [
+            f"MPCIO_KAFKA_SASL_MECHANISM={broker.sasl_mechanism}",
+            f"MPCIO_KAFKA_SASL_USERNAME={next(iter(broker.sasl_users))}",
+        ]
+    return lines
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

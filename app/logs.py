@@ -129,6 +129,20 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
 
 
+def log_held_back(logger: logging.Logger, held_back: int, mpid: str | None) -> None:
+    """One WARNING when ``held_back`` (> 0) user attributes of one record were not forwarded
+    because the person is full (Customer.io keeps 300 attributes per person,
+    :func:`app.core.transform.within_person_cap`): the count and the masked mpid as context
+    fields, never an attribute's name or value."""
+    if held_back:
+        logger.warning(
+            "%d user attribute(s) not forwarded: the person has Customer.io's 300 attributes "
+            "(mpcio_limit_enforcements_total{kind=attribute_over_person_cap})",
+            held_back,
+            extra={"mpid": mask_mpid(mpid), "reason": "attribute_over_person_cap"},
+        )
+
+
 def log_dead_letters(logger: logging.Logger, letters: Iterable[bytes]) -> None:
     """One WARNING per encoded ``DeadLetter`` written: reason and detail as the message, and
     ``topic``, ``partition``, ``offset``, ``mpid`` (masked), ``reason``, ``stage`` and

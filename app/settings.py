@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import typing
 from collections.abc import Mapping
 from enum import StrEnum
@@ -58,6 +59,9 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 _BROKER_FORM = "host:port[,host:port] (kafka:// and ';' accepted too)"
+_BROKER_SCHEME = re.compile(r"kafka://", re.IGNORECASE)
+# a DNS name, an IPv4 address or a bracketed IPv6 address: no spaces, no path, no user info
+_BROKER_HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
 
 
 def canonical_broker(value: str) -> str:
@@ -68,16 +72,14 @@ def canonical_broker(value: str) -> str:
     and faust's ``;`` separator. Raises ``ValueError`` naming the first bad server (a missing
     or non-numeric port, an empty list).
     """
-    servers = [
-        part.strip()
-        for part in value.strip().removeprefix("kafka://").replace(";", ",").split(",")
-        if part.strip()
-    ]
+    listed = _BROKER_SCHEME.sub("", value.strip(), count=1)
+    servers = [part.strip() for part in listed.replace(";", ",").split(",") if part.strip()]
     if not servers:
         raise ValueError(f"must look like {_BROKER_FORM}")
     for server in servers:
         host, _, port = server.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
+        valid_port = port.isascii() and port.isdigit() and 0 < int(port) < 65536
+        if not _BROKER_HOST.fullmatch(host) or not valid_port:
             raise ValueError(f"{server!r} is not host:port; expected {_BROKER_FORM}")
     return "kafka://" + ";".join(servers)
 

@@ -12,11 +12,15 @@ Views (beside faust's ``/metrics``, which serves ``faust_*`` and our ``mpcio_*``
   personal value masked (``?unmasked=true`` shows them); 404 when this worker does not hold the
   user (a table only holds the partitions assigned to this worker).
 
-Access (:func:`decide_access`, enforced by a middleware on every route): ``/metrics`` and
+Access (:func:`decide_access`, enforced by a middleware on every request): ``/metrics`` and
 ``/health/*`` are open (what Prometheus and probes need); every other route — ``/users`` and,
 when ``MPCIO_WEB_FAUST_VIEWS`` enables them, faust's own views — needs ``Authorization: Bearer
 <MPCIO_SUPPORT_TOKEN>`` (401 without it or with a wrong one) and answers 404 while no token is
-set. Once listening, the worker logs its address and every route with its access.
+set. A URL no route serves is judged like a guarded route (401 without the token, 404 with it),
+so an unauthenticated scan cannot tell the guarded routes from URLs that do not exist. faust's
+placeholder index ``/`` (``{"status": "OK"}``, which faust serves even with its views off) does
+not exist while the views are off (:data:`FAUST_PLACEHOLDER_ROUTES`). Once listening, the worker
+logs its address and every route with its access.
 
 A timer (every :data:`SAMPLE_INTERVAL_SECONDS`) samples the gauges that no event increments:
 ``mpcio_consumer_lag{topic,partition}`` (ingest inputs and the sink's operations topic),
@@ -27,7 +31,7 @@ exactly, a bounded slice per sample (:class:`KeyCounter`). The recovery gauges
 from faust's recovery at every scrape (faust runs no timer while it recovers). While faust
 recovers tables, ``/health/ready`` is 503 with status ``recovering`` and the records left.
 
-The decisions (:func:`decide_readiness`, :func:`decide_access`, :func:`user_json`) are pure,
+The decisions (:func:`decide_readiness`, :func:`decide_access`, :func:`user_answer`) are pure,
 for unit tests.
 """
 
@@ -36,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +51,7 @@ from aiohttp import web as aiohttp_web
 from aiokafka.partitioner import murmur2
 
 from app import masking, metrics
+from app.core.mparticle import int64_text
 from app.core.state import UserState, decode_state
 from app.errors import InvalidRecordError
 from app.topics import ERASURES_TABLE, USERS_TABLE
@@ -74,7 +78,9 @@ POSITION_TIMEOUT_SECONDS = 1.0
 #: How long the worker waits for its web server to listen before logging the routes anyway.
 LISTEN_WAIT_SECONDS = 60.0
 
-_MPID = re.compile(r"^-?\d{1,20}$")
+#: Routes faust serves even with its views off (its production index answers ``{"status":
+#: "OK"}``): with ``MPCIO_WEB_FAUST_VIEWS`` off they are treated as routes that do not exist.
+FAUST_PLACEHOLDER_ROUTES = frozenset({"/"})
 
 
 class SinkLike(Protocol):
@@ -206,6 +212,7 @@ class Access(StrEnum):
     ALLOWED = "allowed"  # a guarded route with the right bearer token
     UNAUTHORIZED = "unauthorized"  # a guarded route without the token, or a wrong one: 401
     OFF = "off"  # a guarded route while MPCIO_SUPPORT_TOKEN is unset: 404
+    NOT_FOUND = "not_found"  # no route, with the right bearer token: 404
 
 
 def is_open(path: str) -> bool:
@@ -213,11 +220,14 @@ def is_open(path: str) -> bool:
     return path == "/metrics" or path.startswith("/health/")
 
 
-def decide_access(path: str, authorization: str | None, token: str | None) -> Access:
-    """The guard's decision for a request to the route ``path`` with this ``Authorization``
-    header; ``token`` is ``MPCIO_SUPPORT_TOKEN`` (``None`` when unset). The token is compared
-    in constant time."""
-    if is_open(path):
+def decide_access(path: str | None, authorization: str | None, token: str | None) -> Access:
+    """The guard's decision for a request to the route ``path`` (``None``: no route serves
+    the URL) with this ``Authorization`` header; ``token`` is ``MPCIO_SUPPORT_TOKEN``
+    (``None`` when unset). The token is compared in constant time.
+
+    A URL without a route needs the token like a guarded route and only then is 404
+    (``NOT_FOUND``): 401 or 404 must not tell an unauthenticated client which routes exist."""
+    if path is not None and is_open(path):
         return Access.OPEN
     if token is None:
         return Access.OFF
@@ -226,12 +236,14 @@ def decide_access(path: str, authorization: str | None, token: str | None) -> Ac
         given.strip().encode(), token.encode()
     ):
         return Access.UNAUTHORIZED
-    return Access.ALLOWED
+    return Access.ALLOWED if path is not None else Access.NOT_FOUND
 
 
-def access_middleware(token: str | None) -> Any:
+def access_middleware(token: str | None, hidden: frozenset[str] = frozenset()) -> Any:
     """The aiohttp middleware that applies :func:`decide_access` to the matched route (its
-    pattern, so no spelling of the URL reaches a guarded view unguarded)."""
+    pattern, so no spelling of the URL reaches a guarded view unguarded). Routes in ``hidden``
+    are answered as if they did not exist; a URL under an open prefix that no route serves
+    (``/health/nope``) gets aiohttp's own 404/405."""
 
     @aiohttp_web.middleware
     async def guard(
@@ -239,10 +251,15 @@ def access_middleware(token: str | None) -> Any:
         handler: Callable[[aiohttp_web.Request], Awaitable[aiohttp_web.StreamResponse]],
     ) -> aiohttp_web.StreamResponse:
         resource = request.match_info.route.resource
-        if resource is None:  # no route matched: aiohttp's own 404/405
+        path = None if resource is None else resource.canonical
+        if path in hidden:
+            path = None
+        if path is None and is_open(request.path):
             return await handler(request)
-        access = decide_access(resource.canonical, request.headers.get("Authorization"), token)
-        if access is Access.OFF:
+        access = decide_access(path, request.headers.get("Authorization"), token)
+        if access is Access.NOT_FOUND and resource is None:  # aiohttp's own 404/405
+            return await handler(request)
+        if access in {Access.OFF, Access.NOT_FOUND}:
             raise aiohttp_web.HTTPNotFound
         if access is Access.UNAUTHORIZED:
             raise aiohttp_web.HTTPUnauthorized(
@@ -254,12 +271,16 @@ def access_middleware(token: str | None) -> Any:
     return guard
 
 
-def served_routes(web_app: aiohttp_web.Application, token: str | None) -> list[dict[str, str]]:
+def served_routes(
+    web_app: aiohttp_web.Application, token: str | None, hidden: frozenset[str] = frozenset()
+) -> list[dict[str, str]]:
     """Every route of the web server as ``{"method", "path", "access"}``, where access is
-    ``open``, ``token`` or ``off`` (guarded while no token is set)."""
+    ``open``, ``token`` or ``off`` (guarded while no token is set); ``hidden`` ones left out."""
     routes = []
     for route in web_app.router.routes():
         path = route.resource.canonical if route.resource is not None else "?"
+        if path in hidden:
+            continue
         guarded = "off" if token is None else "token"
         access = "open" if is_open(path) else guarded
         routes.append({"method": route.method, "path": path, "access": access})
@@ -329,6 +350,35 @@ def not_found_json(mpid: str, partitions: int, held: Iterable[int]) -> dict[str,
         "partition": kafka_partition(mpid.encode(), partitions),
         "partitions_held": held_sorted,
     }
+
+
+def user_answer(
+    mpid: str,
+    stored: Callable[[bytes], bytes | None],
+    held: Callable[[], Iterable[int]],
+    partitions: int,
+    masker: masking.Masker | None,
+) -> tuple[int, dict[str, Any]]:
+    """``(HTTP status, JSON body)`` of ``GET /users/{mpid}``.
+
+    400 when ``mpid`` is not a signed 64-bit decimal integer (the table can hold no such key);
+    404 (:func:`not_found_json`, ``held()`` = this worker's input partitions) when ``stored``
+    (the users table's ``get``, keyed by the canonical mpid: ``007`` is user 7) has nothing;
+    500 with the masked detail when the stored state cannot be decoded; else 200 with
+    :func:`user_json`."""
+    canonical = int64_text(mpid)
+    if canonical is None:
+        error = "mpid must be a signed 64-bit decimal integer"
+        return 400, {"error": error, "mpid": mpid[:40]}
+    raw = stored(canonical.encode())
+    if raw is None:
+        return 404, not_found_json(canonical, partitions, held())
+    try:
+        state = decode_state(raw)
+    except InvalidRecordError as exc:
+        detail = masking.active().text(exc.detail)
+        return 500, {"error": "stored state is corrupt", "mpid": canonical, "detail": detail}
+    return 200, user_json(canonical, state, masker)
 
 
 # --- sampling the app -------------------------------------------------------------------------
@@ -511,7 +561,8 @@ def attach_web(
     observer = Observer(app, settings, topics, sink)
     metrics.track_recovery(lambda: _recovery_remaining(app))
     token = settings.support_token.get_secret_value() if settings.support_token else None
-    aiohttp_app(app).middlewares.append(access_middleware(token))
+    hidden = frozenset() if settings.web_faust_views else FAUST_PLACEHOLDER_ROUTES
+    aiohttp_app(app).middlewares.append(access_middleware(token, hidden))
     metrics.BUILD.info(metrics.build_labels(settings))
     metrics.READY.set(0)
 
@@ -526,30 +577,20 @@ def attach_web(
 
     @app.page("/users/{mpid}")
     async def user_state(self: web.View, request: web.Request, mpid: str) -> web.Response:
-        if not _MPID.match(mpid):
-            return self.json({"error": "mpid must be a decimal integer", "mpid": mpid}, status=400)
         table = observer.table(USERS_TABLE)
-        raw = None if table is None else table.get(mpid.encode())
-        if raw is None:
-            held = {tp.partition for tp in _assignment(app) if tp.topic in observer.input_topics}
-            return self.json(not_found_json(mpid, settings.topic_partitions, held), status=404)
-        try:
-            state = decode_state(raw)
-        except InvalidRecordError as exc:
-            return self.json(
-                {
-                    "error": "stored state is corrupt",
-                    "mpid": mpid,
-                    "detail": masking.active().text(exc.detail),
-                },
-                status=500,
-            )
         unmasked = request.query.get("unmasked", "").lower() in {"1", "true", "yes"}
-        return self.json(user_json(mpid, state, None if unmasked else masking.active()))
+        status, body = user_answer(
+            mpid,
+            lambda key: None if table is None else table.get(key),
+            lambda: {tp.partition for tp in _assignment(app) if tp.topic in observer.input_topics},
+            settings.topic_partitions,
+            None if unmasked else masking.active(),
+        )
+        return self.json(body, status=status)
 
     @app.task  # type: ignore[untyped-decorator]
     async def announce_web_server() -> None:
-        await _announce(app, token)
+        await _announce(app, token, hidden)
 
     @app.timer(interval=SAMPLE_INTERVAL_SECONDS, name="mpcio_sample_gauges")  # type: ignore[untyped-decorator]
     async def sample_gauges() -> None:
@@ -571,7 +612,7 @@ def aiohttp_app(app: faust.App) -> aiohttp_web.Application:
     return driver.web_app
 
 
-async def _announce(app: faust.App, token: str | None) -> None:
+async def _announce(app: faust.App, token: str | None, hidden: frozenset[str]) -> None:
     """Log where the web server really listens and every route it serves, with its access."""
     # faust keeps the aiohttp runner private; its addresses are the sockets really bound
     runner = getattr(app.web, "_runner", None)
@@ -584,5 +625,5 @@ async def _announce(app: faust.App, token: str | None) -> None:
     log.info(
         "web server listening on %s; routes: %s",
         ", ".join(addresses) or "(not yet listening)",
-        orjson.dumps(served_routes(aiohttp_app(app), token)).decode(),
+        orjson.dumps(served_routes(aiohttp_app(app), token, hidden)).decode(),
     )

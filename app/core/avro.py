@@ -97,18 +97,35 @@ class AvroCodec:
                 f"(not in schemas/{HISTORY_DIR_NAME}/{self.name}/)",
             )
         else:
-            raise InvalidRecordError(
-                Reason.AVRO_DECODE, f"not a {self.name} record (unknown header {header.hex()})"
-            )
+            raise InvalidRecordError(Reason.AVRO_DECODE, _not_avro(self.name, data))
         try:
             record = schemaless_reader(io.BytesIO(data[10:]), writer, reader)
-        except (EOFError, ValueError, UnicodeDecodeError, IndexError) as exc:
+        except EOFError as exc:
             raise InvalidRecordError(
-                Reason.AVRO_DECODE, f"corrupt {self.name} record: {exc}"
+                Reason.AVRO_DECODE, f"corrupt {self.name} record: it ends before its last field"
+            ) from exc
+        except (ValueError, UnicodeDecodeError, IndexError) as exc:
+            raise InvalidRecordError(
+                Reason.AVRO_DECODE,
+                f"corrupt {self.name} record: its bytes do not follow the schema "
+                f"({type(exc).__name__}: {exc})",
             ) from exc
         if not isinstance(record, dict):
             raise InvalidRecordError(Reason.AVRO_DECODE, f"{self.name} did not decode to a record")
         return record
+
+
+def _not_avro(name: str, data: bytes) -> str:
+    """Why ``data`` is no Avro single-object record (only its first two bytes are shown: the
+    rest may be anyone's data)."""
+    if not data:
+        return f"not a {name} record: the value is empty"
+    if data[:2] == _MAGIC:
+        return f"{name} record cut short: {len(data)} bytes, less than its 10-byte header"
+    return (
+        f"not a {name} record: Avro single-object data starts with {_MAGIC.hex()}, "
+        f"this starts with {data[:2].hex()}"
+    )
 
 
 @cache

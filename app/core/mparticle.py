@@ -34,6 +34,7 @@ names) or, for event types, in ``Batch.ignored_events``. Nothing is logged here.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
@@ -266,9 +267,7 @@ def required_mpid(raw: dict[str, Any], what: str) -> str:
         raise InvalidRecordError(Reason.MPID_MISSING, f"{what} has no mpid")
     mpid = int64_text(raw_mpid)
     if mpid is None:
-        raise InvalidRecordError(
-            Reason.MPID_INVALID, f"mpid is not a signed 64-bit integer: {raw_mpid!r:.40}"
-        )
+        raise InvalidRecordError(Reason.MPID_INVALID, _mpid_invalid(repr(raw_mpid)))
     return mpid
 
 
@@ -294,7 +293,7 @@ def parse_record(value: bytes) -> list[Batch]:
     """The batches of one Kafka record value, in order; an empty array is ``empty_record``."""
     document = load_json(value)
     if type(document) is dict:
-        batches = [parse_batch(document)]
+        batches = [_parse_batch_of(value, document)]
     elif type(document) is list:
         if not document:
             raise InvalidRecordError(
@@ -306,7 +305,7 @@ def parse_record(value: bytes) -> list[Batch]:
                 raise InvalidRecordError(
                     Reason.NOT_AN_OBJECT, f"bulk item {index} is {_json_type(item)}, not an object"
                 )
-            batches.append(parse_batch(item))
+            batches.append(_parse_batch_of(value, item, index))
     else:
         raise InvalidRecordError(
             Reason.NOT_AN_OBJECT, f"top level is {_json_type(document)}, not an object or array"
@@ -316,6 +315,29 @@ def parse_record(value: bytes) -> list[Batch]:
     if value.count(b"{") + value.count(b"[") > MAX_DATA_DEPTH:
         _check_depth(batches)
     return batches
+
+
+def _parse_batch_of(value: bytes, raw: dict[str, Any], index: int | None = None) -> Batch:
+    """:func:`parse_batch` of ``raw``, the record ``value`` (or its bulk item ``index``); an
+    ``mpid_invalid`` rejection of a JSON number shows the number as the record writes it."""
+    try:
+        return parse_batch(raw)
+    except InvalidRecordError as exc:
+        if exc.reason is not Reason.MPID_INVALID or type(raw.get("mpid")) is not float:
+            raise
+        # orjson reads a number beyond 64 bits as a float, whose repr ("1e+20") is not what the
+        # record says; the standard library's parser can keep each number's text (rare path).
+        try:
+            document = json.loads(value, parse_float=str, parse_int=str)
+        except RecursionError:  # nested past the standard parser's depth: keep orjson's reading
+            raise exc from None
+        written = (document if index is None else document[index])["mpid"]
+        raise InvalidRecordError(Reason.MPID_INVALID, _mpid_invalid(written)) from None
+
+
+def _mpid_invalid(shown: object) -> str:
+    """The detail of an ``mpid_invalid`` rejection, ``shown`` (text as written) cut to 40."""
+    return f"mpid is not a signed 64-bit integer: {shown!s:.40}"
 
 
 def _check_depth(batches: list[Batch]) -> None:

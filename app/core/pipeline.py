@@ -130,7 +130,8 @@ def process_batch_record(
 
     ``erased_at_ms`` is when the key's user was erased (if ever) and ``record_ms`` the record's
     Kafka timestamp: a batch that reached Kafka before the erasure is dropped (counted as
-    ``erased``), so an erasure is never undone by a batch still in flight.
+    ``erased``), so an erasure is never undone by a batch still in flight; it is also the
+    identify's time for a batch without a valid time (:func:`~app.core.transform.identify_time`).
     """
     result = IngestResult()
     try:
@@ -151,7 +152,7 @@ def process_batch_record(
     _apply_to_user(
         result,
         mine,
-        lambda batch, state: transform(batch, state, options),
+        lambda batch, state: transform(batch, state, options, record_ms=record_ms),
         kind="batches",
         counter="batches",
         source=source,

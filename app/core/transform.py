@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from hashlib import blake2b
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import orjson
@@ -45,9 +46,11 @@ from app.customerio.limits import (
     MAX_ATTRIBUTE_NAME_BYTES,
     MAX_ATTRIBUTE_VALUE_BYTES,
     MAX_ATTRIBUTES_PER_IDENTIFY,
+    MAX_ATTRIBUTES_PER_PERSON,
     MAX_EVENT_NAME_BYTES,
     MAX_IDENTIFIER_BYTES,
     MAX_ITEM_BYTES,
+    OWN_ATTRIBUTES_PER_PERSON,
 )
 
 if TYPE_CHECKING:
@@ -68,6 +71,11 @@ LIMIT_IDENTIFY_SPLIT: Final = "identify_split"
 LIMIT_EVENT_NAME_CUT: Final = "event_name_truncated"
 LIMIT_EVENT_DATA_DROPPED: Final = "event_data_dropped"
 LIMIT_MEMBERSHIP_CUT: Final = "segment_membership_truncated"
+LIMIT_PERSON_CAP: Final = "attribute_over_person_cap"
+
+#: User attributes sent per person: Customer.io keeps 300 per person and silently drops a new
+#: one beyond them, so the first-seen ones are kept and the rest are held back, counted.
+MAX_USER_ATTRIBUTES_PER_PERSON: Final = MAX_ATTRIBUTES_PER_PERSON - OWN_ATTRIBUTES_PER_PERSON
 
 MEMBERSHIP_ATTRIBUTE: Final = "SegmentMembership"
 
@@ -138,8 +146,14 @@ class Transformed:
     limits: dict[str, int] = field(default_factory=dict)
 
 
-def transform(batch: Batch, state: UserState | None, options: CoreOptions) -> Transformed:
-    """Fold ``batch`` into ``state`` and derive the Customer.io operations (module docstring)."""
+def transform(
+    batch: Batch, state: UserState | None, options: CoreOptions, *, record_ms: int | None = None
+) -> Transformed:
+    """Fold ``batch`` into ``state`` and derive the Customer.io operations (module docstring).
+
+    ``record_ms`` is the Kafka timestamp (unix ms) of the record that carried the batch, if
+    known: the identify's ``timestamp`` when the batch has no valid time (:func:`identify_time`).
+    """
     forwardable = sum(1 for event in batch.events if event.kind in _ACTIONS)
     if batch.environment not in options.environments:
         return _not_forwarded(state, state, "environment_filtered", forwardable, {})
@@ -155,6 +169,8 @@ def transform(batch: Batch, state: UserState | None, options: CoreOptions) -> Tr
         limits[LIMIT_PERSON_ID] = 1
         return _not_forwarded(state, folded, "person_id_invalid", forwardable, limits)
     identifiers = {"id": customer_id} if customer_id else {"email": email}
+    if options.include_user_attributes and len(folded.attributes) > MAX_USER_ATTRIBUTES_PER_PERSON:
+        _count_held_back(batch, folded, limits)
 
     # Rule 9 compares with what Customer.io was told, not with the previous state, so a user
     # who opted out before having an email is unsubscribed on the first identify.
@@ -174,7 +190,9 @@ def transform(batch: Batch, state: UserState | None, options: CoreOptions) -> Tr
     ):
         attributes = _identify_attributes(folded, batch, options, unsubscribed, limits)
         operations.extend(
-            _identifies(person_id, identifiers, attributes, limits, update_time(folded))
+            _identifies(
+                person_id, identifiers, attributes, limits, identify_time(folded, batch, record_ms)
+            )
         )
         folded = _with_sent(folded, person_id, digest)
     elif folded.unsubscribed_sent and not folded.opted_out:
@@ -218,7 +236,10 @@ def profile_digest(state: UserState, options: CoreOptions) -> bytes:
     sends the same thing (a user tag ``null`` becoming ``true``, text changed past 1000 bytes)
     sends no identify again (rule 8: only when the forwarded attributes differ)."""
     attributes = (
-        {name: _fit_value(value, {}) for name, value in state.attributes.items()}
+        {
+            name: _fit_value(value, {})
+            for name, value in within_person_cap(state.attributes)[0].items()
+        }
         if options.include_user_attributes
         else None
     )
@@ -254,15 +275,24 @@ def event_name(raw: str) -> str:
 def event_identity(event: Event, batch: Batch) -> bytes:
     """What names an event uniquely, for its ULID (rule 7); never the person id.
 
-    ``source_message_id``, else mpid + ``event_id``, else mpid + batch (``batch_id``, else
-    batch time) + position in the batch. The prefixes keep the three kinds apart.
+    Always the mpid, so two users whose events share a ``source_message_id`` or ``event_id``
+    never share an id (SPEC rule 7 hashes ``source_message_id`` alone; that lets Customer.io
+    drop one of two users' events, so the mpid is added for safety). Then ``source_message_id``,
+    else ``event_id``, else the batch (``batch_id``, else batch time), the position in the batch
+    and the event's content (kind, name, custom attributes as canonical JSON): two batches of a
+    user without ``batch_id`` at the same time differ in content, while a redelivered identical
+    event keeps its id. The prefixes keep the three kinds apart; ``\x00`` separates fields (it
+    cannot occur in an mpid, and a message id containing it only names itself).
     """
     if event.source_message_id is not None:
-        return b"m\x00" + event.source_message_id.encode("utf-8")
+        return f"m\x00{batch.mpid}\x00{event.source_message_id}".encode()
     if event.event_id is not None:
         return f"e\x00{batch.mpid}\x00{event.event_id}".encode()
     batch_ref = batch.batch_id if batch.batch_id is not None else f"t{batch.timestamp_ms}"
-    return f"p\x00{batch.mpid}\x00{batch_ref}\x00{event.position}".encode()
+    content = orjson.dumps(
+        [event.kind, event.name, event.custom_attributes or {}], option=orjson.OPT_SORT_KEYS
+    )
+    return f"p\x00{batch.mpid}\x00{batch_ref}\x00{event.position}\x00".encode() + content
 
 
 def _not_forwarded(
@@ -310,15 +340,7 @@ def _identify_attributes(
         attributes["created_at"] = state.created_at_ms // 1000
     if unsubscribed is not None:
         attributes["unsubscribed"] = unsubscribed
-    if options.include_user_attributes:
-        # Custom names first, then reserved ($) ones, so "$City" wins over a custom "city".
-        user_attributes = state.attributes
-        for canonical in sorted(user_attributes, key=_reserved_last):
-            sent_name = _sent_name(output_attribute_name(canonical), limits)
-            if sent_name is not None:
-                keep, value = _fit_value(user_attributes[canonical], limits)
-                if keep:
-                    attributes[sent_name] = value
+    # Removals before additions: an attribute removed makes room for one held back by the cap.
     for canonical in batch.deleted_user_attributes:
         if canonical in (FIRST_NAME_KEY, LAST_NAME_KEY):
             attributes[output_attribute_name(canonical)] = ""
@@ -326,8 +348,57 @@ def _identify_attributes(
             deleted_name = _sent_name(output_attribute_name(canonical), limits)
             if deleted_name is not None:
                 attributes[deleted_name] = ""
+    if options.include_user_attributes:
+        _add_user_attributes(attributes, state, limits)
     attributes.update(membership_attributes(state, options, limits))
     return attributes
+
+
+def _count_held_back(batch: Batch, state: UserState, limits: dict[str, int]) -> None:
+    """Count (``attribute_over_person_cap``) each attribute ``batch`` sets that the person cap
+    holds back (:func:`within_person_cap`): every value not forwarded is counted once, when it
+    arrives, whether or not an identify is sent."""
+    kept = within_person_cap(state.attributes)[0]
+    held_back = sum(
+        1 for name in batch.user_attributes if name in state.attributes and name not in kept
+    )
+    if held_back:
+        limits[LIMIT_PERSON_CAP] = limits.get(LIMIT_PERSON_CAP, 0) + held_back
+
+
+def _add_user_attributes(
+    attributes: dict[str, AttributeValue], state: UserState, limits: dict[str, int]
+) -> None:
+    """Rule 4 into ``attributes``: the user's attributes within the person cap, named and
+    fitted for Customer.io; custom names first, then reserved ($) ones, so "$City" wins over a
+    custom "city"."""
+    user_attributes = within_person_cap(state.attributes)[0]
+    for canonical in sorted(user_attributes, key=_reserved_last):
+        sent_name = _sent_name(output_attribute_name(canonical), limits)
+        if sent_name is not None:
+            keep, value = _fit_value(user_attributes[canonical], limits)
+            if keep:
+                attributes[sent_name] = value
+
+
+def within_person_cap(
+    attributes: dict[str, AttributeValue],
+) -> tuple[dict[str, AttributeValue], int]:
+    """``(kept, held back)``: the first :data:`MAX_USER_ATTRIBUTES_PER_PERSON` of a user's
+    attributes in the order they were first seen, and how many more there are.
+
+    Customer.io keeps at most 300 attributes per person and silently drops a new one beyond
+    them; every identify carries all of the user's attributes, so what Customer.io holds is
+    what was sent. The state keeps attributes in first-seen order (a new name is added at the
+    end, a removed one leaves), so the same ones are kept each time, a new name on a full
+    person is held back (counted by the transform, ``attribute_over_person_cap``), and removing
+    one lets the first held-back one in. Attributes with the same Customer.io name (``$City``
+    and ``city``) or dropped for their name count once each, so the cap errs on the safe side.
+    """
+    if len(attributes) <= MAX_USER_ATTRIBUTES_PER_PERSON:
+        return attributes, 0
+    kept = dict(islice(attributes.items(), MAX_USER_ATTRIBUTES_PER_PERSON))
+    return kept, len(attributes) - len(kept)
 
 
 def membership_attributes(
@@ -470,6 +541,19 @@ def update_time(state: UserState) -> int | None:
     timed out and retried, then later updates went through) cannot overwrite newer ones."""
     times = [ms for ms in (state.profile_at_ms, state.opt_out_at_ms) if ms]
     return max(times) // 1000 if times else None
+
+
+def identify_time(state: UserState, batch: Batch, record_ms: int | None) -> int | None:
+    """The identify ``timestamp`` (unix seconds) for ``batch`` folded into ``state``.
+
+    :func:`update_time`, except for a batch without a valid time (missing or unusable
+    ``timestamp_unixtime_ms``): then the Kafka record's time ``record_ms`` (when mParticle
+    wrote the batch, so no earlier than its facts), or the later of the two when the state
+    knows an older time; ``None`` (no ``timestamp``) when neither is known."""
+    seconds = update_time(state)
+    if batch.timestamp_ms is not None or record_ms is None:
+        return seconds
+    return record_ms // 1000 if seconds is None else max(seconds, record_ms // 1000)
 
 
 def _identify_operation(

@@ -57,7 +57,8 @@ def event_ulid(time_ms: int | None, identity: bytes) -> str:
     """A deterministic ULID for an event: time part ``time_ms``, randomness BLAKE2b(identity).
 
     ``identity`` is the byte string that names the event uniquely (the transform builds it from
-    ``source_message_id``, else mpid + ``event_id``, else mpid + batch + position). An event
+    the mpid and ``source_message_id``, else ``event_id``, else batch + position + content:
+    :func:`app.core.transform.event_identity`). An event
     without any usable time gets time part 0, which is still deterministic.
     """
     return ulid(time_ms or 0, blake2b(identity, digest_size=RANDOMNESS_BYTES).digest())

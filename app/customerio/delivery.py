@@ -3,8 +3,10 @@
 :func:`deliver` sends the same request again (same items, same order) after each retryable
 failure, backing off exponentially with full jitter (``Retry-After`` wins when present), until
 it succeeds or the retry budget is spent: ``max_attempts`` attempts *or* ``max_seconds`` since
-the first attempt, whichever comes first. Then every item is reported for the dead-letter topic
-with reason ``retries_exhausted``; nothing is ever dropped silently. A 207 names the items to
+the first attempt, whichever comes first. A wait that would end past ``max_seconds`` (a
+``Retry-After`` longer than the budget left) is cut to the budget's end and one last attempt is
+made. Then every item is reported for the dead-letter topic with reason ``retries_exhausted``
+and the number of attempts made; nothing is ever dropped silently. A 207 names the items to
 dead-letter; one whose errors cannot be read (``customerio_207_unparsed``) or name an index
 outside the request (``customerio_207_unmatched``) dead-letters every item of the request.
 
@@ -119,16 +121,18 @@ async def deliver(
         if decision.outcome is Outcome.DEAD_LETTER:
             _reject_all(request, decision.reason, _answer_text(answer), status, report)
             return report
-        delay = policy.backoff(report.attempts, decision.retry_after, rng)
         elapsed = clock() - started
-        if report.attempts >= policy.max_attempts or elapsed + delay > policy.max_seconds:
+        remaining = policy.max_seconds - elapsed
+        if report.attempts >= policy.max_attempts or remaining <= 0:
             detail = (
                 f"retries_exhausted after {report.attempts} attempts in {elapsed:.1f}s; "
                 f"last: {decision.reason}"
             )
             _reject_all(request, Reason.RETRIES_EXHAUSTED, detail, status, report)
             return report
-        await pause(delay)
+        # A wait past the budget (a long Retry-After) is cut to the budget's end and followed by
+        # one last attempt: giving up at once would dead-letter what one more try may deliver.
+        await pause(min(policy.backoff(report.attempts, decision.retry_after, rng), remaining))
 
 
 def _answer_text(answer: HttpAnswer | TransportFailure) -> str:

@@ -19,6 +19,11 @@ MAX_IDENTIFIER_BYTES: Final = 150
 MAX_ATTRIBUTE_NAME_BYTES: Final = 150
 MAX_ATTRIBUTE_VALUE_BYTES: Final = 1000
 MAX_ATTRIBUTES_PER_IDENTIFY: Final = 300
+#: Unique attributes Customer.io keeps per person; it drops a new one beyond them silently.
+MAX_ATTRIBUTES_PER_PERSON: Final = 300
+#: Of those, what the forwarder leaves for its own: first_name, last_name, created_at,
+#: unsubscribed, SegmentMembership (the email is an identifier, not counted).
+OWN_ATTRIBUTES_PER_PERSON: Final = 5
 MAX_EVENT_NAME_BYTES: Final = 100
 #: An event's ``attributes`` (its data), as JSON.
 MAX_EVENT_DATA_BYTES: Final = 100_000

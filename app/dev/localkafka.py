@@ -212,6 +212,25 @@ class _Lifecycle:
         self.close()
 
 
+def signal_group_and_wait(
+    process: subprocess.Popen[bytes], signum: signal.Signals, grace: float
+) -> int | None:
+    """Send ``signum`` to the process group of ``process`` (started with
+    ``start_new_session=True``), wait up to ``grace`` seconds for it to exit, then SIGKILL the
+    group; the exit code. Nothing is sent to a process that has already exited. Raises
+    :class:`subprocess.TimeoutExpired` only if the process survives SIGKILL for 10 s."""
+    if process.poll() is not None:
+        return process.returncode
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+    try:
+        return process.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return process.wait(10)
+
+
 class LocalKafka(_Lifecycle):
     """One single-node KRaft broker on 127.0.0.1.
 
@@ -378,16 +397,8 @@ class LocalKafka(_Lifecycle):
 
     def _signal(self, signum: signal.Signals, grace: float) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signum)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        if process is not None:
+            signal_group_and_wait(process, signum, grace)
 
     def _write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,9 @@ was not run:
 - ``customerio``: ``GET /auth`` with the configured site id, API key and region (or URL)
   answers 200; skipped when forwarding is disabled;
 - ``key sample`` (only with ``--sample N``): N of the newest records of the batches topic (the
-  newest N/partitions of each partition), counted by :func:`key_form` — how mParticle keys
-  them and how many the worker would re-key (through the re-key topic, never into the batches
-  topic).
+  newest N/partitions of each partition, a short partition's rest taken from the others),
+  counted by :func:`key_form` — how mParticle keys them and how many the worker would re-key
+  (through the re-key topic, never into the batches topic).
 
 What a check says passes through the installed :class:`~app.masking.Masker`: a URL with
 credentials (``MPCIO_CUSTOMERIO_URL=http://user:pass@host``) is printed as
@@ -31,16 +31,19 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from app import masking
 from app.errors import BrokerError, ConfigError, InvalidRecordError, plain_kafka_error
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from app.customerio.classify import HttpAnswer, TransportFailure
     from app.settings import Settings
 
 KAFKA_TIMEOUT_SECONDS = 15.0
+_Partition = TypeVar("_Partition")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +119,25 @@ def key_form(key: bytes | None, value: bytes | None) -> KeyForm:
     return "mpid" if all(b.mpid.encode() == key for b in batches) else "other"
 
 
+def newest_shares(available: Mapping[_Partition, int], count: int) -> dict[_Partition, int]:
+    """How many of the newest records to read from each partition: ``count`` in all (or every
+    record when the partitions hold fewer), as evenly as the partitions allow — a short
+    partition's unused share goes to the others.
+
+    ``available``: records held per partition (end offset - start offset, >= 0)."""
+    shares: dict[_Partition, int] = {}
+    left = count
+    by_size = sorted(available, key=available.__getitem__)
+    for index, partition in enumerate(by_size):
+        fair = -(-left // (len(by_size) - index))  # ceiling: the first partitions round up
+        shares[partition] = min(available[partition], fair)
+        left -= shares[partition]
+    return shares
+
+
 async def check_key_sample(settings: Settings, count: int) -> Check:
     """``key sample``: :func:`key_form` of ``count`` of the newest records of the batches topic
-    (an equal share from the end of each partition; fewer when the topic holds fewer)."""
+    (:func:`newest_shares` from the end of each partition; fewer when the topic holds fewer)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
     from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
@@ -141,9 +160,9 @@ async def check_key_sample(settings: Settings, count: int) -> Check:
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         starts = await consumer.beginning_offsets(partitions)
-        share = -(-count // len(partitions))  # the newest records of every partition
+        shares = newest_shares({tp: ends[tp] - starts[tp] for tp in partitions}, count)
         for tp in partitions:
-            consumer.seek(tp, max(starts[tp], ends[tp] - share))
+            consumer.seek(tp, ends[tp] - shares[tp])
         async with asyncio.timeout(KAFKA_TIMEOUT_SECONDS):
             while sum(forms.values()) < count and [
                 tp for tp in partitions if await consumer.position(tp) < ends[tp]

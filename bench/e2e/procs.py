@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.dev.localkafka import signal_group_and_wait
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1
 _CHILDREN: list[subprocess.Popen[bytes]] = []
@@ -43,16 +45,8 @@ def spawn(argv: list[str], *, log: Path, **kwargs: Any) -> subprocess.Popen[byte
 
 
 def stop(process: subprocess.Popen[bytes], grace: float = 30.0) -> int | None:
-    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL the whole process group."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+    """SIGTERM the process group, wait up to ``grace`` seconds, then SIGKILL the group."""
+    signal_group_and_wait(process, signal.SIGTERM, grace)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)  # anything it left in its group
     if process in _CHILDREN:
@@ -90,8 +84,8 @@ class Group:
 
 
 def stop_all() -> None:
-    for process in _CHILDREN:
-        stop(process, grace=10.0)
+    while _CHILDREN:  # stop() removes each (iterating the list itself would skip every other)
+        stop(_CHILDREN[0], grace=10.0)
 
 
 def cpu_seconds(pid: int | None) -> float:

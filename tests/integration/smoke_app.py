@@ -1,12 +1,15 @@
 """A minimal faust app for the smoke test: one agent, one changelog-backed table.
 
 For each record it increments ``counts[key]`` and sends ``key:count`` to the output topic, so
-the counts seen after a restart prove the table was recovered from its changelog.
+the counts seen after a restart prove the table was recovered from its changelog. Like the
+worker, it skips a record handed out again (offset at or below the last applied one of its
+partition, kept in the same table under ``@<partition>``), and logs each record it applies.
 Configured from the environment: SMOKE_APP_ID, SMOKE_BROKER, SMOKE_IN, SMOKE_OUT.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +20,8 @@ from app.dev.localkafka import free_port
 from app.faust_app import create_app
 from app.settings import Settings
 from app.worker import ForwarderWorker
+
+log = logging.getLogger(__name__)
 
 
 def build() -> tuple[faust.App, Settings]:
@@ -38,10 +43,21 @@ def build() -> tuple[faust.App, Settings]:
     @app.agent(source, concurrency=1)
     async def count(stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
+            partition, offset = event.message.partition, event.message.offset
+            # The worker's redelivery guard in small (app.core.pipeline._already_applied): after
+            # a restart faust can hand out a record it fetched while recovering, then again once
+            # it has sought to the committed offset; the last offset applied, kept in the table
+            # beside the counts, makes the second handout a no-op.
+            applied = b"@%d" % partition
+            if int(counts[applied] or b"-1") >= offset:
+                log.info("smoke: %s@%d handed out again: skipped", partition, offset)
+                continue
             key = event.key
             count = int(counts[key] or b"0") + 1
             counts[key] = str(count).encode()
+            counts[applied] = str(offset).encode()
             await sink.send(key=key, value=f"{key.decode()}:{count}".encode())
+            log.info("smoke: %s@%d -> %s:%d", partition, offset, key.decode(), count)
             yield None
 
     return app, settings

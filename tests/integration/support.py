@@ -193,6 +193,18 @@ async def inspect_emulator(url: str, what: str) -> Any:
         return await r.json()
 
 
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> int:
+    """The sum of the offsets ``group`` has committed on ``topic``: how many of its records
+    the group has processed for good (0 before its first commit)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
 async def message_count(bootstrap: str, topic: str, partitions: int = 4) -> int:
     """How many records ``topic`` holds now (sum of end offsets; nothing is compacted here)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
@@ -320,6 +332,23 @@ def record_applied(emulator: Any) -> list[dict[str, Any]]:
 
     store.apply = apply
     return applied
+
+
+async def delivery_stopped(
+    worker: WorkerProcess, emulator: Any, status: int, timeout: float = 120
+) -> None:
+    """Wait until the emulator has answered ``status`` (a 401 or a wrong region's 3xx) and the
+    worker has logged its fatal stop; then the worker still runs (stopped delivering, not
+    crashed) and nothing reached the workspace."""
+    answers = emulator.state.stats
+    await wait_for(
+        lambda: answers()["requests_by_status"].get(str(status), 0) >= 1,
+        timeout,
+        f"a {status} from the emulator",
+    )
+    await wait_for(lambda: "delivery stopped" in worker.output(), 60, "the fatal-stop log line")
+    worker.assert_running()
+    assert emulator.state.store.events == []
 
 
 def assert_workspace(emulator: Any, items: list[dict[str, Any]]) -> None:

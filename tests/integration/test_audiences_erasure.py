@@ -249,8 +249,7 @@ def _erasures(users: tuple[int, ...]) -> list[tuple[bytes, bytes]]:
 
 def _workload(deployment: Deployment) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
     """20 users, 2 batches each, and the items Customer.io must get for them."""
-    records = workload.batches(users=20, batches_per_user=2, events_per_batch=3)
-    return records, workload.expected_items([value for _, value in records], deployment.settings)
+    return workload.scenario(deployment.settings, users=20, batches_per_user=2, events_per_batch=3)
 
 
 def _names_of(user: int) -> set[str]:

@@ -26,7 +26,9 @@ from tests.integration.support import (
     REPO,
     WorkerProcess,
     assert_workspace,
+    committed_offsets,
     consume_until,
+    delivery_stopped,
     inspect_emulator,
     message_count,
     produce,
@@ -125,8 +127,9 @@ async def test_sample_reaches_customerio_following_the_seed(
 async def test_5xx_burst_and_429_storm_lose_and_duplicate_nothing(
     deployment: Deployment, emulator: RunningEmulator
 ) -> None:
-    records = workload.batches(users=60, batches_per_user=4, events_per_batch=5)
-    expected = workload.expected_items([value for _, value in records], deployment.settings)
+    records, expected = workload.scenario(
+        deployment.settings, users=60, batches_per_user=4, events_per_batch=5
+    )
     rules, _ = parse_faults(
         [
             {"kind": "status", "status": 503, "count": 4},
@@ -210,18 +213,12 @@ async def test_poison_item_is_dead_lettered_and_the_rest_delivered(
 async def test_bad_credentials_stop_delivery_then_fixed_key_delivers_backlog(
     deployment: Deployment, emulator: RunningEmulator
 ) -> None:
-    records = workload.batches(users=20, batches_per_user=2, events_per_batch=3)
-    expected = workload.expected_items([value for _, value in records], deployment.settings)
+    records, expected = workload.scenario(
+        deployment.settings, users=20, batches_per_user=2, events_per_batch=3
+    )
     await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, records)
     bad = deployment.start_worker(customerio_api_key="wrong-key")
-    await wait_for(
-        lambda: emulator.state.stats()["requests_by_status"].get("401", 0) >= 1,
-        60,
-        "a 401 from the emulator",
-    )
-    await wait_for(lambda: "delivery stopped" in bad.output(), 30, "the fatal-stop log line")
-    bad.assert_running()  # stopped delivering, not crashed
-    assert emulator.state.store.events == []
+    await delivery_stopped(bad, emulator, 401)
     assert await bad.stop() < 30
     assert await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name) == 0
 
@@ -235,8 +232,9 @@ async def test_bad_credentials_stop_delivery_then_fixed_key_delivers_backlog(
 async def test_steady_load_fills_requests_and_respects_the_rate_limit(
     deployment: Deployment, emulator: RunningEmulator
 ) -> None:
-    records = workload.batches(users=200, batches_per_user=5, events_per_batch=10)
-    expected = workload.expected_items([value for _, value in records], deployment.settings)
+    records, expected = workload.scenario(
+        deployment.settings, users=200, batches_per_user=5, events_per_batch=10
+    )
     await produce(deployment.kafka.bootstrap, deployment.topics.batches.name, records)
     began = time.monotonic()
     worker = deployment.start_worker(rate_limit_per_second="5", batch_max_items="500")
@@ -268,8 +266,9 @@ async def test_two_workers_share_the_workspace_rate_limit(
     async with running_emulator(config) as emulator:
         deployment = Deployment(kafka, names, tmp_path, emulator.url)
         await deployment.prepare()
-        records = workload.batches(users=120, batches_per_user=3, events_per_batch=3)
-        expected = workload.expected_items([value for _, value in records], deployment.settings)
+        records, expected = workload.scenario(
+            deployment.settings, users=120, batches_per_user=3, events_per_batch=3
+        )
         await produce(kafka.bootstrap, deployment.topics.batches.name, records)
         began = time.monotonic()
         workers = [
@@ -333,8 +332,9 @@ async def test_lanes_over_eight_partitions_keep_each_persons_order(
     async with running_emulator(config) as emulator:
         deployment = Deployment(kafka, names, tmp_path, emulator.url, topic_partitions="8")
         await deployment.prepare()
-        records = workload.batches(users=24, batches_per_user=3, events_per_batch=3)
-        expected = workload.expected_items([value for _, value in records], deployment.settings)
+        records, expected = workload.scenario(
+            deployment.settings, users=24, batches_per_user=3, events_per_batch=3
+        )
         applied = record_applied(emulator)
         await produce(kafka.bootstrap, deployment.topics.batches.name, records)
         worker = deployment.start_worker(sink_lanes=str(lanes), batch_max_items="5")
@@ -354,25 +354,12 @@ async def test_lanes_over_eight_partitions_keep_each_persons_order(
         assert overlap == 1 if lanes == 1 else overlap >= 2
 
 
-async def _committed(deployment: Deployment, group: str) -> int:
-    """The sum of the offsets ``group`` has committed on the operations topic."""
-    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=deployment.kafka.bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    topic = deployment.topics.operations.name
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic)
-
-
 async def test_401_for_a_while_then_good_answers_resume_without_a_restart(
     deployment: Deployment, emulator: RunningEmulator
 ) -> None:
-    records = workload.batches(users=20, batches_per_user=2, events_per_batch=3)
-    expected = workload.expected_items([value for _, value in records], deployment.settings)
+    records, expected = workload.scenario(
+        deployment.settings, users=20, batches_per_user=2, events_per_batch=3
+    )
     refused, _ = parse_faults({"kind": "status", "status": 401, "count": None})
     emulator.faults.add(refused)  # every request, /auth included: the key "is revoked"
     applied = record_applied(emulator)
@@ -390,7 +377,9 @@ async def test_401_for_a_while_then_good_answers_resume_without_a_restart(
     worker.assert_running()
     assert await _gauge(worker, "mpcio_sink_stopped") == 1
     assert emulator.state.store.events == []
-    assert await _committed(deployment, f"{deployment.settings.app_id}-sink") == 0
+    sink_group = f"{deployment.settings.app_id}-sink"
+    operations = deployment.topics.operations.name
+    assert await committed_offsets(deployment.kafka.bootstrap, sink_group, operations) == 0
 
     emulator.faults.clear()  # the key works again; nobody touches the worker
     await _wait_for_events(emulator, sum(_event_ids(expected).values()), [worker])
@@ -408,8 +397,9 @@ async def test_401_for_a_while_then_good_answers_resume_without_a_restart(
 async def test_rebalance_while_a_chunk_is_in_flight_keeps_order_and_loses_nothing(
     deployment: Deployment, emulator: RunningEmulator
 ) -> None:
-    records = workload.batches(users=24, batches_per_user=3, events_per_batch=3)
-    expected = workload.expected_items([value for _, value in records], deployment.settings)
+    records, expected = workload.scenario(
+        deployment.settings, users=24, batches_per_user=3, events_per_batch=3
+    )
     # The first request waits 25 s at the emulator (the request timeout is raised above it, so
     # it is answered, not retried; the sink lets a revoke wait up to 30 s for it): the second
     # worker joins while it is in flight, and the first says its revoke waits for the chunk.

@@ -181,8 +181,9 @@ async def http_get(url: str, token: str | None = None) -> tuple[int, Any]:
 async def test_prometheus_scrapes_the_worker_and_every_dashboard_and_alert_query_works(
     deployment: Deployment, emulator: RunningEmulator, prometheus: Prometheus
 ) -> None:
-    records = workload.batches(users=40, batches_per_user=3, events_per_batch=4)
-    expected = workload.expected_items([value for _, value in records], deployment.settings)
+    records, expected = workload.scenario(
+        deployment.settings, users=40, batches_per_user=3, events_per_batch=4
+    )
     bad = [(b"77", b"{not json"), (b"78", b"[1, 2")]  # dead-lettered by ingest
     users_with_email = sum(1 for user in range(40) if user % 10 != 9)
 

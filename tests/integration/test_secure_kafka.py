@@ -12,6 +12,10 @@ error); a listener speaking another protocol is exit 1 with a hint.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -196,3 +200,45 @@ async def test_worker_forwards(
     finally:
         await worker.stop()
     assert PASSWORD not in worker.output()
+
+
+async def test_mpcio_kafka_serves_sasl_ssl_to_the_settings_it_prints(tmp_path: Path) -> None:
+    """``mpcio kafka --tls --sasl-user``: mParticle's SASL_SSL/SCRAM-SHA-512 broker by hand; the
+    settings it prints (plus the password given) pass check-config's kafka check."""
+    port = free_port()
+    broker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", "kafka", "--port", str(port), "--data-dir", str(tmp_path),
+        "--tls", "--sasl-user", f"{USER}:{PASSWORD}",
+        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert broker.stdout is not None
+    printed: list[str] = []
+    try:
+        async with asyncio.timeout(180):
+            while not printed or not printed[-1].startswith("and MPCIO_KAFKA_SASL_PASSWORD"):
+                line = (await broker.stdout.readline()).decode()
+                assert line, f"mpcio kafka ended early: {''.join(printed)}"
+                printed.append(line.strip())
+        settings = dict(pair.split("=", 1) for pair in printed[-2].split())
+        assert settings["MPCIO_BROKER"] == f"127.0.0.1:{port}"
+        assert settings["MPCIO_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert settings["MPCIO_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+        assert settings["MPCIO_KAFKA_SSL_CAFILE"].startswith(str(tmp_path))
+        assert PASSWORD not in "\n".join(printed)
+        env = settings | {"MPCIO_KAFKA_SASL_PASSWORD": PASSWORD, "MPCIO_FORWARDING_ENABLED": "0"}
+        checked = await mpcio("check-config", env=env)
+        kafka_line = next(line for line in checked.out.splitlines() if line.startswith("kafka:"))
+        assert kafka_line.split() == [
+            "kafka:",
+            "ok",
+            f"(127.0.0.1:{port},",
+            "1",
+            "broker",
+            "answered,",
+            "SASL_SSL)",
+        ], checked.both
+    finally:
+        broker.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(broker.wait(), 60)
+    assert broker.returncode == 0

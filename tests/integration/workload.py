@@ -62,6 +62,15 @@ def batches(users: int, batches_per_user: int, events_per_batch: int) -> list[tu
     return records
 
 
+def scenario(
+    settings: Settings, *, users: int, batches_per_user: int, events_per_batch: int
+) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
+    """The records of :func:`batches` and the items Customer.io must receive for them under
+    ``settings`` (:func:`expected_items`): the setup of every end-to-end workload test."""
+    records = batches(users, batches_per_user, events_per_batch)
+    return records, expected_items([value for _, value in records], settings)
+
+
 def golden_items(name: str) -> list[dict[str, Any]]:
     """The hand-reviewed items of ``tests/golden/<name>`` (README.md there), in order."""
     return [entry["item"] for entry in orjson.loads((GOLDEN / name).read_bytes())["items"]]
@@ -73,9 +82,10 @@ def expected_items(values: list[bytes], settings: Settings) -> list[dict[str, An
     The rules this shape exercises: 1 (no email, not forwarded), 2 (person id = customer id),
     3-4 (email, ``first_name`` and the custom ``tier``), 6 (``Event 3`` → ``Event_3``, data =
     custom attributes, integer seconds), 7 (event id: ULID of the event time and BLAKE2b-80 of
-    ``"m\\0" + source_message_id``) and 8 (identify only when the attributes change; before the
-    batch's events; ``timestamp`` = the batch time in seconds). Raises ``ValueError`` for
-    settings under which the model does not hold (attributes off, ``created_at`` on).
+    ``"m\\0" + mpid + "\\0" + source_message_id``) and 8 (identify only when the attributes
+    change; before the batch's events; ``timestamp`` = the batch time in seconds). Raises
+    ``ValueError`` for settings under which the model does not hold (attributes off,
+    ``created_at`` on).
     """
     if not settings.include_user_attributes or settings.send_created_at:
         raise ValueError("the workload model assumes the default mapping settings")
@@ -111,7 +121,9 @@ def expected_items(values: list[bytes], settings: Settings) -> list[dict[str, An
                     "identifiers": person,
                     "action": "event",
                     "name": data["event_name"].strip().replace(" ", "_"),
-                    "id": event_ulid(data["timestamp_unixtime_ms"], data["source_message_id"]),
+                    "id": event_ulid(
+                        data["timestamp_unixtime_ms"], batch["mpid"], data["source_message_id"]
+                    ),
                     "timestamp": data["timestamp_unixtime_ms"] // 1000,
                     "attributes": data["custom_attributes"],
                 }
@@ -119,10 +131,12 @@ def expected_items(values: list[bytes], settings: Settings) -> list[dict[str, An
     return items
 
 
-def event_ulid(time_ms: int, source_message_id: str) -> str:
+def event_ulid(time_ms: int, mpid: int | str, source_message_id: str) -> str:
     """SPEC §3 rule 7, written out independently of ``app.core.ulid``: 48 bits of ``time_ms``
-    then 80 bits of BLAKE2b(``"m\\0" + source_message_id``), in 26 Crockford base32 digits."""
-    randomness = blake2b(b"m\x00" + source_message_id.encode(), digest_size=10).digest()
+    then 80 bits of BLAKE2b(``"m\\0" + mpid + "\\0" + source_message_id``) (the mpid in decimal:
+    two users' events never share an id), in 26 Crockford base32 digits."""
+    identity = f"m\x00{int(mpid)}\x00{source_message_id}"
+    randomness = blake2b(identity.encode(), digest_size=10).digest()
     value = time_ms << 80 | int.from_bytes(randomness, "big")
     return "".join(CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 

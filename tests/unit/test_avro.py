@@ -61,6 +61,30 @@ def test_decode_rejects_foreign_bytes_with_reason() -> None:
     assert caught.value.reason == "avro_decode"
 
 
+HEADER = codec("user_state").header
+
+
+@pytest.mark.parametrize(
+    ("data", "detail"),
+    [
+        pytest.param(b"", "not a user_state record: the value is empty", id="empty"),
+        pytest.param(b'{"email": "a@example.com"}',
+                     "not a user_state record: Avro single-object data starts with c301, "
+                     "this starts with 7b22", id="json"),
+        pytest.param(b"\xc3\x01\x00", "user_state record cut short: 3 bytes, less than its "
+                     "10-byte header", id="short-header"),
+        pytest.param(HEADER, "corrupt user_state record: it ends before its last field",
+                     id="header-only"),
+        pytest.param(HEADER + b"\xff" * 30, "corrupt user_state record: its bytes do not "
+                     "follow the schema (IndexError: string index out of range)", id="garbage"),
+    ],
+)  # fmt: skip
+def test_decode_says_what_is_wrong_without_showing_the_data(data: bytes, detail: str) -> None:
+    with pytest.raises(InvalidRecordError) as caught:
+        codec("user_state").decode(data)
+    assert (caught.value.reason, caught.value.detail) == ("avro_decode", detail)
+
+
 def test_decode_rejects_truncated_record() -> None:
     encoded = codec("operation_batch").encode(OPERATION_BATCH)
     with pytest.raises(InvalidRecordError):

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from app.dev.emulator.server import EmulatorConfig, running_emulator
-from app.ops.checks import Check, check_customerio, check_kafka, key_form, summary
+from app.ops.checks import (
+    Check,
+    check_customerio,
+    check_kafka,
+    key_form,
+    newest_shares,
+    summary,
+)
 from app.settings import load_settings
 
 
@@ -82,3 +89,22 @@ def test_check_lines_have_a_clear_verdict() -> None:
 )
 def test_key_form(key: bytes | None, value: bytes | None, form: str) -> None:
     assert key_form(key, value) == form
+
+
+@pytest.mark.parametrize(
+    ("available", "count", "shares"),
+    [
+        ({0: 50, 1: 50}, 10, {0: 5, 1: 5}),
+        ({0: 50, 1: 50, 2: 50}, 10, {0: 4, 1: 3, 2: 3}),  # never more than asked
+        ({0: 2, 1: 40, 2: 48}, 90, {0: 2, 1: 40, 2: 48}),  # the verifier's uneven topic: all 90
+        ({0: 2, 1: 40, 2: 48}, 60, {0: 2, 1: 29, 2: 29}),  # a short partition's rest goes on
+        ({0: 0, 1: 7}, 5, {0: 0, 1: 5}),
+        ({0: 3, 1: 4}, 100, {0: 3, 1: 4}),  # fewer when the topic holds fewer
+        ({0: 9}, 0, {0: 0}),
+    ],
+)
+def test_newest_shares_reads_count_records_when_the_topic_holds_them(
+    available: dict[int, int], count: int, shares: dict[int, int]
+) -> None:
+    assert newest_shares(available, count) == shares
+    assert sum(shares.values()) == min(count, sum(available.values()))

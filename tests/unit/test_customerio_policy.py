@@ -171,9 +171,41 @@ async def test_time_budget_ends_in_dead_letter() -> None:
     policy = RetryPolicy(max_attempts=100, max_seconds=10, initial_backoff=1, max_backoff=8)
     sender = ScriptedSender(*[HttpAnswer(429, b"", {"Retry-After": "4"})] * 10)
     report, fake = await _deliver(sender, policy)
-    assert sum(fake.slept) <= 10
-    assert report.attempts == 3
+    assert fake.slept == [4.0, 4.0, 2.0]  # the last wait is cut to the budget's end
+    assert report.attempts == 4
     assert report.rejected[0].reason == "retries_exhausted"
+
+
+BUDGET = RetryPolicy(max_attempts=5, max_seconds=30, initial_backoff=1, max_backoff=8)
+
+
+@pytest.mark.parametrize(
+    ("answers", "slept", "attempts", "delivered"),
+    [
+        # Retry-After beyond the whole budget: wait until the budget ends, then once more
+        pytest.param([HttpAnswer(429, b"", {"Retry-After": "120"}), HttpAnswer(200)],
+                     [30.0], 2, 3, id="429-retry-after-past-budget-then-ok"),
+        pytest.param([HttpAnswer(429, b"", {"Retry-After": "120"})] * 3,
+                     [30.0], 2, 0, id="429-retry-after-past-budget-twice"),
+        pytest.param([HttpAnswer(503, b"", {"Retry-After": "3600"})] * 3,
+                     [30.0], 2, 0, id="503-retry-after-past-budget-twice"),
+        pytest.param([HttpAnswer(429, b"", {"Retry-After": "20"})] * 3,
+                     [20.0, 10.0], 3, 0, id="second-wait-cut-to-budget"),
+        # the attempt budget still binds: no wait past the last attempt
+        pytest.param([HttpAnswer(429, b"", {"Retry-After": "1"})] * 6,
+                     [1.0] * 4, 5, 0, id="attempts-bind-first"),
+    ],
+)  # fmt: skip
+async def test_retry_after_past_the_budget_waits_for_its_end_and_retries_once(
+    answers: list[HttpAnswer], slept: list[float], attempts: int, delivered: int
+) -> None:
+    report, fake = await _deliver(ScriptedSender(*answers), BUDGET)
+    assert fake.slept == slept
+    assert report.attempts == attempts
+    assert report.delivered == delivered
+    assert {(r.reason, r.attempts) for r in report.rejected} == (
+        set() if delivered else {("retries_exhausted", attempts)}
+    )
 
 
 async def test_207_dead_letters_only_named_items() -> None:

@@ -84,7 +84,9 @@ def test_every_golden_event_id_is_rule_7_of_its_own_input_event() -> None:
         document = orjson.loads(lines[entry["line"] - 1])
         batches = document if isinstance(document, list) else [document]
         ids = {
-            workload.event_ulid(data["timestamp_unixtime_ms"], data["source_message_id"]): data
+            workload.event_ulid(
+                data["timestamp_unixtime_ms"], batch["mpid"], data["source_message_id"]
+            ): data
             for batch in batches
             for data in (event["data"] for event in batch["events"])
             if "source_message_id" in data
@@ -102,4 +104,4 @@ def test_person_sequences_keep_each_persons_order() -> None:
         "event",
         "event",
     ]
-    assert sequences["bob@example.org"][1] == ("screen", "01KB770NK0QC080QA7PBHS2JGM")
+    assert sequences["bob@example.org"][1] == ("screen", "01KB770NK0G58QFKZQMK4X947W")

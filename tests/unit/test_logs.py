@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from app import masking
-from app.logs import JsonFormatter, RedactingFilter, configure_logging, mask_mpid
+from app.logs import JsonFormatter, RedactingFilter, configure_logging, log_held_back, mask_mpid
 from app.masking import Masker
 
 MASKER = Masker("k" * 32, ("topsecret",))
@@ -122,3 +122,16 @@ def test_record_dumping_loggers_stay_at_info_at_debug(name: str) -> None:
         root.handlers[:] = handlers
         root.setLevel(level)
         logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+@pytest.mark.parametrize(("held_back", "lines"), [(0, 0), (1, 1), (105, 1)])
+def test_held_back_attributes_are_logged_by_count_and_masked_mpid(
+    caplog: pytest.LogCaptureFixture, held_back: int, lines: int
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="test.held_back"):
+        log_held_back(logging.getLogger("test.held_back"), held_back, "8016563786744591001")
+    assert len(caplog.records) == lines
+    for record in caplog.records:
+        assert record.getMessage().startswith(f"{held_back} user attribute(s) not forwarded")
+        assert record.mpid == mask_mpid("8016563786744591001")  # type: ignore[attr-defined]
+        assert "8016563786744591001" not in record.getMessage()

@@ -126,6 +126,27 @@ def test_rejects_mpid_beyond_64_bits_that_json_reads_as_float(value: bytes) -> N
 
 
 @pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        pytest.param(b'{"mpid": 100000000000000000000}', "100000000000000000000", id="1e20"),
+        pytest.param(b'{"mpid": 18446744073709551616}', "18446744073709551616", id="2**64"),
+        pytest.param(b'{"mpid": 1.0}', "1.0", id="whole-float"),
+        pytest.param(b'{"mpid": 1E+3}', "1E+3", id="exponent"),
+        pytest.param(b'[{"mpid": 1}, {"mpid": 12345678901234567890123}]',
+                     "12345678901234567890123", id="bulk-second"),
+        pytest.param(b'{"mpid": "1e+20"}', "'1e+20'", id="string"),
+        pytest.param(b'{"mpid": true}', "True", id="bool"),
+        pytest.param(b'{"mpid": 1' + b"0" * 60 + b"}", "1" + "0" * 39, id="cut-at-40"),
+    ],
+)  # fmt: skip
+def test_mpid_invalid_detail_shows_the_number_as_written(value: bytes, shown: str) -> None:
+    """orjson reads 100000000000000000000 as the float 1e+20: the detail must not say 1e+20."""
+    with pytest.raises(InvalidRecordError) as caught:
+        parse_record(value)
+    assert caught.value.detail == f"mpid is not a signed 64-bit integer: {shown}"
+
+
+@pytest.mark.parametrize(
     "fields",
     [pytest.param({"mpid": _ABSENT}, id="absent"), pytest.param({"mpid": None}, id="null")],
 )

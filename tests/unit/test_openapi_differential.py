@@ -50,6 +50,11 @@ DEVIATIONS: dict[str, tuple[Callable[[ItemError], bool], dict[str, Any]]] = {
         lambda e: e.field == "identifiers.email" and "not a valid address" in e.message,
         {"type": "person", "identifiers": {"email": "N/A"}, "action": "delete"},
     ),
+    "an identify's email attribute is a string address (reserved-attributes doc)": (
+        lambda e: e.field == "attributes.email",
+        {"type": "person", "identifiers": {"id": "a"}, "action": "identify",
+         "attributes": {"email": None}},
+    ),
     "event name non-blank and at most 100 bytes (Track API limits)": (
         lambda e: e.field == "name" and e.reason in ("required", "too_long"),
         {"type": "person", "identifiers": {"id": "a"}, "action": "event", "name": " "},

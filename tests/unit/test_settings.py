@@ -105,6 +105,8 @@ def test_api_key_is_redacted_and_never_echoed_in_errors(monkeypatch: pytest.Monk
         ("localhost:9092", ["localhost:9092"]),
         (" a:1 , b:2 ,", ["a:1", "b:2"]),
         ("[::1]:9092", ["[::1]:9092"]),
+        ("KAFKA://a:1", ["a:1"]),
+        ("broker-0.kafka.svc.cluster.local:9093", ["broker-0.kafka.svc.cluster.local:9093"]),
     ],
 )
 def test_broker_accepts_mparticle_and_kafka_forms(broker: str, servers: list[str]) -> None:
@@ -113,7 +115,11 @@ def test_broker_accepts_mparticle_and_kafka_forms(broker: str, servers: list[str
     assert settings.broker == "kafka://" + ";".join(servers)  # what faust is given
 
 
-@pytest.mark.parametrize("broker", ["", "kafka://", "a", "a:b", "a:0", "a:99999", ":9092", "a:1,b"])
+@pytest.mark.parametrize(
+    "broker",
+    ["", "kafka://", "a", "a:b", "a:0", "a:99999", ":9092", "a:1,b", "a:1 b:2", "no such:9092",
+     "user@a:9092", "a/b:9092", "a:\uff19\uff10\uff19\uff12"],
+)  # fmt: skip
 def test_broker_rejects_what_is_not_host_port(broker: str) -> None:
     with pytest.raises(ConfigError, match="MPCIO_BROKER"):
         load_settings(forwarding_enabled=False, broker=broker)

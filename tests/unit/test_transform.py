@@ -23,7 +23,9 @@ from app.core.transform import (
     LIMIT_EVENT_DATA_RENAMED,
     LIMIT_EVENT_NAME_CUT,
     LIMIT_IDENTIFY_SPLIT,
+    LIMIT_PERSON_CAP,
     LIMIT_PERSON_ID,
+    MAX_USER_ATTRIBUTES_PER_PERSON,
     Operation,
     Transformed,
     event_name,
@@ -332,6 +334,49 @@ def test_rule_07_event_id_derivation(
     assert (id_a == id_b) is same_id
 
 
+def _event_id(event: dict[str, Any], **batch: Any) -> str:
+    return items(transform(make_batch(events=[event], **batch), None, DEFAULT))[1]["id"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("batch_a", "event_a", "batch_b", "event_b", "same_id"),
+    [
+        # (a) two users whose events share a source_message_id and time: two events
+        pytest.param({"mpid": 1}, custom("x", source_message_id="m1"),
+                     {"mpid": 2}, custom("x", source_message_id="m1"), False,
+                     id="shared-message-id-two-users"),
+        pytest.param({"mpid": 1}, custom("x", event_id=7), {"mpid": 2}, custom("x", event_id=7),
+                     False, id="shared-event-id-two-users"),
+        # (b) one user's two batches without batch_id at the same batch time
+        pytest.param({"batch_id": None}, custom("x"), {"batch_id": None}, custom("y"), False,
+                     id="no-batch-id-other-name"),
+        pytest.param({"batch_id": None}, screen("x"), {"batch_id": None}, custom("x"), False,
+                     id="no-batch-id-other-type"),
+        pytest.param({"batch_id": None}, custom("x", custom_attributes={"a": 1}),
+                     {"batch_id": None}, custom("x", custom_attributes={"a": 2}), False,
+                     id="no-batch-id-other-attributes"),
+        pytest.param({"batch_id": None, "source_request_id": "r1"}, custom("x"),
+                     {"batch_id": None, "source_request_id": "r2"}, custom("x"), True,
+                     id="no-batch-id-identical-event-redelivered"),
+        pytest.param({}, custom("x", custom_attributes={"a": 1, "b": 2}),
+                     {}, custom("x", custom_attributes={"b": 2, "a": 1}), True,
+                     id="attribute-order-is-not-content"),
+        pytest.param({"mpid": 1}, custom("x"), {"mpid": 2}, custom("x"), False,
+                     id="positional-two-users"),
+    ],
+)  # fmt: skip
+def test_rule_07_distinct_events_never_share_an_id(
+    batch_a: dict[str, Any],
+    event_a: dict[str, Any],
+    batch_b: dict[str, Any],
+    event_b: dict[str, Any],
+    same_id: bool,
+) -> None:
+    """Customer.io silently drops an event whose id it has seen: two different events must get
+    two ids, and the same event delivered again its old id (SPEC §3 rule 7)."""
+    assert (_event_id(event_a, **batch_a) == _event_id(event_b, **batch_b)) is same_id
+
+
 def test_rule_07_position_fallback_depends_on_batch() -> None:
     id_a = items(transform(make_batch(events=[custom()]), None, DEFAULT))[1]["id"]
     id_b = items(transform(make_batch(events=[custom()], batch_id=6), None, DEFAULT))[1]["id"]
@@ -619,15 +664,78 @@ def test_limit_attribute_value(value: Any, expected: Any, counter: str | None) -
 
 
 def test_limit_300_attributes_per_identify_splits() -> None:
-    many = {f"attr_{index:03d}": index for index in range(650)}
-    (result,) = run([make_batch(user_attributes=many)])
+    many = {f"attr_{index:03d}": index for index in range(290)}
+    gone = [f"old_{index:03d}" for index in range(360)]  # removals are not capped
+    (result,) = run([make_batch(user_attributes=many, deleted_user_attributes=gone)])
     sent = identifies(result)
     assert len(sent) == 3
     assert all(len(item["attributes"]) <= 300 for item in sent)
     assert all(item["attributes"]["email"] == EMAIL for item in sent)
     merged = {key: value for item in sent for key, value in item["attributes"].items()}
-    assert merged == {"email": EMAIL, **many}
+    assert merged == {"email": EMAIL, **dict.fromkeys(gone, ""), **many}
+    assert list(merged)[1:361] == gone  # removals first: they make room on a full person
     assert result.limits[LIMIT_IDENTIFY_SPLIT] == 2
+
+
+def _numbered(first: int, count: int) -> dict[str, Any]:
+    return {f"a{index:04d}": index for index in range(first, first + count)}
+
+
+CAP = MAX_USER_ATTRIBUTES_PER_PERSON
+
+
+@pytest.mark.parametrize(
+    ("batches", "sent_names", "held_back"),
+    [
+        pytest.param([{"user_attributes": _numbered(0, 10)}], list(_numbered(0, 10)), 0,
+                     id="few"),
+        pytest.param([{"user_attributes": _numbered(0, CAP)}], list(_numbered(0, CAP)), 0,
+                     id="exactly-the-cap"),
+        pytest.param([{"user_attributes": _numbered(0, CAP + 1)}], list(_numbered(0, CAP)), 1,
+                     id="one-over"),
+        pytest.param([{"user_attributes": _numbered(0, 400)}], list(_numbered(0, CAP)),
+                     400 - CAP, id="many-over"),
+        # a full person's new attribute is held back, the first-seen ones stay
+        pytest.param([{"user_attributes": _numbered(100, CAP)},
+                      {"user_attributes": _numbered(0, 1)}],
+                     list(_numbered(100, CAP)), 1, id="new-name-on-a-full-person"),
+        # removing a kept attribute lets the first held-back one in
+        pytest.param([{"user_attributes": _numbered(0, CAP + 2)},
+                      {"deleted_user_attributes": ["a0003"]}],
+                     ["a0003", *[n for n in _numbered(0, CAP + 1) if n != "a0003"]], 2,
+                     id="removal-makes-room"),
+    ],
+)  # fmt: skip
+def test_limit_300_attributes_per_person_keeps_the_first_seen(
+    batches: list[dict[str, Any]], sent_names: list[str], held_back: int
+) -> None:
+    """Customer.io keeps 300 attributes per person and drops a new one beyond them silently:
+    the forwarder sends the first-seen 295 (5 left for its own) and counts the rest."""
+    results = run([make_batch(at=T0 + i, **fields) for i, fields in enumerate(batches)])
+    sent = next(identifies(result) for result in reversed(results) if identifies(result))
+    (identify,) = sent
+    assert [name for name in identify["attributes"] if name != "email"] == sent_names
+    assert sum(result.limits.get(LIMIT_PERSON_CAP, 0) for result in results) == held_back
+
+
+@pytest.mark.parametrize(
+    ("second", "identify_sent", "held_back"),
+    [
+        pytest.param({"a0295": "changed"}, False, 1, id="held-back-value-changes"),
+        pytest.param({"z_new": 1}, False, 1, id="new-name-on-a-full-person"),
+        pytest.param({"a0001": "changed"}, True, 0, id="kept-value-changes"),
+        pytest.param({}, False, 0, id="nothing-set"),
+    ],
+)  # fmt: skip
+def test_held_back_attributes_are_counted_when_they_arrive_and_send_nothing(
+    second: dict[str, Any], identify_sent: bool, held_back: int
+) -> None:
+    first = _numbered(0, CAP + 1)
+    _, again = run(
+        [make_batch(user_attributes=first), make_batch(at=T0 + 1, user_attributes=second)]
+    )
+    assert bool(identifies(again)) is identify_sent
+    assert again.limits.get(LIMIT_PERSON_CAP, 0) == held_back
 
 
 def test_limit_item_bytes_splits_identify() -> None:
@@ -857,3 +965,44 @@ def test_identify_carries_the_update_time_so_late_requests_cannot_overwrite() ->
         batch, None, core_options(load_settings(forwarding_enabled=False))
     ).operations
     assert identify.item["timestamp"] == 1_764_400_000
+
+
+RECORD_MS = T0 + 5_000  # the Kafka record's time: mParticle wrote the batch after its time
+
+
+@pytest.mark.parametrize(
+    ("batch_time", "record_ms", "known_ms", "timestamp"),
+    [
+        pytest.param(T0, RECORD_MS, None, T0 // 1000, id="batch-time-wins"),
+        pytest.param(None, RECORD_MS, None, RECORD_MS // 1000, id="missing-record-time"),
+        pytest.param("soon", RECORD_MS, None, RECORD_MS // 1000, id="invalid-record-time"),
+        pytest.param(-5, RECORD_MS, None, RECORD_MS // 1000, id="negative-record-time"),
+        pytest.param(None, None, None, None, id="missing-no-record-time-left-out"),
+        pytest.param(None, RECORD_MS, T0 - 60_000, RECORD_MS // 1000,
+                     id="missing-record-time-newer-than-state"),
+        pytest.param(None, RECORD_MS, RECORD_MS + 60_000, (RECORD_MS + 60_000) // 1000,
+                     id="missing-state-time-newer-than-record"),
+        pytest.param(None, None, T0 - 60_000, (T0 - 60_000) // 1000,
+                     id="missing-no-record-time-state-time"),
+    ],
+)  # fmt: skip
+def test_identify_without_batch_time_falls_back_to_the_record_time(
+    batch_time: object, record_ms: int | None, known_ms: int | None, timestamp: int | None
+) -> None:
+    state = None if known_ms is None else UserState(email="old@example.com", profile_at_ms=known_ms)
+    batch = make_batch(timestamp_unixtime_ms=batch_time, user_attributes={"plan": "pro"})
+    (identify,) = identifies(transform(batch, state, DEFAULT, record_ms=record_ms))
+    assert identify.get("timestamp") == timestamp
+
+
+def test_the_pipeline_gives_the_record_time_to_the_identify() -> None:
+    from app.core.pipeline import process_batch_record  # noqa: PLC0415
+    from app.records import SourcePosition, decode_operation_batch  # noqa: PLC0415
+
+    value = b'{"mpid": 1, "user_identities": {"email": "a@example.com"}}'
+    result = process_batch_record(
+        b"1", value, SourcePosition("t", 0, 3), {}.get, DEFAULT, record_ms=RECORD_MS
+    )
+    assert result.operations is not None
+    (operation,) = decode_operation_batch(result.operations[1])["operations"]
+    assert orjson.loads(operation["item"])["timestamp"] == RECORD_MS // 1000

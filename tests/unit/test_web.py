@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from aiohttp import web as aiohttp_web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Gauge
@@ -12,6 +13,7 @@ from app.masking import Masker
 from app.metrics import LagGauge, build_labels, partition_lag
 from app.settings import load_settings
 from app.web import (
+    FAUST_PLACEHOLDER_ROUTES,
     Access,
     Readiness,
     access_middleware,
@@ -19,6 +21,7 @@ from app.web import (
     decide_readiness,
     kafka_partition,
     not_found_json,
+    user_answer,
     user_json,
 )
 
@@ -167,6 +170,39 @@ def test_metrics_and_health_are_open_everything_else_needs_the_token() -> None:
     assert decide_access("/users/{mpid}", f"Basic {token}", token) is Access.UNAUTHORIZED
     assert decide_access("/", f"bearer  {token} ", token) is Access.ALLOWED
     assert decide_access("/users/{mpid}", f"Bearer {token}", token) is Access.ALLOWED
+    # no route: the token is needed first, then it is 404; off without a token
+    assert decide_access(None, None, token) is Access.UNAUTHORIZED
+    assert decide_access(None, f"Bearer {token}", token) is Access.NOT_FOUND
+    assert decide_access(None, None, None) is Access.OFF
+
+
+@pytest.mark.parametrize(
+    ("mpid", "status", "shown"),
+    [
+        ("42", 200, "42"),
+        ("0042", 200, "42"),  # the table's key is canonical
+        ("-9223372036854775808", 404, "-9223372036854775808"),
+        ("9223372036854775807", 404, "9223372036854775807"),
+        ("9223372036854775808", 400, "9223372036854775808"),  # past int64: no such key
+        ("-9223372036854775809", 400, "-9223372036854775809"),
+        ("99999999999999999999", 400, "99999999999999999999"),
+        ("1e3", 400, "1e3"),
+        ("+42", 400, "+42"),
+        ("-", 400, "-"),
+    ],
+)
+def test_user_view_answers_by_mpid(mpid: str, status: int, shown: str) -> None:
+    table = {b"42": encode_state(UserState(email="a@example.com"))}
+    answer, body = user_answer(mpid, table.get, lambda: [1, 0], 4, Masker("k" * 32))
+    assert (answer, body["mpid"]) == (status, shown)
+    if status == 404:
+        assert body["partitions_held"] == [0, 1]
+
+
+def test_user_view_of_a_corrupt_state_is_500_without_the_bytes() -> None:
+    answer, body = user_answer("7", {b"7": b"\xc3\x01garbage"}.get, list, 4, None)
+    assert answer == 500
+    assert body["error"] == "stored state is corrupt"
 
 
 def test_user_view_masks_a_customer_id_person_id_and_keeps_empty_fields() -> None:
@@ -229,35 +265,53 @@ def test_build_labels_carry_settings_but_no_secret() -> None:
         assert secret not in text
 
 
-async def test_the_guard_applies_to_the_matched_route_whatever_the_url_spelling() -> None:
-    token = "t" * 24
+TOKEN = "t" * 24
+ROLES = {"none": {}, "token": {"Authorization": f"Bearer {TOKEN}"}}
+
+
+async def _statuses(guard_token: str | None, paths: list[str]) -> dict[tuple[str, str], int]:
+    """The status of each path for each role on a server with ``/metrics``, ``/users/{mpid}``
+    and a placeholder ``/`` that the guard hides (faust's index while its views are off)."""
 
     async def ok(request: aiohttp_web.Request) -> aiohttp_web.Response:
         return aiohttp_web.Response(text="secret state")
 
-    async def served(guard_token: str | None) -> dict[tuple[str, str], int]:
-        app = aiohttp_web.Application(middlewares=[access_middleware(guard_token)])
-        app.router.add_get("/metrics", ok)
-        app.router.add_get("/users/{mpid}", ok)
-        statuses = {}
-        async with TestClient(TestServer(app)) as client:
-            for path in ("/metrics", "/users/1", "/health/../users/1", "/users/%31", "/nope"):
-                for role, headers in (
-                    ("none", {}),
-                    ("token", {"Authorization": f"Bearer {token}"}),
-                ):
-                    async with client.get(path, headers=headers) as answer:
-                        statuses[path, role] = answer.status
-                        if answer.status != 200:
-                            assert "secret state" not in await answer.text()
-        return statuses
+    app = aiohttp_web.Application(
+        middlewares=[access_middleware(guard_token, FAUST_PLACEHOLDER_ROUTES)]
+    )
+    app.router.add_get("/metrics", ok)
+    app.router.add_get("/users/{mpid}", ok)
+    app.router.add_get("/", ok)
+    statuses = {}
+    async with TestClient(TestServer(app)) as client:
+        for path in paths:
+            for role, headers in ROLES.items():
+                async with client.get(path, headers=headers) as answer:
+                    statuses[path, role] = answer.status
+                    if answer.status != 200:
+                        assert "secret state" not in await answer.text()
+    return statuses
 
-    guarded = await served(token)
-    assert guarded[("/metrics", "none")] == 200
-    for path in ("/users/1", "/health/../users/1", "/users/%31"):
-        assert guarded[(path, "none")] == 401
-        assert guarded[(path, "token")] == 200
-    assert guarded[("/nope", "token")] == 404
-    off = await served(None)
-    assert off[("/metrics", "none")] == 200
-    assert off[("/users/1", "token")] == off[("/users/1", "none")] == 404
+
+GUARD_CASES = [
+    # path, status without a token, status with the token: (guard token set, no guard token)
+    ("/metrics", (200, 200), (200, 200)),
+    ("/users/1", (401, 200), (404, 404)),
+    ("/health/../users/1", (401, 200), (404, 404)),
+    ("/users/%31", (401, 200), (404, 404)),
+    # a URL no route serves answers like a guarded route: a scan cannot tell them apart
+    ("/nope", (401, 404), (404, 404)),
+    ("/users", (401, 404), (404, 404)),
+    # faust's placeholder index does not exist while its views are off
+    ("/", (401, 404), (404, 404)),
+    # under the open prefix, an unknown URL is aiohttp's own 404
+    ("/health/nope", (404, 404), (404, 404)),
+]
+
+
+async def test_the_guard_applies_to_the_matched_route_whatever_the_url_spelling() -> None:
+    paths = [path for path, _, _ in GUARD_CASES]
+    guarded, off = await _statuses(TOKEN, paths), await _statuses(None, paths)
+    for path, with_guard, without_guard in GUARD_CASES:
+        assert (guarded[path, "none"], guarded[path, "token"]) == with_guard, path
+        assert (off[path, "none"], off[path, "token"]) == without_guard, path

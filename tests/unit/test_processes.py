@@ -1,0 +1,63 @@
+"""Stopping child processes: the one helper the local broker and the benchmarks share."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+from app.dev.localkafka import signal_group_and_wait
+from bench.e2e import procs
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+SLEEPER = "import time; time.sleep(120)"
+# Ignores SIGTERM, says so on stdout once it does, then sleeps: only SIGKILL ends it.
+STUBBORN = (
+    "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(120)"
+)
+
+
+def _start(code: str) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True
+    )
+    if code == STUBBORN:
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"ready\n"  # SIGTERM is ignored from here on
+    return process
+
+
+@pytest.mark.parametrize(
+    ("code", "signum", "grace", "exit_code"),
+    [
+        pytest.param(SLEEPER, signal.SIGTERM, 60.0, -signal.SIGTERM, id="sigterm-obeyed"),
+        pytest.param(STUBBORN, signal.SIGTERM, 0.2, -signal.SIGKILL, id="sigterm-ignored"),
+        pytest.param(SLEEPER, signal.SIGKILL, 60.0, -signal.SIGKILL, id="sigkill"),
+    ],
+)
+def test_signal_group_and_wait(
+    code: str, signum: signal.Signals, grace: float, exit_code: int
+) -> None:
+    process = _start(code)
+    assert signal_group_and_wait(process, signum, grace) == exit_code
+    assert process.poll() == exit_code
+
+
+def test_an_exited_process_is_not_signalled_again() -> None:
+    process = _start("pass")
+    process.wait(60)
+    assert signal_group_and_wait(process, signal.SIGKILL, 1.0) == 0
+
+
+def test_stop_all_stops_every_child(tmp_path: Path) -> None:
+    children = [
+        procs.spawn([sys.executable, "-c", SLEEPER], log=tmp_path / f"{i}.log") for i in range(3)
+    ]
+    procs.stop_all()
+    assert [child.poll() for child in children] == [-signal.SIGTERM] * 3
