@@ -209,6 +209,10 @@ class _Consumer(faust_aiokafka.Consumer):
         self._suspect: dict[TP, tuple[int, int]] = {}
         self._accepted_hole: dict[TP, tuple[int, int]] = {}
         self._seeking = False  # faust's seek of every partition to its committed offset runs
+        # input partitions whose records were withheld during a rebalance: sought back to the
+        # next offset they should deliver once it has ended (nothing else would re-read them
+        # when no newer record arrives to show the hole)
+        self._withheld: set[TP] = set()
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -254,9 +258,12 @@ class _Consumer(faust_aiokafka.Consumer):
             self._expected.pop(tp, None)
             self._suspect.pop(tp, None)
             self._accepted_hole.pop(tp, None)
+            self._withheld.discard(tp)
         await super().on_partitions_revoked(revoked)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 - faust's signature
+        if self._withheld and not self._rebalancing():
+            await self._reread_withheld()
         withheld: set[TP] = set()
         async for tp, message in super().getmany(timeout):
             if tp in withheld:
@@ -270,9 +277,7 @@ class _Consumer(faust_aiokafka.Consumer):
         """True when the record at ``offset`` must wait: it jumps over offsets not yet seen
         twice (the partition was sought back to the first of them); False to hand it out."""
         checked = not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)
-        if checked and (
-            self._seeking or self.app.rebalancing or not self.app.flow_control.is_active()
-        ):
+        if checked and self._rebalancing():
             # Until a rebalance ends, a record handed out can be dropped before the agent sees
             # it while counting as read: faust's stream drops records while the app's flow
             # control is suspended, and at the end of table recovery faust resumes the input
@@ -282,6 +287,7 @@ class _Consumer(faust_aiokafka.Consumer):
             # it). Withheld, it leaves a hole that is read again after the rebalance; no seek of
             # ours may run meanwhile, or it could land after faust's seek and skip what lies
             # between.
+            self._withheld.add(tp)
             return True
         hole = hole_to_reread(
             self._expected.get(tp) if checked else None, offset, self._suspect.get(tp)
@@ -297,6 +303,24 @@ class _Consumer(faust_aiokafka.Consumer):
         await self.seek(tp, hole[0])
         self._suspect[tp] = hole
         return True
+
+    def _rebalancing(self) -> bool:
+        """True until a rebalance has ended (faust's seek and flow-control resume included)."""
+        return bool(self._seeking or self.app.rebalancing or not self.app.flow_control.is_active())
+
+    async def _reread_withheld(self) -> None:
+        """Seek every partition whose records were withheld back to the next offset it should
+        deliver (its committed offset, set by faust's seek); never committed: its beginning."""
+        withheld, self._withheld = self._withheld, set()
+        assigned = self.assignment()
+        for tp in withheld:
+            if tp not in assigned:
+                continue
+            expected = self._expected.get(tp)
+            if expected is None:
+                await self._thread.seek_to_beginning(tp)
+            else:
+                await self.seek(tp, expected)
 
     def _accept(self, tp: TP, offset: int) -> None:
         self._suspect.pop(tp, None)
