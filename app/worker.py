@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.worker import Worker
 
 from agents import attach_agents
@@ -35,6 +34,7 @@ from app.kafka_security import client_kwargs
 from app.localstore import lock_data_dir, mark_clean, open_store
 from app.logs import configure_logging
 from app.restore import prepare_tables
+from app.sensors import setup_faust_metrics
 from app.settings import Settings
 from app.topics import changelog_topics, topics_for
 from app.web import attach_web
@@ -92,8 +92,8 @@ def arm_stop_deadline(seconds: float = STOP_DEADLINE_SECONDS) -> None:
 def build_worker_app(settings: Settings) -> faust.App:
     """The faust app with every agent attached, and the web views of :mod:`app.web`."""
     app = create_app(settings)
-    # faust's own metrics (faust_*) and ours (mpcio_*) share the default registry on /metrics.
-    setup_prometheus_sensors(app, name_prefix="faust")
+    # faust's own metrics (faust_*, without per-message hooks) and ours (mpcio_*) on /metrics.
+    setup_faust_metrics(app)
     topics = topics_for(settings)
     sink = attach_agents(app, settings, topics)
     # /health/live, /health/ready, /users/{mpid}, mpcio_build_info and the sampled gauges.

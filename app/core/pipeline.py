@@ -133,35 +133,23 @@ def process_batch_record(
     ``erased``), so an erasure is never undone by a batch still in flight; it is also the
     identify's time for a batch without a valid time (:func:`~app.core.transform.identify_time`).
     """
-    result = IngestResult()
-    try:
-        value = _present(value)  # narrowed to bytes from here on
-        batches = parse_record(value)
-    except InvalidRecordError as exc:
-        _reject(result, exc, source, key, value, clock, counter="batches")
-        return result
 
-    mine = _own(result, batches, value, key, "batches")
-    if not mine:
-        return result
-    if erased_at_ms is not None and (record_ms is None or record_ms <= erased_at_ms):
-        result.counts["batches", "erased"] += len(mine)
-        return result
-    for batch in mine:
-        _count_input(batch, result.counts)
-    _apply_to_user(
-        result,
-        mine,
+    def admit(result: IngestResult, mine: list[Batch]) -> bool:
+        if erased_at_ms is not None and (record_ms is None or record_ms <= erased_at_ms):
+            result.counts["batches", "erased"] += len(mine)
+            return False
+        for batch in mine:
+            _count_input(batch, result.counts)
+        return True
+
+    return _process_user_record(
+        _UserRecord(key, value, source, kind="batches", counter="batches"),
+        parse_record,
         lambda batch, state: transform(batch, state, options, record_ms=record_ms),
-        kind="batches",
-        counter="batches",
-        source=source,
-        key=key,
-        value=value,
-        load_state=load_state,
-        clock=clock,
+        load_state,
+        clock,
+        admit=admit,
     )
-    return result
 
 
 def process_audience_record(
@@ -178,28 +166,62 @@ def process_audience_record(
     A user without an email keeps the membership in state; it is sent with the first identify
     once an email is known. Records for another mpid than the key are returned in
     ``rekeyed`` (for the re-key topic)."""
+    return _process_user_record(
+        _UserRecord(
+            key,
+            value,
+            source,
+            kind="audiences",
+            counter="audience_updates",
+            list_key="user_profiles",
+        ),
+        parse_audience_record,
+        lambda update, state: transform_membership(update, state, options),
+        load_state,
+        clock,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _UserRecord:
+    """One input record of a per-user topic: where it came from and how it is counted.
+
+    ``kind``: the topic's role in the redelivery guard's applied offsets; ``counter``: its
+    metric (``batches`` / ``audience_updates``); ``list_key``: the document key holding a
+    bulk record's parts (None: a JSON array or one object)."""
+
+    key: bytes | None
+    value: bytes | None
+    source: SourcePosition
+    kind: str
+    counter: str
+    list_key: str | None = None
+
+
+def _process_user_record(
+    record: _UserRecord,
+    parse: Callable[[bytes], list[Item]],
+    step: Callable[[Item, UserState | None], Transformed],
+    load_state: Callable[[str], bytes | None],
+    clock: Callable[[], int],
+    *,
+    admit: Callable[[IngestResult, list[Item]], bool] | None = None,
+) -> IngestResult:
+    """The shared shape of the batches and audiences steps: ``parse`` the value (a tombstone or
+    an :class:`InvalidRecordError` is dead-lettered), re-key the other users' parts, let
+    ``admit`` drop (and count) the record key's items, then fold them with ``step``."""
     result = IngestResult()
     try:
-        value = _present(value)  # narrowed to bytes from here on
-        updates = parse_audience_record(value)
+        value = _present(record.value)  # narrowed to bytes from here on
+        items = parse(value)
     except InvalidRecordError as exc:
-        _reject(result, exc, source, key, value, clock, counter="audience_updates")
+        _reject(result, exc, record.source, record.key, record.value, clock,
+                counter=record.counter)  # fmt: skip
         return result
-    mine = _own(result, updates, value, key, "audience_updates", list_key="user_profiles")
-    if not mine:
+    mine = _own(result, items, value, record.key, record.counter, list_key=record.list_key)
+    if not mine or (admit is not None and not admit(result, mine)):
         return result
-    _apply_to_user(
-        result,
-        mine,
-        lambda update, state: transform_membership(update, state, options),
-        kind="audiences",
-        counter="audience_updates",
-        source=source,
-        key=key,
-        value=value,
-        load_state=load_state,
-        clock=clock,
-    )
+    _apply_to_user(result, record, value, mine, step, load_state=load_state, clock=clock)
     return result
 
 
@@ -299,23 +321,22 @@ def _own(
 
 def _apply_to_user(
     result: IngestResult,
+    record: _UserRecord,
+    value: bytes,
     items: list[Item],
     step: Callable[[Item, UserState | None], Transformed],
     *,
-    kind: str,
-    counter: str,
-    source: SourcePosition,
-    key: bytes | None,
-    value: bytes,
     load_state: Callable[[str], bytes | None],
     clock: Callable[[], int],
 ) -> None:
-    """Fold one user's items into their state with ``step``; store it and the operations.
+    """Fold one user's items of ``record`` (its ``value``, parsed) into their state with
+    ``step``; store it and the operations.
 
     A record already in the stored state (a redelivery) is skipped: ``_already_applied``. A
     record whose new state or operations record would exceed :data:`MAX_RECORD_BYTES` is
     dead-lettered as ``too_large`` instead, and nothing of it is applied."""
     mpid = items[0].mpid
+    kind, counter, source, key = record.kind, record.counter, record.source, record.key
     state = _load(mpid, load_state, result, source, key, clock)
     if _already_applied(state, kind, source):
         result.counts[counter, "redelivered"] += len(items)
@@ -330,11 +351,11 @@ def _apply_to_user(
         operations.extend(transformed.operations)
     state = _mark_applied(state, kind, source)
     encoded = None if state is None or state == stored else encode_state(state)
-    record = _operations_record(mpid, operations, source, clock) if operations else None
-    size = max(len(encoded or b""), 0 if record is None else len(record[1]))
+    ops_record = _operations_record(mpid, operations, source, clock) if operations else None
+    size = max(len(encoded or b""), 0 if ops_record is None else len(ops_record[1]))
     if size > MAX_RECORD_BYTES:
         # Kafka would refuse the write (and the agent with it): reject the input, apply nothing
-        what = "operations" if record is not None and len(record[1]) == size else "state"
+        what = "operations" if ops_record is not None and len(ops_record[1]) == size else "state"
         detail = f"its {what} record would be {size} bytes, over {MAX_RECORD_BYTES}"
         _reject(result, InvalidRecordError(Reason.TOO_LARGE, detail), source, key, value, clock,
                 counter=counter)  # fmt: skip
@@ -342,7 +363,7 @@ def _apply_to_user(
     result.counts.update(counts)
     if encoded is not None:
         result.states[mpid] = encoded
-    result.operations = record
+    result.operations = ops_record
 
 
 def _already_applied(state: UserState | None, kind: str, source: SourcePosition) -> bool:

@@ -61,7 +61,9 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
 PARTITIONS = 4
 SITE_ID, API_KEY = "bench-site", "bench-key"
-CONTENDERS = ("ours", "ours-alo", "ours-uvloop", "ceiling", "ceiling-uvloop", "naive")
+CONTENDERS = (
+    "ours", "ours-alo", "ours-uvloop", "base", "base-alo", "ceiling", "ceiling-uvloop", "naive"
+)  # fmt: skip
 DEFAULT_CONTENDERS = ("ours", "ours-alo", "ceiling", "naive")
 # Our worker with settings of its own: "ours" is the product (exactly_once, Kafka
 # transactions), "ours-alo" the same worker with processing_guarantee=at_least_once (no
@@ -71,13 +73,20 @@ OURS: dict[str, dict[str, str]] = {
     "ours": {"processing_guarantee": "exactly_once"},
     "ours-alo": {"processing_guarantee": "at_least_once"},
     "ours-uvloop": {"processing_guarantee": "exactly_once", "event_loop": "uvloop"},
+    "base": {"processing_guarantee": "exactly_once"},
+    "base-alo": {"processing_guarantee": "at_least_once"},
 }
+# "base" / "base-alo": ours / ours-alo running the code of another checkout (--baseline, e.g.
+# the starting commit), so a before/after comparison is one run with the same noise.
+BASELINE = frozenset({"base", "base-alo"})
 # The faust pass-through ceiling on the product's event loop, and on uvloop.
 CEILINGS: dict[str, str | None] = {"ceiling": None, "ceiling-uvloop": "uvloop"}
 TITLES = {
     "ours": "ours: mpcio worker, exactly_once (transactions)",
     "ours-alo": "ours, at_least_once (no transactions)",
     "ours-uvloop": "ours, exactly_once, on uvloop",
+    "base": "ours at --baseline, exactly_once",
+    "base-alo": "ours at --baseline, at_least_once",
     "ceiling": "ceiling: faust decode + produce, no HTTP",
     "ceiling-uvloop": "ceiling on uvloop",
     "naive": "per-event forwarder (aiokafka + v1, 1 req/event)",
@@ -102,6 +111,7 @@ class Options:
     profile: str | None
     keep_logs: bool
     workers: int = 1
+    baseline: Path | None = None
 
 
 @dataclass
@@ -261,7 +271,8 @@ class Bench:
         directory and web port."""
         name = tag if index == 0 else f"{tag}-w{index}"
         log = self.workdir / f"{name}.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        code = self.options.baseline if contender in BASELINE else REPO
+        env = {**os.environ, "PYTHONPATH": str(code)}
         if contender in OURS:
             settings = self.ours_settings(tag, source, index)
             env.update(settings_as_env(settings.model_copy(update=OURS[contender])))
@@ -914,6 +925,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["raw", "speedscope", "flamegraph"],
         help="py-spy record ours' worker in throughput run 1 (raw: also print a summary)",
     )
+    run.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another commit (e.g. `git archive main | tar -x -C DIR`): the "
+        "base / base-alo contenders run its app/ and agents/",
+    )
     run.add_argument("--keep-logs", action="store_true", help="copy every process log to results/")
     run.add_argument(
         "--quick",
@@ -937,6 +954,8 @@ def options_from(args: argparse.Namespace) -> Options:
         p for p in phases if p not in PHASES
     ]:
         raise SystemExit(f"unknown contenders/phases: {unknown}")
+    if args.baseline is None and BASELINE.intersection(contenders):
+        raise SystemExit("contenders base / base-alo need --baseline DIR")
     return Options(
         shape=Shape(
             users=args.users,
@@ -962,6 +981,7 @@ def options_from(args: argparse.Namespace) -> Options:
         profile=args.profile,
         keep_logs=args.keep_logs,
         workers=args.workers,
+        baseline=args.baseline,
     )
 
 
