@@ -28,11 +28,10 @@ and the stream continues.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 
@@ -48,7 +47,7 @@ from app.core.pipeline import (
 )
 from app.core.transform import LIMIT_PERSON_CAP
 from app.errors import Reason
-from app.faust_app import tracked_writes, uncommitted_writes
+from app.faust_app import fail_stop, tracked_writes, uncommitted_writes
 from app.logs import log_dead_letters, log_held_back, mask_mpid
 from app.records import (
     SourcePosition,
@@ -411,17 +410,6 @@ class RecordWriter:
         except Exception as exc:  # noqa: BLE001 - any failed send: stop before anything commits
             fail_stop(f"sending to {topic} failed: {exc!r}")
         return sent
-
-
-def fail_stop(reason: str) -> NoReturn:
-    """Exit the process at once (code 1), committing nothing more.
-
-    Used when a record's outputs cannot be written: continuing could commit the record's
-    offset without them; stopping leaves the record uncommitted, so the restart redoes it
-    (its open transaction is aborted by the broker when the restarted worker takes over)."""
-    log.critical("%s; stopping without committing (the restart redoes the record)", reason)
-    logging.shutdown()
-    os._exit(1)
 
 
 def _store_options(settings: Settings) -> dict[str, Any] | None:

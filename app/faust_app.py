@@ -4,7 +4,8 @@ The app is built by a factory from :class:`~app.settings.Settings` (not at impor
 worker, the tests and the benchmarks each get an app with their own id, topics and store.
 
 Delivery semantics (ARCHITECTURE.md, "Crash safety"): ``processing_guarantee`` comes from the
-settings (``at_least_once`` by default until the commit stall of ARCHITECTURE.md §4 is solved).
+settings (``at_least_once`` by default until the kill loop is clean under ``exactly_once``;
+ARCHITECTURE.md §4).
 Under ``exactly_once`` faust keeps one transactional producer per assigned input partition,
 reads with ``read_committed`` and commits the input offsets of a partition inside that
 partition's transaction (``send_offsets_to_transaction``); agents send everything a record
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+import os
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import faust
 import uvloop
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Set as AbstractSet
 
     from faust.types import TP, Message, TransportT
+    from faust.types.transports import TPorTopicSet
 
     from app.settings import Settings
 
@@ -50,6 +53,25 @@ log = logging.getLogger(__name__)
 FAUST_TUNING: dict[str, Any] = {
     "consumer_max_fetch_size": 8 * 1024 * 1024,
 }
+# How long one partition's transactional commit (waiting for its producer's lock, then
+# AddOffsetsToTxn + TxnOffsetCommit + EndTxn) may take before the worker gives up and exits 1
+# (the restart redoes what was not committed). aiokafka retries some answers of these requests
+# forever and never resolves a commit on a producer stopped under it (ARCHITECTURE.md §4);
+# half of aiokafka's 60 s transaction timeout, far above a healthy commit (milliseconds; a
+# few seconds on a loaded machine).
+COMMIT_TIMEOUT_SECONDS = 30.0
+
+
+def fail_stop(reason: str) -> NoReturn:
+    """Exit the process at once (code 1), committing nothing more.
+
+    Used when a record's outputs cannot be written or a transaction cannot commit: continuing
+    could commit a record's offset without its outputs, or hang; stopping leaves the record
+    uncommitted, so the restart redoes it (its open transaction is aborted by the broker when
+    the restarted worker takes over). One CRITICAL log line with ``reason``."""
+    log.critical("%s; stopping without committing (the restart redoes the record)", reason)
+    logging.shutdown()
+    os._exit(1)
 
 
 def use_event_loop(name: Literal["asyncio", "uvloop"]) -> None:
@@ -94,6 +116,17 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         offsets: Mapping[TP, int] = await consumer.end_offsets(partitions)
         return offsets
 
+    def verify_event_path(self, now: float, tp: TP) -> None:
+        # faust's livelock detector reads the partition's fetch position, which aiokafka
+        # asserts is set; right after a seek to the beginning (never_committed) or a reset it
+        # is not, and the AssertionError crashed the worker (seen in a kill loop). Such a
+        # partition has nothing to verify yet.
+        consumer = self._ensure_consumer()
+        state = consumer._fetcher._subscriptions.subscription.assignment.state_value(tp)
+        if state is None or not state.has_valid_position:
+            return
+        super().verify_event_path(now, tp)
+
 
 def hole_to_reread(
     expected: int | None, offset: int, seen: tuple[int, int] | None
@@ -109,6 +142,25 @@ def hole_to_reread(
         return None
     hole = (expected, offset)
     return None if seen == hole else hole
+
+
+def unprocessed_head(
+    committed: int | None, first_acked: int, accepted_hole: tuple[int, int] | None
+) -> bool:
+    """True when committing from ``first_acked`` would skip offsets never processed.
+
+    ``committed``: the partition's committed offset (the next one to process; None: never
+    committed); ``first_acked``: the lowest offset the agent acknowledged since;
+    ``accepted_hole``: the last hole ``(first missing, next record)`` the broker returned twice
+    (:func:`hole_to_reread`). faust commits the acknowledged offsets when the first of them is
+    at most ONE past the committed offset (its allowance for a transaction marker there), so a
+    single record that never reached the agent would be committed as done.
+    """
+    if committed is None or first_acked <= committed:
+        return False
+    return accepted_hole is None or not (
+        accepted_hole[0] <= committed and accepted_hole[1] >= first_acked
+    )
 
 
 def never_committed(
@@ -155,6 +207,12 @@ class _Consumer(faust_aiokafka.Consumer):
         # handed out or a seek), and the hole seen once and sought back over (from, to)
         self._expected: dict[TP, int] = {}
         self._suspect: dict[TP, tuple[int, int]] = {}
+        self._accepted_hole: dict[TP, tuple[int, int]] = {}
+        self._seeking = False  # faust's seek of every partition to its committed offset runs
+        # input partitions whose records were withheld during a rebalance: sought back to the
+        # next offset they should deliver once it has ended (nothing else would re-read them
+        # when no newer record arrives to show the hole)
+        self._withheld: set[TP] = set()
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -164,7 +222,11 @@ class _Consumer(faust_aiokafka.Consumer):
         self._expected[partition] = offset
 
     async def perform_seek(self) -> None:
-        await super().perform_seek()
+        self._seeking = True
+        try:
+            await super().perform_seek()
+        finally:
+            self._seeking = False
         # faust's perform_seek leaves each partition's next offset (the committed one) here
         for tp, offset in self._read_offset.items():
             if offset is None:
@@ -177,13 +239,31 @@ class _Consumer(faust_aiokafka.Consumer):
         if unread:
             await self._thread.seek_to_beginning(*unread)
 
+    async def commit(
+        self, topics: TPorTopicSet | None = None, start_new_transaction: bool = True
+    ) -> bool:
+        """faust's commit, skipped while a rebalance is under way under ``exactly_once``.
+
+        Offsets acked before the rebalance belong to the transactions it aborts (each
+        assigned partition gets a fresh producer, :meth:`_Producer.maybe_begin_transaction`);
+        committing them on the fresh producer would commit offsets whose outputs were aborted.
+        faust seeks every assigned partition back to its committed offset anyway, so the
+        records are redone and their offsets committed after the rebalance."""
+        if self.in_transaction and self.app.rebalancing:
+            return False
+        return bool(await super().commit(topics, start_new_transaction))
+
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._expected.pop(tp, None)
             self._suspect.pop(tp, None)
+            self._accepted_hole.pop(tp, None)
+            self._withheld.discard(tp)
         await super().on_partitions_revoked(revoked)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 - faust's signature
+        if self._withheld and not self._rebalancing():
+            await self._reread_withheld()
         withheld: set[TP] = set()
         async for tp, message in super().getmany(timeout):
             if tp in withheld:
@@ -197,10 +277,25 @@ class _Consumer(faust_aiokafka.Consumer):
         """True when the record at ``offset`` must wait: it jumps over offsets not yet seen
         twice (the partition was sought back to the first of them); False to hand it out."""
         checked = not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)
+        if checked and self._rebalancing():
+            # Until a rebalance ends, a record handed out can be dropped before the agent sees
+            # it while counting as read: faust's stream drops records while the app's flow
+            # control is suspended, and at the end of table recovery faust resumes the input
+            # partitions, seeks them to their committed offsets and only then resumes the flow
+            # control, which empties every agent's queue (traced: the record at the committed
+            # offset, fetched in between, never reached the agent; faust then committed past
+            # it). Withheld, it leaves a hole that is read again after the rebalance; no seek of
+            # ours may run meanwhile, or it could land after faust's seek and skip what lies
+            # between.
+            self._withheld.add(tp)
+            return True
         hole = hole_to_reread(
             self._expected.get(tp) if checked else None, offset, self._suspect.get(tp)
         )
         if hole is None:
+            suspect = self._suspect.get(tp)
+            if suspect is not None and suspect[1] == offset:
+                self._accepted_hole[tp] = suspect  # seen twice: no data in it
             self._accept(tp, offset)
             return False
         if not self.flow_active or tp not in self.assignment():
@@ -209,20 +304,66 @@ class _Consumer(faust_aiokafka.Consumer):
         self._suspect[tp] = hole
         return True
 
+    def _rebalancing(self) -> bool:
+        """True until a rebalance has ended (faust's seek and flow-control resume included)."""
+        return bool(self._seeking or self.app.rebalancing or not self.app.flow_control.is_active())
+
+    async def _reread_withheld(self) -> None:
+        """Seek every partition whose records were withheld back to the next offset it should
+        deliver (its committed offset, set by faust's seek); never committed: its beginning."""
+        withheld, self._withheld = self._withheld, set()
+        assigned = self.assignment()
+        for tp in withheld:
+            if tp not in assigned:
+                continue
+            expected = self._expected.get(tp)
+            if expected is None:
+                await self._thread.seek_to_beginning(tp)
+            else:
+                await self.seek(tp, expected)
+
     def _accept(self, tp: TP, offset: int) -> None:
         self._suspect.pop(tp, None)
         self._expected[tp] = max(offset + 1, self._expected.get(tp, 0))
 
+    def _new_offset(self, tp: TP) -> int | None:
+        """faust's next offset to commit for ``tp``, refused (the worker exits 1) when it would
+        skip offsets the agent never processed (:func:`unprocessed_head`).
+
+        Seen in an ``exactly_once`` kill loop: after a restart the first record of a partition
+        (its committed offset) never reached the agent, the next ones did, and faust committed
+        past it: one batch lost. Whatever dropped it, committing cannot be right; the restart
+        reads the partition again from the committed offset.
+        """
+        acked = self._acked[tp]
+        if acked and not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic):
+            committed = self._committed_offset[tp]
+            first = min(acked)
+            if unprocessed_head(committed, first, self._accepted_hole.get(tp)):
+                fail_stop(
+                    f"{tp.topic}[{tp.partition}]: offsets {committed}..{first - 1} were never "
+                    "processed but would be committed"
+                )
+        offset: int | None = super()._new_offset(tp)
+        return offset
+
 
 class _Producer(faust_aiokafka.Producer):
-    """faust's producer, telling :class:`UncommittedWrites` what each transaction's end means.
+    """faust's producer, with transactional commits that end, and producers retired safely.
 
-    ``commit_transactions`` is faust's, plus one call: right after a partition's transaction
-    committed, still holding faust's per-producer lock (no send can slip in between), the
-    table writes held for that partition are applied to the store. A failed commit raises as
-    in faust (the worker crashes; the held writes die with it). ``stop_transaction`` (faust
-    calls it for revoked partitions; the next owner's producer aborts the open transaction)
-    discards them.
+    ``commit_transactions`` is faust's, plus: right after a partition's transaction committed,
+    still holding faust's per-producer lock (no send can slip in between), the table writes
+    held for that partition are applied to the store (:class:`UncommittedWrites`); and the
+    whole commit of a partition, lock included, is bounded by :data:`COMMIT_TIMEOUT_SECONDS`,
+    after which the worker exits 1 (:func:`fail_stop`) instead of hanging. A commit that fails
+    raises as in faust (the worker crashes; the held writes die with it).
+
+    A producer leaves (``stop_transaction``: its partition was revoked;
+    ``maybe_begin_transaction``: it is replaced at a rebalance) only after the consumer's
+    commit in flight finished and while its lock is held, so no commit or send is left
+    waiting on a stopped producer (aiokafka never resolves it: the stall of ARCHITECTURE.md
+    §4); then its held table writes are discarded (the next producer with its transactional
+    id aborts its open transaction).
     """
 
     async def commit_transactions(
@@ -231,23 +372,55 @@ class _Producer(faust_aiokafka.Producer):
         group_id: str,
         start_new_transaction: bool = True,
     ) -> None:
-        uncommitted = uncommitted_writes(self.app)
         for transactional_id, offsets in tid_to_offset_map.items():
+            try:
+                async with asyncio.timeout(COMMIT_TIMEOUT_SECONDS):
+                    await self._commit_one(
+                        transactional_id, offsets, group_id, start_new_transaction
+                    )
+            except TimeoutError:
+                fail_stop(
+                    f"the transaction of {transactional_id} did not commit within "
+                    f"{COMMIT_TIMEOUT_SECONDS:g} s"
+                )
+
+    async def _commit_one(
+        self,
+        transactional_id: str,
+        offsets: Mapping[TP, int],
+        group_id: str,
+        start_new_transaction: bool,
+    ) -> None:
+        async with self._trn_locks[transactional_id]:
+            producer = self._transaction_producers.get(transactional_id)
+            if producer is None:
+                log.warning("commit invoked for unknown transaction %s", transactional_id)
+                return
+            await producer.send_offsets_to_transaction(offsets, group_id)
+            await producer.commit_transaction()
+            uncommitted = uncommitted_writes(self.app)
+            for partition in {tp.partition for tp in offsets}:
+                uncommitted.committed(partition)
+            if start_new_transaction:
+                await producer.begin_transaction()
+
+    async def _retire(self, transactional_id: str) -> None:
+        """Stop and forget the producer of ``transactional_id`` once nothing uses it."""
+        # a commit in flight applies its partition's held writes when it succeeds: let it
+        # end first (bounded by COMMIT_TIMEOUT_SECONDS), then discard what is still held
+        consumer = self.app.consumer
+        if isinstance(consumer, faust_aiokafka.Consumer):
+            await consumer.maybe_wait_for_commit_to_finish()
+        producer = self._transaction_producers.get(transactional_id)
+        if producer is not None:
             async with self._trn_locks[transactional_id]:
-                producer = self._transaction_producers.get(transactional_id)
-                if producer is None:
-                    log.warning("commit invoked for unknown transaction %s", transactional_id)
-                    continue
-                await producer.send_offsets_to_transaction(offsets, group_id)
-                await producer.commit_transaction()
-                for partition in {tp.partition for tp in offsets}:
-                    uncommitted.committed(partition)
-                if start_new_transaction:
-                    await producer.begin_transaction()
+                if self._transaction_producers.get(transactional_id) is producer:
+                    del self._transaction_producers[transactional_id]
+                await producer.stop()
+        uncommitted_writes(self.app).aborted(_partition_of(transactional_id))
 
     async def stop_transaction(self, transactional_id: str) -> None:
-        uncommitted_writes(self.app).aborted(_partition_of(transactional_id))
-        await super().stop_transaction(transactional_id)
+        await self._retire(transactional_id)
 
     async def maybe_begin_transaction(self, transactional_id: str) -> None:
         """Start a FRESH producer for a partition assigned by a rebalance, aborting the last one.
@@ -258,14 +431,11 @@ class _Producer(faust_aiokafka.Producer):
         went there and came back) stays in use: its sends fail unseen and its next commit never
         completes, so the worker stops processing (the two-worker stalls). faust also forgets
         what was acked and seeks every assigned partition back to its committed offset, so
-        the records of the open transaction are redone anyway. Hence: drop the held table
-        writes, stop the old producer, and let faust start a new one, whose initialisation
-        fences the old one and aborts its open transaction.
+        the records of the open transaction are redone anyway. Hence: retire the old producer
+        (above) and let faust start a new one, whose initialisation fences the old one and
+        aborts its open transaction.
         """
-        uncommitted_writes(self.app).aborted(_partition_of(transactional_id))
-        old = self._transaction_producers.pop(transactional_id, None)
-        if old is not None:
-            await old.stop()
+        await self._retire(transactional_id)
         await super().maybe_begin_transaction(transactional_id)
 
 

@@ -206,9 +206,8 @@ class Settings(BaseSettings):
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
         "at_least_once",
         description="exactly_once (not yet the default): a record's state, operations and "
-        "input offset commit in one Kafka transaction (ARCHITECTURE.md §4); with faust "
-        "0.15.3 / aiokafka 0.14 on Kafka 4.0 a worker can still stop at a transactional offset "
-        "commit after a rebalance. at_least_once: no transactions; the local store is "
+        "input offset commit in one Kafka transaction (ARCHITECTURE.md §4; the default once "
+        "its release runs pass). at_least_once: no transactions; the local store is "
         'rebuilt from the changelog after a crash (README "Crash safety").',
     )
     event_loop: Literal["asyncio", "uvloop"] = Field(

@@ -1,11 +1,25 @@
 """The consumer's hole check (app.faust_app.hole_to_reread): re-read a hole once, then accept;
-and the input partitions it reads from their beginning after a rebalance (never_committed)."""
+the input partitions it reads from their beginning after a rebalance (never_committed); and the
+transactional producer's commit bound and safe retirement (_Producer)."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from typing import NoReturn
+
+import pytest
 from faust.types import TP
 
-from app.faust_app import hole_to_reread, never_committed
+from app import faust_app
+from app.faust_app import (
+    _Producer,
+    create_app,
+    hole_to_reread,
+    never_committed,
+    unprocessed_head,
+)
+from app.settings import load_settings
 
 
 def test_contiguous_records_are_handed_out() -> None:
@@ -30,6 +44,26 @@ def test_a_different_hole_is_checked_again() -> None:
     assert hole_to_reread(43, 66, (43, 65)) == (43, 66)
 
 
+def test_a_commit_may_start_at_the_committed_offset_or_before_it() -> None:
+    assert not unprocessed_head(96, 96, None)
+    assert not unprocessed_head(96, 90, None)  # faust ignores acks below the committed offset
+    assert not unprocessed_head(None, 7, None)  # never committed: read from the beginning
+
+
+def test_a_commit_must_not_skip_a_record_that_never_reached_the_agent() -> None:
+    # the exactly_once kill loop's loss: committed 96, record 96 never processed, 97.. acked;
+    # faust's own check lets a head hole of one offset through (its transaction-marker allowance)
+    assert unprocessed_head(96, 97, None)
+    assert unprocessed_head(96, 110, None)
+    assert unprocessed_head(96, 97, (90, 95))  # an older hole says nothing about this one
+
+
+def test_a_hole_the_broker_returned_twice_may_be_committed_over() -> None:
+    assert not unprocessed_head(96, 97, (96, 97))  # a transaction marker at 96
+    assert not unprocessed_head(96, 101, (96, 101))
+    assert unprocessed_head(96, 102, (96, 101))  # 101 itself was never processed
+
+
 def test_only_assigned_input_partitions_never_committed_are_read_from_their_beginning() -> None:
     batches = [TP("batches", p) for p in range(3)]
     changelog, revoked = TP("app-users-changelog", 0), TP("batches", 7)
@@ -40,3 +74,88 @@ def test_only_assigned_input_partitions_never_committed_are_read_from_their_begi
     unread = never_committed(read_offsets, assigned, lambda topic: topic == "batches")
 
     assert unread == [batches[1], batches[2]]
+
+
+class _FakeTransactionalProducer:
+    """The part of an aiokafka transactional producer a commit or a retirement touches."""
+
+    def __init__(self, offsets_answer: asyncio.Future[None] | None = None) -> None:
+        self.offsets_answer = offsets_answer
+        self.calls: list[str] = []
+
+    async def send_offsets_to_transaction(self, offsets: object, group_id: str) -> None:
+        self.calls.append("send_offsets")
+        if self.offsets_answer is not None:
+            await self.offsets_answer  # the broker's answer (never, for a stalled commit)
+
+    async def commit_transaction(self) -> None:
+        self.calls.append("commit")
+
+    async def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    async def stop(self) -> None:
+        self.calls.append("stop")
+
+
+class _StoppedError(Exception):
+    """Raised by the test's stand-in for fail_stop (which would exit the process)."""
+
+
+def _producer_with(transactional_id: str, fake: _FakeTransactionalProducer) -> _Producer:
+    app = create_app(load_settings(forwarding_enabled=False, processing_guarantee="exactly_once"))
+    producer = app.producer
+    assert isinstance(producer, _Producer)
+    producer._transaction_producers[transactional_id] = fake  # type: ignore[assignment]
+    producer._trn_locks[transactional_id] = asyncio.Lock()
+    return producer
+
+
+async def test_a_commit_the_broker_never_answers_stops_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tid = f"app-1-{uuid.uuid4().hex}-0"
+    fake = _FakeTransactionalProducer(offsets_answer=asyncio.get_running_loop().create_future())
+    producer = _producer_with(tid, fake)
+    reasons: list[str] = []
+
+    def stop(reason: str) -> NoReturn:
+        reasons.append(reason)
+        raise _StoppedError
+
+    monkeypatch.setattr(faust_app, "fail_stop", stop)
+    monkeypatch.setattr(faust_app, "COMMIT_TIMEOUT_SECONDS", 0.05)
+
+    with pytest.raises(_StoppedError):
+        await producer.commit_transactions({tid: {TP("batches", 0): 5}}, "app")
+
+    assert fake.calls == ["send_offsets"]  # never committed, never began another
+    assert reasons == [f"the transaction of {tid} did not commit within 0.05 s"]
+
+
+async def test_a_commit_that_answers_commits_applies_held_writes_and_begins_the_next() -> None:
+    tid = f"app-1-{uuid.uuid4().hex}-0"
+    fake = _FakeTransactionalProducer()
+    producer = _producer_with(tid, fake)
+
+    await producer.commit_transactions({tid: {TP("batches", 0): 5}}, "app")
+
+    assert fake.calls == ["send_offsets", "commit", "begin"]
+
+
+async def test_a_producer_is_retired_only_after_the_send_or_commit_holding_its_lock() -> None:
+    tid = f"app-1-{uuid.uuid4().hex}-0"
+    fake = _FakeTransactionalProducer()
+    producer = _producer_with(tid, fake)
+    lock = producer._trn_locks[tid]
+
+    await lock.acquire()  # a send or a commit in flight on the old producer
+    retiring = asyncio.create_task(producer.stop_transaction(tid))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert fake.calls == []  # not stopped under the send / commit in flight
+    lock.release()
+    await retiring
+
+    assert fake.calls == ["stop"]
+    assert tid not in producer._transaction_producers
