@@ -29,7 +29,7 @@ from app.dev.localkafka import LocalKafkaCluster
 from app.kafka_admin import ensure_topics
 from tests.integration import reliability_model
 from tests.integration.conftest import Deployment
-from tests.integration.support import judge, message_count, produce, wait_for
+from tests.integration.support import judge, message_count, produce_workload, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -139,22 +139,23 @@ async def test_leader_of_operations_killed_mid_stream(
     operations = deployment.topics.operations.name
     assert await _topic_settings(cluster.bootstrap, operations) == (REPLICAS, "2")
 
-    workload = reliability_model.generate(USERS, ROUNDS, EVENTS)
+    # erasures included, none followed by later batches: the input is sent in chunks without
+    # waiting for an erasure to be committed (support.produce_workload)
+    workload = reliability_model.generate(USERS, ROUNDS, EVENTS, reborn=False)
     expected = len(workload.expected.events)
     worker = deployment.start_worker(batch_max_items="20", rate_limit_per_second="40")
-    batches = deployment.topics.batches.name
-    first, rest = workload.records[:CHUNK], workload.records[CHUNK:]
+    first, rest = workload.sends[:CHUNK], workload.sends[CHUNK:]
 
     def delivered() -> int:
         worker.assert_running()
         return len(emulator.state.store.events)
 
-    await produce(cluster.bootstrap, batches, first)
+    await produce_workload(deployment, first)
     await wait_for(lambda: delivered() > 0, 180, "the worker's first delivery")
 
     async def stream() -> None:
         for start in range(0, len(rest), CHUNK):
-            await produce(cluster.bootstrap, batches, rest[start : start + CHUNK])
+            await produce_workload(deployment, rest[start : start + CHUNK])
             await asyncio.sleep(0.3)  # pacing, not synchronisation: input keeps arriving
 
     producing = asyncio.create_task(stream())
