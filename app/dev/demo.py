@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from app.dev.localkafka import LocalKafka, die_with_parent, free_port
+from app.dev.localkafka import LocalKafka, free_port
 from app.errors import DemoError, MpcioError
 from app.kafka_admin import ensure_topics
 from app.ops.deadletters import Selection, StoredLetter, select
@@ -191,15 +191,13 @@ def _child(
     argv: list[str], log_path: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``mpcio <argv>`` in a subprocess logging to ``log_path`` (``env`` added to ours);
-    on exit SIGTERM, then SIGKILL after :data:`STOP_SECONDS`. The child also dies with the demo
-    (a SIGTERM while it starts, before this context is entered, left an emulator running)."""
+    on exit SIGTERM, then SIGKILL after :data:`STOP_SECONDS`."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed argv
             [sys.executable, "-m", "app", *argv],
             env={**os.environ, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, before exec
         )
         try:
             yield process

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -211,17 +210,6 @@ class _Lifecycle:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` of a child that must not outlive its parent: the kernel SIGTERMs it when
-    the parent dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``). Only ``prctl``: safe
-    between fork and exec."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def signal_group_and_wait(

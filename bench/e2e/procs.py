@@ -9,6 +9,7 @@ SIGTERMs what is still running, waits, then SIGKILLs the process group.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import signal
@@ -17,10 +18,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.dev.localkafka import die_with_parent, signal_group_and_wait
+from app.dev.localkafka import signal_group_and_wait
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
 _CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def spawn(argv: list[str], *, log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
@@ -30,7 +37,7 @@ def spawn(argv: list[str], *, log: Path, **kwargs: Any) -> subprocess.Popen[byte
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, before exec
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, before exec
             **kwargs,
         )
     _CHILDREN.append(process)

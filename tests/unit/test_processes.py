@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -62,32 +61,3 @@ def test_stop_all_stops_every_child(tmp_path: Path) -> None:
     ]
     procs.stop_all()
     assert [child.poll() for child in children] == [-signal.SIGTERM] * 3
-
-
-# A parent that starts SLEEPER with die_with_parent, prints the child's pid, then waits.
-PARENT = (
-    "import subprocess, sys, time; from app.dev.localkafka import die_with_parent; "
-    f"child = subprocess.Popen([sys.executable, '-c', {SLEEPER!r}], preexec_fn=die_with_parent); "
-    "print(child.pid, flush=True); time.sleep(120)"
-)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited
-    except FileNotFoundError:
-        return True
-
-
-def test_a_child_started_with_die_with_parent_ends_when_its_parent_is_sigkilled() -> None:
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE)
-    assert parent.stdout is not None
-    child = int(parent.stdout.readline())
-    assert not _gone(child)
-    parent.kill()
-    parent.wait()
-    deadline = time.monotonic() + 60  # generous: only how long the kernel's signal takes
-    while not _gone(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _gone(child), f"child {child} outlived its SIGKILLed parent"
