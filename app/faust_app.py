@@ -50,8 +50,14 @@ log = logging.getLogger(__name__)
 # size the ingest agent stalls about 0.9 s per fetch round once it writes a table or produces
 # (~1,500 records/s, the worker mostly idle); 8 MiB per partition makes it CPU-bound
 # (~3,000-5,000 records/s). Every other setting tried was within noise.
+# producer_linger (seconds): each record's sends go to its partition's producer, which with
+# faust's default (0) ships a produce request per loop turn, ~1.6 records each on a busy box;
+# a request's socket write cost ~0.6 ms there (py-spy: 17-21 % of the worker). Under
+# exactly_once an event waits for the 2.8 s commit anyway, which also flushes what lingers
+# (ARCHITECTURE.md §5 "Round 3").
 FAUST_TUNING: dict[str, Any] = {
     "consumer_max_fetch_size": 8 * 1024 * 1024,
+    "producer_linger": 0.1,
 }
 # How long one partition's transactional commit (waiting for its producer's lock, then
 # AddOffsetsToTxn + TxnOffsetCommit + EndTxn) may take before the worker gives up and exits 1
