@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 # (~1,500 records/s, the worker mostly idle); 8 MiB per partition makes it CPU-bound
 # (~3,000-5,000 records/s). Every other setting tried was within noise.
 # producer_linger (seconds): each record's sends go to its partition's producer, which with
-# faust's default (0) ships a produce request per loop turn, ~1.6 records each on a busy box;
-# a request's socket write cost ~0.6 ms there (py-spy: 17-21 % of the worker). Under
+# faust's default (0) ships a produce request per loop turn: ~3 records each on a busy box,
+# where produce requests took 17-21 % of the worker (py-spy); 0.1 s: ~8 records each. Under
 # exactly_once an event waits for the 2.8 s commit anyway, which also flushes what lingers
 # (ARCHITECTURE.md §5 "Round 3").
 FAUST_TUNING: dict[str, Any] = {
