@@ -19,7 +19,9 @@ Two defects of faust 0.15.3's :class:`faust.tables.recovery.Recovery`, both seen
   partition, the span of offsets it read contiguously since its last seek and the last record
   it returned in it (:class:`FetchedSpan`); a partition whose span reaches past the target and
   whose last returned record was applied has only markers and aborted records left
-  (:func:`only_markers_left`), so it counts as recovered at once.
+  (:func:`only_markers_left`), so it counts as recovered at once: when its last record is
+  applied, or, if the marker is fetched after it (no record left to wake faust's loop), at the
+  next check (:data:`MARKER_CHECK_SECONDS`) while the recovery waits for its partitions.
 
 Failure semantics: none of this reads or writes Kafka or moves an offset; a partition not
 provably done is left to faust's own logic (at worst the old 10 s wait).
@@ -27,10 +29,12 @@ provably done is left to faust's own logic (at worst the old 10 s wait).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from faust.tables.recovery import RebalanceAgain, Recovery
+from mode import Service
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -38,6 +42,11 @@ if TYPE_CHECKING:
 
     from faust.types import TP
     from faust.types.transports import ConsumerT
+
+
+#: How often a recovery waiting for its active partitions checks whether only markers are left
+#: (a fetch that passes only a marker wakes nothing in faust's recovery loop).
+MARKER_CHECK_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,7 @@ class SafeRecovery(Recovery):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fetched_spans: dict[TP, FetchedSpan] = {}
+        self._signal_recovery_end = _WatchedEvent()
 
     async def _seek_offsets(
         self, consumer: ConsumerT, tps: AbstractSet[TP], offsets: Counter[TP], title: str
@@ -110,3 +120,42 @@ class SafeRecovery(Recovery):
             if only_markers_left(span, self.active_offsets[tp], self.active_highwaters[tp]):
                 del remaining[tp]
         return remaining
+
+    @Service.timer(MARKER_CHECK_SECONDS)
+    async def _check_for_markers_only(self) -> None:
+        self.end_when_only_markers_left()
+
+    def end_when_only_markers_left(self) -> None:
+        """End the active recovery it waits for when every active partition is recovered
+        (:meth:`active_remaining`) but no record is left to make faust's loop check it.
+
+        Only while the recovery waits for its end signal (set at another moment, it would let
+        a later recovery pass before reading), and only with every active partition's target
+        and offset known (faust leaves a new partition's offset None until it is built)."""
+        event = self.signal_recovery_end
+        if not (isinstance(event, _WatchedEvent) and event.waiting and self.in_recovery):
+            return
+        known = all(
+            self.active_offsets.get(tp) is not None and self.active_highwaters.get(tp) is not None
+            for tp in self.active_tps
+        )
+        if known and not self.need_recovery():
+            # what faust's recovery loop does when it sees the end (_maybe_signal_recovery_end)
+            self.flush_buffers()
+            self._set_recovery_ended()
+            event.set()
+
+
+class _WatchedEvent(asyncio.Event):
+    """An event that knows whether anything waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+
+    async def wait(self) -> Literal[True]:
+        self.waiting += 1
+        try:
+            return await super().wait()
+        finally:
+            self.waiting -= 1

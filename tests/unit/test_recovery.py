@@ -4,6 +4,7 @@ only transaction markers counts as recovered without faust's two idle polls of 5
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import pytest
@@ -113,9 +114,53 @@ def test_recovery_counts_only_partitions_with_data_left_as_remaining() -> None:
     done, behind = CHANGELOG, TP("app-users-changelog", 3)
     recovery.active_highwaters.update({done: 139, behind: 80})
     recovery.active_offsets.update({done: 138, behind: 60})
-    recovery.fetched_spans.update({done: FetchedSpan(100, 140, 138), behind: FetchedSpan(0, 70, 69)})
+    recovery.fetched_spans.update(
+        {done: FetchedSpan(100, 140, 138), behind: FetchedSpan(0, 70, 69)}
+    )
 
     assert dict(recovery.active_remaining()) == {behind: 20}
     assert recovery.need_recovery()
     recovery.active_offsets[behind] = 80
     assert not recovery.need_recovery()
+
+
+async def _waiting_recovery(recovery: SafeRecovery) -> asyncio.Task[bool]:
+    """A recovery in the state faust's loop waits in: actives being read, end not signalled."""
+    recovery._set_recovery_started()
+    waiter = asyncio.create_task(recovery.signal_recovery_end.wait())
+    await asyncio.sleep(0)
+    return waiter
+
+
+async def test_a_waiting_recovery_ends_once_only_markers_are_left() -> None:
+    # the marker after the last record came in a fetch of its own: no record woke faust's loop
+    recovery = _recovery()
+    recovery.active_tps.add(CHANGELOG)
+    recovery.active_highwaters[CHANGELOG] = 139
+    recovery.active_offsets[CHANGELOG] = 138
+    recovery.fetched_spans[CHANGELOG] = FetchedSpan(100, 139, 138)
+    waiter = await _waiting_recovery(recovery)
+
+    recovery.end_when_only_markers_left()
+    assert not waiter.done()  # the marker at 139 not read yet
+
+    recovery.fetched_spans[CHANGELOG] = FetchedSpan(100, 140, 138)
+    recovery.end_when_only_markers_left()
+    assert await asyncio.wait_for(waiter, 1)
+    assert not recovery.in_recovery
+
+
+async def test_no_end_is_signalled_while_nothing_waits_or_an_offset_is_unknown() -> None:
+    recovery = _recovery()
+    recovery.active_tps.update({CHANGELOG, TP("app-users-changelog", 3)})
+    recovery.active_highwaters.update({CHANGELOG: 139, TP("app-users-changelog", 3): 10})
+    recovery.active_offsets[CHANGELOG] = 139
+    recovery._set_recovery_started()
+
+    recovery.end_when_only_markers_left()  # nothing waits (recovery being set up)
+    assert not recovery.signal_recovery_end.is_set()
+
+    waiter = await _waiting_recovery(recovery)
+    recovery.end_when_only_markers_left()  # partition 3's offset not built yet
+    assert not recovery.signal_recovery_end.is_set()
+    waiter.cancel()
