@@ -334,7 +334,9 @@ class Settings(BaseSettings):
         "resuming on its own.",
     )
     retry_max_attempts: PositiveInt = Field(
-        12, description="Attempts per request before its items are dead-lettered."
+        12,
+        description="Failed attempts per request before its items are dead-lettered (429 "
+        "answers are not counted: a throttle storm is bounded by retry_max_seconds alone).",
     )
     retry_max_seconds: PositiveFloat = Field(
         600.0, description="Time budget per request before its items are dead-lettered."
