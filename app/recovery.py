@@ -30,6 +30,7 @@ provably done is left to faust's own logic (at worst the old 10 s wait).
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from faust.types import TP
     from faust.types.transports import ConsumerT
 
+
+log = logging.getLogger(__name__)
 
 #: How often a recovery waiting for its active partitions checks whether only markers are left
 #: (a fetch that passes only a marker wakes nothing in faust's recovery loop).
@@ -102,6 +105,7 @@ class SafeRecovery(Recovery):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fetched_spans: dict[TP, FetchedSpan] = {}
+        self._markers_logged: dict[TP, tuple[int, int]] = {}  # one log line per target
         self._signal_recovery_end = _WatchedEvent()
 
     async def _seek_offsets(
@@ -117,8 +121,20 @@ class SafeRecovery(Recovery):
         remaining: Counter[TP] = super().active_remaining()
         for tp in list(remaining):
             span = self.fetched_spans.get(tp)
-            if only_markers_left(span, self.active_offsets[tp], self.active_highwaters[tp]):
+            applied, highwater = self.active_offsets[tp], self.active_highwaters[tp]
+            if span is not None and only_markers_left(span, applied, highwater):
                 del remaining[tp]
+                if self._markers_logged.get(tp) != (applied, highwater):
+                    self._markers_logged[tp] = (applied, highwater)
+                    log.info(
+                        "changelog %s[%d] recovered: offsets %d..%d hold no committed record "
+                        "(transaction markers or aborted records; read to %d)",
+                        tp.topic,
+                        tp.partition,
+                        applied + 1,
+                        highwater,
+                        span.end - 1,
+                    )
         return remaining
 
     @Service.timer(MARKER_CHECK_SECONDS)
