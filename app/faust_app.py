@@ -36,7 +36,7 @@ from faust.types.enums import ProcessingGuarantee
 
 from app.kafka_security import broker_credentials
 from app.localstore import PendingWrites, UncommittedWrites
-from app.recovery import SafeRecovery, extend_span
+from app.recovery import SafeRecovery, extend_span, position_for_guess
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
@@ -296,6 +296,15 @@ class _Consumer(faust_aiokafka.Consumer):
         )
         if unread:
             await self._thread.seek_to_beginning(*unread)
+
+    async def position(self, tp: TP) -> int | None:
+        """faust asks only in table recovery's "aborted transactions" guess: answered only as
+        far as the recovery provably applied (:func:`app.recovery.position_for_guess`)."""
+        position: int | None = await super().position(tp)
+        recovery = _tracking_tables(self.app).recovery
+        return position_for_guess(
+            recovery.fetched_spans.get(tp), recovery.active_offsets.get(tp), position
+        )
 
     async def commit(
         self, topics: TPorTopicSet | None = None, start_new_transaction: bool = True
