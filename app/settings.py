@@ -205,8 +205,8 @@ class Settings(BaseSettings):
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
         "at_least_once",
-        description="exactly_once (not yet the default: an erased person came back in 2 of its "
-        "last runs, ARCHITECTURE.md §4): a record's state, operations and input offset commit "
+        description="exactly_once (not yet the default: an erased person came back in its last "
+        "test runs, ARCHITECTURE.md §4): a record's state, operations and input offset commit "
         "in one Kafka transaction (needs transactions on the broker). "
         "at_least_once: no transactions, lower latency; a crash between a state's changelog "
         "write and its operations write can lose that record's operations; the local store is "
