@@ -330,6 +330,12 @@ class Settings(BaseSettings):
         "requests, and partition p goes through lane p % lanes used, so one user's operations "
         "stay in order.",
     )
+    sink_unanswered_settle_seconds: PositiveFloat = Field(
+        15.0,
+        description="After a request attempt that got no answer (timeout, dropped connection), "
+        "how long a delete of one of its users waits: Customer.io may still apply the "
+        "abandoned attempt, which would recreate the erased person.",
+    )
     credentials_probe_seconds: PositiveFloat = Field(
         30.0,
         description="After a 401/403, how often the stopped sink re-checks GET /auth before "

@@ -5,7 +5,8 @@ A chunk is what one fetch returned: ``{partition key: [records in offset order]}
 :func:`plan_chunk` decodes each ``OperationBatch`` record and puts its items, in order, into
 lane ``partition % lanes``: one user's operations are always in one partition, so a lane that
 sends its requests in order keeps per-user order while lanes run concurrently; a chunk uses
-only as many lanes as it fills requests (:func:`assign_lanes`). A record that is
+only as many lanes as it fills requests (:func:`assign_lanes`). :class:`Unanswered` says how
+long a delete must wait for an earlier request of its user that got no answer. A record that is
 not an ``OperationBatch`` becomes a dead letter (stage ``sink``, reason ``avro_decode``) instead
 of stopping the sink. :func:`commit_offsets` and :func:`rewind_offsets` say where the chunk's
 partitions stand after it is done or must be read again. No I/O: the service
@@ -14,9 +15,11 @@ partitions stand after it is done or must be read again. No I/O: the service
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import orjson
 
 from app.errors import InvalidRecordError
 from app.records import SourcePosition, Stage, dead_letter, decode_operation_batch
@@ -115,6 +118,41 @@ def assign_lanes(
     for partition, partition_items in sorted(by_partition.items()):
         lanes.setdefault(partition % used, []).extend(partition_items)
     return lanes
+
+
+@dataclass(slots=True)
+class Unanswered:
+    """Users whose items went out in an attempt that got no answer (a timeout, a dropped
+    connection): Customer.io may have received it and may still apply it after the client gave
+    up, after its retry and after anything sent later, a delete included, which that late copy
+    would undo (an event or identify recreates the person). ``until``: mpid → the monotonic
+    time (s) up to which such a copy is presumed applicable: noted + ``settle_seconds``.
+
+    A delete of such a user is sent only after that time (:meth:`hold_seconds`); other items
+    are not held (a late identify loses to a newer one by its timestamp, a late event is
+    recognised by its id). In memory only: after a restart the chunk is redelivered without
+    this memory, so a copy abandoned by a dead worker is not waited for."""
+
+    settle_seconds: float
+    until: dict[str, float] = field(default_factory=dict)
+
+    def note(self, mpids: Iterable[str], now: float) -> None:
+        """Remember ``mpids`` (the users of a request with an unanswered attempt) at ``now``."""
+        deadline = now + self.settle_seconds
+        for mpid in mpids:
+            self.until[mpid] = deadline
+
+    def hold_seconds(self, items: Iterable[tuple[bytes, ItemRef]], now: float) -> float:
+        """How long to wait before sending ``items`` (one request: item JSON, ref): until the
+        last unanswered request of a user it deletes is settled; 0.0 when there is none.
+        Forgets what has settled by ``now``; reads an item only when its user is remembered."""
+        self.until = {mpid: end for mpid, end in self.until.items() if end > now}
+        ends = [
+            self.until[ref.mpid]
+            for payload, ref in items
+            if ref.mpid in self.until and orjson.loads(payload).get("action") == "delete"
+        ]
+        return max(ends, default=now) - now
 
 
 def commit_offsets(chunk: Mapping[Partition, Sequence[Fetched]]) -> dict[Partition, int]:

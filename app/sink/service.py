@@ -20,6 +20,10 @@ Failure semantics:
   rewound and paused, one clear error is logged, ``mpcio_sink_stopped`` is 1, and ``GET /auth``
   is re-checked every ``credentials_probe_seconds``; delivery resumes on its own once it passes
   (and, after a restart, from the last committed offsets);
+- an attempt that got no answer (timeout, dropped connection) may still be applied by
+  Customer.io after its retry and after later requests: a delete of one of its users waits
+  until ``sink_unanswered_settle_seconds`` after it (:class:`~app.sink.planning.Unanswered`),
+  holding its lane, so such a late copy cannot recreate an erased person;
 - an unexpected error in a chunk is logged, the chunk is rewound and retried after a pause;
   no exception escapes the loop.
 Offsets move only after every operation of a chunk was accepted or its dead letter confirmed.
@@ -57,6 +61,7 @@ from app.sink.planning import (
     Fetched,
     ItemRef,
     Lane,
+    Unanswered,
     commit_offsets,
     letter_for_rejected,
     plan_chunk,
@@ -180,6 +185,7 @@ class OperationsSink(Service):
         self.idle = asyncio.Event()
         self.idle.set()
         self._policy = policy
+        self._unanswered = Unanswered(settings.sink_unanswered_settle_seconds)
 
     @property
     def io(self) -> SinkIO:
@@ -310,7 +316,18 @@ class OperationsSink(Service):
         letters = [self._letter(rejected) for rejected in oversized]
         for request in packed.requests:
             metrics.SINK_ITEMS_PER_REQUEST.observe(len(request))
+            hold = self._unanswered.hold_seconds(
+                zip(request.payloads, request.refs, strict=True), time.monotonic()
+            )
+            if hold > 0:
+                log.info(
+                    "sink: a delete waits %.1fs for an unanswered request of its user to settle",
+                    hold,
+                )
+                await self.sleep(hold)
             report = await deliver(request, self.io.client, self._policy)
+            if any(decision.status is None for decision in report.decisions):
+                self._unanswered.note((ref.mpid for ref in request.refs), time.monotonic())
             self._record(report, request.refs)
             letters.extend(self._letter(rejected) for rejected in report.rejected)
         return letters

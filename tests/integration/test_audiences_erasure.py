@@ -354,3 +354,34 @@ async def test_sink_crash_between_delete_and_commit_redelivers_the_delete(
     _assert_never_reappears(applied, 1)
     assert_workspace(emulator, _not_erased(expected, (1,)))
     assert await message_count(kafka, topics.deadletter.name) == 0
+
+
+async def test_an_unanswered_request_applied_late_does_not_undo_an_erasure(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    """Customer.io may apply a request after the client gave up on it (the emulator's ``delay``
+    fault: held 10 s while the client times out after 1 s and retries it). The erasure that
+    follows the retry must still be the last word on the person: its delete waits until the
+    abandoned request can no longer be applied (``MPCIO_SINK_UNANSWERED_SETTLE_SECONDS``)."""
+    kafka, topics = deployment.kafka.bootstrap, deployment.topics
+    held, _ = parse_faults({"kind": "delay", "delay_seconds": 10, "count": 1})
+    emulator.faults.add(held)
+    store = emulator.state.store
+    worker = deployment.start_worker(
+        request_timeout_seconds="1", sink_unanswered_settle_seconds="15"
+    )
+    await produce(kafka, topics.batches.name, [_batch(51, "late@example.com", "Start", T)])
+    await wait_for(lambda: store.find(("id", "c51")) is not None, 60, "the retried request")
+    await produce(
+        kafka,
+        topics.erasure.name,
+        [(b"51", orjson.dumps({"subject_request_type": "erasure", "mpid": 51}))],
+    )
+    await wait_for(
+        lambda: store.deleted and emulator.state.stats()["faults_injected"].get("delay") == 1,
+        60,
+        "the deletion and the late application of the abandoned request",
+    )
+    assert store.find(("id", "c51")) is None
+    assert store.find(("email", "late@example.com")) is None
+    worker.assert_running()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import orjson
 from aiokafka import TopicPartition
 
 from app.records import decode_dead_letter
-from app.sink.planning import commit_offsets, plan_chunk, rewind_offsets
+from app.sink.planning import ItemRef, Unanswered, commit_offsets, plan_chunk, rewind_offsets
 from tests.unit.operations_records import TOPIC, Fetched, T, chunk_of, item, record
 
 
@@ -58,3 +59,22 @@ def test_commit_after_the_last_record_and_rewind_to_the_first_of_each_partition(
     chunk = chunk_of(record(0, 4), record(0, 5), record(3, 40))
     assert commit_offsets(chunk) == {TopicPartition(TOPIC, 0): 6, TopicPartition(TOPIC, 3): 41}
     assert rewind_offsets(chunk) == {TopicPartition(TOPIC, 0): 4, TopicPartition(TOPIC, 3): 40}
+
+
+def _op(mpid: str, action: str) -> tuple[bytes, ItemRef]:
+    payload = orjson.dumps({"type": "person", "identifiers": {"id": mpid}, "action": action})
+    return payload, ItemRef(0, 1, mpid, T)
+
+
+def test_a_delete_waits_until_its_users_unanswered_request_has_settled() -> None:
+    # Seen under exactly_once: a request with user 7's events timed out (still applicable),
+    # its retry and then the delete went out, then the late copy recreated the person.
+    unanswered = Unanswered(settle_seconds=15.0)
+    unanswered.note(["7", "8"], now=100.0)
+
+    assert unanswered.hold_seconds([_op("9", "delete"), _op("7", "event")], now=101.0) == 0.0
+    assert unanswered.hold_seconds([_op("8", "event"), _op("7", "delete")], now=101.0) == 14.0
+    unanswered.note(["7"], now=105.0)  # a later unanswered attempt extends the wait
+    assert unanswered.hold_seconds([_op("7", "delete")], now=106.0) == 14.0
+    assert unanswered.hold_seconds([_op("7", "delete")], now=120.0) == 0.0
+    assert unanswered.until == {}  # settled users are forgotten

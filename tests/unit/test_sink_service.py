@@ -7,6 +7,7 @@ order, from one shared journal.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +19,11 @@ from aiokafka import TopicPartition
 from app.customerio.classify import HttpAnswer, TransportFailure
 from app.customerio.delivery import RetryPolicy
 from app.customerio.ratelimit import RateLimiter
-from app.records import decode_dead_letter
+from app.records import SourcePosition, decode_dead_letter, operation_batch
 from app.settings import load_settings
 from app.sink.service import OperationsSink, SinkIO
 from app.topics import topics_for
-from tests.unit.operations_records import chunk_of, record
+from tests.unit.operations_records import TOPIC, Fetched, T, chunk_of, record
 
 SETTINGS = load_settings(
     forwarding_enabled=False,
@@ -32,6 +33,7 @@ SETTINGS = load_settings(
     # small requests, so the 16-item chunks below fill two of them and use both lanes
     batch_max_items=8,
     credentials_probe_seconds=0.01,
+    sink_unanswered_settle_seconds=0.5,
 )
 TOPICS = topics_for(SETTINGS)
 POLICY = RetryPolicy(max_attempts=1, max_seconds=1.0, initial_backoff=0.0, max_backoff=0.0)
@@ -252,3 +254,26 @@ async def test_a_rebalance_waits_for_the_chunk_in_flight_to_finish_and_commit() 
     await asyncio.wait_for(handling, WAIT)
 
     assert journal[-2:] == [("commit", {TopicPartition("ops", 2): 31}), ("revoked",)]
+
+
+async def test_a_delete_after_an_unanswered_request_of_its_user_waits_for_it_to_settle() -> None:
+    # Customer.io may apply an attempt the client gave up on after everything sent later: a
+    # delete sent before then would be undone by that late copy (recreating the person).
+    posted_at: list[float] = []
+
+    def answer(_: bytes) -> HttpAnswer | TransportFailure:
+        posted_at.append(time.monotonic())
+        if len(posted_at) == 1:
+            return TransportFailure("timeout", "TimeoutError()")
+        return HttpAnswer(200, b"{}")
+
+    sink, _, _, producer, _ = await started_sink(answer)
+    producer.confirm.set()
+    await asyncio.wait_for(sink.handle(chunk_of(record(1, 3))), WAIT)  # user 101's event
+    delete = orjson.dumps({"p": 1, "o": 4, "i": 0, "action": "delete"})
+    value = operation_batch("101", [("delete", "101", delete)], SourcePosition("b", 1, 4), T)
+
+    await asyncio.wait_for(sink.handle(chunk_of(Fetched(TOPIC, 1, 4, b"101", value))), WAIT)
+
+    assert len(posted_at) == 2
+    assert posted_at[1] - posted_at[0] >= SETTINGS.sink_unanswered_settle_seconds
