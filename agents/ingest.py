@@ -27,6 +27,7 @@ and the stream continues.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -242,7 +243,8 @@ async def ingest_stream(
     kind: RekeyKind | None,
     after_write: AfterWrite | None = None,
 ) -> None:
-    """The loop of one ingest agent: each record → ``step`` → :func:`write_record`.
+    """The loop of one ingest agent: each record → ``step`` → :func:`write_record`, in the
+    turn of its partition (``writer.turns``, :class:`Turns`).
 
     ``kind``: the role of the stream's input topic, named on the records it re-keys; None for
     the re-key topic (its positions are marked ``rekeyed`` for the redelivery guard).
@@ -254,22 +256,27 @@ async def ingest_stream(
         position = SourcePosition(
             message.topic, message.partition, message.offset, rekeyed=kind is None
         )
-        try:
-            result = step(event, position)
-        except Exception as exc:  # a bug must not lose the record: dead-letter it
-            log.exception(
-                "ingest failed on %s",
-                position,
-                extra={
-                    "topic": position.topic,
-                    "partition": position.partition,
-                    "offset": position.offset,
-                    "mpid": mask_mpid(event.key),
-                    "reason": Reason.INTERNAL_ERROR,
-                },
-            )
-            result = _internal_error(event, position, exc)
-        await write_record(writer, event, result, kind)
+        # The step reads what earlier records wrote (state, erasure marker), and the write
+        # yields between its operations record and its table changes: the partition's other
+        # agents wait, or a batch stepped before an erasure's marker is put would send its
+        # events after that erasure's deletes (issue 13: an erased person back).
+        async with writer.turns(message.partition):
+            try:
+                result = step(event, position)
+            except Exception as exc:  # a bug must not lose the record: dead-letter it
+                log.exception(
+                    "ingest failed on %s",
+                    position,
+                    extra={
+                        "topic": position.topic,
+                        "partition": position.partition,
+                        "offset": position.offset,
+                        "mpid": mask_mpid(event.key),
+                        "reason": Reason.INTERNAL_ERROR,
+                    },
+                )
+                result = _internal_error(event, position, exc)
+            await write_record(writer, event, result, kind)
         if after_write is not None:
             await after_write(result)
 
@@ -283,6 +290,20 @@ async def write_record(
     await writer.write(event, result, kind)
     record_metrics(result)
     log_held_back(log, result.counts["limits", LIMIT_PERSON_CAP], next(iter(result.states), None))
+
+
+class Turns:
+    """One lock per input partition number, shared by the agents of every input topic (their
+    partition p holds the same users): one record of a partition is stepped and written at a
+    time, so a record's step sees every earlier record's table changes, and records' outputs
+    reach the operations topic in the order they were stepped. Uncontended, a turn does not
+    yield."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def __call__(self, partition: int) -> asyncio.Lock:
+        return self._locks.setdefault(partition, asyncio.Lock())
 
 
 def _internal_error(event: Any, position: SourcePosition, exc: Exception) -> IngestResult:
@@ -333,6 +354,7 @@ class RecordWriter:
         self.topics = topics
         self.pending: PendingWrites = tracked_writes(app)
         self.uncommitted: UncommittedWrites = uncommitted_writes(app)
+        self.turns = Turns()
 
     async def write(self, event: Any, result: IngestResult, kind: RekeyKind | None) -> None:
         """Write ``result`` of ``event`` (see the class docstring). ``kind``: the role of the
