@@ -22,10 +22,10 @@ Failure semantics:
   (and, after a restart, from the last committed offsets);
 - an unexpected error in a chunk is logged, the chunk is rewound and retried after a pause;
   no exception escapes the loop;
-- a rebalance waits (``FINISH_BEFORE_REVOKE_SECONDS``) for the chunk in flight; one still
-  unfinished then is abandoned uncommitted (its partitions' next owner redelivers it), because
-  from the revoke to the next assignment the worker has no share of the rate limit and its
-  rate limiter is closed (:class:`~app.errors.NoRateShareError`).
+- a rebalance waits for the chunk in flight (:func:`finish_wait_seconds`: inside the group's
+  rebalance timeout); one still unfinished then is abandoned uncommitted (its partitions' next
+  owner redelivers it), because from the revoke to the next assignment the worker has no share
+  of the rate limit and its rate limiter is closed (:class:`~app.errors.NoRateShareError`).
 Offsets move only after every operation of a chunk was accepted or its dead letter confirmed.
 
 Seams: the pure planning (chunk → lanes, undecodable records, offsets) is
@@ -78,16 +78,23 @@ log = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_FETCH = 2000
 UNEXPECTED_ERROR_PAUSE_SECONDS = 5.0
-#: How long a rebalance waits for the chunk in flight to finish and commit.
-FINISH_BEFORE_REVOKE_SECONDS = 30.0
-#: The group's rebalance timeout covers that wait plus the rejoin: with aiokafka's default
-#: (the session timeout, 10 s) the broker finished a rebalance without a member still in its
-#: wait and gave its partitions to the others, who then sent at their new, larger shares
-#: while it sent the rest of its chunk at its old one: together above the workspace's limit.
-REBALANCE_TIMEOUT_SECONDS = FINISH_BEFORE_REVOKE_SECONDS + 15.0
+#: Of the group's rebalance timeout, what a member needs to rejoin after its wait for the
+#: chunk in flight (:func:`finish_wait_seconds`).
+REJOIN_SECONDS = 5.0
 #: aiokafka's default request timeout; the JoinGroup request of a member that waits for
 #: another's chunk lasts up to the rebalance timeout, so it must be longer than that.
 KAFKA_REQUEST_TIMEOUT_SECONDS = 40.0
+
+
+def finish_wait_seconds(settings: Settings) -> float:
+    """How long a rebalance waits for the chunk in flight to finish and commit: the group's
+    rebalance timeout (``MPCIO_KAFKA_REBALANCE_TIMEOUT_SECONDS``) less the time to rejoin, at
+    least 1 s. The sink's consumer sends that timeout too: with aiokafka's default (the 10 s
+    session timeout) under a 30 s wait, the broker finished a rebalance without a member still
+    waiting and gave its partitions to the others, who sent at their new, larger shares while
+    it sent the rest of its chunk at its old one: together above the workspace's limit."""
+    return max(settings.kafka_rebalance_timeout_seconds - REJOIN_SECONDS, 1.0)
+
 
 Chunk = dict[TopicPartition, list[Fetched]]
 
@@ -145,7 +152,7 @@ def kafka_io(settings: Settings) -> SinkIO:
     from app import kafka_security  # noqa: PLC0415 - TLS/SASL settings of every client
 
     limiter = wiring.rate_limiter(settings)
-    rebalance_timeout = max(REBALANCE_TIMEOUT_SECONDS, settings.kafka_session_timeout_seconds)
+    rebalance_timeout = settings.kafka_rebalance_timeout_seconds
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
@@ -452,7 +459,9 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         if not self.sink.idle.is_set():
             log.info("sink: rebalance waits for the chunk in flight to finish and commit")
         try:
-            await asyncio.wait_for(self.sink.idle.wait(), timeout=FINISH_BEFORE_REVOKE_SECONDS)
+            await asyncio.wait_for(
+                self.sink.idle.wait(), timeout=finish_wait_seconds(self.sink.settings)
+            )
         except TimeoutError:
             log.warning("sink: the chunk in flight did not finish before the rebalance")
         # Closed whether or not a chunk is still in flight: it stops at its next request

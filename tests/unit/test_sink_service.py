@@ -21,7 +21,7 @@ from app.customerio.delivery import RetryPolicy
 from app.customerio.ratelimit import RateLimiter
 from app.errors import NoRateShareError
 from app.records import decode_dead_letter
-from app.settings import load_settings
+from app.settings import Settings, load_settings
 from app.sink import service
 from app.sink.service import OperationsSink, SinkIO
 from app.topics import topics_for
@@ -152,15 +152,17 @@ def ok(_: bytes) -> HttpAnswer:
 
 
 async def started_sink(
-    answer: Callable[[bytes], HttpAnswer | TransportFailure] = ok, **client: Any
+    answer: Callable[[bytes], HttpAnswer | TransportFailure] = ok,
+    settings: Settings = SETTINGS,
+    **client: Any,
 ) -> tuple[OperationsSink, list[Any], FakeConsumer, FakeProducer, FakeClient]:
     """A started sink that was assigned every partition (as its first rebalance does)."""
     journal: list[Any] = []
     consumer, producer = FakeConsumer(journal), FakeProducer(journal)
-    limiter = RateLimiter(SETTINGS.rate_limit_per_second)
+    limiter = RateLimiter(settings.rate_limit_per_second)
     fake_client = FakeClient(journal, answer, limiter, **client)
     io = SinkIO(consumer, producer, fake_client, limiter)
-    sink = OperationsSink(SETTINGS, TOPICS, lambda: io, POLICY)
+    sink = OperationsSink(settings, TOPICS, lambda: io, POLICY)
     await sink.on_start()
     await consumer.listener.on_partitions_assigned(consumer.assignment())
     return sink, journal, consumer, producer, fake_client
@@ -298,14 +300,14 @@ async def test_the_rate_share_follows_the_assignment_and_is_none_without_partiti
     assert _rate_gauge() == SETTINGS.rate_limit_per_second
 
 
-async def test_a_chunk_unfinished_when_the_rebalance_stops_waiting_is_abandoned_uncommitted(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_chunk_unfinished_when_the_rebalance_wait_ends_is_abandoned() -> None:
     """Its next request is never sent (the partitions' next owner sends it, at its own share)
     and nothing is committed; the chunk is rewound for whoever holds its partitions next."""
-    monkeypatch.setattr(service, "FINISH_BEFORE_REVOKE_SECONDS", 0.05)
     gate = asyncio.Event()
-    sink, journal, consumer, producer, client = await started_sink(gate=gate)
+    # the shortest rebalance timeout (6 s) leaves the chunk 1 s before the member rejoins
+    settings = SETTINGS.model_copy(update={"kafka_rebalance_timeout_seconds": 6.0})
+    assert service.finish_wait_seconds(settings) == 1.0
+    sink, journal, consumer, producer, client = await started_sink(gate=gate, settings=settings)
     producer.confirm.set()
     # 16 items of one partition: two requests of 8, one after the other in one lane
     handling = asyncio.create_task(sink.handle(chunk_of(record(2, 40, items=16))))
