@@ -4,8 +4,7 @@ The app is built by a factory from :class:`~app.settings.Settings` (not at impor
 worker, the tests and the benchmarks each get an app with their own id, topics and store.
 
 Delivery semantics (ARCHITECTURE.md, "Crash safety"): ``processing_guarantee`` comes from the
-settings (``at_least_once`` by default until the kill loop is clean under ``exactly_once``;
-ARCHITECTURE.md §4).
+settings (``at_least_once`` by default until ``exactly_once`` passes its runs; ARCHITECTURE.md §4).
 Under ``exactly_once`` faust keeps one transactional producer per assigned input partition,
 reads with ``read_committed`` and commits the input offsets of a partition inside that
 partition's transaction (``send_offsets_to_transaction``); agents send everything a record
@@ -27,6 +26,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
+import aiokafka
 import faust
 import uvloop
 from faust.tables import TableManager
@@ -35,11 +35,13 @@ from faust.types.enums import ProcessingGuarantee
 
 from app.kafka_security import broker_credentials
 from app.localstore import PendingWrites, UncommittedWrites
+from app.recovery import SafeRecovery, extend_span, position_for_guess
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
     from collections.abc import Set as AbstractSet
 
+    from faust.transport.consumer import RecordMap
     from faust.types import TP, Message, TransportT
     from faust.types.transports import TPorTopicSet
 
@@ -50,8 +52,14 @@ log = logging.getLogger(__name__)
 # size the ingest agent stalls about 0.9 s per fetch round once it writes a table or produces
 # (~1,500 records/s, the worker mostly idle); 8 MiB per partition makes it CPU-bound
 # (~3,000-5,000 records/s). Every other setting tried was within noise.
+# producer_linger (seconds): each record's sends go to its partition's producer, which with
+# faust's default (0) ships a produce request per loop turn: ~3 records each on a busy box,
+# where produce requests took 17-21 % of the worker (py-spy); 0.1 s: ~8 records each. Under
+# exactly_once an event waits for the 2.8 s commit anyway, which also flushes what lingers
+# (ARCHITECTURE.md §5 "Round 3").
 FAUST_TUNING: dict[str, Any] = {
     "consumer_max_fetch_size": 8 * 1024 * 1024,
+    "producer_linger": 0.1,
 }
 # How long one partition's transactional commit (waiting for its producer's lock, then
 # AddOffsetsToTxn + TxnOffsetCommit + EndTxn) may take before the worker gives up and exits 1
@@ -104,6 +112,15 @@ class TrackingTableManager(TableManager):
         super().on_commit(offsets)
         self.pending.committed({(tp.topic, tp.partition): offset for tp, offset in offsets.items()})
 
+    @property
+    def recovery(self) -> SafeRecovery:
+        """faust's recovery with our two fixes (:mod:`app.recovery`)."""
+        if self._recovery is None:
+            self._recovery = SafeRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        if not isinstance(self._recovery, SafeRecovery):
+            raise TypeError("the table manager's recovery was made elsewhere")
+        return self._recovery
+
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
@@ -116,16 +133,62 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         offsets: Mapping[TP, int] = await consumer.end_offsets(partitions)
         return offsets
 
+    async def _fetch_records(
+        self,
+        consumer: aiokafka.AIOKafkaConsumer,
+        active_partitions: set[TP],
+        timeout: float | None = None,  # noqa: ASYNC109 - faust's signature
+        max_records: int | None = None,
+    ) -> RecordMap:
+        # Record, per changelog partition, what this fetch read (app.recovery.FetchedSpan):
+        # the positions before and after it are taken here, in the thread that fetches, so
+        # every committed record between them is in the records returned.
+        changelogs = [tp for tp in consumer.assignment() if self.consumer._is_changelog_tp(tp)]
+        before = {tp: _position(consumer, tp) for tp in changelogs}
+        records: RecordMap = await super()._fetch_records(
+            consumer, active_partitions, timeout, max_records
+        )
+        spans = _tracking_tables(self.app).recovery.fetched_spans
+        for tp in changelogs:
+            start, end = before[tp], _position(consumer, tp)
+            if start is None or end is None:
+                spans.pop(tp, None)
+                continue
+            returned = records.get(tp)
+            last = returned[-1].offset if returned else None
+            extended = extend_span(spans.get(tp), start, end, last)
+            if extended is None:
+                spans.pop(tp, None)
+            else:
+                spans[tp] = extended
+        return records
+
+    async def _seek_wait(
+        self, consumer: aiokafka.AIOKafkaConsumer, partitions: Mapping[TP, int]
+    ) -> None:
+        # recovery seeks its changelog partitions here: what was read before says nothing
+        spans = _tracking_tables(self.app).recovery.fetched_spans
+        for tp in partitions:
+            spans.pop(tp, None)
+        await super()._seek_wait(consumer, partitions)
+
     def verify_event_path(self, now: float, tp: TP) -> None:
         # faust's livelock detector reads the partition's fetch position, which aiokafka
         # asserts is set; right after a seek to the beginning (never_committed) or a reset it
         # is not, and the AssertionError crashed the worker (seen in a kill loop). Such a
         # partition has nothing to verify yet.
-        consumer = self._ensure_consumer()
-        state = consumer._fetcher._subscriptions.subscription.assignment.state_value(tp)
-        if state is None or not state.has_valid_position:
+        if _position(self._ensure_consumer(), tp) is None:
             return
         super().verify_event_path(now, tp)
+
+
+def _position(consumer: aiokafka.AIOKafkaConsumer, tp: TP) -> int | None:
+    """The fetch position of ``tp`` (None: not assigned, or no valid position yet)."""
+    state = consumer._fetcher._subscriptions.subscription.assignment.state_value(tp)
+    if state is None or not state.has_valid_position:
+        return None
+    position: int = state.position
+    return position
 
 
 def hole_to_reread(
@@ -238,6 +301,15 @@ class _Consumer(faust_aiokafka.Consumer):
         )
         if unread:
             await self._thread.seek_to_beginning(*unread)
+
+    async def position(self, tp: TP) -> int | None:
+        """faust asks only in table recovery's "aborted transactions" guess: answered only as
+        far as the recovery provably applied (:func:`app.recovery.position_for_guess`)."""
+        position: int | None = await super().position(tp)
+        recovery = _tracking_tables(self.app).recovery
+        return position_for_guess(
+            recovery.fetched_spans.get(tp), recovery.active_offsets.get(tp), position
+        )
 
     async def commit(
         self, topics: TPorTopicSet | None = None, start_new_transaction: bool = True

@@ -205,9 +205,11 @@ class Settings(BaseSettings):
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
         "at_least_once",
-        description="exactly_once (not yet the default): a record's state, operations and "
-        "input offset commit in one Kafka transaction (ARCHITECTURE.md §4; the default once "
-        "its release runs pass). at_least_once: no transactions; the local store is "
+        description="exactly_once (not yet the default: an erased person came back in its last "
+        "test runs, ARCHITECTURE.md §4): a record's state, operations and input offset commit "
+        "in one Kafka transaction (needs transactions on the broker). "
+        "at_least_once: no transactions, lower latency; a crash between a state's changelog "
+        "write and its operations write can lose that record's operations; the local store is "
         'rebuilt from the changelog after a crash (README "Crash safety").',
     )
     event_loop: Literal["asyncio", "uvloop"] = Field(
@@ -334,7 +336,9 @@ class Settings(BaseSettings):
         "resuming on its own.",
     )
     retry_max_attempts: PositiveInt = Field(
-        12, description="Attempts per request before its items are dead-lettered."
+        12,
+        description="Failed attempts per request before its items are dead-lettered (429 "
+        "answers are not counted: a throttle storm is bounded by retry_max_seconds alone).",
     )
     retry_max_seconds: PositiveFloat = Field(
         600.0, description="Time budget per request before its items are dead-lettered."

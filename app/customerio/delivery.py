@@ -2,8 +2,12 @@
 
 :func:`deliver` sends the same request again (same items, same order) after each retryable
 failure, backing off exponentially with full jitter (``Retry-After`` wins when present), until
-it succeeds or the retry budget is spent: ``max_attempts`` attempts *or* ``max_seconds`` since
-the first attempt, whichever comes first. A wait that would end past ``max_seconds`` (a
+it succeeds or the retry budget is spent: ``max_attempts`` failed attempts *or* ``max_seconds``
+since the first attempt, whichever comes first. A 429 (throttled) does not count as a failed
+attempt: it says "later", not "failed", so a throttle storm is bounded by ``max_seconds`` alone
+and cannot dead-letter items a patient retry delivers (seen under ``exactly_once``: one
+transaction's operations fill one lane, whose first request met all of a test's 14
+consecutive 5xx/429/drop faults). A wait that would end past ``max_seconds`` (a
 ``Retry-After`` longer than the budget left) is cut to the budget's end and one last attempt is
 made. Then every item is reported for the dead-letter topic with reason ``retries_exhausted``
 and the number of attempts made; nothing is ever dropped silently. A 207 names the items to
@@ -97,6 +101,7 @@ async def deliver(
     report: DeliveryReport[Ref] = DeliveryReport()
     body = request.body()
     started = clock()
+    throttled = 0  # 429 answers: not counted against max_attempts
     while True:
         report.attempts += 1
         sent_at = clock()
@@ -121,12 +126,13 @@ async def deliver(
         if decision.outcome is Outcome.DEAD_LETTER:
             _reject_all(request, decision.reason, _answer_text(answer), status, report)
             return report
+        throttled += status == 429
         elapsed = clock() - started
         remaining = policy.max_seconds - elapsed
-        if report.attempts >= policy.max_attempts or remaining <= 0:
+        if report.attempts - throttled >= policy.max_attempts or remaining <= 0:
             detail = (
-                f"retries_exhausted after {report.attempts} attempts in {elapsed:.1f}s; "
-                f"last: {decision.reason}"
+                f"retries_exhausted after {report.attempts} attempts ({throttled} throttled) "
+                f"in {elapsed:.1f}s; last: {decision.reason}"
             )
             _reject_all(request, Reason.RETRIES_EXHAUSTED, detail, status, report)
             return report

@@ -62,7 +62,8 @@ RESULTS = REPO / "bench" / "results"
 PARTITIONS = 4
 SITE_ID, API_KEY = "bench-site", "bench-key"
 CONTENDERS = (
-    "ours", "ours-alo", "ours-uvloop", "base", "base-alo", "ceiling", "ceiling-uvloop", "naive"
+    "ours", "ours-alo", "ours-uvloop", "base", "base-alo", "ceiling", "ceiling-uvloop",
+    "base-ceiling", "naive",
 )  # fmt: skip
 DEFAULT_CONTENDERS = ("ours", "ours-alo", "ceiling", "naive")
 # Our worker with settings of its own: "ours" is the product (exactly_once, Kafka
@@ -76,11 +77,14 @@ OURS: dict[str, dict[str, str]] = {
     "base": {"processing_guarantee": "exactly_once"},
     "base-alo": {"processing_guarantee": "at_least_once"},
 }
-# "base" / "base-alo": ours / ours-alo running the code of another checkout (--baseline, e.g.
-# the starting commit), so a before/after comparison is one run with the same noise.
-BASELINE = frozenset({"base", "base-alo"})
+# "base" / "base-alo" / "base-ceiling": ours / ours-alo / the ceiling running the code of
+# another checkout (--baseline, e.g. the starting commit), so a before/after comparison is one
+# run with the same noise (the ceiling shares app.faust_app.FAUST_TUNING with ours).
+BASELINE = frozenset({"base", "base-alo", "base-ceiling"})
 # The faust pass-through ceiling on the product's event loop, and on uvloop.
-CEILINGS: dict[str, str | None] = {"ceiling": None, "ceiling-uvloop": "uvloop"}
+CEILINGS: dict[str, str | None] = {
+    "ceiling": None, "ceiling-uvloop": "uvloop", "base-ceiling": None
+}  # fmt: skip
 TITLES = {
     "ours": "ours: mpcio worker, exactly_once (transactions)",
     "ours-alo": "ours, at_least_once (no transactions)",
@@ -89,6 +93,7 @@ TITLES = {
     "base-alo": "ours at --baseline, at_least_once",
     "ceiling": "ceiling: faust decode + produce, no HTTP",
     "ceiling-uvloop": "ceiling on uvloop",
+    "base-ceiling": "ceiling at --baseline",
     "naive": "per-event forwarder (aiokafka + v1, 1 req/event)",
 }
 PHASES = ("throughput", "paced", "limited")
@@ -929,7 +934,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--baseline",
         type=Path,
         help="a checkout of another commit (e.g. `git archive main | tar -x -C DIR`): the "
-        "base / base-alo contenders run its app/ and agents/",
+        "base / base-alo / base-ceiling contenders run its code",
     )
     run.add_argument("--keep-logs", action="store_true", help="copy every process log to results/")
     run.add_argument(
@@ -955,7 +960,7 @@ def options_from(args: argparse.Namespace) -> Options:
     ]:
         raise SystemExit(f"unknown contenders/phases: {unknown}")
     if args.baseline is None and BASELINE.intersection(contenders):
-        raise SystemExit("contenders base / base-alo need --baseline DIR")
+        raise SystemExit("contenders base / base-alo / base-ceiling need --baseline DIR")
     return Options(
         shape=Shape(
             users=args.users,

@@ -69,13 +69,19 @@ class Group:
         return None
 
     def stop(self, grace: float = 30.0) -> list[int | None]:
-        """SIGTERM all at once (a rebalance per stopped worker would slow the rest), then
-        reap each like :func:`stop`; the exit codes in launch order."""
+        """SIGTERM all at once (a rebalance per stopped worker would slow the rest), wait up to
+        ``grace`` seconds for all, then SIGKILL what is left (and each group's leftovers); the
+        exit codes in launch order. One SIGTERM each: a second one, while a worker is still
+        stopping, ends it by the signal's default action (exit code -15, seen with N = 2)."""
         for process in self.processes:
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
-        return [stop(process, grace) for process in self.processes]
+        deadline = time.monotonic() + grace
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(deadline - time.monotonic(), 0.0))
+        return [stop(process, grace=0.0) for process in self.processes]
 
     def peak_rss_mb(self) -> float | None:
         """Sum of the processes' peak resident sets (MiB); None if none could be read."""

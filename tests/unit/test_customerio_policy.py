@@ -192,8 +192,11 @@ BUDGET = RetryPolicy(max_attempts=5, max_seconds=30, initial_backoff=1, max_back
         pytest.param([HttpAnswer(429, b"", {"Retry-After": "20"})] * 3,
                      [20.0, 10.0], 3, 0, id="second-wait-cut-to-budget"),
         # the attempt budget still binds: no wait past the last attempt
-        pytest.param([HttpAnswer(429, b"", {"Retry-After": "1"})] * 6,
+        pytest.param([HttpAnswer(503, b"", {"Retry-After": "1"})] * 6,
                      [1.0] * 4, 5, 0, id="attempts-bind-first"),
+        # ... but the time budget binds them: 30 s of Retry-After: 10, then one last try
+        pytest.param([HttpAnswer(429, b"", {"Retry-After": "10"})] * 5,
+                     [10.0, 10.0, 10.0], 4, 0, id="429-bound-by-time"),
     ],
 )  # fmt: skip
 async def test_retry_after_past_the_budget_waits_for_its_end_and_retries_once(
@@ -206,6 +209,16 @@ async def test_retry_after_past_the_budget_waits_for_its_end_and_retries_once(
     assert {(r.reason, r.attempts) for r in report.rejected} == (
         set() if delivered else {("retries_exhausted", attempts)}
     )
+
+
+async def test_throttles_spend_no_attempt_only_time() -> None:
+    # the 429 storm test under exactly_once: one request met 12 consecutive faults
+    throttle = HttpAnswer(429, b"", {"Retry-After": "1"})
+    sender = ScriptedSender(*[throttle] * 7, *[HttpAnswer(500)] * 4, HttpAnswer(200))
+    report, fake = await _deliver(sender, BUDGET)  # 5 attempts, 30 s
+    assert report.attempts == 12
+    assert report.delivered == 3
+    assert fake.slept[:7] == [1.0] * 7  # Retry-After honoured
 
 
 async def test_207_dead_letters_only_named_items() -> None:

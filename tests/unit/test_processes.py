@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -110,3 +111,27 @@ def test_a_sigterm_while_the_demo_starts_a_child_stops_that_child(
         pytest.fail("the SIGTERM must stop the demo before it uses the child")
     (child,) = started
     assert child.poll() == -signal.SIGTERM
+
+
+# Stops gracefully (exit 0, after 0.5 s) on the first SIGTERM; a second one while it stops
+# ends it by the default action, as a faust worker late in its shutdown.
+GRACEFUL_ONCE = (
+    "import signal, sys, time\n"
+    "def stopping(*_):\n"
+    "    signal.signal(signal.SIGTERM, signal.SIG_DFL); time.sleep(0.5); sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, stopping); print('ready', flush=True); time.sleep(120)"
+)
+
+
+def test_a_group_is_sent_one_sigterm_per_process(tmp_path: Path) -> None:
+    children = [
+        procs.spawn([sys.executable, "-c", GRACEFUL_ONCE], log=tmp_path / f"{i}.log")
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 60
+    for i in range(2):  # the handler is installed once it has said so
+        while b"ready" not in (tmp_path / f"{i}.log").read_bytes():
+            assert children[i].poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # polling a log file: nothing to await
+    assert procs.Group(children).stop(grace=60.0) == [0, 0]
