@@ -8,6 +8,9 @@
     │                            another host (3xx): the sink stops consuming (pauses its
     │                            partitions, rewinds the chunk), keeps its offsets, dead-letters
     │                            nothing and re-checks GET /auth until it passes
+    ├── NoRateShareError         the sink's rate limiter is closed: this worker holds no
+    │                            share of the workspace's request limit (no partitions, or
+    │                            mid-rebalance); the chunk in flight is abandoned uncommitted
     ├── LocalKafkaError          fatal: the local development broker cannot be fetched or run
     ├── InvalidRecordError       a record cannot be used: dead-lettered with its Reason
     ├── FirehoseSchemaError      a Firehose message its published schema rejects (ingress: 400)
@@ -63,6 +66,16 @@ class FatalDeliveryError(ConfigError):
             "offsets are kept, nothing was dead-lettered"
         )
         self.reason = reason
+
+
+class NoRateShareError(MpcioError):
+    """Raised by a closed :class:`~app.customerio.ratelimit.RateLimiter`: this worker holds no
+    share of the workspace's request limit, so it may send nothing (before its first partition
+    assignment, from a revoke to the next assignment, while it holds no partition).
+
+    What it does: the sink abandons the chunk in flight — nothing of it is committed; its
+    partitions' next owner (another worker, or this one after the rebalance) redelivers it
+    from the last committed offsets, at that owner's share."""
 
 
 class LocalKafkaError(MpcioError):

@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from app.dev.localkafka import LocalKafka, free_port
+from app.dev.localkafka import LocalKafka, free_port, signals_deferred
 from app.errors import DemoError, MpcioError
 from app.kafka_admin import ensure_topics
 from app.ops.deadletters import Selection, StoredLetter, select
@@ -191,23 +191,28 @@ def _child(
     argv: list[str], log_path: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``mpcio <argv>`` in a subprocess logging to ``log_path`` (``env`` added to ours);
-    on exit SIGTERM, then SIGKILL after :data:`STOP_SECONDS`."""
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed argv
-            [sys.executable, "-m", "app", *argv],
-            env={**os.environ, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield process
-        finally:
-            process.terminate()
-            try:
-                process.wait(STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    on exit SIGTERM, then SIGKILL after :data:`STOP_SECONDS`. A SIGTERM or Ctrl-C while it is
+    being started takes effect once its stop is registered (a SIGTERM in between once left
+    the emulator running)."""
+    with log_path.open("wb") as log, contextlib.ExitStack() as stack:
+        with signals_deferred(signal.SIGTERM, signal.SIGINT):
+            process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed argv
+                [sys.executable, "-m", "app", *argv],
+                env={**os.environ, **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            stack.callback(_stop_child, process)
+        yield process
+
+
+def _stop_child(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 async def _produce(settings: Settings, topic: str, lines: list[bytes]) -> None:

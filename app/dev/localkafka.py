@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from base64 import urlsafe_b64encode
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +231,36 @@ def signal_group_and_wait(
         return process.wait(10)
 
 
+@contextlib.contextmanager
+def signals_deferred(*signums: signal.Signals) -> Iterator[None]:
+    """Hold ``signums`` (their Python handlers) for the block: one that arrives meanwhile is
+    raised again as the block ends, when the handlers are back.
+
+    For starting a child that must be stopped: a handler that raises (a stop) between the
+    fork and the line that registers the child for stopping would leave the child running,
+    so spawn and register inside the block. Not ``preexec_fn`` (``PR_SET_PDEATHSIG``): with
+    it, CPython runs the ``os.register_at_fork`` hooks, and a handler running inside one
+    raises into an "Exception ignored" (the demo then ignored the SIGTERM and ran on).
+    Only the main thread has signal handlers: in any other thread this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[signal.Signals] = []
+
+    def hold(signum: int, _frame: object) -> None:
+        pending.append(signal.Signals(signum))
+
+    previous = {signum: signal.signal(signum, hold) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            # None: a handler set outside Python, which this cannot put back; keep the default
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
+
+
 class LocalKafka(_Lifecycle):
     """One single-node KRaft broker on 127.0.0.1.
 
@@ -357,13 +387,16 @@ class LocalKafka(_Lifecycle):
             self._java(classpath, "kafka.tools.StorageTool", "format", *quorum,
                        "-t", cluster_id, "-c", str(config), *self._scram_arguments())  # fmt: skip
         self._began = time.monotonic()
-        self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [self._java_bin(), f"-Xmx{self.heap}", *self._jvm_flags(), "-cp", classpath,
-             "kafka.Kafka", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.data_dir / "stderr.log").open("ab"),
-            start_new_session=True,  # own process group: stop() reaches every child
-        )  # fmt: skip
+        # a stop signal while Java forks would leave it running: ``stop()`` finds it only
+        # once ``_process`` holds it
+        with signals_deferred(signal.SIGTERM, signal.SIGINT):
+            self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                [self._java_bin(), f"-Xmx{self.heap}", *self._jvm_flags(), "-cp", classpath,
+                 "kafka.Kafka", str(config)],
+                stdout=subprocess.DEVNULL,
+                stderr=(self.data_dir / "stderr.log").open("ab"),
+                start_new_session=True,  # own process group: stop() reaches every child
+            )  # fmt: skip
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until the launched node answers a metadata request; stop it after ``timeout``."""

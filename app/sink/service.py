@@ -25,7 +25,11 @@ Failure semantics:
   until ``sink_unanswered_settle_seconds`` after it (:class:`~app.sink.planning.Unanswered`),
   holding its lane, so such a late copy cannot recreate an erased person;
 - an unexpected error in a chunk is logged, the chunk is rewound and retried after a pause;
-  no exception escapes the loop.
+  no exception escapes the loop;
+- a rebalance waits for the chunk in flight (:func:`finish_wait_seconds`: inside the group's
+  rebalance timeout); one still unfinished then is abandoned uncommitted (its partitions' next
+  owner redelivers it), because from the revoke to the next assignment the worker has no share
+  of the rate limit and its rate limiter is closed (:class:`~app.errors.NoRateShareError`).
 Offsets move only after every operation of a chunk was accepted or its dead letter confirmed.
 
 Seams: the pure planning (chunk → lanes, undecodable records, offsets) is
@@ -40,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,7 +58,7 @@ from app.customerio.batching import pack
 from app.customerio.classify import HttpAnswer, TransportFailure
 from app.customerio.delivery import Rejected, RetryPolicy, deliver
 from app.customerio.ratelimit import RateLimiter, workspace_share
-from app.errors import FatalDeliveryError, Reason
+from app.errors import FatalDeliveryError, NoRateShareError, Reason
 from app.logs import log_dead_letters
 from app.records import Stage, dead_letter_record, now_ms
 from app.sink.planning import (
@@ -79,6 +83,23 @@ log = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_FETCH = 2000
 UNEXPECTED_ERROR_PAUSE_SECONDS = 5.0
+#: Of the group's rebalance timeout, what a member needs to rejoin after its wait for the
+#: chunk in flight (:func:`finish_wait_seconds`).
+REJOIN_SECONDS = 5.0
+#: aiokafka's default request timeout; the JoinGroup request of a member that waits for
+#: another's chunk lasts up to the rebalance timeout, so it must be longer than that.
+KAFKA_REQUEST_TIMEOUT_SECONDS = 40.0
+
+
+def finish_wait_seconds(settings: Settings) -> float:
+    """How long a rebalance waits for the chunk in flight to finish and commit: the group's
+    rebalance timeout (``MPCIO_KAFKA_REBALANCE_TIMEOUT_SECONDS``) less the time to rejoin, at
+    least 1 s. The sink's consumer sends that timeout too: with aiokafka's default (the 10 s
+    session timeout) under a 30 s wait, the broker finished a rebalance without a member still
+    waiting and gave its partitions to the others, who sent at their new, larger shares while
+    it sent the rest of its chunk at its old one: together above the workspace's limit."""
+    return max(settings.kafka_rebalance_timeout_seconds - REJOIN_SECONDS, 1.0)
+
 
 Chunk = dict[TopicPartition, list[Fetched]]
 
@@ -136,6 +157,7 @@ def kafka_io(settings: Settings) -> SinkIO:
     from app import kafka_security  # noqa: PLC0415 - TLS/SASL settings of every client
 
     limiter = wiring.rate_limiter(settings)
+    rebalance_timeout = settings.kafka_rebalance_timeout_seconds
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
@@ -152,6 +174,8 @@ def kafka_io(settings: Settings) -> SinkIO:
         isolation_level="read_committed",
         session_timeout_ms=int(settings.kafka_session_timeout_seconds * 1000),
         heartbeat_interval_ms=int(settings.kafka_session_timeout_seconds * 1000 / 3),
+        rebalance_timeout_ms=int(rebalance_timeout * 1000),
+        request_timeout_ms=int(max(KAFKA_REQUEST_TIMEOUT_SECONDS, rebalance_timeout + 5) * 1000),
         max_poll_records=MAX_RECORDS_PER_FETCH,
         max_partition_fetch_bytes=4 * 1024 * 1024,
         **kafka_security.client_kwargs(settings),
@@ -193,16 +217,25 @@ class OperationsSink(Service):
         assert self._io is not None, "sink used before on_start"
         return self._io
 
-    def apply_rate_share(self, assigned: list[TopicPartition]) -> None:
-        """Take this worker's share of the workspace's request limit (on every assignment)."""
+    def apply_rate_share(self, assigned: Collection[TopicPartition]) -> None:
+        """Take this worker's share of the workspace's request limit (on every assignment):
+        the limiter at the share, or closed when it is 0 (no partition held)."""
         topic = self.topics.operations.name
         total = len(self.io.consumer.partitions_for_topic(topic) or ())
         mine = sum(1 for tp in assigned if tp.topic == topic)
         share = workspace_share(self.settings.rate_limit_per_second, mine, total)
-        if share is not None:
+        if share > 0:
             self.io.limiter.set_rate(share)
-            metrics.SINK_RATE_LIMIT.set(share)
-            log.info("sink: %d of %d partitions, %.2f requests/s", mine, total, share)
+        else:
+            self.io.limiter.close()
+        metrics.SINK_RATE_LIMIT.set(share)
+        log.info("sink: %d of %d partitions, %.2f requests/s", mine, total, share)
+
+    def drop_rate_share(self) -> None:
+        """Hold no share (from a revoke to the next assignment): the limiter closed, so nothing
+        is sent, not even by a chunk whose partitions may now be another worker's."""
+        self.io.limiter.close()
+        metrics.SINK_RATE_LIMIT.set(0)
 
     @property
     def partitions(self) -> int:
@@ -211,6 +244,7 @@ class OperationsSink(Service):
 
     async def on_start(self) -> None:
         self._io = io = self._connect()
+        self.drop_rate_share()  # no share before the first assignment
         await io.client.__aenter__()
         await io.producer.start()
         io.consumer.subscribe([self.topics.operations.name], listener=_FinishBeforeRevoke(self))
@@ -254,6 +288,11 @@ class OperationsSink(Service):
             self._rewind(chunk)
             self.idle.set()  # nothing in flight while stopped: rebalances may proceed
             await self._stop_until_credentials_work(exc)
+        except NoRateShareError:
+            # a rebalance took the partitions before the chunk finished: nothing of it was
+            # committed, so their next owner (maybe this worker again) redelivers it
+            log.warning("sink: chunk abandoned at a rebalance; it will be redelivered")
+            self._rewind(chunk)
         except Exception:  # never let an error escape: rewind and try the chunk again
             log.exception("sink chunk failed unexpectedly; retrying it")
             self._rewind(chunk)
@@ -437,9 +476,14 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         if not self.sink.idle.is_set():
             log.info("sink: rebalance waits for the chunk in flight to finish and commit")
         try:
-            await asyncio.wait_for(self.sink.idle.wait(), timeout=30)
+            await asyncio.wait_for(
+                self.sink.idle.wait(), timeout=finish_wait_seconds(self.sink.settings)
+            )
         except TimeoutError:
-            log.warning("rebalance while a chunk is in flight; it will be redelivered")
+            log.warning("sink: the chunk in flight did not finish before the rebalance")
+        # Closed whether or not a chunk is still in flight: it stops at its next request
+        # (handle() abandons it) instead of sending beside the partitions' next owner.
+        self.sink.drop_rate_share()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.sink.joined = True

@@ -276,18 +276,32 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return not (
-            self.lost
-            or self.unexpected
-            or self.duplicated
-            or self.wrong_people
-            or self.extra_people
-            or self.misattributed
-            or self.out_of_order
-            or self.unexplained_stale
-            or self.reappeared
-            or self.dead_letters != self.expected_dead_letters
-        )
+        return not self._failing()
+
+    def problems(self) -> str:
+        """Every failing field in full, one ``name: value`` line each ("" when :attr:`ok`):
+        the message of every ``assert verdict.ok`` (the dataclass repr gets truncated)."""
+        return "\n".join(f"{name}: {value}" for name, value in self._failing().items())
+
+    def _failing(self) -> dict[str, object]:
+        fields: dict[str, object] = {
+            "lost": self.lost,
+            "unexpected": self.unexpected,
+            "duplicated": self.duplicated,
+            "wrong_people": self.wrong_people,
+            "extra_people": self.extra_people,
+            "misattributed": self.misattributed,
+            "out_of_order": self.out_of_order,
+            "unexplained_stale": self.unexplained_stale,
+            "reappeared": self.reappeared,
+        }
+        failing = {name: value for name, value in fields.items() if value}
+        if self.dead_letters != self.expected_dead_letters:
+            failing["dead_letters"] = (
+                f"found {dict(sorted(self.dead_letters.items()))}, "
+                f"expected {dict(sorted(self.expected_dead_letters.items()))}"
+            )
+        return failing
 
     def summary(self, scenario: str, dead_letters: int) -> str:
         return (

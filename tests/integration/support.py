@@ -353,8 +353,15 @@ async def committed_records(
     Not :func:`message_count`: under ``exactly_once`` a topic written in transactions holds
     commit markers, which take offsets but are no records."""
     tps = [TopicPartition(topic, p) for p in range(partitions)]
+    # "earliest", not aiokafka's default "latest": assign() starts a reset to the default
+    # strategy, and when its answer lands after seek_to_beginning's request, aiokafka applies
+    # it anyway (it checks only that *a* reset is awaited), so the read starts at the end and
+    # finds nothing (seen: an empty dead-letter topic that held 5 records).
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []

@@ -213,7 +213,10 @@ async def test_erased_email_is_gone_from_emulator_and_compacted_changelog(
 async def _all_records(bootstrap: str, topic: str) -> list[Any]:
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # "earliest": see support.committed_records ("latest" races seek_to_beginning)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(4)]

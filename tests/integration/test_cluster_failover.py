@@ -192,5 +192,5 @@ async def test_leader_of_operations_killed_mid_stream(
             f"moved in {moved:.1f}s, its partitions written again in "
             f"{'-' if written is None else f'{written:.1f}s'}, all delivered in {recovered:.1f}s"
         )
-    assert verdict.ok, verdict
+    assert verdict.ok, verdict.problems()
     assert dead == 0

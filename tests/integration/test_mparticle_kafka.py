@@ -116,7 +116,10 @@ async def _committed_records(bootstrap: str, topic: str, partitions: int) -> int
     """How many committed records ``topic`` holds: a topic written in transactions also spends
     offsets on their markers and on aborted records, so its end offsets overcount."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",  # see support.committed_records: "latest" races the seek
     )
     await consumer.start()
     try:

@@ -104,7 +104,7 @@ async def _verdict(
     dead = await message_count(deployment.kafka.bootstrap, deployment.topics.deadletter.name)
     with capsys.disabled():
         print("\n" + verdict.summary(scenario, dead))
-    assert verdict.ok, verdict
+    assert verdict.ok, verdict.problems()
     return verdict
 
 
@@ -143,7 +143,7 @@ async def test_kill_loop_loses_nothing(
     with capsys.disabled():
         print("\n" + result.summary())
     assert result.kills >= KILL_LOOP.kills
-    assert result.verdict.ok, result.verdict
+    assert result.verdict.ok, result.verdict.problems()
 
 
 KILLS_AT_DELETES = 2

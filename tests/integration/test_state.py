@@ -42,7 +42,10 @@ USERS = 60
 
 async def _records(bootstrap: str, topic: str, partition: int) -> list[tuple[bytes, int]]:
     """(key, offset) of every record now in one partition, read from its beginning."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # "earliest": see support.committed_records ("latest" races seek_to_beginning)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
 from app.customerio.batching import ENVELOPE_BYTES, pack
 from app.customerio.ratelimit import RateLimiter, workspace_share
+from app.errors import NoRateShareError
 
 
 def _items(sizes: list[int]) -> list[tuple[bytes, int]]:
@@ -59,12 +62,12 @@ async def test_rate_limiter_spaces_request_starts() -> None:
 
 @pytest.mark.parametrize(
     ("assigned", "total", "share"),
-    [(8, 8, 10.0), (4, 8, 5.0), (3, 8, 3.75), (1, 3, 10 / 3), (0, 8, None), (2, 0, None)],
+    [(8, 8, 10.0), (4, 8, 5.0), (3, 8, 3.75), (1, 3, 10 / 3), (0, 8, 0.0), (2, 0, 0.0)],
 )
 def test_workspace_share_is_the_assigned_fraction_of_the_limit(
-    assigned: int, total: int, share: float | None
+    assigned: int, total: int, share: float
 ) -> None:
-    assert workspace_share(10, assigned, total) == (None if share is None else pytest.approx(share))
+    assert workspace_share(10, assigned, total) == pytest.approx(share)
 
 
 @pytest.mark.parametrize("split", [(4, 4), (3, 5), (1, 7), (2, 3, 3)])
@@ -104,3 +107,24 @@ async def test_set_rate_respaces_the_next_start_from_the_last_one() -> None:
     limiter.set_rate(1)  # a rebalance leaves this worker a tenth of the limit
     await limiter.acquire()
     assert now[0] == pytest.approx(1.05)
+
+
+async def test_a_closed_limiter_sends_nothing_until_a_rate_reopens_it() -> None:
+    limiter = RateLimiter(10)
+    limiter.close()
+    with pytest.raises(NoRateShareError):
+        await limiter.acquire()
+    limiter.set_rate(5)
+    await limiter.acquire()  # reopened
+
+
+async def test_closing_voids_the_slot_a_caller_waits_for() -> None:
+    """A request waiting for its slot when the share is lost (a rebalance) is not sent."""
+    limiter = RateLimiter(1)
+    await limiter.acquire()  # the next slot is 1.05 s away
+    waiting = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    limiter.close()
+    with pytest.raises(NoRateShareError):
+        await asyncio.wait_for(waiting, 30)

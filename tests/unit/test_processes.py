@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from app.dev.localkafka import signal_group_and_wait
+from app.dev import demo
+from app.dev.localkafka import signal_group_and_wait, signals_deferred
 from bench.e2e import procs
 
 if TYPE_CHECKING:
@@ -62,6 +64,53 @@ def test_stop_all_stops_every_child(tmp_path: Path) -> None:
     ]
     procs.stop_all()
     assert [child.poll() for child in children] == [-signal.SIGTERM] * 3
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def test_a_signal_held_by_signals_deferred_is_raised_as_the_block_ends() -> None:
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    ran_to_the_end: list[bool] = []
+
+    def held() -> None:
+        with signals_deferred(signal.SIGTERM, signal.SIGINT):
+            os.kill(os.getpid(), signal.SIGTERM)
+            ran_to_the_end.append(True)  # the handler would have raised before this line
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            held()
+        assert ran_to_the_end == [True]
+        assert signal.getsignal(signal.SIGTERM) is _raise_stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_sigterm_while_the_demo_starts_a_child_stops_that_child(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The SIGTERM lands inside ``Popen``, after the fork: the demo still stops the child (it
+    once left its emulator running that way)."""
+    started: list[subprocess.Popen[bytes]] = []
+    popen = subprocess.Popen
+
+    def popen_then_sigterm(_argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        process = popen([sys.executable, "-c", SLEEPER], **kwargs)
+        started.append(process)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return process
+
+    monkeypatch.setattr(demo.subprocess, "Popen", popen_then_sigterm)
+    with (
+        pytest.raises(KeyboardInterrupt),
+        demo._stopped_by_signals(),
+        demo._child(["emulator"], tmp_path / "child.log"),
+    ):
+        pytest.fail("the SIGTERM must stop the demo before it uses the child")
+    (child,) = started
+    assert child.poll() == -signal.SIGTERM
 
 
 # Stops gracefully (exit 0, after 0.5 s) on the first SIGTERM; a second one while it stops

@@ -8,6 +8,7 @@ could, and the verdict must name that fault.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections import Counter
 from collections.abc import Callable
@@ -79,7 +80,8 @@ def _tier(tier: int) -> Callable[[Item], bool]:
 
 def test_the_faithful_outcome_passes() -> None:
     verdict = _verdict(ITEMS)
-    assert verdict.ok, verdict
+    assert verdict.ok, verdict.problems()
+    assert verdict.problems() == ""
     assert verdict.delivered == len(WORKLOAD.expected.events) > 0
 
 
@@ -153,7 +155,7 @@ def test_a_redelivered_old_identify_is_a_fault_unless_a_crash_explains_it() -> N
     assert unexplained.unexplained_stale == unexplained.stale_identifies >= 1
     assert unexplained.out_of_order == {}
     explained = _verdict(redelivered, stale_explained=True)
-    assert explained.ok, explained
+    assert explained.ok, explained.problems()
 
 
 @pytest.mark.parametrize("opted_out", [False, True])
@@ -200,6 +202,44 @@ def test_the_summary_names_every_count() -> None:
         "reappeared 0",
     ):
         assert words in summary
+
+
+def test_the_problems_name_every_failing_field_in_full() -> None:
+    """The assertion message of a failed scenario: each failing field with its whole value,
+    nothing about the fields that pass."""
+    event = _first("event", "r-0")
+    lost = ITEMS[event]["attributes"]["seq"]
+    twin = _identify({"email": "someone-else@example.com"}, tier=0)
+    items = [*ITEMS[:event], *ITEMS[event + 1 :], twin]
+    problems = _verdict(
+        items, reasons=["invalid_json"], expected_dead_letters=Counter(["too_deep"])
+    ).problems()
+    assert problems.splitlines() == [
+        f"lost: [{lost}]",
+        "extra_people: [\"id=None email='someone-else@example.com'\"]",
+        "dead_letters: found {'invalid_json': 1}, expected {'too_deep': 1}",
+    ]
+
+
+def test_every_way_to_fail_is_named_in_the_problems() -> None:
+    """A verdict that is not ok always says why: each field :attr:`Verdict.ok` looks at."""
+    base = _verdict(ITEMS)
+    broken: dict[str, object] = {
+        "lost": [1],
+        "unexpected": [1],
+        "duplicated": [1],
+        "wrong_people": {"r-0": "missing"},
+        "extra_people": ["id='x' email=None"],
+        "misattributed": {1: "landed on id='x' email=None"},
+        "out_of_order": {"r-0": "event 2 arrived after event 3"},
+        "unexplained_stale": 2,
+        "reappeared": {"r-1": "live again"},
+        "dead_letters": Counter(["too_deep"]),
+    }
+    for name, value in broken.items():
+        verdict = dataclasses.replace(base, **{name: value})
+        assert not verdict.ok
+        assert verdict.problems().startswith(f"{name}: "), name
 
 
 def test_people_the_scenario_adds_by_email_are_not_extra() -> None:

@@ -15,12 +15,15 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import TopicPartition
+from prometheus_client import REGISTRY
 
 from app.customerio.classify import HttpAnswer, TransportFailure
 from app.customerio.delivery import RetryPolicy
 from app.customerio.ratelimit import RateLimiter
+from app.errors import NoRateShareError
 from app.records import SourcePosition, decode_dead_letter, operation_batch
-from app.settings import load_settings
+from app.settings import Settings, load_settings
+from app.sink import service
 from app.sink.service import OperationsSink, SinkIO
 from app.topics import topics_for
 from tests.unit.operations_records import TOPIC, Fetched, T, chunk_of, record
@@ -116,10 +119,12 @@ class FakeProducer:
 
 @dataclass
 class FakeClient:
-    """Answers each POST with ``answer(body)``; ``GET /auth`` with ``auth`` in turn."""
+    """Answers each POST with ``answer(body)``; ``GET /auth`` with ``auth`` in turn. Like the
+    real client, a POST first waits for a slot of ``limiter`` (the sink's)."""
 
     journal: list[Any]
     answer: Callable[[bytes], HttpAnswer | TransportFailure]
+    limiter: RateLimiter
     auth: list[int] = field(default_factory=lambda: [200])
     gate: asyncio.Event | None = None
     posted: asyncio.Event = field(default_factory=asyncio.Event)
@@ -130,6 +135,7 @@ class FakeClient:
     async def __aexit__(self, *_: object) -> None: ...
 
     async def post_batch(self, body: bytes) -> HttpAnswer | TransportFailure:
+        await self.limiter.acquire()
         items = orjson.loads(body)["batch"]
         self.journal.append(("post", [(item["p"], item["o"], item["i"]) for item in items]))
         self.posted.set()
@@ -148,14 +154,19 @@ def ok(_: bytes) -> HttpAnswer:
 
 
 async def started_sink(
-    answer: Callable[[bytes], HttpAnswer | TransportFailure] = ok, **client: Any
+    answer: Callable[[bytes], HttpAnswer | TransportFailure] = ok,
+    settings: Settings = SETTINGS,
+    **client: Any,
 ) -> tuple[OperationsSink, list[Any], FakeConsumer, FakeProducer, FakeClient]:
+    """A started sink that was assigned every partition (as its first rebalance does)."""
     journal: list[Any] = []
     consumer, producer = FakeConsumer(journal), FakeProducer(journal)
-    fake_client = FakeClient(journal, answer, **client)
-    io = SinkIO(consumer, producer, fake_client, RateLimiter(1000.0))
-    sink = OperationsSink(SETTINGS, TOPICS, lambda: io, POLICY)
+    limiter = RateLimiter(settings.rate_limit_per_second)
+    fake_client = FakeClient(journal, answer, limiter, **client)
+    io = SinkIO(consumer, producer, fake_client, limiter)
+    sink = OperationsSink(settings, TOPICS, lambda: io, POLICY)
     await sink.on_start()
+    await consumer.listener.on_partitions_assigned(consumer.assignment())
     return sink, journal, consumer, producer, fake_client
 
 
@@ -277,3 +288,62 @@ async def test_a_delete_after_an_unanswered_request_of_its_user_waits_for_it_to_
 
     assert len(posted_at) == 2
     assert posted_at[1] - posted_at[0] >= SETTINGS.sink_unanswered_settle_seconds
+
+
+def _rate_gauge() -> float | None:
+    return REGISTRY.get_sample_value("mpcio_sink_rate_limit_per_second")
+
+
+async def test_the_rate_share_follows_the_assignment_and_is_none_without_partitions() -> None:
+    """No share before the first assignment or without partitions: the limiter is closed (a
+    request raises) and the gauge shows 0; otherwise the partitions' part of the limit."""
+    journal: list[Any] = []
+    consumer = FakeConsumer(journal)
+    limiter = RateLimiter(SETTINGS.rate_limit_per_second)
+    io = SinkIO(consumer, FakeProducer(journal), FakeClient(journal, ok, limiter), limiter)
+    sink = OperationsSink(SETTINGS, TOPICS, lambda: io, POLICY)
+    await sink.on_start()
+    assert limiter.closed
+    assert _rate_gauge() == 0
+
+    everything = consumer.assignment()
+    half = {tp for tp in everything if tp.partition < 2}
+    await consumer.listener.on_partitions_assigned(half)
+    assert not limiter.closed
+    assert _rate_gauge() == SETTINGS.rate_limit_per_second / 2
+    assert limiter.interval == pytest.approx(1.05 / (SETTINGS.rate_limit_per_second / 2))
+
+    await consumer.listener.on_partitions_revoked(half)
+    assert limiter.closed  # between the revoke and the next assignment: no share
+    assert _rate_gauge() == 0
+    await consumer.listener.on_partitions_assigned(set())
+    assert limiter.closed  # a worker that holds nothing keeps no stale share
+    assert _rate_gauge() == 0
+    with pytest.raises(NoRateShareError):
+        await limiter.acquire()
+    await consumer.listener.on_partitions_assigned(everything)
+    assert _rate_gauge() == SETTINGS.rate_limit_per_second
+
+
+async def test_a_chunk_unfinished_when_the_rebalance_wait_ends_is_abandoned() -> None:
+    """Its next request is never sent (the partitions' next owner sends it, at its own share)
+    and nothing is committed; the chunk is rewound for whoever holds its partitions next."""
+    gate = asyncio.Event()
+    # the shortest rebalance timeout (6 s) leaves the chunk 1 s before the member rejoins
+    settings = SETTINGS.model_copy(update={"kafka_rebalance_timeout_seconds": 6.0})
+    assert service.finish_wait_seconds(settings) == 1.0
+    sink, journal, consumer, producer, client = await started_sink(gate=gate, settings=settings)
+    producer.confirm.set()
+    # 16 items of one partition: two requests of 8, one after the other in one lane
+    handling = asyncio.create_task(sink.handle(chunk_of(record(2, 40, items=16))))
+    await asyncio.wait_for(client.posted.wait(), WAIT)
+
+    await asyncio.wait_for(consumer.listener.on_partitions_revoked(consumer.assignment()), WAIT)
+    gate.set()  # the first request's answer arrives after the revoke
+    await asyncio.wait_for(handling, WAIT)
+
+    assert [entry[0] for entry in journal].count("post") == 1
+    assert not any(entry[0] == "commit" for entry in journal)
+    assert producer.sent == []
+    assert journal[-1] == ("seek", 2, 40)
+    assert sink.idle.is_set()
