@@ -146,6 +146,8 @@ class Unanswered:
         """How long to wait before sending ``items`` (one request: item JSON, ref): until the
         last unanswered request of a user it deletes is settled; 0.0 when there is none.
         Forgets what has settled by ``now``; reads an item only when its user is remembered."""
+        if not self.until:  # the usual case: no unanswered attempt, nothing to look at
+            return 0.0
         self.until = {mpid: end for mpid, end in self.until.items() if end > now}
         ends = [
             self.until[ref.mpid]
