@@ -4,7 +4,7 @@ The app is built by a factory from :class:`~app.settings.Settings` (not at impor
 worker, the tests and the benchmarks each get an app with their own id, topics and store.
 
 Delivery semantics (ARCHITECTURE.md, "Crash safety"): ``processing_guarantee`` comes from the
-settings (``at_least_once`` by default until ``exactly_once`` passes its runs; ARCHITECTURE.md §4).
+settings (``exactly_once`` by default; ``at_least_once`` stays selectable; ARCHITECTURE.md §4).
 Under ``exactly_once`` faust keeps one transactional producer per assigned input partition,
 reads with ``read_committed`` and commits the input offsets of a partition inside that
 partition's transaction (``send_offsets_to_transaction``); agents send everything a record

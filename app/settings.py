@@ -204,10 +204,9 @@ class Settings(BaseSettings):
         "faust's own recovery only (30-60x slower, README).",
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
-        "at_least_once",
-        description="exactly_once (not yet the default: an erased person came back in its last "
-        "test runs, ARCHITECTURE.md §4): a record's state, operations and input offset commit "
-        "in one Kafka transaction (needs transactions on the broker). "
+        "exactly_once",
+        description="exactly_once: a record's state, operations and input offset commit in one "
+        "Kafka transaction (ARCHITECTURE.md §4; needs transactions on the broker). "
         "at_least_once: no transactions, lower latency; a crash between a state's changelog "
         "write and its operations write can lose that record's operations; the local store is "
         'rebuilt from the changelog after a crash (README "Crash safety").',

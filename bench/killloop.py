@@ -10,8 +10,8 @@ delivered, lost, duplicates the emulator suppressed, visible duplicates, wrong p
 erasures, people deleted, reappeared); exits 1
 when the verdict is not clean. CI runs the short form (tests/integration/test_reliability.py).
 
-``--guarantee`` picks the worker's processing guarantee: ``at_least_once`` (the product's
-default) or ``exactly_once`` (Kafka transactions; not yet the default, ARCHITECTURE.md §4).
+``--guarantee`` picks the worker's processing guarantee: ``exactly_once`` (Kafka transactions,
+the product's default, ARCHITECTURE.md §4) or ``at_least_once``.
 Stops everything it started, also on errors and Ctrl-C.
 """
 
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=20.0, help="batches produced per second")
     parser.add_argument("--seed", type=int, default=1311)
     parser.add_argument(
-        "--guarantee", choices=("exactly_once", "at_least_once"), default="at_least_once"
+        "--guarantee", choices=("exactly_once", "at_least_once"), default="exactly_once"
     )
     return parser.parse_args(argv)
 
