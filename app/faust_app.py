@@ -303,9 +303,13 @@ class _Consumer(faust_aiokafka.Consumer):
             await self._thread.seek_to_beginning(*unread)
 
     async def position(self, tp: TP) -> int | None:
-        """faust asks only in table recovery's "aborted transactions" guess: answered only as
-        far as the recovery provably applied (:func:`app.recovery.position_for_guess`)."""
+        """A changelog partition's position is answered only as far as the recovery provably
+        applied (:func:`app.recovery.position_for_guess`: faust's "aborted transactions" guess
+        reads it); an input partition's as it is (``web.ingest_lag`` reads it before the
+        partition's first commit)."""
         position: int | None = await super().position(tp)
+        if not self._is_changelog_tp(tp):
+            return position
         recovery = _tracking_tables(self.app).recovery
         return position_for_guess(
             recovery.fetched_spans.get(tp), recovery.active_offsets.get(tp), position
