@@ -8,9 +8,11 @@ gracefully (agents finish the record in hand, the last transaction commits the a
 
 A graceful stop is bounded: ``STOP_DEADLINE_SECONDS`` after the first SIGTERM/SIGINT the process
 exits with code 1 whatever it was waiting for (e.g. a broker that is down, where faust's
-producer alone would wait 60 s). Nothing is lost by that: what was not committed is aborted by
-the broker and redone on the next start, which also rebuilds the local store. After a stop with
-exit code 0 and every store write committed, the clean-stop marker is written.
+producer alone would wait 60 s), after writing to stderr (the worker's log) where every thread
+and task waited (:mod:`app.stacks`: code locations only). Nothing is lost by that: what was
+not committed is aborted by the broker and redone on the next start, which also rebuilds the
+local store. After a stop with exit code 0 and every store write committed, the clean-stop
+marker is written.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from app.logs import configure_logging
 from app.restore import prepare_tables
 from app.sensors import setup_faust_metrics
 from app.settings import Settings
+from app.stacks import report_now
 from app.topics import changelog_topics, topics_for
 from app.web import attach_web
 
@@ -75,11 +78,13 @@ def arm_stop_deadline(seconds: float = STOP_DEADLINE_SECONDS) -> None:
     global _deadline  # noqa: PLW0603 - one deadline per process
     if _deadline is not None:
         return
+    loop = _running_loop()
 
     def expire() -> None:
+        # where it waited (code locations only): a stop that hangs names its cause in the log
         sys.stderr.write(
             f"mpcio: graceful stop exceeded {seconds:.0f} s; exiting now (uncommitted work "
-            "is redone on the next start)\n"
+            "is redone on the next start); where it waited:\n" + report_now(loop)
         )
         sys.stderr.flush()
         os._exit(EXIT_STOP_DEADLINE)
@@ -87,6 +92,14 @@ def arm_stop_deadline(seconds: float = STOP_DEADLINE_SECONDS) -> None:
     _deadline = threading.Timer(seconds, expire)
     _deadline.daemon = True
     _deadline.start()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running this call (faust's signal handlers run on it), or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def build_worker_app(settings: Settings) -> faust.App:
