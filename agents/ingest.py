@@ -303,7 +303,10 @@ class Turns:
         self._locks: dict[int, asyncio.Lock] = {}
 
     def __call__(self, partition: int) -> asyncio.Lock:
-        return self._locks.setdefault(partition, asyncio.Lock())
+        lock = self._locks.get(partition)
+        if lock is None:  # not setdefault: that would build a lock per record
+            lock = self._locks[partition] = asyncio.Lock()
+        return lock
 
 
 def _internal_error(event: Any, position: SourcePosition, exc: Exception) -> IngestResult:
