@@ -226,9 +226,9 @@ class OperationsSink(Service):
         share = workspace_share(self.settings.rate_limit_per_second, mine, total)
         if share > 0:
             self.io.limiter.set_rate(share)
+            metrics.SINK_RATE_LIMIT.set(share)
         else:
-            self.io.limiter.close()
-        metrics.SINK_RATE_LIMIT.set(share)
+            self.drop_rate_share()
         log.info("sink: %d of %d partitions, %.2f requests/s", mine, total, share)
 
     def drop_rate_share(self) -> None:
