@@ -245,7 +245,8 @@ def probe_failure(exc: BaseException, app_id: str) -> ConfigError | None:
     if name == "ClusterAuthorizationFailedError":
         return ConfigError(
             "exactly_once needs Kafka transactions and the broker refuses this principal "
-            "producer ids (ClusterAuthorizationFailed); grant IDEMPOTENT_WRITE on the "
+            f"producer ids (ClusterAuthorizationFailed for {transactional_id}); grant "
+            "IDEMPOTENT_WRITE on the "
             f"cluster and WRITE and DESCRIBE on TransactionalId with the prefix {prefix}, "
             f"{AT_LEAST_ONCE}"
         )
