@@ -96,8 +96,10 @@ def test_not_ready_while_a_producer_waits_for_the_transaction_coordinator() -> N
     ready, reasons = ready_when(rebalancing=True, coordinator_wait_seconds=31.0)
     assert not ready
     assert reasons == (
-        "waiting 31 s for Kafka's transaction coordinator (InitProducerId): is "
-        "__transaction_state creatable and in sync?",
+        (
+            "waiting 31 s for Kafka's transaction coordinator (InitProducerId): is "
+            "__transaction_state creatable and in sync?"
+        ),
     )
 
 
