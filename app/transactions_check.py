@@ -65,6 +65,7 @@ AT_LEAST_ONCE = (
     "or set MPCIO_PROCESSING_GUARANTEE=at_least_once (no transactions; README Limits says "
     "what it gives up)"
 )
+BROKERS_DOWN_FIXES = f"start the brokers that are down, {AT_LEAST_ONCE}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,8 @@ class ClusterView:
 
 
 class Outcome(StrEnum):
+    """What :func:`verdict` concludes (module docstring: what the worker does with each)."""
+
     READY = "ready"
     CANNOT = "cannot"
     WAIT = "wait"
@@ -151,8 +154,8 @@ def verdict(view: ClusterView) -> Verdict:
         return Verdict(
             Outcome.WAIT,
             f"only {view.live_brokers} of the {view.known_brokers} brokers holding replicas "
-            f"answer, and {TRANSACTION_LOG} needs {factor} ({REPLICATION_FACTOR}); start the "
-            f"brokers that are down, {AT_LEAST_ONCE}",
+            f"answer, and {TRANSACTION_LOG} needs {factor} ({REPLICATION_FACTOR}); "
+            + BROKERS_DOWN_FIXES,
         )
     return Verdict(
         Outcome.CANNOT,
@@ -179,7 +182,7 @@ def _existing_log_verdict(topic: LogTopic, view: ClusterView) -> Verdict:
             f"{TRANSACTION_LOG} is not writable: {topic.leaderless} of {topic.partitions} "
             f"partitions without a leader, fewest in-sync replicas {topic.in_sync} "
             f"(min.insync.replicas={min_isr}), {_count(view.live_brokers, 'live broker')}; "
-            f"start the brokers that are down, {AT_LEAST_ONCE}",
+            + BROKERS_DOWN_FIXES,
         )
     return Verdict(
         Outcome.READY,
