@@ -369,6 +369,7 @@ async def _probe(settings: Settings) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         transactional_id=transactional_id,
+        acks="all",  # what a transactional producer needs anyway (it sends nothing)
         request_timeout_ms=int(REQUEST_TIMEOUT_SECONDS * 1000),
         **client_kwargs(settings),
     )
