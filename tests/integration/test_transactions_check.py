@@ -2,18 +2,23 @@
 
 One extra real broker for the module: a single broker whose transaction log needs 3 replicas
 (``transaction.state.log.replication.factor=3``, ``min.isr=2``: Kafka's defaults, as a
-single-broker Docker Kafka has them unless told otherwise). Without the check the worker
-joined its group and waited for the transaction coordinator for ever, ``/health/ready``
-answering 200. The session broker (factor 1) shows the check passing.
+single-broker Docker Kafka has them unless told otherwise), with SASL (PLAIN) and an
+authorizer: user ``app`` may do everything; user ``denied`` may neither read the brokers'
+configs nor use any transactional id (ACLs). Without the check the worker joined its group
+and waited for the transaction coordinator for ever (``app``) or logged one WARNING per
+producer and went on as "active" (``denied``), ``/health/ready`` answering 200 in both. The
+session broker (factor 1) shows the check passing.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.protocol.admin import CreateAclsRequest
 
 from app.dev.localkafka import LocalKafka, free_port
 from tests.integration.cli import mpcio
@@ -32,23 +37,69 @@ CANNOT = (
 )
 
 
+USERS = {"app": "app-secret-7", "denied": "denied-secret-7"}
+# Kafka's protocol codes (org.apache.kafka.common.acl / resource)
+CLUSTER, TRANSACTIONAL_ID, TOPIC, GROUP = 4, 5, 2, 3
+ALL, DESCRIBE_CONFIGS = 2, 10
+LITERAL, DENY, ALLOW = 3, 2, 3
+ACLS = [
+    *((kind, name, "User:app", ALL, ALLOW) for kind, name in
+      ((CLUSTER, "kafka-cluster"), (TRANSACTIONAL_ID, "*"), (TOPIC, "*"), (GROUP, "*"))),
+    (CLUSTER, "kafka-cluster", "User:denied", DESCRIBE_CONFIGS, DENY),
+    (TRANSACTIONAL_ID, "*", "User:denied", ALL, DENY),
+    (TOPIC, "*", "User:denied", ALL, ALLOW),
+    (GROUP, "*", "User:denied", ALL, ALLOW),
+]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def kafka_factor_3() -> Iterator[LocalKafka]:
+async def kafka_factor_3() -> AsyncIterator[LocalKafka]:
     broker = LocalKafka(
+        sasl_users=USERS,
+        sasl_mechanism="PLAIN",
         properties={
             "transaction.state.log.replication.factor": "3",
             "transaction.state.log.min.isr": "2",
-        }
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            # the broker's own PLAINTEXT listeners (inter-broker, controller)
+            "super.users": "User:ANONYMOUS",
+        },
     )
     broker.start()
-    yield broker
-    broker.close()
+    try:
+        # as the super user, on the broker's internal PLAINTEXT listener
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{broker.internal_port}")
+        await admin.start()
+        try:
+            for kind, name, principal, operation, permission in ACLS:
+                request = CreateAclsRequest(
+                    kind, name, LITERAL, principal, "*", operation, permission
+                )
+                answer = (await admin._send_request(request)).to_object()
+                assert [r["error_code"] for r in answer["creation_responses"]] == [0], answer
+        finally:
+            await admin.close()
+        yield broker
+    finally:
+        broker.close()
+
+
+def _env(broker: LocalKafka, names: Names, user: str = "app") -> dict[str, str]:
+    return worker_env(
+        broker.url,
+        names.prefix,
+        free_port(),
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username=user,
+        kafka_sasl_password=USERS[user],
+    )
 
 
 async def test_worker_exits_2_with_one_line_when_the_cluster_cannot_run_transactions(
     kafka_factor_3: LocalKafka, names: Names, tmp_path: Path
 ) -> None:
-    env = worker_env(kafka_factor_3.url, names.prefix, free_port())
+    env = _env(kafka_factor_3, names)
     worker = WorkerProcess(["-m", "app", "worker"], env, tmp_path / "worker.log").start()
     assert worker.process is not None
     try:
@@ -67,7 +118,7 @@ async def test_worker_exits_2_with_one_line_when_the_cluster_cannot_run_transact
 async def test_check_config_reports_it_and_at_least_once_skips_it(
     kafka_factor_3: LocalKafka, names: Names
 ) -> None:
-    env = worker_env(kafka_factor_3.url, names.prefix, free_port())
+    env = _env(kafka_factor_3, names)
     result = await mpcio("check-config", env=env)
     assert result.code == 2, result.both
     assert re.search(rf"^transactions: +FAILED: {re.escape(CANNOT)}", result.out, re.MULTILINE)
@@ -79,6 +130,38 @@ async def test_check_config_reports_it_and_at_least_once_skips_it(
         chosen.out,
         re.MULTILINE,
     ), chosen.out
+
+
+async def test_a_principal_refused_transactions_by_acls_stops_with_one_line(
+    kafka_factor_3: LocalKafka, names: Names, tmp_path: Path
+) -> None:
+    env = _env(kafka_factor_3, names, user="denied")
+    worker = WorkerProcess(["-m", "app", "worker"], env, tmp_path / "worker.log").start()
+    assert worker.process is not None
+    try:
+        code = worker.process.wait(EXIT_TIMEOUT_SECONDS)
+    finally:
+        worker.kill()
+    output = worker.output()
+    assert code == 2, output[-3000:]
+    refused = (
+        f"mpcio: exactly_once needs Kafka transactions and the broker refuses this principal "
+        f"the transactional id {names.app_id}-startup-check (TransactionalIdAuthorizationFailed);"
+        f" grant WRITE and DESCRIBE on TransactionalId with the prefix {names.app_id}-"
+    )
+    assert output.splitlines()[-1].startswith(refused), output[-3000:]
+    # describe_configs refused: one WARNING, then the probe decided
+    warnings = [line for line in output.splitlines() if "cannot tell whether Kafka" in line]
+    assert len(warnings) == 1, output[-3000:]
+    assert "describe_configs not authorized" in warnings[0]
+    assert "Traceback" not in output
+    assert USERS["denied"] not in output
+
+    checked = await mpcio("check-config", env=env)
+    assert checked.code == 2, checked.both
+    assert re.search(
+        r"^transactions: +FAILED: .*TransactionalIdAuthorizationFailed", checked.out, re.MULTILINE
+    ), checked.out
 
 
 async def test_the_default_test_broker_passes_the_check(kafka: LocalKafka, names: Names) -> None:
