@@ -38,7 +38,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from app import masking
-from app.errors import BrokerError, ConfigError, InvalidRecordError, plain_kafka_error
+from app.errors import (
+    BrokerError,
+    ConfigError,
+    InvalidRecordError,
+    is_kafka_error,
+    plain_kafka_error,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -291,6 +297,10 @@ async def check_transactions(settings: Settings) -> Check:
         return Check("transactions", False, str(exc), settings_rejected=True)
     except BrokerError as exc:
         return Check("transactions", False, str(exc))
+    except Exception as exc:
+        if not is_kafka_error(exc):
+            raise
+        return Check("transactions", False, f"reading the cluster failed: {plain_kafka_error(exc)}")
     return Check("transactions", True, f"{found.reason}; a transactional producer started")
 
 

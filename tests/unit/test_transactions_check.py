@@ -7,9 +7,11 @@ import pytest
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     CoordinatorNotAvailableError,
+    KafkaTimeoutError,
     TransactionalIdAuthorizationFailed,
 )
 
+from app import transactions_check
 from app.errors import ConfigError
 from app.ops.checks import check_transactions as transactions_line
 from app.settings import load_settings
@@ -153,3 +155,16 @@ async def test_check_config_skips_transactions_under_at_least_once() -> None:
     check = await transactions_line(settings)
     assert check.skipped
     assert check.line() == ("transactions:      skipped (MPCIO_PROCESSING_GUARANTEE=at_least_once)")
+
+
+async def test_check_config_reports_a_failed_cluster_read_as_one_failed_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def timed_out(settings: object, *, wait_seconds: float) -> None:
+        raise KafkaTimeoutError
+
+    monkeypatch.setattr(transactions_check, "check_transactions", timed_out)
+    check = await transactions_line(load_settings(forwarding_enabled=False))
+    assert check.failed
+    assert not check.settings_rejected
+    assert check.detail == "reading the cluster failed: timed out"
