@@ -12,6 +12,7 @@ session broker (factor 1) shows the check passing.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -96,17 +97,23 @@ def _env(broker: LocalKafka, names: Names, user: str = "app") -> dict[str, str]:
     )
 
 
+async def _worker_exit(env: dict[str, str], log: Path) -> tuple[int, str]:
+    """Run a worker until it exits by itself (killed after ``EXIT_TIMEOUT_SECONDS``, which
+    fails the test): its exit code and its log."""
+    worker = WorkerProcess(["-m", "app", "worker"], env, log).start()
+    assert worker.process is not None
+    try:
+        code = await asyncio.to_thread(worker.process.wait, EXIT_TIMEOUT_SECONDS)
+    finally:
+        worker.kill()
+    return code, worker.output()
+
+
 async def test_worker_exits_2_with_one_line_when_the_cluster_cannot_run_transactions(
     kafka_factor_3: LocalKafka, names: Names, tmp_path: Path
 ) -> None:
     env = _env(kafka_factor_3, names)
-    worker = WorkerProcess(["-m", "app", "worker"], env, tmp_path / "worker.log").start()
-    assert worker.process is not None
-    try:
-        code = worker.process.wait(EXIT_TIMEOUT_SECONDS)
-    finally:
-        worker.kill()
-    output = worker.output()
+    code, output = await _worker_exit(env, tmp_path / "worker.log")
     assert code == 2, output[-3000:]
     lines = output.splitlines()
     assert lines[-1].startswith(f"mpcio: {CANNOT}"), output[-3000:]
@@ -136,13 +143,7 @@ async def test_a_principal_refused_transactions_by_acls_stops_with_one_line(
     kafka_factor_3: LocalKafka, names: Names, tmp_path: Path
 ) -> None:
     env = _env(kafka_factor_3, names, user="denied")
-    worker = WorkerProcess(["-m", "app", "worker"], env, tmp_path / "worker.log").start()
-    assert worker.process is not None
-    try:
-        code = worker.process.wait(EXIT_TIMEOUT_SECONDS)
-    finally:
-        worker.kill()
-    output = worker.output()
+    code, output = await _worker_exit(env, tmp_path / "worker.log")
     assert code == 2, output[-3000:]
     refused = (
         f"mpcio: exactly_once needs Kafka transactions and the broker refuses this principal "
