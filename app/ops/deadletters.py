@@ -44,6 +44,7 @@ import orjson
 
 from app import masking
 from app.errors import BrokerError, InvalidRecordError, Reason
+from app.logs import mask_mpid
 from app.records import (
     Headers,
     SourcePosition,
@@ -543,7 +544,8 @@ async def redrive(
     masked: bool = True,
 ) -> RedriveCounts:
     """Send the selected dead letters back (see :func:`plan_redrive`); ``report(line)`` says
-    what happens to each (a skipped one by position, key and why). With ``dry_run`` nothing is
+    what happens to each (a skipped one by position, key and why; the key of an erased user
+    masked like an mpid in the logs unless ``masked`` is false). With ``dry_run`` nothing is
     sent.
 
     The erasure markers are read after the selection, just before the sends: an erasure the
@@ -565,9 +567,13 @@ async def redrive(
         plan = plan_redrive(stored, settings, erasures=erasures)
         if isinstance(plan, str):
             skipped += 1
-            erased += plan.startswith(ERASED_PREFIX)
-            key = _key_text(stored.letter["key"] if stored.letter else stored.key, masked)
-            report(f"skip {stored.position} key={key}: {_text(plan, masked)}")
+            key = stored.letter["key"] if stored.letter else stored.key
+            if plan.startswith(ERASED_PREFIX):  # an erased person: not even the mpid in clear
+                erased += 1
+                shown = mask_mpid(key) if masked else _key_text(key, masked=False)
+            else:
+                shown = _key_text(key, masked)
+            report(f"skip {stored.position} key={shown}: {_text(plan, masked)}")
             continue
         plans.append(plan)
     verb = "would send" if dry_run else "send"

@@ -16,10 +16,10 @@ from app.ops.deadletters import (
     StoredLetter,
     _bounds,
     decode_stored,
+    erased_since,
     iso_time,
     list_line,
     parse_since,
-    erased_since,
     plan_redrive,
     show_document,
 )
