@@ -17,7 +17,10 @@ dead letter's headers without its ``mpcio.*`` error context (so the source recor
 headers come back) plus ``mpcio.redriven.from`` (:mod:`app.records`). Records that
 cannot be redriven are skipped with a reason: a corrupt stored state (``state_corrupt``: the
 payload is the state, not an input), a ``tombstone`` (no value to send), a sink record whose
-payload is not a Customer.io item, a record that is not a dead letter at all.
+payload is not a Customer.io item, a record that is not a dead letter at all, and
+(:func:`erased_since`) a record of a user the worker erased after the record's source time,
+read from the ``erasures`` table's changelog (:func:`read_erasures`): a redrive never
+recreates an erased person. An ingest record goes back with its original Kafka timestamp.
 
 Privacy: texts shown to an operator (detail, key, payload, response) have email addresses,
 secrets and URL credentials masked by the installed :class:`~app.masking.Masker` unless the

@@ -15,8 +15,15 @@ import orjson
 import pytest
 
 from app.dev.emulator.faults import parse_faults
+from app.records import SourcePosition, Stage, dead_letter
 from tests.integration.cli import mpcio
-from tests.integration.support import dead_letter_reasons, poll, produce, wait_for
+from tests.integration.support import (
+    committed_records,
+    dead_letter_reasons,
+    poll,
+    produce,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from app.dev.emulator.server import RunningEmulator
@@ -90,3 +97,29 @@ async def test_redrive_does_not_recreate_a_person_erased_after_the_dead_letter(
     assert {e.person_email for e in store.events} == {"gdpr701@example.com"}
     listed = await mpcio("deadletter", "list", env=deployment.env)
     assert "4 dead letter(s)" in listed.err  # the skipped ones stay where they were
+
+
+async def test_an_ingest_redrive_keeps_the_input_records_kafka_time(
+    deployment: Deployment,
+) -> None:
+    """The worker drops a batch whose Kafka time is not after its user's erasure: a redriven
+    batch goes back with the time it first had, not the time of the redrive (no worker runs
+    here: the record on the batches topic is what is checked)."""
+    kafka, topics = deployment.kafka.bootstrap, deployment.topics
+    first_seen = T - 3_600_000
+    letter = dead_letter(
+        "internal_error",
+        "a bug, since fixed",
+        stage=Stage.INGEST,
+        source=SourcePosition(topics.batches.name, 1, 7, timestamp_ms=first_seen),
+        key=b"702",
+        payload=_batch(702)[1],
+        failed_at_ms=T,
+    )
+    await produce(kafka, topics.deadletter.name, [(b"702", letter)])
+    redriven = await mpcio(
+        "deadletter", "redrive", "--reason", "internal_error", env=deployment.env
+    )
+    assert "redrive: 1 sent, 0 skipped" in redriven.err, redriven.both
+    [record] = await committed_records(kafka, topics.batches.name)
+    assert (record.key, record.timestamp) == (b"702", first_seen)
