@@ -59,8 +59,8 @@ class IngestResult:
     whose state must be deleted (tombstone); ``erased``: erasure markers (mpid → Kafka time of
     the request, at most the worker's clock: :func:`~app.core.erasure.erasure_time`) to keep;
     ``operations``: at most one encoded ``OperationBatch`` (key = mpid); ``rekeyed``: (mpid,
-    raw JSON of that user's part) to send to the re-key topic; ``dead_letters``: encoded ``DeadLetter`` records.
-    ``counts`` holds metric increments keyed by (metric, label values).
+    raw JSON of that user's part) to send to the re-key topic; ``dead_letters``: encoded
+    ``DeadLetter`` records. ``counts`` holds metric increments keyed by (metric, label values).
     """
 
     states: dict[str, bytes] = field(default_factory=dict)
