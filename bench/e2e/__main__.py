@@ -55,6 +55,7 @@ from app.wiring import settings_as_env
 from bench.ceiling.__main__ import create_topics
 from bench.e2e import procs
 from bench.e2e.profile import summarise_profile
+from bench.e2e.ratios import format_ratios, ratios
 from bench.e2e.workload import Expected, Record, Shape, expected, generate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -863,6 +864,8 @@ def print_tables(rows: list[dict[str, Any]], options: Options) -> None:
                 f"{_util(ok, 'emulator'):>5} {_util(ok, 'broker'):>5} {_util(ok, 'box'):>5} "
                 f"{done}/{len(ok):<3}"
             )
+    if "throughput" in options.phases and "ceiling" in options.contenders:
+        print("\n" + format_ratios(ratios(rows)))
     if "paced" in options.phases:
         print(
             "\nLatency (paced input, produce → emulator receipt; ceiling: → output record; "
