@@ -49,6 +49,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from app.dev.localkafka import LocalKafka, free_port
 from app.errors import ConfigError
 from app.kafka_admin import ensure_topics
+from app.records import decode_operation_batch
 from app.settings import Settings
 from app.topics import topics_for
 from app.wiring import settings_as_env
@@ -64,7 +65,7 @@ PARTITIONS = 4
 SITE_ID, API_KEY = "bench-site", "bench-key"
 CONTENDERS = (
     "ours", "ours-alo", "ours-uvloop", "base", "base-alo", "ceiling", "ceiling-uvloop",
-    "base-ceiling", "ceiling-eos", "floor", "raw-eos", "naive",
+    "base-ceiling", "ceiling-eos", "floor", "floor-pipeline", "raw-eos", "naive",
 )  # fmt: skip
 DEFAULT_CONTENDERS = ("ours", "ours-alo", "ceiling", "naive")
 # Our worker with settings of its own: "ours" is the product (exactly_once, Kafka
@@ -88,17 +89,22 @@ _EOS = {"case": "faust_write", "processing_guarantee": "exactly_once"}
 # faust contenders measured at their output topic, each a bench.ceiling.faust_worker config on
 # top of the pass-through's: the ceiling on the product's event loop and on uvloop; under
 # exactly_once (each record's value sent through its source partition's transactional
-# producer, as ours sends), alone ("ceiling-eos") and with a state write per record into ours'
-# table store ("floor": ours' Kafka I/O without ours' pipeline and sink).
+# producer, as ours sends), alone ("ceiling-eos"), with a state write per record into ours'
+# table store ("floor": ours' Kafka I/O without ours' pipeline and sink), and with ours' real
+# ingest step too ("floor-pipeline": bench.ceiling's faust_ingest, i.e. ours without the sink,
+# the audience/erasure/re-key agents, the web server and the Prometheus monitor).
 CEILINGS: dict[str, dict[str, Any]] = {
     "ceiling": {},
     "ceiling-uvloop": {"event_loop": "uvloop"},
     "base-ceiling": {},
     "ceiling-eos": _EOS,
     "floor": {**_EOS, "state_bytes": FLOOR_STATE_BYTES, "ours_store": True},
+    "floor-pipeline": {**_EOS, "case": "faust_ingest", "ours_store": True},
 }
 # Ceilings whose output is written in transactions: counted by reading it read_committed.
-TRANSACTIONAL = frozenset({"ceiling-eos", "floor"})
+TRANSACTIONAL = frozenset({"ceiling-eos", "floor", "floor-pipeline"})
+# Ceilings whose output is ours' operations records: counted in delivered events, like ours.
+OPERATIONS_OUT = frozenset({"floor-pipeline"})
 # The next design's prototype (bench.e2e.raweos): ours' settings and topics, its own process.
 RAW_EOS = "raw-eos"
 TITLES = {
@@ -112,10 +118,13 @@ TITLES = {
     "base-ceiling": "ceiling at --baseline",
     "ceiling-eos": "ceiling, exactly_once (transactional produce)",
     "floor": "floor: faust EOS, ours' writes, no pipeline/HTTP",
+    "floor-pipeline": "floor + ours' pipeline (faust EOS, no HTTP)",
     "raw-eos": "raw-eos: aiokafka txn + pipeline + our sink",
     "naive": "per-event forwarder (aiokafka + v1, 1 req/event)",
 }
 PHASES = ("throughput", "paced", "limited")
+#: the operations the emulator counts as delivered events
+DELIVERED_ACTIONS = frozenset({"event", "screen"})
 
 
 @dataclass(frozen=True)
@@ -395,7 +404,7 @@ class Bench:
         return "memory://" if contender in CEILINGS else None
 
     def target(self, contender: str, exp: Expected) -> int:
-        if contender in OURS or contender == RAW_EOS:
+        if contender in OURS or contender in OPERATIONS_OUT or contender == RAW_EOS:
             return exp.ours_events
         return exp.records if contender in CEILINGS else exp.naive_events
 
@@ -544,8 +553,10 @@ class Bench:
             )
 
     async def counter(self, contender: str, out_topic: str) -> DeliveryCounter:
-        if contender in TRANSACTIONAL:
-            counter: DeliveryCounter = CommittedTopicCounter(self.kafka.bootstrap, out_topic)
+        if contender in OPERATIONS_OUT:
+            counter: DeliveryCounter = OperationsTopicCounter(self.kafka.bootstrap, out_topic)
+        elif contender in TRANSACTIONAL:
+            counter = CommittedTopicCounter(self.kafka.bootstrap, out_topic)
         elif contender in CEILINGS:
             counter = TopicCounter(self.kafka.bootstrap, out_topic)
         else:
@@ -655,13 +666,14 @@ class Bench:
             window_seconds=round(window, 3),
             events_per_s=round(events / window, 1) if window > 0 else None,
         )
-        if contender not in CEILINGS and phase != "paced":
+        if (contender not in CEILINGS or contender in OPERATIONS_OUT) and phase != "paced":
             delivered_share = events / max(self.target(contender, exp), 1)
             row["input_events_per_s"] = (
                 round(delivered_share * exp.input_events / window, 1) if window > 0 else None
             )
         elif contender in CEILINGS:
             row["input_events_per_s"] = row["events_per_s"]
+        if contender in CEILINGS:
             row["output_bytes_per_event"] = round(sum(r[4] for r in counted) / events, 1)
         if contender not in CEILINGS:
             requests = [r for r in await self.emulator.requests() if r["received_at"] <= end + 0.5]
@@ -799,6 +811,21 @@ class CommittedTopicCounter(TopicCounter):
             await self.count()
             empty = empty + 1 if len(self.receipts) == before else 0
             await asyncio.sleep(0.2)
+
+
+class OperationsTopicCounter(CommittedTopicCounter):
+    """Counts the events (``event`` and ``screen`` operations: what the emulator would store)
+    in committed operations records (Avro ``OperationBatch``), so the count compares with
+    ours' delivered events."""
+
+    async def count(self) -> int:
+        await super().count()
+        return sum(r[3] for r in self.receipts)
+
+    def _receipt(self, record: Any) -> None:
+        operations = decode_operation_batch(record.value)["operations"]
+        events = sum(1 for o in operations if o["action"] in DELIVERED_ACTIONS)
+        self.receipts.append((record.timestamp / 1000, None, None, events, len(record.value)))
 
 
 # --- summary ---------------------------------------------------------------------------------
