@@ -65,7 +65,8 @@ PARTITIONS = 4
 SITE_ID, API_KEY = "bench-site", "bench-key"
 CONTENDERS = (
     "ours", "ours-alo", "ours-uvloop", "base", "base-alo", "ceiling", "ceiling-uvloop",
-    "base-ceiling", "ceiling-eos", "floor", "floor-pipeline", "raw-eos", "naive",
+    "base-ceiling", "ceiling-eos", "floor", "floor-pipeline",
+    "floor-pipeline-mem", "raw-eos", "naive",
 )  # fmt: skip
 DEFAULT_CONTENDERS = ("ours", "ours-alo", "ceiling", "naive")
 # Our worker with settings of its own: "ours" is the product (exactly_once, Kafka
@@ -92,7 +93,8 @@ _EOS = {"case": "faust_write", "processing_guarantee": "exactly_once"}
 # producer, as ours sends), alone ("ceiling-eos"), with a state write per record into ours'
 # table store ("floor": ours' Kafka I/O without ours' pipeline and sink), and with ours' real
 # ingest step too ("floor-pipeline": bench.ceiling's faust_ingest, i.e. ours without the sink,
-# the audience/erasure/re-key agents, the web server and the Prometheus monitor).
+# the audience/erasure/re-key agents, the web server and the Prometheus monitor; and the same
+# on faust's memory:// store instead of ours' RocksDB: "floor-pipeline-mem").
 CEILINGS: dict[str, dict[str, Any]] = {
     "ceiling": {},
     "ceiling-uvloop": {"event_loop": "uvloop"},
@@ -100,11 +102,12 @@ CEILINGS: dict[str, dict[str, Any]] = {
     "ceiling-eos": _EOS,
     "floor": {**_EOS, "state_bytes": FLOOR_STATE_BYTES, "ours_store": True},
     "floor-pipeline": {**_EOS, "case": "faust_ingest", "ours_store": True},
+    "floor-pipeline-mem": {**_EOS, "case": "faust_ingest"},
 }
 # Ceilings whose output is written in transactions: counted by reading it read_committed.
-TRANSACTIONAL = frozenset({"ceiling-eos", "floor", "floor-pipeline"})
+TRANSACTIONAL = frozenset({"ceiling-eos", "floor", "floor-pipeline", "floor-pipeline-mem"})
 # Ceilings whose output is ours' operations records: counted in delivered events, like ours.
-OPERATIONS_OUT = frozenset({"floor-pipeline"})
+OPERATIONS_OUT = frozenset({"floor-pipeline", "floor-pipeline-mem"})
 # The next design's prototype (bench.e2e.raweos): ours' settings and topics, its own process.
 RAW_EOS = "raw-eos"
 TITLES = {
@@ -119,6 +122,7 @@ TITLES = {
     "ceiling-eos": "ceiling, exactly_once (transactional produce)",
     "floor": "floor: faust EOS, ours' writes, no pipeline/HTTP",
     "floor-pipeline": "floor + ours' pipeline (faust EOS, no HTTP)",
+    "floor-pipeline-mem": "floor + ours' pipeline, memory:// store",
     "raw-eos": "raw-eos: aiokafka txn + pipeline + our sink",
     "naive": "per-event forwarder (aiokafka + v1, 1 req/event)",
 }
