@@ -17,7 +17,12 @@ contender as its own subprocess, round-robin over the runs:
 Contenders: ``ours`` = ``mpcio worker`` (input topic → table → operations topic → sink →
 emulator, MPCIO_* settings); ``ceiling`` = a bare faust agent that decodes each batch and
 produces it to an output topic (``bench.ceiling.faust_worker``, case ``faust_produce``, built
-with ``app.faust_app.create_app``); ``naive`` = :mod:`bench.e2e.naive`.
+with ``app.faust_app.create_app``); ``naive`` = :mod:`bench.e2e.naive`. Issue 19's
+measured floor (not in the default set): ``ceiling-eos``, ``floor``, ``floor-pipeline(-mem)``
+(faust under exactly_once with ours' writes, without and with ours' pipeline) and ``raw-eos``
+(:mod:`bench.e2e.raweos`, plain aiokafka transactions + pipeline + the product's sink); after
+the throughput table, every contender against the ceiling of the same run
+(:mod:`bench.e2e.ratios`).
 """
 
 from __future__ import annotations
