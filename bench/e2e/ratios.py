@@ -92,13 +92,13 @@ def format_ratios(table: dict[str, Ratio], reference: str = "ceiling") -> str:
         f"median = ratio of the medians; target >= {TARGET[0]}x events/s, <= {TARGET[1]}x CPU)"
     )
     lines = [title]
-    header = f"{'contender':<12}" + "".join(f"{'run ' + str(r):>15}" for r in runs)
+    header = f"{'contender':<20}" + "".join(f"{'run ' + str(r):>15}" for r in runs)
     header += f"{'median':>15}  target"
     lines += [header, "-" * len(header)]
     for contender, ratio in table.items():
         cells = "".join(f"{_pair(ratio.runs[r]) if r in ratio.runs else '-':>15}" for r in runs)
         met = "met" if ratio.meets_target else "not met"
-        lines.append(f"{contender:<12}{cells}{_pair(ratio.median):>15}  {met}")
+        lines.append(f"{contender:<20}{cells}{_pair(ratio.median):>15}  {met}")
     return "\n".join(lines)
 
 
