@@ -4,6 +4,10 @@ Configured by the JSON in ``$BENCH_CONFIG`` (written by :mod:`bench.ceiling.__ma
 agent counts records; at the first one it notes the monotonic clock and the process CPU time
 (all threads), at the last one (after flushing the producer, for the cases that produce) it
 notes both again and writes them to ``result_file``. The parent then stops the worker.
+
+:mod:`bench.e2e` runs it too, for its faust contenders (cases ``faust_produce``,
+``faust_write``, ``faust_ingest``; ``processing_guarantee`` in the config, at_least_once by
+default); ``faust_write`` exists for that (its floor: ours' writes without the pipeline).
 """
 
 from __future__ import annotations
