@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 
 from app.records import SourcePosition
 from bench.ceiling.faust_worker import EVENTS, pass_through
 from bench.e2e.ratios import Ratio, format_ratios, ratios
+from bench.e2e.raweos import transact
+from bench.e2e.workload import Shape, generate
 
 POSITION = SourcePosition("mparticle-batches", 2, 41)
 VALUE = orjson.dumps({"mpid": "7", "events": [{"data": {}}, {"data": {}}, {"data": {}}]})
@@ -110,3 +115,62 @@ def test_the_table_shows_each_run_and_the_median() -> None:
     assert "0.25x / 2.50x" in ours
     assert "0.25x / 4.00x" in ours
     assert ours.endswith("not met")
+
+
+class FakeTransactionalProducer:
+    """Records what raw-eos's transaction does, in order."""
+
+    def __init__(self) -> None:
+        self.journal: list[tuple[Any, ...]] = []
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        self.journal.append(("begin",))
+        yield
+        self.journal.append(("commit",))
+
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes, partition: int | None = None
+    ) -> None:
+        self.journal.append(("send", topic, key, partition, value))
+
+    async def send_offsets_to_transaction(self, offsets: dict[Any, int], group: str) -> None:
+        self.journal.append(("offsets", offsets, group))
+
+
+async def test_raw_eos_sends_each_records_operations_then_state_then_the_chunks_offsets() -> None:
+    records = generate(Shape(users=1, batches_per_user=2, no_email_share=0.0), prefix="t")
+    tp = TopicPartition("in", 3)
+    chunk = {
+        tp: [
+            SimpleNamespace(key=r.key, value=r.encode(0, "t"), offset=10 + n)
+            for n, r in enumerate(records)
+        ]
+    }
+    producer = FakeTransactionalProducer()
+
+    held = await transact(producer, chunk, {}, ("ops", "changelog"), "group")
+
+    kinds = [(entry[0], entry[1] if entry[0] == "send" else None) for entry in producer.journal]
+    assert kinds == [
+        ("begin", None),
+        ("send", "ops"),
+        ("send", "changelog"),
+        ("send", "ops"),
+        ("send", "changelog"),
+        ("offsets", None),
+        ("commit", None),
+    ]
+    assert producer.journal[5][1:] == ({tp: 12}, "group")
+    states = [e for e in producer.journal if e[0] == "send" and e[1] == "changelog"]
+    assert all(e[3] == 3 for e in states)  # the source partition
+    assert held == {records[0].key: states[-1][4]}
+    # the second record read the first one's held state: its state differs from a fresh one's
+    fresh = await transact(
+        FakeTransactionalProducer(),
+        {tp: chunk[tp][1:]},
+        {},
+        ("ops", "changelog"),
+        "group",
+    )
+    assert fresh[records[0].key] != held[records[0].key]
