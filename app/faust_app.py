@@ -68,6 +68,9 @@ FAUST_TUNING: dict[str, Any] = {
 # half of aiokafka's 60 s transaction timeout, far above a healthy commit (milliseconds; a
 # few seconds on a loaded machine).
 COMMIT_TIMEOUT_SECONDS = 30.0
+# a transactional producer still without a producer id after this long is logged (WARNING,
+# at most once per this period for all of them) and makes the worker not ready
+COORDINATOR_WARNING_SECONDS = 30.0
 
 
 def fail_stop(reason: str) -> NoReturn:
@@ -442,6 +445,12 @@ class _Producer(faust_aiokafka.Producer):
     id aborts its open transaction).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # transactional id -> loop time it began waiting for a producer id
+        self.coordinator_waits: dict[str, float] = {}
+        self._coordinator_warned = float("-inf")
+
     async def commit_transactions(
         self,
         tid_to_offset_map: Mapping[str, Mapping[TP, int]],
@@ -512,7 +521,35 @@ class _Producer(faust_aiokafka.Producer):
         aborts its open transaction.
         """
         await self._retire(transactional_id)
-        await super().maybe_begin_transaction(transactional_id)
+        # aiokafka waits for a producer id for ever, silently, while the coordinator is not
+        # available (a transaction log that cannot be created or is not in sync): say so
+        loop = asyncio.get_running_loop()
+        began = self.coordinator_waits.setdefault(transactional_id, loop.time())
+        starting = asyncio.ensure_future(super().maybe_begin_transaction(transactional_id))
+        try:
+            while not (await asyncio.wait({starting}, timeout=COORDINATOR_WARNING_SECONDS))[0]:
+                if loop.time() - self._coordinator_warned >= COORDINATOR_WARNING_SECONDS:
+                    self._coordinator_warned = loop.time()
+                    log.warning(
+                        "transactional producer %s has waited %.0f s for Kafka's transaction "
+                        "coordinator (InitProducerId; %d producer(s) waiting): is "
+                        "__transaction_state creatable and in sync? `mpcio check-config` "
+                        "checks the brokers' transaction.state.log.* settings",
+                        transactional_id,
+                        loop.time() - began,
+                        len(self.coordinator_waits),
+                    )
+        finally:
+            starting.cancel()  # only while still waiting: the caller was cancelled
+            self.coordinator_waits.pop(transactional_id, None)
+        starting.result()
+
+    def coordinator_wait_seconds(self) -> float | None:
+        """Seconds the longest-waiting transactional producer has waited for its producer id
+        (Kafka's transaction coordinator), or None when none is waiting."""
+        if not self.coordinator_waits:
+            return None
+        return asyncio.get_running_loop().time() - min(self.coordinator_waits.values())
 
 
 def _partition_of(transactional_id: str) -> int:

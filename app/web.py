@@ -54,6 +54,7 @@ from app import masking, metrics
 from app.core.mparticle import int64_text
 from app.core.state import UserState, decode_state
 from app.errors import InvalidRecordError
+from app.faust_app import COORDINATOR_WARNING_SECONDS
 from app.topics import ERASURES_TABLE, USERS_TABLE
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ def decide_readiness(
     sink_partitions: int,
     sink_stopped_reason: str | None,
     recovery_remaining: int | None = None,
+    coordinator_wait_seconds: float | None = None,
 ) -> Readiness:
     """Ready = in the consumer group (with or without partitions), every agent running, and
     (when forwarding) the sink running in its group and not stopped by a configuration error.
@@ -167,7 +169,10 @@ def decide_readiness(
     surplus replica is a healthy standby, not a failure (``kubectl rollout status`` waits for
     every replica to be ready). ``recovery_remaining``: changelog records still to read while
     faust recovers the tables of assigned partitions (``None`` when not recovering): not
-    ready, status ``recovering``.
+    ready, status ``recovering``. ``coordinator_wait_seconds``: how long a transactional
+    producer has waited for its producer id (``None``: none waits); from
+    ``COORDINATOR_WARNING_SECONDS`` on, not ready (the transaction coordinator does not
+    answer: without it no partition can be processed).
     """
     reasons: list[str] = []
     if not joined:
@@ -176,6 +181,7 @@ def decide_readiness(
         reasons.append(
             f"recovering table state from the changelogs: {recovery_remaining} records left"
         )
+    reasons.extend(_coordinator_reasons(coordinator_wait_seconds))
     if not agents:
         reasons.append("no agents registered")
     reasons.extend(
@@ -200,6 +206,18 @@ def decide_readiness(
     else:
         status = "active" if input_partitions or operations_partitions else "standby"
     return Readiness(tuple(reasons), status, input_partitions, operations_partitions)
+
+
+def _coordinator_reasons(wait_seconds: float | None) -> list[str]:
+    """The not-ready reason of a transactional producer that has waited ``wait_seconds`` for
+    its producer id, once that is ``COORDINATOR_WARNING_SECONDS`` or more."""
+    if wait_seconds is None or wait_seconds < COORDINATOR_WARNING_SECONDS:
+        return []
+    reason = (
+        f"waiting {wait_seconds:.0f} s for Kafka's transaction coordinator (InitProducerId): "
+        "is __transaction_state creatable and in sync?"
+    )
+    return [reason]
 
 
 # --- access -----------------------------------------------------------------------------------
@@ -405,6 +423,14 @@ def _recovery_remaining(app: faust.App) -> int | None:
         return 0
 
 
+def _coordinator_wait_seconds(app: faust.App) -> float | None:
+    """How long a transactional producer of ``app`` has waited for its producer id
+    (:meth:`app.faust_app._Producer.coordinator_wait_seconds`), or None."""
+    producer = getattr(app, "_producer", None)  # not app.producer: that would make one
+    wait = getattr(producer, "coordinator_wait_seconds", None)
+    return None if wait is None else wait()
+
+
 def _assignment(app: faust.App) -> set[Any]:
     try:
         return set(app.consumer.assignment())
@@ -532,6 +558,7 @@ class Observer:
             if sink is None or sink.stopped_reason is None
             else masking.active().text(sink.stopped_reason),
             recovery_remaining=_recovery_remaining(self.app),
+            coordinator_wait_seconds=_coordinator_wait_seconds(self.app),
         )
 
     def table(self, name: str) -> Any:

@@ -2,7 +2,9 @@
 
 Start-up order: settings were validated by the caller; topics are created if missing and the
 inputs' co-partitioning is checked before the first agent consumes (a mismatch stops the worker
-with one :class:`~app.errors.ConfigError` line); the local table store is kept only if the last
+with one :class:`~app.errors.ConfigError` line); under ``exactly_once`` the cluster must be able
+to run transactions (:mod:`app.transactions_check`: exit 2 with one line when it cannot,
+exit 1 after a bounded wait when brokers are down); the local table store is kept only if the last
 run stopped cleanly (:mod:`app.localstore`); then faust runs until SIGTERM/SIGINT, which stop it
 gracefully (agents finish the record in hand, the last transaction commits the acked offsets).
 
@@ -40,6 +42,7 @@ from app.sensors import setup_faust_metrics
 from app.settings import Settings
 from app.stacks import report_now
 from app.topics import changelog_topics, topics_for
+from app.transactions_check import check_transactions
 from app.web import attach_web
 
 log = logging.getLogger(__name__)
@@ -114,6 +117,25 @@ def build_worker_app(settings: Settings) -> faust.App:
     return app
 
 
+async def prepare_cluster(settings: Settings) -> int:
+    """Create missing topics (:func:`~app.kafka_admin.ensure_topics`; their shared partition
+    count is returned) and, under ``exactly_once``, check that the cluster can run
+    transactions (:func:`~app.transactions_check.check_transactions`): a cluster that cannot
+    stops the worker here with one line, before faust starts producers that would wait for
+    the transaction coordinator for ever."""
+    partitions = await ensure_topics(
+        settings.bootstrap_servers,
+        topics_for(settings),
+        settings.topic_replication_factor,
+        security=client_kwargs(settings),
+        changelogs=changelog_topics(settings.app_id),
+    )
+    if settings.processing_guarantee == "exactly_once":
+        found = await check_transactions(settings)
+        log.info("Kafka transactions: %s", found.reason)
+    return partitions
+
+
 def run_worker(settings: Settings) -> None:
     """Check topics, then run until stopped by a signal; exits the process like faust does.
 
@@ -130,15 +152,7 @@ def run_worker(settings: Settings) -> None:
     level = client_log.level
     client_log.setLevel(logging.CRITICAL)
     try:
-        partitions = asyncio.run(
-            ensure_topics(
-                settings.bootstrap_servers,
-                topics_for(settings),
-                settings.topic_replication_factor,
-                security=client_kwargs(settings),
-                changelogs=changelog_topics(settings.app_id),
-            )
-        )
+        partitions = asyncio.run(prepare_cluster(settings))
     finally:
         client_log.setLevel(level)
     # The batches topic (mParticle's) decides; MPCIO_TOPIC_PARTITIONS only names the count

@@ -282,6 +282,10 @@ class LocalKafka(_Lifecycle):
     host name (the host-name tests) breaks only the clients; clients never see that listener
     (a client is told only the endpoints of the listener it connected to). The controller
     listener stays PLAINTEXT.
+
+    ``properties``: server properties that replace the defaults written here, e.g. a
+    ``transaction.state.log.replication.factor`` of 3 that one broker cannot hold (the
+    exactly_once start-up check's tests).
     """
 
     def __init__(
@@ -297,6 +301,7 @@ class LocalKafka(_Lifecycle):
         tls: TlsFiles | None = None,
         controller_port: int | None = None,
         cluster: _ClusterMembership | None = None,
+        properties: Mapping[str, str] | None = None,
     ) -> None:
         if sasl_users is not None and not sasl_users:
             raise LocalKafkaError("sasl_users needs at least one user")
@@ -310,6 +315,7 @@ class LocalKafka(_Lifecycle):
         self.controller_port = controller_port or free_port()
         self.internal_port = free_port()
         self.cluster = cluster
+        self.properties = dict(properties or {})
         self._owns_data_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="mpcio-kafka-"))
         self.cache_dir = cache_dir
@@ -463,6 +469,7 @@ class LocalKafka(_Lifecycle):
         if self.cluster:
             del properties["controller.quorum.bootstrap.servers"]  # static voters instead
             properties.update(self.cluster.properties(self))
+        properties.update(self.properties)
         config = self.data_dir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()), encoding="utf-8")
         (self.data_dir / "log4j2.properties").write_text(

@@ -8,6 +8,10 @@ was not run:
   start-up, so on a fresh cluster this fails until the first worker ran or they were created);
 - ``co-partitioning``: the topics the ingest agents read (the three input topics and the
   re-key topic) have the same partition count;
+- ``transactions``: under ``exactly_once`` (else skipped), the cluster can run Kafka
+  transactions (:mod:`app.transactions_check`: the brokers' ``transaction.state.log.*``
+  settings against the live brokers, then one transactional producer must start); a cluster
+  or ACL that cannot counts as a rejected setting (exit 2);
 - ``customerio``: ``GET /auth`` with the configured site id, API key and region (or URL)
   answers 200; skipped when forwarding is disabled;
 - ``key sample`` (only with ``--sample N``): N of the newest records of the batches topic (the
@@ -34,7 +38,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from app import masking
-from app.errors import BrokerError, ConfigError, InvalidRecordError, plain_kafka_error
+from app.errors import (
+    BrokerError,
+    ConfigError,
+    InvalidRecordError,
+    is_kafka_error,
+    plain_kafka_error,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -86,6 +96,11 @@ def summary(checks: list[Check]) -> str:
 async def run_checks(settings: Settings, *, sample: int = 0) -> list[Check]:
     """Every check of the module docstring, in order (``key sample`` when ``sample`` > 0)."""
     checks = await check_kafka(settings)
+    checks.append(
+        await check_transactions(settings)
+        if checks[0].ok
+        else Check.skip("transactions", "no broker")
+    )
     checks.append(await check_customerio(settings))
     if sample > 0:
         checks.append(
@@ -263,6 +278,30 @@ async def check_kafka(settings: Settings) -> list[Check]:
         return [kafka, topic_check, copart]
     finally:
         await admin.close()
+
+
+async def check_transactions(settings: Settings) -> Check:
+    """``transactions``: under ``exactly_once``, whether the cluster can run Kafka
+    transactions (:func:`app.transactions_check.check_transactions`, without its wait for
+    brokers that are down); a failure that only the brokers' settings or ACLs can fix counts
+    as a rejected setting (exit 2), like the worker's start-up."""
+    from app import transactions_check  # noqa: PLC0415 - aiokafka only for this check
+
+    if settings.processing_guarantee != "exactly_once":
+        return Check.skip(
+            "transactions", f"MPCIO_PROCESSING_GUARANTEE={settings.processing_guarantee}"
+        )
+    try:
+        found = await transactions_check.check_transactions(settings, wait_seconds=0)
+    except ConfigError as exc:
+        return Check("transactions", False, str(exc), settings_rejected=True)
+    except BrokerError as exc:
+        return Check("transactions", False, str(exc))
+    except Exception as exc:
+        if not is_kafka_error(exc):
+            raise
+        return Check("transactions", False, f"reading the cluster failed: {plain_kafka_error(exc)}")
+    return Check("transactions", True, f"{found.reason}; a transactional producer started")
 
 
 async def check_customerio(settings: Settings) -> Check:

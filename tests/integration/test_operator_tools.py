@@ -464,12 +464,13 @@ async def test_check_config_reaches_kafka_and_customerio(
 ) -> None:
     good = await mpcio("check-config", env=deployment.env)
     assert good.code == 0, good.both
-    verdicts = dict(line.split(":", 1) for line in good.out.splitlines()[-6:-1] if ":" in line)
+    verdicts = dict(line.split(":", 1) for line in good.out.splitlines()[-7:-1] if ":" in line)
     assert {name: text.split()[0] for name, text in verdicts.items()} == {
         "settings": "ok",
         "kafka": "ok",
         "topics": "ok",
         "co-partitioning": "ok",
+        "transactions": "ok",
         "customerio": "ok",
     }
     assert "all checks passed" in good.out
@@ -529,4 +530,5 @@ async def test_check_config_reaches_kafka_and_customerio(
     )
     assert down.code == 1
     assert re.search(r"^kafka: +FAILED: .*connection refused", down.out, re.MULTILINE), down.out
+    assert re.search(r"^transactions: +skipped \(no broker\)", down.out, re.MULTILINE)
     assert re.search(r"^customerio: +ok", down.out, re.MULTILINE)  # checked independently

@@ -9,6 +9,7 @@ import uuid
 from typing import NoReturn
 
 import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from app import faust_app
@@ -159,3 +160,36 @@ async def test_a_producer_is_retired_only_after_the_send_or_commit_holding_its_l
 
     assert fake.calls == ["stop"]
     assert tid not in producer._transaction_producers
+
+
+async def test_a_producer_waiting_for_its_producer_id_is_reported_until_it_gets_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tid = f"app-1-{uuid.uuid4().hex}-0"
+    producer = _producer_with(tid, _FakeTransactionalProducer())
+    coordinator = asyncio.get_running_loop().create_future()  # InitProducerId's answer
+    warnings: list[str] = []
+    warned = asyncio.Event()
+
+    async def begin(self: object, transactional_id: str) -> None:
+        await coordinator
+
+    def warning(message: str, *args: object) -> None:
+        warnings.append(message % args)
+        warned.set()
+
+    monkeypatch.setattr(faust_aiokafka.Producer, "maybe_begin_transaction", begin)
+    monkeypatch.setattr(faust_app.log, "warning", warning)
+    monkeypatch.setattr(faust_app, "COORDINATOR_WARNING_SECONDS", 0.05)
+    assert producer.coordinator_wait_seconds() is None
+
+    starting = asyncio.create_task(producer.maybe_begin_transaction(tid))
+    await asyncio.wait_for(warned.wait(), 30)
+    waited = producer.coordinator_wait_seconds()
+    assert waited is not None
+    assert waited >= 0.05
+    assert warnings[0].startswith(f"transactional producer {tid} has waited 0 s for Kafka's")
+
+    coordinator.set_result(None)
+    await starting
+    assert producer.coordinator_wait_seconds() is None

@@ -90,6 +90,19 @@ def test_rebalancing_stays_ready_and_says_so() -> None:
     assert readiness.status == "rebalancing"
 
 
+def test_not_ready_while_a_producer_waits_for_the_transaction_coordinator() -> None:
+    # a rebalance whose transactional producers get no producer id never ends: not ready
+    assert ready_when(rebalancing=True, coordinator_wait_seconds=29.0) == (True, ())
+    ready, reasons = ready_when(rebalancing=True, coordinator_wait_seconds=31.0)
+    assert not ready
+    assert reasons == (
+        (
+            "waiting 31 s for Kafka's transaction coordinator (InitProducerId): is "
+            "__transaction_state creatable and in sync?"
+        ),
+    )
+
+
 def test_not_ready_when_an_agent_is_not_running() -> None:
     ready, reasons = ready_when(agents={**RUNNING, "ingest_erasure": "crashed"})
     assert not ready
