@@ -435,7 +435,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
         for name in ("include_user_attributes", "send_created_at", "one_attribute_per_audience")
         if getattr(args, name) is not None
     }
-    settings = load_settings(forwarding_enabled=False, **overrides)
+    settings = _load_masked(forwarding_enabled=False, **overrides)
     try:
         source = sys.stdin.buffer if str(args.file) == "-" else args.file.open("rb")
     except OSError as exc:
