@@ -6,6 +6,11 @@ Every command validates the settings first; a configuration error prints one lin
 
 from __future__ import annotations
 
+# first of all: under `mpcio worker` it installs the start-up SIGTERM/SIGINT handlers now,
+# before the imports below load (app.stopping)
+from app import stopping  # noqa: F401
+
+# isort: split
 import argparse
 import contextlib
 import logging
