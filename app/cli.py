@@ -54,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``mpcio`` console script.
 
     Before the command runs: logging goes to stderr (text, or JSON when ``MPCIO_LOG_FORMAT``
-    is ``json``) and every unknown ``MPCIO_*`` variable is warned about once. Exit codes: 0 ok,
+    is ``json``) and every unknown ``MPCIO_*`` variable is warned about once. Exit codes: 0 ok
+    (``mpcio worker`` stopped by SIGTERM/SIGINT, in its start-up too: :mod:`app.stopping`),
     1 failure, 2 configuration error, 130 interrupted, 141 the reader of stdout went away
     (``mpcio … | head``: the rest of the output is dropped quietly). An ``OSError`` or an
     aiokafka error that reaches here is printed as one line in words, exit 1.
