@@ -614,7 +614,7 @@ def _cmd_deadletter_redrive(args: argparse.Namespace) -> int:
     if selection.everything and not args.all:
         raise ConfigError("redrive needs --offsets, a filter (--reason, --stage, --since) or --all")
     _quiet_kafka_logs()
-    sent, skipped = asyncio.run(
+    counts = asyncio.run(
         redrive(
             settings,
             selection,
@@ -624,7 +624,8 @@ def _cmd_deadletter_redrive(args: argparse.Namespace) -> int:
         )
     )
     verb = "would be sent (dry run)" if args.dry_run else "sent"
-    print(f"redrive: {sent} {verb}, {skipped} skipped", file=sys.stderr)
+    erased = f" ({counts.erased} of them: user erased after it)" if counts.erased else ""
+    print(f"redrive: {counts.sent} {verb}, {counts.skipped} skipped{erased}", file=sys.stderr)
     return 0
 
 
