@@ -40,6 +40,8 @@ from app import metrics
 from app.changelog import changelog_configs
 from app.core.pipeline import (
     IngestResult,
+    bound_rekeyed,
+    count_cut_letters,
     from_rekey_topic,
     process_audience_record,
     process_batch_record,
@@ -365,20 +367,23 @@ class RecordWriter:
         records re-key nothing (:func:`~app.core.pipeline.from_rekey_topic`)."""
         message = event.message
         send = partial(self._send, self._transactional_id(message.topic, message.partition))
+        # never back to the input topic (its owner's): to ours, with the record's own Kafka
+        # time, so that erasure markers compare it as the record it came from
+        origin = f"{message.topic}/{message.partition}@{message.offset}"
+        headers = rekey_headers(as_list(message.headers), kind, origin) if result.rekeyed else []
+        position = SourcePosition(message.topic, message.partition, message.offset)
+        bound_rekeyed(result, headers, position)  # before anything is sent: parts too large
         if result.operations is not None:
             mpid, operations = result.operations
             await send(self.topics.operations.name, mpid.encode() or None, operations)
-        for letter in result.dead_letters:
-            record = dead_letter_record(letter, message.headers)
+        records = [dead_letter_record(letter, message.headers) for letter in result.dead_letters]
+        for record in records:
             await send(
                 self.topics.deadletter.name, record.key, record.value, headers=record.headers
             )
-        log_dead_letters(log, result.dead_letters)
+        count_cut_letters(result.counts, records)
+        log_dead_letters(log, [record.value for record in records])
         if result.rekeyed:
-            # never back to the input topic (its owner's): to ours, with the record's own
-            # Kafka time, so that erasure markers compare it as the record it came from
-            origin = f"{message.topic}/{message.partition}@{message.offset}"
-            headers = rekey_headers(as_list(message.headers), kind, origin)
             for mpid, raw in result.rekeyed:
                 await send(
                     self.topics.rekey.name,

@@ -36,6 +36,7 @@ DEAD_LETTER = {
     "response": None,
     "attempts": 0,
     "failed_at_ms": 1,
+    "payload_bytes": 1_040_019,
 }
 
 

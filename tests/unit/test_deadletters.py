@@ -153,6 +153,10 @@ def test_sink_letters_are_wrapped_into_one_operation() -> None:
         ({"reason": "state_corrupt", "payload": b"\xc3\x01state"}, "corrupt stored state"),
         ({"stage": "sink", "reason": "avro_decode", "payload": b"\xc3\x01x"}, "not a Customer.io"),
         ({"stage": "sink", "payload": b'{"action": "event"}'}, "not a Customer.io item"),
+        (
+            {"reason": "too_large", "payload": b'{"mpid": 4', "payload_bytes": 1_040_019},
+            "payload truncated to 10 of 1040019 bytes; the whole record is at batches[2]@40",
+        ),
     ],
 )
 def test_unredrivable_letters_are_skipped_with_a_reason(
@@ -184,3 +188,15 @@ def test_since_seeks_each_partition_by_time() -> None:
     assert stops == ends
     chosen, _ = _bounds(begins, ends, frozenset({Position(0, 3), Position(0, 8)}), by_time)
     assert chosen[p0] == 7  # positions and time together: the later start
+
+
+def test_a_truncated_letter_says_so_in_list_and_show() -> None:
+    cut = stored(reason="too_large", payload=b'{"mpid": 4', payload_bytes=1_040_019)
+    assert "[TRUNCATED 10/1040019 bytes]" in list_line(cut)
+    document = show_document(cut)
+    assert (document["payload_truncated"], document["payload_bytes"]) == (True, 10)
+    assert document["original_payload_bytes"] == 1_040_019
+    assert "whole record is at batches[2]@40" in document["truncation"]
+    whole = show_document(stored())
+    assert (whole["payload_truncated"], whole["truncation"]) == (False, None)
+    assert "TRUNCATED" not in list_line(stored())
