@@ -364,15 +364,23 @@ class RecordWriter:
     async def write(self, event: Any, result: IngestResult, kind: RekeyKind | None) -> None:
         """Write ``result`` of ``event`` (see the class docstring). ``kind``: the role of the
         event's topic, named on the records it re-keys; None for the re-key topic, whose
-        records re-key nothing (:func:`~app.core.pipeline.from_rekey_topic`)."""
+        records re-key nothing (:func:`~app.core.pipeline.from_rekey_topic`).
+
+        Nothing copied from the input record can be too large to send (which would stop the
+        worker on every restart, :mod:`app.core.sizes`): a re-keyed part that would be is a
+        ``too_large`` dead letter (:func:`~app.core.pipeline.bound_rekeyed`), a dead letter
+        that would be is cut to fit (:func:`~app.records.dead_letter_record`)."""
         message = event.message
         send = partial(self._send, self._transactional_id(message.topic, message.partition))
-        # never back to the input topic (its owner's): to ours, with the record's own Kafka
-        # time, so that erasure markers compare it as the record it came from
-        origin = f"{message.topic}/{message.partition}@{message.offset}"
-        headers = rekey_headers(as_list(message.headers), kind, origin) if result.rekeyed else []
-        position = SourcePosition(message.topic, message.partition, message.offset)
-        bound_rekeyed(result, headers, position)  # before anything is sent: parts too large
+        headers: list[tuple[str, bytes]] = []
+        if result.rekeyed:
+            # never back to the input topic (its owner's): to ours, with the record's own
+            # Kafka time, so that erasure markers compare it as the record it came from
+            origin = f"{message.topic}/{message.partition}@{message.offset}"
+            headers = rekey_headers(as_list(message.headers), kind, origin)
+            # before anything is sent: a part too large to send becomes a dead letter
+            position = SourcePosition(message.topic, message.partition, message.offset)
+            bound_rekeyed(result, headers, position)
         if result.operations is not None:
             mpid, operations = result.operations
             await send(self.topics.operations.name, mpid.encode() or None, operations)

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import orjson
 import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from app.core.avro import codec
-from app.core.sizes import fits
 from app.web import kafka_partition
 from tests.integration.support import consume_until, produce, wait_for
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 EMAIL_KEY = b"big81@example.com"
+PRODUCER_LIMIT = 1_000_000  # faust's producer_max_request_size (app/core/sizes.py)
 BAD_JSON = b'{"mpid": 80, "x": "' + b"z" * 1_040_000  # the breaker's 1,040,019 bytes
 
 
@@ -87,7 +88,10 @@ async def test_records_too_large_to_copy_are_cut_dead_letters_and_the_stream_goe
         record = by_key[key]
         letter = codec("dead_letter").decode(record.value)
         headers = dict(record.headers)
-        assert fits(record.key, record.value, list(record.headers))
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+            record.key, record.value, list(record.headers)
+        )
+        assert size <= PRODUCER_LIMIT  # what the worker's producer sends
         assert letter["reason"] == "too_large"
         assert letter["payload_bytes"] == len(original)
         assert 990_000 < len(letter["payload"]) < len(original)
