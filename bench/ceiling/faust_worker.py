@@ -4,6 +4,10 @@ Configured by the JSON in ``$BENCH_CONFIG`` (written by :mod:`bench.ceiling.__ma
 agent counts records; at the first one it notes the monotonic clock and the process CPU time
 (all threads), at the last one (after flushing the producer, for the cases that produce) it
 notes both again and writes them to ``result_file``. The parent then stops the worker.
+
+:mod:`bench.e2e` runs it too, for its faust contenders (cases ``faust_produce``,
+``faust_write``, ``faust_ingest``; ``processing_guarantee`` in the config, at_least_once by
+default); ``faust_write`` exists for that (its floor: ours' writes without the pipeline).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import json
 import os
 import resource
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ from agents.ingest import RecordWriter, batch_step, declare_tables, ingest_strea
 from app.core.pipeline import IngestResult
 from app.dev.localkafka import free_port
 from app.faust_app import create_app, use_event_loop
+from app.records import SourcePosition
 from app.settings import Settings
 from app.topics import topics_for
 from app.wiring import core_options
@@ -84,6 +91,26 @@ class Progress:
             tmp.replace(self.result_file)
 
 
+EVENTS = ("events", "all", "forwarded")
+
+
+def pass_through(state_bytes: int) -> Callable[[Any, SourcePosition], IngestResult]:
+    """An ingest step without the pipeline: decode the batch (as the ceiling does), write the
+    record's value unchanged as its operations record and, when ``state_bytes`` > 0, its first
+    ``state_bytes`` bytes as the user's state (one changelog record, like ours' state). The
+    event count goes in ``counts[EVENTS]``. Pure; raises on a value that is not a JSON batch."""
+
+    def step(event: Any, position: SourcePosition) -> IngestResult:  # noqa: ARG001
+        events = len(orjson.loads(event.value)["events"])
+        mpid = event.key.decode()
+        states = {mpid: event.value[:state_bytes]} if state_bytes > 0 else {}
+        return IngestResult(
+            states=states, operations=(mpid, event.value), counts=Counter({EVENTS: events})
+        )
+
+    return step
+
+
 def build(config: dict[str, Any]) -> faust.App:
     settings = Settings(
         app_id=config["app_id"],
@@ -93,8 +120,9 @@ def build(config: dict[str, Any]) -> faust.App:
         forwarding_enabled=False,
         topic_partitions=4,
         web_port=free_port(),
-        # The ceiling is faust's plain pass-through; bench.e2e shows ours under both guarantees.
-        processing_guarantee="at_least_once",
+        # The ceiling is faust's plain pass-through; bench.e2e shows ours under both guarantees
+        # and runs the faust_write cases (its ceiling-eos and floor) under exactly_once.
+        processing_guarantee=config.get("processing_guarantee", "at_least_once"),
         topic_batches=config["source"],
         topic_operations=config["sink"],
     )
@@ -114,7 +142,7 @@ def build(config: dict[str, Any]) -> faust.App:
     # The plain table cases' table (the ingest case declares the worker's own tables).
     users: Any = (
         None
-        if config["case"] == "faust_ingest"
+        if config["case"] in {"faust_ingest", "faust_write"}
         else app.Table("users", partitions=4, key_type=bytes, value_type=bytes)
     )
     progress = Progress(app, config)
@@ -178,6 +206,21 @@ def build(config: dict[str, Any]) -> faust.App:
         @app.agent(source, concurrency=1)
         async def ingest_agent(stream: Any) -> None:
             await ingest_stream(stream, step, writer, kind="batches", after_write=counted)
+
+    elif case == "faust_write":
+        # The worker's own agent loop and write step (agents.ingest: turns, RecordWriter, the
+        # source partition's transactional producer under exactly_once, held table changes)
+        # with the pipeline replaced by pass_through: our Kafka I/O without our per-record work.
+        tables = declare_tables(app, settings)
+        writer = RecordWriter(app, tables.users, tables.erasures, topics_for(settings))
+        step = pass_through(int(config.get("state_bytes", 0)))
+
+        async def written(result: IngestResult) -> None:
+            await progress.add(1, result.counts[EVENTS])
+
+        @app.agent(source, concurrency=1)
+        async def write_agent(stream: Any) -> None:
+            await ingest_stream(stream, step, writer, kind="batches", after_write=written)
 
     elif case == "faust_table_produce":
 

@@ -17,7 +17,12 @@ contender as its own subprocess, round-robin over the runs:
 Contenders: ``ours`` = ``mpcio worker`` (input topic → table → operations topic → sink →
 emulator, MPCIO_* settings); ``ceiling`` = a bare faust agent that decodes each batch and
 produces it to an output topic (``bench.ceiling.faust_worker``, case ``faust_produce``, built
-with ``app.faust_app.create_app``); ``naive`` = :mod:`bench.e2e.naive`.
+with ``app.faust_app.create_app``); ``naive`` = :mod:`bench.e2e.naive`. Issue 19's
+measured floor (not in the default set): ``ceiling-eos``, ``floor``, ``floor-pipeline(-mem)``
+(faust under exactly_once with ours' writes, without and with ours' pipeline) and ``raw-eos``
+(:mod:`bench.e2e.raweos`, plain aiokafka transactions + pipeline + the product's sink); after
+the throughput table, every contender against the ceiling of the same run
+(:mod:`bench.e2e.ratios`).
 """
 
 from __future__ import annotations
@@ -49,12 +54,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from app.dev.localkafka import LocalKafka, free_port
 from app.errors import ConfigError
 from app.kafka_admin import ensure_topics
+from app.records import decode_operation_batch
 from app.settings import Settings
 from app.topics import topics_for
 from app.wiring import settings_as_env
 from bench.ceiling.__main__ import create_topics
 from bench.e2e import procs
 from bench.e2e.profile import summarise_profile
+from bench.e2e.ratios import format_ratios, ratios
 from bench.e2e.workload import Expected, Record, Shape, expected, generate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +70,8 @@ PARTITIONS = 4
 SITE_ID, API_KEY = "bench-site", "bench-key"
 CONTENDERS = (
     "ours", "ours-alo", "ours-uvloop", "base", "base-alo", "ceiling", "ceiling-uvloop",
-    "base-ceiling", "naive",
+    "base-ceiling", "ceiling-eos", "floor", "floor-pipeline",
+    "floor-pipeline-mem", "raw-eos", "naive",
 )  # fmt: skip
 DEFAULT_CONTENDERS = ("ours", "ours-alo", "ceiling", "naive")
 # Our worker with settings of its own: "ours" is the product (exactly_once, Kafka
@@ -81,10 +89,32 @@ OURS: dict[str, dict[str, str]] = {
 # another checkout (--baseline, e.g. the starting commit), so a before/after comparison is one
 # run with the same noise (the ceiling shares app.faust_app.FAUST_TUNING with ours).
 BASELINE = frozenset({"base", "base-alo", "base-ceiling"})
-# The faust pass-through ceiling on the product's event loop, and on uvloop.
-CEILINGS: dict[str, str | None] = {
-    "ceiling": None, "ceiling-uvloop": "uvloop", "base-ceiling": None
-}  # fmt: skip
+# ours' state record: ~315 B encoded on the default workload (its operations record: ~1.6 KB)
+FLOOR_STATE_BYTES = 315
+_EOS = {"case": "faust_write", "processing_guarantee": "exactly_once"}
+# faust contenders measured at their output topic, each a bench.ceiling.faust_worker config on
+# top of the pass-through's: the ceiling on the product's event loop and on uvloop; under
+# exactly_once (each record's value sent through its source partition's transactional
+# producer, as ours sends), alone ("ceiling-eos"), with a state write per record into ours'
+# table store ("floor": ours' Kafka I/O without ours' pipeline and sink), and with ours' real
+# ingest step too ("floor-pipeline": bench.ceiling's faust_ingest, i.e. ours without the sink,
+# the audience/erasure/re-key agents, the web server and the Prometheus monitor; and the same
+# on faust's memory:// store instead of ours' RocksDB: "floor-pipeline-mem").
+CEILINGS: dict[str, dict[str, Any]] = {
+    "ceiling": {},
+    "ceiling-uvloop": {"event_loop": "uvloop"},
+    "base-ceiling": {},
+    "ceiling-eos": _EOS,
+    "floor": {**_EOS, "state_bytes": FLOOR_STATE_BYTES, "ours_store": True},
+    "floor-pipeline": {**_EOS, "case": "faust_ingest", "ours_store": True},
+    "floor-pipeline-mem": {**_EOS, "case": "faust_ingest"},
+}
+# Ceilings whose output is written in transactions: counted by reading it read_committed.
+TRANSACTIONAL = frozenset({"ceiling-eos", "floor", "floor-pipeline", "floor-pipeline-mem"})
+# Ceilings whose output is ours' operations records: counted in delivered events, like ours.
+OPERATIONS_OUT = frozenset({"floor-pipeline", "floor-pipeline-mem"})
+# The next design's prototype (bench.e2e.raweos): ours' settings and topics, its own process.
+RAW_EOS = "raw-eos"
 TITLES = {
     "ours": "ours: mpcio worker, exactly_once (transactions)",
     "ours-alo": "ours, at_least_once (no transactions)",
@@ -94,9 +124,16 @@ TITLES = {
     "ceiling": "ceiling: faust decode + produce, no HTTP",
     "ceiling-uvloop": "ceiling on uvloop",
     "base-ceiling": "ceiling at --baseline",
+    "ceiling-eos": "ceiling, exactly_once (transactional produce)",
+    "floor": "floor: faust EOS, ours' writes, no pipeline/HTTP",
+    "floor-pipeline": "floor + ours' pipeline (faust EOS, no HTTP)",
+    "floor-pipeline-mem": "floor + ours' pipeline, memory:// store",
+    "raw-eos": "raw-eos: aiokafka txn + pipeline + our sink",
     "naive": "per-event forwarder (aiokafka + v1, 1 req/event)",
 }
 PHASES = ("throughput", "paced", "limited")
+#: the operations the emulator counts as delivered events
+DELIVERED_ACTIONS = frozenset({"event", "screen"})
 
 
 @dataclass(frozen=True)
@@ -278,13 +315,22 @@ class Bench:
         log = self.workdir / f"{name}.log"
         code = self.options.baseline if contender in BASELINE else REPO
         env = {**os.environ, "PYTHONPATH": str(code)}
-        if contender in OURS:
+        if contender in OURS or contender == RAW_EOS:
             settings = self.ours_settings(tag, source, index)
-            env.update(settings_as_env(settings.model_copy(update=OURS[contender])))
+            env.update(settings_as_env(settings.model_copy(update=OURS.get(contender, {}))))
+            module = ["app", "worker"]
+            if contender == RAW_EOS:
+                module = ["bench.e2e.raweos"]
+                env["BENCH_CONFIG"] = json.dumps(
+                    {"source": source, "changelog": f"{tag}-changelog"}
+                )
             return procs.spawn(
-                [sys.executable, "-m", "app", "worker"], log=log, env=env, cwd=self.workdir / tag
+                [sys.executable, "-m", *module], log=log, env=env, cwd=self.workdir / tag
             )
         if contender in CEILINGS:
+            overrides = dict(CEILINGS[contender])
+            if overrides.pop("ours_store", False):
+                overrides["store"] = self.options.store
             config = {
                 "case": "faust_produce",
                 "app_id": f"e2e-{tag}",
@@ -300,7 +346,8 @@ class Bench:
                 "overrides": {},
                 "flush": True,
                 "loglevel": "warning",
-                "event_loop": CEILINGS[contender],
+                "event_loop": None,
+                **overrides,
             }
             env["BENCH_CONFIG"] = json.dumps(config)
             return procs.spawn(
@@ -357,8 +404,16 @@ class Bench:
                     raise
                 await asyncio.sleep(0.5)
 
+    def store_of(self, contender: str) -> str | None:
+        """The table store a contender's worker uses (None: it has no faust table)."""
+        if contender in OURS or (contender in CEILINGS and CEILINGS[contender].get("ours_store")):
+            return self.options.store
+        if contender == RAW_EOS:
+            return "dict (in memory)"
+        return "memory://" if contender in CEILINGS else None
+
     def target(self, contender: str, exp: Expected) -> int:
-        if contender in OURS:
+        if contender in OURS or contender in OPERATIONS_OUT or contender == RAW_EOS:
             return exp.ours_events
         return exp.records if contender in CEILINGS else exp.naive_events
 
@@ -371,9 +426,7 @@ class Bench:
             "phase": phase,
             "run": run,
             "shape": asdict(self.options.shape),
-            "store": self.options.store
-            if contender in OURS
-            else ("memory://" if contender in CEILINGS else None),
+            "store": self.store_of(contender),
             "loadavg_before": os.getloadavg()[0],
             "workers": self.options.workers,
         }
@@ -387,6 +440,8 @@ class Bench:
         out_topic = f"{tag}-out"
         if contender in CEILINGS:
             await create_topics(self.kafka.bootstrap, [out_topic])
+        if contender == RAW_EOS:
+            await create_topics(self.kafka.bootstrap, [f"{tag}-changelog"])
         assert self.backlog_expected is not None
         exp = self.backlog_expected
         warm: list[Record] = []
@@ -404,7 +459,7 @@ class Bench:
             exp = expected(warm + paced, self.settings_for_expectation)
             row["paced_rate_events_per_s"] = round(paced_rate, 1)
         target = self.target(contender, exp)
-        if contender in OURS:
+        if contender in OURS or contender == RAW_EOS:
             await self.create_ours_topics(tag, source)
         process = self.launch(contender, tag, source, exp.records)
         sampler = procs.Sampler(process.pids, self.kafka_pid, self.emulator.process.pid)
@@ -507,8 +562,12 @@ class Bench:
             )
 
     async def counter(self, contender: str, out_topic: str) -> DeliveryCounter:
-        if contender in CEILINGS:
-            counter: DeliveryCounter = TopicCounter(self.kafka.bootstrap, out_topic)
+        if contender in OPERATIONS_OUT:
+            counter: DeliveryCounter = OperationsTopicCounter(self.kafka.bootstrap, out_topic)
+        elif contender in TRANSACTIONAL:
+            counter = CommittedTopicCounter(self.kafka.bootstrap, out_topic)
+        elif contender in CEILINGS:
+            counter = TopicCounter(self.kafka.bootstrap, out_topic)
         else:
             counter = EmulatorCounter(self.emulator)
         await counter.start()
@@ -616,13 +675,14 @@ class Bench:
             window_seconds=round(window, 3),
             events_per_s=round(events / window, 1) if window > 0 else None,
         )
-        if contender not in CEILINGS and phase != "paced":
+        if (contender not in CEILINGS or contender in OPERATIONS_OUT) and phase != "paced":
             delivered_share = events / max(self.target(contender, exp), 1)
             row["input_events_per_s"] = (
                 round(delivered_share * exp.input_events / window, 1) if window > 0 else None
             )
         elif contender in CEILINGS:
             row["input_events_per_s"] = row["events_per_s"]
+        if contender in CEILINGS:
             row["output_bytes_per_event"] = round(sum(r[4] for r in counted) / events, 1)
         if contender not in CEILINGS:
             requests = [r for r in await self.emulator.requests() if r["received_at"] <= end + 0.5]
@@ -677,12 +737,13 @@ class EmulatorCounter(DeliveryCounter):
 class TopicCounter(DeliveryCounter):
     """Counts the ceiling's output records; at the end reads them all (timestamps, events)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, isolation_level: str = "read_uncommitted"):
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            isolation_level=isolation_level,
         )
         self.partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         self.receipts: list[tuple[float, Any, Any, int, int]] = []
@@ -731,6 +792,49 @@ class TopicCounter(DeliveryCounter):
                 len(record.value),
             )
         )
+
+
+class CommittedTopicCounter(TopicCounter):
+    """Counts a transactional contender's committed output records by reading them as they
+    commit (``read_committed``): offsets cannot count them, as every transaction also leaves a
+    commit marker on each partition it wrote. Record timestamps are produce times, so the
+    window ends at the last record's send, not at its commit (at most one commit interval)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(bootstrap, topic, isolation_level="read_committed")
+
+    async def count(self) -> int:
+        fetched = await self.consumer.getmany(timeout_ms=0)
+        for records in fetched.values():
+            for record in records:
+                self._receipt(record)
+        return len(self.receipts)
+
+    async def _drain(self) -> None:
+        """Read on until every partition's position reached its last stable offset, or
+        nothing came for three rounds (a position may stop before a trailing marker)."""
+        ends = await self.consumer.end_offsets(self.partitions)
+        empty = 0
+        while empty < 3 and [tp for tp, end in ends.items() if await self._behind(tp, end)]:
+            before = len(self.receipts)
+            await self.count()
+            empty = empty + 1 if len(self.receipts) == before else 0
+            await asyncio.sleep(0.2)
+
+
+class OperationsTopicCounter(CommittedTopicCounter):
+    """Counts the events (``event`` and ``screen`` operations: what the emulator would store)
+    in committed operations records (Avro ``OperationBatch``), so the count compares with
+    ours' delivered events."""
+
+    async def count(self) -> int:
+        await super().count()
+        return sum(r[3] for r in self.receipts)
+
+    def _receipt(self, record: Any) -> None:
+        operations = decode_operation_batch(record.value)["operations"]
+        events = sum(1 for o in operations if o["action"] in DELIVERED_ACTIONS)
+        self.receipts.append((record.timestamp / 1000, None, None, events, len(record.value)))
 
 
 # --- summary ---------------------------------------------------------------------------------
@@ -796,6 +900,8 @@ def print_tables(rows: list[dict[str, Any]], options: Options) -> None:
                 f"{_util(ok, 'emulator'):>5} {_util(ok, 'broker'):>5} {_util(ok, 'box'):>5} "
                 f"{done}/{len(ok):<3}"
             )
+    if "throughput" in options.phases and "ceiling" in options.contenders:
+        print("\n" + format_ratios(ratios(rows)))
     if "paced" in options.phases:
         print(
             "\nLatency (paced input, produce → emulator receipt; ceiling: → output record; "

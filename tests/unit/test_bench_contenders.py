@@ -1,0 +1,176 @@
+"""The pure helpers behind bench.e2e's floor contenders and its ratio table."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+
+from app.records import SourcePosition
+from bench.ceiling.faust_worker import EVENTS, pass_through
+from bench.e2e.ratios import Ratio, format_ratios, ratios
+from bench.e2e.raweos import transact
+from bench.e2e.workload import Shape, generate
+
+POSITION = SourcePosition("mparticle-batches", 2, 41)
+VALUE = orjson.dumps({"mpid": "7", "events": [{"data": {}}, {"data": {}}, {"data": {}}]})
+
+
+def test_pass_through_sends_the_value_as_operations_and_a_prefix_as_state() -> None:
+    result = pass_through(10)(SimpleNamespace(key=b"7", value=VALUE), POSITION)
+
+    assert result.operations == ("7", VALUE)
+    assert result.states == {"7": VALUE[:10]}
+    assert result.counts[EVENTS] == 3
+    assert not result.dead_letters
+    assert not result.rekeyed
+
+
+def test_pass_through_without_state_bytes_writes_no_state() -> None:
+    result = pass_through(0)(SimpleNamespace(key=b"7", value=VALUE), POSITION)
+
+    assert result.states == {}
+    assert result.operations == ("7", VALUE)
+
+
+def test_pass_through_raises_on_a_value_that_is_not_a_batch() -> None:
+    with pytest.raises(orjson.JSONDecodeError):
+        pass_through(10)(SimpleNamespace(key=b"7", value=b"not json"), POSITION)
+
+
+def row(contender: str, run: int, speed: float, cpu: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "contender": contender,
+        "phase": "throughput",
+        "run": run,
+        "events_per_s": speed,
+        "cpu_s_per_1000_events": cpu,
+        **extra,
+    }
+
+
+ROWS = [
+    row("ours", 1, 1000, 0.5),
+    row("ceiling", 1, 4000, 0.2),
+    row("floor", 1, 2000, 0.3),
+    row("ours", 2, 800, 0.6),
+    row("ceiling", 2, 3200, 0.15),
+    row("floor", 2, 2400, 0.25),
+]
+
+
+def test_each_run_is_divided_by_the_same_run_of_the_reference() -> None:
+    table = ratios(ROWS)
+
+    assert list(table) == ["ours", "floor"]
+    assert table["ours"].runs == {1: (0.25, 2.5), 2: (0.25, 4.0)}
+    assert table["floor"].runs[2] == (0.75, pytest.approx(1.6667, rel=1e-3))
+
+
+def test_the_median_is_the_ratio_of_the_medians() -> None:
+    median = ratios(ROWS)["ours"].median
+
+    assert median == (pytest.approx(900 / 3600), pytest.approx(0.55 / 0.175))
+
+
+def test_failed_runs_are_left_out_on_either_side() -> None:
+    rows = [
+        *ROWS,
+        row("ours", 3, 9999, 0.01, error="stalled"),
+        row("ceiling", 3, 1, 9.0, error="exited"),
+        row("floor", 3, 2000, 0.3),  # its ceiling run failed: no per-run ratio
+    ]
+
+    table = ratios(rows)
+
+    assert 3 not in table["ours"].runs
+    assert 3 not in table["floor"].runs
+    assert table["ours"].median == ratios(ROWS)["ours"].median
+
+
+def test_no_reference_runs_give_no_table() -> None:
+    assert ratios([r for r in ROWS if r["contender"] != "ceiling"]) == {}
+    assert "no ceiling runs" in format_ratios({})
+
+
+@pytest.mark.parametrize(
+    ("median", "met"),
+    [((0.5, 2.0), True), ((0.49, 1.0), False), ((0.9, 2.01), False), ((1.2, 0.7), True)],
+)
+def test_the_target_is_half_the_events_and_twice_the_cpu(
+    median: tuple[float, float], met: bool
+) -> None:
+    assert Ratio({}, median).meets_target is met
+
+
+def test_the_table_shows_each_run_and_the_median() -> None:
+    text = format_ratios(ratios(ROWS))
+
+    ours = next(line for line in text.splitlines() if line.startswith("ours"))
+    assert "0.25x / 2.50x" in ours
+    assert "0.25x / 4.00x" in ours
+    assert ours.endswith("not met")
+
+
+class FakeTransactionalProducer:
+    """Records what raw-eos's transaction does, in order."""
+
+    def __init__(self) -> None:
+        self.journal: list[tuple[Any, ...]] = []
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        self.journal.append(("begin",))
+        yield
+        self.journal.append(("commit",))
+
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes, partition: int | None = None
+    ) -> None:
+        self.journal.append(("send", topic, key, partition, value))
+
+    async def send_offsets_to_transaction(self, offsets: dict[Any, int], group: str) -> None:
+        self.journal.append(("offsets", offsets, group))
+
+
+async def test_raw_eos_sends_each_records_operations_then_state_then_the_chunks_offsets() -> None:
+    records = generate(Shape(users=1, batches_per_user=2, no_email_share=0.0), prefix="t")
+    tp = TopicPartition("in", 3)
+    chunk = {
+        tp: [
+            SimpleNamespace(key=r.key, value=r.encode(0, "t"), offset=10 + n)
+            for n, r in enumerate(records)
+        ]
+    }
+    producer = FakeTransactionalProducer()
+
+    held = await transact(producer, chunk, {}, ("ops", "changelog"), "group")
+
+    kinds = [(entry[0], entry[1] if entry[0] == "send" else None) for entry in producer.journal]
+    assert kinds == [
+        ("begin", None),
+        ("send", "ops"),
+        ("send", "changelog"),
+        ("send", "ops"),
+        ("send", "changelog"),
+        ("offsets", None),
+        ("commit", None),
+    ]
+    assert producer.journal[5][1:] == ({tp: 12}, "group")
+    states = [e for e in producer.journal if e[0] == "send" and e[1] == "changelog"]
+    assert all(e[3] == 3 for e in states)  # the source partition
+    assert held == {records[0].key: states[-1][4]}
+    # the second record read the first one's held state: its state differs from a fresh one's
+    fresh = await transact(
+        FakeTransactionalProducer(),
+        {tp: chunk[tp][1:]},
+        {},
+        ("ops", "changelog"),
+        "group",
+    )
+    assert fresh[records[0].key] != held[records[0].key]
