@@ -7,6 +7,7 @@ producer refused, and the worker stopped on every restart."""
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -77,16 +78,12 @@ def test_fits_is_the_limit_inclusive(extra: int, fit: bool) -> None:
     assert (record_bytes(b"k", value) - LIMIT, fits(b"k", value)) == (extra, fit)
 
 
-def _letter(payload: bytes, key: bytes | None = b"80") -> bytes:
-    return dead_letter(
-        Reason.INVALID_JSON,
-        "unexpected end of data",
-        stage=Stage.INGEST,
-        source=SOURCE,
-        key=key,
-        payload=payload,
-        failed_at_ms=7,
-    )
+def _letter(
+    payload: bytes, key: bytes | None = b"80", reason: Reason = Reason.INVALID_JSON, **sink: Any
+) -> bytes:
+    """An ingest dead letter of ``payload``; ``sink``: the fields of a sink one instead."""
+    fields = {"stage": Stage.INGEST, "source": SOURCE, "failed_at_ms": 7, **sink}
+    return dead_letter(reason, "unexpected end of data", key=key, payload=payload, **fields)
 
 
 def test_a_dead_letter_that_fits_is_written_as_it_is() -> None:
@@ -148,17 +145,8 @@ def test_the_breakers_letter_keeps_all_but_the_overflow() -> None:
 
 
 def test_a_sink_letter_too_large_is_cut_too() -> None:
-    letter = dead_letter(
-        Reason.RETRIES_EXHAUSTED,
-        "503 x 8",
-        stage=Stage.SINK,
-        source=SourcePosition("ops", 0, 5),
-        key=b"42",
-        payload=b"i" * 999_990,
-        failed_at_ms=7,
-        http_status=503,
-        attempts=8,
-    )
+    sink = {"stage": Stage.SINK, "source": SourcePosition("ops", 0, 5), "attempts": 8}
+    letter = _letter(b"i" * 999_990, b"42", Reason.RETRIES_EXHAUSTED, http_status=503, **sink)
     record = dead_letter_record(letter)
     cut = decode_dead_letter(record.value)
     assert (record.cut_from, cut["reason"]) == ("retries_exhausted", "too_large")
