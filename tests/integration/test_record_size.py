@@ -10,6 +10,7 @@ batch behind it on the same partition is delivered; the worker never exits.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import orjson
@@ -18,7 +19,8 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from app.core.avro import codec
 from app.web import kafka_partition
-from tests.integration.support import consume_until, produce, wait_for
+from tests.integration.cli import mpcio
+from tests.integration.support import consume_until, produce, wait_for, worker_metrics
 
 if TYPE_CHECKING:
     from app.dev.emulator.server import RunningEmulator
@@ -107,5 +109,23 @@ async def test_records_too_large_to_copy_are_cut_dead_letters_and_the_stream_goe
         assert headers["mpcio.source.offset"] == str(letter["source_offset"]).encode()
         assert first in letter["detail"]
     assert "big" not in delivered()  # nothing of the cut re-key part was forwarded
+    metrics = await worker_metrics(deployment.env["MPCIO_WEB_PORT"])
+    too_large = frozenset({"stage": "ingest", "reason": "too_large"}.items())
+    assert metrics.get(("mpcio_dead_letters_total", too_large)) == 2
     worker.assert_running()
     assert "stopping" not in worker.output()
+
+    # the operator tools say it is cut, and redrive refuses it
+    env = deployment.env
+    listed = await mpcio("deadletter", "list", "--reason", "too_large", env=env)
+    assert listed.code == 0, listed.both
+    assert listed.out.count("[TRUNCATED ") == 2, listed.out
+    position = listed.out.split()[0]
+    shown = json.loads((await mpcio("deadletter", "show", position, env=env)).out)
+    assert shown["payload_truncated"] is True
+    assert shown["original_payload_bytes"] in (len(BAD_JSON), len(big_valid))
+    assert "the whole record is at" in shown["truncation"]
+    redriven = await mpcio("deadletter", "redrive", "--reason", "too_large", env=env)
+    assert redriven.code == 0, redriven.both
+    assert "0 sent, 2 skipped" in redriven.err, redriven.both
+    assert redriven.out.count("cannot be redriven") == 2, redriven.out
