@@ -78,6 +78,20 @@ def test_fits_is_the_limit_inclusive(extra: int, fit: bool) -> None:
     assert (record_bytes(b"k", value) - LIMIT, fits(b"k", value)) == (extra, fit)
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [[], [("mpcio.rekey.kind", b"batches")], [("é" * 30, b"v" * 300), ("h", b"")]],
+)
+def test_fits_agrees_with_the_exact_size_far_from_and_near_the_limit(
+    headers: list[tuple[str, bytes]],
+) -> None:
+    # the upper bound decides far below the limit, the exact size near it: never differently
+    base = LIMIT - record_bytes(b"42", b"", headers)
+    for length in (0, 4000, base - 200, *range(base - 40, base + 5)):
+        value = b"v" * length
+        assert fits(b"42", value, headers) is (record_bytes(b"42", value, headers) <= LIMIT)
+
+
 def _letter(
     payload: bytes, key: bytes | None = b"80", reason: Reason = Reason.INVALID_JSON, **sink: Any
 ) -> bytes:
