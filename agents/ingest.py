@@ -41,6 +41,8 @@ from app.changelog import changelog_configs
 from app.core.erasure import CLOCK_AHEAD_WARN_MS
 from app.core.pipeline import (
     IngestResult,
+    bound_rekeyed,
+    count_cut_letters,
     from_rekey_topic,
     process_audience_record,
     process_batch_record,
@@ -403,23 +405,34 @@ class RecordWriter:
     async def write(self, event: Any, result: IngestResult, kind: RekeyKind | None) -> None:
         """Write ``result`` of ``event`` (see the class docstring). ``kind``: the role of the
         event's topic, named on the records it re-keys; None for the re-key topic, whose
-        records re-key nothing (:func:`~app.core.pipeline.from_rekey_topic`)."""
+        records re-key nothing (:func:`~app.core.pipeline.from_rekey_topic`).
+
+        Nothing copied from the input record can be too large to send (which would stop the
+        worker on every restart, :mod:`app.core.sizes`): a re-keyed part that would be is a
+        ``too_large`` dead letter (:func:`~app.core.pipeline.bound_rekeyed`), a dead letter
+        that would be is cut to fit (:func:`~app.records.dead_letter_record`)."""
         message = event.message
         send = partial(self._send, self._transactional_id(message.topic, message.partition))
-        if result.operations is not None:
-            mpid, operations = result.operations
-            await send(self.topics.operations.name, mpid.encode() or None, operations)
-        for letter in result.dead_letters:
-            record = dead_letter_record(letter, message.headers)
-            await send(
-                self.topics.deadletter.name, record.key, record.value, headers=record.headers
-            )
-        log_dead_letters(log, result.dead_letters)
+        headers: list[tuple[str, bytes]] = []
         if result.rekeyed:
             # never back to the input topic (its owner's): to ours, with the record's own
             # Kafka time, so that erasure markers compare it as the record it came from
             origin = f"{message.topic}/{message.partition}@{message.offset}"
             headers = rekey_headers(as_list(message.headers), kind, origin)
+            # before anything is sent: a part too large to send becomes a dead letter
+            position = SourcePosition(message.topic, message.partition, message.offset)
+            bound_rekeyed(result, headers, position)
+        if result.operations is not None:
+            mpid, operations = result.operations
+            await send(self.topics.operations.name, mpid.encode() or None, operations)
+        records = [dead_letter_record(letter, message.headers) for letter in result.dead_letters]
+        for record in records:
+            await send(
+                self.topics.deadletter.name, record.key, record.value, headers=record.headers
+            )
+        count_cut_letters(result.counts, records)
+        log_dead_letters(log, [record.value for record in records])
+        if result.rekeyed:
             for mpid, raw in result.rekeyed:
                 await send(
                     self.topics.rekey.name,

@@ -33,6 +33,7 @@ from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.enums import ProcessingGuarantee
 
+from app.core.sizes import PRODUCER_MAX_REQUEST_BYTES
 from app.kafka_security import broker_credentials
 from app.localstore import PendingWrites, UncommittedWrites
 from app.recovery import SafeRecovery, extend_span, position_for_guess
@@ -57,9 +58,12 @@ log = logging.getLogger(__name__)
 # where produce requests took 17-21 % of the worker (py-spy); 0.1 s: ~8 records each. Under
 # exactly_once an event waits for the 2.8 s commit anyway, which also flushes what lingers
 # (ARCHITECTURE.md §5 "Round 3").
+# producer_max_request_size: faust's default, set from the one limit that every record the
+# worker produces is bounded by (app/core/sizes.py).
 FAUST_TUNING: dict[str, Any] = {
     "consumer_max_fetch_size": 8 * 1024 * 1024,
     "producer_linger": 0.1,
+    "producer_max_request_size": PRODUCER_MAX_REQUEST_BYTES,
 }
 # How long one partition's transactional commit (waiting for its producer's lock, then
 # AddOffsetsToTxn + TxnOffsetCommit + EndTxn) may take before the worker gives up and exits 1

@@ -27,6 +27,9 @@ with :data:`PREFIX` (``mpcio.``):
 ``mpcio.http.status``       Customer.io's HTTP status (sink only; absent when none)
 ``mpcio.attempts``          delivery attempts made (0 for ingest)
 ``mpcio.value.schema``      ``io.mpcio.DeadLetter``: the Avro record the value holds
+``mpcio.payload.bytes``     the original payload's size when it was cut to fit Kafka's limit
+                            (reason ``too_large``; absent when the payload is whole)
+``mpcio.payload.truncated`` ``true`` when it was cut (absent otherwise)
 ``mpcio.redriven.from``     set by ``mpcio deadletter redrive`` on a record it sends back:
                             ``<dead-letter topic>/<partition>@<offset>``
 ==========================  ===============================================================
@@ -51,6 +54,8 @@ from typing import Any, NamedTuple
 
 from app import masking
 from app.core.avro import codec
+from app.core.sizes import PRODUCER_MAX_REQUEST_BYTES, fits, kept_bytes, record_bytes
+from app.errors import Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +100,11 @@ def dead_letter(
     http_status: int | None = None,
     response: str | None = None,
     attempts: int = 0,
+    payload_bytes: int | None = None,
 ) -> bytes:
     """An encoded ``DeadLetter`` record (schemas/dead_letter.avsc); ``reason`` is an
-    :class:`~app.errors.Reason` or ``http_<status>`` (:func:`~app.errors.http_reason`)."""
+    :class:`~app.errors.Reason` or ``http_<status>`` (:func:`~app.errors.http_reason`);
+    ``payload_bytes``: the original size when ``payload`` is cut (:func:`dead_letter_record`)."""
     return codec("dead_letter").encode(
         {
             "reason": str(reason),
@@ -113,6 +120,7 @@ def dead_letter(
             "attempts": attempts,
             "failed_at_ms": failed_at_ms,
             "source_ms": source.timestamp_ms,
+            "payload_bytes": payload_bytes,
         }
     )
 
@@ -169,6 +177,8 @@ CONTEXT = (
     f"{PREFIX}http.status",
     f"{PREFIX}attempts",
     f"{PREFIX}value.schema",
+    f"{PREFIX}payload.bytes",
+    f"{PREFIX}payload.truncated",
 )
 
 Headers = list[tuple[str, bytes]]
@@ -203,16 +213,23 @@ def context_headers(letter: Mapping[str, Any]) -> Headers:
         ("http.status", letter["http_status"]),
         ("attempts", letter["attempts"]),
         ("value.schema", "io.mpcio.DeadLetter"),
+        ("payload.bytes", letter["payload_bytes"]),
+        ("payload.truncated", None if letter["payload_bytes"] is None else "true"),
     ]
     return [(PREFIX + name, str(value).encode()) for name, value in fields if value is not None]
 
 
 class DeadLetterRecord(NamedTuple):
-    """What to produce to the dead-letter topic for one dead letter."""
+    """What to produce to the dead-letter topic for one dead letter.
+
+    ``cut_from``: None when ``value`` is the letter as given; else the reason that letter had
+    (``value`` is then a ``too_large`` letter with its payload cut, :func:`dead_letter_record`).
+    """
 
     key: bytes | None
     value: bytes
     headers: Headers
+    cut_from: str | None = None
 
 
 def dead_letter_record(
@@ -221,10 +238,71 @@ def dead_letter_record(
 ) -> DeadLetterRecord:
     """The Kafka record of an encoded dead letter: keyed by the source record's key (the mpid,
     as Kafka Connect keeps the original key), the value unchanged, the headers the source
-    record's (context names replaced) followed by the error context."""
+    record's (context names replaced) followed by the error context.
+
+    A record the producer would refuse (:func:`app.core.sizes.fits`: a copy of an input record
+    near Kafka's limit, with our fields and headers added) is cut instead, so that it always
+    fits (:func:`_cut_to_fit`); sending it whole would stop the worker on every restart."""
     decoded = decode_dead_letter(letter)
-    headers = [*without(as_list(source_headers), CONTEXT), *context_headers(decoded)]
-    return DeadLetterRecord(decoded["key"], letter, headers)
+    kept = without(as_list(source_headers), CONTEXT)
+    headers = [*kept, *context_headers(decoded)]
+    if fits(decoded["key"], letter, headers):
+        return DeadLetterRecord(decoded["key"], letter, headers)
+    return _cut_to_fit(decoded, record_bytes(decoded["key"], letter, headers), kept)
+
+
+#: Bytes left spare when a payload is cut: the length prefixes (Avro's and Kafka's) of the
+#: cut payload differ from those of the empty one it is measured with by at most this much.
+_PREFIX_SLACK = 10
+
+
+def _cut_to_fit(decoded: Mapping[str, Any], size: int, source_headers: Headers) -> DeadLetterRecord:
+    """A ``too_large`` dead letter of ``decoded`` (whose record would be ``size`` bytes) that
+    the producer sends: its payload cut to its first bytes that fit (at a UTF-8 character
+    start), ``payload_bytes`` = the original payload's size, the detail naming the first
+    reason and where the whole record is. What else must go to make it fit, in this order:
+    the source record's own headers, then the key and Customer.io's response (the record is
+    then keyed by nothing). Without any of those the letter is a few hundred bytes, so the
+    last try always fits."""
+    payload: bytes = decoded["payload"]
+    where = f"{decoded['source_topic']}[{_dash(decoded['source_partition'])}]"
+    detail = (
+        f"its dead letter would be {size} bytes, over the producer's limit of "
+        f"{PRODUCER_MAX_REQUEST_BYTES}: payload cut from {len(payload)} bytes (the whole record "
+        f"is at {where}@{_dash(decoded['source_offset'])} while the topic keeps it); "
+        f"it failed for {decoded['reason']}: {decoded['detail']}"
+    )[:DETAIL_MAX_CHARS]
+    room = PRODUCER_MAX_REQUEST_BYTES - _PREFIX_SLACK
+    cut, headers, empty = _without_payload(decoded, detail, source_headers, keep_key=True)
+    if empty > room:
+        cut, headers, empty = _without_payload(decoded, detail, [], keep_key=True)
+    if empty > room:
+        cut, headers, empty = _without_payload(decoded, detail, [], keep_key=False)
+    cut["payload"] = payload[: kept_bytes(payload, empty + len(payload) - room)]
+    value = codec("dead_letter").encode(cut)
+    return DeadLetterRecord(cut["key"], value, headers, str(decoded["reason"]))
+
+
+def _without_payload(
+    decoded: Mapping[str, Any], detail: str, source_headers: Headers, *, keep_key: bool
+) -> tuple[dict[str, Any], Headers, int]:
+    """The ``too_large`` letter of ``decoded`` with an empty payload, its headers, and the
+    size of its record (:func:`app.core.sizes.record_bytes`)."""
+    cut = {
+        **decoded,
+        "reason": str(Reason.TOO_LARGE),
+        "detail": detail,
+        "key": decoded["key"] if keep_key else None,
+        "response": decoded["response"] if keep_key else None,
+        "payload": b"",
+        "payload_bytes": len(decoded["payload"]),
+    }
+    headers = [*source_headers, *context_headers(cut)]
+    return cut, headers, record_bytes(cut["key"], codec("dead_letter").encode(cut), headers)
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)
 
 
 def redrive_headers(dead_letter_headers: Headers, origin: str) -> Headers:

@@ -12,9 +12,10 @@ dead letter (stage ``ingest``, the parser's reason, the raw bytes and source pos
 is consumed silently: a tombstone (a record without a value, which mParticle never writes) is
 dead-lettered too, reason ``tombstone`` with an empty payload and the record's key, so an
 operator sees where it came from; an empty JSON array or ``user_profiles`` list is
-``empty_record``. A record whose new state or operations record would exceed
-:data:`MAX_RECORD_BYTES` (e.g. ten thousand events in one batch) is ``too_large`` and nothing of
-it is applied, since Kafka would refuse the write. All count as ``rejected`` in the topic's
+``empty_record``. A record whose new state or operations record the producer would refuse
+(:func:`app.core.sizes.fits`, e.g. ten thousand events in one batch) is ``too_large`` and
+nothing of it is applied; a re-keyed part too large to send (:func:`bound_rekeyed`) is a
+``too_large`` dead letter too. All count as ``rejected`` in the topic's
 counter. A
 stored state that cannot be decoded is dead-lettered too (reason ``state_corrupt``) and the user
 starts afresh, so one corrupt value never blocks a partition. Batches whose mpid is not the
@@ -36,19 +37,24 @@ import orjson
 from app.core.audiences import parse_audience_record, transform_membership
 from app.core.erasure import erasure_time, matches, parse_erasure_record, plan_erasure
 from app.core.mparticle import parse_record
+from app.core.sizes import PRODUCER_MAX_REQUEST_BYTES, fits, record_bytes
 from app.core.state import UserState, decode_state, encode_state
 from app.core.transform import Operation, Transformed, transform
 from app.errors import InvalidRecordError, Reason
-from app.records import SourcePosition, Stage, dead_letter, now_ms, operation_batch
+from app.records import (
+    DeadLetterRecord,
+    Headers,
+    SourcePosition,
+    Stage,
+    dead_letter,
+    now_ms,
+    operation_batch,
+)
 
 if TYPE_CHECKING:
     from app.core.audiences import MembershipUpdate
     from app.core.mparticle import Batch
     from app.core.options import CoreOptions
-
-# Largest state or operations record written: Kafka's default limits (the broker's
-# message.max.bytes, the producer's max.request.size) are 1 MiB per record batch.
-MAX_RECORD_BYTES = 1_000_000
 
 
 @dataclass(slots=True)
@@ -113,6 +119,48 @@ def from_rekey_topic(
         result.counts["dead_letters", Stage.INGEST, Reason.REKEY_LOOP] += 1
     result.rekeyed = []
     return result
+
+
+def bound_rekeyed(
+    result: IngestResult,
+    headers: Headers,
+    source: SourcePosition,
+    *,
+    clock: Callable[[], int] = now_ms,
+) -> IngestResult:
+    """``result`` of the record at ``source`` without the re-keyed parts the producer would
+    refuse: a part whose re-key record (key = its mpid, value = the part, ``headers``: the
+    re-key headers, :func:`app.topics.rekey_headers`) does not fit
+    (:func:`app.core.sizes.fits`, a length sum: nothing is encoded to measure it) becomes a
+    ``too_large`` dead letter of the part instead (key = its mpid; its payload is cut to fit
+    when written, :func:`app.records.dead_letter_record`), counted ``rejected`` instead of
+    ``rekeyed``. Sending it would fail and stop the worker on every restart."""
+    kept: list[tuple[str, bytes]] = []
+    counter = next((key[0] for key in result.counts if key[1:2] == ("rekeyed",)), None)
+    for mpid, raw in result.rekeyed:
+        if fits(mpid.encode(), raw, headers):
+            kept.append((mpid, raw))
+            continue
+        size = record_bytes(mpid.encode(), raw, headers)
+        detail = f"its re-key record would be {size} bytes, over {PRODUCER_MAX_REQUEST_BYTES}"
+        exc = InvalidRecordError(Reason.TOO_LARGE, detail)
+        _reject(result, exc, source, mpid.encode(), raw, clock, counter=counter)
+        if counter is not None:
+            result.counts[counter, "rekeyed"] -= 1
+    result.rekeyed = kept
+    return result
+
+
+def count_cut_letters(
+    counts: Counter[tuple[str, ...]], records: Iterable[DeadLetterRecord]
+) -> None:
+    """Move the count of each ingest dead letter cut to fit (``cut_from`` set,
+    :func:`app.records.dead_letter_record`) from its first reason to ``too_large``, the reason
+    it was written with."""
+    for record in records:
+        if record.cut_from is not None:
+            counts["dead_letters", Stage.INGEST, record.cut_from] -= 1
+            counts["dead_letters", Stage.INGEST, Reason.TOO_LARGE] += 1
 
 
 def process_batch_record(
@@ -339,7 +387,8 @@ def _apply_to_user(
     ``step``; store it and the operations.
 
     A record already in the stored state (a redelivery) is skipped: ``_already_applied``. A
-    record whose new state or operations record would exceed :data:`MAX_RECORD_BYTES` is
+    record whose new state or operations record the producer would refuse
+    (:func:`app.core.sizes.fits`, key = mpid, no headers: a length sum, no extra encode) is
     dead-lettered as ``too_large`` instead, and nothing of it is applied."""
     mpid = items[0].mpid
     kind, counter, source, key = record.kind, record.counter, record.source, record.key
@@ -358,11 +407,17 @@ def _apply_to_user(
     state = _mark_applied(state, kind, source)
     encoded = None if state is None or state == stored else encode_state(state)
     ops_record = _operations_record(mpid, operations, source, clock) if operations else None
-    size = max(len(encoded or b""), 0 if ops_record is None else len(ops_record[1]))
-    if size > MAX_RECORD_BYTES:
-        # Kafka would refuse the write (and the agent with it): reject the input, apply nothing
-        what = "operations" if ops_record is not None and len(ops_record[1]) == size else "state"
-        detail = f"its {what} record would be {size} bytes, over {MAX_RECORD_BYTES}"
+    key_bytes = mpid.encode()
+    too_large = [
+        (what, written)
+        for what, written in (("state", encoded), ("operations", ops_record and ops_record[1]))
+        if written is not None and not fits(key_bytes, written)
+    ]
+    if too_large:
+        # the producer would refuse the write (and stop the agent): reject it, apply nothing
+        what, written = too_large[0]
+        size = record_bytes(key_bytes, written)
+        detail = f"its {what} record would be {size} bytes, over {PRODUCER_MAX_REQUEST_BYTES}"
         _reject(result, InvalidRecordError(Reason.TOO_LARGE, detail), source, key, value, clock,
                 counter=counter)  # fmt: skip
         return

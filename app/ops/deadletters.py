@@ -172,6 +172,18 @@ def decode_stored(
     return StoredLetter(position, timestamp_ms, key, letter, headers=headers)
 
 
+def truncation(letter: dict[str, Any]) -> str:
+    """What an operator needs of a dead letter whose payload was cut to fit Kafka's record
+    limit (``payload_bytes`` set, reason ``too_large``): how much is kept, and where the whole
+    record is (its source topic keeps it for that topic's retention)."""
+    source = f"{letter['source_topic']}[{_dash(letter['source_partition'])}]"
+    return (
+        f"payload truncated to {len(letter['payload'])} of {letter['payload_bytes']} bytes; "
+        f"the whole record is at {source}@{_dash(letter['source_offset'])} while that topic "
+        "keeps it"
+    )
+
+
 def list_line(stored: StoredLetter, *, masked: bool = True) -> str:
     """One line per dead letter: position, failed time, stage, reason, source, HTTP status."""
     letter = stored.letter
@@ -181,6 +193,8 @@ def list_line(stored: StoredLetter, *, masked: bool = True) -> str:
     partition, offset = _dash(letter["source_partition"]), _dash(letter["source_offset"])
     source = f"{letter['source_topic']}[{partition}]@{offset}"
     detail = _text(letter["detail"], masked)
+    if letter["payload_bytes"] is not None:
+        detail = f"[TRUNCATED {len(letter['payload'])}/{letter['payload_bytes']} bytes] {detail}"
     if len(detail) > 100:
         detail = detail[:99] + "…"
     return (
@@ -218,6 +232,10 @@ def show_document(stored: StoredLetter, *, masked: bool = True) -> dict[str, Any
             "key": _key_text(letter["key"], masked),
             "payload_encoding": encoding,
             "payload": payload_text,
+            "payload_truncated": letter["payload_bytes"] is not None,
+            "payload_bytes": len(payload),
+            "original_payload_bytes": letter["payload_bytes"] or len(payload),
+            "truncation": None if letter["payload_bytes"] is None else truncation(letter),
             "http_status": letter["http_status"],
             "response": None if letter["response"] is None else _text(letter["response"], masked),
             "attempts": letter["attempts"],
@@ -286,6 +304,8 @@ def plan_redrive(
     reason = letter["reason"]
     if reason in NOT_REDRIVABLE_REASONS:
         return f"{reason}: {NOT_REDRIVABLE_REASONS[reason]}"
+    if letter["payload_bytes"] is not None:
+        return f"{reason}: {truncation(letter)}: it cannot be redriven"
     headers = redrive_headers(stored.headers, f"{settings.topic_deadletter}/{stored.position}")
     if letter["stage"] != Stage.SINK:
         planned: Redrive | str = Redrive(

@@ -54,6 +54,7 @@ from aiokafka.errors import ConsumerStoppedError
 from mode import Service
 
 from app import metrics, wiring
+from app.core.sizes import PRODUCER_MAX_REQUEST_BYTES
 from app.customerio.batching import pack
 from app.customerio.classify import HttpAnswer, TransportFailure
 from app.customerio.delivery import Rejected, RetryPolicy, deliver
@@ -162,6 +163,7 @@ def kafka_io(settings: Settings) -> SinkIO:
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
         linger_ms=5,
+        max_request_size=PRODUCER_MAX_REQUEST_BYTES,  # what dead_letter_record cuts to
         **kafka_security.client_kwargs(settings),
     )
     consumer = AIOKafkaConsumer(
@@ -395,19 +397,15 @@ class OperationsSink(Service):
     async def _write_dead_letters(self, letters: list[bytes]) -> None:
         if not letters:
             return
-        futures = []
-        for letter in letters:
-            record = dead_letter_record(letter)
-            futures.append(
-                await self.io.producer.send(
-                    self.topics.deadletter.name,
-                    record.value,
-                    key=record.key,
-                    headers=record.headers,
-                )
+        records = [dead_letter_record(letter) for letter in letters]  # cut to fit if need be
+        futures = [
+            await self.io.producer.send(
+                self.topics.deadletter.name, record.value, key=record.key, headers=record.headers
             )
+            for record in records
+        ]
         await asyncio.gather(*futures)  # confirmed by the broker before any commit
-        log_dead_letters(log, letters)
+        log_dead_letters(log, [record.value for record in records])
 
     def _rewind(self, chunk: Mapping[TopicPartition, Sequence[Fetched]]) -> None:
         consumer = self.io.consumer

@@ -38,6 +38,7 @@ DEAD_LETTER = {
     "attempts": 0,
     "failed_at_ms": 1,
     "source_ms": None,
+    "payload_bytes": 1_040_019,
 }
 
 

@@ -36,8 +36,8 @@ def _letter(stage: str = "ingest", payload: bytes = b'{"mpid": 42', **extra: obj
 def test_ingest_letter_headers_name_the_context_and_keep_the_source_headers() -> None:
     letter = _letter()
     source = [("trace-id", b"abc"), ("mpcio.reason", b"stale")]
-    key, value, headers = dead_letter_record(letter, source)
-    assert (key, value) == (b"42", letter)  # keyed by the source record's key
+    key, value, headers, cut_from = dead_letter_record(letter, source)
+    assert (key, value, cut_from) == (b"42", letter, None)  # keyed by the source record's key
     named = dict(headers)
     assert named["trace-id"] == b"abc"
     assert named["mpcio.reason"] == b"invalid_json"  # replaced, not duplicated

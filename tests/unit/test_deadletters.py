@@ -155,6 +155,10 @@ def test_sink_letters_are_wrapped_into_one_operation() -> None:
         ({"reason": "state_corrupt", "payload": b"\xc3\x01state"}, "corrupt stored state"),
         ({"stage": "sink", "reason": "avro_decode", "payload": b"\xc3\x01x"}, "not a Customer.io"),
         ({"stage": "sink", "payload": b'{"action": "event"}'}, "not a Customer.io item"),
+        (
+            {"reason": "too_large", "payload": b'{"mpid": 4', "payload_bytes": 1_040_019},
+            "payload truncated to 10 of 1040019 bytes; the whole record is at batches[2]@40",
+        ),
     ],
 )
 def test_unredrivable_letters_are_skipped_with_a_reason(
@@ -260,3 +264,15 @@ def test_redriven_records_keep_the_input_records_kafka_time() -> None:
     assert not isinstance(sink, str)
     assert sink.timestamp_ms is None  # a new operations record: written now
     assert codec("operation_batch").decode(sink.value)["source_ms"] == ERASED_AT + 9
+
+
+def test_a_truncated_letter_says_so_in_list_and_show() -> None:
+    cut = stored(reason="too_large", payload=b'{"mpid": 4', payload_bytes=1_040_019)
+    assert "[TRUNCATED 10/1040019 bytes]" in list_line(cut)
+    document = show_document(cut)
+    assert (document["payload_truncated"], document["payload_bytes"]) == (True, 10)
+    assert document["original_payload_bytes"] == 1_040_019
+    assert "whole record is at batches[2]@40" in document["truncation"]
+    whole = show_document(stored())
+    assert (whole["payload_truncated"], whole["truncation"]) == (False, None)
+    assert "TRUNCATED" not in list_line(stored())

@@ -76,6 +76,19 @@ def test_payload_masks_inside_json_strings_and_non_utf8_bytes() -> None:
     assert shown.startswith("not json: <email:")
 
 
+def test_a_cut_payload_with_a_long_run_is_masked_in_one_pass() -> None:
+    # a dead letter cut to fit Kafka (not JSON any more): one address and a 200,000-character
+    # run; an unbounded local part scanned the run from each of its characters (quadratic:
+    # `deadletter show` of a 1 MB payload did not finish)
+    masker = Masker(KEY)
+    cut = b'{"email": "zoe@example.com", "p": "' + b"y" * 200_000
+    shown = masker.payload(cut)
+    assert shown.startswith(f'{{"email": "{masker.email("zoe@example.com")}", "p": "yyy')
+    assert len(shown) == len(cut) - len("zoe@example.com") + len(masker.email("zoe@example.com"))
+    # a run longer than any local part: its last 128 characters are masked with the domain
+    assert masker.text("a" * 300 + "@example.com").startswith("a" * 172 + "<email:")
+
+
 def test_text_redacts_secrets_and_url_credentials_first() -> None:
     masker = Masker(KEY, ("s3cret-api-key", "admin:pw", "pw"))
     text = masker.text("key=s3cret-api-key url=http://admin:pw@emulator.example:8089/x pw")

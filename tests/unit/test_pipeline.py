@@ -8,13 +8,13 @@ import pytest
 from app.core.avro import codec
 from app.core.options import CoreOptions
 from app.core.pipeline import (
-    MAX_RECORD_BYTES,
     from_rekey_topic,
     process_audience_record,
     process_batch_record,
     process_erasure_record,
     unknown_rekey_kind,
 )
+from app.core.sizes import PRODUCER_MAX_REQUEST_BYTES, fits
 from app.core.state import UserState, decode_state, encode_state
 from app.records import SourcePosition
 from app.settings import load_settings
@@ -269,7 +269,7 @@ def test_empty_and_tombstone_records_are_dead_lettered_and_counted(
     [
         pytest.param(_batch(events=10_000), "operations", id="10000-events"),
         pytest.param(
-            {**_batch(events=0), "user_attributes": {"blob": "x" * MAX_RECORD_BYTES}},
+            {**_batch(events=0), "user_attributes": {"blob": "x" * PRODUCER_MAX_REQUEST_BYTES}},
             "state",
             id="1-MB-attribute",
         ),
@@ -295,5 +295,5 @@ def test_record_too_large_for_kafka_is_dead_lettered_and_not_applied(
 def test_record_just_within_the_limit_is_used(settings: CoreOptions) -> None:
     result = _run(orjson.dumps(_batch(events=3_000)), b"42", {}, settings)
     assert result.operations is not None
-    assert len(result.operations[1]) <= MAX_RECORD_BYTES
+    assert fits(b"42", result.operations[1])
     assert not result.dead_letters
