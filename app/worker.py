@@ -20,7 +20,6 @@ marker is written.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import sys
@@ -47,10 +46,6 @@ from app.transactions_check import check_transactions
 from app.web import attach_web
 
 log = logging.getLogger(__name__)
-
-# Cyclic GC tuning (tune_gc): gen0 collects after this many net container allocations
-# (Python's default is 700; gen1/gen2 keep their defaults relative to it).
-GC_GEN0_THRESHOLD = 50_000
 
 # Kubernetes' default grace period is 30 s; stop well inside it, logs flushed.
 STOP_DEADLINE_SECONDS = 25.0
@@ -108,29 +103,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def tune_gc(gen0_threshold: int = GC_GEN0_THRESHOLD) -> None:
-    """Make the cyclic garbage collector cheap per record; called once, before consuming.
-
-    Why: a worker holds a large long-lived heap (faust, mode, aiokafka, the tables' wrappers)
-    and the pipeline allocates many small dicts and lists per record, so with Python's default
-    thresholds (700, 10, 10) a gen0 collection runs every 700 net allocations and older
-    generations repeatedly traverse the start-up heap, which never becomes garbage.
-
-    What: one full collection, then ``gc.freeze()`` moves every surviving object to the
-    permanent generation (never traversed again), and gen0's threshold is raised to
-    ``gen0_threshold`` (gen1/gen2 keep their default multipliers). Reference counting still
-    frees everything that is not in a cycle at once; only cyclic garbage waits longer.
-
-    Memory cost: cyclic garbage lives up to ``gen0_threshold`` container allocations before
-    it is collected (order of megabytes with ~50,000 small dicts/lists), and the frozen
-    start-up objects stay for the process's life (they would anyway). Idempotent; no errors.
-    """
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
 def build_worker_app(settings: Settings) -> faust.App:
@@ -205,7 +177,6 @@ def run_worker(settings: Settings) -> None:
     restore = persistent and not kept and settings.fast_restore
     # on faust's own loop: the stores opened here bind to it (asyncio.run would close it)
     app.loop.run_until_complete(prepare_tables(app, settings, restore=restore))
-    tune_gc()
     try:
         worker.execute_from_commandline()
     except SystemExit as exit_:
