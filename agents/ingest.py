@@ -38,6 +38,7 @@ from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 
 from app import metrics
 from app.changelog import changelog_configs
+from app.core.erasure import CLOCK_AHEAD_WARN_MS
 from app.core.pipeline import (
     IngestResult,
     from_rekey_topic,
@@ -144,16 +145,30 @@ def declare_tables(app: faust.App, settings: Settings) -> IngestTables:
 
 
 def batch_step(tables: IngestTables, options: CoreOptions) -> Step:
-    """The pure step of ``mparticle-batches`` records."""
-    return lambda event, position: process_batch_record(
-        event.key,
-        event.value,
-        position,
-        tables.load,
-        options,
-        erased_at_ms=tables.erased_at(event.key),
-        record_ms=_record_ms(event),
-    )
+    """The pure step of ``mparticle-batches`` records; a record dropped because its user was
+    erased after it is logged (INFO, masked mpid, both times)."""
+
+    def step(event: Any, position: SourcePosition) -> IngestResult:
+        erased_ms = tables.erased_at(event.key)
+        result = process_batch_record(
+            event.key,
+            event.value,
+            position,
+            tables.load,
+            options,
+            erased_at_ms=erased_ms,
+            record_ms=position.timestamp_ms,
+        )
+        if result.counts["batches", "erased"]:
+            log.info(
+                "batch dropped: its user was erased at %s ms, the batch's Kafka time is %s ms",
+                erased_ms,
+                position.timestamp_ms,
+                extra={**_where(position), "mpid": mask_mpid(event.key), "reason": "erased"},
+            )
+        return result
+
+    return step
 
 
 def audience_step(tables: IngestTables, options: CoreOptions) -> Step:
@@ -164,15 +179,37 @@ def audience_step(tables: IngestTables, options: CoreOptions) -> Step:
 
 
 def erasure_step(tables: IngestTables, partitions: int) -> Step:
-    """The pure step of ``mparticle-erasure`` records."""
-    return lambda event, position: process_erasure_record(
-        event.key,
-        event.value,
-        position,
-        tables.load,
-        record_ms=_record_ms(event),
-        scan_states=lambda: tables.states_of_partition(position.partition, partitions),
-    )
+    """The pure step of ``mparticle-erasure`` records. An erasure whose Kafka time is ahead of
+    the worker's clock is recorded at the worker's time
+    (:func:`~app.core.erasure.erasure_time`); ahead by more than
+    :data:`~app.core.erasure.CLOCK_AHEAD_WARN_MS` is logged (WARNING, masked mpid)."""
+
+    def step(event: Any, position: SourcePosition) -> IngestResult:
+        result = process_erasure_record(
+            event.key,
+            event.value,
+            position,
+            tables.load,
+            record_ms=position.timestamp_ms,
+            scan_states=lambda: tables.states_of_partition(position.partition, partitions),
+        )
+        for mpid, erased_ms in result.erased.items():
+            ahead_ms = (position.timestamp_ms or erased_ms) - erased_ms
+            if ahead_ms > CLOCK_AHEAD_WARN_MS:
+                log.warning(
+                    "erasure stamped %.1f s ahead of this worker's clock: recorded at the "
+                    "worker's time (check the erasure source's clock)",
+                    ahead_ms / 1000,
+                    extra={**_where(position), "mpid": mask_mpid(mpid), "reason": "clock_ahead"},
+                )
+        return result
+
+    return step
+
+
+def _where(position: SourcePosition) -> dict[str, Any]:
+    """The ``extra`` fields of a log line about the record at ``position``."""
+    return {"topic": position.topic, "partition": position.partition, "offset": position.offset}
 
 
 def rekey_step(steps: Mapping[RekeyKind, Step]) -> Step:
@@ -254,7 +291,11 @@ async def ingest_stream(
     async for event in stream.events():
         message = event.message
         position = SourcePosition(
-            message.topic, message.partition, message.offset, rekeyed=kind is None
+            message.topic,
+            message.partition,
+            message.offset,
+            rekeyed=kind is None,
+            timestamp_ms=_record_ms(event),
         )
         # The step reads what earlier records wrote (state, erasure marker), and the write
         # yields between its operations record and its table changes: the partition's other

@@ -6,6 +6,11 @@ Every command validates the settings first; a configuration error prints one lin
 
 from __future__ import annotations
 
+# first of all: under `mpcio worker` it installs the start-up SIGTERM/SIGINT handlers now,
+# before the imports below load (app.stopping)
+from app import stopping  # noqa: F401
+
+# isort: split
 import argparse
 import contextlib
 import logging
@@ -49,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``mpcio`` console script.
 
     Before the command runs: logging goes to stderr (text, or JSON when ``MPCIO_LOG_FORMAT``
-    is ``json``) and every unknown ``MPCIO_*`` variable is warned about once. Exit codes: 0 ok,
+    is ``json``) and every unknown ``MPCIO_*`` variable is warned about once. Exit codes: 0 ok
+    (``mpcio worker`` stopped by SIGTERM/SIGINT, in its start-up too: :mod:`app.stopping`),
     1 failure, 2 configuration error, 130 interrupted, 141 the reader of stdout went away
     (``mpcio … | head``: the rest of the output is dropped quietly). An ``OSError`` or an
     aiokafka error that reaches here is printed as one line in words, exit 1.
@@ -435,7 +441,7 @@ def _cmd_dry_run(args: argparse.Namespace) -> int:
         for name in ("include_user_attributes", "send_created_at", "one_attribute_per_audience")
         if getattr(args, name) is not None
     }
-    settings = load_settings(forwarding_enabled=False, **overrides)
+    settings = _load_masked(forwarding_enabled=False, **overrides)
     try:
         source = sys.stdin.buffer if str(args.file) == "-" else args.file.open("rb")
     except OSError as exc:
@@ -608,7 +614,7 @@ def _cmd_deadletter_redrive(args: argparse.Namespace) -> int:
     if selection.everything and not args.all:
         raise ConfigError("redrive needs --offsets, a filter (--reason, --stage, --since) or --all")
     _quiet_kafka_logs()
-    sent, skipped = asyncio.run(
+    counts = asyncio.run(
         redrive(
             settings,
             selection,
@@ -618,7 +624,8 @@ def _cmd_deadletter_redrive(args: argparse.Namespace) -> int:
         )
     )
     verb = "would be sent (dry run)" if args.dry_run else "sent"
-    print(f"redrive: {sent} {verb}, {skipped} skipped", file=sys.stderr)
+    erased = f" ({counts.erased} of them: user erased after it)" if counts.erased else ""
+    print(f"redrive: {counts.sent} {verb}, {counts.skipped} skipped{erased}", file=sys.stderr)
     return 0
 
 

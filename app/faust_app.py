@@ -308,15 +308,16 @@ class _Consumer(faust_aiokafka.Consumer):
     async def position(self, tp: TP) -> int | None:
         """A changelog partition's position is answered only as far as the recovery provably
         applied (:func:`app.recovery.position_for_guess`: faust's "aborted transactions" guess
-        reads it); an input partition's as it is (``web.ingest_lag`` reads it before the
-        partition's first commit)."""
+        reads it; -1 when nothing is proven), at once: that guess iterates a dict the
+        recovery rewrites, so this must not give the loop a turn. An input partition's is
+        answered as it is (``web.ingest_lag`` reads it before the partition's first commit)."""
+        if self._is_changelog_tp(tp):
+            recovery = _tracking_tables(self.app).recovery
+            return position_for_guess(
+                recovery.fetched_spans.get(tp), recovery.active_offsets.get(tp)
+            )
         position: int | None = await super().position(tp)
-        if not self._is_changelog_tp(tp):
-            return position
-        recovery = _tracking_tables(self.app).recovery
-        return position_for_guess(
-            recovery.fetched_spans.get(tp), recovery.active_offsets.get(tp), position
-        )
+        return position
 
     async def commit(
         self, topics: TPorTopicSet | None = None, start_new_transaction: bool = True

@@ -59,12 +59,16 @@ class SourcePosition:
 
     ``rekeyed``: read from the re-key topic (:mod:`app.topics`), whose offsets are a sequence
     of their own, shared by records of every kind: the redelivery guard keeps them apart from
-    the input topics' offsets."""
+    the input topics' offsets. ``timestamp_ms``: the Kafka timestamp (ms) of the input record
+    at the origin of the chain (for a sink record, of the input its operation was made from;
+    None: unknown): operations and dead letters keep it as ``source_ms`` so that a redrive is
+    compared with the user's erasure time as the input record it came from."""
 
     topic: str
     partition: int
     offset: int
     rekeyed: bool = False
+    timestamp_ms: int | None = None
 
 
 class Stage(StrEnum):
@@ -108,6 +112,7 @@ def dead_letter(
             "response": response,
             "attempts": attempts,
             "failed_at_ms": failed_at_ms,
+            "source_ms": source.timestamp_ms,
         }
     )
 
@@ -134,6 +139,7 @@ def operation_batch(
             "source_partition": source.partition,
             "source_offset": source.offset,
             "ingested_at_ms": ingested_at_ms,
+            "source_ms": source.timestamp_ms,
             "operations": [
                 {"action": action, "person_id": person_id, "item": item}
                 for action, person_id, item in operations

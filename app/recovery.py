@@ -26,8 +26,12 @@ Two defects of faust 0.15.3's :class:`faust.tables.recovery.Recovery`, both seen
   passed the target as recovered even while fetched records were still on their way to the
   recovery, which then skipped them as already applied (seen in a churn run: 0.6 s into a
   recovery of 138 records, because its idle-poll count carries over from earlier idle time).
-  → the consumer gives that guess the position only once everything fetched was applied
-  (:func:`position_for_guess`).
+  → the consumer answers that guess with the end of what was read and applied
+  (:func:`position_for_guess`), without waiting: the guess iterates faust's dict of targets
+  across its ``await consumer.position(tp)``, and a recovery restarting meanwhile changed that
+  dict under it (``Error in recovery dictionary changed size during iteration``). Both that
+  error and a None position ended the guess early; faust's loop logged it and went on, so the
+  recovery only ended up to 5 s later (nothing skipped, nothing lost).
 
 Failure semantics: none of this reads or writes Kafka or moves an offset; a partition not
 provably done is left to faust's own logic (at worst the old 10 s wait).
@@ -100,21 +104,26 @@ def only_markers_left(span: FetchedSpan | None, applied: int | None, highwater: 
     return span.start <= applied + 1 and span.end > highwater and returned_applied
 
 
-def position_for_guess(
-    span: FetchedSpan | None, applied: int | None, position: int | None
-) -> int | None:
+def position_for_guess(span: FetchedSpan | None, applied: int | None) -> int:
     """The position of a changelog partition to give faust's "aborted transactions" guess.
 
     That guess (after two idle polls of 5 s, counted across recoveries, so it can fire at any
     moment of one) takes a partition whose consumer position passed the target as recovered
     and moves its applied offset to the target: records fetched but still on their way to the
-    recovery are then skipped as already applied, and their states lost. So the position is
-    given only once every record fetched since the last seek was applied (``span.last <=
-    applied``); until then the last applied offset, which is below the target (no guess).
+    recovery would then be skipped as already applied, and their states lost. So the position
+    given is the end of what was read since the last seek (``span.end``) once every record in
+    it was applied (``span.last <= applied``) and it follows on from what was applied
+    (``span.start <= applied + 1``): everything below it is then provably in the table.
+    Otherwise -1, below every target (no guess). Never None: the guess compares it with an
+    int, and a None there raised ``TypeError`` ("Error in recovery '>=' not supported between
+    instances of 'NoneType' and 'int'") for a partition faust still holds a target of but no
+    applied offset (one that moved from active to standby in a rebalance).
     """
-    if span is None or applied is None or (span.last is not None and span.last > applied):
-        return applied
-    return position
+    if span is None or applied is None or span.start > applied + 1:
+        return -1
+    if span.last is not None and span.last > applied:
+        return -1
+    return span.end
 
 
 class SafeRecovery(Recovery):

@@ -107,9 +107,14 @@ SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
 THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
 
 
+def changelog_topic(app_id: str, table: str) -> str:
+    """The changelog topic faust creates for one of our tables (``<app id>-<table>-changelog``)."""
+    return f"{app_id}-{table}-changelog"
+
+
 def changelog_topics(app_id: str) -> tuple[str, ...]:
-    """The changelog topics faust creates for our tables (``<app id>-<table>-changelog``)."""
-    return tuple(f"{app_id}-{table}-changelog" for table in (USERS_TABLE, ERASURES_TABLE))
+    """The changelog topics faust creates for our tables."""
+    return tuple(changelog_topic(app_id, table) for table in (USERS_TABLE, ERASURES_TABLE))
 
 
 def topics_for(settings: Settings) -> Topics:

@@ -8,22 +8,20 @@ exit 1 after a bounded wait when brokers are down); the local table store is kep
 run stopped cleanly (:mod:`app.localstore`); then faust runs until SIGTERM/SIGINT, which stop it
 gracefully (agents finish the record in hand, the last transaction commits the acked offsets).
 
-A graceful stop is bounded: ``STOP_DEADLINE_SECONDS`` after the first SIGTERM/SIGINT the process
-exits with code 1 whatever it was waiting for (e.g. a broker that is down, where faust's
-producer alone would wait 60 s), after writing to stderr (the worker's log) where every thread
-and task waited (:mod:`app.stacks`: code locations only). Nothing is lost by that: what was
-not committed is aborted by the broker and redone on the next start, which also rebuilds the
-local store. After a stop with exit code 0 and every store write committed, the clean-stop
-marker is written.
+A SIGTERM/SIGINT before faust's handlers are installed stops the start-up at once, exit code 0
+(:mod:`app.stopping`). A graceful stop is bounded: ``STOP_DEADLINE_SECONDS`` after the first
+SIGTERM/SIGINT the process exits with code 1 whatever it was waiting for (e.g. a broker that is
+down, where faust's producer alone would wait 60 s), after writing to stderr (the worker's log)
+where every thread and task waited (:mod:`app.stacks`: code locations only). Nothing is lost by
+that: what was not committed is aborted by the broker and redone on the next start, which also
+rebuilds the local store. After a stop with exit code 0 and every store write committed, the
+clean-stop marker is written (not after a stop during start-up).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +38,12 @@ from app.logs import configure_logging
 from app.restore import prepare_tables
 from app.sensors import setup_faust_metrics
 from app.settings import Settings
-from app.stacks import report_now
+from app.stopping import StoppedDuringStartup, arm_stop_deadline
 from app.topics import changelog_topics, topics_for
 from app.transactions_check import check_transactions
 from app.web import attach_web
 
 log = logging.getLogger(__name__)
-
-# Kubernetes' default grace period is 30 s; stop well inside it, logs flushed.
-STOP_DEADLINE_SECONDS = 25.0
-EXIT_STOP_DEADLINE = 1
 
 
 class ForwarderWorker(Worker):
@@ -69,40 +63,6 @@ class ForwarderWorker(Worker):
     def _on_sigint(self) -> None:
         arm_stop_deadline()
         super()._on_sigint()
-
-
-_deadline: threading.Timer | None = None
-
-
-def arm_stop_deadline(seconds: float = STOP_DEADLINE_SECONDS) -> None:
-    """Exit the process ``seconds`` from now unless it has exited by then (first call only).
-
-    A thread, not a task: it must fire even when the event loop is stuck in a blocking call."""
-    global _deadline  # noqa: PLW0603 - one deadline per process
-    if _deadline is not None:
-        return
-    loop = _running_loop()
-
-    def expire() -> None:
-        # where it waited (code locations only): a stop that hangs names its cause in the log
-        sys.stderr.write(
-            f"mpcio: graceful stop exceeded {seconds:.0f} s; exiting now (uncommitted work "
-            "is redone on the next start); where it waited:\n" + report_now(loop)
-        )
-        sys.stderr.flush()
-        os._exit(EXIT_STOP_DEADLINE)
-
-    _deadline = threading.Timer(seconds, expire)
-    _deadline.daemon = True
-    _deadline.start()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop running this call (faust's signal handlers run on it), or None."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def build_worker_app(settings: Settings) -> faust.App:
@@ -180,7 +140,9 @@ def run_worker(settings: Settings) -> None:
     try:
         worker.execute_from_commandline()
     except SystemExit as exit_:
-        if persistent:
+        # stopped before faust's handlers took over: its start was cut short anywhere, so the
+        # store is not vouched for (the next start rebuilds it)
+        if persistent and not isinstance(exit_, StoppedDuringStartup):
             code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
             mark_clean(tabledir, tracked_writes(app), code)
         raise

@@ -67,6 +67,23 @@ class ErasurePlan:
     purge_state: bool
 
 
+#: An erasure stamped further ahead of the worker's clock than this is logged (WARNING) when
+#: its time is clamped: clocks a few seconds apart are normal, an hour is a wrong source clock.
+CLOCK_AHEAD_WARN_MS = 5_000
+
+
+def erasure_time(record_ms: int | None, now_ms: int) -> int:
+    """The erasure time the worker records for a user (ms since the epoch): the request's
+    Kafka timestamp ``record_ms``, never later than the worker's clock ``now_ms`` when it
+    applies it (``now_ms`` when the record has no timestamp).
+
+    Batches whose Kafka time is at or before it are dropped as erased (``admit``). The time is
+    the producer's (CreateTime): an erasure stamped an hour ahead would otherwise drop every
+    batch of the user for that hour; clamped, batches the source sends after the worker applied
+    the erasure go through. A source clock behind is not corrected (see README, Limits)."""
+    return now_ms if record_ms is None else min(record_ms, now_ms)
+
+
 def parse_erasure_record(value: bytes) -> ErasureRequest:
     document = load_json(value)
     if type(document) is not dict:

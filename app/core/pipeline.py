@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from app.core.audiences import parse_audience_record, transform_membership
-from app.core.erasure import matches, parse_erasure_record, plan_erasure
+from app.core.erasure import erasure_time, matches, parse_erasure_record, plan_erasure
 from app.core.mparticle import parse_record
 from app.core.state import UserState, decode_state, encode_state
 from app.core.transform import Operation, Transformed, transform
@@ -57,10 +57,10 @@ class IngestResult:
 
     ``states``: encoded :class:`UserState` per mpid (changed ones only); ``purged``: mpids
     whose state must be deleted (tombstone); ``erased``: erasure markers (mpid → Kafka time of
-    the request) to keep; ``operations``: at most
-    one encoded ``OperationBatch`` (key = mpid); ``rekeyed``: (mpid, raw JSON of that user's
-    part) to send to the re-key topic; ``dead_letters``: encoded ``DeadLetter`` records.
-    ``counts`` holds metric increments keyed by (metric, label values).
+    the request, at most the worker's clock: :func:`~app.core.erasure.erasure_time`) to keep;
+    ``operations``: at most one encoded ``OperationBatch`` (key = mpid); ``rekeyed``: (mpid,
+    raw JSON of that user's part) to send to the re-key topic; ``dead_letters``: encoded
+    ``DeadLetter`` records. ``counts`` holds metric increments keyed by (metric, label values).
     """
 
     states: dict[str, bytes] = field(default_factory=dict)
@@ -244,7 +244,8 @@ def process_erasure_record(
     users held (DSRs are rare). The operations record is keyed by the (first) erased mpid so
     its deletes follow that user's earlier operations in order.
 
-    The marker (``erased``: mpid → the request's Kafka timestamp, set for every erasure that
+    The marker (``erased``: mpid → :func:`~app.core.erasure.erasure_time`, the request's Kafka
+    timestamp but never later than ``clock()``, set for every erasure that
     names an mpid, also one that finds nothing to delete yet) lets batches that reached Kafka
     before the erasure but are read after it be dropped; it holds no personal data."""
     result = IngestResult()
@@ -281,7 +282,7 @@ def process_erasure_record(
             # Also when nothing of the user is known yet (no_match): batches that reached
             # Kafka before the erasure may still be on their way on the batches topic, and
             # must not bring the user back.
-            result.erased[mpid] = record_ms if record_ms is not None else clock()
+            result.erased[mpid] = erasure_time(record_ms, clock())
     result.counts["erasures", outcome] += 1
     operations = [
         Operation("delete", next(iter(item["identifiers"].values())), item, orjson.dumps(item))

@@ -17,7 +17,10 @@ dead letter's headers without its ``mpcio.*`` error context (so the source recor
 headers come back) plus ``mpcio.redriven.from`` (:mod:`app.records`). Records that
 cannot be redriven are skipped with a reason: a corrupt stored state (``state_corrupt``: the
 payload is the state, not an input), a ``tombstone`` (no value to send), a sink record whose
-payload is not a Customer.io item, a record that is not a dead letter at all.
+payload is not a Customer.io item, a record that is not a dead letter at all, and
+(:func:`erased_since`) a record of a user the worker erased after the record's source time,
+read from the ``erasures`` table's changelog (:func:`read_erasures`): a redrive never
+recreates an erased person. An ingest record goes back with its original Kafka timestamp.
 
 Privacy: texts shown to an operator (detail, key, payload, response) have email addresses,
 secrets and URL credentials masked by the installed :class:`~app.masking.Masker` unless the
@@ -38,12 +41,13 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from app import masking
 from app.errors import BrokerError, InvalidRecordError, Reason
+from app.logs import mask_mpid
 from app.records import (
     Headers,
     SourcePosition,
@@ -54,15 +58,20 @@ from app.records import (
     redrive_headers,
 )
 from app.records import now_ms as wall_ms
+from app.topics import ERASURES_TABLE, changelog_topic, rekey_kind
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Mapping
+
+    from aiokafka.structs import ConsumerRecord
 
     from app.settings import Settings
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 STALL_SECONDS = 30.0
+#: How a redrive skip because of a later erasure starts (:func:`erased_since`).
+ERASED_PREFIX = "erased:"
 NOT_REDRIVABLE_REASONS = {
     Reason.STATE_CORRUPT: "the payload is a corrupt stored state, not input",
     Reason.TOMBSTONE: "a tombstone has no value to send back",
@@ -222,7 +231,7 @@ def show_document(stored: StoredLetter, *, masked: bool = True) -> dict[str, Any
 
 @dataclass(frozen=True, slots=True)
 class Redrive:
-    """One record to send back: where, with which key, headers, and what."""
+    """One record to send back: where, with which key, headers, Kafka time, and what."""
 
     position: Position
     topic: str
@@ -230,12 +239,47 @@ class Redrive:
     value: bytes
     what: str = field(default="")
     headers: Headers = field(default_factory=list)
+    timestamp_ms: int | None = None  # Kafka time to send with (None: the time of the send)
+    erases: bool = False  # an erasure request or a Customer.io delete: never held back
+
+
+def erased_since(letter: Mapping[str, Any], erasures: Mapping[bytes, int]) -> str | None:
+    """Why the dead letter ``letter`` must not be redriven because its user was erased after
+    it, or None when it may be.
+
+    ``erasures``: key (mpid bytes) → the user's last erasure time (ms), the worker's marker.
+    The record's time is its ``source_ms`` (the Kafka time of the input record it came from,
+    the time the worker's erasure check compares); when that is unknown (a dead letter written
+    before the field existed) any erasure of the user forbids it: an erased person is never
+    recreated on a guess. An unkeyed record names no user here: it goes back with its own
+    timestamp and the worker checks each user's part (:func:`plan_redrive`)."""
+    key = letter["key"]
+    erased_ms = None if key is None else erasures.get(key)
+    if erased_ms is None:
+        return None
+    source_ms = letter["source_ms"]
+    if source_ms is not None and source_ms > erased_ms:
+        return None
+    when = "at an unknown time" if source_ms is None else f"at {iso_time(source_ms)}"
+    return (
+        f"{ERASED_PREFIX} the user was erased at {iso_time(erased_ms)}, after this record "
+        f"({when}); it stays on the dead-letter topic"
+    )
 
 
 def plan_redrive(
-    stored: StoredLetter, settings: Settings, now_ms: int | None = None
+    stored: StoredLetter,
+    settings: Settings,
+    now_ms: int | None = None,
+    erasures: Mapping[bytes, int] | None = None,
 ) -> Redrive | str:
-    """Where ``stored`` goes back to, or why it cannot be redriven (a string)."""
+    """Where ``stored`` goes back to, or why it cannot be redriven (a string).
+
+    ``erasures``: mpid (key bytes) → the time (ms) of the user's last erasure, as the worker
+    keeps it (:func:`read_erasures`); a record of a user erased after it
+    (:func:`erased_since`) is not redriven, unless it erases itself (an erasure request, a
+    Customer.io delete). An ingest record goes back with its own Kafka timestamp
+    (``source_ms``), so the worker also compares it with a later erasure as the record it was."""
     letter = stored.letter
     if letter is None:
         return f"not a dead letter ({stored.error})"
@@ -244,21 +288,40 @@ def plan_redrive(
         return f"{reason}: {NOT_REDRIVABLE_REASONS[reason]}"
     headers = redrive_headers(stored.headers, f"{settings.topic_deadletter}/{stored.position}")
     if letter["stage"] != Stage.SINK:
-        return Redrive(
+        planned: Redrive | str = Redrive(
             stored.position,
             letter["source_topic"],
             letter["key"],
             letter["payload"],
             f"{letter['stage']} record",
             headers,
+            letter["source_ms"],
+            erases=letter["source_topic"] == settings.topic_erasure
+            or rekey_kind(stored.headers) == "erasure",
         )
+    else:
+        planned = _sink_redrive(stored, letter, settings, headers, now_ms)
+    if isinstance(planned, str) or planned.erases:
+        return planned
+    return erased_since(letter, erasures or {}) or planned
+
+
+def _sink_redrive(
+    stored: StoredLetter,
+    letter: dict[str, Any],
+    settings: Settings,
+    headers: Headers,
+    now_ms: int | None,
+) -> Redrive | str:
+    """A sink dead letter (one Customer.io item) as a one-operation ``operation_batch`` for
+    the operations topic, or why its payload cannot be one."""
     try:
         item = orjson.loads(letter["payload"])
     except orjson.JSONDecodeError:
         item = None
     identifiers = item.get("identifiers") if isinstance(item, dict) else None
     if not (isinstance(item, dict) and isinstance(item.get("action"), str) and identifiers):
-        return f"{reason}: the payload is not a Customer.io item"
+        return f"{letter['reason']}: the payload is not a Customer.io item"
     key = letter["key"]
     mpid = key.decode("utf-8", "replace") if key else ""
     person = identifiers if isinstance(identifiers, dict) else {}
@@ -266,7 +329,10 @@ def plan_redrive(
         mpid,
         [(item["action"], str(next(iter(person.values()), "")), letter["payload"])],
         SourcePosition(
-            settings.topic_deadletter, stored.position.partition, stored.position.offset
+            settings.topic_deadletter,
+            stored.position.partition,
+            stored.position.offset,
+            timestamp_ms=letter["source_ms"],
         ),
         now_ms if now_ms is not None else wall_ms(),
     )
@@ -277,6 +343,7 @@ def plan_redrive(
         value,
         f"Customer.io {item['action']}",
         headers,
+        erases=item["action"] == "delete",
     )
 
 
@@ -288,11 +355,62 @@ async def read_dead_letters(
     """Every record of the dead-letter topic present when called, in offset order within each
     partition (only the partitions and offsets from ``positions`` when given; only records
     written at or after ``since_ms``, ms since the epoch, when given)."""
+    import contextlib  # noqa: PLC0415
+
+    reader = read_topic(settings, settings.topic_deadletter, positions, since_ms)
+    async with contextlib.aclosing(reader) as records:
+        async for record in records:
+            yield decode_stored(
+                Position(record.partition, record.offset),
+                record.timestamp,
+                record.key,
+                record.value,
+                as_list(record.headers),
+            )
+
+
+async def read_erasures(settings: Settings) -> dict[bytes, int]:
+    """The worker's erasure markers: mpid (key bytes) → the time (ms) of the user's last
+    erasure, read from the ``erasures`` table's changelog (compacted; a tombstone removes a
+    key); empty when that topic does not exist (no worker of this app id ever ran, so none
+    erased anyone). A value that is not decimal text raises :class:`~app.errors.BrokerError`
+    (the markers cannot be trusted, so nothing may be redriven)."""
+    import contextlib  # noqa: PLC0415
+
+    markers: dict[bytes, int] = {}
+    topic = changelog_topic(settings.app_id, ERASURES_TABLE)
+    reader = read_topic(settings, topic, missing_ok=True)
+    async with contextlib.aclosing(reader) as records:
+        async for record in records:
+            if record.key is None:
+                continue
+            if record.value is None:
+                markers.pop(record.key, None)
+                continue
+            try:
+                markers[record.key] = int(record.value)
+            except ValueError:
+                raise BrokerError(
+                    f"{topic}[{record.partition}]@{record.offset} is not an erasure time"
+                ) from None
+    return markers
+
+
+async def read_topic(
+    settings: Settings,
+    topic: str,
+    positions: frozenset[Position] = frozenset(),
+    since_ms: int | None = None,
+    *,
+    missing_ok: bool = False,
+) -> AsyncGenerator[ConsumerRecord[bytes, bytes], None]:
+    """Every record of ``topic`` present when called (see :func:`read_dead_letters` for
+    ``positions`` and ``since_ms``), read without a group and committing nothing. A missing
+    topic raises :class:`~app.errors.BrokerError`, or yields nothing with ``missing_ok``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415 - heavy import
 
     from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
 
-    topic = settings.topic_deadletter
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         group_id=None,
@@ -304,12 +422,14 @@ async def read_dead_letters(
     try:
         # the consumer's own cluster view only knows assigned topics: ask for all of them
         cluster = await consumer._client.fetch_all_metadata()
-        if topic not in cluster.topics():
-            raise BrokerError(f"dead-letter topic {topic} does not exist at {settings.broker}")
-        partitions = sorted(cluster.partitions_for_topic(topic) or ())
-        if positions:
-            partitions = [p for p in partitions if p in {pos.partition for pos in positions}]
-        tps = [TopicPartition(topic, p) for p in partitions]
+        if topic not in cluster.topics() and not missing_ok:
+            raise BrokerError(f"topic {topic} does not exist at {settings.broker}")
+        wanted = {pos.partition for pos in positions}
+        tps = [
+            TopicPartition(topic, p)
+            for p in sorted(cluster.partitions_for_topic(topic) or ())  # None: missing
+            if not wanted or p in wanted
+        ]
         if not tps:
             return
         consumer.assign(tps)
@@ -335,13 +455,7 @@ async def read_dead_letters(
                     if record.offset >= ends[tp]:
                         break
                     last_progress = time.monotonic()
-                    yield decode_stored(
-                        Position(tp.partition, record.offset),
-                        record.timestamp,
-                        record.key,
-                        record.value,
-                        as_list(record.headers),
-                    )
+                    yield record
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
@@ -415,6 +529,15 @@ async def newest_first(
         yield stored
 
 
+class RedriveCounts(NamedTuple):
+    """What a redrive did: records sent (or that would be, dry run), records skipped, and how
+    many of the skipped ones were skipped because their user was erased after them."""
+
+    sent: int
+    skipped: int
+    erased: int
+
+
 async def redrive(
     settings: Settings,
     selection: Selection,
@@ -422,33 +545,49 @@ async def redrive(
     dry_run: bool,
     report: Any,
     masked: bool = True,
-) -> tuple[int, int]:
+) -> RedriveCounts:
     """Send the selected dead letters back (see :func:`plan_redrive`); ``report(line)`` says
-    what happens to each. Returns (sent, skipped); with ``dry_run`` nothing is sent."""
+    what happens to each (a skipped one by position, key and why; the key of an erased user
+    masked like an mpid in the logs unless ``masked`` is false). With ``dry_run`` nothing is
+    sent.
+
+    The erasure markers are read after the selection, just before the sends: an erasure the
+    worker applies after that read is not seen here (an ingest record still meets it in the
+    worker, which compares the record's own timestamp; a sink item sent before the erasure's
+    deletes is deleted by them)."""
     import contextlib  # noqa: PLC0415
 
     from aiokafka import AIOKafkaProducer  # noqa: PLC0415
 
     from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
 
-    plans: list[Redrive] = []
-    skipped = 0
     async with contextlib.aclosing(select(settings, selection)) as letters:
-        async for stored in letters:
-            plan = plan_redrive(stored, settings)
-            if isinstance(plan, str):
-                skipped += 1
-                report(f"skip {stored.position}: {_text(plan, masked)}")
-                continue
-            plans.append(plan)
+        selected = [stored async for stored in letters]
+    erasures = await read_erasures(settings) if selected else {}
+    plans: list[Redrive] = []
+    skipped = erased = 0
+    for stored in selected:
+        plan = plan_redrive(stored, settings, erasures=erasures)
+        if isinstance(plan, str):
+            skipped += 1
+            key = stored.letter["key"] if stored.letter else stored.key
+            if plan.startswith(ERASED_PREFIX):  # an erased person: not even the mpid in clear
+                erased += 1
+                shown = mask_mpid(key) if masked else _key_text(key, masked=False)
+            else:
+                shown = _key_text(key, masked)
+            report(f"skip {stored.position} key={shown}: {_text(plan, masked)}")
+            continue
+        plans.append(plan)
     verb = "would send" if dry_run else "send"
     for plan in plans:
         report(
             f"{verb} {plan.position} → {plan.topic} key={_key_text(plan.key, masked)} "
             f"({plan.what}, {len(plan.value)} bytes)"
         )
+    counts = RedriveCounts(len(plans), skipped, erased)
     if dry_run or not plans:
-        return len(plans), skipped
+        return counts
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks="all", **client_kwargs(settings)
     )
@@ -459,7 +598,10 @@ async def redrive(
         if missing:
             raise BrokerError(f"nothing sent: topic(s) {', '.join(missing)} do not exist")
         futures = [
-            await producer.send(p.topic, p.value, key=p.key, headers=p.headers) for p in plans
+            await producer.send(
+                p.topic, p.value, key=p.key, headers=p.headers, timestamp_ms=p.timestamp_ms
+            )
+            for p in plans
         ]
         await producer.flush()
         failed = [f.exception() for f in futures if f.exception() is not None]
@@ -467,7 +609,7 @@ async def redrive(
             raise BrokerError(f"Kafka did not accept {len(failed)} redriven records: {failed[0]}")
     finally:
         await producer.stop()
-    return len(plans), skipped
+    return counts
 
 
 def _text(text: str, masked: bool) -> str:

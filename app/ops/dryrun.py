@@ -24,9 +24,9 @@ A user not forwarded, and whatever the parser or the transform counted (placehol
 renamed names, cut values, ...), is noted on ``errors`` as ``line N: note: mpid M: ...``.
 
 Failure semantics: a line that cannot be used is reported on ``errors`` as
-``line N: <reason>: <detail>``, counted in ``DryRunSummary.invalid_lines`` and skipped;
-processing continues (the CLI exits 1 when any line was invalid). Only an unreadable file is
-an error for the caller (``OSError``).
+``line N: <reason>: <detail>`` (emails masked, as ``replay`` does), counted in
+``DryRunSummary.invalid_lines`` and skipped; processing continues (the CLI exits 1 when any
+line was invalid). Only an unreadable file is an error for the caller (``OSError``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import orjson
 
+from app import masking
 from app.core.audiences import parse_audience_record, transform_membership
 from app.core.erasure import parse_erasure_record
 from app.core.mparticle import load_json, parse_record
@@ -214,7 +215,8 @@ def dry_run(
             payloads = _HANDLERS[line_kind(load_json(line))](line, run)
         except InvalidRecordError as exc:
             run.summary.invalid_lines += 1
-            errors.write(f"line {number}: {exc.reason}: {exc.detail}\n")
+            # the detail may quote the record (an address given as an mpid): masked as replay's
+            errors.write(f"line {number}: {exc.reason}: {masking.active().text(exc.detail)}\n")
             continue
         for payload in payloads:
             out.write(payload + b"\n")

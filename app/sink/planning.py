@@ -54,6 +54,7 @@ class ItemRef:
     offset: int
     mpid: str
     ingested_at_ms: int
+    source_ms: int | None = None  # the input record's Kafka time (SourcePosition.timestamp_ms)
 
 
 Lane = list[tuple[bytes, ItemRef]]
@@ -92,7 +93,13 @@ def plan_chunk(
                 plan.letters.append(letter_for_record(record, exc, clock()))
                 plan.undecodable.append(exc.reason)
                 continue
-            ref = ItemRef(record.partition, record.offset, batch["mpid"], batch["ingested_at_ms"])
+            ref = ItemRef(
+                record.partition,
+                record.offset,
+                batch["mpid"],
+                batch["ingested_at_ms"],
+                batch["source_ms"],
+            )
             lane.extend((operation["item"], ref) for operation in batch["operations"])
     plan.lanes = [
         lane for lane in assign_lanes(by_partition, lanes, request_items).values() if lane
@@ -190,7 +197,7 @@ def letter_for_rejected(rejected: Rejected[ItemRef], topic: str, failed_at_ms: i
         rejected.reason,
         rejected.detail,
         stage=Stage.SINK,
-        source=SourcePosition(topic, ref.partition, ref.offset),
+        source=SourcePosition(topic, ref.partition, ref.offset, timestamp_ms=ref.source_ms),
         key=ref.mpid.encode(),
         payload=rejected.payload,
         failed_at_ms=failed_at_ms,

@@ -9,7 +9,7 @@ import pytest
 
 from app.core.audiences import AudienceChange, apply_membership, parse_audience_record
 from app.core.avro import codec
-from app.core.erasure import ErasureRequest, parse_erasure_record, plan_erasure
+from app.core.erasure import ErasureRequest, erasure_time, parse_erasure_record, plan_erasure
 from app.core.options import CoreOptions
 from app.core.pipeline import (
     process_audience_record,
@@ -287,3 +287,37 @@ def test_worker_dead_letters_an_erasure_without_request_type_and_deletes_nothing
     (letter,) = [codec("dead_letter").decode(value) for value in result.dead_letters]
     assert letter["reason"] == "erasure_invalid"
     assert result.counts["erasures", "rejected"] == 1
+
+
+HOUR_MS = 3_600_000
+NOW_MS = 1_764_400_000_000
+
+
+@pytest.mark.parametrize(
+    ("record_ms", "recorded_ms"),
+    [
+        (NOW_MS - 5_000, NOW_MS - 5_000),  # stamped before it reached the worker: kept
+        (NOW_MS, NOW_MS),
+        (NOW_MS + 1, NOW_MS),  # ahead of the worker's clock: the worker's time
+        (NOW_MS + HOUR_MS, NOW_MS),  # an hour ahead would have dropped an hour of batches
+        (None, NOW_MS),  # no timestamp: when the worker applied it
+    ],
+)
+def test_erasure_time_is_never_later_than_the_workers_clock(
+    record_ms: int | None, recorded_ms: int
+) -> None:
+    assert erasure_time(record_ms, NOW_MS) == recorded_ms
+
+
+def test_an_erasure_stamped_in_the_future_does_not_drop_the_users_next_batches() -> None:
+    erasure = orjson.dumps({"subject_request_type": "erasure", "mpid": 7})
+    result = process_erasure_record(
+        b"7", erasure, SOURCE, {}.get, record_ms=NOW_MS + HOUR_MS, clock=lambda: NOW_MS
+    )
+    assert result.erased == {"7": NOW_MS}
+    batch = orjson.dumps({"mpid": 7, "user_identities": {"email": "a@b.co"}, "events": []})
+    after = process_batch_record(
+        b"7", batch, SOURCE, {}.get, _settings(), erased_at_ms=NOW_MS, record_ms=NOW_MS + 1_000
+    )
+    assert after.counts["batches", "erased"] == 0
+    assert "7" in after.states

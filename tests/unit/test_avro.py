@@ -22,6 +22,7 @@ OPERATION_BATCH = {
         {"action": "identify", "person_id": "c1", "item": b'{"type":"person"}'},
         {"action": "event", "person_id": "c1", "item": '{"name":"caf\u00e9"}'.encode()},
     ],
+    "source_ms": 1_699_999_999_000,
 }
 DEAD_LETTER = {
     "reason": "invalid_json",
@@ -36,6 +37,7 @@ DEAD_LETTER = {
     "response": None,
     "attempts": 0,
     "failed_at_ms": 1,
+    "source_ms": None,
 }
 
 

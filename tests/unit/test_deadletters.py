@@ -16,13 +16,14 @@ from app.ops.deadletters import (
     StoredLetter,
     _bounds,
     decode_stored,
+    erased_since,
     iso_time,
     list_line,
     parse_since,
     plan_redrive,
     show_document,
 )
-from app.records import SourcePosition, dead_letter
+from app.records import SourcePosition, Stage, dead_letter
 from app.settings import load_settings
 
 SETTINGS = load_settings(forwarding_enabled=False, topic_operations="ops", topic_deadletter="dl")
@@ -144,6 +145,7 @@ def test_sink_letters_are_wrapped_into_one_operation() -> None:
         "source_offset": 5,
         "ingested_at_ms": T,
         "operations": [{"action": "identify", "person_id": "cust-1", "item": orjson.dumps(ITEM)}],
+        "source_ms": None,
     }
 
 
@@ -184,3 +186,77 @@ def test_since_seeks_each_partition_by_time() -> None:
     assert stops == ends
     chosen, _ = _bounds(begins, ends, frozenset({Position(0, 3), Position(0, 8)}), by_time)
     assert chosen[p0] == 7  # positions and time together: the later start
+
+
+ERASED_AT = T - 60_000  # the user's erasure marker: a minute before T
+SINK = {"stage": "sink", "reason": "retries_exhausted", "payload": orjson.dumps(ITEM)}
+DELETE = {**ITEM, "action": "delete"}
+
+
+@pytest.mark.parametrize(
+    ("source_ms", "erased_ms", "held_back"),
+    [
+        (None, None, False),  # never erased
+        (ERASED_AT + 1, ERASED_AT, False),  # the record is newer than the erasure
+        (ERASED_AT, ERASED_AT, True),  # same millisecond: the erasure wins, as in the worker
+        (ERASED_AT - 1, ERASED_AT, True),  # erased after the record
+        (None, ERASED_AT, True),  # unknown time (an older dead letter): never on a guess
+    ],
+)
+def test_a_redrive_is_held_back_when_its_user_was_erased_after_the_record(
+    source_ms: int | None, erased_ms: int | None, held_back: bool
+) -> None:
+    erasures = {} if erased_ms is None else {b"42": erased_ms}
+    letter = stored(source=SourcePosition("batches", 2, 40, timestamp_ms=source_ms)).letter
+    assert letter is not None
+    why = erased_since(letter, erasures)
+    assert (why is not None) == held_back
+    if why is not None:
+        assert why.startswith("erased: the user was erased at 2025-11-29T07:05:40Z")
+
+
+@pytest.mark.parametrize("stage", [{}, SINK])
+def test_both_stages_skip_an_erased_users_record_and_name_why(stage: dict[str, object]) -> None:
+    letter = stored(**stage, source=SourcePosition("x", 0, 1, timestamp_ms=ERASED_AT - 5))
+    plan = plan_redrive(letter, SETTINGS, erasures={b"42": ERASED_AT, b"7": T})
+    assert isinstance(plan, str)
+    assert plan.startswith("erased:")
+    assert "stays on the dead-letter topic" in plan
+    other_user = plan_redrive(letter, SETTINGS, erasures={b"7": T})
+    assert not isinstance(other_user, str)
+
+
+def test_what_erases_is_redriven_whatever_the_markers_say() -> None:
+    erasures = {b"42": T}
+    erasure_topic = stored(source=SourcePosition(SETTINGS.topic_erasure, 0, 3))
+    rekeyed_erasure = decode_stored(
+        Position(1, 6),
+        T,
+        b"42",
+        dead_letter(
+            "internal_error",
+            "x",
+            stage=Stage.INGEST,
+            source=SourcePosition("app-rekey", 0, 3),
+            key=b"42",
+            payload=b"{}",
+            failed_at_ms=T,
+        ),
+        [("mpcio.rekey.kind", b"erasure")],
+    )
+    delete = stored(**{**SINK, "payload": orjson.dumps(DELETE)})
+    for letter in (erasure_topic, rekeyed_erasure, delete):
+        plan = plan_redrive(letter, SETTINGS, erasures=erasures)
+        assert not isinstance(plan, str), plan
+        assert plan.erases
+
+
+def test_redriven_records_keep_the_input_records_kafka_time() -> None:
+    source = SourcePosition("batches", 2, 40, timestamp_ms=ERASED_AT + 9)
+    ingest = plan_redrive(stored(source=source), SETTINGS)
+    assert not isinstance(ingest, str)
+    assert ingest.timestamp_ms == ERASED_AT + 9  # the worker compares this with an erasure
+    sink = plan_redrive(stored(**SINK, source=source), SETTINGS, now_ms=T)
+    assert not isinstance(sink, str)
+    assert sink.timestamp_ms is None  # a new operations record: written now
+    assert codec("operation_batch").decode(sink.value)["source_ms"] == ERASED_AT + 9

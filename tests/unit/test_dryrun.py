@@ -195,3 +195,14 @@ def test_dry_run_prints_the_right_items_for_the_three_real_world_cases(case: str
     assert printed == expected
     notes = result.stderr.decode().splitlines()[:-1]  # the last line is the summary
     assert notes == ([] if note is None else [note])
+
+
+def test_dry_run_masks_addresses_in_bad_line_reports() -> None:
+    # an address where the mpid belongs is quoted in the reason; replay --dry-run masks it too
+    line = orjson.dumps({"mpid": "john.doe@example.com", "events": []})
+    result = _dry_run("-", stdin=line)
+    errors = result.stderr.decode()
+    assert result.returncode == 1
+    assert "line 1: mpid_invalid:" in errors
+    assert "john.doe@example.com" not in errors
+    assert "<email:" in errors

@@ -267,7 +267,7 @@ def test_dsr_without_mpid_erases_every_matching_user_of_the_partition() -> None:
         stored.get,
         record_ms=55,
         scan_states=lambda: list(stored.items()),
-        clock=lambda: 1,
+        clock=lambda: 60,
     )
     assert result.purged == ["1"]
     assert result.erased == {"1": 55}

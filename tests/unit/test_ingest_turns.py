@@ -24,6 +24,7 @@ class Message:
     partition: int
     offset: int
     headers: tuple[()] = ()
+    timestamp: float | None = None  # faust's Kafka time, seconds
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,10 @@ LETTER_OUTCOMES = {"Outcome.DEAD_LETTER", "Outcome.PARTIAL"}
 
 def test_operation_batch_round_trip() -> None:
     encoded = operation_batch(
-        "42", [("identify", "7", b'{"a":1}'), ("event", "7", b"{}")], SourcePosition("b", 3, 9), 5
+        "42",
+        [("identify", "7", b'{"a":1}'), ("event", "7", b"{}")],
+        SourcePosition("b", 3, 9, timestamp_ms=4),
+        5,
     )
     assert decode_operation_batch(encoded) == {
         "mpid": "42",
@@ -39,6 +42,7 @@ def test_operation_batch_round_trip() -> None:
             {"action": "identify", "person_id": "7", "item": b'{"a":1}'},
             {"action": "event", "person_id": "7", "item": b"{}"},
         ],
+        "source_ms": 4,
     }
 
 

@@ -5,7 +5,9 @@ only transaction markers counts as recovered without faust's two idle polls of 5
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import logging
+from collections.abc import Coroutine, Mapping
+from typing import Any, NoReturn
 
 import pytest
 from faust.tables.recovery import RebalanceAgain
@@ -175,7 +177,67 @@ async def test_no_end_is_signalled_while_nothing_waits_or_an_offset_is_unknown()
 def test_faust_guess_sees_the_position_only_once_everything_fetched_was_applied() -> None:
     # the churn run: 0.6 s into a recovery of 138 records, faust's guess fired while fetched
     # records were still on their way; it would have skipped them as already applied
-    assert position_for_guess(FetchedSpan(0, 138, 137), applied=40, position=138) == 40
-    assert position_for_guess(FetchedSpan(0, 139, 137), applied=137, position=139) == 139
-    assert position_for_guess(FetchedSpan(5, 9, None), applied=4, position=9) == 9
-    assert position_for_guess(None, applied=40, position=138) == 40  # nothing known since a seek
+    assert position_for_guess(FetchedSpan(0, 138, 137), applied=40) == -1
+    assert position_for_guess(FetchedSpan(0, 139, 137), applied=137) == 139
+    assert position_for_guess(FetchedSpan(5, 9, None), applied=4) == 9
+    assert position_for_guess(None, applied=40) == -1  # nothing known since a seek
+    # read from after a gap: what lies between applied and the span was not seen here
+    assert position_for_guess(FetchedSpan(60, 90, 89), applied=40) == -1
+
+
+def test_faust_guess_gets_a_number_for_a_partition_without_an_applied_offset() -> None:
+    # a partition faust still holds a target for but no offset (moved to standby in a
+    # rebalance): a None here raised TypeError in faust's comparison ("Error in recovery")
+    assert position_for_guess(None, applied=None) == -1
+    assert position_for_guess(FetchedSpan(0, 9, 8), applied=None) == -1
+
+
+async def test_faust_guess_runs_through_a_rebalanced_recovery_without_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the chaos runs' "Error in recovery" warnings, in faust's own loop (_slurp_changelogs)
+    # with its 5 s idle polls made instant: one partition fully read, one with records on
+    # their way, one that moved to standby (a target, no offset), and a recovery restarting
+    # meanwhile (it adds a target as soon as the loop gives it a turn)
+    app = create_app(load_settings(forwarding_enabled=False, processing_guarantee="exactly_once"))
+    app.in_worker = True  # faust's guess runs under transactions only
+    recovery = app.tables.recovery
+    assert isinstance(recovery, SafeRecovery)
+    done, behind, moved = (TP("app-users-changelog", p) for p in range(3))
+    recovery.active_highwaters.update({done: 139, behind: 139, moved: 50})
+    recovery.active_offsets.update({done: 137, behind: 40})
+    recovery.fetched_spans.update(
+        {done: FetchedSpan(100, 140, 137), behind: FetchedSpan(0, 140, 138)}
+    )
+    consumer = app.consumer
+    monkeypatch.setattr(consumer, "_is_changelog_tp", lambda tp: tp.topic.endswith("-changelog"))
+
+    async def thread_position(tp: TP) -> int:
+        await asyncio.sleep(0)  # the real one waits for the consumer thread's answer
+        return 140
+
+    monkeypatch.setattr(consumer._thread, "position", thread_position)
+
+    async def restart_recovery() -> None:
+        recovery.active_highwaters[TP("app-users-changelog", 3)] = 7
+
+    restart = asyncio.ensure_future(restart_recovery())
+    idle_polls = 0
+
+    async def idle_poll(waited: Coroutine[Any, Any, Any], timeout: float) -> NoReturn:
+        nonlocal idle_polls
+        waited.close()
+        idle_polls += 1
+        if idle_polls == 3:  # two idle polls make the guess run once; the third ends the loop
+            recovery._stopped.set()
+        raise TimeoutError
+
+    monkeypatch.setattr(asyncio, "wait_for", idle_poll)
+    with caplog.at_level(logging.INFO, logger="faust.tables.recovery"):
+        await recovery._slurp_changelogs(recovery)  # type: ignore[call-arg]  # mode's task wrapper
+    await restart
+
+    assert not [r for r in caplog.records if "Error in recovery" in r.getMessage()]
+    assert recovery.active_offsets[done] == 139  # the guess ran: only markers were left
+    assert recovery.active_offsets[behind] == 40  # records on their way are not skipped
+    assert moved not in recovery.active_offsets

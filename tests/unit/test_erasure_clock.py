@@ -1,0 +1,75 @@
+"""The erasure agent's step clamps a future erasure time and says so; a batch dropped as erased
+leaves one INFO line (agents.ingest.erasure_step / batch_step), never the mpid in clear."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+
+from agents.ingest import batch_step, erasure_step
+from app.records import SourcePosition, now_ms
+from app.settings import load_settings
+from app.wiring import core_options
+
+HOUR_MS = 3_600_000
+
+
+@dataclass
+class Tables:
+    """What the steps read of ``IngestTables``: no state, one erasure marker at most."""
+
+    erased_ms: int | None = None
+
+    def load(self, _mpid: str) -> bytes | None:
+        return None
+
+    def erased_at(self, _key: bytes | None) -> int | None:
+        return self.erased_ms
+
+    def states_of_partition(self, _partition: int, _partitions: int) -> list[Any]:
+        return []
+
+
+@dataclass(frozen=True)
+class Event:
+    key: bytes
+    value: bytes
+
+
+def _at(topic: str, ms: int) -> SourcePosition:
+    return SourcePosition(topic, 0, 5, timestamp_ms=ms)
+
+
+@pytest.mark.parametrize(("ahead_ms", "warned"), [(HOUR_MS, True), (1_000, False)])
+def test_an_erasure_stamped_ahead_is_recorded_at_the_workers_time(
+    caplog: pytest.LogCaptureFixture, ahead_ms: int, warned: bool
+) -> None:
+    step = erasure_step(Tables(), 4)  # type: ignore[arg-type]
+    request = orjson.dumps({"subject_request_type": "erasure", "mpid": 8123})
+    before = now_ms()
+    with caplog.at_level(logging.WARNING, logger="agents.ingest"):
+        result = step(Event(b"8123", request), _at("erasure", before + ahead_ms))
+    assert before <= result.erased["8123"] <= now_ms()
+    warnings = [r for r in caplog.records if getattr(r, "reason", None) == "clock_ahead"]
+    assert len(warnings) == warned
+    assert all("8123" not in r.getMessage() and r.mpid != "8123" for r in warnings)
+
+
+def test_a_batch_dropped_as_erased_leaves_one_info_line(caplog: pytest.LogCaptureFixture) -> None:
+    options = core_options(load_settings(forwarding_enabled=False))
+    batch = orjson.dumps({"mpid": 8123, "user_identities": {"email": "a@b.co"}, "events": []})
+    step = batch_step(Tables(erased_ms=5_000), options)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="agents.ingest"):
+        dropped = step(Event(b"8123", batch), _at("batches", 4_999))
+        kept = step(Event(b"8123", batch), _at("batches", 5_001))
+    assert dropped.counts["batches", "erased"] == 1
+    assert kept.counts["batches", "erased"] == 0
+    lines = [r for r in caplog.records if getattr(r, "reason", None) == "erased"]
+    assert len(lines) == 1
+    assert "5000" in lines[0].getMessage()
+    assert "4999" in lines[0].getMessage()
+    assert lines[0].mpid != "8123"
