@@ -38,7 +38,7 @@ from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 
 from app import metrics
 from app.changelog import changelog_configs
-from app.core.erasure import CLOCK_AHEAD_WARN_MS
+from app.core.erasure import CLOCK_AHEAD_TOLERANCE_MS
 from app.core.pipeline import (
     IngestResult,
     bound_rekeyed,
@@ -183,8 +183,9 @@ def audience_step(tables: IngestTables, options: CoreOptions) -> Step:
 def erasure_step(tables: IngestTables, partitions: int) -> Step:
     """The pure step of ``mparticle-erasure`` records. An erasure whose Kafka time is ahead of
     the worker's clock is recorded at the worker's time
-    (:func:`~app.core.erasure.erasure_time`); ahead by more than
-    :data:`~app.core.erasure.CLOCK_AHEAD_WARN_MS` is logged (WARNING, masked mpid)."""
+    (:func:`~app.core.erasure.erasure_time`) is recorded at most
+    :data:`~app.core.erasure.CLOCK_AHEAD_TOLERANCE_MS` ahead of it, and such a clamp is logged
+    (WARNING, masked mpid)."""
 
     def step(event: Any, position: SourcePosition) -> IngestResult:
         result = process_erasure_record(
@@ -196,12 +197,13 @@ def erasure_step(tables: IngestTables, partitions: int) -> Step:
             scan_states=lambda: tables.states_of_partition(position.partition, partitions),
         )
         for mpid, erased_ms in result.erased.items():
-            ahead_ms = (position.timestamp_ms or erased_ms) - erased_ms
-            if ahead_ms > CLOCK_AHEAD_WARN_MS:
+            stamped = position.timestamp_ms
+            if stamped is not None and erased_ms < stamped:  # clamped: the source is ahead
                 log.warning(
-                    "erasure stamped %.1f s ahead of this worker's clock: recorded at the "
-                    "worker's time (check the erasure source's clock)",
-                    ahead_ms / 1000,
+                    "erasure stamped %.1f s ahead of this worker's clock: recorded %.0f s ahead "
+                    "of it (check the erasure source's clock)",
+                    (stamped - erased_ms + CLOCK_AHEAD_TOLERANCE_MS) / 1000,
+                    CLOCK_AHEAD_TOLERANCE_MS / 1000,
                     extra={**_where(position), "mpid": mask_mpid(mpid), "reason": "clock_ahead"},
                 )
         return result

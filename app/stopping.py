@@ -8,11 +8,12 @@ the worker with -15.
 
 - **Start-up** (:func:`install_startup_handlers`, until faust's worker installs its own):
   nothing has been consumed yet, so nothing is to flush or commit. The first SIGTERM/SIGINT
-  writes one line to stderr, arms the stop deadline and raises :class:`StoppedDuringStartup`,
-  a ``SystemExit`` with code 0 (the exit code of a graceful stop): it unwinds what runs, its
-  ``finally`` blocks included (clients close, faust stops what it started). Later signals are
-  ignored; the deadline bounds the unwinding. The clean-stop marker is not written after such
-  a stop (:func:`app.worker.run_worker`): the next start rebuilds the local store.
+  writes one line to stderr and ends the process at once with exit code 0 (the exit code of a
+  graceful stop), through ``os._exit``: unwinding with an exception instead could land in the
+  middle of a C extension's import or set-up and crash the interpreter (SIGSEGV seen in CI).
+  What such a stop leaves is what a kill leaves, which start-up handles anyway: the local table
+  store has no clean-stop marker (the next start rebuilds it), the data directory's lock goes
+  with the process, a Kafka client just disappears before it joined a group.
 - **Running**: faust's worker replaces these handlers with its own on its event loop;
   :class:`app.worker.ForwarderWorker` arms the same deadline and stops gracefully.
 
@@ -42,14 +43,6 @@ EXIT_STOPPED = 0  # a stop asked for by a signal is a graceful one, as faust's
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class StoppedDuringStartup(SystemExit):
-    """A SIGTERM/SIGINT arrived before faust's handlers took over (exit code 0)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(EXIT_STOPPED)
-        self.signum = signum
-
-
 def is_worker_command(argv: Sequence[str]) -> bool:
     """True for the command line of ``mpcio worker`` (``argv`` as :data:`sys.argv`: the
     program, then the command; ``mpcio`` has no option before a command but ``--version``)."""
@@ -64,13 +57,10 @@ def install_startup_handlers() -> None:
 
 
 def _stop_starting(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
-    for other in STOP_SIGNALS:
-        signal.signal(other, signal.SIG_IGN)  # the stop is under way; the deadline bounds it
     name = signal.Signals(signum).name
     # os.write, not print: a handler may run while the main thread is inside a print
-    os.write(2, f"mpcio: {name} during start-up; stopping (nothing consumed yet)\n".encode())
-    arm_stop_deadline()
-    raise StoppedDuringStartup(signum)
+    os.write(2, f"mpcio: {name} during start-up; stopped (nothing consumed yet)\n".encode())
+    os._exit(EXIT_STOPPED)
 
 
 _deadline: threading.Timer | None = None

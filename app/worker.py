@@ -38,7 +38,7 @@ from app.logs import configure_logging
 from app.restore import prepare_tables
 from app.sensors import setup_faust_metrics
 from app.settings import Settings
-from app.stopping import StoppedDuringStartup, arm_stop_deadline
+from app.stopping import arm_stop_deadline
 from app.topics import changelog_topics, topics_for
 from app.transactions_check import check_transactions
 from app.web import attach_web
@@ -140,9 +140,7 @@ def run_worker(settings: Settings) -> None:
     try:
         worker.execute_from_commandline()
     except SystemExit as exit_:
-        # stopped before faust's handlers took over: its start was cut short anywhere, so the
-        # store is not vouched for (the next start rebuilds it)
-        if persistent and not isinstance(exit_, StoppedDuringStartup):
+        if persistent:
             code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
             mark_clean(tabledir, tracked_writes(app), code)
         raise

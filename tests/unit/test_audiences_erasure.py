@@ -9,7 +9,13 @@ import pytest
 
 from app.core.audiences import AudienceChange, apply_membership, parse_audience_record
 from app.core.avro import codec
-from app.core.erasure import ErasureRequest, erasure_time, parse_erasure_record, plan_erasure
+from app.core.erasure import (
+    CLOCK_AHEAD_TOLERANCE_MS,
+    ErasureRequest,
+    erasure_time,
+    parse_erasure_record,
+    plan_erasure,
+)
 from app.core.options import CoreOptions
 from app.core.pipeline import (
     process_audience_record,
@@ -298,12 +304,16 @@ NOW_MS = 1_764_400_000_000
     [
         (NOW_MS - 5_000, NOW_MS - 5_000),  # stamped before it reached the worker: kept
         (NOW_MS, NOW_MS),
-        (NOW_MS + 1, NOW_MS),  # ahead of the worker's clock: the worker's time
-        (NOW_MS + HOUR_MS, NOW_MS),  # an hour ahead would have dropped an hour of batches
+        # a little ahead (normal skew; its batches share the clock): kept, or a batch stamped
+        # between the worker's clock and the erasure, sent before it, would pass
+        (NOW_MS + 400, NOW_MS + 400),
+        (NOW_MS + 5_000, NOW_MS + 5_000),
+        (NOW_MS + 5_001, NOW_MS + 5_000),  # beyond the tolerance: clamped
+        (NOW_MS + HOUR_MS, NOW_MS + 5_000),  # an hour ahead would have dropped an hour
         (None, NOW_MS),  # no timestamp: when the worker applied it
     ],
 )
-def test_erasure_time_is_never_later_than_the_workers_clock(
+def test_erasure_time_is_at_most_the_tolerance_ahead_of_the_workers_clock(
     record_ms: int | None, recorded_ms: int
 ) -> None:
     assert erasure_time(record_ms, NOW_MS) == recorded_ms
@@ -314,10 +324,16 @@ def test_an_erasure_stamped_in_the_future_does_not_drop_the_users_next_batches()
     result = process_erasure_record(
         b"7", erasure, SOURCE, {}.get, record_ms=NOW_MS + HOUR_MS, clock=lambda: NOW_MS
     )
-    assert result.erased == {"7": NOW_MS}
+    assert result.erased == {"7": NOW_MS + CLOCK_AHEAD_TOLERANCE_MS}
     batch = orjson.dumps({"mpid": 7, "user_identities": {"email": "a@b.co"}, "events": []})
     after = process_batch_record(
-        b"7", batch, SOURCE, {}.get, _settings(), erased_at_ms=NOW_MS, record_ms=NOW_MS + 1_000
+        b"7",
+        batch,
+        SOURCE,
+        {}.get,
+        _settings(),
+        erased_at_ms=NOW_MS + CLOCK_AHEAD_TOLERANCE_MS,
+        record_ms=NOW_MS + CLOCK_AHEAD_TOLERANCE_MS + 1,
     )
     assert after.counts["batches", "erased"] == 0
     assert "7" in after.states

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from agents.ingest import batch_step, erasure_step
+from app.core.erasure import CLOCK_AHEAD_TOLERANCE_MS as TOLERANCE
 from app.records import SourcePosition, now_ms
 from app.settings import load_settings
 from app.wiring import core_options
@@ -45,7 +46,7 @@ def _at(topic: str, ms: int) -> SourcePosition:
 
 
 @pytest.mark.parametrize(("ahead_ms", "warned"), [(HOUR_MS, True), (1_000, False)])
-def test_an_erasure_stamped_ahead_is_recorded_at_the_workers_time(
+def test_an_erasure_stamped_far_ahead_is_clamped_and_said(
     caplog: pytest.LogCaptureFixture, ahead_ms: int, warned: bool
 ) -> None:
     step = erasure_step(Tables(), 4)  # type: ignore[arg-type]
@@ -53,7 +54,10 @@ def test_an_erasure_stamped_ahead_is_recorded_at_the_workers_time(
     before = now_ms()
     with caplog.at_level(logging.WARNING, logger="agents.ingest"):
         result = step(Event(b"8123", request), _at("erasure", before + ahead_ms))
-    assert before <= result.erased["8123"] <= now_ms()
+    if warned:  # clamped to the tolerance ahead of the worker's clock
+        assert before + TOLERANCE <= result.erased["8123"] <= now_ms() + TOLERANCE
+    else:  # normal skew: the erasure's own time (its source's batches share that clock)
+        assert result.erased["8123"] == before + ahead_ms
     warnings = [r for r in caplog.records if getattr(r, "reason", None) == "clock_ahead"]
     assert len(warnings) == warned
     assert all("8123" not in r.getMessage() and r.mpid != "8123" for r in warnings)
