@@ -281,6 +281,9 @@ async def test_second_worker_joins_and_leaves(
         web_port=str(free_port()),
         **_rocksdb(deployment, "second"),
     )
+    # joined (its recovery done) before the rest arrives: on a busy machine it could still be
+    # starting when the stop below comes (a fresh-clone CI run), leaving one worker
+    await wait_for(lambda: "Worker ready" in second.output(), 180, "the second worker's join")
     await produce_workload(deployment, workload.sends[half:])
     await _until_delivered(emulator, expected * 2 // 3, [first, second])
     assert await second.stop() < 30  # leaves: its partitions (and state) move back
