@@ -121,6 +121,15 @@ async def _topic_settings(bootstrap: str, topic: str) -> tuple[int, str]:
         await admin.close()
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "known product bug, open (README Limits, 'A partition leader killed during erasures'): "
+        "on a quiet machine this scenario failed 2 of 4 runs on main and 2 of 3 on the code of "
+        "the session's start (f17bd30): erased people recreated with events sent before their "
+        "erasure, and a reborn user's later events lost; it passed in every busy CI run before"
+    ),
+)
 async def test_leader_of_operations_killed_mid_stream(
     cluster: LocalKafkaCluster,
     names: Names,
