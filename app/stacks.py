@@ -1,6 +1,6 @@
 """Where a process waits: every thread's stack and every asyncio task's chain of awaits.
 
-Written when a graceful stop overruns its deadline (:func:`app.stopping.arm_stop_deadline`),
+Written when a graceful stop overruns its deadline (:func:`app.worker.arm_stop_deadline`),
 just before the process exits: a worker that hangs inside a record (seen once in CI: faust's
 "Wait for streams..." never ended, with nothing in the log to say what the agent awaited)
 then leaves the code location of each wait in its log.

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +41,16 @@ from app.logs import configure_logging
 from app.restore import prepare_tables
 from app.sensors import setup_faust_metrics
 from app.settings import Settings
-from app.stopping import arm_stop_deadline
+from app.stacks import report_now
 from app.topics import changelog_topics, topics_for
 from app.transactions_check import check_transactions
 from app.web import attach_web
 
 log = logging.getLogger(__name__)
+
+# Kubernetes' default grace period is 30 s; stop well inside it, logs flushed.
+STOP_DEADLINE_SECONDS = 25.0
+EXIT_STOP_DEADLINE = 1
 
 
 class ForwarderWorker(Worker):
@@ -63,6 +70,40 @@ class ForwarderWorker(Worker):
     def _on_sigint(self) -> None:
         arm_stop_deadline()
         super()._on_sigint()
+
+
+_deadline: threading.Timer | None = None
+
+
+def arm_stop_deadline(seconds: float = STOP_DEADLINE_SECONDS) -> None:
+    """Exit the process ``seconds`` from now unless it has exited by then (first call only).
+
+    A thread, not a task: it must fire even when the event loop is stuck in a blocking call."""
+    global _deadline  # noqa: PLW0603 - one deadline per process
+    if _deadline is not None:
+        return
+    loop = _running_loop()
+
+    def expire() -> None:
+        # where it waited (code locations only): a stop that hangs names its cause in the log
+        sys.stderr.write(
+            f"mpcio: graceful stop exceeded {seconds:.0f} s; exiting now (uncommitted work "
+            "is redone on the next start); where it waited:\n" + report_now(loop)
+        )
+        sys.stderr.flush()
+        os._exit(EXIT_STOP_DEADLINE)
+
+    _deadline = threading.Timer(seconds, expire)
+    _deadline.daemon = True
+    _deadline.start()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running this call (faust's signal handlers run on it), or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def build_worker_app(settings: Settings) -> faust.App:
