@@ -112,11 +112,18 @@ async def _topic_settings(bootstrap: str, topic: str) -> tuple[int, str]:
             if described["partitions"]:
                 break
             await asyncio.sleep(0.2)
-        (configs,) = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"min.insync.replicas": None})]
+        # and a broker that has not learnt of it yet answers its configs with an error and none
+        wanted = ConfigResource(
+            ConfigResourceType.TOPIC, topic, configs={"min.insync.replicas": None}
         )
-        entries = {entry[0]: entry[1] for entry in configs.resources[0][4]}
-        return len(described["partitions"][0]["replicas"]), entries["min.insync.replicas"]
+        entries: dict[str, str] = {}
+        for _ in range(300):  # up to ~60 s
+            (configs,) = await admin.describe_configs([wanted])
+            entries = {entry[0]: entry[1] for entry in configs.resources[0][4]}
+            if "min.insync.replicas" in entries:
+                break
+            await asyncio.sleep(0.2)
+        return len(described["partitions"][0]["replicas"]), entries.get("min.insync.replicas", "?")
     finally:
         await admin.close()
 
