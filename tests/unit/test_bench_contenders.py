@@ -16,6 +16,7 @@ from app.records import SourcePosition
 from bench.ceiling.faust_worker import EVENTS, pass_through
 from bench.ceiling.workload import ingest
 from bench.e2e.__main__ import step_figures
+from bench.e2e.profile import compare_profiles, inclusive_shares
 from bench.e2e.ratios import Ratio, format_ratios, ratios
 from bench.e2e.raweos import transact
 from bench.e2e.workload import Shape, generate
@@ -210,3 +211,21 @@ def test_step_figures_per_record_and_share_or_nothing(tmp_path: Path) -> None:
 
     assert figures["step_us_per_record"] == 300.0
     assert figures["step_share_of_process"] == 0.4
+
+
+def test_compare_profiles_ranks_functions_by_their_cpu_difference(tmp_path: Path) -> None:
+    floor, pipeline = tmp_path / "floor.txt", tmp_path / "pipeline.txt"
+    floor.write_text("loop (asyncio/base.py:1);send (aiokafka/p.py:2) 10\n")
+    pipeline.write_text(
+        "loop (asyncio/base.py:1);send (aiokafka/p.py:2) 5\n"
+        "loop (asyncio/base.py:1);step (agents/ingest.py:3);step (agents/ingest.py:3) 5\n"
+    )
+
+    assert inclusive_shares(pipeline) == {
+        "loop (asyncio/base.py)": 1.0,
+        "send (aiokafka/p.py)": 0.5,
+        "step (agents/ingest.py)": 0.5,  # recursion counted once per sample
+    }
+    lines = compare_profiles((floor, 0.1), (pipeline, 0.3), top=2).splitlines()
+    assert "+0.2000  loop (asyncio/base.py)" in lines[2]
+    assert "+0.1500  step (agents/ingest.py)" in lines[3]
