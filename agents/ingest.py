@@ -148,7 +148,7 @@ def declare_tables(app: faust.App, settings: Settings) -> IngestTables:
 
 def batch_step(tables: IngestTables, options: CoreOptions) -> Step:
     """The pure step of ``mparticle-batches`` records; a record dropped because its user was
-    erased after it is logged (INFO, masked mpid, both times)."""
+    erased after it is logged (:func:`_log_erased_drop`)."""
 
     def step(event: Any, position: SourcePosition) -> IngestResult:
         erased_ms = tables.erased_at(event.key)
@@ -162,21 +162,44 @@ def batch_step(tables: IngestTables, options: CoreOptions) -> Step:
             record_ms=position.timestamp_ms,
         )
         if result.counts["batches", "erased"]:
-            log.info(
-                "batch dropped: its user was erased at %s ms, the batch's Kafka time is %s ms",
-                erased_ms,
-                position.timestamp_ms,
-                extra={**_where(position), "mpid": mask_mpid(event.key), "reason": "erased"},
-            )
+            _log_erased_drop("batch", erased_ms, event.key, position)
         return result
 
     return step
 
 
 def audience_step(tables: IngestTables, options: CoreOptions) -> Step:
-    """The pure step of ``mparticle-audiences`` records."""
-    return lambda event, position: process_audience_record(
-        event.key, event.value, position, tables.load, options
+    """The pure step of ``mparticle-audiences`` records; an update dropped because its user
+    was erased after it is logged (:func:`_log_erased_drop`)."""
+
+    def step(event: Any, position: SourcePosition) -> IngestResult:
+        erased_ms = tables.erased_at(event.key)
+        result = process_audience_record(
+            event.key,
+            event.value,
+            position,
+            tables.load,
+            options,
+            erased_at_ms=erased_ms,
+            record_ms=position.timestamp_ms,
+        )
+        if result.counts["audience_updates", "erased"]:
+            _log_erased_drop("audience update", erased_ms, event.key, position)
+        return result
+
+    return step
+
+
+def _log_erased_drop(
+    what: str, erased_ms: int | None, key: bytes | None, position: SourcePosition
+) -> None:
+    """One INFO line (masked mpid, both Kafka times) for a record dropped as erased."""
+    log.info(
+        "%s dropped: its user was erased at %s ms, the record's Kafka time is %s ms",
+        what,
+        erased_ms,
+        position.timestamp_ms,
+        extra={**_where(position), "mpid": mask_mpid(key), "reason": "erased"},
     )
 
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 BATCHES = Counter(
     "mpcio_batches_total",
     "mParticle batches read, by outcome (forwarded, skipped_no_email, environment_filtered, "
-    "person_id_invalid, rerouted, rejected).",
+    "person_id_invalid, rerouted, rejected, erased).",
     ["outcome"],
 )
 EVENTS = Counter(
@@ -32,7 +32,7 @@ EVENTS = Counter(
 AUDIENCE_UPDATES = Counter(
     "mpcio_audience_updates_total",
     "Audience membership updates read, by outcome (forwarded, skipped_no_email, rekeyed, "
-    "rejected, ...).",
+    "rejected, erased, ...).",
     ["outcome"],
 )
 ERASURES = Counter(

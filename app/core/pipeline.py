@@ -183,7 +183,7 @@ def process_batch_record(
     """
 
     def admit(result: IngestResult, mine: list[Batch]) -> bool:
-        if erased_at_ms is not None and (record_ms is None or record_ms <= erased_at_ms):
+        if reached_kafka_before_erasure(record_ms, erased_at_ms):
             result.counts["batches", "erased"] += len(mine)
             return False
         for batch in mine:
@@ -200,6 +200,14 @@ def process_batch_record(
     )
 
 
+def reached_kafka_before_erasure(record_ms: int | None, erased_at_ms: int | None) -> bool:
+    """True when a user's record (Kafka time ``record_ms``; None: unknown) must be dropped
+    because its user was erased at ``erased_at_ms`` (None: never) no earlier than the record
+    reached Kafka: it was sent before the erasure and read after it, and would bring the
+    erased person back (README "Audiences and erasure")."""
+    return erased_at_ms is not None and (record_ms is None or record_ms <= erased_at_ms)
+
+
 def process_audience_record(
     key: bytes | None,
     value: bytes | None,
@@ -207,13 +215,25 @@ def process_audience_record(
     load_state: Callable[[str], bytes | None],
     options: CoreOptions,
     *,
+    erased_at_ms: int | None = None,
+    record_ms: int | None = None,
     clock: Callable[[], int] = now_ms,
 ) -> IngestResult:
     """Fold membership changes into the state and identify the new membership (SPEC §4).
 
     A user without an email keeps the membership in state; it is sent with the first identify
     once an email is known. Records for another mpid than the key are returned in
-    ``rekeyed`` (for the re-key topic)."""
+    ``rekeyed`` (for the re-key topic). Like a batch, an update that reached Kafka before its
+    user's erasure (``erased_at_ms``, ``record_ms``: :func:`reached_kafka_before_erasure`) is
+    dropped and counted as ``erased``: it carries the user's email and attributes, and would
+    recreate the erased person."""
+
+    def admit(result: IngestResult, mine: list[MembershipUpdate]) -> bool:
+        if reached_kafka_before_erasure(record_ms, erased_at_ms):
+            result.counts["audience_updates", "erased"] += len(mine)
+            return False
+        return True
+
     return _process_user_record(
         _UserRecord(
             key,
@@ -227,6 +247,7 @@ def process_audience_record(
         lambda update, state: transform_membership(update, state, options),
         load_state,
         clock,
+        admit=admit,
     )
 
 

@@ -255,6 +255,26 @@ def test_erasure_purges_state_and_blocks_older_batches() -> None:
     assert _items(after)[0]["action"] == "identify"  # a new user from scratch
 
 
+def test_audience_update_sent_before_the_erasure_is_dropped() -> None:
+    """An audience update carries the user's email: read after the erasure although it reached
+    Kafka before it, it would recreate the erased person (as a batch would)."""
+    update = _membership(7, (1, "Gold", "add"))
+    before = process_audience_record(
+        b"7", update, SOURCE, {}.get, _settings(), erased_at_ms=5000, record_ms=5000
+    )
+    assert (before.operations, before.states) == (None, {})
+    assert before.counts["audience_updates", "erased"] == 1
+    after = process_audience_record(
+        b"7", update, SOURCE, {}.get, _settings(), erased_at_ms=5000, record_ms=5001
+    )
+    assert after.counts["audience_updates", "erased"] == 0
+    assert _items(after)[0]["action"] == "identify"  # sent after the erasure: a new user
+    unknown = process_audience_record(
+        b"7", update, SOURCE, {}.get, _settings(), erased_at_ms=5000, record_ms=None
+    )
+    assert unknown.counts["audience_updates", "erased"] == 1  # no time: not after it
+
+
 def test_erasure_read_before_the_users_batches_still_blocks_them() -> None:
     """An mpid-only erasure read before any of the user's batches (they are on another topic,
     read in no set order with it): nothing to delete yet, but the marker is set, so the

@@ -1,5 +1,6 @@
-"""The erasure agent's step clamps a future erasure time and says so; a batch dropped as erased
-leaves one INFO line (agents.ingest.erasure_step / batch_step), never the mpid in clear."""
+"""The erasure agent's step clamps a future erasure time and says so; a batch or an audience
+update dropped as erased leaves one INFO line (agents.ingest.erasure_step / batch_step /
+audience_step), never the mpid in clear."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.ingest import batch_step, erasure_step
+from agents.ingest import audience_step, batch_step, erasure_step
 from app.core.erasure import CLOCK_AHEAD_TOLERANCE_MS as TOLERANCE
 from app.records import SourcePosition, now_ms
 from app.settings import load_settings
@@ -63,15 +64,38 @@ def test_an_erasure_stamped_far_ahead_is_clamped_and_said(
     assert all("8123" not in r.getMessage() and r.mpid != "8123" for r in warnings)
 
 
-def test_a_batch_dropped_as_erased_leaves_one_info_line(caplog: pytest.LogCaptureFixture) -> None:
+BATCH = {"mpid": 8123, "user_identities": {"email": "a@b.co"}, "events": []}
+MEMBERSHIP = {
+    "mpid": 8123,
+    "user_identities": [{"type": "email", "value": "a@b.co"}],
+    "audiences": [{"audience_id": 1, "audience_name": "Gold", "action": "add"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("make_step", "topic", "value", "counter"),
+    [
+        (batch_step, "batches", BATCH, "batches"),
+        (audience_step, "audiences", MEMBERSHIP, "audience_updates"),
+    ],
+)
+def test_a_record_dropped_as_erased_leaves_one_info_line(
+    caplog: pytest.LogCaptureFixture,
+    make_step: Any,
+    topic: str,
+    value: dict[str, Any],
+    counter: str,
+) -> None:
     options = core_options(load_settings(forwarding_enabled=False))
-    batch = orjson.dumps({"mpid": 8123, "user_identities": {"email": "a@b.co"}, "events": []})
-    step = batch_step(Tables(erased_ms=5_000), options)  # type: ignore[arg-type]
+    step = make_step(Tables(erased_ms=5_000), options)
     with caplog.at_level(logging.INFO, logger="agents.ingest"):
-        dropped = step(Event(b"8123", batch), _at("batches", 4_999))
-        kept = step(Event(b"8123", batch), _at("batches", 5_001))
-    assert dropped.counts["batches", "erased"] == 1
-    assert kept.counts["batches", "erased"] == 0
+        dropped = step(Event(b"8123", orjson.dumps(value)), _at(topic, 4_999))
+        kept = step(Event(b"8123", orjson.dumps(value)), _at(topic, 5_001))
+    assert dropped.counts[counter, "erased"] == 1
+    assert dropped.operations is None
+    assert not dropped.states
+    assert kept.counts[counter, "erased"] == 0
+    assert kept.states  # a new user from scratch
     lines = [r for r in caplog.records if getattr(r, "reason", None) == "erased"]
     assert len(lines) == 1
     assert "5000" in lines[0].getMessage()
