@@ -181,23 +181,6 @@ def _acknowledged_offset(sent: Awaitable[Any] | None) -> int | None:
     return offset
 
 
-def stored(table: StoredTable, key: bytes) -> bytes | None:
-    """The committed value of ``key`` in the table's store (raw bytes), or None.
-
-    faust's RocksDB store is read through its ``_get`` (the database of the partition of the
-    record being processed, faust's ``current_event()``, else every open database): that is
-    what its ``get`` does after passing key and value through the app's serializer registry
-    and raising ``KeyError`` for a miss, which for raw bytes changes nothing and cost about
-    3 µs per read (two reads per ingested record, bench.e2e round 6 in ARCHITECTURE.md §5).
-    The memory store (and test fakes) is read as the mapping it is."""
-    store = table.data
-    if getattr(store, "_db_for_partition", None) is None:
-        value: bytes | None = store.get(key)
-        return value
-    raw: bytes | None = store._get(key)  # faust 0.15.3's store, as _store writes it
-    return raw
-
-
 def _store(table: StoredTable, key: bytes, value: bytes | None, partition: int) -> None:
     """Write ``key`` into ``partition`` of the table's store (``None``: delete it)."""
     store = table.data

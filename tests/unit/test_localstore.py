@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import weakref
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-import faust.streams as faust_streams
 from faust.types import TP
 
-from app.localstore import (
-    MARKER,
-    PendingWrites,
-    UncommittedWrites,
-    mark_clean,
-    open_store,
-    stored,
-)
+from app.localstore import MARKER, PendingWrites, UncommittedWrites, mark_clean, open_store
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -199,43 +190,3 @@ def test_a_commit_writes_the_partitions_own_database_without_an_event() -> None:
     writes.committed(3)
     assert store.databases == {3: {}}
     assert store._key_index == {}
-
-
-class _Event:
-    """The record a faust agent is processing (faust keeps a weak reference to it)."""
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
-
-
-def test_stored_reads_faust_rocksdb_store_raw_as_its_get_does(tmp_path: Path) -> None:
-    from agents.ingest import declare_tables  # noqa: PLC0415 - faust's import is slow
-    from app.faust_app import create_app  # noqa: PLC0415
-    from app.settings import load_settings  # noqa: PLC0415
-
-    settings = load_settings(
-        forwarding_enabled=False, store="rocksdb://", data_dir=str(tmp_path), topic_partitions=4
-    )
-    tables = declare_tables(create_app(settings, web_enabled=False), settings)
-    writes = UncommittedWrites(hold=True)
-    writes.put(2, tables.users, b"7", b"\x00state")
-    writes.committed(2)
-
-    # no event being processed (faust then looks the key up in every open database)
-    assert stored(tables.users, b"7") == b"\x00state" == tables.users.data.get(b"7")
-    assert stored(tables.users, b"8") is None
-    assert stored(tables.erasures, b"7") is None
-    event = _Event(SimpleNamespace(partition=2))
-    token = faust_streams._current_event.set(weakref.ref(event))  # type: ignore[arg-type]
-    try:  # in an agent: the database of the event's partition
-        assert stored(tables.users, b"7") == b"\x00state"
-        assert stored(tables.users, b"8") is None
-    finally:
-        faust_streams._current_event.reset(token)
-
-
-def test_stored_reads_a_mapping_store_as_a_mapping() -> None:
-    users = _Table("users")
-    users.data[b"7"] = b"state"
-    assert stored(users, b"7") == b"state"
-    assert stored(users, b"8") is None
