@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]+)(?::(?P<line>\d+))?\)$")
@@ -59,19 +60,23 @@ def _ours(path: str) -> bool:
     return package_of(path).startswith("ours")
 
 
+def _stacks(path: Path) -> Iterator[tuple[list[str], int]]:
+    """``(frames root first, sample count)`` of each line of a raw (collapsed) profile."""
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack.split(";"), int(count_text)
+
+
 def inclusive_shares(path: Path) -> dict[str, float]:
     """Each function's inclusive share of a raw profile's samples (``func (file)``, any package;
     a function counted once per sample however deep it recurses). Empty for an empty profile."""
     inclusive: Counter[str] = Counter()
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for frames, count in _stacks(path):
         total += count
         names = set()
-        for frame in stack.split(";"):
+        for frame in frames:
             if frame.startswith(("process ", "thread ")):
                 continue
             func, file = _parse(frame)
@@ -116,12 +121,7 @@ def summarise_profile(path: Path, top: int = 15) -> str:
     leaves: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = stack.split(";")
+    for frames, count in _stacks(path):
         total += count
         thread = next((f for f in frames if f.startswith("thread ")), "thread ?")
         threads[
