@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from app.dev.emulator.faults import parse_faults
 from tests.integration import workload
@@ -18,6 +19,7 @@ from tests.integration.support import (
     produce,
     record_applied,
     wait_for,
+    worker_metrics,
 )
 
 if TYPE_CHECKING:
@@ -387,4 +389,50 @@ async def test_an_unanswered_request_applied_late_does_not_undo_an_erasure(
     )
     assert store.find(("id", "c51")) is None
     assert store.find(("email", "late@example.com")) is None
+    worker.assert_running()
+
+
+async def test_an_audience_update_sent_before_the_erasure_and_read_after_it_is_dropped(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    """The audiences and erasure topics are read in no set order: an update that reached Kafka
+    before its user's erasure but is read after it carries the user's email, and must not
+    recreate the erased person; one sent after the erasure starts a new person."""
+    kafka, topics = deployment.kafka.bootstrap, deployment.topics
+    await produce(kafka, topics.batches.name, [_batch(9, "nine@example.com", "Signed Up", T)])
+    worker = deployment.start_worker()
+    await wait_for(lambda: emulator.state.store.find(("id", "c9")) is not None, 120, "person c9")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all")
+    await producer.start()
+    try:
+        erasure = {"subject_request_type": "erasure", "mpid": 9}
+        sent = await producer.send_and_wait(topics.erasure.name, orjson.dumps(erasure), key=b"9")
+        await wait_for(lambda: emulator.state.store.find(("id", "c9")) is None, 120, "c9 gone")
+
+        def update(mpid: int, audience: int) -> bytes:
+            identities = [
+                {"type": "email", "value": f"u{mpid}@example.com"},
+                {"type": "customer_id", "value": f"c{mpid}"},
+            ]
+            changes = [{"audience_id": audience, "audience_name": "A", "action": "add"}]
+            return orjson.dumps({"mpid": mpid, "user_identities": identities, "audiences": changes})
+
+        # stamped a second before the erasure, as if it had waited on the audiences topic
+        await producer.send_and_wait(
+            topics.audiences.name, update(9, 1), key=b"9", timestamp_ms=sent.timestamp - 1000
+        )
+        await producer.send_and_wait(topics.audiences.name, update(9, 2), key=b"9")
+    finally:
+        await producer.stop()
+
+    # the update sent after the erasure is a new person: once it is there, the older one
+    # (same partition, read before it) has been decided
+    await wait_for(
+        lambda: emulator.state.store.find(("id", "c9")) is not None, 120, "the new person c9"
+    )
+    person = await _person(emulator, "c9")
+    assert person is not None
+    assert person["attributes"]["SegmentMembership"] == "'2'"  # audience 1's update dropped
+    metrics = await worker_metrics(worker.env["MPCIO_WEB_PORT"])
+    assert metrics["mpcio_audience_updates_total", frozenset({("outcome", "erased")})] == 1
     worker.assert_running()
