@@ -154,6 +154,7 @@ class Options:
     keep_logs: bool
     workers: int = 1
     baseline: Path | None = None
+    profiled: tuple[str, ...] = ("ours",)
 
 
 @dataclass
@@ -322,7 +323,11 @@ class Bench:
             if contender == RAW_EOS:
                 module = ["bench.e2e.raweos"]
                 env["BENCH_CONFIG"] = json.dumps(
-                    {"source": source, "changelog": f"{tag}-changelog"}
+                    {
+                        "source": source,
+                        "changelog": f"{tag}-changelog",
+                        "result_file": str(self.workdir / f"{name}.result.json"),
+                    }
                 )
             return procs.spawn(
                 [sys.executable, "-m", *module], log=log, env=env, cwd=self.workdir / tag
@@ -501,7 +506,7 @@ class Bench:
                 on_first = None
                 if (
                     self.options.profile
-                    and contender == "ours"
+                    and contender in self.options.profiled
                     and phase == "throughput"
                     and run == 1
                 ):
@@ -531,6 +536,7 @@ class Bench:
             if spy is not None:
                 await asyncio.to_thread(spy.wait, 60)
                 row["profile"] = str(self.profiles / f"{tag}.txt")
+            row.update(step_figures(self.workdir / f"{tag}.result.json"))
         row.update(
             status=outcome.status,
             target=target,
@@ -1034,7 +1040,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="?",
         const="raw",
         choices=["raw", "speedscope", "flamegraph"],
-        help="py-spy record ours' worker in throughput run 1 (raw: also print a summary)",
+        help="py-spy record the worker of each --profiled contender in throughput run 1 "
+        "(raw: also print a summary)",
+    )
+    run.add_argument(
+        "--profiled",
+        default="ours",
+        help="the contenders --profile records (comma-separated), e.g. floor,floor-pipeline",
     )
     run.add_argument(
         "--baseline",
@@ -1065,6 +1077,9 @@ def options_from(args: argparse.Namespace) -> Options:
         p for p in phases if p not in PHASES
     ]:
         raise SystemExit(f"unknown contenders/phases: {unknown}")
+    profiled = tuple(c for c in args.profiled.split(",") if c)
+    if unknown := [c for c in profiled if c not in CONTENDERS]:
+        raise SystemExit(f"unknown --profiled contenders: {unknown}")
     if args.baseline is None and BASELINE.intersection(contenders):
         raise SystemExit("contenders base / base-alo / base-ceiling need --baseline DIR")
     return Options(
@@ -1093,6 +1108,7 @@ def options_from(args: argparse.Namespace) -> Options:
         keep_logs=args.keep_logs,
         workers=args.workers,
         baseline=args.baseline,
+        profiled=profiled,
     )
 
 
@@ -1156,6 +1172,26 @@ def paced_rate_for(rows: list[dict[str, Any]], contender: str, options: Options)
     return options.paced_rate
 
 
+def step_figures(path: Path) -> dict[str, Any]:
+    """The per-record step's CPU from a worker's result file (:mod:`bench.stepclock`: the
+    faust contenders' and raw-eos'), as row fields; nothing when the file is missing (ours,
+    the forwarder, a run that ended early) or has no timed step. ``step_us_per_record``: main
+    thread CPU inside the step per record; ``step_share_of_process``: the step's CPU over the
+    whole process's between the first and the last record (all threads)."""
+    try:
+        figures = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    steps, process = figures.get("steps", 0), figures.get("process_cpu_seconds", 0)
+    if not steps or not process:
+        return {}
+    return {
+        "stepclock": figures,
+        "step_us_per_record": round(figures["step_cpu_seconds"] / steps * 1e6, 1),
+        "step_share_of_process": round(figures["step_cpu_seconds"] / process, 3),
+    }
+
+
 def describe(row: dict[str, Any]) -> str:
     if "error" in row:
         return "ERROR " + str(row["error"])[:400]
@@ -1169,6 +1205,11 @@ def describe(row: dict[str, Any]) -> str:
     if "requests_per_1000_events" in row:
         parts.append(f"{row['requests_per_1000_events']:.1f} req/1k ev")
     parts.append(f"{row['cpu_s_per_1000_events']:.3f} CPU s/1k ev")
+    if row.get("step_us_per_record") is not None:
+        parts.append(
+            f"step {row['step_us_per_record']:.0f} µs/rec "
+            f"({row['step_share_of_process']:.0%} of its CPU)"
+        )
     box = row.get("utilisation", {}).get("box")
     if box is not None:
         parts.append(f"box {box * 100:.0f}%")

@@ -22,7 +22,9 @@ and is never restored from the changelog), no rebalance handling (one member; a 
 leave its chunk's transaction to fail), no fencing by group generation (aiokafka's
 ``send_offsets_to_transaction`` sends only the group id), dead letters and re-keyed records of
 the step are not written (the e2e workload produces none), no erasure marker lookup, no
-metrics or web server. A failed send or commit ends the process with the exception (exit 1,
+metrics or web server. The step is timed (:class:`bench.stepclock.StepClock`, marked at the
+first chunk and after every chunk); at the end its summary goes to ``result_file`` of the
+config, when given. A failed send or commit ends the process with the exception (exit 1,
 nothing of the chunk committed). SIGTERM/SIGINT: the chunk in hand is committed, then the sink
 and the clients stop.
 """
@@ -33,6 +35,8 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -42,6 +46,7 @@ from app.settings import load_settings
 from app.sink.service import OperationsSink, kafka_io
 from app.topics import topics_for
 from bench.ceiling.workload import ingest
+from bench.stepclock import StepClock
 
 #: records per transaction at most (one ``getmany``)
 MAX_RECORDS = 2000
@@ -49,7 +54,8 @@ MAX_RECORDS = 2000
 LINGER_MS = 10
 
 
-async def run(config: dict[str, Any]) -> None:
+async def run(config: dict[str, Any]) -> dict[str, Any]:
+    """Run until SIGTERM / SIGINT; returns the step clock's summary (:mod:`bench.stepclock`)."""
     settings = load_settings()
     topics = topics_for(settings)
     group = settings.app_id
@@ -77,6 +83,8 @@ async def run(config: dict[str, Any]) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     store: dict[bytes, bytes] = {}
+    clock = StepClock()
+    step = clock.timed(ingest)
     await producer.start()
     await consumer.start()
     await sink.start()
@@ -84,12 +92,16 @@ async def run(config: dict[str, Any]) -> None:
         while not stop.is_set():
             chunk = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
             if chunk:
+                if clock.first is None:
+                    clock.mark()  # the measured span starts with the first chunk
                 outputs = (topics.operations.name, config["changelog"])
-                store.update(await transact(producer, chunk, store, outputs, group))
+                store.update(await transact(producer, chunk, store, outputs, group, step))
+                clock.mark()
     finally:
         await sink.stop()
         await consumer.stop()
         await producer.stop()
+    return clock.summary()
 
 
 async def transact(
@@ -98,9 +110,12 @@ async def transact(
     store: dict[bytes, bytes],
     outputs: tuple[str, str],
     group: str,
+    step: Callable[..., tuple[bytes, bytes | None, int]],
 ) -> dict[bytes, bytes]:
-    """One transaction for ``chunk``: every record's operations record and state (``outputs``
-    = the operations and changelog topic names), then the chunk's next offsets for ``group``.
+    """One transaction for ``chunk``: every record's ``step``
+    (:func:`bench.ceiling.workload.ingest`, possibly timed), operations record and state
+    (``outputs`` = the operations and changelog topic names), then the chunk's next offsets
+    for ``group``.
     Returns the states it committed (key → encoded state), for the store. Raises what the
     producer raises (the transaction is then aborted, nothing committed)."""
     operations, changelog = outputs
@@ -110,9 +125,7 @@ async def transact(
             for message in messages:
                 key = message.key
                 previous = held.get(key, store.get(key))
-                state, record, _ = ingest(
-                    key, message.value, previous, tp.partition, message.offset
-                )
+                state, record, _ = step(key, message.value, previous, tp.partition, message.offset)
                 if record is not None:
                     await producer.send(operations, record, key=key)
                 await producer.send(changelog, state, key=key, partition=tp.partition)
@@ -123,7 +136,10 @@ async def transact(
 
 
 def main() -> None:
-    asyncio.run(run(json.loads(os.environ["BENCH_CONFIG"])))
+    config = json.loads(os.environ["BENCH_CONFIG"])
+    timed = asyncio.run(run(config))
+    if "result_file" in config:
+        Path(config["result_file"]).write_text(json.dumps(timed), encoding="utf-8")
 
 
 if __name__ == "__main__":

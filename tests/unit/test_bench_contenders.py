@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,9 +14,13 @@ from aiokafka import TopicPartition
 
 from app.records import SourcePosition
 from bench.ceiling.faust_worker import EVENTS, pass_through
+from bench.ceiling.workload import ingest
+from bench.e2e.__main__ import step_figures
+from bench.e2e.profile import compare_profiles, inclusive_shares
 from bench.e2e.ratios import Ratio, format_ratios, ratios
 from bench.e2e.raweos import transact
 from bench.e2e.workload import Shape, generate
+from bench.stepclock import StepClock
 
 POSITION = SourcePosition("mparticle-batches", 2, 41)
 VALUE = orjson.dumps({"mpid": "7", "events": [{"data": {}}, {"data": {}}, {"data": {}}]})
@@ -149,7 +154,7 @@ async def test_raw_eos_sends_each_records_operations_then_state_then_the_chunks_
     }
     producer = FakeTransactionalProducer()
 
-    held = await transact(producer, chunk, {}, ("ops", "changelog"), "group")
+    held = await transact(producer, chunk, {}, ("ops", "changelog"), "group", ingest)
 
     kinds = [(entry[0], entry[1] if entry[0] == "send" else None) for entry in producer.journal]
     assert kinds == [
@@ -172,5 +177,55 @@ async def test_raw_eos_sends_each_records_operations_then_state_then_the_chunks_
         {},
         ("ops", "changelog"),
         "group",
+        ingest,
     )
     assert fresh[records[0].key] != held[records[0].key]
+
+
+def test_step_clock_adds_the_steps_cpu_and_spans_its_marks() -> None:
+    clock = StepClock()
+    spin = clock.timed(lambda n: sum(i * i for i in range(n)))
+    clock.mark()
+    assert spin(200_000) == sum(i * i for i in range(200_000))
+    spin(10)
+    clock.mark()
+
+    summary = clock.summary()
+    assert summary["steps"] == 2
+    assert summary["step_cpu_seconds"] > 0
+    assert summary["main_thread_cpu_seconds"] >= summary["step_cpu_seconds"] - 0.001
+    assert summary["process_cpu_seconds"] >= summary["main_thread_cpu_seconds"] - 0.001
+
+
+def test_step_figures_per_record_and_share_or_nothing(tmp_path: Path) -> None:
+    result = tmp_path / "run.result.json"
+    assert step_figures(result) == {}  # ours and the forwarder write none
+    result.write_text('{"steps": 0, "step_cpu_seconds": 0, "process_cpu_seconds": 1.0}')
+    assert step_figures(result) == {}  # a contender without a timed step
+    result.write_text(
+        '{"steps": 4000, "step_cpu_seconds": 1.2, "main_thread_cpu_seconds": 2.0,'
+        ' "process_cpu_seconds": 3.0}'
+    )
+
+    figures = step_figures(result)
+
+    assert figures["step_us_per_record"] == 300.0
+    assert figures["step_share_of_process"] == 0.4
+
+
+def test_compare_profiles_ranks_functions_by_their_cpu_difference(tmp_path: Path) -> None:
+    floor, pipeline = tmp_path / "floor.txt", tmp_path / "pipeline.txt"
+    floor.write_text("loop (asyncio/base.py:1);send (aiokafka/p.py:2) 10\n")
+    pipeline.write_text(
+        "loop (asyncio/base.py:1);send (aiokafka/p.py:2) 5\n"
+        "loop (asyncio/base.py:1);step (agents/ingest.py:3);step (agents/ingest.py:3) 5\n"
+    )
+
+    assert inclusive_shares(pipeline) == {
+        "loop (asyncio/base.py)": 1.0,
+        "send (aiokafka/p.py)": 0.5,
+        "step (agents/ingest.py)": 0.5,  # recursion counted once per sample
+    }
+    lines = compare_profiles((floor, 0.1), (pipeline, 0.3), top=2).splitlines()
+    assert "+0.2000  loop (asyncio/base.py)" in lines[2]
+    assert "+0.1500  step (agents/ingest.py)" in lines[3]
