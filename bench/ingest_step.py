@@ -1,6 +1,6 @@
 """The pure ingest step over the end-to-end workload, with a state store: µs per record.
 
-Run: ``.venv/bin/python -m bench.ingest_step [--repeat 5] [--users 4000] [--memo-ab]``.
+Run: ``.venv/bin/python -m bench.ingest_step [--repeat 5] [--users 4000]``.
 Each repetition feeds every record of :func:`bench.e2e.workload.generate` (default shape:
 4,000 users x 5 batches of 5 events, each round in a shuffled order, so a user is revisited
 after ~4,000 other records) through :func:`app.core.pipeline.process_batch_record`, reading
@@ -8,9 +8,7 @@ and writing the users' states in a dict (as the ``users`` table does), starting 
 store. It prints the CPU time of this process (``time.process_time``) per record of each
 repetition and the best and median: the step's cost without faust, Kafka or the event loop,
 to compare two trees of the code (run it from each) on the same machine in the same session.
-A busy machine inflates the figures. ``--memo-ab`` alternates passes without and with the
-decoded-state memo (:class:`app.core.state.StateMemo`, a fresh one per pass) in the same
-process, a paired comparison that the machine's load disturbs less than two separate runs.
+A busy machine inflates the figures.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import time
 
 from app.core.options import CoreOptions
 from app.core.pipeline import process_batch_record
-from app.core.state import StateMemo
 from app.records import SourcePosition
 from app.settings import Settings
 from app.wiring import core_options
@@ -30,15 +27,13 @@ from bench.e2e.workload import Shape, generate
 SENT_AT_MS = 1_700_000_000_000
 
 
-def one_pass(
-    records: list[tuple[bytes, bytes]], options: CoreOptions, memo: StateMemo | None
-) -> float:
+def one_pass(records: list[tuple[bytes, bytes]], options: CoreOptions) -> float:
     """CPU seconds to process ``records`` (key, value) once, from an empty store."""
     store: dict[str, bytes] = {}
     started = time.process_time()
     for offset, (key, value) in enumerate(records):
         source = SourcePosition("mparticle-batches", 0, offset)
-        result = process_batch_record(key, value, source, store.get, options, memo=memo)
+        result = process_batch_record(key, value, source, store.get, options)
         store.update(result.states)
     return time.process_time() - started
 
@@ -47,7 +42,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--users", type=int, default=4000)
-    parser.add_argument("--memo-ab", action="store_true", help="alternate: without, with memo")
     args = parser.parse_args()
     shape = Shape(users=args.users)
     records = [
@@ -55,19 +49,12 @@ def main() -> None:
         for record in generate(shape, t0_ms=SENT_AT_MS - 3_600_000)
     ]
     options = core_options(Settings(forwarding_enabled=False))
-    variants = ("without memo", "with memo") if args.memo_ab else ("default",)
-    figures: dict[str, list[float]] = {variant: [] for variant in variants}
+    figures = []
     for run in range(args.repeat):
-        for variant in variants:
-            memo = None if variant == "without memo" else StateMemo()
-            micros = one_pass(records, options, memo) / len(records) * 1e6
-            figures[variant].append(micros)
-            print(f"run {run + 1} {variant}: {micros:7.2f} µs/record", flush=True)
-    for variant, micros_list in figures.items():
-        print(
-            f"{variant}: best {min(micros_list):.2f} µs/record, "
-            f"median {statistics.median(micros_list):.2f} ({len(records)} records per run)"
-        )
+        micros = one_pass(records, options) / len(records) * 1e6
+        figures.append(micros)
+        print(f"run {run + 1}: {micros:7.2f} µs/record ({len(records)} records)", flush=True)
+    print(f"best {min(figures):.2f} µs/record, median {statistics.median(figures):.2f}")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,7 @@ single-event batch (~600 bytes) and a ten-event batch, on one core, for:
 - ``state avro``: :func:`app.core.state.encode_state` / :func:`app.core.state.decode_state`;
 - ``ingest record``: :func:`app.core.pipeline.process_batch_record`, the whole per-record work of
   the ingest agent (state decode, parse, fold + transform, state encode when changed, operations
-  record Avro encode) for a known user; the issue's target is <= 60 µs for one event. Its
-  store never takes the step's write, so the state memo (:class:`app.core.state.StateMemo`)
-  always misses here and the state is decoded every time (``bench/ingest_step.py --memo-ab``
-  measures the memo over the e2e workload);
+  record Avro encode) for a known user; the issue's target is <= 60 µs for one event;
 - ``sensor hooks``: the four monitor hooks faust calls per record our agents process (message
   in, stream event in and out, message out) with faust's ``PrometheusMonitor`` and with ours
   (:class:`app.sensors.LeanPrometheusMonitor`).

@@ -23,10 +23,6 @@ record key (keyless or bulk records) are not processed here: they are returned i
 for the agent to send to the deployment's re-key topic keyed by their own mpid, so every
 user's state lives on the partition its key maps to; read from there (:func:`from_rekey_topic`)
 they are processed like a record of the topic they came from.
-
-The user's stored state is decoded through a :class:`~app.core.state.StateMemo` (by default
-:data:`STATE_MEMO`, one per process): the bytes a step encodes for a user are usually exactly
-what the next record of that user reads back, and decoding them again cost ~10 % of the step.
 """
 
 from __future__ import annotations
@@ -42,7 +38,7 @@ from app.core.audiences import parse_audience_record, transform_membership
 from app.core.erasure import erasure_time, matches, parse_erasure_record, plan_erasure
 from app.core.mparticle import parse_record
 from app.core.sizes import PRODUCER_MAX_REQUEST_BYTES, fits, record_bytes
-from app.core.state import StateMemo, UserState, decode_state, encode_state
+from app.core.state import UserState, decode_state, encode_state
 from app.core.transform import Operation, Transformed, transform
 from app.errors import InvalidRecordError, Reason
 from app.records import (
@@ -59,9 +55,6 @@ if TYPE_CHECKING:
     from app.core.audiences import MembershipUpdate
     from app.core.mparticle import Batch
     from app.core.options import CoreOptions
-
-#: The process's memo of decoded user states (the agents run on one event loop).
-STATE_MEMO = StateMemo()
 
 
 @dataclass(slots=True)
@@ -180,7 +173,6 @@ def process_batch_record(
     erased_at_ms: int | None = None,
     record_ms: int | None = None,
     clock: Callable[[], int] = now_ms,
-    memo: StateMemo | None = STATE_MEMO,
 ) -> IngestResult:
     """Parse, fold and transform one record of the batches topic (see module docstring).
 
@@ -188,8 +180,6 @@ def process_batch_record(
     Kafka timestamp: a batch that reached Kafka before the erasure is dropped (counted as
     ``erased``), so an erasure is never undone by a batch still in flight; it is also the
     identify's time for a batch without a valid time (:func:`~app.core.transform.identify_time`).
-    ``memo``: where the stored state is decoded (None: :func:`~app.core.state.decode_state`
-    every time; the outcome is the same).
     """
 
     def admit(result: IngestResult, mine: list[Batch]) -> bool:
@@ -207,7 +197,6 @@ def process_batch_record(
         load_state,
         clock,
         admit=admit,
-        memo=memo,
     )
 
 
@@ -229,7 +218,6 @@ def process_audience_record(
     erased_at_ms: int | None = None,
     record_ms: int | None = None,
     clock: Callable[[], int] = now_ms,
-    memo: StateMemo | None = STATE_MEMO,
 ) -> IngestResult:
     """Fold membership changes into the state and identify the new membership (SPEC §4).
 
@@ -260,7 +248,6 @@ def process_audience_record(
         load_state,
         clock,
         admit=admit,
-        memo=memo,
     )
 
 
@@ -288,7 +275,6 @@ def _process_user_record(
     clock: Callable[[], int],
     *,
     admit: Callable[[IngestResult, list[Item]], bool] | None = None,
-    memo: StateMemo | None = None,
 ) -> IngestResult:
     """The shared shape of the batches and audiences steps: ``parse`` the value (a tombstone or
     an :class:`InvalidRecordError` is dead-lettered), re-key the other users' parts, let
@@ -304,7 +290,7 @@ def _process_user_record(
     mine = _own(result, items, value, record.key, record.counter, list_key=record.list_key)
     if not mine or (admit is not None and not admit(result, mine)):
         return result
-    _apply_to_user(result, record, value, mine, step, load_state=load_state, clock=clock, memo=memo)
+    _apply_to_user(result, record, value, mine, step, load_state=load_state, clock=clock)
     return result
 
 
@@ -317,7 +303,6 @@ def process_erasure_record(
     record_ms: int | None,
     scan_states: Callable[[], Iterable[tuple[str, bytes]]] = tuple,
     clock: Callable[[], int] = now_ms,
-    memo: StateMemo | None = STATE_MEMO,
 ) -> IngestResult:
     """Plan one erasure request (SPEC §5): Customer.io deletes, state purge, erasure marker.
 
@@ -331,8 +316,7 @@ def process_erasure_record(
     The marker (``erased``: mpid → :func:`~app.core.erasure.erasure_time`, the request's Kafka
     timestamp but never later than ``clock()``, set for every erasure that
     names an mpid, also one that finds nothing to delete yet) lets batches that reached Kafka
-    before the erasure but are read after it be dropped; it holds no personal data. Each
-    erased user is dropped from ``memo`` too, so the process keeps none of their data."""
+    before the erasure but are read after it be dropped; it holds no personal data."""
     result = IngestResult()
     try:
         value = _present(value)  # narrowed to bytes from here on
@@ -363,8 +347,6 @@ def process_erasure_record(
         items.extend(item for item in plan.deletes if item not in items)
         if mpid is not None and plan.outcome == "erased":
             result.purged.append(mpid)
-            if memo is not None:
-                memo.forget(mpid)
         if mpid is not None and plan.outcome != "not_erasure":
             # Also when nothing of the user is known yet (no_match): batches that reached
             # Kafka before the erasure may still be on their way on the batches topic, and
@@ -421,7 +403,6 @@ def _apply_to_user(
     *,
     load_state: Callable[[str], bytes | None],
     clock: Callable[[], int],
-    memo: StateMemo | None,
 ) -> None:
     """Fold one user's items of ``record`` (its ``value``, parsed) into their state with
     ``step``; store it and the operations.
@@ -432,7 +413,7 @@ def _apply_to_user(
     dead-lettered as ``too_large`` instead, and nothing of it is applied."""
     mpid = items[0].mpid
     kind, counter, source, key = record.kind, record.counter, record.source, record.key
-    state = _load(mpid, load_state, result, source, key, clock, memo=memo)
+    state = _load(mpid, load_state, result, source, key, clock)
     if _already_applied(state, kind, source):
         result.counts[counter, "redelivered"] += len(items)
         return
@@ -462,10 +443,8 @@ def _apply_to_user(
                 counter=counter)  # fmt: skip
         return
     result.counts.update(counts)
-    if encoded is not None and state is not None:
+    if encoded is not None:
         result.states[mpid] = encoded
-        if memo is not None:
-            memo.remember(mpid, encoded, state)
     result.operations = ops_record
 
 
@@ -583,14 +562,12 @@ def _load(  # noqa: PLR0917 - private helper, every argument is needed
     source: SourcePosition,
     key: bytes | None,
     clock: Callable[[], int],
-    *,
-    memo: StateMemo | None,
 ) -> UserState | None:
     stored = load_state(mpid)
     if stored is None:
         return None
     try:
-        return decode_state(stored) if memo is None else memo.decode(mpid, stored)
+        return decode_state(stored)
     except InvalidRecordError as exc:
         result.dead_letters.append(
             dead_letter(

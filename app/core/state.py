@@ -26,16 +26,12 @@ state written with the current ``user_state`` schema or any released one kept in
 :class:`~app.errors.InvalidRecordError` (reason ``avro_decode``) for bytes that are not a
 ``user_state`` record, including an unknown schema fingerprint and a stored attribute JSON that
 is corrupt.
-
-:class:`StateMemo` remembers the states this worker encoded last, so the next record of the
-same user need not decode the bytes it just wrote (a pure memo of :func:`decode_state`).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
@@ -311,51 +307,3 @@ def decode_state(data: bytes) -> UserState:
         audiences_left=record["audiences_left"],
         applied_offsets=record["applied_offsets"],
     )
-
-
-#: Users whose last encoded state :class:`StateMemo` keeps by default: with the default
-#: workload's states (~10 attributes) ~2.5 KB each, so ~20 MB (README "Sizing").
-STATE_MEMO_ENTRIES: Final = 8192
-
-
-class StateMemo:
-    """A bounded memo of :func:`decode_state`: mpid -> (the bytes encoded for it last, the
-    :class:`UserState` they encode), least recently used first out.
-
-    :meth:`decode` returns the remembered state only when the stored bytes EQUAL the bytes
-    remembered for that mpid, so it is always what :func:`decode_state` would return, whatever
-    the store holds (another worker's write, a rebalance, a transaction that aborted): a miss
-    just decodes. This relies on states never being changed in place (their dicts included):
-    every function here and in :mod:`app.core.transform` / :mod:`app.core.audiences` builds
-    new ones (``tests/unit/test_state_memo.py`` checks the outputs are the same with and
-    without the memo). Not thread-safe: one per event loop.
-    """
-
-    def __init__(self, entries: int = STATE_MEMO_ENTRIES) -> None:
-        self.entries = entries
-        self._states: OrderedDict[str, tuple[bytes, UserState]] = OrderedDict()
-
-    def remember(self, mpid: str, encoded: bytes, state: UserState) -> None:
-        """``encoded`` (:func:`encode_state` of ``state``) is what ``mpid``'s state now is."""
-        self._states[mpid] = (encoded, state)
-        self._states.move_to_end(mpid)
-        if len(self._states) > self.entries:
-            self._states.popitem(last=False)
-
-    def decode(self, mpid: str, stored: bytes) -> UserState:
-        """``decode_state(stored)``, from memory when ``stored`` is what was remembered for
-        ``mpid``; otherwise decoded (and remembered), raising like :func:`decode_state`."""
-        entry = self._states.get(mpid)
-        if entry is not None and entry[0] == stored:
-            self._states.move_to_end(mpid)
-            return entry[1]
-        state = decode_state(stored)
-        self.remember(mpid, stored, state)
-        return state
-
-    def forget(self, mpid: str) -> None:
-        """Drop what is remembered of ``mpid`` (an erased user's data leaves memory too)."""
-        self._states.pop(mpid, None)
-
-    def __len__(self) -> int:
-        return len(self._states)
