@@ -252,6 +252,13 @@ async def test_customerio_errors_throttling_timeouts_and_drops(
     )
     await _until_delivered(emulator, expected, [worker], timeout=180)
     await _settle(emulator, workload)
+    # A delayed request is answered (and counted) 3 s after it arrived, possibly after the
+    # storm's last retry and a quiet second: its late copy must have had its chance too.
+    await wait_for(
+        lambda: emulator.state.stats()["faults_injected"].get("delay", 0) == 3,
+        60,
+        "the three delayed requests' answers",
+    )
     verdict = await _verdict(
         deployment, emulator, workload, "api storm", capsys, stale_explained=True
     )
