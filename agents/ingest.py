@@ -147,34 +147,33 @@ def declare_tables(app: faust.App, settings: Settings) -> IngestTables:
 
 
 def batch_step(tables: IngestTables, options: CoreOptions) -> Step:
-    """The pure step of ``mparticle-batches`` records; a record dropped because its user was
-    erased after it is logged (:func:`_log_erased_drop`)."""
-
-    def step(event: Any, position: SourcePosition) -> IngestResult:
-        erased_ms = tables.erased_at(event.key)
-        result = process_batch_record(
-            event.key,
-            event.value,
-            position,
-            tables.load,
-            options,
-            erased_at_ms=erased_ms,
-            record_ms=position.timestamp_ms,
-        )
-        if result.counts["batches", "erased"]:
-            _log_erased_drop("batch", erased_ms, event.key, position)
-        return result
-
-    return step
+    """The pure step of ``mparticle-batches`` records (:func:`_erasure_checked_step`)."""
+    return _erasure_checked_step(tables, options, process_batch_record, "batches", "batch")
 
 
 def audience_step(tables: IngestTables, options: CoreOptions) -> Step:
-    """The pure step of ``mparticle-audiences`` records; an update dropped because its user
-    was erased after it is logged (:func:`_log_erased_drop`)."""
+    """The pure step of ``mparticle-audiences`` records (:func:`_erasure_checked_step`)."""
+    return _erasure_checked_step(
+        tables, options, process_audience_record, "audience_updates", "audience update"
+    )
+
+
+def _erasure_checked_step(
+    tables: IngestTables,
+    options: CoreOptions,
+    process: Callable[..., IngestResult],
+    counter: str,
+    what: str,
+) -> Step:
+    """The step of a per-user input topic: ``process`` (``process_batch_record`` or
+    ``process_audience_record``) with the key's erasure marker and the record's Kafka time, so
+    a record that reached Kafka before its user's erasure is dropped; each one dropped leaves
+    one INFO line (masked mpid, both Kafka times; ``what`` names the record, ``counter`` is
+    the metric whose ``erased`` count says it was dropped)."""
 
     def step(event: Any, position: SourcePosition) -> IngestResult:
         erased_ms = tables.erased_at(event.key)
-        result = process_audience_record(
+        result = process(
             event.key,
             event.value,
             position,
@@ -183,24 +182,17 @@ def audience_step(tables: IngestTables, options: CoreOptions) -> Step:
             erased_at_ms=erased_ms,
             record_ms=position.timestamp_ms,
         )
-        if result.counts["audience_updates", "erased"]:
-            _log_erased_drop("audience update", erased_ms, event.key, position)
+        if result.counts[counter, "erased"]:
+            log.info(
+                "%s dropped: its user was erased at %s ms, the record's Kafka time is %s ms",
+                what,
+                erased_ms,
+                position.timestamp_ms,
+                extra={**_where(position), "mpid": mask_mpid(event.key), "reason": "erased"},
+            )
         return result
 
     return step
-
-
-def _log_erased_drop(
-    what: str, erased_ms: int | None, key: bytes | None, position: SourcePosition
-) -> None:
-    """One INFO line (masked mpid, both Kafka times) for a record dropped as erased."""
-    log.info(
-        "%s dropped: its user was erased at %s ms, the record's Kafka time is %s ms",
-        what,
-        erased_ms,
-        position.timestamp_ms,
-        extra={**_where(position), "mpid": mask_mpid(key), "reason": "erased"},
-    )
 
 
 def erasure_step(tables: IngestTables, partitions: int) -> Step:
