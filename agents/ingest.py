@@ -84,7 +84,8 @@ AfterWrite = Callable[[IngestResult], Awaitable[None]]
 @dataclass(frozen=True, slots=True)
 class IngestTables:
     """The two tables of the ingest agents (faust ``Table``, raw bytes keys and values):
-    ``users`` (mpid → encoded ``UserState``) and ``erasures`` (mpid → Kafka time of its last
+    ``users`` (mpid → encoded ``UserState``) and ``erasures`` (mpid, or an identity marker's
+    key ``id:<hash>`` (:func:`~app.core.erasure.identity_marker_key`) → Kafka time of its last
     erasure request, decimal ms).
 
     Reads see this worker's writes whose transaction is still open (``uncommitted``) before
@@ -111,6 +112,10 @@ class IngestTables:
         """When the key's user was last erased (Kafka time, ms), or None."""
         marker = None if key is None else self._read(self.erasures, key)
         return None if marker is None else int(marker)
+
+    def identity_erased_at(self, marker_key: str) -> int | None:
+        """When an identity was last erased (its identity marker's key; Kafka time, ms)."""
+        return self.erased_at(marker_key.encode())
 
     def states_of_partition(self, partition: int, partitions: int) -> list[tuple[str, bytes]]:
         """``(mpid, stored state)`` of the users of one input partition (a Firehose DSR names
@@ -140,7 +145,8 @@ def declare_tables(app: faust.App, settings: Settings) -> IngestTables:
             USERS_TABLE, help="Per-user state (app.core.state.UserState as Avro), keyed by mpid."
         ),
         erasures=declare(
-            ERASURES_TABLE, help="mpid -> Kafka time (ms, decimal) of its last erasure request."
+            ERASURES_TABLE,
+            help="mpid or id:<identity hash> -> Kafka time (ms, decimal) of its last erasure.",
         ),
         uncommitted=uncommitted_writes(app),
     )
@@ -166,8 +172,9 @@ def _erasure_checked_step(
     what: str,
 ) -> Step:
     """The step of a per-user input topic: ``process`` (``process_batch_record`` or
-    ``process_audience_record``) with the key's erasure marker and the record's Kafka time, so
-    a record that reached Kafka before its user's erasure is dropped; each one dropped leaves
+    ``process_audience_record``) with the key's erasure marker, a reader of identity markers
+    and the record's Kafka time, so a record that reached Kafka before its user's erasure (by
+    mpid or by one of its identities) is dropped; each one dropped leaves
     one INFO line (masked mpid, both Kafka times; ``what`` names the record, ``counter`` is
     the metric whose ``erased`` count says it was dropped)."""
 
@@ -181,12 +188,14 @@ def _erasure_checked_step(
             options,
             erased_at_ms=erased_ms,
             record_ms=position.timestamp_ms,
+            identity_erased_at=tables.identity_erased_at,
         )
         if result.counts[counter, "erased"]:
             log.info(
                 "%s dropped: its user was erased at %s ms, the record's Kafka time is %s ms",
                 what,
-                erased_ms,
+                # dropped by an identity marker: the mpid marker it put has that time
+                next(iter(result.erased.values()), erased_ms),
                 position.timestamp_ms,
                 extra={**_where(position), "mpid": mask_mpid(event.key), "reason": "erased"},
             )
@@ -200,7 +209,7 @@ def erasure_step(tables: IngestTables, partitions: int) -> Step:
     the worker's clock is recorded at the worker's time
     (:func:`~app.core.erasure.erasure_time`) is recorded at most
     :data:`~app.core.erasure.CLOCK_AHEAD_TOLERANCE_MS` ahead of it, and such a clamp is logged
-    (WARNING, masked mpid)."""
+    (WARNING, masked mpid, once per request: its markers share the time)."""
 
     def step(event: Any, position: SourcePosition) -> IngestResult:
         result = process_erasure_record(
@@ -211,7 +220,7 @@ def erasure_step(tables: IngestTables, partitions: int) -> Step:
             record_ms=position.timestamp_ms,
             scan_states=lambda: tables.states_of_partition(position.partition, partitions),
         )
-        for mpid, erased_ms in result.erased.items():
+        for mpid, erased_ms in list(result.erased.items())[:1]:
             stamped = position.timestamp_ms
             if stamped is not None and erased_ms < stamped:  # clamped: the source is ahead
                 log.warning(

@@ -5,8 +5,10 @@ Each repetition feeds every record of :func:`bench.e2e.workload.generate` (defau
 4,000 users x 5 batches of 5 events, each round in a shuffled order, so a user is revisited
 after ~4,000 other records) through :func:`app.core.pipeline.process_batch_record`, reading
 and writing the users' states in a dict (as the ``users`` table does), starting from an empty
-store. It prints the CPU time of this process (``time.process_time``) per record of each
-repetition and the best and median: the step's cost without faust, Kafka or the event loop,
+store, and looking each batch's identities up in an empty dict of identity markers (as the
+``erasures`` table is read: :func:`app.core.pipeline._erased_by_identity`). It prints the CPU
+time of this process (``time.process_time``) per record of each repetition and the best and
+median: the step's cost without faust, Kafka or the event loop,
 to compare two trees of the code (run it from each) on the same machine in the same session.
 A busy machine inflates the figures.
 """
@@ -30,10 +32,13 @@ SENT_AT_MS = 1_700_000_000_000
 def one_pass(records: list[tuple[bytes, bytes]], options: CoreOptions) -> float:
     """CPU seconds to process ``records`` (key, value) once, from an empty store."""
     store: dict[str, bytes] = {}
+    markers: dict[str, int] = {}
     started = time.process_time()
     for offset, (key, value) in enumerate(records):
         source = SourcePosition("mparticle-batches", 0, offset)
-        result = process_batch_record(key, value, source, store.get, options)
+        result = process_batch_record(
+            key, value, source, store.get, options, identity_erased_at=markers.get
+        )
         store.update(result.states)
     return time.process_time() - started
 

@@ -23,6 +23,17 @@ customer_id, the email and the person id last used, plus the request's raw ident
 over Customer.io's 150-byte limit names no person and is left out) and whether to purge the
 state.
 
+Identity markers: an erasure names identities as well as (or instead of) an mpid, and the
+user's batches that reached Kafka before it may be read after it (lag; the topics are read in no
+set order) on a partition that holds nothing of the user yet. :func:`request_marker_keys` gives
+the keys under which the worker keeps the erasure's time for each identity it names, and
+:func:`identity_marker_keys` the keys a batch's or audience update's own identities are looked up
+under: ``id:`` + BLAKE2b-128 (hex) of ``<kind>:<SHA-256 hex of the normalised identity>`` (email:
+trimmed lower-case, the form mParticle hashes; customer id: trimmed). A request hashed with
+SHA-256 gives that digest itself, so it marks the same key; one hashed with MD5 or SHA-1 cannot
+be brought to it and leaves no identity marker (README "Audiences and erasure"). A key holds no
+identity in clear and never collides with an mpid key (decimal digits).
+
 Failure semantics: an unusable record raises :class:`~app.errors.InvalidRecordError`
 (``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``mpid_invalid``, and
 ``erasure_invalid`` when it names neither an mpid nor an identity, or has no
@@ -74,6 +85,44 @@ class ErasurePlan:
 #: it the source's clock is wrong (an hour ahead would drop an hour of batches): clamped to it,
 #: and logged (WARNING).
 CLOCK_AHEAD_TOLERANCE_MS = 5_000
+
+
+#: Start of an identity marker's key in the erasures table (an mpid key is decimal digits).
+IDENTITY_MARKER_PREFIX = "id:"
+
+
+def identity_marker_key(kind: str, sha256_hex: str) -> str:
+    """The erasures-table key of identity ``kind`` (``email`` / ``customer_id``) whose
+    normalised form has the SHA-256 digest ``sha256_hex`` (lower-case hex): ``id:`` + 32 hex
+    digits (module docstring)."""
+    inner = f"{kind}:{sha256_hex}".encode()
+    return IDENTITY_MARKER_PREFIX + hashlib.blake2b(inner, digest_size=16).hexdigest()
+
+
+def identity_marker_keys(email: str | None, customer_id: str | None) -> list[str]:
+    """The identity-marker keys of a user's ``email`` and ``customer_id`` (None or empty: not
+    known), email first: one store read each when a record is admitted (module docstring)."""
+    keys = []
+    if email:
+        keys.append(identity_marker_key("email", _sha256(email.strip().lower())))
+    if customer_id:
+        keys.append(identity_marker_key("customer_id", _sha256(customer_id.strip())))
+    return keys
+
+
+def request_marker_keys(request: ErasureRequest) -> list[str]:
+    """The identity-marker keys an erasure ``request`` leaves: its raw email and customer id,
+    and each SHA-256-hashed identity (MD5 / SHA-1 ones cannot be brought to the key)."""
+    keys = identity_marker_keys(request.email, request.customer_id)
+    for kind, algorithm, digest in request.hashed:
+        key = identity_marker_key(kind, digest)
+        if algorithm == "sha256" and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def erasure_time(record_ms: int | None, now_ms: int) -> int:

@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from app.core.audiences import parse_audience_record, transform_membership
-from app.core.erasure import erasure_time, matches, parse_erasure_record, plan_erasure
+from app.core.erasure import (
+    erasure_time,
+    identity_marker_keys,
+    matches,
+    parse_erasure_record,
+    plan_erasure,
+    request_marker_keys,
+)
 from app.core.mparticle import parse_record
 from app.core.sizes import PRODUCER_MAX_REQUEST_BYTES, fits, record_bytes
 from app.core.state import UserState, decode_state, encode_state
@@ -62,8 +69,9 @@ class IngestResult:
     """What the agent must write for one input record, in this order.
 
     ``states``: encoded :class:`UserState` per mpid (changed ones only); ``purged``: mpids
-    whose state must be deleted (tombstone); ``erased``: erasure markers (mpid → Kafka time of
-    the request, at most the worker's clock: :func:`~app.core.erasure.erasure_time`) to keep;
+    whose state must be deleted (tombstone); ``erased``: erasure markers (mpid, or an identity
+    marker's key :func:`~app.core.erasure.identity_marker_key` → Kafka time of the request, at
+    most the worker's clock: :func:`~app.core.erasure.erasure_time`) to keep;
     ``operations``: at most one encoded ``OperationBatch`` (key = mpid); ``rekeyed``: (mpid,
     raw JSON of that user's part) to send to the re-key topic; ``dead_letters``: encoded
     ``DeadLetter`` records. ``counts`` holds metric increments keyed by (metric, label values).
@@ -172,6 +180,7 @@ def process_batch_record(
     *,
     erased_at_ms: int | None = None,
     record_ms: int | None = None,
+    identity_erased_at: Callable[[str], int | None] | None = None,
     clock: Callable[[], int] = now_ms,
 ) -> IngestResult:
     """Parse, fold and transform one record of the batches topic (see module docstring).
@@ -180,10 +189,14 @@ def process_batch_record(
     Kafka timestamp: a batch that reached Kafka before the erasure is dropped (counted as
     ``erased``), so an erasure is never undone by a batch still in flight; it is also the
     identify's time for a batch without a valid time (:func:`~app.core.transform.identify_time`).
+    ``identity_erased_at`` reads an identity marker (:func:`_erased_by_identity`): a batch
+    whose email or customer id was erased after it reached Kafka is dropped the same way.
     """
 
     def admit(result: IngestResult, mine: list[Batch]) -> bool:
-        if reached_kafka_before_erasure(record_ms, erased_at_ms):
+        if reached_kafka_before_erasure(record_ms, erased_at_ms) or _erased_by_identity(
+            result, mine, record_ms, identity_erased_at
+        ):
             result.counts["batches", "erased"] += len(mine)
             return False
         for batch in mine:
@@ -208,6 +221,29 @@ def reached_kafka_before_erasure(record_ms: int | None, erased_at_ms: int | None
     return erased_at_ms is not None and (record_ms is None or record_ms <= erased_at_ms)
 
 
+def _erased_by_identity(
+    result: IngestResult,
+    mine: list[Item],
+    record_ms: int | None,
+    identity_erased_at: Callable[[str], int | None] | None,
+) -> bool:
+    """True when an email or customer id of ``mine`` (one user's items) has an identity marker
+    (``identity_erased_at``: marker key → erasure time, or None) at or after ``record_ms``
+    (:func:`reached_kafka_before_erasure`): an erasure by identity (a Firehose DSR names no
+    mpid) read before this record, which reached Kafka before it. The user's mpid marker is
+    then put at that time (``result.erased``), so the user's later pre-erasure records that
+    carry no identity are dropped too. One store read per identity of each item."""
+    if identity_erased_at is None:
+        return False
+    for item in mine:
+        for key in identity_marker_keys(item.email, item.customer_id):
+            erased_at_ms = identity_erased_at(key)
+            if erased_at_ms is not None and reached_kafka_before_erasure(record_ms, erased_at_ms):
+                result.erased[item.mpid] = erased_at_ms
+                return True
+    return False
+
+
 def process_audience_record(
     key: bytes | None,
     value: bytes | None,
@@ -217,6 +253,7 @@ def process_audience_record(
     *,
     erased_at_ms: int | None = None,
     record_ms: int | None = None,
+    identity_erased_at: Callable[[str], int | None] | None = None,
     clock: Callable[[], int] = now_ms,
 ) -> IngestResult:
     """Fold membership changes into the state and identify the new membership (SPEC §4).
@@ -224,12 +261,15 @@ def process_audience_record(
     A user without an email keeps the membership in state; it is sent with the first identify
     once an email is known. Records for another mpid than the key are returned in
     ``rekeyed`` (for the re-key topic). Like a batch, an update that reached Kafka before its
-    user's erasure (``erased_at_ms``, ``record_ms``: :func:`reached_kafka_before_erasure`) is
+    user's erasure (``erased_at_ms``, ``record_ms``: :func:`reached_kafka_before_erasure`), or
+    its email's or customer id's (``identity_erased_at``: :func:`_erased_by_identity`), is
     dropped and counted as ``erased``: it carries the user's email and attributes, and would
     recreate the erased person."""
 
     def admit(result: IngestResult, mine: list[MembershipUpdate]) -> bool:
-        if reached_kafka_before_erasure(record_ms, erased_at_ms):
+        if reached_kafka_before_erasure(record_ms, erased_at_ms) or _erased_by_identity(
+            result, mine, record_ms, identity_erased_at
+        ):
             result.counts["audience_updates", "erased"] += len(mine)
             return False
         return True
@@ -316,7 +356,11 @@ def process_erasure_record(
     The marker (``erased``: mpid → :func:`~app.core.erasure.erasure_time`, the request's Kafka
     timestamp but never later than ``clock()``, set for every erasure that
     names an mpid, also one that finds nothing to delete yet) lets batches that reached Kafka
-    before the erasure but are read after it be dropped; it holds no personal data."""
+    before the erasure but are read after it be dropped; it holds no personal data. An
+    erasure also leaves one identity marker per identity it names
+    (:func:`~app.core.erasure.request_marker_keys` → the same time), whether or not it
+    matched anyone: a user none of whose records was read yet is then known by the identities
+    their lagging records carry (:func:`_erased_by_identity`)."""
     result = IngestResult()
     try:
         value = _present(value)  # narrowed to bytes from here on
@@ -352,6 +396,9 @@ def process_erasure_record(
             # Kafka before the erasure may still be on their way on the batches topic, and
             # must not bring the user back.
             result.erased[mpid] = erasure_time(record_ms, clock())
+    if request.request_type == "erasure":
+        for marker in request_marker_keys(request):
+            result.erased[marker] = erasure_time(record_ms, clock())
     result.counts["erasures", outcome] += 1
     operations = [
         Operation("delete", next(iter(item["identifiers"].values())), item, orjson.dumps(item))

@@ -436,3 +436,62 @@ async def test_an_audience_update_sent_before_the_erasure_and_read_after_it_is_d
     metrics = await worker_metrics(worker.env["MPCIO_WEB_PORT"])
     assert metrics["mpcio_audience_updates_total", frozenset({("outcome", "erased")})] == 1
     worker.assert_running()
+
+
+async def test_a_firehose_erasure_read_before_the_users_earlier_batch_does_not_recreate_them(
+    deployment: Deployment, emulator: RunningEmulator
+) -> None:
+    """breaker6 finding 1: a DSR by email (no mpid, written to every partition as the ingress
+    does) read while nothing of the user is on the partition yet matches nobody; the user's
+    batch that reached Kafka before it but is read after it (lag) must not recreate the
+    person. It leaves an identity marker, so that batch is dropped; a batch sent after the DSR
+    starts a new person."""
+    kafka, topics = deployment.kafka.bootstrap, deployment.topics
+    partitions = deployment.settings.topic_partitions
+    worker = deployment.start_worker()
+    port = worker.env["MPCIO_WEB_PORT"]
+    no_match = "mpcio_erasure_requests_total", frozenset({("outcome", "no_match")})
+    dsr = {
+        "subject_request_type": "erasure",
+        "subject_identities": {"email": {"encoding": "raw", "value": "Victim.A@example.com"}},
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all")
+    await producer.start()
+    try:
+        sent = [
+            await producer.send_and_wait(topics.erasure.name, orjson.dumps(dsr), partition=p)
+            for p in range(partitions)
+        ]
+        deadline = asyncio.get_running_loop().time() + 120
+        while (await worker_metrics(port)).get(no_match, 0) < partitions:
+            assert asyncio.get_running_loop().time() < deadline, "the DSR was not applied"
+            await asyncio.sleep(0.2)
+
+        def batch(event: str, attributes: dict[str, str]) -> bytes:
+            _, value = _batch(8, "victim.a@example.com", event, T)
+            document = orjson.loads(value)
+            document["user_attributes"] = attributes
+            return orjson.dumps(document)
+
+        # stamped a second before the DSR, as if it had waited in the batches topic's lag
+        earlier = min(record.timestamp for record in sent) - 1000
+        secret = batch("Secret Purchase", {"favourite": "secret-data"})
+        await producer.send_and_wait(topics.batches.name, secret, key=b"8", timestamp_ms=earlier)
+        later = batch("Came Back", {"plan": "new"})
+        await producer.send_and_wait(topics.batches.name, later, key=b"8")
+    finally:
+        await producer.stop()
+
+    # the batch sent after the DSR is a new person: once its event is there, the earlier batch
+    # (same partition, read before it) has been decided
+    events = emulator.state.store.events
+    await wait_for(lambda: any(e.name == "Came Back" for e in events), 120, "the new person")
+    person = await _person(emulator, "c8")
+    assert person is not None
+    assert "favourite" not in person["attributes"]
+    assert person["attributes"]["plan"] == "new"
+    assert not [e for e in events if e.name == "Secret Purchase"]
+    metrics = await worker_metrics(port)
+    assert metrics["mpcio_batches_total", frozenset({("outcome", "erased")})] == 1
+    assert metrics["mpcio_table_keys", frozenset({("table", "erasures")})] >= partitions
+    worker.assert_running()

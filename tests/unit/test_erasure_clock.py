@@ -32,6 +32,9 @@ class Tables:
     def erased_at(self, _key: bytes | None) -> int | None:
         return self.erased_ms
 
+    def identity_erased_at(self, _marker_key: str) -> int | None:
+        return None
+
     def states_of_partition(self, _partition: int, _partitions: int) -> list[Any]:
         return []
 

@@ -15,7 +15,7 @@ from jsonschema import Draft3Validator
 
 from app.core.audiences import parse_audience_record
 from app.core.avro import codec
-from app.core.erasure import matches, parse_erasure_record
+from app.core.erasure import matches, parse_erasure_record, request_marker_keys
 from app.core.pipeline import process_audience_record, process_erasure_record
 from app.core.state import UserState, decode_state, encode_state
 from app.errors import BrokerUnavailableError, FirehoseSchemaError
@@ -270,7 +270,10 @@ def test_dsr_without_mpid_erases_every_matching_user_of_the_partition() -> None:
         clock=lambda: 60,
     )
     assert result.purged == ["1"]
-    assert result.erased == {"1": 55}
+    # the matched user's marker, and one per identity the DSR names (breaker6 finding 1)
+    identities = request_marker_keys(parse_erasure_record(plan.records[0].value))
+    assert identities
+    assert result.erased == {"1": 55, **dict.fromkeys(identities, 55)}
     assert result.operations is not None
     key, value = result.operations
     assert key == "1"
