@@ -4,7 +4,8 @@ Customer.io emulator, for our worker, the faust ceiling and a per-event forwarde
 Flow: start a local Kafka broker (:class:`~app.dev.localkafka.LocalKafka`) and the Customer.io
 emulator (``mpcio emulator``, its own process, so its CPU is not the worker's); pre-produce the
 generated workload (:mod:`bench.e2e.workload`) to a 4-partition backlog topic; then, each
-contender as its own subprocess, round-robin over the runs:
+contender as its own subprocess, round-robin over the runs, each run's order rotated by one
+(:func:`run_order`) so that no contender always gets a round's first window:
 
 - ``throughput``: the contender drains the backlog; events/s = events delivered / (last receipt
   - first receipt) at the emulator (ceiling: first/last output record timestamps);
@@ -1140,7 +1141,7 @@ async def run_all(
                 c for c in options.contenders if not (phase == "limited" and c in CEILINGS)
             ]
             for run in range(1, options.runs + 1):
-                for contender in contenders:
+                for contender in run_order(contenders, run):
                     rate = paced_rate_for(rows, contender, options)
                     began = time.monotonic()
                     row = await bench.run(contender, phase, run, rate)
@@ -1159,6 +1160,18 @@ async def run_all(
     if bench.interrupted:
         rows.append({"interrupted": True})
     return rows
+
+
+def run_order(contenders: list[str], run: int) -> list[str]:
+    """The order of ``contenders`` in run ``run`` (1-based): rotated left by ``run - 1``.
+
+    Over as many runs as contenders each one runs once in every position. Why: the machine's
+    load drifts within a round (other work starts and stops), and with a fixed order the first
+    contender always got the round's first window; round 7's paired runs could not tell a
+    change from that (ARCHITECTURE §5 Round 7).
+    """
+    shift = (run - 1) % len(contenders) if contenders else 0
+    return contenders[shift:] + contenders[:shift]
 
 
 def paced_rate_for(rows: list[dict[str, Any]], contender: str, options: Options) -> float:

@@ -15,7 +15,7 @@ from aiokafka import TopicPartition
 from app.records import SourcePosition
 from bench.ceiling.faust_worker import EVENTS, pass_through
 from bench.ceiling.workload import ingest
-from bench.e2e.__main__ import step_figures
+from bench.e2e.__main__ import run_order, step_figures
 from bench.e2e.profile import compare_profiles, inclusive_shares
 from bench.e2e.ratios import Ratio, format_ratios, ratios
 from bench.e2e.raweos import transact
@@ -229,3 +229,20 @@ def test_compare_profiles_ranks_functions_by_their_cpu_difference(tmp_path: Path
     lines = compare_profiles((floor, 0.1), (pipeline, 0.3), top=2).splitlines()
     assert "+0.2000  loop (asyncio/base.py)" in lines[2]
     assert "+0.1500  step (agents/ingest.py)" in lines[3]
+
+
+@pytest.mark.parametrize(
+    ("run", "expected"),
+    [
+        (1, ["ours", "base", "ceiling"]),
+        (2, ["base", "ceiling", "ours"]),
+        (3, ["ceiling", "ours", "base"]),
+        (4, ["ours", "base", "ceiling"]),
+    ],
+)
+def test_each_run_rotates_the_contenders_order_by_one(run: int, expected: list[str]) -> None:
+    assert run_order(["ours", "base", "ceiling"], run) == expected
+
+
+def test_run_order_of_no_contenders_is_empty() -> None:
+    assert run_order([], 2) == []
