@@ -89,9 +89,17 @@ def test_accepts_membership_shapes(value: bytes) -> None:
         (b'{"mpid": 1, "audiences": {}}', "audiences_invalid"),
         (b'{"mpid": 1, "audiences": [{"audience_id": 1, "action": "join"}]}', "audiences_invalid"),
         (b'{"mpid": 1, "audiences": [{"action": "add"}]}', "audiences_invalid"),
+        (
+            b'{"mpid": 1, "audiences": [{"audience_id": "x\'y", "action": "add"}]}',
+            "audiences_invalid",
+        ),
+        (
+            b'{"mpid": 1, "audiences": [{"audience_id": "x,y", "action": "add"}]}',
+            "audiences_invalid",
+        ),
         (b"[1]", "not_an_object"),
     ],
-    ids=["json", "mpid", "not-list", "action", "no-id", "not-object"],
+    ids=["json", "mpid", "not-list", "action", "no-id", "quote-in-id", "comma-in-id", "not-object"],
 )
 def test_rejects_bad_membership(value: bytes, reason: str) -> None:
     with pytest.raises(InvalidRecordError) as caught:
