@@ -267,8 +267,22 @@ def required_mpid(raw: dict[str, Any], what: str) -> str:
         raise InvalidRecordError(Reason.MPID_MISSING, f"{what} has no mpid")
     mpid = int64_text(raw_mpid)
     if mpid is None:
-        raise InvalidRecordError(Reason.MPID_INVALID, _mpid_invalid(repr(raw_mpid)))
+        raise InvalidRecordError(Reason.MPID_INVALID, _mpid_invalid(_shown_mpid(raw_mpid)))
     return mpid
+
+
+_NUMBER_CHARACTERS: Final = frozenset("0123456789+-.eE")
+
+
+def _shown_mpid(raw_mpid: object) -> str:
+    """How an invalid mpid is shown in its rejection (which is logged): a number or a string
+    of number characters as written, anything else only by its type and length, since a
+    source that put a name or a phone number there would have it in the worker's log."""
+    if type(raw_mpid) is str and not (raw_mpid and _NUMBER_CHARACTERS.issuperset(raw_mpid)):
+        return f"a string of {len(raw_mpid)} characters"
+    if type(raw_mpid) in {str, int, float, bool}:
+        return repr(raw_mpid)
+    return _json_type(raw_mpid)
 
 
 def load_json(value: bytes) -> Any:

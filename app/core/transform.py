@@ -418,11 +418,17 @@ def membership_attributes(
     quoted = [f"'{audience_id}'" for audience_id in sorted(state.audiences, key=_id_order)]
     membership = ",".join(quoted)
     if len(membership.encode("utf-8")) > MAX_ATTRIBUTE_VALUE_BYTES:
-        # Cut at a whole id: a half id could match another audience's "contains '12'".
+        # Cut at a whole id: a half id could match another audience's "contains '12'". The
+        # longest prefix that fits, in one pass (popping and re-joining was quadratic: 6 s
+        # per record for a user in 20,000 audiences, stalling the worker).
         limits[LIMIT_MEMBERSHIP_CUT] = limits.get(LIMIT_MEMBERSHIP_CUT, 0) + 1
-        while len(membership.encode("utf-8")) > MAX_ATTRIBUTE_VALUE_BYTES:
-            quoted.pop()
-            membership = ",".join(quoted)
+        size, kept = -1, 0  # -1: no comma before the first id
+        for item in quoted:
+            size += len(item.encode("utf-8")) + 1
+            if size > MAX_ATTRIBUTE_VALUE_BYTES:
+                break
+            kept += 1
+        membership = ",".join(quoted[:kept])
     attributes: dict[str, AttributeValue] = {MEMBERSHIP_ATTRIBUTE: membership}
     if options.one_attribute_per_audience:
         for flag, audiences in ((False, state.audiences_left), (True, state.audiences)):
