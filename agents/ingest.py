@@ -206,10 +206,12 @@ def _erasure_checked_step(
 
 def erasure_step(tables: IngestTables, partitions: int) -> Step:
     """The pure step of ``mparticle-erasure`` records. An erasure whose Kafka time is ahead of
-    the worker's clock is recorded at the worker's time
-    (:func:`~app.core.erasure.erasure_time`) is recorded at most
-    :data:`~app.core.erasure.CLOCK_AHEAD_TOLERANCE_MS` ahead of it, and such a clamp is logged
-    (WARNING, masked mpid, once per request: its markers share the time)."""
+    the worker's clock is recorded at most :data:`~app.core.erasure.CLOCK_AHEAD_TOLERANCE_MS`
+    ahead of it (:func:`~app.core.erasure.erasure_time`), and such a clamp is logged (WARNING,
+    masked mpid, once per request: its markers share the time). A marker (a user's or an
+    identity's) never moves back: an erasure older than the one recorded (read after it:
+    re-keyed, redriven, or retried by its source with its old time) keeps the later time, else
+    batches between the two would bring the erased person back."""
 
     def step(event: Any, position: SourcePosition) -> IngestResult:
         result = process_erasure_record(
@@ -220,9 +222,14 @@ def erasure_step(tables: IngestTables, partitions: int) -> Step:
             record_ms=position.timestamp_ms,
             scan_states=lambda: tables.states_of_partition(position.partition, partitions),
         )
-        for mpid, erased_ms in list(result.erased.items())[:1]:
+        warned = False
+        for mpid, erased_ms in result.erased.items():
+            recorded = tables.erased_at(mpid.encode())
+            if recorded is not None and recorded > erased_ms:
+                result.erased[mpid] = recorded
             stamped = position.timestamp_ms
-            if stamped is not None and erased_ms < stamped:  # clamped: the source is ahead
+            if not warned and stamped is not None and erased_ms < stamped:  # clamped: ahead
+                warned = True
                 log.warning(
                     "erasure stamped %.1f s ahead of this worker's clock: recorded %.0f s ahead "
                     "of it (check the erasure source's clock)",

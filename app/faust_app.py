@@ -39,7 +39,7 @@ from app.localstore import PendingWrites, UncommittedWrites
 from app.recovery import SafeRecovery, extend_span, position_for_guess
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping
     from collections.abc import Set as AbstractSet
 
     from faust.transport.consumer import RecordMap
@@ -215,22 +215,24 @@ def hole_to_reread(
 
 
 def unprocessed_head(
-    committed: int | None, first_acked: int, accepted_hole: tuple[int, int] | None
+    committed: int | None, first_acked: int, accepted_holes: Iterable[tuple[int, int]]
 ) -> bool:
     """True when committing from ``first_acked`` would skip offsets never processed.
 
     ``committed``: the partition's committed offset (the next one to process; None: never
     committed); ``first_acked``: the lowest offset the agent acknowledged since;
-    ``accepted_hole``: the last hole ``(first missing, next record)`` the broker returned twice
-    (:func:`hole_to_reread`). faust commits the acknowledged offsets when the first of them is
-    at most ONE past the committed offset (its allowance for a transaction marker there), so a
-    single record that never reached the agent would be committed as done.
+    ``accepted_holes``: the holes ``(first missing, next record)`` the broker returned twice
+    since (:func:`hole_to_reread`), EVERY one of them: a backlog read between two commits
+    crosses a hole per transaction marker or aborted transaction (the re-key topic, written
+    by our own transactions, has one every few records), and the head's hole is only one of
+    them. faust commits the acknowledged offsets when the first of them is at most ONE past
+    the committed offset (its allowance for a transaction marker there), so a single record
+    that never reached the agent would be committed as done; only a hole that spans the
+    whole head (from the committed offset to ``first_acked``) proves it holds no record.
     """
     if committed is None or first_acked <= committed:
         return False
-    return accepted_hole is None or not (
-        accepted_hole[0] <= committed and accepted_hole[1] >= first_acked
-    )
+    return not any(start <= committed and end >= first_acked for start, end in accepted_holes)
 
 
 def never_committed(
@@ -274,10 +276,11 @@ class _Consumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # per input partition: the next offset the fetcher should return (after a record
-        # handed out or a seek), and the hole seen once and sought back over (from, to)
+        # handed out or a seek), the hole seen once and sought back over (from, to), and
+        # the holes seen twice (no data in them) not yet behind the committed offset
         self._expected: dict[TP, int] = {}
         self._suspect: dict[TP, tuple[int, int]] = {}
-        self._accepted_hole: dict[TP, tuple[int, int]] = {}
+        self._accepted_holes: dict[TP, list[tuple[int, int]]] = {}
         self._seeking = False  # faust's seek of every partition to its committed offset runs
         # input partitions whose records were withheld during a rebalance: sought back to the
         # next offset they should deliver once it has ended (nothing else would re-read them
@@ -341,7 +344,7 @@ class _Consumer(faust_aiokafka.Consumer):
         for tp in revoked:
             self._expected.pop(tp, None)
             self._suspect.pop(tp, None)
-            self._accepted_hole.pop(tp, None)
+            self._accepted_holes.pop(tp, None)
             self._withheld.discard(tp)
         await super().on_partitions_revoked(revoked)
 
@@ -379,7 +382,8 @@ class _Consumer(faust_aiokafka.Consumer):
         if hole is None:
             suspect = self._suspect.get(tp)
             if suspect is not None and suspect[1] == offset:
-                self._accepted_hole[tp] = suspect  # seen twice: no data in it
+                # seen twice: no data in it
+                self._accepted_holes.setdefault(tp, []).append(suspect)
             self._accept(tp, offset)
             return False
         if not self.flow_active or tp not in self.assignment():
@@ -417,13 +421,19 @@ class _Consumer(faust_aiokafka.Consumer):
         Seen in an ``exactly_once`` kill loop: after a restart the first record of a partition
         (its committed offset) never reached the agent, the next ones did, and faust committed
         past it: one batch lost. Whatever dropped it, committing cannot be right; the restart
-        reads the partition again from the committed offset.
+        reads the partition again from the committed offset. Offsets that hold no record
+        (transaction markers, aborted records: a hole the broker returned twice) are committed
+        over; holes that end at or before the committed offset are forgotten here (they can
+        cover no later head).
         """
         acked = self._acked[tp]
         if acked and not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic):
             committed = self._committed_offset[tp]
+            holes = self._accepted_holes.get(tp, [])
+            if committed is not None:
+                holes[:] = [hole for hole in holes if hole[1] > committed]
             first = min(acked)
-            if unprocessed_head(committed, first, self._accepted_hole.get(tp)):
+            if unprocessed_head(committed, first, holes):
                 fail_stop(
                     f"{tp.topic}[{tp.partition}]: offsets {committed}..{first - 1} were never "
                     "processed but would be committed"

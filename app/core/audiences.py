@@ -135,6 +135,12 @@ def _update(profile: dict[str, Any]) -> MembershipUpdate:
                 Reason.AUDIENCES_INVALID,
                 f"audience {index} needs an audience_id and action add|delete|attribute_update",
             )
+        if "'" in audience_id or "," in audience_id:
+            # SegmentMembership quotes each id and separates them with commas: "x','y" would
+            # read as two ids and match another audience's segment ("contains 'y'")
+            raise InvalidRecordError(
+                Reason.AUDIENCES_INVALID, f"audience {index}: its audience_id holds ' or ,"
+            )
         action = _ACTIONS[action_name]
         if action is None:
             _attribute_changes(raw.get("user_attributes"), upserts, deletes)

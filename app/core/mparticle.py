@@ -267,8 +267,22 @@ def required_mpid(raw: dict[str, Any], what: str) -> str:
         raise InvalidRecordError(Reason.MPID_MISSING, f"{what} has no mpid")
     mpid = int64_text(raw_mpid)
     if mpid is None:
-        raise InvalidRecordError(Reason.MPID_INVALID, _mpid_invalid(repr(raw_mpid)))
+        raise InvalidRecordError(Reason.MPID_INVALID, _mpid_invalid(_shown_mpid(raw_mpid)))
     return mpid
+
+
+_NUMBER_CHARACTERS: Final = frozenset("0123456789+-.eE")
+
+
+def _shown_mpid(raw_mpid: object) -> str:
+    """How an invalid mpid is shown in its rejection (which is logged): a number or a string
+    of number characters as written, anything else only by its type and length, since a
+    source that put a name or a phone number there would have it in the worker's log."""
+    if type(raw_mpid) is str and not (raw_mpid and _NUMBER_CHARACTERS.issuperset(raw_mpid)):
+        return f"a string of {len(raw_mpid)} characters"
+    if type(raw_mpid) in {str, int, float, bool}:
+        return repr(raw_mpid)
+    return _json_type(raw_mpid)
 
 
 def load_json(value: bytes) -> Any:
@@ -354,7 +368,8 @@ def _check_depth(batches: list[Batch]) -> None:
 def parse_batch(raw: dict[str, Any]) -> Batch:
     """Normalise one decoded batch object; raises :class:`InvalidRecordError` (see module)."""
     ignored: dict[str, int] = {}
-    _add(ignored, IGNORED_UNKNOWN_KEYS, len(raw.keys() - KNOWN_BATCH_KEYS))
+    if not KNOWN_BATCH_KEYS.issuperset(raw):  # no set built for the usual batch
+        _add(ignored, IGNORED_UNKNOWN_KEYS, len(raw.keys() - KNOWN_BATCH_KEYS))
 
     mpid = required_mpid(raw, "batch")
 
@@ -376,59 +391,68 @@ def parse_batch(raw: dict[str, Any]) -> Batch:
 
     timestamp_ms = _timestamp(raw.get("timestamp_unixtime_ms"), ignored)
     email, customer_id = parse_identities(raw.get("user_identities"), ignored)
+    # Positional, in field order: a slots dataclass's generated __init__ called with keywords
+    # costs ~0.9 µs more here (1.42 against 0.54 µs, timeit).
     batch = Batch(
-        mpid=mpid,
-        environment=environment,
-        timestamp_ms=timestamp_ms,
-        batch_id=_optional_id(raw.get("batch_id"), ignored),
-        email=email,
-        customer_id=customer_id,
-        user_attributes=parse_user_attributes(raw.get("user_attributes"), ignored),
-        deleted_user_attributes=parse_deleted_attributes(
-            raw.get("deleted_user_attributes"), ignored
-        ),
-        device_type=_device_type(raw.get("application_info"), raw.get("device_info"), ignored),
-        events=[],
-        first_event_ms=None,
-        last_event_ms=None,
-        invalid_events={},
-        ignored_events={},
-        ignored=ignored,
+        mpid,
+        environment,
+        timestamp_ms,
+        _optional_id(raw.get("batch_id"), ignored),  # batch_id
+        email,
+        customer_id,
+        parse_user_attributes(raw.get("user_attributes"), ignored),
+        parse_deleted_attributes(raw.get("deleted_user_attributes"), ignored),
+        _device_type(raw.get("application_info"), raw.get("device_info"), ignored),
+        [],  # events
+        None,  # first_event_ms
+        None,  # last_event_ms
+        {},  # invalid_events
+        {},  # ignored_events
+        ignored,
     )
     _parse_events(raw_events, batch)
     return batch
 
 
 def _parse_events(raw_events: list[Any], batch: Batch) -> None:
-    """Fill ``batch.events``, its event time range and its event counters."""
+    """Fill ``batch.events``, its event time range and its event counters.
+
+    The per-event work is written out in this one loop (names bound to locals, the usual
+    shapes tested first, no call for a value that is already valid): it runs once per event,
+    and the calls and the set built per event it replaces cost ~40 % of it (timeit)."""
     ignored = batch.ignored
+    invalid_events = batch.invalid_events
+    events = batch.events
+    batch_time = batch.timestamp_ms
+    known_data_keys = KNOWN_DATA_KEYS
+    times: list[int] = []  # the events' own valid times
     for position, raw_event in enumerate(raw_events):
         if type(raw_event) is not dict:
-            _count(batch.invalid_events, "event_not_object")
+            _count(invalid_events, "event_not_object")
             continue
         event_type = raw_event.get("event_type")
         if type(event_type) is not str:
-            _count(batch.invalid_events, "event_type_missing")
+            _count(invalid_events, "event_type_missing")
             continue
         data = raw_event.get("data")
         if type(data) is not dict:
-            _count(batch.invalid_events, "data_not_object")
+            _count(invalid_events, "data_not_object")
             continue
         if len(raw_event) > 2:
             _add(ignored, IGNORED_UNKNOWN_KEYS, len(raw_event.keys() - _EVENT_KEYS))
-        _add(ignored, IGNORED_UNKNOWN_DATA_KEYS, len(data.keys() - KNOWN_DATA_KEYS))
+        if not known_data_keys.issuperset(data):
+            _add(ignored, IGNORED_UNKNOWN_DATA_KEYS, len(data.keys() - known_data_keys))
 
-        raw_time = data.get("timestamp_unixtime_ms")
-        own_time = None if raw_time is None else _timestamp(raw_time, ignored)
+        own_time = data.get("timestamp_unixtime_ms")
+        if own_time is not None and not (
+            type(own_time) is int and 0 <= own_time <= MAX_TIMESTAMP_MS
+        ):
+            own_time = _timestamp(own_time, ignored)
         event = _event(
-            event_type,
-            data,
-            position,
-            batch.timestamp_ms if own_time is None else own_time,
-            ignored,
+            event_type, data, position, batch_time if own_time is None else own_time, ignored
         )
         if isinstance(event, str):
-            _count(batch.invalid_events, event)
+            _count(invalid_events, event)
             continue
         if event is None:
             _count(
@@ -436,12 +460,12 @@ def _parse_events(raw_events: list[Any], batch: Batch) -> None:
                 event_type if event_type in KNOWN_EVENT_TYPES else UNKNOWN_EVENT_TYPE,
             )
         else:
-            batch.events.append(event)
+            events.append(event)
         if own_time is not None:
-            if batch.first_event_ms is None or own_time < batch.first_event_ms:
-                batch.first_event_ms = own_time
-            if batch.last_event_ms is None or own_time > batch.last_event_ms:
-                batch.last_event_ms = own_time
+            times.append(own_time)
+    if times:
+        batch.first_event_ms = min(times)
+        batch.last_event_ms = max(times)
 
 
 def _event(
@@ -462,26 +486,29 @@ def _event(
         is_opted_out = data.get("is_opted_out")
         if type(is_opted_out) is not bool:
             return "opt_out_flag_missing"
-        return Event(
-            kind="opt_out", position=position, timestamp_ms=event_time, is_opted_out=is_opted_out
-        )
+        return Event("opt_out", position, event_time, "", None, None, None, is_opted_out)
     elif event_type == "first_run" or (
         event_type == "application_state_transition" and data.get("is_first_run") is True
     ):
-        return Event(kind="install", position=position, timestamp_ms=event_time)
+        return Event("install", position, event_time)
     else:
         return None
     if type(name) is not str or not name.strip():
         return "event_name_missing" if kind == "custom_event" else "screen_name_missing"
-    return Event(
-        kind=kind,
-        position=position,
-        timestamp_ms=event_time,
-        name=name,
-        custom_attributes=_custom_attributes(data.get("custom_attributes"), ignored),
-        source_message_id=_source_message_id(data.get("source_message_id")),
-        event_id=_optional_id(data.get("event_id"), ignored),
-    )
+    custom_attributes = data.get("custom_attributes")
+    if custom_attributes is not None and type(custom_attributes) is not dict:
+        _count(ignored, IGNORED_CUSTOM_ATTRIBUTES)
+        custom_attributes = None
+    source_message_id = data.get("source_message_id")
+    if type(source_message_id) is not str or not source_message_id:
+        source_message_id = None
+    event_id = data.get("event_id")
+    if type(event_id) is int and _INT64_MIN <= event_id <= _INT64_MAX:
+        event_id = str(event_id)  # the usual id, as int64_text gives it, without two calls
+    elif event_id is not None:
+        event_id = _optional_id(event_id, ignored)
+    # positional: with keywords a slots dataclass's __init__ costs 1.20 against 0.26 µs (timeit)
+    return Event(kind, position, event_time, name, custom_attributes, source_message_id, event_id)
 
 
 def int64_text(value: object) -> str | None:
@@ -606,17 +633,24 @@ def parse_user_attributes(value: object, ignored: dict[str, int]) -> dict[str, A
         _count(ignored, IGNORED_USER_ATTRIBUTES)
         return {}
     attributes: dict[str, AttributeValue] = {}
+    scalar_types = _SCALAR_TYPES
     for name, item in value.items():
-        key = canonical_attribute_name(name)
-        if key in _NAME_KEYS:
-            valid = item is None or type(item) is str
+        # Most names are custom (kept as they are): canonicalised without a call for them.
+        if name[:1] == "$":
+            key = canonical_attribute_name(name)
+            if key in _NAME_KEYS:
+                if item is None or type(item) is str:
+                    attributes[key] = item
+                else:
+                    _count(ignored, IGNORED_ATTRIBUTE_VALUE)
+                continue
         else:
-            valid = (
-                item is None
-                or type(item) in _SCALAR_TYPES
-                or (type(item) is list and all(type(part) in _SCALAR_TYPES for part in item))
-            )
-        if valid:
+            key = name
+        if (
+            item is None
+            or type(item) in scalar_types
+            or (type(item) is list and all(type(part) in scalar_types for part in item))
+        ):
             attributes[key] = item
         else:
             _count(ignored, IGNORED_ATTRIBUTE_VALUE)
@@ -653,13 +687,6 @@ def _device_type(application_info: object, device_info: object, ignored: dict[st
     return UNKNOWN_DEVICE_TYPE
 
 
-def _custom_attributes(value: object, ignored: dict[str, int]) -> dict[str, Any] | None:
-    if value is None or type(value) is dict:
-        return value
-    _count(ignored, IGNORED_CUSTOM_ATTRIBUTES)
-    return None
-
-
 def _too_deep(value: dict[str, Any] | list[Any], budget: int) -> bool:
     """True when ``value`` nests objects/arrays more than ``budget`` levels (itself = 1).
 
@@ -675,10 +702,6 @@ def _too_deep(value: dict[str, Any] | list[Any], budget: int) -> bool:
             (child, depth + 1) for child in children if type(child) is dict or type(child) is list
         )
     return False
-
-
-def _source_message_id(value: object) -> str | None:
-    return value if type(value) is str and value else None
 
 
 def _count(counters: dict[str, int], key: str) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -45,7 +45,7 @@ from app.core.erasure import (
 )
 from app.core.mparticle import parse_record
 from app.core.sizes import PRODUCER_MAX_REQUEST_BYTES, fits, record_bytes
-from app.core.state import UserState, decode_state, encode_state
+from app.core.state import UserState, decode_state, encode_state, evolve
 from app.core.transform import Operation, Transformed, transform
 from app.errors import InvalidRecordError, Reason
 from app.records import (
@@ -511,9 +511,9 @@ def _already_applied(state: UserState | None, kind: str, source: SourcePosition)
 def _mark_applied(state: UserState | None, kind: str, source: SourcePosition) -> UserState | None:
     if state is None or source.offset < 0:
         return state
-    return replace(
+    return evolve(
         state,
-        applied_offsets={**state.applied_offsets, _applied_key(kind, source): source.offset},
+        {"applied_offsets": {**state.applied_offsets, _applied_key(kind, source): source.offset}},
     )
 
 

@@ -23,6 +23,8 @@ from app.core.pipeline import (
     process_erasure_record,
 )
 from app.core.state import UserState, decode_state, encode_state
+from app.core.transform import LIMIT_MEMBERSHIP_CUT, membership_attributes
+from app.customerio.limits import MAX_ATTRIBUTE_VALUE_BYTES
 from app.errors import InvalidRecordError
 from app.records import SourcePosition
 from app.settings import load_settings
@@ -89,9 +91,17 @@ def test_accepts_membership_shapes(value: bytes) -> None:
         (b'{"mpid": 1, "audiences": {}}', "audiences_invalid"),
         (b'{"mpid": 1, "audiences": [{"audience_id": 1, "action": "join"}]}', "audiences_invalid"),
         (b'{"mpid": 1, "audiences": [{"action": "add"}]}', "audiences_invalid"),
+        (
+            b'{"mpid": 1, "audiences": [{"audience_id": "x\'y", "action": "add"}]}',
+            "audiences_invalid",
+        ),
+        (
+            b'{"mpid": 1, "audiences": [{"audience_id": "x,y", "action": "add"}]}',
+            "audiences_invalid",
+        ),
         (b"[1]", "not_an_object"),
     ],
-    ids=["json", "mpid", "not-list", "action", "no-id", "not-object"],
+    ids=["json", "mpid", "not-list", "action", "no-id", "quote-in-id", "comma-in-id", "not-object"],
 )
 def test_rejects_bad_membership(value: bytes, reason: str) -> None:
     with pytest.raises(InvalidRecordError) as caught:
@@ -122,6 +132,27 @@ def test_segment_membership_lists_quoted_ids() -> None:
     assert identify["identifiers"] == {"email": "a@x.io"}
     assert identify["attributes"]["SegmentMembership"] == "'123','456'"
     assert "In A" not in identify["attributes"]
+
+
+@pytest.mark.parametrize("audiences", [200, 5_000, 20_000])
+def test_segment_membership_too_long_is_cut_to_the_longest_whole_ids_that_fit(
+    audiences: int,
+) -> None:
+    state = UserState(audiences={str(n): f"A{n}" for n in range(audiences)})
+    limits: dict[str, int] = {}
+    membership = membership_attributes(state, _settings(), limits)["SegmentMembership"]
+    assert isinstance(membership, str)
+    every = ",".join(f"'{n}'" for n in range(audiences))  # ids in their numeric order
+    if len(every) <= MAX_ATTRIBUTE_VALUE_BYTES:
+        assert (membership, limits) == (every, {})
+        return
+    assert limits == {LIMIT_MEMBERSHIP_CUT: 1}
+    kept = membership.count(",") + 1
+    assert every.startswith(membership + ",")  # whole ids, in order, from the first
+    assert len(membership.encode()) <= MAX_ATTRIBUTE_VALUE_BYTES
+    assert (
+        len(f"{membership},'{kept}'".encode()) > MAX_ATTRIBUTE_VALUE_BYTES
+    )  # the next one would not fit
 
 
 def test_one_attribute_per_audience_true_then_false() -> None:

@@ -104,3 +104,21 @@ def test_a_record_dropped_as_erased_leaves_one_info_line(
     assert "5000" in lines[0].getMessage()
     assert "4999" in lines[0].getMessage()
     assert lines[0].mpid != "8123"
+
+
+@pytest.mark.parametrize(
+    ("recorded_ms", "request_ms", "expected_ms"),
+    [
+        (None, 5_000, 5_000),  # first erasure of the user
+        (4_000, 5_000, 5_000),  # a later erasure moves the marker forward
+        (9_000, 5_000, 9_000),  # an older one read after it does not move it back
+        (5_000, 5_000, 5_000),
+    ],
+)
+def test_an_erasure_marker_never_moves_back(
+    recorded_ms: int | None, request_ms: int, expected_ms: int
+) -> None:
+    step = erasure_step(Tables(erased_ms=recorded_ms), 4)  # type: ignore[arg-type]
+    request = orjson.dumps({"subject_request_type": "erasure", "mpid": 8123})
+    result = step(Event(b"8123", request), _at("erasure", request_ms))
+    assert result.erased == {"8123": expected_ms}

@@ -14,6 +14,7 @@ from app.core.mparticle import (
     IGNORED_UNKNOWN_DATA_KEYS,
     IGNORED_UNKNOWN_KEYS,
     MAX_DATA_DEPTH,
+    MAX_TIMESTAMP_MS,
     UNKNOWN_DEVICE_TYPE,
     Batch,
     canonical_attribute_name,
@@ -135,6 +136,11 @@ def test_rejects_mpid_beyond_64_bits_that_json_reads_as_float(value: bytes) -> N
         pytest.param(b'[{"mpid": 1}, {"mpid": 12345678901234567890123}]',
                      "12345678901234567890123", id="bulk-second"),
         pytest.param(b'{"mpid": "1e+20"}', "'1e+20'", id="string"),
+        pytest.param(b'{"mpid": "jane doe +44 7700 900123"}', "a string of 24 characters",
+                     id="string-not-a-number-not-echoed"),
+        pytest.param(b'{"mpid": ""}', "a string of 0 characters", id="empty-string"),
+        pytest.param(b'{"mpid": {"email": "a@b.co"}}', "an object", id="object-not-echoed"),
+        pytest.param(b'{"mpid": ["a@b.co"]}', "an array", id="array-not-echoed"),
         pytest.param(b'{"mpid": true}', "True", id="bool"),
         pytest.param(b'{"mpid": 1' + b"0" * 60 + b"}", "1" + "0" * 39, id="cut-at-40"),
     ],
@@ -162,6 +168,10 @@ def test_rejects_batch_without_mpid_as_mpid_missing(fields: dict[str, Any]) -> N
         pytest.param("17", "-18", "17", "-18", 0, id="decimal-strings"),
         pytest.param(None, None, None, None, 0, id="null"),
         pytest.param(1.5, "x", None, None, 2, id="invalid-counted"),
+        # the parser's inline path for an int event_id keeps int64_text's bounds
+        pytest.param(None, -(2**63), None, str(-(2**63)), 0, id="event-id-int64-min"),
+        pytest.param(None, 2**63, None, None, 1, id="event-id-above-int64-counted"),
+        pytest.param(None, True, None, None, 1, id="event-id-boolean-counted"),
     ],
 )  # fmt: skip
 def test_accepts_batch_id_and_event_id_as_integer_or_string(
@@ -372,6 +382,10 @@ def test_custom_event_fields() -> None:
         pytest.param("abc", BATCH_MS, 1, id="string-invalid"),
         pytest.param(1.7e12, 1_700_000_000_000, 0, id="integral-float"),
         pytest.param("1700000000001", 1_700_000_000_001, 0, id="digit-string"),
+        # the parser's inline path for an int time keeps _timestamp's bounds
+        pytest.param(MAX_TIMESTAMP_MS, MAX_TIMESTAMP_MS, 0, id="latest-accepted"),
+        pytest.param(MAX_TIMESTAMP_MS + 1, BATCH_MS, 1, id="beyond-latest-invalid"),
+        pytest.param(True, BATCH_MS, 1, id="boolean-invalid"),
     ],
 )
 def test_event_timestamp_falls_back_to_batch_timestamp(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError, fields, replace
 from itertools import permutations
 from typing import Any
 
@@ -14,6 +15,7 @@ from app.core.state import (
     decode_state,
     earlier_first_seen,
     encode_state,
+    evolve,
     fold,
 )
 from app.errors import InvalidRecordError
@@ -255,6 +257,31 @@ def test_state_avro_round_trip_keeps_value_types() -> None:
     assert [type(value) for value in decoded.attributes.values()] == [
         str, int, int, float, bool, type(None), list
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(UserState)])
+def test_evolve_is_dataclasses_replace(name: str) -> None:
+    full, other = STATES["full"], STATES["folded-sample"]
+    before = vars(full).copy()
+    changed = evolve(full, {name: getattr(other, name)})
+    assert changed == replace(full, **{name: getattr(other, name)})
+    assert [getattr(changed, f.name) for f in fields(UserState)] == [
+        getattr(other if f.name == name else full, f.name) for f in fields(UserState)
+    ]
+    assert vars(full) == before  # the original is untouched
+    assert changed is not full
+    with pytest.raises(FrozenInstanceError):
+        changed.email = "b@example.com"  # type: ignore[misc]
+
+
+def test_evolve_refuses_a_name_that_is_not_a_field() -> None:
+    with pytest.raises(TypeError, match="emial"):
+        evolve(STATES["full"], {"emial": "a@example.com"})
+
+
+def test_decode_state_gives_every_field() -> None:
+    decoded = decode_state(encode_state(STATES["full"]))
+    assert vars(decoded).keys() == {f.name for f in fields(UserState)}
 
 
 @pytest.mark.parametrize(

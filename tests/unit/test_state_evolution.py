@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+from dataclasses import fields
 from typing import TYPE_CHECKING
 
 import orjson
@@ -118,7 +119,7 @@ def test_state_written_by_the_first_release_reads_with_todays_defaults(tmp_path:
     assert state.applied_offsets == {}
     assert state == UserState(
         **{
-            **{name: getattr(STATE, name) for name in UserState.__slots__},
+            **{f.name: getattr(STATE, f.name) for f in fields(UserState)},
             "audiences_left": {},
             "applied_offsets": {},
         }

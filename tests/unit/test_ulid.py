@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from app.core.ulid import CROCKFORD_ALPHABET, MAX_TIME_MS, event_ulid, ulid
@@ -75,3 +77,17 @@ def test_event_ulid_is_deterministic_and_keyed_by_identity() -> None:
 
 def test_event_ulid_without_time_uses_time_zero() -> None:
     assert event_ulid(None, b"x")[:10] == "0000000000"
+
+
+def encode_ulid(time_ms: int, randomness: bytes) -> str:
+    """Reference encoder written from the spec: 130 bits (two zero bits first), 5 at a time."""
+    value = (time_ms << 80) | int.from_bytes(randomness, "big")
+    return "".join(CROCKFORD_ALPHABET[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def test_ulid_matches_the_reference_encoder_on_random_parts() -> None:
+    """The encoding is a C++ library's (ulid_transform): every bit position is checked."""
+    rng = random.Random(19)
+    for _ in range(2000):
+        time_ms, randomness = rng.randint(0, MAX_TIME_MS), rng.randbytes(10)
+        assert ulid(time_ms, randomness) == encode_ulid(time_ms, randomness)
