@@ -122,3 +122,15 @@ def test_an_erasure_marker_never_moves_back(
     request = orjson.dumps({"subject_request_type": "erasure", "mpid": 8123})
     result = step(Event(b"8123", request), _at("erasure", request_ms))
     assert result.erased == {"8123": expected_ms}
+
+
+def test_an_identity_marker_never_moves_back() -> None:
+    """A Firehose DSR by email (no mpid) older than the one recorded for that email keeps the
+    recorded time on its identity marker, as an mpid marker does."""
+    step = erasure_step(Tables(erased_ms=9_000), 4)  # type: ignore[arg-type]
+    request = orjson.dumps(
+        {"subject_request_type": "erasure", "subject_identities": {"email": {"value": "a@b.co"}}}
+    )
+    result = step(Event(b"", request), _at("erasure", 5_000))
+    assert list(result.erased.values()) == [9_000]
+    assert all(key.startswith("id:") for key in result.erased)
