@@ -296,7 +296,16 @@ async def test_second_worker_joins_and_leaves(
     assert await second.stop() < 30  # leaves: its partitions (and state) move back
     await _until_delivered(emulator, expected, [first])
     await _settle(emulator, workload)
-    await _verdict(deployment, emulator, workload, "rebalance", capsys)
+    # A sink chunk in flight at a rebalance or a stop is left uncommitted and redelivered by its
+    # partitions' next owner (app/sink/service.py, each case logged): an identify of it may then
+    # arrive after a newer one (a fresh-clone CI run: 60 events redelivered, 7 stale identifies,
+    # nothing else amiss). Without such a line, a stale identify stays a fault.
+    redelivered = any(
+        "it will be redelivered" in worker.output()
+        or "did not finish before the rebalance" in worker.output()
+        for worker in (first, second)
+    )
+    await _verdict(deployment, emulator, workload, "rebalance", capsys, stale_explained=redelivered)
 
 
 def _poison() -> list[tuple[bytes | None, bytes]]:
