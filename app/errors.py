@@ -111,6 +111,8 @@ class Reason(StrEnum):
     # ingest: a record of the re-key topic that no worker wrote as it is
     REKEY_KIND_UNKNOWN = "rekey_kind_unknown"
     REKEY_LOOP = "rekey_loop"
+    # ingest: the record was read and folded into the user's state, but cannot be sent
+    PERSON_ID_INVALID = "person_id_invalid"
     # sink: an item Customer.io did not accept
     ITEM_TOO_LARGE = "item_too_large"
     RETRIES_EXHAUSTED = "retries_exhausted"

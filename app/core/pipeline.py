@@ -457,7 +457,11 @@ def _apply_to_user(
     A record already in the stored state (a redelivery) is skipped: ``_already_applied``. A
     record whose new state or operations record the producer would refuse
     (:func:`app.core.sizes.fits`, key = mpid, no headers: a length sum, no extra encode) is
-    dead-lettered as ``too_large`` instead, and nothing of it is applied."""
+    dead-lettered as ``too_large`` instead, and nothing of it is applied. A record with a
+    batch not forwarded because the user's person id is unusable (outcome
+    ``person_id_invalid``) is applied (its state kept, like any batch not forwarded) and
+    dead-lettered once, reason ``person_id_invalid``, so it is not lost silently; it is counted
+    by that outcome, not as ``rejected``."""
     mpid = items[0].mpid
     kind, counter, source, key = record.kind, record.counter, record.source, record.key
     state = _load(mpid, load_state, result, source, key, clock)
@@ -493,6 +497,23 @@ def _apply_to_user(
     if encoded is not None:
         result.states[mpid] = encoded
     result.operations = ops_record
+    if counts.get((counter, "person_id_invalid")):  # .get: no __missing__ call per record
+        _reject(result, _unsendable(state), source, key, value, clock, counter=None)
+
+
+def _unsendable(state: UserState | None) -> InvalidRecordError:
+    """The ``person_id_invalid`` rejection of a record whose user has no person id Customer.io
+    accepts (``state``: the user's state after the record; its customer id, else its email,
+    is empty or over 150 bytes: :func:`app.core.transform.is_person_identifier`). The detail
+    names which identity and its length in bytes, never its value."""
+    customer_id = None if state is None else state.customer_id
+    email = None if state is None else state.email
+    which, person_id = ("customer id", customer_id) if customer_id else ("email", email or "")
+    return InvalidRecordError(
+        Reason.PERSON_ID_INVALID,
+        f"the user's person id (its {which}, {len(person_id.encode())} bytes) is empty or over "
+        "Customer.io's 150 bytes: the batch was not forwarded (README Dead letters)",
+    )
 
 
 def _already_applied(state: UserState | None, kind: str, source: SourcePosition) -> bool:

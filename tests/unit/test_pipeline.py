@@ -297,3 +297,50 @@ def test_record_just_within_the_limit_is_used(settings: CoreOptions) -> None:
     assert result.operations is not None
     assert fits(b"42", result.operations[1])
     assert not result.dead_letters
+
+
+# --- a user whose person id Customer.io refuses: dead-lettered, never silent ------------------
+
+
+@pytest.mark.parametrize(
+    ("identities", "which"),
+    [
+        pytest.param({"email": "ada@example.com", "customer_id": "c" * 151}, "customer id",
+                     id="customer-id-151-bytes"),
+        pytest.param({"email": "ada@example.com", "customer_id": "é" * 76}, "customer id",
+                     id="customer-id-152-utf8-bytes"),
+        pytest.param({"email": "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + ".com"}, "email",
+                     id="email-196-bytes"),
+    ],
+)  # fmt: skip
+def test_unsendable_person_id_dead_letters_the_record_once(
+    settings: CoreOptions, identities: dict[str, str], which: str
+) -> None:
+    store: dict[str, bytes] = {}
+    value = orjson.dumps({**_batch(), "user_identities": identities})
+    result = _run(value, b"42", store, settings)
+    assert result.operations is None
+    (encoded,) = result.dead_letters
+    letter = codec("dead_letter").decode(encoded)
+    assert letter["reason"] == "person_id_invalid"
+    assert letter["payload"] == value
+    assert which in letter["detail"]
+    assert all(identity not in letter["detail"] for identity in identities.values())
+    assert result.counts["dead_letters", "ingest", "person_id_invalid"] == 1
+    assert result.counts["batches", "person_id_invalid"] == 1
+    assert result.counts["batches", "rejected"] == 0  # counted once, by its outcome
+    assert "42" in store  # applied like any batch not forwarded
+    # a later batch of that user without identities has the same person id: dead-lettered too
+    later = SourcePosition(SOURCE.topic, SOURCE.partition, SOURCE.offset + 1)
+    bare = orjson.dumps({**_batch(), "user_identities": None})
+    again = process_batch_record(b"42", bare, later, store.get, settings, clock=lambda: 7)
+    assert [codec("dead_letter").decode(d)["reason"] for d in again.dead_letters] == [
+        "person_id_invalid"
+    ]
+
+
+def test_bulk_record_of_one_unsendable_user_is_one_dead_letter(settings: CoreOptions) -> None:
+    bad = {**_batch(), "user_identities": {"email": "ada@example.com", "customer_id": "c" * 151}}
+    result = _run(orjson.dumps([bad, bad]), b"42", {}, settings)
+    assert len(result.dead_letters) == 1
+    assert result.counts["batches", "person_id_invalid"] == 2
