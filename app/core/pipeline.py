@@ -43,7 +43,7 @@ from app.core.erasure import (
     plan_erasure,
     request_marker_keys,
 )
-from app.core.mparticle import parse_record
+from app.core.mparticle import load_json, parse_record
 from app.core.sizes import PRODUCER_MAX_REQUEST_BYTES, fits, record_bytes
 from app.core.state import UserState, decode_state, encode_state, evolve
 from app.core.transform import Operation, Transformed, transform
@@ -611,8 +611,9 @@ def _key_text(key: bytes | None) -> str | None:
 def _rekey(
     value: bytes, mpids: list[str], record_mpid: str | None, list_key: str | None = None
 ) -> list[tuple[str, bytes]]:
-    # Rare path (keyless or mixed bulk records): decode again to forward each raw part as is.
-    document = orjson.loads(value)
+    # Rare path (keyless or mixed bulk records): decode again to forward each raw part as is
+    # (load_json: what the parser read, big integers exact and a byte order mark ignored).
+    document = load_json(value)
     if list_key is not None and isinstance(document, dict) and list_key in document:
         document = document[list_key]
     raws = document if isinstance(document, list) else [document]

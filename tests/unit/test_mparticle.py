@@ -19,6 +19,7 @@ from app.core.mparticle import (
     Batch,
     canonical_attribute_name,
     int64_text,
+    load_json,
     parse_record,
 )
 from app.errors import InvalidRecordError
@@ -641,3 +642,67 @@ def test_parses_reference_sample() -> None:
     assert [event.kind for event in batch.events] == ["install", "custom_event", "screen_view"]
     assert batch.invalid_events == {}
     assert batch.ignored_events["commerce_event"] == 1
+
+
+# --- JSON load: big integers exact, a byte order mark ignored ---------------------------------
+
+_BIG = "123456789012345678901234567890"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(b'{"a": ' + _BIG.encode() + b"}", {"a": _BIG}, id="beyond-uint64"),
+        pytest.param(b'{"a": -' + _BIG.encode() + b"}", {"a": "-" + _BIG}, id="below-int64"),
+        pytest.param(b'{"a": 18446744073709551616}', {"a": "18446744073709551616"}, id="2**64"),
+        pytest.param(b'{"a": -9223372036854775809}', {"a": "-9223372036854775809"},
+                     id="-2**63-1-nineteen-digits"),
+        pytest.param(b'{"a": 18446744073709551615}', {"a": 18446744073709551615}, id="uint64-max"),
+        pytest.param(b'{"a": -9223372036854775808}', {"a": -9223372036854775808}, id="int64-min"),
+        pytest.param(b'{"a": [1, {"b": ' + _BIG.encode() + b'}], "c": 1.5}',
+                     {"a": [1, {"b": _BIG}], "c": 1.5}, id="nested"),
+        pytest.param(b'{"a": "' + _BIG.encode() + b'", "b": 2}', {"a": _BIG, "b": 2},
+                     id="digits-in-a-string"),
+        pytest.param(b'{"a": 1' + b"0" * 300 + b"}", {"a": "1" + "0" * 300}, id="301-digits"),
+        pytest.param(b'\xef\xbb\xbf{"a": 1}', {"a": 1}, id="bom"),
+        pytest.param(b'\xef\xbb\xbf{"a": ' + _BIG.encode() + b"}", {"a": _BIG}, id="bom-big"),
+    ],
+)  # fmt: skip
+def test_load_json_keeps_big_integers_exact_and_ignores_one_bom(
+    value: bytes, expected: dict[str, Any]
+) -> None:
+    assert load_json(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        pytest.param(b"\xef\xbb\xbf\xef\xbb\xbf{}", "invalid_json", id="two-boms"),
+        pytest.param(b"\xef\xbb\xbf", "invalid_json", id="bom-alone"),
+        pytest.param(b"\xef\xbb\xbf{\xff}", "invalid_utf8", id="bom-then-not-utf8"),
+    ],
+)
+def test_load_json_rejects_what_a_bom_does_not_explain(value: bytes, reason: str) -> None:
+    with pytest.raises(InvalidRecordError) as caught:
+        load_json(value)
+    assert caught.value.reason == reason
+
+
+def test_big_integer_attribute_and_event_data_keep_every_digit() -> None:
+    value = (
+        orjson.dumps(
+            raw_batch(
+                user_attributes={"id_big": 1}, events=[custom_event(custom_attributes={"n": 1})]
+            )
+        )
+        .replace(b'"id_big":1', b'"id_big":' + _BIG.encode())
+        .replace(b'"n":1', b'"n":' + _BIG.encode())
+    )
+    (batch,) = parse_record(value)
+    assert batch.user_attributes["id_big"] == _BIG
+    assert batch.events[0].custom_attributes == {"n": _BIG}
+
+
+def test_batch_with_bom_parses() -> None:
+    value = orjson.dumps(raw_batch())
+    assert parse_record(b"\xef\xbb\xbf" + value) == parse_record(value)

@@ -344,3 +344,48 @@ def test_bulk_record_of_one_unsendable_user_is_one_dead_letter(settings: CoreOpt
     result = _run(orjson.dumps([bad, bad]), b"42", {}, settings)
     assert len(result.dead_letters) == 1
     assert result.counts["batches", "person_id_invalid"] == 2
+
+
+# --- real-world JSON: integers beyond 64 bits, a byte order mark ------------------------------
+
+_BIG = b"123456789012345678901234567890"
+
+
+def _big_integer_batch(mpid: int = 42) -> bytes:
+    raw = {**_batch(mpid=mpid, events=1), "user_attributes": {"id_big": 1}}
+    raw["events"][0]["data"]["custom_attributes"] = {"n": 2}
+    return (
+        orjson.dumps(raw)
+        .replace(b'"id_big":1', b'"id_big":' + _BIG)
+        .replace(b'"n":2', b'"n":' + _BIG)
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        pytest.param(_big_integer_batch(), b"42", id="big-integers"),
+        pytest.param(b"\xef\xbb\xbf" + _big_integer_batch(), b"42", id="bom"),
+    ],
+)
+def test_big_integers_reach_the_operations_as_exact_decimal_text(
+    settings: CoreOptions, value: bytes, key: bytes
+) -> None:
+    result = _run(value, key, {}, settings)
+    assert result.dead_letters == []
+    assert result.operations is not None
+    identify, event = (
+        orjson.loads(op["item"])
+        for op in codec("operation_batch").decode(result.operations[1])["operations"]
+    )
+    assert identify["attributes"]["id_big"] == _BIG.decode()
+    assert event["attributes"] == {"n": _BIG.decode()}
+
+
+def test_rekeyed_part_keeps_big_integers_exact(settings: CoreOptions) -> None:
+    value = b"\xef\xbb\xbf[" + _big_integer_batch(7) + b"]"
+    result = _run(value, None, {}, settings)
+    ((mpid, part),) = result.rekeyed
+    assert mpid == "7"
+    assert _BIG in part
+    assert b"e+29" not in part
