@@ -52,7 +52,7 @@ from app.core.pipeline import (
 from app.core.transform import LIMIT_PERSON_CAP
 from app.errors import Reason
 from app.faust_app import fail_stop, tracked_writes, uncommitted_writes
-from app.logs import log_dead_letters, log_held_back, mask_mpid
+from app.logs import log_cuts, log_dead_letters, log_held_back, mask_mpid
 from app.records import (
     SourcePosition,
     Stage,
@@ -366,6 +366,8 @@ async def write_record(
     await writer.write(event, result, kind)
     record_metrics(result)
     log_held_back(log, result.counts["limits", LIMIT_PERSON_CAP], next(iter(result.states), None))
+    if result.cuts is not None:  # rare: most records fit as they are
+        log_cuts(log, *result.cuts)
 
 
 class Turns:

@@ -143,6 +143,19 @@ def log_held_back(logger: logging.Logger, held_back: int, mpid: str | None) -> N
         )
 
 
+def log_cuts(logger: logging.Logger, mpid: str, cuts: dict[str, int]) -> None:
+    """One WARNING for one record of which something was cut or left out to fit Customer.io's
+    limits (SPEC §3: "counted and logged"): ``cuts`` (limit kind → count, as
+    ``mpcio_limit_enforcements_total{kind}`` counts them) in the message, the masked mpid and
+    ``reason`` ``limits`` as context fields; never a name or a value."""
+    logger.warning(
+        "value(s) cut or not sent to fit Customer.io's limits: %s "
+        "(mpcio_limit_enforcements_total, docs/mapping.md)",
+        ", ".join(f"{kind}={count}" for kind, count in sorted(cuts.items())),
+        extra={"mpid": mask_mpid(mpid), "reason": "limits"},
+    )
+
+
 def log_dead_letters(logger: logging.Logger, letters: Iterable[bytes]) -> None:
     """One WARNING per encoded ``DeadLetter`` written: reason and detail as the message, and
     ``topic``, ``partition``, ``offset``, ``mpid`` (masked), ``reason``, ``stage`` and

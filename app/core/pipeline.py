@@ -46,7 +46,7 @@ from app.core.erasure import (
 from app.core.mparticle import load_json, parse_record
 from app.core.sizes import PRODUCER_MAX_REQUEST_BYTES, fits, record_bytes
 from app.core.state import UserState, decode_state, encode_state, evolve
-from app.core.transform import Operation, Transformed, transform
+from app.core.transform import CUT_LIMITS, Operation, Transformed, transform
 from app.errors import InvalidRecordError, Reason
 from app.records import (
     DeadLetterRecord,
@@ -75,6 +75,8 @@ class IngestResult:
     ``operations``: at most one encoded ``OperationBatch`` (key = mpid); ``rekeyed``: (mpid,
     raw JSON of that user's part) to send to the re-key topic; ``dead_letters``: encoded
     ``DeadLetter`` records. ``counts`` holds metric increments keyed by (metric, label values).
+    ``cuts``: (mpid, limit kind → count) of what was cut or left out of the user's items to
+    fit Customer.io's limits (:data:`~app.core.transform.CUT_LIMITS`), to log; None if nothing.
     """
 
     states: dict[str, bytes] = field(default_factory=dict)
@@ -84,6 +86,7 @@ class IngestResult:
     rekeyed: list[tuple[str, bytes]] = field(default_factory=list)
     dead_letters: list[bytes] = field(default_factory=list)
     counts: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    cuts: tuple[str, dict[str, int]] | None = None
 
 
 def unknown_rekey_kind(
@@ -471,11 +474,16 @@ def _apply_to_user(
     stored = state
     operations: list[Operation] = []
     counts: Counter[tuple[str, ...]] = Counter()  # applied only if the record is used
+    cuts: dict[str, int] = {}
     for item in items:
         transformed = step(item, state)
         state = transformed.state
         _count_transformed(transformed, counts, counter)
         operations.extend(transformed.operations)
+        if transformed.limits:  # rare: most batches fit as they are
+            for kind, count in transformed.limits.items():
+                if kind in CUT_LIMITS:
+                    cuts[kind] = cuts.get(kind, 0) + count
     state = _mark_applied(state, kind, source)
     encoded = None if state is None or state == stored else encode_state(state)
     ops_record = _operations_record(mpid, operations, source, clock) if operations else None
@@ -497,6 +505,8 @@ def _apply_to_user(
     if encoded is not None:
         result.states[mpid] = encoded
     result.operations = ops_record
+    if cuts:
+        result.cuts = mpid, cuts
     if counts.get((counter, "person_id_invalid")):  # .get: no __missing__ call per record
         _reject(result, _unsendable(state), source, key, value, clock, counter=None)
 

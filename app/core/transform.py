@@ -72,6 +72,19 @@ LIMIT_EVENT_NAME_CUT: Final = "event_name_truncated"
 LIMIT_EVENT_DATA_DROPPED: Final = "event_data_dropped"
 LIMIT_MEMBERSHIP_CUT: Final = "segment_membership_truncated"
 LIMIT_PERSON_CAP: Final = "attribute_over_person_cap"
+#: The limits that cut or leave out something the user sent (SPEC §3: "counted and logged"):
+#: logged once per record (app.logs.log_cuts). Not the person cap (its own line,
+#: app.logs.log_held_back), the person id (a dead letter), renames or splits (nothing lost).
+CUT_LIMITS: Final = frozenset(
+    {
+        LIMIT_ATTRIBUTE_NAME,
+        LIMIT_ATTRIBUTE_VALUE_CUT,
+        LIMIT_ATTRIBUTE_VALUE_DROPPED,
+        LIMIT_EVENT_NAME_CUT,
+        LIMIT_EVENT_DATA_DROPPED,
+        LIMIT_MEMBERSHIP_CUT,
+    }
+)
 
 #: User attributes sent per person: Customer.io keeps 300 per person and silently drops a new
 #: one beyond them, so the first-seen ones are kept and the rest are held back, counted.

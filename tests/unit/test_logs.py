@@ -10,7 +10,14 @@ import orjson
 import pytest
 
 from app import masking
-from app.logs import JsonFormatter, RedactingFilter, configure_logging, log_held_back, mask_mpid
+from app.logs import (
+    JsonFormatter,
+    RedactingFilter,
+    configure_logging,
+    log_cuts,
+    log_held_back,
+    mask_mpid,
+)
 from app.masking import Masker
 
 MASKER = Masker("k" * 32, ("topsecret",))
@@ -135,3 +142,22 @@ def test_held_back_attributes_are_logged_by_count_and_masked_mpid(
         assert record.getMessage().startswith(f"{held_back} user attribute(s) not forwarded")
         assert record.mpid == mask_mpid("8016563786744591001")  # type: ignore[attr-defined]
         assert "8016563786744591001" not in record.getMessage()
+
+
+def test_cuts_are_logged_once_by_kind_count_and_masked_mpid(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="test.cuts"):
+        log_cuts(
+            logging.getLogger("test.cuts"),
+            "8016563786744591001",
+            {"event_name_truncated": 2, "attribute_value_truncated": 1},
+        )
+    (record,) = caplog.records
+    assert record.getMessage().startswith(
+        "value(s) cut or not sent to fit Customer.io's limits: "
+        "attribute_value_truncated=1, event_name_truncated=2 "
+    )
+    assert record.mpid == mask_mpid("8016563786744591001")  # type: ignore[attr-defined]
+    assert record.reason == "limits"  # type: ignore[attr-defined]
+    assert "8016563786744591001" not in record.getMessage()

@@ -389,3 +389,40 @@ def test_rekeyed_part_keeps_big_integers_exact(settings: CoreOptions) -> None:
     assert mpid == "7"
     assert _BIG in part
     assert b"e+29" not in part
+
+
+# --- what is cut to fit Customer.io's limits is reported for logging (SPEC §3) ----------------
+
+
+def _with(user_attributes: dict[str, object] | None = None, event_name: str = "e0",
+          event_data: dict[str, object] | None = None) -> bytes:  # fmt: skip
+    raw = _batch(events=1)
+    raw["user_attributes"] = {"$FirstName": "Ada", **(user_attributes or {})}
+    raw["events"][0]["data"]["event_name"] = event_name
+    if event_data is not None:
+        raw["events"][0]["data"]["custom_attributes"] = event_data
+    return orjson.dumps(raw)
+
+
+@pytest.mark.parametrize(
+    ("value", "cuts"),
+    [
+        pytest.param(_with(), None, id="ordinary-batch"),
+        pytest.param(_with({"email": "x"}), None, id="rename-loses-nothing"),
+        pytest.param(_with({"bio": "b" * 1001}), {"attribute_value_truncated": 1}, id="value-cut"),
+        pytest.param(_with({"tags": ["t" * 600, "u" * 600]}), {"attribute_value_dropped": 1},
+                     id="list-dropped"),
+        pytest.param(_with({"n" * 151: 1}), {"attribute_name_dropped": 1}, id="name-dropped"),
+        pytest.param(_with(event_name="x" * 101), {"event_name_truncated": 1}, id="event-name-cut"),
+        pytest.param(_with(event_data={"blob": "d" * 33_000}), {"event_data_dropped": 1},
+                     id="event-data-dropped"),
+    ],
+)  # fmt: skip
+def test_cuts_are_reported_once_per_record_without_values(
+    settings: CoreOptions, value: bytes, cuts: dict[str, int] | None
+) -> None:
+    result = _run(value, b"42", {}, settings)
+    assert result.operations is not None
+    assert result.cuts == (None if cuts is None else ("42", cuts))
+    for kind, count in (cuts or {}).items():
+        assert result.counts["limits", kind] == count
