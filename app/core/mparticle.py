@@ -262,13 +262,22 @@ class Batch:
 
 
 def required_mpid(raw: dict[str, Any], what: str) -> str:
-    """The canonical mpid of ``raw``; ``mpid_missing`` / ``mpid_invalid`` rejections."""
+    """The canonical mpid of ``raw``; ``mpid_missing`` / ``mpid_invalid`` rejections.
+
+    mpid 0 is ``mpid_missing`` too: mParticle's SDKs use 0 as the temporary mpid of "no user
+    yet" (Android SDK ``Constants.TEMPORARY_MPID = 0L``: ``getCurrentUser()`` is null and
+    messages are held back from upload while it is current), so it names no one; taken as a
+    user, every such batch would fold into one shared person (docs/mapping.md §3)."""
     raw_mpid = raw.get("mpid")
     if raw_mpid is None:
         raise InvalidRecordError(Reason.MPID_MISSING, f"{what} has no mpid")
     mpid = int64_text(raw_mpid)
     if mpid is None:
         raise InvalidRecordError(Reason.MPID_INVALID, _mpid_invalid(_shown_mpid(raw_mpid)))
+    if mpid == "0":
+        raise InvalidRecordError(
+            Reason.MPID_MISSING, f"{what} has mpid 0, mParticle's temporary id of no user"
+        )
     return mpid
 
 

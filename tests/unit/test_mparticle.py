@@ -81,7 +81,7 @@ def rejection(value: bytes) -> str:
         pytest.param(2**63 - 1, str(2**63 - 1), id="int64-max"),
         pytest.param("9223372036854775807", "9223372036854775807", id="int64-max-string"),
         pytest.param("0042", "42", id="leading-zeros"),
-        pytest.param("-0", "0", id="negative-zero"),
+        pytest.param("-042", "-42", id="negative-leading-zero"),  # "-0": no user (below)
     ],
 )
 def test_accepts_mpid_as_integer_or_decimal_string(raw_mpid: Any, expected: str) -> None:
@@ -706,3 +706,26 @@ def test_big_integer_attribute_and_event_data_keep_every_digit() -> None:
 def test_batch_with_bom_parses() -> None:
     value = orjson.dumps(raw_batch())
     assert parse_record(b"\xef\xbb\xbf" + value) == parse_record(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(b'{"mpid": 0}', id="zero"),
+        pytest.param(b'{"mpid": "0"}', id="zero-text"),
+        pytest.param(b'{"mpid": "-0"}', id="minus-zero-text"),
+        pytest.param(b'{"mpid": "000"}', id="zeros-text"),
+        pytest.param(b'[{"mpid": 1}, {"mpid": 0}]', id="bulk-second"),
+    ],
+)
+def test_mpid_zero_is_no_user(value: bytes) -> None:
+    """mParticle SDKs' temporary mpid 0 means "no user yet": never one shared person."""
+    with pytest.raises(InvalidRecordError) as caught:
+        parse_record(value)
+    assert caught.value.reason == "mpid_missing"
+    assert "mpid 0" in caught.value.detail
+
+
+@pytest.mark.parametrize("mpid", [1, -1, "1", "-9223372036854775808"])
+def test_mpid_next_to_zero_is_a_user(mpid: int | str) -> None:
+    assert parse_one(mpid=mpid).mpid == str(int(mpid))

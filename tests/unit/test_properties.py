@@ -100,7 +100,10 @@ def batches(draw: st.DrawFn) -> dict[str, Any]:
         )
     )
     return {
-        "mpid": draw(st.one_of(st.integers(-(2**63), 2**63 - 1), st.just("42"))),
+        # mpid 0 is no user (app.core.mparticle.required_mpid): a dead letter, not a batch
+        "mpid": draw(
+            st.one_of(st.integers(-(2**63), 2**63 - 1).filter(lambda m: m != 0), st.just("42"))
+        ),
         "environment": draw(st.sampled_from(["production", "development"])),
         "timestamp_unixtime_ms": draw(st.integers(1, 2**44)),
         "user_identities": identities,

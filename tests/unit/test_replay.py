@@ -120,7 +120,7 @@ async def test_max_invalid_stops_at_the_next_invalid_line(
 
 async def test_flushes_periodically_not_per_record() -> None:
     sender = FakeSender()
-    lines = [b'{"mpid": %d}' % i for i in range(10)]
+    lines = [b'{"mpid": %d}' % i for i in range(1, 11)]  # mpid 0 is no user
     await replay_lines(lines, sender, io.StringIO(), flush_every=4)
     assert sender.flushed_at == [4, 8, 10]
 
