@@ -265,8 +265,8 @@ def required_mpid(raw: dict[str, Any], what: str) -> str:
     """The canonical mpid of ``raw``; ``mpid_missing`` / ``mpid_invalid`` rejections.
 
     mpid 0 is ``mpid_missing`` too: mParticle's SDKs use 0 as the temporary mpid of "no user
-    yet" (Android SDK ``Constants.TEMPORARY_MPID = 0L``: ``getCurrentUser()`` is null and
-    messages are held back from upload while it is current), so it names no one; taken as a
+    yet" (Android SDK ``Constants.TEMPORARY_MPID = 0L``: ``getCurrentUser()`` is null while
+    it is current, and a session never records it as a user's mpid), so it names no one; taken as a
     user, every such batch would fold into one shared person (docs/mapping.md §3)."""
     raw_mpid = raw.get("mpid")
     if raw_mpid is None:
