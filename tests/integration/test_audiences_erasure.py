@@ -471,7 +471,7 @@ async def test_a_firehose_erasure_read_before_the_users_earlier_batch_does_not_r
                 metrics = await worker_metrics(port)
             except aiohttp.ClientError:
                 return False  # the worker's web server is not listening yet
-            # Matching nobody, each copy still deletes the raw email (counted ``erased``).
+            # Matching nobody, each copy still deletes the raw email (counted ``no_match``).
             # Wait until those deletes are delivered: they go out in the lanes of their
             # partitions, and one sent after the new person below would delete them again.
             read = sum(v for (name, _), v in metrics.items() if name == requests)
