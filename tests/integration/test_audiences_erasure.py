@@ -20,6 +20,7 @@ from tests.integration.support import (
     poll,
     produce,
     record_applied,
+    send_to_every_partition,
     wait_for,
     worker_metrics,
 )
@@ -459,10 +460,9 @@ async def test_a_firehose_erasure_read_before_the_users_earlier_batch_does_not_r
     producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all")
     await producer.start()
     try:
-        sent = [
-            await producer.send_and_wait(topics.erasure.name, orjson.dumps(dsr), partition=p)
-            for p in range(partitions)
-        ]
+        sent = await send_to_every_partition(
+            producer, topics.erasure.name, orjson.dumps(dsr), partitions
+        )
         worker = deployment.start_worker()
         port = worker.env["MPCIO_WEB_PORT"]
 

@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.web import kafka_partition
-from tests.integration.support import message_count, poll, produce, wait_for, worker_metrics
+from tests.integration import support
 
 if TYPE_CHECKING:
     from app.dev.emulator.server import RunningEmulator
@@ -53,7 +53,7 @@ def _requests(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> d
 
 async def _read_requests(port: str) -> dict[str, float]:
     try:
-        return _requests(await worker_metrics(port))
+        return _requests(await support.worker_metrics(port))
     except aiohttp.ClientError:
         return {}  # the worker's web server is not listening yet
 
@@ -68,7 +68,7 @@ async def test_every_named_identity_is_erased_and_an_unmatched_one_by_email_too(
     kafka, topics = deployment.kafka.bootstrap, deployment.topics
     partitions = deployment.settings.topic_partitions
     store = emulator.state.store
-    await produce(
+    await support.produce(
         kafka,
         topics.batches.name,
         [
@@ -77,7 +77,7 @@ async def test_every_named_identity_is_erased_and_an_unmatched_one_by_email_too(
         ],
     )
     worker = deployment.start_worker()
-    await wait_for(
+    await support.wait_for(
         lambda: store.find(("id", "c1")) is not None and store.find(("id", "c2")) is not None,
         120,
         "people c1 and c2",
@@ -101,10 +101,9 @@ async def test_every_named_identity_is_erased_and_an_unmatched_one_by_email_too(
     await producer.start()
     try:
         for request in (both, unmatched):  # to every partition, as the ingress writes a DSR
-            for partition in range(partitions):
-                await producer.send_and_wait(
-                    topics.erasure.name, orjson.dumps(request), partition=partition
-                )
+            await support.send_to_every_partition(
+                producer, topics.erasure.name, orjson.dumps(request), partitions
+            )
     finally:
         await producer.stop()
 
@@ -114,13 +113,15 @@ async def test_every_named_identity_is_erased_and_an_unmatched_one_by_email_too(
             for identifier in (("id", "c1"), ("id", "c2"), ("email", "legacy@example.com"))
         )
 
-    await wait_for(gone, 120, "c1, c2 and the email-only person deleted")
+    await support.wait_for(gone, 120, "c1, c2 and the email-only person deleted")
     port = worker.env["MPCIO_WEB_PORT"]
-    await poll(lambda: _total_at_least(port, 2 * partitions), 60, "every copy counted", worker)
+    await support.poll(
+        lambda: _total_at_least(port, 2 * partitions), 60, "every copy counted", worker
+    )
     # erased: the copies on the partitions holding users 1 and 2; every other copy no_match
     holding = len({kafka_partition(key, partitions) for key in (b"1", b"2")})
     assert await _read_requests(port) == {"erased": holding, "no_match": 2 * partitions - holding}
-    assert await message_count(kafka, topics.deadletter.name) == 0
+    assert await support.message_count(kafka, topics.deadletter.name) == 0
     worker.assert_running()
 
 
@@ -145,13 +146,12 @@ async def test_an_identity_drop_purges_the_state_of_the_users_earlier_anonymous_
     producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all")
     await producer.start()
     try:
-        sent = [
-            await producer.send_and_wait(topics.erasure.name, orjson.dumps(dsr), partition=p)
-            for p in range(partitions)
-        ]
+        sent = await support.send_to_every_partition(
+            producer, topics.erasure.name, orjson.dumps(dsr), partitions
+        )
         worker = deployment.start_worker()
         port = worker.env["MPCIO_WEB_PORT"]
-        await poll(lambda: _total_at_least(port, partitions), 120, "the DSR read", worker)
+        await support.poll(lambda: _total_at_least(port, partitions), 120, "the DSR read", worker)
         # stamped before the DSR, as if they had waited in the batches topic's lag
         earlier = min(record.timestamp for record in sent) - 1000
         records: list[tuple[bytes, int | None]] = [
@@ -169,10 +169,12 @@ async def test_an_identity_drop_purges_the_state_of_the_users_earlier_anonymous_
     store = emulator.state.store
     # the last batch (after the DSR) is a new person: once it is there, the two before it
     # (same partition, read before it) have been decided
-    await wait_for(lambda: store.find(("email", "new8@example.com")) is not None, 120, "new8")
+    await support.wait_for(
+        lambda: store.find(("email", "new8@example.com")) is not None, 120, "new8"
+    )
     person: Any = store.find(("email", "new8@example.com"))
     assert person.attributes.get("plan") == "new"
     assert "favourite" not in person.attributes
-    metrics = await worker_metrics(port)
+    metrics = await support.worker_metrics(port)
     assert metrics["mpcio_batches_total", frozenset({("outcome", "erased")})] == 1
     worker.assert_running()
