@@ -25,7 +25,12 @@ from app.core.erasure import (
     parse_erasure_record,
     request_marker_keys,
 )
-from app.core.pipeline import IngestResult, process_batch_record, process_erasure_record
+from app.core.pipeline import (
+    IngestResult,
+    process_audience_record,
+    process_batch_record,
+    process_erasure_record,
+)
 from app.core.state import UserState, decode_state, encode_state
 from app.records import SourcePosition
 from app.settings import load_settings
@@ -327,3 +332,35 @@ def test_a_request_erasing_a_stored_user_counts_erased() -> None:
     partition = _Partition(users={"7": encode_state(UserState(email="jane@example.com"))})
     result = partition.erasure(_dsr({"email": {"value": "jane@example.com"}}), ERASED_MS)
     assert (result.counts["erasures", "no_match"], result.counts["erasures", "erased"]) == (0, 1)
+
+
+def test_an_identity_drop_of_an_audience_update_purges_the_state_too() -> None:
+    partition = _Partition()
+    partition.erasure(DSR_BY_EMAIL, ERASED_MS)
+    partition.batch(ANONYMOUS, ERASED_MS - 20)
+    update = orjson.dumps(
+        {
+            "mpid": 7,
+            "user_identities": [{"type": "email", "value": "victim@example.com"}],
+            "audiences": [{"audience_id": 1, "audience_name": "Gold", "action": "add"}],
+        }
+    )
+    result = process_audience_record(
+        b"7",
+        update,
+        SourcePosition("mparticle-audiences", 0, 1),
+        partition.users.get,
+        OPTIONS,
+        record_ms=ERASED_MS - 10,
+        identity_erased_at=partition.erasures.get,
+    )
+    assert result.counts["audience_updates", "erased"] == 1
+    assert (result.purged, result.erased) == (["7"], {"7": ERASED_MS})
+
+
+def test_the_mpid_marker_takes_the_latest_of_the_records_identity_markers() -> None:
+    partition = _Partition()
+    partition.erasure(_dsr({"customer_id": {"value": "C-7"}}), ERASED_MS + 5)
+    partition.erasure(DSR_BY_EMAIL, ERASED_MS)
+    both = {"mpid": 7, "user_identities": {"email": "victim@example.com", "customer_id": "C-7"}}
+    assert partition.batch(both, ERASED_MS - 10).erased == {"7": ERASED_MS + 5}
