@@ -365,7 +365,10 @@ async def write_record(
     and erasure markers), then its metrics. A failed send stops the process (``fail_stop``)."""
     await writer.write(event, result, kind)
     record_metrics(result)
-    log_held_back(log, result.counts["limits", LIMIT_PERSON_CAP], next(iter(result.states), None))
+    # .get: a Counter's missing key costs a __missing__ call; a rare case, skipped cheaply
+    held_back = result.counts.get(("limits", LIMIT_PERSON_CAP))
+    if held_back:
+        log_held_back(log, held_back, next(iter(result.states), None))
 
 
 class Turns:
@@ -459,13 +462,16 @@ class RecordWriter:
         if result.operations is not None:
             mpid, operations = result.operations
             await send(self.topics.operations.name, mpid.encode() or None, operations)
-        records = [dead_letter_record(letter, message.headers) for letter in result.dead_letters]
-        for record in records:
-            await send(
-                self.topics.deadletter.name, record.key, record.value, headers=record.headers
-            )
-        count_cut_letters(result.counts, records)
-        log_dead_letters(log, [record.value for record in records])
+        if result.dead_letters:  # rare: skip the calls (and the logger's import) otherwise
+            records = [
+                dead_letter_record(letter, message.headers) for letter in result.dead_letters
+            ]
+            for record in records:
+                await send(
+                    self.topics.deadletter.name, record.key, record.value, headers=record.headers
+                )
+            count_cut_letters(result.counts, records)
+            log_dead_letters(log, [record.value for record in records])
         if result.rekeyed:
             for mpid, raw in result.rekeyed:
                 await send(

@@ -7,13 +7,15 @@ unchanged (ARCHITECTURE.md §5, Round 9).
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from agents.ingest import RecordWriter, declare_tables
+from agents.ingest import RecordWriter, declare_tables, write_record
 from app.core.pipeline import IngestResult
+from app.core.transform import LIMIT_PERSON_CAP
 from app.errors import Reason
 from app.faust_app import create_app
 from app.records import SourcePosition, Stage, dead_letter
@@ -127,4 +129,22 @@ async def test_the_transactional_id_follows_the_topic_group_a_rebalance_gives(
     assert [sent[0] for sent in producer.sent] == [
         f"{app.conf.id}-2-{second}",
         f"{app.conf.id}-2-{first}",
+    ]
+
+
+async def test_write_record_logs_dead_letters_and_held_back_attributes_only_when_there_are_any(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer, _, _ = _writer(tmp_path)
+    event = Event(Message("mparticle-batches", 3, 41))
+    caplog.set_level(logging.WARNING, logger="agents.ingest")
+    await write_record(writer, event, IngestResult(states={"7": b"state"}), "batches")
+    assert caplog.records == []
+
+    result = _result()
+    result.counts["limits", LIMIT_PERSON_CAP] += 2
+    await write_record(writer, event, result, "batches")
+    assert [record.getMessage()[:22] for record in caplog.records] == [
+        "dead letter invalid_js",
+        "2 user attribute(s) no",
     ]
