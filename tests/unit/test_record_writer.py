@@ -21,22 +21,7 @@ from app.faust_app import create_app
 from app.records import SourcePosition, Stage, dead_letter
 from app.settings import Settings
 from app.topics import topics_for
-
-
-@dataclass(frozen=True)
-class Message:
-    topic: str
-    partition: int
-    offset: int
-    headers: tuple[()] = ()
-    timestamp: float | None = 1_700_000_000.0
-
-
-@dataclass(frozen=True)
-class Event:
-    message: Message
-    key: bytes = b"7"
-    value: bytes = b"{}"
+from tests.unit.test_ingest_turns import Event, Message
 
 
 @dataclass
