@@ -190,7 +190,7 @@ def apply_membership(state: UserState | None, changes: tuple[AudienceChange, ...
             left[change.audience_id] = audiences.pop(change.audience_id)
     if audiences == previous.audiences and left == previous.audiences_left:
         return previous
-    return evolve(previous, audiences=audiences, audiences_left=left)
+    return evolve(previous, {"audiences": audiences, "audiences_left": left})
 
 
 def transform_membership(

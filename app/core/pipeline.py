@@ -529,7 +529,7 @@ def _mark_applied(state: UserState | None, kind: str, source: SourcePosition) ->
         return state
     return evolve(
         state,
-        applied_offsets={**state.applied_offsets, _applied_key(kind, source): source.offset},
+        {"applied_offsets": {**state.applied_offsets, _applied_key(kind, source): source.offset}},
     )
 
 

@@ -318,10 +318,12 @@ def _with_sent(state: UserState, person_id: str, digest: bytes) -> UserState:
     subscription (unsubscribed exactly when opted out)."""
     return evolve(
         state,
-        person_id=person_id,
-        sent_digest=digest,
-        unsubscribed_sent=state.opted_out,
-        audiences_left={},  # the identify just built carried them
+        {
+            "person_id": person_id,
+            "sent_digest": digest,
+            "unsubscribed_sent": state.opted_out,
+            "audiences_left": {},
+        },
     )
 
 

@@ -264,7 +264,7 @@ def test_state_avro_round_trip_keeps_value_types() -> None:
 def test_evolve_is_dataclasses_replace(name: str) -> None:
     full, other = STATES["full"], STATES["folded-sample"]
     before = vars(full).copy()
-    changed = evolve(full, **{name: getattr(other, name)})  # type: ignore[misc]
+    changed = evolve(full, {name: getattr(other, name)})  # type: ignore[arg-type]
     assert changed == replace(full, **{name: getattr(other, name)})
     assert [getattr(changed, f.name) for f in fields(UserState)] == [
         getattr(other if f.name == name else full, f.name) for f in fields(UserState)
@@ -284,7 +284,7 @@ def test_evolves_change_set_has_the_fields_of_the_state_and_their_types() -> Non
 
 def test_evolve_refuses_a_name_that_is_not_a_field() -> None:
     with pytest.raises(TypeError, match="emial"):
-        evolve(STATES["full"], emial="a@example.com")  # type: ignore[call-arg]
+        evolve(STATES["full"], {"emial": "a@example.com"})  # type: ignore[typeddict-unknown-key]
 
 
 def test_decode_state_gives_every_field() -> None:
