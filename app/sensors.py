@@ -9,7 +9,8 @@ locks per call; the stream label is re-normalised per event). The bench.e2e prof
 ingest results), so :class:`LeanPrometheusMonitor` keeps faust's metrics of the rare events
 only — commits, committed offsets, rebalances, assignments, send errors, web requests — and
 turns the per-message and per-send hooks into no-ops, except the one timestamp faust's own
-stall detection reads. Measured in ARCHITECTURE.md §5.
+stall detection reads and the partitions' end-offset gauge, set only when it moves. Measured
+in ARCHITECTURE.md §5.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 class LeanPrometheusMonitor(PrometheusMonitor):
     """:class:`PrometheusMonitor` whose per-message, per-event, per-send and per-table-access
-    hooks do nothing but note when each partition's stream last took an event; its other hooks
+    hooks do nothing but note when each partition's stream last took an event (and set the
+    end-offset gauge when a partition's high-water mark moved); its other hooks
     (commits, rebalances, assignment, send errors, web requests) are faust's. The ``faust_*``
     series of the no-op hooks (messages received, active events, events per stream, send
     latency, table keys) stay at zero."""
