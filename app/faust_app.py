@@ -349,9 +349,10 @@ class _Consumer(faust_aiokafka.Consumer):
         every partition it committed; then the consumer's own stop does the same again. When an
         offset was acknowledged in between, the second commit called
         ``send_offsets_to_transaction`` on a producer with no transaction
-        (``IllegalOperation('Not in the middle of a transaction')``, seen right after restarts
-        while a backlog was consumed): the consumer's stop failed half-way and the process
-        exited 1 or hung until the stop deadline. Leaving such an offset uncommitted is the only
+        (``IllegalOperation('Not in the middle of a transaction')``, in two worker logs of
+        earlier runs, one SIGTERMed ~2 s after its restart while it consumed a backlog): the
+        consumer's stop failed half-way, before stopping its consumer thread, and one of the
+        two exited 1 through the stop deadline. Leaving such an offset uncommitted is the only
         safe answer, not merely a quiet one: every record the agents processed before the last
         commit was acknowledged before it (faust waits for them), and any output sent after it
         would have failed (a transactional send needs an open transaction, and a failed send
@@ -360,7 +361,9 @@ class _Consumer(faust_aiokafka.Consumer):
         offsets left (topic, partition, offset: nothing personal)."""
         offsets: dict[TP, int] = super()._filter_committable_offsets(tps)
         producer = self.app.producer
-        if not self.in_transaction or not isinstance(producer, _Producer):
+        if not (
+            self.in_transaction and isinstance(producer, _Producer) and producer.ended_a_transaction
+        ):
             return offsets
         ended = {
             tp: offset
@@ -571,6 +574,11 @@ class _Producer(faust_aiokafka.Producer):
                 await producer.begin_transaction()
             else:
                 self._ended.add(transactional_id)
+
+    @property
+    def ended_a_transaction(self) -> bool:
+        """True once a last commit ended a transaction (only a stop commits that way)."""
+        return bool(self._ended)
 
     def transaction_ended(self, transactional_id: str) -> bool:
         """True once a last commit (``start_new_transaction=False``: faust's commit at a stop)
