@@ -30,6 +30,7 @@ import aiokafka
 import faust
 import uvloop
 from faust.tables import TableManager
+from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.enums import ProcessingGuarantee
 
@@ -368,7 +369,11 @@ class _Consumer(faust_aiokafka.Consumer):
         ended = {
             tp: offset
             for tp, offset in offsets.items()
-            if producer.transaction_ended(transactional_id_of(self.app, tp))
+            if producer.transaction_ended(
+                transactional_id_of(
+                    self.app, tp.topic, tp.partition, self.app.assignor.group_for_topic(tp.topic)
+                )
+            )
         }
         if ended:
             log.warning(
@@ -650,11 +655,17 @@ class _Producer(faust_aiokafka.Producer):
         return asyncio.get_running_loop().time() - min(self.coordinator_waits.values())
 
 
-def transactional_id_of(app: AppT, tp: TP) -> str:
-    """The transactional id whose transaction commits the offsets of input partition ``tp``:
-    faust's own mapping (``TransactionManager.commit``: ``{app id}-{topic group}-{partition}``;
-    the input topics, the re-key topic and the changelogs are one co-partitioned group)."""
-    return f"{app.conf.id}-{app.assignor.group_for_topic(tp.topic)}-{tp.partition}"
+def transactional_id_of(app: AppT, topic: str, partition: int, group: int) -> str:
+    """The transactional id whose transaction commits the offsets of input partition
+    ``partition`` of ``topic`` in topic group ``group`` (``app.assignor.group_for_topic``):
+    faust's own format (``TransactionManager.transactional_id_format``: ``{app id}-{topic
+    group}-{partition}``; the input topics, the re-key topic and the changelogs are one
+    co-partitioned group)."""
+    return str(
+        TransactionManager.transactional_id_format.format(
+            group_id=app.conf.id, tpg=TopicPartitionGroup(topic, partition, group)
+        )
+    )
 
 
 def _partition_of(transactional_id: str) -> int:
