@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from faust.transport.consumer import TopicPartitionGroup, TransactionManager
-
 from app import metrics
 from app.changelog import changelog_configs
 from app.core.erasure import CLOCK_AHEAD_TOLERANCE_MS
@@ -51,7 +49,7 @@ from app.core.pipeline import (
 )
 from app.core.transform import LIMIT_PERSON_CAP
 from app.errors import Reason
-from app.faust_app import fail_stop, tracked_writes, uncommitted_writes
+from app.faust_app import fail_stop, tracked_writes, transactional_id_of, uncommitted_writes
 from app.logs import log_dead_letters, log_held_back, mask_mpid
 from app.records import (
     SourcePosition,
@@ -515,11 +513,7 @@ class RecordWriter:
         ids = self._transactional_ids
         tid = ids.get((topic, partition, group))
         if tid is None:
-            tid = ids[topic, partition, group] = str(
-                TransactionManager.transactional_id_format.format(
-                    group_id=app.conf.id, tpg=TopicPartitionGroup(topic, partition, group)
-                )
-            )
+            tid = ids[topic, partition, group] = transactional_id_of(app, topic, partition, group)
         return tid
 
     async def _send(
