@@ -47,6 +47,7 @@ Failure semantics: an unusable record raises :class:`~app.errors.InvalidRecordEr
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -110,9 +111,12 @@ def identity_marker_key(kind: str, sha256_hex: str) -> str:
 def normalised_email(email: str) -> str:
     """The form an email is compared, hashed and marked in: trimmed and lower-cased, the form
     mParticle hashes (``str.lower``, not ``casefold``: ``ß`` stays ``ß`` as in mParticle's
-    hash). The one rule for :func:`matches` and the identity markers, so a state the request
-    matches and a record its marker drops are the same people."""
-    return email.strip().lower()
+    hash), in Unicode NFC: ``José`` typed as ``e`` + combining accent (NFD, as some keyboards
+    and macOS file names give it) is the same address as the precomposed ``é`` and must be
+    erased by it (an unchanged ASCII address costs one quick check). The one rule for
+    :func:`matches` and the identity markers, so a state the request matches and a record its
+    marker drops are the same people."""
+    return unicodedata.normalize("NFC", email.strip().lower())
 
 
 def normalised_customer_id(customer_id: str) -> str:
@@ -249,7 +253,8 @@ def matches(request: ErasureRequest, state: UserState) -> bool:
         known = state.email if kind == "email" else state.customer_id
         if known and digest in {
             hashlib.new(algorithm, form.encode("utf-8")).hexdigest()
-            for form in (known, known.strip().lower())  # as stored; as mParticle hashes
+            # as stored; as mParticle hashes; in our compared form (NFC)
+            for form in (known, known.strip().lower(), normalised_email(known))
         }:
             return True
     return False

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -298,6 +299,33 @@ def test_a_matched_state_and_a_marked_record_agree(requested: str, stored: str) 
     request = parse_erasure_record(_dsr({"email": {"value": requested}}))
     marked = set(request_marker_keys(request)) & set(identity_marker_keys(stored, None))
     assert matches(request, UserState(email=stored)) == bool(marked)
+
+
+NFC = "jos\u00e9@example.com"  # é precomposed
+NFD = "jose\u0301@example.com"  # e + combining acute accent: the same address
+
+
+@pytest.mark.parametrize(
+    ("requested", "stored"),
+    [
+        (NFD, NFC),
+        (NFC, NFD),
+        (NFD.upper(), NFC),
+        ("\u00c5ngstr\u00f6m@ex\u00e4mple.com", "A\u030angstro\u0308m@exa\u0308mple.com"),
+    ],
+)
+def test_an_email_in_another_unicode_normal_form_is_the_same_subject(
+    requested: str, stored: str
+) -> None:
+    request = parse_erasure_record(_dsr({"email": {"value": requested}}))
+    assert matches(request, UserState(email=stored))
+    assert set(request_marker_keys(request)) & set(identity_marker_keys(stored, None))
+
+
+def test_a_sha256_request_of_the_nfc_form_matches_a_state_stored_in_nfd() -> None:
+    digest = hashlib.sha256(NFC.encode()).hexdigest()
+    request = parse_erasure_record(_dsr({"email": {"encoding": "sha256", "value": digest}}))
+    assert matches(request, UserState(email=NFD))
 
 
 # --- 5. one time per request ----------------------------------------------------------------
