@@ -17,7 +17,11 @@ from typing import Any, ClassVar
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    GroupCoordinatorNotAvailableError,
+    KafkaError,
+)
 
 from tests.integration import reliability_model, workload
 
@@ -44,6 +48,17 @@ async def produce(
         await asyncio.gather(*sent)  # flush() alone would not raise for a refused record
     finally:
         await producer.stop()
+
+
+async def send_to_every_partition(
+    producer: AIOKafkaProducer, topic: str, value: bytes, partitions: int
+) -> list[Any]:
+    """Send ``value`` (no key) once to each of the ``partitions`` of ``topic``, as the ingress
+    writes a Firehose DSR; the RecordMetadata of each, in partition order."""
+    return [
+        await producer.send_and_wait(topic, value, partition=partition)
+        for partition in range(partitions)
+    ]
 
 
 async def produce_workload(
@@ -275,11 +290,14 @@ async def inspect_emulator(url: str, what: str) -> Any:
 
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> int:
     """The sum of the offsets ``group`` has committed on ``topic``: how many of its records
-    the group has processed for good (0 before its first commit)."""
+    the group has processed for good (0 before its first commit, also while the broker has no
+    group coordinator yet: a fresh broker creates its offsets topic at the first group)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
+    except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+        return 0
     finally:
         await admin.close()
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)

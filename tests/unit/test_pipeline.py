@@ -426,3 +426,13 @@ def test_cuts_are_reported_once_per_record_without_values(
     assert result.cuts == (None if cuts is None else ("42", cuts))
     for kind, count in (cuts or {}).items():
         assert result.counts["limits", kind] == count
+
+
+def test_record_with_a_cut_is_still_guarded_against_redelivery(settings: CoreOptions) -> None:
+    store: dict[str, bytes] = {}
+    value = _with({"bio": "b" * 1001})
+    first = _run(value, b"42", store, settings)
+    assert first.cuts == ("42", {"attribute_value_truncated": 1})
+    again = _run(value, b"42", store, settings)  # same partition and offset: a redelivery
+    assert again.operations is None
+    assert again.counts["batches", "redelivered"] == 1
