@@ -401,6 +401,19 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("customerio_url")
+    @classmethod
+    def _no_url_credentials(cls, value: str | None) -> str | None:
+        # aiohttp refuses credentials in a URL next to the Authorization header the client
+        # sends, so such a URL would fail every request; the Track API's credentials are
+        # their own (secret) settings. The error echoes the value masked (URL credentials).
+        if value is not None and "@" in urlsplit(value).netloc:
+            raise ValueError(
+                "must not carry credentials (user:password@): the Track API authenticates "
+                f"with {ENV_PREFIX}CUSTOMERIO_SITE_ID and {ENV_PREFIX}CUSTOMERIO_API_KEY"
+            )
+        return value
+
     @field_validator("support_token", "mask_key")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
@@ -484,17 +497,13 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret value of these settings, the one list that logs, views and printers
-        redact: the :data:`SECRET_FIELDS` and the credentials (``user:password`` and the
-        password alone) of every URL setting."""
+        redact: the :data:`SECRET_FIELDS` (no URL setting carries credentials: see
+        :meth:`_no_url_credentials`)."""
         values = [
             _secret_text(secret)
             for secret in (getattr(self, name) for name in sorted(SECRET_FIELDS))
             if secret is not None
         ]
-        for url in (self.broker, self.customerio_url):
-            userinfo = urlsplit(url or "").netloc.rpartition("@")[0]
-            if userinfo:
-                values += [userinfo, userinfo.partition(":")[2]]
         return tuple(value for value in values if value)
 
     def redacted(self) -> dict[str, Any]:

@@ -60,6 +60,17 @@ def test_invalid_setting_is_named(
         load_settings(**CREDENTIALS)
 
 
+def test_credentials_in_the_customerio_url_are_refused_without_echoing_them() -> None:
+    # aiohttp would refuse every request of such a URL (it sends its own Authorization)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(**CREDENTIALS, customerio_url="http://user:pa55word@127.0.0.1:8089")
+    message = str(refused.value)
+    assert message.startswith("invalid setting MPCIO_CUSTOMERIO_URL: must not carry credentials")
+    assert "MPCIO_CUSTOMERIO_API_KEY" in message
+    assert "\n" not in message
+    assert "pa55word" not in message
+
+
 def test_missing_credentials_when_forwarding_names_both_variables() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings()
