@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +12,14 @@ import pytest
 
 from app.errors import ConfigError
 from app.settings import (
+    LONGEST_TOPIC_SUFFIX,
+    MAX_TOPIC_NAME,
     SECRET_FIELDS,
     Environment,
     load_settings,
     unknown_variable_warnings,
 )
+from app.topics import changelog_topics, topics_for
 
 CREDENTIALS = {"customerio_site_id": "site", "customerio_api_key": "k3y-s3cr3t"}
 
@@ -289,3 +293,68 @@ def test_a_bad_setting_is_the_only_one_named(
         load_settings(forwarding_enabled=False)
     assert str(caught.value).count("invalid setting") == 1
     assert name in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MPCIO_WEB_HOST", "256.1.1.1", "must be an IP address or a host name"),
+        ("MPCIO_INGRESS_HOST", "10.0.0", "must be an IP address or a host name"),
+        ("MPCIO_WEB_HOST", "bad host", "must be an IP address or a host name"),
+        ("MPCIO_STORE", "redis://", "must be rocksdb:// or memory://"),
+        ("MPCIO_APP_ID", "a" * 230, "at most 229 characters"),
+    ],
+    ids=["ipv4-octet", "short-ipv4", "space", "store", "app-id-too-long"],
+)
+def test_what_would_fail_at_worker_start_is_refused_by_the_settings(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    # each was accepted by check-config and then failed in the worker with a traceback
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"invalid setting {name}: {message}"):
+        load_settings(forwarding_enabled=False)
+
+
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "::", "127.0.0.1", "localhost", "mpcio-0.mpcio", "web_1"]
+)
+def test_listen_hosts_accept_addresses_and_names(host: str) -> None:
+    assert load_settings(forwarding_enabled=False, web_host=host).web_host == host
+
+
+def test_the_longest_app_id_keeps_every_topic_name_within_kafkas_limit() -> None:
+    settings = load_settings(forwarding_enabled=False, app_id="a" * 229)
+    names = [
+        *(spec.name for spec in topics_for(settings).all()),
+        *changelog_topics(settings.app_id),
+        f"{settings.app_id}{LONGEST_TOPIC_SUFFIX}",
+    ]
+    assert max(len(name) for name in names) == MAX_TOPIC_NAME
+
+
+def test_worker_on_a_web_port_in_use_exits_2_with_one_line_before_kafka(tmp_path: Path) -> None:
+    """Kafka at an address where nothing listens: the port is checked before any connection."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MPCIO_")}
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = {
+            **clean,
+            "MPCIO_FORWARDING_ENABLED": "false",
+            "MPCIO_WEB_HOST": "127.0.0.1",
+            "MPCIO_WEB_PORT": str(port),
+            "MPCIO_BROKER": "127.0.0.1:9",
+            "MPCIO_DATA_DIR": str(tmp_path / "data"),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "worker"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"MPCIO_WEB_HOST/MPCIO_WEB_PORT: cannot listen on 127.0.0.1:{port}" in lines[0]
