@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from faust.transport.consumer import TopicPartitionGroup, TransactionManager
-
 from app import metrics
 from app.changelog import changelog_configs
 from app.core.erasure import CLOCK_AHEAD_TOLERANCE_MS
@@ -51,7 +49,7 @@ from app.core.pipeline import (
 )
 from app.core.transform import LIMIT_PERSON_CAP
 from app.errors import Reason
-from app.faust_app import fail_stop, tracked_writes, uncommitted_writes
+from app.faust_app import fail_stop, tracked_writes, transactional_id_of, uncommitted_writes
 from app.logs import log_dead_letters, log_held_back, mask_mpid
 from app.records import (
     SourcePosition,
@@ -365,7 +363,10 @@ async def write_record(
     and erasure markers), then its metrics. A failed send stops the process (``fail_stop``)."""
     await writer.write(event, result, kind)
     record_metrics(result)
-    log_held_back(log, result.counts["limits", LIMIT_PERSON_CAP], next(iter(result.states), None))
+    # .get: a Counter's missing key costs a __missing__ call; a rare case, skipped cheaply
+    held_back = result.counts.get(("limits", LIMIT_PERSON_CAP))
+    if held_back:
+        log_held_back(log, held_back, next(iter(result.states), None))
 
 
 class Turns:
@@ -434,6 +435,7 @@ class RecordWriter:
         self.pending: PendingWrites = tracked_writes(app)
         self.uncommitted: UncommittedWrites = uncommitted_writes(app)
         self.turns = Turns()
+        self._transactional_ids: dict[tuple[str, int, int], str] = {}
 
     async def write(self, event: Any, result: IngestResult, kind: RekeyKind | None) -> None:
         """Write ``result`` of ``event`` (see the class docstring). ``kind``: the role of the
@@ -458,13 +460,16 @@ class RecordWriter:
         if result.operations is not None:
             mpid, operations = result.operations
             await send(self.topics.operations.name, mpid.encode() or None, operations)
-        records = [dead_letter_record(letter, message.headers) for letter in result.dead_letters]
-        for record in records:
-            await send(
-                self.topics.deadletter.name, record.key, record.value, headers=record.headers
-            )
-        count_cut_letters(result.counts, records)
-        log_dead_letters(log, [record.value for record in records])
+        if result.dead_letters:  # rare: skip the calls (and the logger's import) otherwise
+            records = [
+                dead_letter_record(letter, message.headers) for letter in result.dead_letters
+            ]
+            for record in records:
+                await send(
+                    self.topics.deadletter.name, record.key, record.value, headers=record.headers
+                )
+            count_cut_letters(result.counts, records)
+            log_dead_letters(log, [record.value for record in records])
         if result.rekeyed:
             for mpid, raw in result.rekeyed:
                 await send(
@@ -491,16 +496,25 @@ class RecordWriter:
             self.pending.wrote(message.topic, message.partition, message.offset)
 
     def _transactional_id(self, topic: str, partition: int) -> str | None:
-        """faust's transactional id for the source partition (None without transactions)."""
+        """faust's transactional id for the source partition (None without transactions):
+        ``<app id>-<topic group>-<partition>``, as faust's ``TransactionManager`` names the
+        partition's producer.
+
+        Cached by (topic, partition, topic group): building it costs ~2.6 % of the worker's
+        CPU per record (``str.format``, a ``TopicPartitionGroup``, ``app.conf`` reads). Safe
+        across rebalances: the app id and the processing guarantee are fixed for the app's
+        life, and the group — the one part a rebalance could change, as the leader numbers the
+        co-partitioned topic groups afresh each time — is read from faust's assignor on every
+        call and is part of the key, so a renumbered group gets its own, new id."""
         app = self.app
         if not app.in_transaction:
             return None
         group = app.assignor.group_for_topic(topic)
-        return str(
-            TransactionManager.transactional_id_format.format(
-                group_id=app.conf.id, tpg=TopicPartitionGroup(topic, partition, group)
-            )
-        )
+        ids = self._transactional_ids
+        tid = ids.get((topic, partition, group))
+        if tid is None:
+            tid = ids[topic, partition, group] = transactional_id_of(app, topic, partition, group)
+        return tid
 
     async def _send(
         self,

@@ -30,6 +30,7 @@ import aiokafka
 import faust
 import uvloop
 from faust.tables import TableManager
+from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.enums import ProcessingGuarantee
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Set as AbstractSet
 
     from faust.transport.consumer import RecordMap
-    from faust.types import TP, Message, TransportT
+    from faust.types import TP, AppT, Message, TransportT
     from faust.types.transports import TPorTopicSet
 
     from app.settings import Settings
@@ -340,6 +341,72 @@ class _Consumer(faust_aiokafka.Consumer):
             return False
         return bool(await super().commit(topics, start_new_transaction))
 
+    def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
+        """faust's offsets to commit, without those of a partition whose transaction a last
+        commit already ended (:meth:`_Producer.transaction_ended`), under ``exactly_once``.
+
+        faust commits "for the last time" twice at a stop: the app's stop waits for the
+        agents and commits with ``start_new_transaction=False``, which ends the transaction of
+        every partition it committed; then the consumer's own stop does the same again. When an
+        offset was acknowledged in between, the second commit called
+        ``send_offsets_to_transaction`` on a producer with no transaction
+        (``IllegalOperation('Not in the middle of a transaction')``, in two worker logs of
+        earlier runs, one SIGTERMed ~2 s after its restart while it consumed a backlog): the
+        consumer's stop failed half-way, before stopping its consumer thread, and one of the
+        two exited 1 through the stop deadline. Leaving such an offset uncommitted is the only
+        safe answer, not merely a quiet one: every record the agents processed before the last
+        commit was acknowledged before it (faust waits for them), and any output sent after it
+        would have failed (a transactional send needs an open transaction, and a failed send
+        stops the worker), so an offset acknowledged later has no output in Kafka to commit
+        with; the next start reads it again from the committed offset. One WARNING names the
+        offsets left (topic, partition, offset: nothing personal)."""
+        offsets: dict[TP, int] = super()._filter_committable_offsets(tps)
+        producer = self.app.producer
+        if not (
+            self.in_transaction and isinstance(producer, _Producer) and producer.ended_a_transaction
+        ):
+            return offsets
+        ended = {
+            tp: offset
+            for tp, offset in offsets.items()
+            if producer.transaction_ended(
+                transactional_id_of(
+                    self.app, tp.topic, tp.partition, self.app.assignor.group_for_topic(tp.topic)
+                )
+            )
+        }
+        if ended:
+            log.warning(
+                "stopping: offsets acknowledged after the last commit are left uncommitted "
+                "(their transaction has ended; the next start reads them again): %s",
+                ", ".join(f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in ended.items()),
+            )
+        return {tp: offset for tp, offset in offsets.items() if tp not in ended}
+
+    def ack(self, message: Message) -> bool:
+        """faust's ack, refused for an input record that faust's stream dropped unprocessed.
+
+        While the app's flow control is suspended (a stop or a rebalance) or the record is of
+        an older consumer generation, faust's stream takes a record from its queue, skips it
+        without handing it to the agent, and acks it all the same (``streams.py``: the skip
+        path acks "to keep the lag down"). Such a record never reached an agent; it is told
+        apart by never having been tracked as in processing (faust tracks a record of an
+        acked topic when its stream hands it out, after that check). Counted as acknowledged,
+        it could be committed without its outputs, or make the stop's second last commit meet
+        a producer whose transaction has ended (above). Refused, it stays uncommitted and is
+        read again from the committed offset."""
+        if (
+            not message.tracked
+            and self.app.topics.acks_enabled_for(message.topic)
+            and (
+                not self.app.flow_control.is_active()
+                or message.generation_id != self.app.consumer_generation_id
+            )
+        ):
+            return False
+        acked: bool = super().ack(message)
+        return acked
+
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._expected.pop(tp, None)
@@ -458,6 +525,10 @@ class _Producer(faust_aiokafka.Producer):
     waiting on a stopped producer (aiokafka never resolves it: the stall of ARCHITECTURE.md
     §4); then its held table writes are discarded (the next producer with its transactional
     id aborts its open transaction).
+
+    A commit with ``start_new_transaction=False`` (faust's last commit at a stop) leaves its
+    producer without a transaction; :meth:`transaction_ended` tells the consumer, which commits
+    nothing more through it (:meth:`_Consumer._filter_committable_offsets`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -465,6 +536,9 @@ class _Producer(faust_aiokafka.Producer):
         # transactional id -> loop time it began waiting for a producer id
         self.coordinator_waits: dict[str, float] = {}
         self._coordinator_warned = float("-inf")
+        # transactional ids whose transaction a last commit (start_new_transaction=False,
+        # faust's commit at a stop) ended: their producer has no transaction any more
+        self._ended: set[str] = set()
 
     async def commit_transactions(
         self,
@@ -503,6 +577,19 @@ class _Producer(faust_aiokafka.Producer):
                 uncommitted.committed(partition)
             if start_new_transaction:
                 await producer.begin_transaction()
+            else:
+                self._ended.add(transactional_id)
+
+    @property
+    def ended_a_transaction(self) -> bool:
+        """True once a last commit ended a transaction (only a stop commits that way)."""
+        return bool(self._ended)
+
+    def transaction_ended(self, transactional_id: str) -> bool:
+        """True once a last commit (``start_new_transaction=False``: faust's commit at a stop)
+        ended the transaction of ``transactional_id``: its producer begins none after it, so
+        nothing more can be sent or committed through it (until a rebalance replaces it)."""
+        return transactional_id in self._ended
 
     async def _retire(self, transactional_id: str) -> None:
         """Stop and forget the producer of ``transactional_id`` once nothing uses it."""
@@ -517,6 +604,7 @@ class _Producer(faust_aiokafka.Producer):
                 if self._transaction_producers.get(transactional_id) is producer:
                     del self._transaction_producers[transactional_id]
                 await producer.stop()
+        self._ended.discard(transactional_id)  # the next producer of this id begins its own
         uncommitted_writes(self.app).aborted(_partition_of(transactional_id))
 
     async def stop_transaction(self, transactional_id: str) -> None:
@@ -565,6 +653,19 @@ class _Producer(faust_aiokafka.Producer):
         if not self.coordinator_waits:
             return None
         return asyncio.get_running_loop().time() - min(self.coordinator_waits.values())
+
+
+def transactional_id_of(app: AppT, topic: str, partition: int, group: int) -> str:
+    """The transactional id whose transaction commits the offsets of input partition
+    ``partition`` of ``topic`` in topic group ``group`` (``app.assignor.group_for_topic``):
+    faust's own format (``TransactionManager.transactional_id_format``: ``{app id}-{topic
+    group}-{partition}``; the input topics, the re-key topic and the changelogs are one
+    co-partitioned group)."""
+    return str(
+        TransactionManager.transactional_id_format.format(
+            group_id=app.conf.id, tpg=TopicPartitionGroup(topic, partition, group)
+        )
+    )
 
 
 def _partition_of(transactional_id: str) -> int:

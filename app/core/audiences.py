@@ -27,7 +27,7 @@ the whole record is rejected so the dead letter holds exactly what arrived.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from app.core.mparticle import (
@@ -40,7 +40,7 @@ from app.core.mparticle import (
     parse_user_attributes,
     required_mpid,
 )
-from app.core.state import EMPTY_STATE, UserState
+from app.core.state import EMPTY_STATE, UserState, evolve
 from app.core.transform import Transformed, transform
 from app.errors import InvalidRecordError, Reason
 
@@ -190,7 +190,7 @@ def apply_membership(state: UserState | None, changes: tuple[AudienceChange, ...
             left[change.audience_id] = audiences.pop(change.audience_id)
     if audiences == previous.audiences and left == previous.audiences_left:
         return previous
-    return replace(previous, audiences=audiences, audiences_left=left)
+    return evolve(previous, {"audiences": audiences, "audiences_left": left})
 
 
 def transform_membership(

@@ -32,7 +32,7 @@ without it. Names that are blank after trimming never get here (the parser rejec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from hashlib import blake2b
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 import orjson
 
 from app.core.mparticle import FIRST_NAME_KEY, LAST_NAME_KEY, AttributeValue, Batch, Event
-from app.core.state import UserState, fold, opt_out_status
+from app.core.state import UserState, evolve, fold, opt_out_status
 from app.core.ulid import event_ulid
 from app.customerio.limits import (
     MAX_ATTRIBUTE_NAME_BYTES,
@@ -316,12 +316,14 @@ def _not_forwarded(
 def _with_sent(state: UserState, person_id: str, digest: bytes) -> UserState:
     """``state`` recording that Customer.io now knows ``person_id``, ``digest`` and its
     subscription (unsubscribed exactly when opted out)."""
-    return replace(
+    return evolve(
         state,
-        person_id=person_id,
-        sent_digest=digest,
-        unsubscribed_sent=state.opted_out,
-        audiences_left={},  # the identify just built carried them
+        {
+            "person_id": person_id,
+            "sent_digest": digest,
+            "unsubscribed_sent": state.opted_out,
+            "audiences_left": {},
+        },
     )
 
 

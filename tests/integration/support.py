@@ -17,7 +17,11 @@ from typing import Any, ClassVar
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    GroupCoordinatorNotAvailableError,
+    KafkaError,
+)
 
 from tests.integration import reliability_model, workload
 
@@ -275,11 +279,14 @@ async def inspect_emulator(url: str, what: str) -> Any:
 
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> int:
     """The sum of the offsets ``group`` has committed on ``topic``: how many of its records
-    the group has processed for good (0 before its first commit)."""
+    the group has processed for good (0 before its first commit, also while the broker has no
+    group coordinator yet: a fresh broker creates its offsets topic at the first group)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
+    except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+        return 0
     finally:
         await admin.close()
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)

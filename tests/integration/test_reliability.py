@@ -27,15 +27,17 @@ from tests.integration import reliability_model
 from tests.integration.conftest import Deployment, pessimistic_config
 from tests.integration.killloop import KillLoopPlan, run_kill_loop
 from tests.integration.support import (
+    committed_offsets,
     judge,
     message_count,
+    poll,
     produce_workload,
     stored_seqs,
     wait_for,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
     from app.dev.emulator.server import RunningEmulator
@@ -300,12 +302,14 @@ async def test_second_worker_joins_and_leaves(
     # partitions' next owner (app/sink/service.py, each case logged): an identify of it may then
     # arrive after a newer one (a fresh-clone CI run: 60 events redelivered, 7 stale identifies,
     # nothing else amiss). Without such a line, a stale identify stays a fault.
-    redelivered = any(
-        "it will be redelivered" in worker.output()
-        or "did not finish before the rebalance" in worker.output()
-        for worker in (first, second)
+    await _verdict(
+        deployment,
+        emulator,
+        workload,
+        "rebalance",
+        capsys,
+        stale_explained=_redelivered([first, second]),
     )
-    await _verdict(deployment, emulator, workload, "rebalance", capsys, stale_explained=redelivered)
 
 
 def _poison() -> list[tuple[bytes | None, bytes]]:
@@ -421,6 +425,107 @@ async def test_sigterm_stops_gracefully_and_loses_nothing(
     await _until_delivered(emulator, expected, [second])
     await _settle(emulator, workload)
     await _verdict(deployment, emulator, workload, "sigterm", capsys)
+
+
+# SIGTERMs right after restarts, at the moments a worker passes one after another: its table
+# recovery has ended ("Worker ready"), its first transaction has committed input offsets, it
+# has delivered something. A paced producer keeps a backlog waiting at each restart. Seen
+# before the fix: a SIGTERM ~2 s after "Worker ready", while the worker consumed its backlog,
+# made faust's last commit fail (IllegalOperation('Not in the middle of a transaction'),
+# `Error while stopping child <_Consumer ...>`) and the worker exit 1.
+STOP_LOOP = reliability_model.generate(100, 4, 2)
+STOP_LOOP_RATE = 5.0  # batches/s: ~80 s of input, so every restart meets a backlog
+STOP_MOMENTS = ("recovered", "committed", "delivering") * 2
+MOMENT_TIMEOUT = 180.0  # a loaded machine; the condition is awaited, not the time
+
+
+async def test_sigterm_right_after_restarts_stops_gracefully_and_loses_nothing(
+    deployment: Deployment, emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workload = STOP_LOOP
+    store = _rocksdb(deployment)
+    producer = asyncio.create_task(
+        produce_workload(deployment, workload.sends, STOP_LOOP_RATE, workload.follows)
+    )
+    workers: list[WorkerProcess] = []
+    stops: list[str] = []
+    try:
+        for moment in STOP_MOMENTS:
+            worker = deployment.start_worker(batch_max_items="20", **store)
+            workers.append(worker)
+            await _until_moment(deployment, emulator, worker, moment)
+            seconds = await worker.stop(timeout=60)
+            output = worker.output()
+            assert worker.process is not None
+            assert worker.process.returncode == 0, (
+                f"SIGTERM at {moment!r}: exit {worker.process.returncode}; log:\n"
+                + _stop_lines(output)
+            )
+            assert "Error while stopping" not in output, _stop_lines(output)
+            stops.append(f"{moment} {seconds:.1f} s")
+        await producer
+        final = deployment.start_worker(**store)
+        workers.append(final)
+        await _until_delivered(emulator, len(workload.expected.events), [final], timeout=300)
+    finally:
+        producer.cancel()
+    with capsys.disabled():
+        print(f"\nSIGTERMs after restarts, exit 0 each: {', '.join(stops)}")
+    await _settle(emulator, workload)
+    await _verdict(
+        deployment,
+        emulator,
+        workload,
+        "sigterm after restarts",
+        capsys,
+        stale_explained=_redelivered(workers),
+    )
+
+
+async def _until_moment(
+    deployment: Deployment, emulator: RunningEmulator, worker: WorkerProcess, moment: str
+) -> None:
+    """Wait until ``worker`` (just started) reached ``moment`` of :data:`STOP_MOMENTS`; fails
+    if it exits first."""
+    bootstrap, group = deployment.kafka.bootstrap, deployment.settings.app_id
+    batches = deployment.topics.batches.name
+    committed = await committed_offsets(bootstrap, group, batches)
+    requests = emulator.state.stats()["requests"]
+    await poll(_logged(worker, "Worker ready"), MOMENT_TIMEOUT, "the end of recovery", worker)
+    if moment == "committed":
+
+        async def moved() -> bool:
+            return await committed_offsets(bootstrap, group, batches) > committed
+
+        await poll(moved, MOMENT_TIMEOUT, "a commit of the restarted worker", worker)
+    elif moment == "delivering":
+
+        async def delivered() -> bool:
+            return bool(emulator.state.stats()["requests"] > requests)
+
+        await poll(delivered, MOMENT_TIMEOUT, "a request of the restarted worker", worker)
+
+
+def _logged(worker: WorkerProcess, line: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return line in worker.output()
+
+    return check
+
+
+def _stop_lines(output: str) -> str:
+    """The worker's log from the SIGTERM on (where a failed stop shows), at most 6,000 chars."""
+    return output[output.rfind("Signal received") :][:6000]
+
+
+def _redelivered(workers: list[WorkerProcess]) -> bool:
+    """True when a worker logged a sink chunk left uncommitted at a stop or rebalance (its
+    next owner redelivers it, so an identify of it may arrive after a newer one)."""
+    return any(
+        "it will be redelivered" in worker.output()
+        or "did not finish before the rebalance" in worker.output()
+        for worker in workers
+    )
 
 
 async def test_sigterm_with_the_broker_down_is_bounded_and_loses_nothing(

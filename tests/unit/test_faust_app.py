@@ -1,6 +1,7 @@
 """The consumer's hole check (app.faust_app.hole_to_reread): re-read a hole once, then accept;
-the input partitions it reads from their beginning after a rebalance (never_committed); and the
-transactional producer's commit bound and safe retirement (_Producer)."""
+the input partitions it reads from their beginning after a rebalance (never_committed); the
+transactional producer's commit bound and safe retirement (_Producer); and a stop's commits
+(nothing through a transaction a last commit ended, no ack of a record the stream dropped)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import NoReturn
 import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 
 from app import faust_app
 from app.faust_app import (
+    _Consumer,
     _Producer,
     create_app,
     hole_to_reread,
@@ -117,8 +120,12 @@ class _StoppedError(Exception):
     """Raised by the test's stand-in for fail_stop (which would exit the process)."""
 
 
-def _producer_with(transactional_id: str, fake: _FakeTransactionalProducer) -> _Producer:
-    app = create_app(load_settings(forwarding_enabled=False, processing_guarantee="exactly_once"))
+def _producer_with(
+    transactional_id: str, fake: _FakeTransactionalProducer, **settings: str
+) -> _Producer:
+    app = create_app(
+        load_settings(forwarding_enabled=False, processing_guarantee="exactly_once", **settings)
+    )
     producer = app.producer
     assert isinstance(producer, _Producer)
     producer._transaction_producers[transactional_id] = fake  # type: ignore[assignment]
@@ -207,3 +214,74 @@ async def test_a_producer_waiting_for_its_producer_id_is_reported_until_it_gets_
     coordinator.set_result(None)
     await starting
     assert producer.coordinator_wait_seconds() is None
+
+
+async def test_a_last_commit_ends_its_transaction_and_nothing_more_is_committed_through_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # faust commits "for the last time" twice at a stop; an offset acknowledged in between
+    # made the second call send offsets to a producer with no transaction (IllegalOperation)
+    app_id = f"app-{uuid.uuid4().hex}"
+    tid = f"{app_id}-1-0"  # topic group 1, partition 0 (faust's transactional id)
+    fake = _FakeTransactionalProducer()
+    producer = _producer_with(tid, fake, app_id=app_id)
+    app = producer.app
+    consumer = app.consumer
+    assert isinstance(consumer, _Consumer)
+    consumer.in_transaction = True  # as in a worker under exactly_once
+    monkeypatch.setattr(app.assignor, "_topic_groups", {"batches": 1})
+    ended, open_ = TP("batches", 0), TP("batches", 1)  # partition 1: a transaction still open
+    warnings: list[str] = []
+    monkeypatch.setattr(faust_app.log, "warning", lambda msg, *a: warnings.append(msg % a))
+
+    await producer.commit_transactions({tid: {ended: 5}}, "app", start_new_transaction=False)
+
+    assert fake.calls == ["send_offsets", "commit"]  # no new transaction begun
+    assert producer.transaction_ended(tid)
+    consumer._committed_offset.update({ended: 5, open_: 3})
+    consumer._acked[ended].extend([5, 6])  # acknowledged after the last commit
+    consumer._acked[open_].append(3)
+    assert consumer._filter_committable_offsets([ended, open_]) == {open_: 4}
+    (warning,) = warnings
+    assert warning.startswith("stopping: offsets acknowledged after the last commit are left")
+    assert warning.endswith(
+        "(their transaction has ended; the next start reads them again): batches[0]@7"
+    )
+
+    await producer.stop_transaction(tid)  # a rebalance replaces the producer
+    assert not producer.transaction_ended(tid)
+
+
+def _record(topic: str, offset: int, generation_id: int) -> ConsumerMessage:
+    return ConsumerMessage(
+        topic, 0, offset, 0.0, 0, None, b"k", b"v", None, generation_id=generation_id
+    )
+
+
+def test_a_record_the_stream_dropped_unprocessed_is_not_acknowledged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = create_app(load_settings(forwarding_enabled=False, processing_guarantee="exactly_once"))
+    consumer = app.consumer
+    assert isinstance(consumer, _Consumer)
+    monkeypatch.setattr(app.topics, "_acking_topics", {"batches"})
+    generation = app.consumer_generation_id
+    tp = TP("batches", 0)
+    assert not app.flow_control.is_active()  # suspended, as at a stop or a rebalance
+
+    # taken from a queue while the flow control is suspended: faust's stream skips it and
+    # acks it without handing it to the agent (never tracked)
+    assert consumer.ack(_record("batches", 7, generation)) is False
+    assert list(consumer._acked[tp]) == []
+
+    processed = _record("batches", 7, generation)
+    processed.tracked = True  # handed to the agent, which finished it
+    assert consumer.ack(processed) is True
+    assert list(consumer._acked[tp]) == [7]
+
+    app.flow_control.resume()
+    assert consumer.ack(_record("batches", 8, generation - 1)) is False  # an older generation
+    assert list(consumer._acked[tp]) == [7]
+    # flowing, same generation: faust's own ack (e.g. its conductor's, on a decode error)
+    assert consumer.ack(_record("batches", 8, generation)) is True
+    assert list(consumer._acked[tp]) == [7, 8]

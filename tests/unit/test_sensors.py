@@ -33,3 +33,23 @@ def test_per_message_hooks_count_nothing_and_commits_are_still_exported() -> Non
     monitor.on_tp_commit({tp: 8})
     committed = {"topic": "batches", "partition": "0"}
     assert registry.get_sample_value("faust_topic_partition_offset_commited", committed) == 8
+
+
+def test_the_end_offset_gauge_follows_the_high_water_mark_also_after_faust_clears_it() -> None:
+    registry = CollectorRegistry()
+    app = faust.App("sensors-end-offset", broker="kafka://127.0.0.1:1")
+    setup_faust_metrics(app, registry)
+    monitor = app.monitor
+    tp, labels = TP("batches", 1), {"topic": "batches", "partition": "1"}
+
+    def gauge() -> float | None:
+        return registry.get_sample_value("faust_topic_partition_end_offset", labels)
+
+    for mark in (10, 10, 12, 12):  # the messages of two fetches
+        monitor.track_tp_end_offset(tp, mark)
+    assert (gauge(), monitor.tp_end_offsets[tp]) == (12, 12)
+
+    monitor._clear_partition_related_metrics()
+    assert gauge() is None
+    monitor.track_tp_end_offset(tp, 12)
+    assert (gauge(), monitor.tp_end_offsets[tp]) == (12, 12)

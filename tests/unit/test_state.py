@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import FrozenInstanceError, fields, replace
 from itertools import permutations
-from typing import Any
+from typing import Any, get_type_hints
 
 import pytest
 
 from app.core.mparticle import Batch, parse_batch
 from app.core.state import (
     FirstSeen,
+    StateChanges,
     UserState,
     decode_state,
     earlier_first_seen,
@@ -263,7 +264,7 @@ def test_state_avro_round_trip_keeps_value_types() -> None:
 def test_evolve_is_dataclasses_replace(name: str) -> None:
     full, other = STATES["full"], STATES["folded-sample"]
     before = vars(full).copy()
-    changed = evolve(full, {name: getattr(other, name)})
+    changed = evolve(full, {name: getattr(other, name)})  # type: ignore[arg-type]
     assert changed == replace(full, **{name: getattr(other, name)})
     assert [getattr(changed, f.name) for f in fields(UserState)] == [
         getattr(other if f.name == name else full, f.name) for f in fields(UserState)
@@ -274,9 +275,16 @@ def test_evolve_is_dataclasses_replace(name: str) -> None:
         changed.email = "b@example.com"  # type: ignore[misc]
 
 
+def test_evolves_change_set_has_the_fields_of_the_state_and_their_types() -> None:
+    # StateChanges repeats the dataclass's fields for mypy: the two lists must not drift
+    state_types = get_type_hints(UserState)
+    assert get_type_hints(StateChanges) == {f.name: state_types[f.name] for f in fields(UserState)}
+    assert list(StateChanges.__annotations__) == [f.name for f in fields(UserState)]
+
+
 def test_evolve_refuses_a_name_that_is_not_a_field() -> None:
     with pytest.raises(TypeError, match="emial"):
-        evolve(STATES["full"], {"emial": "a@example.com"})
+        evolve(STATES["full"], {"emial": "a@example.com"})  # type: ignore[typeddict-unknown-key]
 
 
 def test_decode_state_gives_every_field() -> None:
