@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -330,31 +329,3 @@ def test_the_longest_app_id_keeps_every_topic_name_within_kafkas_limit() -> None
         f"{settings.app_id}{LONGEST_TOPIC_SUFFIX}",
     ]
     assert max(len(name) for name in names) == MAX_TOPIC_NAME
-
-
-def test_worker_on_a_web_port_in_use_exits_2_with_one_line_before_kafka(tmp_path: Path) -> None:
-    """Kafka at an address where nothing listens: the port is checked before any connection."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MPCIO_")}
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        port = taken.getsockname()[1]
-        env = {
-            **clean,
-            "MPCIO_FORWARDING_ENABLED": "false",
-            "MPCIO_WEB_HOST": "127.0.0.1",
-            "MPCIO_WEB_PORT": str(port),
-            "MPCIO_BROKER": "127.0.0.1:9",
-            "MPCIO_DATA_DIR": str(tmp_path / "data"),
-        }
-        done = subprocess.run(
-            [sys.executable, "-m", "app", "worker"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
-            check=False,
-        )
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert f"MPCIO_WEB_HOST/MPCIO_WEB_PORT: cannot listen on 127.0.0.1:{port}" in lines[0]
