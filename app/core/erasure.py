@@ -8,28 +8,32 @@ shape as mParticle's DSR API uses it:
 ``subject_identities`` may also be mParticle's map ``{"email": {"value": ...},
 "customer_id": {"value": ...}}``, which is the Firehose ``dsr_processing_request`` shape:
 ``{"<type>": {"encoding": "raw" | "md5" | "sha1" | "sha256", "value": ...}}`` with type
-``email`` or ``controller_customer_id`` (other types, device ids, are ignored). A raw email
-that is not an address (``N/A``; :mod:`app.core.emails`) is ignored. Other request types (access,
-portability) are acknowledged and counted, not acted on.
+``email`` or ``controller_customer_id`` (other types, device ids, are ignored). Every identity
+named counts: a list may name two emails or two customer ids, the map both ``customer_id`` and
+``controller_customer_id``. A raw email that is not an address (``N/A``;
+:mod:`app.core.emails`) is ignored. Other request types (access, portability) are acknowledged
+and counted, not acted on.
 
 Who is erased: the user named by ``mpid``; for a request without mpid (every Firehose DSR),
-each user whose stored state :func:`matches` the request: raw identities compare equal (email
-case-insensitively), hashed ones compare by hashing the stored email (as stored and trimmed
+each user whose stored state :func:`matches` the request: raw identities compare equal in the
+form :func:`normalised_email` / :func:`normalised_customer_id` give (the identity markers'
+form too), hashed ones compare by hashing the stored email (as stored and trimmed
 lower-case, the form mParticle hashes) or customer id with the request's algorithm.
 
 :func:`plan_erasure` is pure: given the request and a matched user's stored state, it returns
 the Customer.io ``delete`` items (one per distinct person identifier known for that user: the
-customer_id, the email and the person id last used, plus the request's raw identifiers; one
-over Customer.io's 150-byte limit names no person and is left out) and whether to purge the
-state.
+customer_id, the email and the person id last used, plus every raw customer id and email the
+request names, matched or not; one over Customer.io's 150-byte limit names no person and is
+left out) and whether to purge the state.
 
 Identity markers: an erasure names identities as well as (or instead of) an mpid, and the
 user's batches that reached Kafka before it may be read after it (lag; the topics are read in no
 set order) on a partition that holds nothing of the user yet. :func:`request_marker_keys` gives
 the keys under which the worker keeps the erasure's time for each identity it names, and
 :func:`identity_marker_keys` the keys a batch's or audience update's own identities are looked up
-under: ``id:`` + BLAKE2b-128 (hex) of ``<kind>:<SHA-256 hex of the normalised identity>`` (email:
-trimmed lower-case, the form mParticle hashes; customer id: trimmed). A request hashed with
+under: ``id:`` + BLAKE2b-128 (hex) of ``<kind>:<SHA-256 hex of the normalised identity>``
+(:func:`normalised_email`: trimmed lower-case, the form mParticle hashes;
+:func:`normalised_customer_id`: trimmed). A request hashed with
 SHA-256 gives that digest itself, so it marks the same key; one hashed with MD5 or SHA-1 cannot
 be brought to it and leaves no identity marker (README "Audiences and erasure"). A key holds no
 identity in clear and never collides with an mpid key (decimal digits).
@@ -43,6 +47,7 @@ Failure semantics: an unusable record raises :class:`~app.errors.InvalidRecordEr
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -59,12 +64,16 @@ ErasureOutcome = Literal["erased", "no_match", "not_erasure"]
 
 @dataclass(frozen=True, slots=True)
 class ErasureRequest:
+    """One parsed request. ``emails`` / ``customer_ids``: every raw identity of that kind it
+    names (trimmed, in request order, no duplicates; a request may name two addresses of one
+    person); ``hashed``: (identity kind ``email`` | ``customer_id``, algorithm, lower-case hex
+    digest) of each hashed one."""
+
     request_id: str | None
     request_type: str
     mpid: str | None
-    email: str | None
-    customer_id: str | None
-    # (identity kind "email" | "customer_id", algorithm, lower-case hex digest)
+    emails: tuple[str, ...] = ()
+    customer_ids: tuple[str, ...] = ()
     hashed: tuple[tuple[str, str, str], ...] = ()
 
 
@@ -99,26 +108,49 @@ def identity_marker_key(kind: str, sha256_hex: str) -> str:
     return IDENTITY_MARKER_PREFIX + hashlib.blake2b(inner, digest_size=16).hexdigest()
 
 
+def normalised_email(email: str) -> str:
+    """The form an email is compared, hashed and marked in: trimmed and lower-cased, the form
+    mParticle hashes (``str.lower``, not ``casefold``: ``ß`` stays ``ß`` as in mParticle's
+    hash), in Unicode NFC: ``José`` typed as ``e`` + combining accent (NFD, as some keyboards
+    and macOS file names give it) is the same address as the precomposed ``é`` and must be
+    erased by it (an unchanged ASCII address costs one quick check). The one rule for
+    :func:`matches` and the identity markers, so a state the request matches and a record its
+    marker drops are the same people."""
+    return unicodedata.normalize("NFC", email.strip().lower())
+
+
+def normalised_customer_id(customer_id: str) -> str:
+    """The form a customer id is compared, hashed and marked in: trimmed (ids are
+    case-sensitive)."""
+    return customer_id.strip()
+
+
 def identity_marker_keys(email: str | None, customer_id: str | None) -> list[str]:
     """The identity-marker keys of a user's ``email`` and ``customer_id`` (None or empty: not
     known), email first: one store read each when a record is admitted (module docstring)."""
     keys = []
     if email:
-        keys.append(identity_marker_key("email", _sha256(email.strip().lower())))
+        keys.append(identity_marker_key("email", _sha256(normalised_email(email))))
     if customer_id:
-        keys.append(identity_marker_key("customer_id", _sha256(customer_id.strip())))
+        normalised = normalised_customer_id(customer_id)
+        keys.append(identity_marker_key("customer_id", _sha256(normalised)))
     return keys
 
 
 def request_marker_keys(request: ErasureRequest) -> list[str]:
-    """The identity-marker keys an erasure ``request`` leaves: its raw email and customer id,
-    and each SHA-256-hashed identity (MD5 / SHA-1 ones cannot be brought to the key)."""
-    keys = identity_marker_keys(request.email, request.customer_id)
-    for kind, algorithm, digest in request.hashed:
-        key = identity_marker_key(kind, digest)
-        if algorithm == "sha256" and key not in keys:
-            keys.append(key)
-    return keys
+    """The identity-marker keys an erasure ``request`` leaves, without duplicates: one per raw
+    email and customer id it names, and per SHA-256-hashed identity (MD5 / SHA-1 ones cannot
+    be brought to the key)."""
+    keys = [
+        *(identity_marker_keys(email, None)[0] for email in request.emails),
+        *(identity_marker_keys(None, customer_id)[0] for customer_id in request.customer_ids),
+        *(
+            identity_marker_key(kind, digest)
+            for kind, algorithm, digest in request.hashed
+            if algorithm == "sha256"
+        ),
+    ]
+    return list(dict.fromkeys(keys))
 
 
 def _sha256(text: str) -> str:
@@ -148,8 +180,8 @@ def parse_erasure_record(value: bytes) -> ErasureRequest:
     mpid = None if raw_mpid is None else int64_text(raw_mpid)
     if raw_mpid is not None and mpid is None:
         raise InvalidRecordError(Reason.MPID_INVALID, "mpid is not a signed 64-bit integer")
-    email, customer_id, hashed = _subject_identities(document.get("subject_identities"))
-    if mpid is None and email is None and customer_id is None and not hashed:
+    emails, customer_ids, hashed = _subject_identities(document.get("subject_identities"))
+    if mpid is None and not emails and not customer_ids and not hashed:
         raise InvalidRecordError(
             Reason.ERASURE_INVALID, "request names no mpid, email or customer_id"
         )
@@ -164,37 +196,40 @@ def parse_erasure_record(value: bytes) -> ErasureRequest:
         request_id=request_id if type(request_id) is str else None,
         request_type=request_type.strip().lower(),
         mpid=mpid,
-        email=email,
-        customer_id=customer_id,
+        emails=emails,
+        customer_ids=customer_ids,
         hashed=hashed,
     )
 
 
 def _subject_identities(
     value: object,
-) -> tuple[str | None, str | None, tuple[tuple[str, str, str], ...]]:
-    found: dict[str, str] = {}
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str, str], ...]]:
+    """(raw emails, raw customer ids, hashed identities) of ``subject_identities``: EVERY one
+    named, so a list naming two addresses (or the map naming both ``customer_id`` and
+    ``controller_customer_id``) erases the person under each (module docstring)."""
+    raw: dict[str, list[str]] = {"email": [], "customer_id": []}
     hashed: list[tuple[str, str, str]] = []
     if type(value) is dict:
         for kind, entry in value.items():
             text = entry.get("value") if type(entry) is dict else entry
             encoding = entry.get("encoding", "raw") if type(entry) is dict else "raw"
-            if type(text) not in (str, int):
+            if type(text) not in (str, int) or _kind(kind) not in raw:
                 continue
-            if encoding in HASH_ENCODINGS and _kind(kind) in ("email", "customer_id"):
+            if encoding in HASH_ENCODINGS:
                 hashed.append((_kind(kind), encoding, str(text).strip().lower()))
             elif encoding == "raw":
-                found[_kind(kind)] = str(text).strip()
+                raw[_kind(kind)].append(str(text).strip())
     elif type(value) is list:
         for entry in value:
             if type(entry) is dict and type(entry.get("identity_type")) is str:
                 text = entry.get("identity_value", entry.get("value"))
-                if type(text) in (str, int):
-                    found[_kind(entry["identity_type"])] = str(text).strip()
-    email = found.get("email") or None
-    if email is not None and not is_email_address(email):
-        email = None  # a placeholder such as "N/A" names no person (app.core.emails)
-    return email, found.get("customer_id") or None, tuple(hashed)
+                if type(text) in (str, int) and _kind(entry["identity_type"]) in raw:
+                    raw[_kind(entry["identity_type"])].append(str(text).strip())
+    # a placeholder such as "N/A" names no person (app.core.emails)
+    emails = [email for email in raw["email"] if email and is_email_address(email)]
+    customer_ids = [customer_id for customer_id in raw["customer_id"] if customer_id]
+    return tuple(dict.fromkeys(emails)), tuple(dict.fromkeys(customer_ids)), tuple(hashed)
 
 
 def _kind(name: str) -> str:
@@ -203,23 +238,35 @@ def _kind(name: str) -> str:
 
 
 def matches(request: ErasureRequest, state: UserState) -> bool:
-    """True when ``state`` is the subject of ``request`` by any identity (module docstring)."""
-    if request.email and state.email and request.email.casefold() == state.email.casefold():
+    """True when ``state`` is the subject of ``request`` by any identity it names (module
+    docstring); emails and customer ids compare in the identity markers' form
+    (:func:`normalised_email`, :func:`normalised_customer_id`)."""
+    if state.email and normalised_email(state.email) in {
+        normalised_email(email) for email in request.emails
+    }:
         return True
-    if request.customer_id and request.customer_id == state.customer_id:
+    if state.customer_id and normalised_customer_id(state.customer_id) in {
+        normalised_customer_id(customer_id) for customer_id in request.customer_ids
+    }:
         return True
     for kind, algorithm, digest in request.hashed:
         known = state.email if kind == "email" else state.customer_id
         if known and digest in {
             hashlib.new(algorithm, form.encode("utf-8")).hexdigest()
-            for form in (known, known.strip().lower())
+            # as stored; as mParticle hashes; in our compared form (NFC)
+            for form in (known, known.strip().lower(), normalised_email(known))
         }:
             return True
     return False
 
 
 def plan_erasure(request: ErasureRequest, state: UserState | None) -> ErasurePlan:
-    """The deletes and purge for ``request`` given the stored ``state`` (module docstring)."""
+    """The deletes and purge for ``request`` given the stored ``state`` (module docstring).
+
+    Outcome ``erased`` when a stored user state is erased (purged), ``no_match`` when there is
+    none (the deletes of the request's raw identities still go out: the person may be known to
+    Customer.io from before this deployment, or from another partition's users), and
+    ``not_erasure`` for an access or portability request (nothing done)."""
     if request.request_type != "erasure":
         return ErasurePlan("not_erasure", (), purge_state=False)
     candidates: list[dict[str, str] | None] = []
@@ -231,13 +278,9 @@ def plan_erasure(request: ErasureRequest, state: UserState | None) -> ErasurePla
         if state.person_id:  # the id last used, if it has changed since
             pid = state.person_id
             candidates.append({"email": pid} if pid == state.email else {"id": pid})
-    candidates.append(
-        {"id": request.customer_id}
-        if request.customer_id
-        else {"email": request.email}
-        if request.email
-        else None
-    )
+    # every raw identity the request names: a person Customer.io knows only by one of them
+    candidates += [{"id": customer_id} for customer_id in request.customer_ids]
+    candidates += [{"email": email} for email in request.emails]
     identifiers: list[dict[str, str]] = []
     for identifier in candidates:
         if (
@@ -250,6 +293,6 @@ def plan_erasure(request: ErasureRequest, state: UserState | None) -> ErasurePla
         {"type": "person", "identifiers": identifier, "action": "delete"}
         for identifier in identifiers
     )
-    if not deletes and state is None:
-        return ErasurePlan("no_match", (), purge_state=False)
-    return ErasurePlan("erased", deletes, purge_state=state is not None)
+    if state is None:
+        return ErasurePlan("no_match", deletes, purge_state=False)
+    return ErasurePlan("erased", deletes, purge_state=True)

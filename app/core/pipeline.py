@@ -196,7 +196,7 @@ def process_batch_record(
 
     def admit(result: IngestResult, mine: list[Batch]) -> bool:
         if reached_kafka_before_erasure(record_ms, erased_at_ms) or _erased_by_identity(
-            result, mine, record_ms, identity_erased_at
+            result, mine, record_ms, identity_erased_at, load_state
         ):
             result.counts["batches", "erased"] += len(mine)
             return False
@@ -205,7 +205,7 @@ def process_batch_record(
         return True
 
     return _process_user_record(
-        _UserRecord(key, value, source, kind="batches", counter="batches"),
+        _UserRecord(key, value, source, kind="batches", counter="batches", record_ms=record_ms),
         parse_record,
         lambda batch, state: transform(batch, state, options, record_ms=record_ms),
         load_state,
@@ -227,22 +227,49 @@ def _erased_by_identity(
     mine: list[Item],
     record_ms: int | None,
     identity_erased_at: Callable[[str], int | None] | None,
+    load_state: Callable[[str], bytes | None],
 ) -> bool:
     """True when an email or customer id of ``mine`` (one user's items) has an identity marker
     (``identity_erased_at``: marker key → erasure time, or None) at or after ``record_ms``
     (:func:`reached_kafka_before_erasure`): an erasure by identity (a Firehose DSR names no
-    mpid) read before this record, which reached Kafka before it. The user's mpid marker is
-    then put at that time (``result.erased``), so the user's later pre-erasure records that
-    carry no identity are dropped too. One store read per identity of each item."""
+    mpid) read before this record, which reached Kafka before it. One store read per identity
+    of each item; the rest only when the record is dropped.
+
+    The record is the erased person's, so their mpid is then erased as of that marker's time
+    (the latest one, if several identities are marked): the mpid marker is put
+    (``result.erased``), so the user's later-read records from before the erasure that carry
+    no identity are dropped too, and their stored state is purged (``result.purged``) unless
+    every record folded into it reached Kafka after the erasure (``first_record_ms``; None,
+    unknown, counts as before). That state was folded from the user's records read after the
+    DSR (it matched nothing then) or before it without the identity the DSR names; kept, it
+    would go out with the first identify of the person the user becomes after the erasure.
+    A state only of records after the erasure (one read before this record from another topic
+    or the re-key topic: Kafka orders a partition, not two topics) is that new person's and is
+    kept; one mixing both cannot be split and is purged whole (its records' operations were
+    sent; the next record starts the user afresh)."""
     if identity_erased_at is None:
         return False
+    erased_at_ms: int | None = None
     for item in mine:
         for key in _identity_marker_keys(item.email, item.customer_id):
-            erased_at_ms = identity_erased_at(key)
-            if erased_at_ms is not None and reached_kafka_before_erasure(record_ms, erased_at_ms):
-                result.erased[item.mpid] = erased_at_ms
-                return True
-    return False
+            marked_ms = identity_erased_at(key)
+            if (
+                marked_ms is not None
+                and reached_kafka_before_erasure(record_ms, marked_ms)
+                and (erased_at_ms is None or marked_ms > erased_at_ms)
+            ):
+                erased_at_ms = marked_ms
+    if erased_at_ms is None:
+        return False
+    mpid = mine[0].mpid
+    result.erased[mpid] = erased_at_ms
+    stored = load_state(mpid)
+    if stored is not None:
+        state = _decoded_or_none(stored)  # undecodable: it cannot show it is after the erasure
+        first_ms = None if state is None else state.first_record_ms
+        if first_ms is None or first_ms <= erased_at_ms:
+            result.purged.append(mpid)
+    return True
 
 
 #: How many users' identity-marker keys :func:`_identity_marker_keys` remembers (~0.5 KB each).
@@ -284,7 +311,7 @@ def process_audience_record(
 
     def admit(result: IngestResult, mine: list[MembershipUpdate]) -> bool:
         if reached_kafka_before_erasure(record_ms, erased_at_ms) or _erased_by_identity(
-            result, mine, record_ms, identity_erased_at
+            result, mine, record_ms, identity_erased_at, load_state
         ):
             result.counts["audience_updates", "erased"] += len(mine)
             return False
@@ -298,6 +325,7 @@ def process_audience_record(
             kind="audiences",
             counter="audience_updates",
             list_key="user_profiles",
+            record_ms=record_ms,
         ),
         parse_audience_record,
         lambda update, state: transform_membership(update, state, options),
@@ -313,7 +341,8 @@ class _UserRecord:
 
     ``kind``: the topic's role in the redelivery guard's applied offsets; ``counter``: its
     metric (``batches`` / ``audience_updates``); ``list_key``: the document key holding a
-    bulk record's parts (None: a JSON array or one object)."""
+    bulk record's parts (None: a JSON array or one object); ``record_ms``: its Kafka time
+    (None: unknown), kept in the state's ``first_record_ms``."""
 
     key: bytes | None
     value: bytes | None
@@ -321,6 +350,7 @@ class _UserRecord:
     kind: str
     counter: str
     list_key: str | None = None
+    record_ms: int | None = None
 
 
 def _process_user_record(
@@ -370,13 +400,18 @@ def process_erasure_record(
     its deletes follow that user's earlier operations in order.
 
     The marker (``erased``: mpid → :func:`~app.core.erasure.erasure_time`, the request's Kafka
-    timestamp but never later than ``clock()``, set for every erasure that
+    timestamp but never far ahead of ``clock()``, set for every erasure that
     names an mpid, also one that finds nothing to delete yet) lets batches that reached Kafka
     before the erasure but are read after it be dropped; it holds no personal data. An
     erasure also leaves one identity marker per identity it names
     (:func:`~app.core.erasure.request_marker_keys` → the same time), whether or not it
     matched anyone: a user none of whose records was read yet is then known by the identities
-    their lagging records carry (:func:`_erased_by_identity`)."""
+    their lagging records carry (:func:`_erased_by_identity`). The time is taken once per
+    request, so all its markers hold the same millisecond.
+
+    Counted in ``erasures``: ``erased`` when a stored user state was erased, ``no_match`` when
+    none was (its deletes by the raw identities it names still go out), ``not_erasure`` for
+    access and portability requests (:func:`~app.core.erasure.plan_erasure`)."""
     result = IngestResult()
     try:
         value = _present(value)  # narrowed to bytes from here on
@@ -401,6 +436,8 @@ def process_erasure_record(
         ] or [(None, None)]
     items: list[dict[str, Any]] = []
     outcome = "no_match"
+    # one time per request: its markers (users' and identities') all hold the same millisecond
+    erased_ms = erasure_time(record_ms, clock())
     for mpid, state in targets:
         plan = plan_erasure(request, state)
         outcome = plan.outcome if outcome == "no_match" else outcome
@@ -411,10 +448,10 @@ def process_erasure_record(
             # Also when nothing of the user is known yet (no_match): batches that reached
             # Kafka before the erasure may still be on their way on the batches topic, and
             # must not bring the user back.
-            result.erased[mpid] = erasure_time(record_ms, clock())
+            result.erased[mpid] = erased_ms
     if request.request_type == "erasure":
         for marker in request_marker_keys(request):
-            result.erased[marker] = erasure_time(record_ms, clock())
+            result.erased[marker] = erased_ms
     result.counts["erasures", outcome] += 1
     operations = [
         Operation("delete", next(iter(item["identifiers"].values())), item, orjson.dumps(item))
@@ -488,7 +525,7 @@ def _apply_to_user(
         state = transformed.state
         _count_transformed(transformed, counts, counter)
         operations.extend(transformed.operations)
-    state = _mark_applied(state, kind, source)
+    state = _mark_applied(state, stored, kind, source, record.record_ms)
     encoded = None if state is None or state == stored else encode_state(state)
     ops_record = _operations_record(mpid, operations, source, clock) if operations else None
     key_bytes = mpid.encode()
@@ -524,12 +561,34 @@ def _already_applied(state: UserState | None, kind: str, source: SourcePosition)
     return state.applied_offsets.get(_applied_key(kind, source), -1) >= source.offset
 
 
-def _mark_applied(state: UserState | None, kind: str, source: SourcePosition) -> UserState | None:
-    if state is None or source.offset < 0:
-        return state
+def _mark_applied(
+    state: UserState | None,
+    stored: UserState | None,
+    kind: str,
+    source: SourcePosition,
+    record_ms: int | None,
+) -> UserState | None:
+    """``state`` (``stored`` with the record at ``source`` folded in) with the record's offset
+    (the redelivery guard, :func:`_already_applied`) and the earliest Kafka time folded into
+    it (``first_record_ms``: ``record_ms`` for a new state, the earlier of the two otherwise;
+    None once either is unknown), which :func:`_erased_by_identity` compares with an erasure.
+    """
+    if state is None:
+        return None
+    if stored is None:
+        first_ms = record_ms
+    elif stored.first_record_ms is None or record_ms is None:
+        first_ms = None
+    else:
+        first_ms = min(stored.first_record_ms, record_ms)
+    if source.offset < 0:
+        return evolve(state, {"first_record_ms": first_ms})
     return evolve(
         state,
-        {"applied_offsets": {**state.applied_offsets, _applied_key(kind, source): source.offset}},
+        {
+            "applied_offsets": {**state.applied_offsets, _applied_key(kind, source): source.offset},
+            "first_record_ms": first_ms,
+        },
     )
 
 

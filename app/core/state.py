@@ -74,6 +74,8 @@ class UserState:
     audiences_left: dict[str, str] = field(default_factory=dict)
     # "<input kind>@<partition>" -> offset of the last input record applied to this state.
     applied_offsets: dict[str, int] = field(default_factory=dict)
+    # Kafka time of the earliest input record folded in (None: unknown); see the schema's doc.
+    first_record_ms: int | None = None
 
     @property
     def created_at_ms(self) -> int | None:
@@ -112,6 +114,7 @@ class StateChanges(TypedDict, total=False):
     audiences: dict[str, str]
     audiences_left: dict[str, str]
     applied_offsets: dict[str, int]
+    first_record_ms: int | None
 
 
 def evolve(state: UserState, changes: StateChanges) -> UserState:
@@ -323,6 +326,7 @@ def encode_state(state: UserState) -> bytes:
             "audiences": state.audiences,
             "audiences_left": state.audiences_left,
             "applied_offsets": state.applied_offsets,
+            "first_record_ms": state.first_record_ms,
         }
     )
 
@@ -363,5 +367,6 @@ def decode_state(data: bytes) -> UserState:
             "audiences": record["audiences"],
             "audiences_left": record["audiences_left"],
             "applied_offsets": record["applied_offsets"],
+            "first_record_ms": record["first_record_ms"],
         },
     )

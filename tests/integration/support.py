@@ -50,6 +50,17 @@ async def produce(
         await producer.stop()
 
 
+async def send_to_every_partition(
+    producer: AIOKafkaProducer, topic: str, value: bytes, partitions: int
+) -> list[Any]:
+    """Send ``value`` (no key) once to each of the ``partitions`` of ``topic``, as the ingress
+    writes a Firehose DSR; the RecordMetadata of each, in partition order."""
+    return [
+        await producer.send_and_wait(topic, value, partition=partition)
+        for partition in range(partitions)
+    ]
+
+
 async def produce_workload(
     deployment: Any,
     sends: Iterable[tuple[str, bytes | None, bytes]],

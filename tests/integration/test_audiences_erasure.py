@@ -20,6 +20,7 @@ from tests.integration.support import (
     poll,
     produce,
     record_applied,
+    send_to_every_partition,
     wait_for,
     worker_metrics,
 )
@@ -459,10 +460,9 @@ async def test_a_firehose_erasure_read_before_the_users_earlier_batch_does_not_r
     producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all")
     await producer.start()
     try:
-        sent = [
-            await producer.send_and_wait(topics.erasure.name, orjson.dumps(dsr), partition=p)
-            for p in range(partitions)
-        ]
+        sent = await send_to_every_partition(
+            producer, topics.erasure.name, orjson.dumps(dsr), partitions
+        )
         worker = deployment.start_worker()
         port = worker.env["MPCIO_WEB_PORT"]
 
@@ -471,7 +471,7 @@ async def test_a_firehose_erasure_read_before_the_users_earlier_batch_does_not_r
                 metrics = await worker_metrics(port)
             except aiohttp.ClientError:
                 return False  # the worker's web server is not listening yet
-            # Matching nobody, each copy still deletes the raw email (counted ``erased``).
+            # Matching nobody, each copy still deletes the raw email (counted ``no_match``).
             # Wait until those deletes are delivered: they go out in the lanes of their
             # partitions, and one sent after the new person below would delete them again.
             read = sum(v for (name, _), v in metrics.items() if name == requests)

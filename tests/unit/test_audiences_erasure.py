@@ -213,7 +213,7 @@ def test_accepts_erasure_shapes(identities: object) -> None:
             }
         )
     )
-    assert (request.mpid, request.email, request.request_type) == ("7", "a@x.io", "erasure")
+    assert (request.mpid, request.emails, request.request_type) == ("7", ("a@x.io",), "erasure")
 
 
 def test_erasure_email_that_is_not_an_address_names_nobody() -> None:
@@ -221,7 +221,7 @@ def test_erasure_email_that_is_not_an_address_names_nobody() -> None:
         b'{"subject_request_type": "erasure", "mpid": 7,'
         b' "subject_identities": {"email": {"value": "N/A"}}}'
     )
-    assert (request.mpid, request.email) == ("7", None)
+    assert (request.mpid, request.emails) == ("7", ())
     with pytest.raises(InvalidRecordError) as caught:
         parse_erasure_record(
             b'{"subject_request_type": "erasure", "subject_identities": {"email": "none"}}'
@@ -237,7 +237,7 @@ def test_rejects_erasure_naming_nobody() -> None:
 
 def test_plan_deletes_every_identifier_current_and_previous() -> None:
     state = UserState(email="a@x.io", customer_id="c2", person_id="c1")
-    plan = plan_erasure(ErasureRequest(None, "erasure", "7", None, None), state)
+    plan = plan_erasure(ErasureRequest(None, "erasure", "7"), state)
     assert [d["identifiers"] for d in plan.deletes] == [
         {"id": "c2"},
         {"email": "a@x.io"},
@@ -248,17 +248,17 @@ def test_plan_deletes_every_identifier_current_and_previous() -> None:
 
 def test_plan_leaves_out_an_identifier_customerio_cannot_hold() -> None:
     state = UserState(email="a@x.io", customer_id="c" * 151, person_id="a@x.io")
-    plan = plan_erasure(ErasureRequest(None, "erasure", "7", "b@x.io", None), state)
+    plan = plan_erasure(ErasureRequest(None, "erasure", "7", emails=("b@x.io",)), state)
     assert [d["identifiers"] for d in plan.deletes] == [{"email": "a@x.io"}, {"email": "b@x.io"}]
 
 
 def test_plan_for_unknown_user_without_identities_matches_nobody() -> None:
-    plan = plan_erasure(ErasureRequest(None, "erasure", "7", None, None), None)
+    plan = plan_erasure(ErasureRequest(None, "erasure", "7"), None)
     assert (plan.outcome, plan.deletes, plan.purge_state) == ("no_match", (), False)
 
 
 def test_access_requests_are_not_acted_on() -> None:
-    plan = plan_erasure(ErasureRequest(None, "access", "7", "a@x.io", None), UserState())
+    plan = plan_erasure(ErasureRequest(None, "access", "7", emails=("a@x.io",)), UserState())
     assert plan.outcome == "not_erasure"
 
 
