@@ -87,7 +87,14 @@ SINK_RATE_LIMIT = Gauge(
     "its share of the operations partitions), re-set on every rebalance.",
 )
 SINK_STOPPED = Gauge(
-    "mpcio_sink_stopped", "1 while delivery is stopped by a configuration error, else 0."
+    "mpcio_sink_stopped",
+    "1 while delivery is stopped by a configuration error or by a chunk that keeps failing "
+    "unexpectedly, else 0.",
+)
+SINK_UNEXPECTED_ERRORS = Counter(
+    "mpcio_sink_unexpected_errors_total",
+    "Sink chunks that failed with an unexpected error (a bug or a setting the client cannot "
+    "use); each is rewound and retried.",
 )
 SINK_END_TO_END_SECONDS = Histogram(
     "mpcio_end_to_end_latency_seconds",

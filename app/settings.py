@@ -18,6 +18,7 @@ anything connects to Kafka or Customer.io.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import typing
@@ -62,6 +63,35 @@ _BROKER_FORM = "host:port[,host:port] (kafka:// and ';' accepted too)"
 _BROKER_SCHEME = re.compile(r"kafka://", re.IGNORECASE)
 # a DNS name, an IPv4 address or a bracketed IPv6 address: no spaces, no path, no user info
 _BROKER_HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")  # _: Compose names
+#: Kafka's longest topic name.
+MAX_TOPIC_NAME = 249
+#: The longest name the worker derives from the app id: faust's leader topic
+#: (``faust.assignor.leader_assignor``); ours (``-operations``, ``-erasures-changelog``, ...)
+#: are shorter.
+LONGEST_TOPIC_SUFFIX = "-__assignor-__leader"
+#: Table stores the worker can open (faust store URLs of the installed extras).
+STORES = ("rocksdb://", "memory://")
+
+
+def check_listen_host(value: str) -> str:
+    """``value`` if it is an IP address or a DNS host name a server can bind to.
+
+    Raises ``ValueError`` otherwise: a name whose last label is all digits (``256.1.1.1``,
+    ``10.0.0``) can only be a malformed address, never a name (RFC 3696 §2), so it is refused
+    here rather than by the resolver when the server starts."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        labels = value.removesuffix(".").split(".")
+        if (
+            len(value) <= 253
+            and all(_HOST_LABEL.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit()
+        ):
+            return value
+        raise ValueError("must be an IP address or a host name") from None
+    return value
 
 
 def canonical_broker(value: str) -> str:
@@ -109,7 +139,9 @@ class Settings(BaseSettings):
     )
     app_id: str = Field(
         "mpcio",
-        description="Faust application id: consumer group, changelog and internal topic prefix.",
+        description="Faust application id: consumer group, changelog and internal topic prefix; "
+        f"at most {MAX_TOPIC_NAME - len(LONGEST_TOPIC_SUFFIX)} characters, so every topic "
+        f"named after it fits Kafka's {MAX_TOPIC_NAME}.",
         pattern=r"^[A-Za-z0-9._-]+$",
     )
     topic_batches: str = Field("mparticle-batches", description="Input: mParticle JSON batches.")
@@ -401,6 +433,43 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("app_id")
+    @classmethod
+    def _topic_names_fit(cls, value: str) -> str:
+        longest = MAX_TOPIC_NAME - len(LONGEST_TOPIC_SUFFIX)
+        if len(value) > longest:
+            raise ValueError(
+                f"at most {longest} characters ({len(value)} given): the topics named after "
+                f"it (<app id>{LONGEST_TOPIC_SUFFIX}) must fit Kafka's {MAX_TOPIC_NAME}"
+            )
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        # faust would only fail when the worker opens its tables, with an import traceback
+        if value not in STORES:
+            raise ValueError("must be " + " or ".join(STORES))
+        return value
+
+    @field_validator("web_host", "ingress_host")
+    @classmethod
+    def _listen_host(cls, value: str) -> str:
+        return check_listen_host(value)
+
+    @field_validator("customerio_url")
+    @classmethod
+    def _no_url_credentials(cls, value: str | None) -> str | None:
+        # aiohttp refuses credentials in a URL next to the Authorization header the client
+        # sends, so such a URL would fail every request; the Track API's credentials are
+        # their own (secret) settings. The error echoes the value masked (URL credentials).
+        if value is not None and "@" in urlsplit(value).netloc:
+            raise ValueError(
+                "must not carry credentials (user:password@): the Track API authenticates "
+                f"with {ENV_PREFIX}CUSTOMERIO_SITE_ID and {ENV_PREFIX}CUSTOMERIO_API_KEY"
+            )
+        return value
+
     @field_validator("support_token", "mask_key")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
@@ -484,17 +553,13 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret value of these settings, the one list that logs, views and printers
-        redact: the :data:`SECRET_FIELDS` and the credentials (``user:password`` and the
-        password alone) of every URL setting."""
+        redact: the :data:`SECRET_FIELDS` (no URL setting carries credentials: see
+        :meth:`_no_url_credentials`)."""
         values = [
             _secret_text(secret)
             for secret in (getattr(self, name) for name in sorted(SECRET_FIELDS))
             if secret is not None
         ]
-        for url in (self.broker, self.customerio_url):
-            userinfo = urlsplit(url or "").netloc.rpartition("@")[0]
-            if userinfo:
-                values += [userinfo, userinfo.partition(":")[2]]
         return tuple(value for value in values if value)
 
     def redacted(self) -> dict[str, Any]:

@@ -38,9 +38,8 @@ for unit tests.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -55,6 +54,7 @@ from app.core.mparticle import int64_text
 from app.core.state import UserState, decode_state
 from app.errors import InvalidRecordError
 from app.faust_app import COORDINATOR_WARNING_SECONDS
+from app.ingress.server import authorized
 from app.topics import ERASURES_TABLE, USERS_TABLE
 
 if TYPE_CHECKING:
@@ -238,10 +238,12 @@ def is_open(path: str) -> bool:
     return path == "/metrics" or path.startswith("/health/")
 
 
-def decide_access(path: str | None, authorization: str | None, token: str | None) -> Access:
+def decide_access(path: str | None, authorizations: Sequence[str], token: str | None) -> Access:
     """The guard's decision for a request to the route ``path`` (``None``: no route serves
-    the URL) with this ``Authorization`` header; ``token`` is ``MPCIO_SUPPORT_TOKEN``
-    (``None`` when unset). The token is compared in constant time.
+    the URL) with these ``Authorization`` headers (every one the request carries);
+    ``token`` is ``MPCIO_SUPPORT_TOKEN`` (``None`` when unset). Exactly one header,
+    ``Bearer <token>``, is allowed, as at the ingress (:func:`~app.ingress.server.authorized`:
+    a second header, even after the right one, is refused); compared in constant time.
 
     A URL without a route needs the token like a guarded route and only then is 404
     (``NOT_FOUND``): 401 or 404 must not tell an unauthenticated client which routes exist."""
@@ -249,10 +251,7 @@ def decide_access(path: str | None, authorization: str | None, token: str | None
         return Access.OPEN
     if token is None:
         return Access.OFF
-    scheme, _, given = (authorization or "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    ):
+    if not authorized(authorizations, token.encode()):
         return Access.UNAUTHORIZED
     return Access.ALLOWED if path is not None else Access.NOT_FOUND
 
@@ -274,7 +273,7 @@ def access_middleware(token: str | None, hidden: frozenset[str] = frozenset()) -
             path = None
         if path is None and is_open(request.path):
             return await handler(request)
-        access = decide_access(path, request.headers.get("Authorization"), token)
+        access = decide_access(path, request.headers.getall("Authorization", []), token)
         if access is Access.NOT_FOUND and resource is None:  # aiohttp's own 404/405
             return await handler(request)
         if access in {Access.OFF, Access.NOT_FOUND}:

@@ -1,6 +1,7 @@
 """Run the forwarder: the production entry point behind ``mpcio worker``.
 
-Start-up order: settings were validated by the caller; topics are created if missing and the
+Start-up order: settings were validated by the caller; the web port must be free (else one
+line, exit 2); topics are created if missing and the
 inputs' co-partitioning is checked before the first agent consumes (a mismatch stops the worker
 with one :class:`~app.errors.ConfigError` line); under ``exactly_once`` the cluster must be able
 to run transactions (:mod:`app.transactions_check`: exit 2 with one line when it cannot,
@@ -34,6 +35,7 @@ from faust.worker import Worker
 from agents import attach_agents
 from app import masking
 from app.faust_app import create_app, tracked_writes, use_event_loop
+from app.ingress.server import listen
 from app.kafka_admin import ensure_topics
 from app.kafka_security import client_kwargs
 from app.localstore import lock_data_dir, mark_clean, open_store
@@ -149,6 +151,9 @@ def run_worker(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     # aiokafka logs each failed connection attempt; ensure_topics reports the cause (wrong CA,
     # host name, password, refused) in one line, so its lines would only repeat it noisily
+    # faust binds the web port only after topics and tables are ready, and reports a port in
+    # use with a traceback: check it first (one line, exit 2); the socket is closed at once
+    listen(settings.web_host, settings.web_port, settings="MPCIO_WEB").close()
     client_log = logging.getLogger("aiokafka")
     level = client_log.level
     client_log.setLevel(logging.CRITICAL)

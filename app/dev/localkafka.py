@@ -231,6 +231,38 @@ def signal_group_and_wait(
         return process.wait(10)
 
 
+#: A shell script that outlives its launcher: it waits for the end of its stdin, a pipe whose
+#: only writer is the process that launched the broker, so the kernel ends it when that
+#: process is gone however it went (killed, or stopped before its cleanup ran: pytest's Ctrl-C
+#: or TERM); then, if the broker still runs, it stops the broker's process group as ``stop()``
+#: would (TERM, KILL after the grace). It waits without polling: no cost meanwhile.
+_WATCHDOG = (
+    'read -r _; kill -0 "$1" 2>/dev/null || exit 0; kill -TERM -"$1" 2>/dev/null; '
+    'i=0; while kill -0 "$1" 2>/dev/null && [ "$i" -lt "$2" ]; do sleep 1; i=$((i+1)); done; '
+    'kill -KILL -"$1" 2>/dev/null; exit 0'
+)
+WATCHDOG_GRACE_SECONDS = 30
+
+
+def watch_parent(broker_pid: int) -> subprocess.Popen[bytes]:
+    """Start the watchdog (:data:`_WATCHDOG`) of the broker whose process group is
+    ``broker_pid`` (started with ``start_new_session``), tied to this process by its stdin.
+
+    The broker runs in its own session (so a terminal's Ctrl-C does not kill it before a
+    graceful stop), and Java ignores its parent's death, so without this a launcher that dies
+    leaves it running for ever. The watchdog has its own session too: the signal that killed
+    the launcher's group must not kill it. Whoever stops the broker stops its watchdog
+    (``_signal``), so it never signals a group id the system has given to someone else."""
+    return subprocess.Popen(  # noqa: S603 - fixed argv, no shell input from outside
+        ["/bin/sh", "-c", _WATCHDOG, "mpcio-kafka-watchdog", str(broker_pid),
+         str(WATCHDOG_GRACE_SECONDS)],
+        stdin=subprocess.PIPE,  # never written: its end (EOF) is the launcher's death
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def signals_deferred(*signums: signal.Signals) -> Iterator[None]:
     """Hold ``signums`` (their Python handlers) for the block: one that arrives meanwhile is
@@ -322,6 +354,7 @@ class LocalKafka(_Lifecycle):
         self.version = version
         self.heap = heap
         self._process: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self._began = 0.0
         self.started_in: float | None = None
 
@@ -403,6 +436,7 @@ class LocalKafka(_Lifecycle):
                 stderr=(self.data_dir / "stderr.log").open("ab"),
                 start_new_session=True,  # own process group: stop() reaches every child
             )  # fmt: skip
+            self._watchdog = watch_parent(self._process.pid)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until the launched node answers a metadata request; stop it after ``timeout``."""
@@ -436,8 +470,13 @@ class LocalKafka(_Lifecycle):
 
     def _signal(self, signum: signal.Signals, grace: float) -> None:
         process, self._process = self._process, None
+        watchdog, self._watchdog = self._watchdog, None
         if process is not None:
             signal_group_and_wait(process, signum, grace)
+        if watchdog is not None:  # its broker is gone: it must never signal that group id
+            signal_group_and_wait(watchdog, signal.SIGKILL, 10.0)
+            if watchdog.stdin is not None:
+                watchdog.stdin.close()
 
     def _write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -408,18 +408,19 @@ def _count_written(plan: Plan) -> None:
         PROFILES.inc(plan.profiles)
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (the ingress binds before anything else).
+def listen(host: str, port: int, *, settings: str = "MPCIO_INGRESS") -> socket.socket:
+    """A listening TCP socket on ``host:port`` (the ingress binds before anything else; the
+    worker checks its web port with it, ``settings="MPCIO_WEB"``).
 
-    Raises :class:`~app.errors.ConfigError` (one line, exit 2) when the address cannot be
-    used: port in use, unknown host, no permission."""
+    Raises :class:`~app.errors.ConfigError` (one line naming ``<settings>_HOST/_PORT``,
+    exit 2) when the address cannot be used: port in use, unknown host, no permission."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         return socket.create_server((host, port), family=family)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(
-            f"invalid setting MPCIO_INGRESS_HOST/MPCIO_INGRESS_PORT: cannot listen on "
+            f"invalid setting {settings}_HOST/{settings}_PORT: cannot listen on "
             f"{host}:{port}: {reason}"
         ) from None
 

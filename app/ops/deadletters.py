@@ -1,7 +1,8 @@
 """``mpcio deadletter``: list, show and redrive the records of the dead-letter topic.
 
 Reading never disturbs the worker: a plain consumer without a group is assigned every
-partition, reads from the beginning up to the end offsets captured when it started, and
+partition, reads the committed records (``read_committed``: never those of a transaction the
+broker aborted) from the beginning up to the end offsets captured when it started, and
 commits nothing. Positions are ``PARTITION@OFFSET`` in the dead-letter topic. ``--since``
 seeks each partition by time (Kafka's ``offsets_for_times`` on the records' timestamps, which
 the producer sets when it writes the dead letter, after the failure) instead of reading the
@@ -424,9 +425,14 @@ async def read_topic(
     *,
     missing_ok: bool = False,
 ) -> AsyncGenerator[ConsumerRecord[bytes, bytes], None]:
-    """Every record of ``topic`` present when called (see :func:`read_dead_letters` for
-    ``positions`` and ``since_ms``), read without a group and committing nothing. A missing
-    topic raises :class:`~app.errors.BrokerError`, or yields nothing with ``missing_ok``."""
+    """Every committed record of ``topic`` present when called (see :func:`read_dead_letters`
+    for ``positions`` and ``since_ms``), read without a group and committing nothing. A missing
+    topic raises :class:`~app.errors.BrokerError`, or yields nothing with ``missing_ok``.
+
+    Read ``read_committed``: under ``exactly_once`` a worker that crashed mid-transaction left
+    dead letters (and erasure markers) the broker aborted; the next owner wrote them again, so
+    reading them too would list, and redrive, those records twice. The end of each partition
+    is then its last stable offset: a transaction still open when called is not waited for."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415 - heavy import
 
     from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
@@ -436,6 +442,7 @@ async def read_topic(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        isolation_level="read_committed",
         **client_kwargs(settings),
     )
     await start_client(consumer, settings)
@@ -467,6 +474,7 @@ async def read_topic(
         for tp, start in begins.items():
             consumer.seek(tp, start)
         remaining = {tp for tp in tps if begins[tp] < ends[tp]}
+        reached = dict(begins)
         last_progress = time.monotonic()
         while remaining:
             fetched = await consumer.getmany(*remaining, timeout_ms=1000)
@@ -477,7 +485,11 @@ async def read_topic(
                     last_progress = time.monotonic()
                     yield record
             for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
+                position = await consumer.position(tp)
+                if position > reached[tp]:  # skipped aborted records and markers move it too
+                    reached[tp] = position
+                    last_progress = time.monotonic()
+                if position >= ends[tp]:
                     remaining.discard(tp)
             if remaining and time.monotonic() - last_progress > STALL_SECONDS:
                 raise BrokerError(

@@ -24,8 +24,11 @@ Failure semantics:
   Customer.io after its retry and after later requests: a delete of one of its users waits
   until ``sink_unanswered_settle_seconds`` after it (:class:`~app.sink.planning.Unanswered`),
   holding its lane, so such a late copy cannot recreate an erased person;
-- an unexpected error in a chunk is logged, the chunk is rewound and retried after a pause;
-  no exception escapes the loop;
+- an unexpected error in a chunk is logged and counted (``mpcio_sink_unexpected_errors_total``),
+  the chunk is rewound and retried after a pause; no exception escapes the loop. After
+  :data:`UNEXPECTED_ERRORS_BEFORE_STOP` such failures in a row delivery counts as stopped
+  like on a 401 (one error line, ``mpcio_sink_stopped`` is 1, ``/health/ready`` 503) while the
+  retries go on; the next chunk delivered clears it;
 - a rebalance waits for the chunk in flight (:func:`finish_wait_seconds`: inside the group's
   rebalance timeout); one still unfinished then is abandoned uncommitted (its partitions' next
   owner redelivers it), because from the revoke to the next assignment the worker has no share
@@ -84,6 +87,10 @@ log = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_FETCH = 2000
 UNEXPECTED_ERROR_PAUSE_SECONDS = 5.0
+#: Unexpected chunk failures in a row after which delivery counts as stopped: a transient
+#: fault clears within a few retries, one that persists (e.g. a client that cannot be used
+#: with the settings) must show in readiness and alerts, not only in the log.
+UNEXPECTED_ERRORS_BEFORE_STOP = 3
 #: Of the group's rebalance timeout, what a member needs to rejoin after its wait for the
 #: chunk in flight (:func:`finish_wait_seconds`).
 REJOIN_SECONDS = 5.0
@@ -204,6 +211,7 @@ class OperationsSink(Service):
         self.settings = settings
         self.topics = topics
         self.stopped_reason: str | None = None
+        self._unexpected_in_a_row = 0  # chunks that failed unexpectedly since one went through
         #: Set by the first partition assignment (an empty one too): the sink is in its group.
         self.joined = False
         self._connect = connect
@@ -295,12 +303,37 @@ class OperationsSink(Service):
             # committed, so their next owner (maybe this worker again) redelivers it
             log.warning("sink: chunk abandoned at a rebalance; it will be redelivered")
             self._rewind(chunk)
-        except Exception:  # never let an error escape: rewind and try the chunk again
+        except Exception as exc:  # never let an error escape: rewind and try the chunk again
             log.exception("sink chunk failed unexpectedly; retrying it")
             self._rewind(chunk)
+            self._unexpected_failure(exc)
             await self.sleep(UNEXPECTED_ERROR_PAUSE_SECONDS)
+        else:
+            self._delivered_again()
         finally:
             self.idle.set()
+
+    def _unexpected_failure(self, exc: Exception) -> None:
+        """Count one unexpected chunk failure; the :data:`UNEXPECTED_ERRORS_BEFORE_STOP`-th in
+        a row marks delivery stopped (readiness 503, ``mpcio_sink_stopped`` 1). The reason
+        names the exception's type only: its text may hold what a caller must not see."""
+        metrics.SINK_UNEXPECTED_ERRORS.inc()
+        self._unexpected_in_a_row += 1
+        if self._unexpected_in_a_row == UNEXPECTED_ERRORS_BEFORE_STOP:
+            self.stopped_reason = (
+                f"every sink chunk fails unexpectedly ({type(exc).__name__}, "
+                f"{self._unexpected_in_a_row} times in a row; see the log); retrying"
+            )
+            metrics.SINK_STOPPED.set(1)
+            log.error("delivery stopped: %s", self.stopped_reason)
+
+    def _delivered_again(self) -> None:
+        """A chunk went through: clear a stop that unexpected failures caused."""
+        if self._unexpected_in_a_row >= UNEXPECTED_ERRORS_BEFORE_STOP:
+            log.warning("sink chunk delivered again; delivery resumes")
+            self.stopped_reason = None
+            metrics.SINK_STOPPED.set(0)
+        self._unexpected_in_a_row = 0
 
     async def _next_chunk(self) -> Chunk:
         consumer = self.io.consumer

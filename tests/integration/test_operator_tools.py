@@ -348,6 +348,38 @@ async def test_deadletter_list_show_and_redrive(kafka: LocalKafka, names: Names)
     assert "1 would be sent (dry run), 0 skipped" in chosen.err
 
 
+async def test_deadletter_tools_skip_dead_letters_of_aborted_transactions(
+    kafka: LocalKafka, names: Names
+) -> None:
+    # Under exactly_once a worker that crashed mid-transaction leaves dead letters the broker
+    # aborts; its successor writes them again. Only the committed ones are dead letters.
+    env = _env(kafka, names)
+    deadletter = names.topic("deadletter")
+    await create_topics(kafka.bootstrap, [deadletter], partitions=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap, transactional_id=names.topic("txn"), acks="all"
+    )
+    await producer.start()
+    try:
+        for reason, commit in (("committed_first", True), ("aborted", False)):
+            await producer.begin_transaction()
+            await producer.send_and_wait(deadletter, _letter(reason=reason), partition=0)
+            if commit:
+                await producer.commit_transaction()
+            else:
+                await producer.abort_transaction()
+        # the partition ends with an abort marker: the reader must still reach its end
+    finally:
+        await producer.stop()
+
+    listed = await mpcio("deadletter", "list", "--json", env=env)
+    assert listed.code == 0, listed.both
+    assert [json.loads(line)["reason"] for line in listed.out.splitlines()] == ["committed_first"]
+    redrive = await mpcio("deadletter", "redrive", "--all", "--dry-run", env=env)
+    assert redrive.code == 0, redrive.both
+    assert "1 would be sent (dry run)" in redrive.err, redrive.err
+
+
 async def test_deadletter_list_json_newest_first_since_by_time_and_a_closed_pipe(
     kafka: LocalKafka, names: Names
 ) -> None:

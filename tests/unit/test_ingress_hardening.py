@@ -29,6 +29,7 @@ from tests.unit.test_firehose import AUTH, SECRET, FakeWriter, _settings, exampl
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
+    from pathlib import Path
 
     from app.ingress.messages import Record
 
@@ -275,19 +276,30 @@ def test_listen_on_a_port_in_use_is_a_config_error() -> None:
             listen("127.0.0.1", port)
 
 
-def test_ingress_on_a_port_in_use_exits_2_with_one_line_before_kafka() -> None:
+@pytest.mark.parametrize(
+    ("command", "prefix", "extra"),
+    [
+        ("ingress", "MPCIO_INGRESS", {"MPCIO_INGRESS_SECRET": "x" * 24}),
+        # faust binds the web port late and with a traceback: the worker checks it first
+        ("worker", "MPCIO_WEB", {"MPCIO_FORWARDING_ENABLED": "false"}),
+    ],
+)
+def test_a_port_in_use_exits_2_with_one_line_before_kafka(
+    command: str, prefix: str, extra: dict[str, str], tmp_path: Path
+) -> None:
     """Kafka at an address where nothing listens: binding is refused before any connection."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         env = {
             **os.environ,
-            "MPCIO_INGRESS_SECRET": "x" * 24,
-            "MPCIO_INGRESS_HOST": "127.0.0.1",
-            "MPCIO_INGRESS_PORT": str(port),
+            **extra,
+            f"{prefix}_HOST": "127.0.0.1",
+            f"{prefix}_PORT": str(port),
             "MPCIO_BROKER": "127.0.0.1:9",
+            "MPCIO_DATA_DIR": str(tmp_path),
         }
         done = subprocess.run(
-            [sys.executable, "-m", "app", "ingress"],
+            [sys.executable, "-m", "app", command],
             env=env,
             capture_output=True,
             text=True,
@@ -297,7 +309,7 @@ def test_ingress_on_a_port_in_use_exits_2_with_one_line_before_kafka() -> None:
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in lines[0]
+    assert f"{prefix}_HOST/{prefix}_PORT: cannot listen on 127.0.0.1:{port}" in lines[0]
 
 
 # --- 5. DSR types ---------------------------------------------------------------------------

@@ -11,11 +11,14 @@ import pytest
 
 from app.errors import ConfigError
 from app.settings import (
+    LONGEST_TOPIC_SUFFIX,
+    MAX_TOPIC_NAME,
     SECRET_FIELDS,
     Environment,
     load_settings,
     unknown_variable_warnings,
 )
+from app.topics import changelog_topics, topics_for
 
 CREDENTIALS = {"customerio_site_id": "site", "customerio_api_key": "k3y-s3cr3t"}
 
@@ -58,6 +61,17 @@ def test_invalid_setting_is_named(
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=named):
         load_settings(**CREDENTIALS)
+
+
+def test_credentials_in_the_customerio_url_are_refused_without_echoing_them() -> None:
+    # aiohttp would refuse every request of such a URL (it sends its own Authorization)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(**CREDENTIALS, customerio_url="http://user:pa55word@127.0.0.1:8089")
+    message = str(refused.value)
+    assert message.startswith("invalid setting MPCIO_CUSTOMERIO_URL: must not carry credentials")
+    assert "MPCIO_CUSTOMERIO_API_KEY" in message
+    assert "\n" not in message
+    assert "pa55word" not in message
 
 
 def test_missing_credentials_when_forwarding_names_both_variables() -> None:
@@ -278,3 +292,40 @@ def test_a_bad_setting_is_the_only_one_named(
         load_settings(forwarding_enabled=False)
     assert str(caught.value).count("invalid setting") == 1
     assert name in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MPCIO_WEB_HOST", "256.1.1.1", "must be an IP address or a host name"),
+        ("MPCIO_INGRESS_HOST", "10.0.0", "must be an IP address or a host name"),
+        ("MPCIO_WEB_HOST", "bad host", "must be an IP address or a host name"),
+        ("MPCIO_STORE", "redis://", "must be rocksdb:// or memory://"),
+        ("MPCIO_APP_ID", "a" * 230, "at most 229 characters"),
+    ],
+    ids=["ipv4-octet", "short-ipv4", "space", "store", "app-id-too-long"],
+)
+def test_what_would_fail_at_worker_start_is_refused_by_the_settings(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    # each was accepted by check-config and then failed in the worker with a traceback
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"invalid setting {name}: {message}"):
+        load_settings(forwarding_enabled=False)
+
+
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "::", "127.0.0.1", "localhost", "mpcio-0.mpcio", "web_1"]
+)
+def test_listen_hosts_accept_addresses_and_names(host: str) -> None:
+    assert load_settings(forwarding_enabled=False, web_host=host).web_host == host
+
+
+def test_the_longest_app_id_keeps_every_topic_name_within_kafkas_limit() -> None:
+    settings = load_settings(forwarding_enabled=False, app_id="a" * 229)
+    names = [
+        *(spec.name for spec in topics_for(settings).all()),
+        *changelog_topics(settings.app_id),
+        f"{settings.app_id}{LONGEST_TOPIC_SUFFIX}",
+    ]
+    assert max(len(name) for name in names) == MAX_TOPIC_NAME

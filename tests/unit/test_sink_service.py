@@ -249,6 +249,41 @@ async def test_a_fatal_answer_rewinds_and_pauses_without_committing(status: int)
     assert sink.stopped_reason is None
 
 
+async def test_a_chunk_that_keeps_failing_unexpectedly_stops_delivery_until_one_goes_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # e.g. aiohttp's ValueError for a URL with credentials: retried for ever, so it must show
+    # in a metric, mpcio_sink_stopped and readiness, not only in the log
+    monkeypatch.setattr(service, "UNEXPECTED_ERROR_PAUSE_SECONDS", 0.0)
+    failing = True
+
+    def answer(_: bytes) -> HttpAnswer:
+        if failing:
+            raise ValueError("cannot use this client")
+        return HttpAnswer(200, b"{}")
+
+    sink, journal, *_ = await started_sink(answer)
+    chunk = chunk_of(record(0, 20))
+    errors = REGISTRY.get_sample_value("mpcio_sink_unexpected_errors_total") or 0.0
+
+    for attempt in range(1, service.UNEXPECTED_ERRORS_BEFORE_STOP + 1):
+        assert sink.stopped_reason is None
+        await asyncio.wait_for(sink.handle(chunk), WAIT)
+        assert journal[-1] == ("seek", 0, 20)  # rewound, not committed
+        assert REGISTRY.get_sample_value("mpcio_sink_unexpected_errors_total") == errors + attempt
+
+    assert sink.stopped_reason is not None
+    assert "ValueError" in sink.stopped_reason
+    assert "cannot use this client" not in sink.stopped_reason  # the type only
+    assert REGISTRY.get_sample_value("mpcio_sink_stopped") == 1
+
+    failing = False
+    await asyncio.wait_for(sink.handle(chunk), WAIT)
+    assert journal[-1] == ("commit", {TopicPartition("ops", 0): 21})
+    assert sink.stopped_reason is None
+    assert REGISTRY.get_sample_value("mpcio_sink_stopped") == 0
+
+
 async def test_a_rebalance_waits_for_the_chunk_in_flight_to_finish_and_commit() -> None:
     gate = asyncio.Event()
     sink, journal, consumer, _, client = await started_sink(gate=gate)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 from aiohttp import web as aiohttp_web
@@ -174,19 +176,23 @@ def test_user_view_masks_every_personal_value_by_default() -> None:
 
 def test_metrics_and_health_are_open_everything_else_needs_the_token() -> None:
     token = "t" * 24
-    assert decide_access("/metrics", None, None) is Access.OPEN
-    assert decide_access("/health/ready", None, token) is Access.OPEN
-    assert decide_access("/users/{mpid}", None, None) is Access.OFF
-    assert decide_access("/table/{name}/", f"Bearer {token}", None) is Access.OFF
-    assert decide_access("/users/{mpid}", None, token) is Access.UNAUTHORIZED
-    assert decide_access("/users/{mpid}", "Bearer wrong", token) is Access.UNAUTHORIZED
-    assert decide_access("/users/{mpid}", f"Basic {token}", token) is Access.UNAUTHORIZED
-    assert decide_access("/", f"bearer  {token} ", token) is Access.ALLOWED
-    assert decide_access("/users/{mpid}", f"Bearer {token}", token) is Access.ALLOWED
+    assert decide_access("/metrics", [], None) is Access.OPEN
+    assert decide_access("/health/ready", [], token) is Access.OPEN
+    assert decide_access("/users/{mpid}", [], None) is Access.OFF
+    assert decide_access("/table/{name}/", [f"Bearer {token}"], None) is Access.OFF
+    assert decide_access("/users/{mpid}", [], token) is Access.UNAUTHORIZED
+    assert decide_access("/users/{mpid}", ["Bearer wrong"], token) is Access.UNAUTHORIZED
+    assert decide_access("/users/{mpid}", [f"Basic {token}"], token) is Access.UNAUTHORIZED
+    assert decide_access("/", [f"bearer  {token} "], token) is Access.ALLOWED
+    assert decide_access("/users/{mpid}", [f"Bearer {token}"], token) is Access.ALLOWED
     # no route: the token is needed first, then it is 404; off without a token
-    assert decide_access(None, None, token) is Access.UNAUTHORIZED
-    assert decide_access(None, f"Bearer {token}", token) is Access.NOT_FOUND
-    assert decide_access(None, None, None) is Access.OFF
+    assert decide_access(None, [], token) is Access.UNAUTHORIZED
+    assert decide_access(None, [f"Bearer {token}"], token) is Access.NOT_FOUND
+    assert decide_access(None, [], None) is Access.OFF
+    # exactly one header, as at the ingress: a second one, even after the right one, is refused
+    right, wrong = f"Bearer {token}", "Bearer wrong"
+    assert decide_access("/users/{mpid}", [right, wrong], token) is Access.UNAUTHORIZED
+    assert decide_access("/users/{mpid}", [right, right], token) is Access.UNAUTHORIZED
 
 
 @pytest.mark.parametrize(
@@ -263,7 +269,7 @@ def test_build_labels_carry_settings_but_no_secret() -> None:
     settings = load_settings(
         customerio_site_id="site-secretish",
         customerio_api_key="key-very-secret",
-        customerio_url="http://user:pw@127.0.0.1:9",
+        customerio_url="http://127.0.0.1:9",
         customerio_region="eu",
         send_created_at=True,
         topic_partitions=6,
@@ -274,7 +280,7 @@ def test_build_labels_carry_settings_but_no_secret() -> None:
     assert labels["include_user_attributes"] == "true"
     assert labels["partitions"] == "6"
     text = " ".join(labels.values())
-    for secret in ("key-very-secret", "site-secretish", "pw@"):
+    for secret in ("key-very-secret", "site-secretish"):
         assert secret not in text
 
 
@@ -282,9 +288,12 @@ TOKEN = "t" * 24
 ROLES = {"none": {}, "token": {"Authorization": f"Bearer {TOKEN}"}}
 
 
-async def _statuses(guard_token: str | None, paths: list[str]) -> dict[tuple[str, str], int]:
-    """The status of each path for each role on a server with ``/metrics``, ``/users/{mpid}``
-    and a placeholder ``/`` that the guard hides (faust's index while its views are off)."""
+async def _statuses(
+    guard_token: str | None, paths: list[str], roles: dict[str, Any] = ROLES
+) -> dict[tuple[str, str], int]:
+    """The status of each path for each role (its request headers) on a server with
+    ``/metrics``, ``/users/{mpid}`` and a placeholder ``/`` that the guard hides (faust's
+    index while its views are off)."""
 
     async def ok(request: aiohttp_web.Request) -> aiohttp_web.Response:
         return aiohttp_web.Response(text="secret state")
@@ -298,7 +307,7 @@ async def _statuses(guard_token: str | None, paths: list[str]) -> dict[tuple[str
     statuses = {}
     async with TestClient(TestServer(app)) as client:
         for path in paths:
-            for role, headers in ROLES.items():
+            for role, headers in roles.items():
                 async with client.get(path, headers=headers) as answer:
                     statuses[path, role] = answer.status
                     if answer.status != 200:
@@ -320,6 +329,19 @@ GUARD_CASES = [
     # under the open prefix, an unknown URL is aiohttp's own 404
     ("/health/nope", (404, 404), (404, 404)),
 ]
+
+
+async def test_the_guard_wants_exactly_one_authorization_header() -> None:
+    # as the ingress: a proxy or client that adds a second header must not be let through
+    # because the first one happens to be right
+    right, wrong = ("Authorization", f"Bearer {TOKEN}"), ("Authorization", "Bearer wrong")
+    roles = {"right-then-wrong": [right, wrong], "twice-right": [right, right], "one": [right]}
+    statuses = await _statuses(TOKEN, ["/users/1"], roles)
+    assert statuses == {
+        ("/users/1", "right-then-wrong"): 401,
+        ("/users/1", "twice-right"): 401,
+        ("/users/1", "one"): 200,
+    }
 
 
 async def test_the_guard_applies_to_the_matched_route_whatever_the_url_spelling() -> None:
