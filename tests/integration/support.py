@@ -23,6 +23,10 @@ from aiokafka.errors import (
     KafkaError,
 )
 
+from app.dev.localkafka import free_port
+from app.kafka_admin import ensure_topics
+from app.settings import load_settings
+from app.topics import Topics, topics_for
 from tests.integration import reliability_model, workload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -280,6 +284,15 @@ def worker_env(broker_url: str, prefix: str, web_port: int, **overrides: str) ->
     }
     env.update({f"MPCIO_{name.upper()}": value for name, value in overrides.items()})
     return env
+
+
+async def worker_with_topics(broker_url: str, prefix: str) -> tuple[dict[str, str], Topics]:
+    """:func:`worker_env` (on a free web port) and the worker's topics, created on the broker."""
+    env = worker_env(broker_url, prefix, free_port())
+    settings = load_settings(**{k.removeprefix("MPCIO_").lower(): v for k, v in env.items()})
+    topics = topics_for(settings)
+    await ensure_topics(settings.bootstrap_servers, topics)
+    return env, topics
 
 
 async def inspect_emulator(url: str, what: str) -> Any:

@@ -9,17 +9,13 @@ import orjson
 import pytest
 
 from app.core.avro import codec
-from app.dev.localkafka import free_port
-from app.kafka_admin import ensure_topics
-from app.settings import load_settings
-from app.topics import topics_for
 from tests.integration import workload
 from tests.integration.support import (
     REPO,
     WorkerProcess,
     consume_until,
     produce,
-    worker_env,
+    worker_with_topics,
 )
 
 if TYPE_CHECKING:
@@ -46,10 +42,7 @@ def _key(line: bytes) -> bytes | None:
 async def test_sample_batches_become_exact_operations_and_dead_letters(
     kafka: LocalKafka, names: Names, tmp_path: Path
 ) -> None:
-    env = worker_env(kafka.url, names.prefix, free_port())
-    settings = load_settings(**{k.removeprefix("MPCIO_").lower(): v for k, v in env.items()})
-    topics = topics_for(settings)
-    await ensure_topics(settings.bootstrap_servers, topics)
+    env, topics = await worker_with_topics(kafka.url, names.prefix)
     lines = [line for line in SAMPLE.read_bytes().splitlines() if line.strip()]
     await produce(kafka.bootstrap, topics.batches.name, [(_key(line), line) for line in lines])
 

@@ -10,11 +10,7 @@ import orjson
 import pytest
 
 from app.core.avro import codec
-from app.dev.localkafka import free_port
-from app.kafka_admin import ensure_topics
-from app.settings import load_settings
-from app.topics import topics_for
-from tests.integration.support import WorkerProcess, consume_until, produce, worker_env
+from tests.integration.support import WorkerProcess, consume_until, produce, worker_with_topics
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -49,10 +45,7 @@ def _batch(mpid: int, identities: dict[str, str], **fields: object) -> bytes:
 async def test_real_world_values_reach_customerio_or_the_dead_letter_topic(
     kafka: LocalKafka, names: Names, tmp_path: Path
 ) -> None:
-    env = worker_env(kafka.url, names.prefix, free_port())
-    settings = load_settings(**{k.removeprefix("MPCIO_").lower(): v for k, v in env.items()})
-    topics = topics_for(settings)
-    await ensure_topics(settings.bootstrap_servers, topics)
+    env, topics = await worker_with_topics(kafka.url, names.prefix)
     big = _batch(11, {"email": "big@example.com"}, user_attributes={"id_big": 1})
     big = big.replace(b'"id_big":1', b'"id_big":' + BIG).replace(b'"n":2', b'"n":' + BIG)
     records = [
