@@ -32,11 +32,19 @@ from tests.integration import reliability_model, workload
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 4) -> None:
+async def create_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int = 4,
+    configs: dict[str, str] | None = None,
+) -> None:
+    """Create ``names`` (one replica each), with topic ``configs`` if given."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, partitions, 1) for name in names])
+        await admin.create_topics(
+            [NewTopic(name, partitions, 1, topic_configs=configs or {}) for name in names]
+        )
     finally:
         await admin.close()
 

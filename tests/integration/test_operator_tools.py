@@ -385,7 +385,10 @@ async def test_deadletter_list_json_newest_first_since_by_time_and_a_closed_pipe
 ) -> None:
     env = _env(kafka, names)
     deadletter = names.topic("deadletter")
-    await create_topics(kafka.bootstrap, [deadletter], partitions=2)
+    # No time retention: the letter stamped 240 h ago would otherwise sit alone in a segment
+    # (a segment rolls when its first record is older than segment.ms, 7 days) that the
+    # broker's retention check (every 5 min, retention 7 days) deletes mid-test.
+    await create_topics(kafka.bootstrap, [deadletter], partitions=2, configs={"retention.ms": "-1"})
     now = int(time.time() * 1000)
     hour = 3_600_000
     big = b'{"note": "' + b"x" * 300_000 + b'"}'  # far more than a pipe buffers
