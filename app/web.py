@@ -54,7 +54,7 @@ from app.core.mparticle import int64_text
 from app.core.state import UserState, decode_state
 from app.errors import InvalidRecordError
 from app.faust_app import COORDINATOR_WARNING_SECONDS
-from app.ingress.server import authorized
+from app.serving import authorized
 from app.topics import ERASURES_TABLE, USERS_TABLE
 
 if TYPE_CHECKING:
@@ -242,7 +242,7 @@ def decide_access(path: str | None, authorizations: Sequence[str], token: str | 
     """The guard's decision for a request to the route ``path`` (``None``: no route serves
     the URL) with these ``Authorization`` headers (every one the request carries);
     ``token`` is ``MPCIO_SUPPORT_TOKEN`` (``None`` when unset). Exactly one header,
-    ``Bearer <token>``, is allowed, as at the ingress (:func:`~app.ingress.server.authorized`:
+    ``Bearer <token>``, is allowed, as at the ingress (:func:`~app.serving.authorized`:
     a second header, even after the right one, is refused); compared in constant time.
 
     A URL without a route needs the token like a guarded route and only then is 404

@@ -35,13 +35,13 @@ from faust.worker import Worker
 from agents import attach_agents
 from app import masking
 from app.faust_app import create_app, tracked_writes, use_event_loop
-from app.ingress.server import listen
 from app.kafka_admin import ensure_topics
 from app.kafka_security import client_kwargs
 from app.localstore import lock_data_dir, mark_clean, open_store
 from app.logs import configure_logging
 from app.restore import prepare_tables
 from app.sensors import setup_faust_metrics
+from app.serving import listen
 from app.settings import Settings
 from app.stacks import report_now
 from app.topics import changelog_topics, topics_for

@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import signal
-import socket
 import time
 import uuid
 import zlib
@@ -59,9 +57,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from app.errors import BrokerUnavailableError, ConfigError, FirehoseSchemaError, InvalidRecordError
+from app.errors import BrokerUnavailableError, FirehoseSchemaError, InvalidRecordError
 from app.ingress.messages import Plan, Record, plan_message
 from app.ingress.schemas import validate
+from app.serving import authorized, listen
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -281,20 +280,6 @@ def check_headers(request: web.BaseRequest, token: bytes, max_bytes: int) -> str
     return encoding
 
 
-def authorized(values: Sequence[str], token: bytes) -> bool:
-    """True when ``values`` (every ``Authorization`` header of the request) is exactly one
-    ``Bearer <token>`` (scheme case-insensitive, RFC 7235). Header text aiohttp could not
-    decode (surrogate escapes) is simply not the token."""
-    if len(values) != 1:
-        return False
-    scheme, _, given = values[0].strip().partition(" ")
-    try:
-        given_bytes = given.strip().encode()
-    except UnicodeEncodeError:
-        return False
-    return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token)
-
-
 def build_app(
     settings: Settings,
     writer: Writer,
@@ -406,23 +391,6 @@ def _count_written(plan: Plan) -> None:
         RECORDS.labels(record.topic).inc()
     if any(record.topic == "audiences" for record in plan.records):
         PROFILES.inc(plan.profiles)
-
-
-def listen(host: str, port: int, *, settings: str = "MPCIO_INGRESS") -> socket.socket:
-    """A listening TCP socket on ``host:port`` (the ingress binds before anything else; the
-    worker checks its web port with it, ``settings="MPCIO_WEB"``).
-
-    Raises :class:`~app.errors.ConfigError` (one line naming ``<settings>_HOST/_PORT``,
-    exit 2) when the address cannot be used: port in use, unknown host, no permission."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError(
-            f"invalid setting {settings}_HOST/{settings}_PORT: cannot listen on "
-            f"{host}:{port}: {reason}"
-        ) from None
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:

@@ -22,8 +22,9 @@ from multidict import CIMultiDict
 
 from app.errors import ConfigError
 from app.ingress.schemas import _fast_check, _validator, validate
-from app.ingress.server import ADMISSION, REGISTRY, RUNNER_OPTIONS, build_app, listen
+from app.ingress.server import ADMISSION, REGISTRY, RUNNER_OPTIONS, build_app
 from app.ops.dryrun import dry_run
+from app.serving import listen
 from tests.integration.support import wait_for
 from tests.unit.test_firehose import AUTH, SECRET, FakeWriter, _settings, example
 

@@ -153,3 +153,13 @@ def test_the_core_reaches_neither_the_settings_nor_an_io_framework() -> None:
 def test_the_sink_does_not_reach_into_the_ingest_agents() -> None:
     edges, _ = graph()
     assert not any(m.startswith("agents") for m in reachable("app.sink.service", edges))
+
+
+def test_the_worker_and_the_ingress_servers_share_only_app_serving() -> None:
+    """The worker's web port and the Firehose ingress are two services: what both need
+    (binding the port, the bearer token check) lives in ``app.serving``, not in either."""
+    edges, _ = graph()
+    for service, other in (("app.web", "app.ingress"), ("app.ingress.server", "app.web")):
+        assert not any(m.startswith(other) for m in reachable(service, edges)), service
+    assert "app.serving" in edges["app.web"]
+    assert "app.serving" in edges["app.ingress.server"]
