@@ -245,7 +245,9 @@ async def test_check_config_sample_reports_key_forms(kafka: LocalKafka, names: N
     env = worker_env(kafka.url, names.prefix, 0)
     settings = load_settings(**{k.removeprefix("MPCIO_").lower(): v for k, v in env.items()})
     await ensure_topics(settings.bootstrap_servers, topics_for(settings))
-    keyed = [(str(m).encode(), b'{"mpid": %d, "events": []}' % m) for m in range(5)]
+    keyed = [
+        (str(m).encode(), b'{"mpid": %d, "events": []}' % m) for m in range(1, 6)
+    ]  # mpid 0 is no user
     keyless: list[tuple[bytes | None, bytes]] = [
         (None, b'{"mpid": %d, "events": []}' % m) for m in range(10, 13)
     ]
