@@ -25,7 +25,7 @@ import typing
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -66,6 +66,17 @@ _BROKER_HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")  # _: Compose names
 #: Kafka's longest topic name.
 MAX_TOPIC_NAME = 249
+#: The topic settings, each a distinct topic (``_topics_distinct_and_valid``).
+TOPIC_FIELDS: Final = (
+    "topic_batches",
+    "topic_audiences",
+    "topic_erasure",
+    "topic_operations",
+    "topic_deadletter",
+    "topic_rekey",
+)
+#: Kafka's legal topic name characters.
+TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9._-]+")
 #: The longest name the worker derives from the app id: faust's leader topic
 #: (``faust.assignor.leader_assignor``); ours (``-operations``, ``-erasures-changelog``, ...)
 #: are shorter.
@@ -517,6 +528,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"{', '.join(given)} set but {var} is {protocol} (not *SSL)")
         if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
             raise ValueError(f"{ENV_PREFIX}KAFKA_SSL_KEYFILE needs {ENV_PREFIX}KAFKA_SSL_CERTFILE")
+        return self
+
+    @model_validator(mode="after")
+    def _topics_distinct_and_valid(self) -> Settings:
+        """Every topic setting a legal Kafka topic name, and no two the same: a dead-letter
+        topic equal to the batches topic would feed each rejection back as input, growing it
+        forever (breaker finding), and two inputs on one topic would be read twice."""
+        names: dict[str, str] = {}
+        for field in TOPIC_FIELDS:
+            var = ENV_PREFIX + field.upper()
+            name = getattr(self, field)
+            if not TOPIC_NAME.fullmatch(name) or len(name) > MAX_TOPIC_NAME or name in {".", ".."}:
+                raise ValueError(
+                    f"{var} is not a Kafka topic name ({MAX_TOPIC_NAME} at most of "
+                    "A-Z a-z 0-9 . _ -)"
+                )
+            if name in names:
+                raise ValueError(f"{var} and {names[name]} name the same topic {name!r}")
+            names[name] = var
         return self
 
     @model_validator(mode="after")

@@ -329,3 +329,33 @@ def test_the_longest_app_id_keeps_every_topic_name_within_kafkas_limit() -> None
         f"{settings.app_id}{LONGEST_TOPIC_SUFFIX}",
     ]
     assert max(len(name) for name in names) == MAX_TOPIC_NAME
+
+
+@pytest.mark.parametrize(
+    ("topics", "expected"),
+    [
+        (
+            {"topic_deadletter": "mparticle-batches"},
+            "MPCIO_TOPIC_DEADLETTER and MPCIO_TOPIC_BATCHES name the same topic",
+        ),
+        ({"topic_audiences": "mparticle-erasure"}, "name the same topic 'mparticle-erasure'"),
+        ({"app_id": "x", "topic_rekey": "x-operations"}, "MPCIO_TOPIC_REKEY and MPCIO_TOPIC_OP"),
+        ({"topic_batches": "b8d bad"}, "MPCIO_TOPIC_BATCHES is not a Kafka topic name"),
+        ({"topic_operations": "ops/1"}, "MPCIO_TOPIC_OPERATIONS is not a Kafka topic name"),
+        ({"topic_erasure": "e" * 250}, "MPCIO_TOPIC_ERASURE is not a Kafka topic name"),
+        ({"topic_erasure": ".."}, "MPCIO_TOPIC_ERASURE is not a Kafka topic name"),
+    ],
+)
+def test_topic_settings_must_be_distinct_kafka_topic_names(
+    topics: dict[str, str], expected: str
+) -> None:
+    # a dead-letter topic equal to the batches topic fed every rejection back as input
+    with pytest.raises(ConfigError) as refused:
+        load_settings(**CREDENTIALS, **topics)
+    assert expected in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_distinct_topic_settings_pass() -> None:
+    settings = load_settings(**CREDENTIALS, topic_deadletter="dlq.v1", topic_rekey="rekey_v1")
+    assert (settings.topic_deadletter, settings.topic_rekey) == ("dlq.v1", "rekey_v1")
