@@ -471,6 +471,8 @@ class OperationsSink(Service):
             consumer.resume(*consumer.assignment())
             self.stopped_reason = None
             metrics.SINK_STOPPED.set(0)
+            # a fresh count: else failures after this stop would pass the threshold unseen
+            self._unexpected_in_a_row = 0
 
     async def lag(self) -> dict[TopicPartition, int]:
         """Records of the operations topic the sink has not taken yet, per assigned partition.

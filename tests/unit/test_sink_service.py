@@ -284,6 +284,37 @@ async def test_a_chunk_that_keeps_failing_unexpectedly_stops_delivery_until_one_
     assert REGISTRY.get_sample_value("mpcio_sink_stopped") == 0
 
 
+async def test_unexpected_failures_after_a_401_stop_stop_delivery_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the 401 stop's recovery starts a fresh count: failures after it must reach the
+    # threshold again, not pass it unseen (breaker finding)
+    monkeypatch.setattr(service, "UNEXPECTED_ERROR_PAUSE_SECONDS", 0.0)
+    answers = iter(
+        [ValueError("x")] * service.UNEXPECTED_ERRORS_BEFORE_STOP
+        + [HttpAnswer(401)]
+        + [ValueError("y")] * service.UNEXPECTED_ERRORS_BEFORE_STOP
+    )
+
+    def answer(_: bytes) -> HttpAnswer:
+        given = next(answers)
+        if isinstance(given, Exception):
+            raise given
+        return given
+
+    sink, *_ = await started_sink(answer, auth=[200])
+    chunk = chunk_of(record(0, 20))
+    for _ in range(service.UNEXPECTED_ERRORS_BEFORE_STOP):
+        await asyncio.wait_for(sink.handle(chunk), WAIT)
+    assert sink.stopped_reason is not None
+    await asyncio.wait_for(sink.handle(chunk), WAIT)  # the 401: stopped, probed, resumed
+    assert sink.stopped_reason is None
+    for _ in range(service.UNEXPECTED_ERRORS_BEFORE_STOP):
+        await asyncio.wait_for(sink.handle(chunk), WAIT)
+    assert sink.stopped_reason is not None
+    assert REGISTRY.get_sample_value("mpcio_sink_stopped") == 1
+
+
 async def test_a_rebalance_waits_for_the_chunk_in_flight_to_finish_and_commit() -> None:
     gate = asyncio.Event()
     sink, journal, consumer, _, client = await started_sink(gate=gate)
