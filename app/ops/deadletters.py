@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import heapq
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -68,9 +69,13 @@ if TYPE_CHECKING:
 
     from app.settings import Settings
 
+log = logging.getLogger(__name__)
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 STALL_SECONDS = 30.0
+#: How long a dead-letter read waits for a transaction open on a partition (a worker commits
+#: every few seconds) before it ends that partition's reading there (:func:`read_topic`).
+OPEN_TRANSACTION_WAIT_SECONDS = 10.0
 #: How a redrive skip because of a later erasure starts (:func:`erased_since`).
 ERASED_PREFIX = "erased:"
 NOT_REDRIVABLE_REASONS = {
@@ -431,9 +436,13 @@ async def read_topic(
 
     Read ``read_committed``: under ``exactly_once`` a worker that crashed mid-transaction left
     dead letters (and erasure markers) the broker aborted; the next owner wrote them again, so
-    reading them too would list, and redrive, those records twice. The end of each partition
-    is then its last stable offset: a transaction still open when called is not waited for."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415 - heavy import
+    reading them too would list, and redrive, those records twice. Each partition is read up
+    to its high-water mark when called, so a transaction still open then (a worker commits
+    every few seconds) is waited for; one that stays open longer than
+    :data:`OPEN_TRANSACTION_WAIT_SECONDS` (a worker killed mid-transaction: the broker aborts it
+    after its transaction timeout) ends that partition's reading at its last stable offset with
+    one WARNING naming the partition and offsets not read (run again later)."""
+    from aiokafka import AIOKafkaConsumer  # noqa: PLC0415 - heavy import
 
     from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
 
@@ -447,16 +456,7 @@ async def read_topic(
     )
     await start_client(consumer, settings)
     try:
-        # the consumer's own cluster view only knows assigned topics: ask for all of them
-        cluster = await consumer._client.fetch_all_metadata()
-        if topic not in cluster.topics() and not missing_ok:
-            raise BrokerError(f"topic {topic} does not exist at {settings.broker}")
-        wanted = {pos.partition for pos in positions}
-        tps = [
-            TopicPartition(topic, p)
-            for p in sorted(cluster.partitions_for_topic(topic) or ())  # None: missing
-            if not wanted or p in wanted
-        ]
+        tps = await _partitions(consumer, settings, topic, positions, missing_ok=missing_ok)
         if not tps:
             return
         consumer.assign(tps)
@@ -467,7 +467,7 @@ async def read_topic(
         )
         begins, ends = _bounds(
             await consumer.beginning_offsets(tps),
-            await consumer.end_offsets(tps),
+            await _high_watermarks(settings, tps),
             positions,
             by_time,
         )
@@ -491,12 +491,84 @@ async def read_topic(
                     last_progress = time.monotonic()
                 if position >= ends[tp]:
                     remaining.discard(tp)
+            if remaining and time.monotonic() - last_progress > OPEN_TRANSACTION_WAIT_SECONDS:
+                remaining -= _held_by_open_transactions(consumer, topic, remaining, reached, ends)
             if remaining and time.monotonic() - last_progress > STALL_SECONDS:
                 raise BrokerError(
                     f"reading {topic} stalled for {STALL_SECONDS:.0f}s at {settings.broker}"
                 )
     finally:
         await consumer.stop()
+
+
+async def _partitions(
+    consumer: Any,
+    settings: Settings,
+    topic: str,
+    positions: frozenset[Position],
+    *,
+    missing_ok: bool,
+) -> list[Any]:
+    """The partitions of ``topic`` to read (those of ``positions``, or all); a missing topic
+    raises :class:`~app.errors.BrokerError`, or gives none with ``missing_ok``."""
+    from aiokafka import TopicPartition  # noqa: PLC0415 - heavy import
+
+    # the consumer's own cluster view only knows assigned topics: ask for all of them
+    cluster = await consumer._client.fetch_all_metadata()
+    if topic not in cluster.topics() and not missing_ok:
+        raise BrokerError(f"topic {topic} does not exist at {settings.broker}")
+    wanted = {pos.partition for pos in positions}
+    return [
+        TopicPartition(topic, p)
+        for p in sorted(cluster.partitions_for_topic(topic) or ())  # None: missing
+        if not wanted or p in wanted
+    ]
+
+
+async def _high_watermarks(settings: Settings, tps: list[Any]) -> dict[Any, int]:
+    """Each partition's high-water mark (the end including records of open transactions),
+    which a ``read_committed`` consumer's ``end_offsets`` does not give (it answers the last
+    stable offset): asked by a short-lived ``read_uncommitted`` consumer."""
+    from aiokafka import AIOKafkaConsumer  # noqa: PLC0415 - heavy import
+
+    from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
+
+    asker = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        **client_kwargs(settings),
+    )
+    await start_client(asker, settings)
+    try:
+        ends: dict[Any, int] = await asker.end_offsets(tps)
+    finally:
+        await asker.stop()
+    return ends
+
+
+def _held_by_open_transactions(
+    consumer: Any, topic: str, remaining: set[Any], reached: dict[Any, int], ends: dict[Any, int]
+) -> set[Any]:
+    """The partitions of ``remaining`` read up to their last stable offset (as of the last
+    fetch), so only a transaction still open keeps the rest (up to ``ends``) from being read:
+    one WARNING each, naming the offsets not read (no record content)."""
+    held = set()
+    for tp in sorted(remaining):
+        stable = consumer.last_stable_offset(tp)
+        if stable is not None and stable >= 0 and reached[tp] >= stable:
+            log.warning(
+                "%s[%d]: offsets %d..%d are in a transaction still open after %.0fs (a worker "
+                "stopped mid-transaction? the broker aborts it after its transaction timeout): "
+                "not read; run again later",
+                topic,
+                tp.partition,
+                reached[tp],
+                ends[tp] - 1,
+                OPEN_TRANSACTION_WAIT_SECONDS,
+            )
+            held.add(tp)
+    return held
 
 
 def _bounds(

@@ -380,6 +380,51 @@ async def test_deadletter_tools_skip_dead_letters_of_aborted_transactions(
     assert "1 would be sent (dry run)" in redrive.err, redrive.err
 
 
+async def test_deadletter_tools_wait_for_an_open_transaction_and_name_one_left_open(
+    kafka: LocalKafka, names: Names
+) -> None:
+    # Under exactly_once a worker's dead letters become readable when its transaction commits
+    # (every few seconds); records committed after an open transaction are behind it too.
+    env = _env(kafka, names)
+    deadletter = names.topic("deadletter")
+    await create_topics(kafka.bootstrap, [deadletter], partitions=1)
+    plain = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+    worker = AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap, transactional_id=names.topic("txn"), acks="all"
+    )
+    await plain.start()
+    await worker.start()
+    try:
+        await plain.send_and_wait(deadletter, _letter(reason="before"), partition=0)
+        await worker.begin_transaction()
+        await worker.send_and_wait(deadletter, _letter(reason="in_transaction"), partition=0)
+        await plain.send_and_wait(deadletter, _letter(reason="after"), partition=0)
+
+        listing = asyncio.create_task(mpcio("deadletter", "list", "--json", env=env))
+        await asyncio.sleep(2)  # the listing must wait for the commit, not stop before it
+        assert not listing.done()
+        await worker.commit_transaction()
+        listed = await listing
+        assert listed.code == 0, listed.both
+        reasons = [json.loads(line)["reason"] for line in listed.out.splitlines()]
+        assert reasons == ["before", "in_transaction", "after"]
+
+        # a transaction left open (a worker killed mid-transaction) ends the reading there,
+        # with one line naming what was not read
+        await worker.begin_transaction()
+        await worker.send_and_wait(deadletter, _letter(reason="left_open"), partition=0)
+        await plain.send_and_wait(deadletter, _letter(reason="behind_it"), partition=0)
+        stuck = await mpcio("deadletter", "list", "--json", env=env)
+        assert stuck.code == 0, stuck.both
+        reasons = [json.loads(line)["reason"] for line in stuck.out.splitlines()]
+        assert reasons == ["before", "in_transaction", "after"]
+        assert f"{deadletter}[0]: offsets 4..5 are in a transaction still open" in stuck.err
+        await worker.abort_transaction()
+    finally:
+        await plain.stop()
+        await worker.stop()
+
+
 async def test_deadletter_list_json_newest_first_since_by_time_and_a_closed_pipe(
     kafka: LocalKafka, names: Names
 ) -> None:
