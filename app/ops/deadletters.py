@@ -442,19 +442,9 @@ async def read_topic(
     :data:`OPEN_TRANSACTION_WAIT_SECONDS` (a worker killed mid-transaction: the broker aborts it
     after its transaction timeout) ends that partition's reading at its last stable offset with
     one WARNING naming the partition and offsets not read (run again later)."""
-    from aiokafka import AIOKafkaConsumer  # noqa: PLC0415 - heavy import
-
-    from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        **client_kwargs(settings),
+    consumer = await _started_reader(
+        settings, auto_offset_reset="earliest", isolation_level="read_committed"
     )
-    await start_client(consumer, settings)
     try:
         tps = await _partitions(consumer, settings, topic, positions, missing_ok=missing_ok)
         if not tps:
@@ -525,21 +515,29 @@ async def _partitions(
     ]
 
 
-async def _high_watermarks(settings: Settings, tps: list[Any]) -> dict[Any, int]:
-    """Each partition's high-water mark (the end including records of open transactions),
-    which a ``read_committed`` consumer's ``end_offsets`` does not give (it answers the last
-    stable offset): asked by a short-lived ``read_uncommitted`` consumer."""
+async def _started_reader(settings: Settings, **options: Any) -> Any:
+    """A started consumer without a group that commits nothing (the tools never disturb the
+    worker's offsets), with the deployment's TLS/SASL settings and aiokafka ``options``."""
     from aiokafka import AIOKafkaConsumer  # noqa: PLC0415 - heavy import
 
     from app.kafka_security import client_kwargs, start_client  # noqa: PLC0415
 
-    asker = AIOKafkaConsumer(
+    consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
+        **options,
         **client_kwargs(settings),
     )
-    await start_client(asker, settings)
+    await start_client(consumer, settings)
+    return consumer
+
+
+async def _high_watermarks(settings: Settings, tps: list[Any]) -> dict[Any, int]:
+    """Each partition's high-water mark (the end including records of open transactions),
+    which a ``read_committed`` consumer's ``end_offsets`` does not give (it answers the last
+    stable offset): asked by a short-lived ``read_uncommitted`` consumer."""
+    asker = await _started_reader(settings)
     try:
         ends: dict[Any, int] = await asker.end_offsets(tps)
     finally:
