@@ -463,9 +463,11 @@ async def test_sigterm_right_after_restarts_stops_gracefully_and_loses_nothing(
             )
             assert "Error while stopping" not in output, _stop_lines(output)
             stops.append(f"{moment} {seconds:.1f} s")
-        await producer
+        # before awaiting the producer: its erasures wait for a worker to commit what they
+        # follow, and the stops above may end before the paced input does
         final = deployment.start_worker(**store)
         workers.append(final)
+        await producer
         await _until_delivered(emulator, len(workload.expected.events), [final], timeout=300)
     finally:
         producer.cancel()
