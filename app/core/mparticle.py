@@ -281,7 +281,6 @@ def required_mpid(raw: dict[str, Any], what: str) -> str:
     return mpid
 
 
-_NUMBER_CHARACTERS: Final = frozenset("0123456789+-.eE")
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
 # _may_hold_big_integer: every digit becomes "0", so a digit run is found by plain search
 _DIGITS_AS_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
@@ -291,13 +290,16 @@ _UINT64_MAX: Final = (1 << 64) - 1
 
 
 def _shown_mpid(raw_mpid: object) -> str:
-    """How an invalid mpid is shown in its rejection (which is logged): a number or a string
-    of number characters as written, anything else only by its type and length, since a
-    source that put a name or a phone number there would have it in the worker's log."""
-    if type(raw_mpid) is str and not (raw_mpid and _NUMBER_CHARACTERS.issuperset(raw_mpid)):
+    """How an invalid mpid is shown in its rejection (which is logged and kept in the dead
+    letter): only its kind and size, never a character of it, since a source that put a phone
+    number (``"+15551234567"``), an email or a name there would have it in the worker's log.
+    A ``Decimal`` is an integer beyond 64 bits as the record writes it (:func:`_parse_batch_of`)."""
+    if type(raw_mpid) in {int, Decimal}:
+        return f"an integer of {len(str(raw_mpid).lstrip('-'))} digits"
+    if type(raw_mpid) is float:
+        return "a number with a fraction or an exponent"
+    if type(raw_mpid) is str:
         return f"a string of {len(raw_mpid)} characters"
-    if type(raw_mpid) in {str, int, float, bool}:
-        return repr(raw_mpid)
     return _json_type(raw_mpid)
 
 
@@ -406,31 +408,28 @@ def parse_record(value: bytes) -> list[Batch]:
 
 def _parse_batch_of(value: bytes, raw: dict[str, Any], index: int | None = None) -> Batch:
     """:func:`parse_batch` of ``raw``, the record ``value`` (or its bulk item ``index``); an
-    ``mpid_invalid`` rejection of a JSON number shows the number as the record writes it."""
+    ``mpid_invalid`` rejection of an integer beyond 64 bits says it is one, not a string."""
     try:
         return parse_batch(raw)
     except InvalidRecordError as exc:
         mpid = raw.get("mpid")
-        # a float, or (load_json) a number beyond 64 bits kept as its text
+        # load_json keeps an integer beyond 64 bits as its text, which _shown_mpid would call a
+        # string; the standard library's parser tells numbers from strings (rare path)
         if exc.reason is not Reason.MPID_INVALID or not (
-            type(mpid) is float or (type(mpid) is str and mpid.lstrip("-").isdigit())
+            type(mpid) is str and mpid.lstrip("-").isdigit()
         ):
             raise
-        # orjson reads a number beyond 64 bits as a float, whose repr ("1e+20") is not what the
-        # record says, and load_json keeps it as text, which would be shown quoted like a JSON
-        # string; the standard library's parser tells numbers from strings (rare path).
         try:
-            document = json.loads(value, parse_float=Decimal, parse_int=Decimal)
+            document = json.loads(value, parse_int=Decimal)
         except RecursionError:  # nested past the standard parser's depth: keep orjson's reading
             raise exc from None
         written = (document if index is None else document[index])["mpid"]
-        shown = str(written) if type(written) is Decimal else _shown_mpid(written)
-        raise InvalidRecordError(Reason.MPID_INVALID, _mpid_invalid(shown)) from None
+        raise InvalidRecordError(Reason.MPID_INVALID, _mpid_invalid(_shown_mpid(written))) from None
 
 
-def _mpid_invalid(shown: object) -> str:
-    """The detail of an ``mpid_invalid`` rejection, ``shown`` (text as written) cut to 40."""
-    return f"mpid is not a signed 64-bit integer: {shown!s:.40}"
+def _mpid_invalid(shown: str) -> str:
+    """The detail of an ``mpid_invalid`` rejection, the mpid ``shown`` by :func:`_shown_mpid`."""
+    return f"mpid is not a signed 64-bit integer: {shown}"
 
 
 def _check_depth(batches: list[Batch]) -> None:
