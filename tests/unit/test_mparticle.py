@@ -178,6 +178,9 @@ def _mpid_or_rejection(value: bytes) -> str:
                      INVALID + "an integer of 23 digits", id="bulk-second"),
         pytest.param(b'{"mpid": 1' + b"0" * 60 + b"}", INVALID + "an integer of 61 digits",
                      id="61-digits"),
+        pytest.param(b'{"mpid": 1' + b"0" * 399 + b"}", INVALID + "an integer of 400 digits",
+                     id="400-digits"),
+        pytest.param(b'{"mpid": 1e400}', A_FLOAT, id="1e400"),
         pytest.param(b'{"mpid": 15551234567.0}', A_FLOAT, id="whole-float"),
         pytest.param(b'{"mpid": 1E+3}', A_FLOAT, id="exponent"),
         pytest.param(b'{"mpid": {"email": "a@b.co"}}', INVALID + "an object", id="object"),
@@ -704,6 +707,18 @@ _BIG = "123456789012345678901234567890"
         pytest.param(b'{"a": 1' + b"0" * 300 + b"}", {"a": "1" + "0" * 300}, id="301-digits"),
         pytest.param(b'\xef\xbb\xbf{"a": 1}', {"a": 1}, id="bom"),
         pytest.param(b'\xef\xbb\xbf{"a": ' + _BIG.encode() + b"}", {"a": _BIG}, id="bom-big"),
+        # beyond a double's range (orjson refuses them): kept as written, never "invalid_json"
+        pytest.param(b'{"a": 1' + b"0" * 399 + b"}", {"a": "1" + "0" * 399}, id="400-digits"),
+        pytest.param(b'{"a": -1' + b"0" * 399 + b', "b": 7}', {"a": "-1" + "0" * 399, "b": 7},
+                     id="minus-400-digits"),
+        pytest.param(b'{"a": 1' + b"0" * 4999 + b"}", {"a": "1" + "0" * 4999},
+                     id="5000-digits-past-pythons-int-limit"),
+        pytest.param(b'{"a": 1e400, "b": [2.5, 3]}', {"a": "1e400", "b": [2.5, 3]}, id="1e400"),
+        pytest.param(b'{"a": -1.5E+400}', {"a": "-1.5E+400"}, id="minus-1.5E+400"),
+        pytest.param(b'{"a": 1' + b"0" * 399 + b".5}", {"a": "1" + "0" * 399 + ".5"},
+                     id="400-digit-float"),
+        pytest.param(b'\xef\xbb\xbf{"a": 1e400, "b": ' + _BIG.encode() + b"}",
+                     {"a": "1e400", "b": _BIG}, id="bom-1e400-and-big"),
     ],
 )  # fmt: skip
 def test_load_json_keeps_big_integers_exact_and_ignores_one_bom(
@@ -724,6 +739,29 @@ def test_load_json_rejects_what_a_bom_does_not_explain(value: bytes, reason: str
     with pytest.raises(InvalidRecordError) as caught:
         load_json(value)
     assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "detail"),
+    [
+        pytest.param(b'{"a": 1e400, "b": NaN}', "invalid_json", "NaN is not JSON", id="nan"),
+        pytest.param(b'{"a": 1e400, "b": -Infinity}', "invalid_json", "-Infinity is not JSON",
+                     id="infinity"),
+        pytest.param(b'{"a": 1e400, "b": }', "invalid_json", "Expecting value: line 1 column 19",
+                     id="syntax-after"),
+        pytest.param(b'{"a": 1e400, "b": "\\ud800"}', "invalid_json", "number is infinity",
+                     id="lone-surrogate"),
+        pytest.param(b'{"a": 1e400, "b": "\xff"}', "invalid_utf8", "'utf-8' codec",
+                     id="not-utf8-after"),
+    ],
+)  # fmt: skip
+def test_a_number_beyond_a_double_does_not_hide_another_fault(
+    value: bytes, reason: str, detail: str
+) -> None:
+    """Past such a number, the record is checked as strictly as orjson would have."""
+    with pytest.raises(InvalidRecordError) as caught:
+        load_json(value)
+    assert (caught.value.reason, caught.value.detail[: len(detail)]) == (reason, detail)
 
 
 def test_big_integer_attribute_and_event_data_keep_every_digit() -> None:
