@@ -1,16 +1,28 @@
 """What the two HTTP servers (the worker's web port, :mod:`app.web`, and the Firehose ingress,
-:mod:`app.ingress.server`) share: binding their port before anything else, and the one bearer
-token check. Neither depends on the other; both depend on this.
+:mod:`app.ingress.server`) share: binding their port before anything else, the one bearer
+token check, and how a request aiohttp cannot parse is logged. Neither depends on the other;
+both depend on this.
+
+A request aiohttp refuses before any handler runs (a header line over its 8,190-byte limit, a
+malformed request line or header, a bad chunked body) is answered 400 by aiohttp, which logs
+it on ``aiohttp.server`` as an ERROR with a traceback whose message quotes the offending bytes
+(a header value: a token, a cookie, an address). Anyone who can reach the port could fill the
+log with those; :func:`quiet_client_errors` makes each one WARNING line naming only the error's
+kind and status (:class:`ClientErrorFilter`). A failure of the server itself (a handler's
+exception, answered 500) keeps its ERROR and traceback.
 
 Failure semantics: :func:`listen` raises :class:`~app.errors.ConfigError` (one line, exit 2);
-:func:`authorized` never raises.
+:func:`authorized` never raises; the filter never drops a record.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import socket
 from typing import TYPE_CHECKING
+
+from aiohttp.http_exceptions import HttpProcessingError
 
 from app.errors import ConfigError
 
@@ -47,3 +59,25 @@ def listen(host: str, port: int, *, settings: str = "MPCIO_INGRESS") -> socket.s
             f"invalid setting {settings}_HOST/{settings}_PORT: cannot listen on "
             f"{host}:{port}: {reason}"
         ) from None
+
+
+class ClientErrorFilter(logging.Filter):
+    """Rewrites aiohttp's record of a request it could not parse (module docstring): at most
+    WARNING, ``refused a malformed HTTP request: <error kind> (<status>)``, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "refused a malformed HTTP request: %s (%d)"
+            record.args = (type(exc).__name__, exc.code)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_client_errors() -> None:
+    """Install :class:`ClientErrorFilter` on aiohttp's server logger (once per process)."""
+    server_logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrorFilter) for f in server_logger.filters):
+        server_logger.addFilter(ClientErrorFilter())

@@ -54,7 +54,7 @@ from app.core.mparticle import int64_text
 from app.core.state import UserState, decode_state
 from app.errors import InvalidRecordError
 from app.faust_app import COORDINATOR_WARNING_SECONDS
-from app.serving import authorized
+from app.serving import authorized, quiet_client_errors
 from app.topics import ERASURES_TABLE, USERS_TABLE
 
 if TYPE_CHECKING:
@@ -583,7 +583,10 @@ class Observer:
 def attach_web(
     app: faust.App, settings: Settings, topics: Topics, sink: SinkHandleLike | None
 ) -> Observer:
-    """Register the views, the access guard, the build info and the gauge sampler on ``app``."""
+    """Register the views, the access guard, the build info and the gauge sampler on ``app``;
+    a request aiohttp cannot parse is logged as one WARNING line
+    (:func:`~app.serving.quiet_client_errors`)."""
+    quiet_client_errors()
     observer = Observer(app, settings, topics, sink)
     metrics.track_recovery(lambda: _recovery_remaining(app))
     token = settings.support_token.get_secret_value() if settings.support_token else None

@@ -8,9 +8,10 @@ shape as mParticle's DSR API uses it:
 ``subject_identities`` may also be mParticle's map ``{"email": {"value": ...},
 "customer_id": {"value": ...}}``, which is the Firehose ``dsr_processing_request`` shape:
 ``{"<type>": {"encoding": "raw" | "md5" | "sha1" | "sha256", "value": ...}}`` with type
-``email`` or ``controller_customer_id`` (other types, device ids, are ignored). Every identity
-named counts: a list may name two emails or two customer ids, the map both ``customer_id`` and
-``controller_customer_id``. A raw email that is not an address (``N/A``;
+``email`` or ``controller_customer_id`` (other types, device ids, are ignored); the encoding
+is read in any case and without surrounding whitespace (``"SHA256"``), and raw when absent.
+Every identity named counts: a list may name two emails or two customer ids, the map both
+``customer_id`` and ``controller_customer_id``. A raw email that is not an address (``N/A``;
 :mod:`app.core.emails`) is ignored. Other request types (access, portability) are acknowledged
 and counted, not acted on.
 
@@ -40,13 +41,15 @@ identity in clear and never collides with an mpid key (decimal digits).
 
 Failure semantics: an unusable record raises :class:`~app.errors.InvalidRecordError`
 (``invalid_utf8``, ``invalid_json``, ``not_an_object``, ``mpid_invalid``, and
-``erasure_invalid`` when it names neither an mpid nor an identity, or has no
+``erasure_invalid`` when it names neither an mpid nor an identity, names an email or customer
+id with an encoding other than those above (never silently left out), or has no
 ``subject_request_type``: nothing defaults to an erasure, the worker dead-letters it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -78,6 +81,8 @@ class ErasureRequest:
 
 
 HASH_ENCODINGS = frozenset({"md5", "sha1", "sha256"})
+# an unknown identity encoding quoted in a rejection: a word, never a value put there
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_-]{1,16}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,12 +218,14 @@ def _subject_identities(
     if type(value) is dict:
         for kind, entry in value.items():
             text = entry.get("value") if type(entry) is dict else entry
-            encoding = entry.get("encoding", "raw") if type(entry) is dict else "raw"
             if type(text) not in (str, int) or _kind(kind) not in raw:
                 continue
+            encoding = _encoding(
+                kind, entry.get("encoding", "raw") if type(entry) is dict else "raw"
+            )
             if encoding in HASH_ENCODINGS:
                 hashed.append((_kind(kind), encoding, str(text).strip().lower()))
-            elif encoding == "raw":
+            else:
                 raw[_kind(kind)].append(str(text).strip())
     elif type(value) is list:
         for entry in value:
@@ -230,6 +237,26 @@ def _subject_identities(
     emails = [email for email in raw["email"] if email and is_email_address(email)]
     customer_ids = [customer_id for customer_id in raw["customer_id"] if customer_id]
     return tuple(dict.fromkeys(emails)), tuple(dict.fromkeys(customer_ids)), tuple(hashed)
+
+
+def _encoding(kind: str, encoding: object) -> str:
+    """``encoding`` of the ``kind`` identity as ``raw`` or one of :data:`HASH_ENCODINGS`, in
+    any case and with surrounding whitespace (``"SHA256"``, ``" Raw "``); ``erasure_invalid``
+    for any other, since leaving that identity out would leave its person in Customer.io
+    unsaid. The detail quotes an unknown encoding only when it is a short plain word."""
+    name = encoding.strip().lower() if type(encoding) is str else None
+    if name == "raw" or name in HASH_ENCODINGS:
+        return name
+    if type(encoding) is not str:
+        shown = "an encoding that is not a string"
+    elif _PLAIN_WORD.fullmatch(encoding):
+        shown = f"encoding {encoding!r}"
+    else:
+        shown = f"an encoding of {len(encoding)} characters"
+    raise InvalidRecordError(
+        Reason.ERASURE_INVALID,
+        f"subject identity {kind} has {shown}, not raw, md5, sha1 or sha256",
+    )
 
 
 def _kind(name: str) -> str:

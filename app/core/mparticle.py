@@ -35,9 +35,10 @@ names) or, for event types, in ``Batch.ignored_events``. Nothing is logged here.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, NoReturn, TypeAlias
 
 import orjson
 
@@ -281,7 +282,6 @@ def required_mpid(raw: dict[str, Any], what: str) -> str:
     return mpid
 
 
-_NUMBER_CHARACTERS: Final = frozenset("0123456789+-.eE")
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
 # _may_hold_big_integer: every digit becomes "0", so a digit run is found by plain search
 _DIGITS_AS_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
@@ -291,13 +291,16 @@ _UINT64_MAX: Final = (1 << 64) - 1
 
 
 def _shown_mpid(raw_mpid: object) -> str:
-    """How an invalid mpid is shown in its rejection (which is logged): a number or a string
-    of number characters as written, anything else only by its type and length, since a
-    source that put a name or a phone number there would have it in the worker's log."""
-    if type(raw_mpid) is str and not (raw_mpid and _NUMBER_CHARACTERS.issuperset(raw_mpid)):
+    """How an invalid mpid is shown in its rejection (which is logged and kept in the dead
+    letter): only its kind and size, never a character of it, since a source that put a phone
+    number (``"+15551234567"``), an email or a name there would have it in the worker's log.
+    A ``Decimal`` is an integer beyond 64 bits as the record writes it (:func:`_parse_batch_of`)."""
+    if type(raw_mpid) in {int, Decimal}:
+        return f"an integer of {len(str(raw_mpid).lstrip('-'))} digits"
+    if type(raw_mpid) is float:
+        return "a number with a fraction or an exponent"
+    if type(raw_mpid) is str:
         return f"a string of {len(raw_mpid)} characters"
-    if type(raw_mpid) in {str, int, float, bool}:
-        return repr(raw_mpid)
     return _json_type(raw_mpid)
 
 
@@ -309,25 +312,62 @@ def load_json(value: bytes) -> Any:
     refuses is checked for one, so an ordinary record pays nothing. An integer beyond 64 bits
     (which orjson reads as a float, losing digits) is kept exact as its decimal text
     (:func:`_exact_integers`), so ``123456789012345678901234567890`` is sent as that text
-    (docs/mapping.md §1), never as ``1.2345678901234568e+29``.
+    (docs/mapping.md §1), never as ``1.2345678901234568e+29``; a number beyond a double's
+    range (``1e400``, an integer of 400 digits), which orjson refuses, is kept as written too
+    (:func:`_refused`).
     """
     try:
         document = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         if not value.startswith(_UTF8_BOM):
-            raise _unreadable(value, exc) from None
+            return _refused(value, exc)
         value = value[len(_UTF8_BOM) :]
         try:
             document = orjson.loads(value)
         except orjson.JSONDecodeError as bom_exc:
-            raise _unreadable(value, bom_exc) from None
+            return _refused(value, bom_exc)
     if _may_hold_big_integer(value):
         return _exact_integers(value, document)
     return document
 
 
-def _unreadable(value: bytes, exc: orjson.JSONDecodeError) -> InvalidRecordError:
-    """The rejection of ``value``, which orjson refused with ``exc``."""
+# how orjson refuses a number beyond a double's range (tested)
+_BEYOND_DOUBLE: Final = "number is infinity when parsed as double"
+
+
+def _refused(value: bytes, exc: orjson.JSONDecodeError) -> Any:
+    """``value``, which orjson refused with ``exc``, parsed by the standard library when its
+    fault is a number beyond a double's range: each such number (and each integer beyond 64
+    bits) kept as written. Past that number orjson read no further, so what it would also
+    refuse is refused here (``NaN``, a lone surrogate: re-encoding checks it); anything else
+    raises the rejection of ``value`` (:func:`_unreadable`)."""
+    if not str(exc).startswith(_BEYOND_DOUBLE):
+        raise _unreadable(value, exc) from None
+    try:
+        document = json.loads(
+            value, parse_int=_int_or_text, parse_float=_float_or_text, parse_constant=_no_constant
+        )
+        orjson.dumps(document)
+    except ValueError as stdlib_exc:  # json.JSONDecodeError, UnicodeDecodeError, a constant
+        raise _unreadable(value, stdlib_exc) from None
+    except (RecursionError, orjson.JSONEncodeError):
+        raise _unreadable(value, exc) from None
+    return document
+
+
+def _float_or_text(text: str) -> float | str:
+    """A JSON number with a fraction or exponent as a float, or as written beyond a double."""
+    number = float(text)
+    return text if math.isinf(number) else number
+
+
+def _no_constant(name: str) -> NoReturn:
+    """``NaN``, ``Infinity`` and ``-Infinity``, which the standard parser accepts: not JSON."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unreadable(value: bytes, exc: ValueError) -> InvalidRecordError:
+    """The rejection of ``value``, which a JSON parser refused with ``exc``."""
     try:
         value.decode("utf-8")
     except UnicodeDecodeError as utf8_exc:
@@ -370,8 +410,10 @@ def _exact_integers(value: bytes, document: Any) -> Any:
 
 def _int_or_text(text: str) -> int | str:
     """A JSON integer's text as an int when orjson could have held it, else the text itself
-    (never past Python's 4,300-digit conversion limit: orjson refuses an integer beyond a
-    double's range, ~309 digits, before this is called)."""
+    (longer than 20 characters, it is beyond ``[-2^63, 2^64)`` and never converted: Python
+    refuses to convert more than 4,300 digits)."""
+    if len(text) > len(_MINUS_NINETEEN_DIGITS):
+        return text
     number = int(text)
     return number if _INT64_MIN <= number <= _UINT64_MAX else text
 
@@ -406,31 +448,28 @@ def parse_record(value: bytes) -> list[Batch]:
 
 def _parse_batch_of(value: bytes, raw: dict[str, Any], index: int | None = None) -> Batch:
     """:func:`parse_batch` of ``raw``, the record ``value`` (or its bulk item ``index``); an
-    ``mpid_invalid`` rejection of a JSON number shows the number as the record writes it."""
+    ``mpid_invalid`` rejection of a number kept as text by :func:`load_json` says it is a
+    number, not a string."""
     try:
         return parse_batch(raw)
     except InvalidRecordError as exc:
         mpid = raw.get("mpid")
-        # a float, or (load_json) a number beyond 64 bits kept as its text
-        if exc.reason is not Reason.MPID_INVALID or not (
-            type(mpid) is float or (type(mpid) is str and mpid.lstrip("-").isdigit())
-        ):
+        # load_json keeps an integer beyond 64 bits (or a number beyond a double) as its text,
+        # which _shown_mpid would call a string; the standard library's parser tells numbers
+        # from strings (rare path)
+        if exc.reason is not Reason.MPID_INVALID or type(mpid) is not str:
             raise
-        # orjson reads a number beyond 64 bits as a float, whose repr ("1e+20") is not what the
-        # record says, and load_json keeps it as text, which would be shown quoted like a JSON
-        # string; the standard library's parser tells numbers from strings (rare path).
         try:
-            document = json.loads(value, parse_float=Decimal, parse_int=Decimal)
+            document = json.loads(value, parse_int=Decimal)
         except RecursionError:  # nested past the standard parser's depth: keep orjson's reading
             raise exc from None
         written = (document if index is None else document[index])["mpid"]
-        shown = str(written) if type(written) is Decimal else _shown_mpid(written)
-        raise InvalidRecordError(Reason.MPID_INVALID, _mpid_invalid(shown)) from None
+        raise InvalidRecordError(Reason.MPID_INVALID, _mpid_invalid(_shown_mpid(written))) from None
 
 
-def _mpid_invalid(shown: object) -> str:
-    """The detail of an ``mpid_invalid`` rejection, ``shown`` (text as written) cut to 40."""
-    return f"mpid is not a signed 64-bit integer: {shown!s:.40}"
+def _mpid_invalid(shown: str) -> str:
+    """The detail of an ``mpid_invalid`` rejection, the mpid ``shown`` by :func:`_shown_mpid`."""
+    return f"mpid is not a signed 64-bit integer: {shown}"
 
 
 def _check_depth(batches: list[Batch]) -> None:

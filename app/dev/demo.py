@@ -55,10 +55,16 @@ STOP_SECONDS = 30  # above the worker's own bounded stop
 def run_demo(*, kafka_port: int | None, keep_running: bool, sample: Path = SAMPLE) -> None:
     """Run the demo (module docstring). SIGTERM and SIGINT stop it at any point: every child
     is stopped and the temp folder removed. When a part does not come up, the folder (with
-    the log the error names) is kept."""
+    the log the error names) is kept.
+
+    A SIGTERM (``docker stop``) is a normal stop: this returns (``mpcio demo`` exits 0, as
+    ``mpcio worker`` does). A Ctrl-C (SIGINT) during the run raises :class:`KeyboardInterrupt`
+    (exit 130: the demo was interrupted); in ``--keep-running``'s wait it is the way to end it
+    and returns too."""
     workdir = Path(tempfile.mkdtemp(prefix="mpcio-demo-"))
     lines = [line for line in sample.read_bytes().splitlines() if line.strip()]
     keep_logs = False
+    stopped = "stopped the ingress, the worker, the emulator and Kafka"
     try:
         with _stopped_by_signals(), contextlib.ExitStack() as stack:
             # close() is registered before start(): a signal during start-up stops Java too
@@ -97,10 +103,12 @@ def run_demo(*, kafka_port: int | None, keep_running: bool, sample: Path = SAMPL
     except DemoError:
         keep_logs = True
         raise
+    except _Terminated:  # a normal stop (exit 0): what was started stopped as the blocks unwound
+        stopped = "SIGTERM: stopped what the demo had started"
     finally:
         if not keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"✓ stopped the ingress, the worker, the emulator and Kafka; removed {workdir}")
+    print(f"✓ {stopped}; removed {workdir}")
 
 
 def _settings(broker: LocalKafka, emulator_url: str, workdir: Path) -> Settings:
@@ -136,15 +144,21 @@ def _keep_running(settings: Settings, workdir: Path, worker: subprocess.Popen[by
             time.sleep(0.5)
 
 
+class _Terminated(KeyboardInterrupt):
+    """The demo got SIGTERM: unwinds like Ctrl-C, but :func:`run_demo` then returns."""
+
+
 @contextlib.contextmanager
 def _stopped_by_signals() -> Iterator[None]:
-    """SIGTERM and SIGINT raise :class:`KeyboardInterrupt` once, so every ``with`` block unwinds
-    and stops what it started; further signals are ignored while that cleanup runs."""
+    """SIGTERM (:class:`_Terminated`) and SIGINT raise :class:`KeyboardInterrupt` once, so every
+    ``with`` block unwinds and stops what it started; further signals are ignored while that
+    cleanup runs."""
 
     def stop(signum: int, _frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        stopping = _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        raise stopping(signal.Signals(signum).name)
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -60,7 +60,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from app.errors import BrokerUnavailableError, FirehoseSchemaError, InvalidRecordError
 from app.ingress.messages import Plan, Record, plan_message
 from app.ingress.schemas import validate
-from app.serving import authorized, listen
+from app.serving import authorized, listen, quiet_client_errors
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -289,10 +289,12 @@ def build_app(
     max_waiting: int = MAX_WAITING,
 ) -> web.Application:
     """The aiohttp application (routes in the module docstring). Its validation thread pool
-    is shut down on the application's cleanup."""
+    is shut down on the application's cleanup. A request aiohttp cannot parse is logged as one
+    WARNING line (:func:`~app.serving.quiet_client_errors`)."""
     secret = settings.ingress_secret
     if secret is None:
         raise ValueError("build_app needs settings.ingress_secret")
+    quiet_client_errors()
     token = secret.get_secret_value().encode()
     retry_after = {"Retry-After": str(settings.ingress_retry_after_seconds)}
     max_bytes = settings.ingress_max_body_bytes

@@ -83,7 +83,7 @@ class Output:
         return "".join(self.seen)
 
 
-@pytest.mark.parametrize("when", ["starting", "keep-running"])
+@pytest.mark.parametrize("when", ["starting", "running", "keep-running"])
 def test_demo_stopped_by_sigterm_leaves_no_process_and_no_temp_folder(
     when: str, tmp_path: Path
 ) -> None:
@@ -100,7 +100,11 @@ def test_demo_stopped_by_sigterm_leaves_no_process_and_no_temp_folder(
         | ({"MPCIO_KAFKA_CACHE": kafka_cache} if kafka_cache else {}),
     )
     try:
-        marker = "✓ Kafka" if when == "starting" else "mpcio deadletter list;"
+        marker = {
+            "starting": "✓ Kafka",
+            "running": "→ produced",
+            "keep-running": "mpcio deadletter list;",
+        }[when]
         output = Output(process)
         seen = output.until(marker, 240)
         (workdir,) = list(tmp_path.glob("mpcio-demo-*"))
@@ -132,8 +136,12 @@ def test_demo_stopped_by_sigterm_leaves_no_process_and_no_temp_folder(
         if process.poll() is None:
             process.kill()
             process.wait()
+    # SIGTERM (docker stop) is a normal stop, at any point, as for `mpcio worker`
+    assert process.returncode == 0, everything
     if when == "keep-running":
         assert "✓ stopped the ingress, the worker, the emulator and Kafka" in everything, everything
+    else:
+        assert "✓ SIGTERM: stopped what the demo had started" in everything, everything
     assert "Traceback" not in everything
     assert not list(tmp_path.glob("mpcio-demo-*")), "the temp folder is left"
     leftover = subprocess.run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 
 import orjson
@@ -214,6 +215,59 @@ def test_accepts_erasure_shapes(identities: object) -> None:
         )
     )
     assert (request.mpid, request.emails, request.request_type) == ("7", ("a@x.io",), "erasure")
+
+
+SHA256_OF_A = hashlib.sha256(b"a@x.io").hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("identity", "emails", "hashed"),
+    [
+        ({"value": "a@x.io"}, ("a@x.io",), ()),
+        ({"value": "a@x.io", "encoding": "raw"}, ("a@x.io",), ()),
+        ({"value": "a@x.io", "encoding": "RAW"}, ("a@x.io",), ()),
+        ({"value": "a@x.io", "encoding": " Raw\t"}, ("a@x.io",), ()),
+        ({"value": SHA256_OF_A, "encoding": "sha256"}, (), (("email", "sha256", SHA256_OF_A),)),
+        ({"value": SHA256_OF_A, "encoding": "SHA256"}, (), (("email", "sha256", SHA256_OF_A),)),
+        ({"value": "AB12", "encoding": " Sha1 "}, (), (("email", "sha1", "ab12"),)),
+        ({"value": "ab12", "encoding": "MD5"}, (), (("email", "md5", "ab12"),)),
+    ],
+)  # fmt: skip
+def test_identity_encodings_are_read_in_any_case(
+    identity: dict[str, str], emails: tuple[str, ...], hashed: tuple[tuple[str, ...], ...]
+) -> None:
+    request = parse_erasure_record(
+        orjson.dumps({"subject_request_type": "erasure", "subject_identities": {"email": identity}})
+    )
+    assert (request.emails, request.hashed) == (emails, hashed)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "shown"),
+    [
+        ("sha512", "encoding 'sha512'"),
+        ("base64", "encoding 'base64'"),
+        ("", "an encoding of 0 characters"),
+        ("jane.doe@example.com", "an encoding of 20 characters"),
+        (None, "an encoding that is not a string"),
+        (256, "an encoding that is not a string"),
+    ],
+)
+def test_an_identity_of_unknown_encoding_rejects_the_request(encoding: object, shown: str) -> None:
+    """Never dropped silently, even beside an mpid: the erasure would miss that person."""
+    value = orjson.dumps(
+        {
+            "subject_request_type": "erasure",
+            "mpid": 7,
+            "subject_identities": {"email": {"value": "a@x.io", "encoding": encoding}},
+        }
+    )
+    with pytest.raises(InvalidRecordError) as caught:
+        parse_erasure_record(value)
+    assert (caught.value.reason, caught.value.detail) == (
+        "erasure_invalid",
+        f"subject identity email has {shown}, not raw, md5, sha1 or sha256",
+    )
 
 
 def test_erasure_email_that_is_not_an_address_names_nobody() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import logging
 import os
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import fastjsonschema
 import orjson
 import pytest
+from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
@@ -24,7 +26,7 @@ from app.errors import ConfigError
 from app.ingress.schemas import _fast_check, _validator, validate
 from app.ingress.server import ADMISSION, REGISTRY, RUNNER_OPTIONS, build_app
 from app.ops.dryrun import dry_run
-from app.serving import listen
+from app.serving import ClientErrorFilter, listen
 from tests.integration.support import wait_for
 from tests.unit.test_firehose import AUTH, SECRET, FakeWriter, _settings, example
 
@@ -406,3 +408,35 @@ def test_fast_check_accepts_and_rejects_as_the_draft3_reference(name: str) -> No
         rejected += not expected
     assert compared > 20
     assert rejected > 5  # the variants exercise rejections, not only acceptances
+
+
+@pytest.mark.parametrize(
+    ("level", "exc", "expected"),
+    [
+        pytest.param(logging.ERROR, LineTooLong("x-secret-value", 8190),
+                     (logging.WARNING, "refused a malformed HTTP request: LineTooLong (400)", None),
+                     id="header-too-long"),
+        pytest.param(logging.ERROR, BadHttpMessage("bad header x-secret-value"),
+                     (logging.WARNING, "refused a malformed HTTP request: BadHttpMessage (400)",
+                      None), id="bad-message"),
+        # aiohttp's own DEBUG for non-HTTP traffic stays DEBUG, without the bytes either
+        pytest.param(logging.DEBUG, BadHttpMethod("x-secret-value"),
+                     (logging.DEBUG, "refused a malformed HTTP request: BadHttpMethod (400)",
+                      None), id="first-line-garbage"),
+        # the server's own failure keeps its ERROR and traceback
+        pytest.param(logging.ERROR, RuntimeError("bug"),
+                     (logging.ERROR, "Error handling request from 127.0.0.1", RuntimeError),
+                     id="server-error"),
+    ],
+)  # fmt: skip
+def test_client_errors_are_one_warning_line(
+    level: int, exc: Exception, expected: tuple[int, str, type[Exception] | None]
+) -> None:
+    record = logging.LogRecord(
+        "aiohttp.server", level, __file__, 1, "Error handling request from %s", ("127.0.0.1",),
+        (type(exc), exc, None),
+    )  # fmt: skip
+    assert ClientErrorFilter().filter(record)
+    exc_type = record.exc_info[0] if record.exc_info else None
+    assert (record.levelno, record.getMessage(), exc_type) == expected
+    assert record.levelname == logging.getLevelName(record.levelno)
