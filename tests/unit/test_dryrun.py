@@ -100,21 +100,26 @@ def test_line_kind_tells_the_three_inputs_apart(document: Any, kind: str) -> Non
 
 
 def test_dry_run_audience_and_erasure_lines() -> None:
-    result = _dry_run("-", stdin=_lines(ANN, AUDIENCE, ERASURE, ANN))
+    later = {**ANN, "timestamp_unixtime_ms": ANN["timestamp_unixtime_ms"] + 60_000}
+    result = _dry_run("-", stdin=_lines(ANN, AUDIENCE, ERASURE, ANN, later))
     assert result.returncode == 0
     assert [(item["action"], item["identifiers"]) for item in _items(result)] == [
         ("identify", {"id": "c-5"}),
         ("identify", {"id": "c-5"}),
         ("delete", {"id": "c-5"}),
         ("delete", {"email": "ann@example.com"}),
+        # line 4 reached Kafka before the erasure: dropped
         ("identify", {"id": "c-5"}),  # the state was forgotten: a new person
     ]
     assert _items(result)[1]["attributes"]["SegmentMembership"] == "'12'"
     assert "In VIPs" not in _items(result)[1]["attributes"]
-    assert result.stderr.decode().strip() == (
-        "dry-run: 4 lines, 0 invalid, 2 batches, 1 audience updates, 1 erasures, "
-        "0 Firehose messages, 5 operations"
-    )
+    assert result.stderr.decode().splitlines() == [
+        "line 4: note: mpid 5: not forwarded: erased",
+        (
+            "dry-run: 5 lines, 0 invalid, 3 batches, 1 audience updates, 1 erasures, "
+            "0 Firehose messages, 5 operations"
+        ),
+    ]
 
 
 def test_dry_run_one_attribute_per_audience_flag() -> None:
