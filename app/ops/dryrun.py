@@ -25,10 +25,10 @@ has one handler in ``_HANDLERS``; a new input kind is one more entry there and o
 :func:`line_kind`.
 
 Kafka time: a batch line reached Kafka at its batches' time (the latest
-``timestamp_unixtime_ms``; unknown without one); any other line after the lines before it (the
-latest of their times; unknown on the first lines). So a batch line after an erasure line
-whose time is not later than the lines before the erasure is dropped as the worker drops a
-batch that reached Kafka before its user's erasure; a later one starts a new person.
+``timestamp_unixtime_ms``; unknown without one), any other line at the latest time of the
+lines before it (unknown when none has one). So an erased user's batch whose time is not after
+the erasure's is dropped, as the worker drops a batch that reached Kafka before its user's
+erasure; a later one starts a new person.
 
 A user not forwarded, and whatever the parser or the transform counted (placeholder emails,
 renamed names, cut values, ...), is noted on ``errors`` as ``line N: note: mpid M: ...``.
