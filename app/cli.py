@@ -192,7 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     dry = commands.add_parser(
         "dry-run",
         help="print the Customer.io items a JSON Lines file of batches, audience changes, "
-        "erasure requests and Firehose messages would send; exit 1 when any line is invalid",
+        "erasure requests and Firehose messages would send; exit 1 when any line is invalid "
+        "or dead-lettered",
     )
     dry.add_argument(
         "file",

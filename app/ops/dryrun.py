@@ -1,36 +1,48 @@
 """``mpcio dry-run``: what would be sent to Customer.io for a file of mParticle input lines.
 
-Reads JSON Lines in order with one fresh in-memory state for the whole file and writes each
-Customer.io v2 batch item that would be sent, one JSON object per line, exactly as the sink
-would send it. Each line is one input record of any of the worker's input topics, told apart
-by :func:`line_kind`:
+Reads JSON Lines in order with one fresh in-memory store for the whole file (users' states and
+erasure markers, as the worker's tables hold them) and writes each Customer.io v2 batch item
+that would be sent, one JSON object per line, exactly as the sink would send it. Each line is
+one input record of any of the worker's input topics, told apart by :func:`line_kind`:
 
 - ``firehose``: an object with a ``type`` (mParticle batches, DSRs and audience feeds have
   none): validated like the ingress does (an unknown ``type`` is invalid with the ingress's
-  detail, ``firehose: type: must be one of ...``), and its records go through the worker's own
-  audience / erasure steps (:mod:`app.core.pipeline`) against the same in-memory state;
+  detail, ``firehose: type: must be one of ...``), and the records the ingress would write are
+  stepped as below;
 - ``erasure``: an object with ``subject_request_type`` (a data-subject request, SPEC §5): the
-  ``delete`` items, and the user's state is forgotten;
+  ``delete`` items; the user's state is forgotten and the erasure's markers kept;
 - ``audience``: an object with a top-level ``audiences`` list, or the audience feed's
   ``user_profiles`` (membership changes, SPEC §4), or an array of such objects: the identify
   carrying the new membership;
 - ``batch``: anything else (one mParticle batch, or a bulk array of batches).
 
-So a file can mix batches, membership changes and DSRs in the order they would arrive. Each
-kind has one handler in ``_HANDLERS``; a new input kind is one more entry there and one more
-test in :func:`line_kind`.
+Every record goes through the worker's own pure step of its topic (:mod:`app.core.pipeline`:
+parsing, mpid checks, re-keying of other users' parts, erasure-marker and identity-marker
+drops, the redelivery guard, opt-outs, limits), keyed as ``mpcio replay`` keys it (the first
+user's mpid), and its items are read from its operations record as the sink reads them. So a
+file can mix batches, membership changes and DSRs in the order they would arrive. Each kind
+has one handler in ``_HANDLERS``; a new input kind is one more entry there and one more test in
+:func:`line_kind`.
+
+Kafka time: a batch line reached Kafka at its batches' time (the latest
+``timestamp_unixtime_ms``; unknown without one), any other line at the latest time of the
+lines before it (unknown when none has one). So an erased user's batch whose time is not after
+the erasure's is dropped, as the worker drops a batch that reached Kafka before its user's
+erasure; a later one starts a new person.
 
 A user not forwarded, and whatever the parser or the transform counted (placeholder emails,
 renamed names, cut values, ...), is noted on ``errors`` as ``line N: note: mpid M: ...``.
 
-Failure semantics: a line that cannot be used is reported on ``errors`` as
-``line N: <reason>: <detail>`` (emails masked, as ``replay`` does), counted in
-``DryRunSummary.invalid_lines`` and skipped; processing continues (the CLI exits 1 when any
-line was invalid). Only an unreadable file is an error for the caller (``OSError``).
+Failure semantics: a line that cannot be used, and each dead letter the worker would write for
+it, is reported on ``errors`` as ``line N: <reason>: <detail>`` (emails masked, as ``replay``
+does); such a line is counted in ``DryRunSummary.invalid_lines`` (the CLI exits 1 when any
+line was invalid) and processing continues. Only an unreadable file is an error for the caller
+(``OSError``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Final
@@ -38,25 +50,30 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import orjson
 
 from app import masking
-from app.core.audiences import parse_audience_record, transform_membership
+from app.core.audiences import parse_audience_record
 from app.core.erasure import parse_erasure_record
 from app.core.mparticle import load_json, parse_record
-from app.core.pipeline import IngestResult, process_audience_record, process_erasure_record
-from app.core.state import decode_state, encode_state
-from app.core.transform import transform
+from app.core.pipeline import (
+    IngestResult,
+    bound_rekeyed,
+    from_rekey_topic,
+    process_audience_record,
+    process_batch_record,
+    process_erasure_record,
+)
 from app.errors import FirehoseSchemaError, InvalidRecordError, Reason
 from app.ingress.messages import plan_message
 from app.ingress.schemas import validate
-from app.records import SourcePosition, decode_operation_batch
+from app.records import SourcePosition, decode_dead_letter, decode_operation_batch
+from app.topics import rekey_headers
 from app.wiring import core_options
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from app.core.options import CoreOptions
-    from app.core.state import UserState
-    from app.core.transform import Transformed
     from app.settings import Settings
+    from app.topics import RekeyKind
 
 
 @dataclass(slots=True)
@@ -72,56 +89,144 @@ class DryRunSummary:
     operations: int = 0
 
 
+#: The topic of the records the steps are told they come from (one partition; no dead letters
+#: are kept, only reported).
+_TOPIC: Final = "dry-run"
+_REKEY: Final = "rekey"
+#: The metric of each per-user step whose outcomes are noted (``IngestResult.counts``).
+_COUNTERS: Final[dict[str, str]] = {"batches": "batches", "audiences": "audience_updates"}
+#: Outcomes not noted: sent, reported as a dead letter, or noted where the part is stepped.
+_QUIET: Final = frozenset({"forwarded", "rejected", "rekeyed"})
+
+
 @dataclass(slots=True)
 class _Run:
-    """One dry run: its core options, counts, where notes go, the line being handled (1-based)
-    and every user's state so far (by mpid)."""
+    """One dry run: its core options, counts, where notes go, the line being handled (1-based),
+    whether it wrote a dead letter, the latest Kafka time so far, and the store: every user's
+    encoded state and every erasure marker (key → time), as the worker's tables hold them;
+    ``offsets``: the last offset given per topic."""
 
     options: CoreOptions
     summary: DryRunSummary
     notes: IO[str]
     line: int = 0
-    states: dict[str, UserState] = field(default_factory=dict)
+    rejected: bool = False
+    kafka_ms: int | None = None
+    states: dict[str, bytes] = field(default_factory=dict)
+    markers: dict[str, int] = field(default_factory=dict)
+    offsets: Counter[str] = field(default_factory=Counter)
 
-    def fold(
-        self, mpid: str, transformed: Transformed, counted: dict[str, int] | None = None
+    def record(
+        self, kind: RekeyKind, key: bytes | None, value: bytes, own_ms: int | None = None
     ) -> list[bytes]:
-        """Keep the user's new state; note what was not forwarded or was counted (``counted``:
-        the parser's, then the transform's counters); the payloads of its operations."""
-        if transformed.state is not None:
-            self.states[mpid] = transformed.state
-        counters = {**(counted or {}), **transformed.limits}
-        parts = (
-            [] if transformed.outcome == "forwarded" else [f"not forwarded: {transformed.outcome}"]
+        """Step one input record of ``kind`` (Kafka time ``own_ms``, else :attr:`kafka_ms`)
+        and its re-keyed parts, as the worker would; the payloads of their items, in order."""
+        record_ms = self.kafka_ms if own_ms is None else own_ms
+        if record_ms is not None and (self.kafka_ms is None or record_ms > self.kafka_ms):
+            self.kafka_ms = record_ms
+        position = self._position(kind, record_ms)
+        result = _STEPS[kind](self, key, value, position)
+        if result.rekeyed:
+            bound_rekeyed(result, rekey_headers([], kind, _TOPIC), position)
+        payloads = self._apply(kind, key, result)
+        for mpid, part in result.rekeyed:  # read back from the re-key topic, keyed by mpid
+            part_key, part_position = mpid.encode(), self._position(_REKEY, record_ms)
+            stepped = _STEPS[kind](self, part_key, part, part_position)
+            payloads += self._apply(kind, part_key, from_rekey_topic(stepped, part_position))
+        return payloads
+
+    def _position(self, topic: str, record_ms: int | None) -> SourcePosition:
+        """The next record of ``topic``: each line is a new record, never a redelivery."""
+        self.offsets[topic] += 1
+        return SourcePosition(
+            _TOPIC, 0, self.offsets[topic], rekeyed=topic == _REKEY, timestamp_ms=record_ms
         )
-        parts += [f"{kind}={count}" for kind, count in sorted(counters.items())]
-        if parts:
-            self.notes.write(f"line {self.line}: note: mpid {mpid}: {'; '.join(parts)}\n")
-        return [operation.payload for operation in transformed.operations]
 
-    def load(self, mpid: str) -> bytes | None:
-        """A user's state as the worker's steps read it (encoded)."""
-        state = self.states.get(mpid)
-        return None if state is None else encode_state(state)
-
-    def encoded_states(self) -> list[tuple[str, bytes]]:
-        """Every user's encoded state, for a scan by identities (erasure without mpid)."""
-        return [(mpid, encode_state(state)) for mpid, state in self.states.items()]
-
-    def apply(self, result: IngestResult) -> list[bytes]:
-        """Keep what one of the worker's steps wrote (states, purges); its items' payloads."""
-        for mpid, encoded in result.states.items():
-            self.states[mpid] = decode_state(encoded)
+    def _apply(self, kind: RekeyKind, key: bytes | None, result: IngestResult) -> list[bytes]:
+        """Keep what one step wrote (states, purges, markers), report its dead letters and
+        note its user; its items' payloads."""
+        self.states.update(result.states)
         for mpid in result.purged:
             self.states.pop(mpid, None)
+        for marker, erased_ms in result.erased.items():
+            # a marker never moves back (agents/ingest.py erasure_step)
+            self.markers[marker] = max(erased_ms, self.markers.get(marker, erased_ms))
+        for letter in result.dead_letters:
+            self.rejected = True
+            decoded = decode_dead_letter(letter)
+            detail = masking.active().text(decoded["detail"])
+            self.notes.write(f"line {self.line}: {decoded['reason']}: {detail}\n")
+        counter = _COUNTERS.get(kind)
+        if counter is not None and key is not None:
+            self._note(key.decode(), counter, result.counts)
         if result.operations is None:
             return []
         operations = decode_operation_batch(result.operations[1])["operations"]
         return [operation["item"] for operation in operations]
 
+    def _note(self, mpid: str, counter: str, counts: Counter[tuple[str, ...]]) -> None:
+        """Note what of the user was not forwarded, and what the parser and the transform
+        counted (``ignored`` / ``limits``)."""
+        parts = [
+            f"not forwarded: {key[1]}"
+            for key in counts
+            if key[0] == counter and key[1] not in _QUIET and counts[key]
+        ]
+        counted: Counter[str] = Counter()
+        for key, count in counts.items():
+            if key[0] in {"ignored", "limits"}:
+                counted[key[1]] += count
+        parts += [f"{kind}={count}" for kind, count in sorted(counted.items()) if count]
+        if parts:
+            self.notes.write(f"line {self.line}: note: mpid {mpid}: {'; '.join(parts)}\n")
 
-# Where the worker's steps are told their records come from: nowhere (no dead letters are kept).
-_POSITION: Final = SourcePosition("dry-run", 0, -1)
+    def erased_at(self, key: bytes | None) -> int | None:
+        """When the key's user was last erased, or None."""
+        return None if key is None else self.markers.get(key.decode())
+
+
+_Step = Callable[[_Run, bytes | None, bytes, SourcePosition], IngestResult]
+
+
+def _user_step(process: Callable[..., IngestResult]) -> _Step:
+    """The step of a per-user topic (``process_batch_record`` or ``process_audience_record``)
+    with the key's erasure marker and the identity markers, as the worker's."""
+
+    def step(run: _Run, key: bytes | None, value: bytes, position: SourcePosition) -> IngestResult:
+        return process(
+            key,
+            value,
+            position,
+            run.states.get,
+            run.options,
+            erased_at_ms=run.erased_at(key),
+            record_ms=position.timestamp_ms,
+            identity_erased_at=run.markers.get,
+        )
+
+    return step
+
+
+def _erasure_step(
+    run: _Run, key: bytes | None, value: bytes, position: SourcePosition
+) -> IngestResult:
+    """The erasure step: the request's user (by mpid), or every user whose state matches its
+    identities (the dry run's one partition holds every user)."""
+    return process_erasure_record(
+        key,
+        value,
+        position,
+        run.states.get,
+        record_ms=position.timestamp_ms,
+        scan_states=lambda: list(run.states.items()),
+    )
+
+
+_STEPS: Final[dict[str, _Step]] = {
+    "batches": _user_step(process_batch_record),
+    "audiences": _user_step(process_audience_record),
+    "erasure": _erasure_step,
+}
 
 
 def line_kind(document: Any) -> str:
@@ -139,34 +244,33 @@ def line_kind(document: Any) -> str:
 
 
 def _batch_line(line: bytes, run: _Run) -> list[bytes]:
-    payloads = []
-    for batch in parse_record(line):
-        run.summary.batches += 1
-        result = transform(batch, run.states.get(batch.mpid), run.options)
-        payloads.extend(run.fold(batch.mpid, result, batch.ignored))
-    return payloads
+    """Keyed by its first batch's mpid, at its batches' latest time (module docstring); a line
+    that does not parse is the step's dead letter."""
+    try:
+        batches = parse_record(line)
+    except InvalidRecordError:
+        return run.record("batches", None, line)
+    run.summary.batches += len(batches)
+    times = [batch.timestamp_ms for batch in batches if batch.timestamp_ms is not None]
+    return run.record("batches", batches[0].mpid.encode(), line, max(times, default=None))
 
 
 def _audience_line(line: bytes, run: _Run) -> list[bytes]:
-    payloads = []
-    for update in parse_audience_record(line):
-        run.summary.audience_updates += 1
-        result = transform_membership(update, run.states.get(update.mpid), run.options)
-        payloads.extend(run.fold(update.mpid, result))
-    return payloads
+    try:
+        updates = parse_audience_record(line)
+    except InvalidRecordError:
+        return run.record("audiences", None, line)
+    run.summary.audience_updates += len(updates)
+    return run.record("audiences", updates[0].mpid.encode(), line)
 
 
 def _erasure_line(line: bytes, run: _Run) -> list[bytes]:
-    """The worker's own erasure step: the request's user (by mpid), or every user whose state
-    matches its identities."""
-    request = parse_erasure_record(line)  # an unusable request is an invalid line
+    try:
+        mpid = parse_erasure_record(line).mpid
+    except InvalidRecordError:
+        return run.record("erasure", None, line)
     run.summary.erasures += 1
-    key = None if request.mpid is None else request.mpid.encode()
-    return run.apply(
-        process_erasure_record(
-            key, line, _POSITION, run.load, record_ms=0, scan_states=run.encoded_states
-        )
-    )
+    return run.record("erasure", None if mpid is None else mpid.encode(), line)
 
 
 def _firehose_line(line: bytes, run: _Run) -> list[bytes]:
@@ -180,16 +284,7 @@ def _firehose_line(line: bytes, run: _Run) -> list[bytes]:
         raise InvalidRecordError(Reason.FIREHOSE, str(exc)) from exc
     payloads: list[bytes] = []
     for record in plan.records:
-        if record.topic == "audiences":
-            result = process_audience_record(
-                record.key, record.value, _POSITION, run.load, run.options
-            )
-        else:
-            result = process_erasure_record(
-                None, record.value, _POSITION, run.load, record_ms=0,
-                scan_states=run.encoded_states,
-            )  # fmt: skip
-        payloads.extend(run.apply(result))
+        payloads.extend(run.record(record.topic, record.key, record.value))
     return payloads
 
 
@@ -211,6 +306,7 @@ def dry_run(
             continue
         run.summary.lines += 1
         run.line = number
+        run.rejected = False
         try:
             payloads = _HANDLERS[line_kind(load_json(line))](line, run)
         except InvalidRecordError as exc:
@@ -218,6 +314,7 @@ def dry_run(
             # the detail may quote the record (an address given as an mpid): masked as replay's
             errors.write(f"line {number}: {exc.reason}: {masking.active().text(exc.detail)}\n")
             continue
+        run.summary.invalid_lines += run.rejected
         for payload in payloads:
             out.write(payload + b"\n")
         run.summary.operations += len(payloads)

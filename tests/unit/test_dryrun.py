@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
@@ -11,7 +12,13 @@ from typing import Any
 import orjson
 import pytest
 
-from app.ops.dryrun import line_kind
+from app.core.pipeline import process_audience_record, process_batch_record, process_erasure_record
+from app.ops.dryrun import dry_run, line_kind
+from app.records import SourcePosition, decode_dead_letter
+from app.settings import load_settings
+from app.sink.planning import plan_chunk
+from app.wiring import core_options
+from tests.unit.operations_records import Fetched
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "samples" / "mparticle-batches.jsonl"
@@ -100,21 +107,26 @@ def test_line_kind_tells_the_three_inputs_apart(document: Any, kind: str) -> Non
 
 
 def test_dry_run_audience_and_erasure_lines() -> None:
-    result = _dry_run("-", stdin=_lines(ANN, AUDIENCE, ERASURE, ANN))
+    later = {**ANN, "timestamp_unixtime_ms": ANN["timestamp_unixtime_ms"] + 60_000}
+    result = _dry_run("-", stdin=_lines(ANN, AUDIENCE, ERASURE, ANN, later))
     assert result.returncode == 0
     assert [(item["action"], item["identifiers"]) for item in _items(result)] == [
         ("identify", {"id": "c-5"}),
         ("identify", {"id": "c-5"}),
         ("delete", {"id": "c-5"}),
         ("delete", {"email": "ann@example.com"}),
+        # line 4 reached Kafka before the erasure: dropped
         ("identify", {"id": "c-5"}),  # the state was forgotten: a new person
     ]
     assert _items(result)[1]["attributes"]["SegmentMembership"] == "'12'"
     assert "In VIPs" not in _items(result)[1]["attributes"]
-    assert result.stderr.decode().strip() == (
-        "dry-run: 4 lines, 0 invalid, 2 batches, 1 audience updates, 1 erasures, "
-        "0 Firehose messages, 5 operations"
-    )
+    assert result.stderr.decode().splitlines() == [
+        "line 4: note: mpid 5: not forwarded: erased",
+        (
+            "dry-run: 5 lines, 0 invalid, 3 batches, 1 audience updates, 1 erasures, "
+            "0 Firehose messages, 5 operations"
+        ),
+    ]
 
 
 def test_dry_run_one_attribute_per_audience_flag() -> None:
@@ -205,3 +217,137 @@ def test_dry_run_masks_addresses_in_bad_line_reports() -> None:
     assert result.returncode == 1
     assert "line 1: mpid_invalid: mpid is not a signed 64-bit integer: a string of 20" in errors
     assert "john.doe" not in errors
+
+
+# What the worker sends for the same records: its pure steps (app.core.pipeline) against
+# in-memory tables, and the sink's planning of the operations records they write. Each line
+# of a case is (input topic, document, Kafka time); a user's records are keyed by their mpid
+# and a DSR without one is keyless, as `mpcio replay` and the ingress key them. The Kafka times
+# are those dry-run assumes (its module docstring): a batch's own time, another line's the
+# latest time before it.
+T0 = 1_764_400_000_000
+_AFTER = T0 + 60_000
+_LONG_ID = "c" * 151  # over Customer.io's 150 bytes
+
+
+def _batch(mpid: int, at: int, *events: dict[str, Any], **identities: str) -> dict[str, Any]:
+    return {"mpid": mpid, "environment": "production", "timestamp_unixtime_ms": at,
+            "user_identities": identities, "user_attributes": {"plan": "pro"},
+            "events": list(events)}  # fmt: skip
+
+
+def _event(name: str, at: int) -> dict[str, Any]:
+    return {"event_type": "custom_event",
+            "data": {"event_name": name, "timestamp_unixtime_ms": at}}  # fmt: skip
+
+
+_OPT_OUT = {"event_type": "opt_out", "data": {"is_opted_out": True, "timestamp_unixtime_ms": T0}}
+_MEMBERSHIP = {"mpid": 31, "audiences": [{"audience_id": 4, "audience_name": "Churn risk",
+                                          "action": "add"}]}  # fmt: skip
+_REDELIVERED = _batch(41, T0, _event("Paid", T0), email="rae@example.com")
+
+Line = tuple[str, Any, int]
+PIPELINE_CASES: dict[str, tuple[list[Line], list[str]]] = {
+    "normal batches": (
+        [("batches", _batch(11, T0, _event("Viewed", T0), email="ida@example.com"), T0),
+         ("batches", _batch(11, _AFTER, _event("Bought", _AFTER), email="ida@example.com",
+                            customer_id="c-11"), _AFTER)],
+        [],
+    ),
+    "mpid 0": (
+        [("batches", _batch(0, T0, _event("Viewed", T0), email="nobody@example.com"), T0),
+         ("batches", _batch(12, T0, email="jo@example.com"), T0)],
+        ["line 1: mpid_missing"],
+    ),
+    "customer id over 150 bytes": (
+        [("batches", _batch(13, T0, _event("Viewed", T0), email="kim@example.com",
+                            customer_id=_LONG_ID), T0)],
+        ["line 1: person_id_invalid"],
+    ),
+    "opted-out user": (
+        [("batches", _batch(21, T0, _OPT_OUT, _event("Viewed", T0), email="lu@example.com"),
+          T0),
+         ("batches", _batch(21, _AFTER, _event("Bought", _AFTER), email="lu@example.com"),
+          _AFTER)],
+        [],
+    ),
+    "redelivered batch (mParticle sends it again: a new record)": (
+        [("batches", _REDELIVERED, T0), ("batches", _REDELIVERED, T0)],
+        [],
+    ),
+    "erasure, then the erased user's older and newer batches": (
+        [("batches", _batch(51, _AFTER, _event("Viewed", _AFTER), email="max@example.com"),
+          _AFTER),
+         ("erasure", {"subject_request_type": "erasure", "mpid": 51}, _AFTER),
+         ("batches", _batch(51, T0, _event("Late", T0), email="max@example.com"), T0),
+         ("batches", _batch(51, _AFTER + 1, email="max@example.com"), _AFTER + 1)],
+        [],
+    ),
+    "erasure by identity, then an older batch of that identity": (
+        [("batches", _batch(52, _AFTER, email="other@example.com"), _AFTER),
+         ("erasure", {"subject_request_type": "erasure", "subject_identities": [
+             {"identity_type": "email", "identity_value": "ned@example.com"}]}, _AFTER),
+         ("batches", _batch(53, T0, _event("Late", T0), email="ned@example.com"), T0)],
+        [],
+    ),
+    "audience change": (
+        [("batches", _batch(31, T0, email="ola@example.com"), T0),
+         ("audiences", _MEMBERSHIP, T0),
+         ("audiences", {**_MEMBERSHIP, "audiences": [
+             {**_MEMBERSHIP["audiences"][0], "action": "delete"}]}, T0)],
+        [],
+    ),
+}  # fmt: skip
+
+
+def _worker_sends(lines: list[Line]) -> tuple[list[bytes], list[str]]:
+    """The items the sink would send for ``lines`` (in order), and ``line N: <reason>`` of
+    each dead letter the worker would write."""
+    options = core_options(load_settings(forwarding_enabled="false"))
+    states: dict[str, bytes] = {}
+    markers: dict[str, int] = {}
+    operations: list[Fetched] = []
+    letters: list[str] = []
+    for offset, (topic, document, at) in enumerate(lines):
+        value = orjson.dumps(document)
+        mpid = document.get("mpid")
+        key = None if mpid is None else str(mpid).encode()
+        position = SourcePosition(topic, 0, offset, timestamp_ms=at)
+        if topic == "erasure":
+            result = process_erasure_record(key, value, position, states.get, record_ms=at,
+                                            scan_states=lambda: list(states.items()))  # fmt: skip
+        else:
+            process = process_batch_record if topic == "batches" else process_audience_record
+            result = process(key, value, position, states.get, options,
+                             erased_at_ms=None if key is None else markers.get(key.decode()),
+                             record_ms=at, identity_erased_at=markers.get)  # fmt: skip
+        assert not result.rekeyed  # every record is keyed by its own user
+        states.update(result.states)
+        for purged in result.purged:
+            del states[purged]
+        markers.update(result.erased)  # no case moves a marker back
+        letters += [f"line {offset + 1}: {decode_dead_letter(d)['reason']}"
+                    for d in result.dead_letters]  # fmt: skip
+        if result.operations is not None:
+            operations.append(Fetched("operations", 0, len(operations), None,
+                                      result.operations[1]))  # fmt: skip
+    plan = plan_chunk({0: operations}, 1, lambda: T0, request_items=1000)
+    return [item for lane in plan.lanes for item, _ in lane], letters
+
+
+@pytest.mark.parametrize("case", list(PIPELINE_CASES))
+def test_dry_run_sends_what_the_worker_sends(case: str) -> None:
+    lines, dead_letters = PIPELINE_CASES[case]
+    out, errors = io.BytesIO(), io.StringIO()
+    summary = dry_run(
+        [orjson.dumps(document) for _, document, _ in lines],
+        load_settings(forwarding_enabled="false"),
+        out,
+        errors,
+    )
+    items, letters = _worker_sends(lines)
+    assert letters == dead_letters  # the reference itself
+    assert out.getvalue().splitlines() == items
+    reported = [line for line in errors.getvalue().splitlines() if ": note: " not in line]
+    assert [re.sub(r"^(line \d+: \w+): .*", r"\1", line) for line in reported] == letters
+    assert summary.invalid_lines == len({letter.split(":")[0] for letter in letters})
