@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from time import monotonic
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import aiokafka
@@ -34,7 +33,6 @@ from faust.tables import TableManager
 from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.enums import ProcessingGuarantee
-from mode import Service
 
 from app.core.sizes import PRODUCER_MAX_REQUEST_BYTES
 from app.kafka_security import broker_credentials
@@ -75,14 +73,6 @@ FAUST_TUNING: dict[str, Any] = {
 # half of aiokafka's 60 s transaction timeout, far above a healthy commit (milliseconds; a
 # few seconds on a loaded machine).
 COMMIT_TIMEOUT_SECONDS = 30.0
-# Commit as soon as the input is drained (issue 19): once no record has been acknowledged for
-# COMMIT_IDLE_SECONDS, what was acknowledged is committed without waiting for faust's 2.8 s
-# timer, at most once per COMMIT_SPACING_SECONDS (a transaction per partition costs a few
-# broker round trips). Under a backlog acks never pause, so the timer alone commits, in
-# transactions as large as before. COMMIT_TICK_SECONDS: how often the commit task looks.
-COMMIT_IDLE_SECONDS = 0.02
-COMMIT_SPACING_SECONDS = 0.2
-COMMIT_TICK_SECONDS = 0.05
 # a transactional producer still without a producer id after this long is logged (WARNING,
 # at most once per this period for all of them) and makes the worker not ready
 COORDINATOR_WARNING_SECONDS = 30.0
@@ -267,26 +257,6 @@ def never_committed(
     ]
 
 
-def commit_due(
-    now: float, last_commit: float, last_ack: float, acked_since_commit: bool, interval: float
-) -> bool:
-    """Whether the consumer should commit at ``now`` (monotonic seconds, as the others).
-
-    Due when faust's commit interval (``interval``, ``broker_commit_interval``) has passed since
-    the last commit began — faust's own rule —, or earlier when a record was acknowledged since
-    then (``acked_since_commit``), none for :data:`COMMIT_IDLE_SECONDS` (the agents have drained
-    what was fetched) and :data:`COMMIT_SPACING_SECONDS` have passed since the last commit: an
-    event then waits ~0.02-0.25 s for its transaction instead of up to ``interval``."""
-    since_commit = now - last_commit
-    if since_commit >= interval:
-        return True
-    return (
-        acked_since_commit
-        and now - last_ack >= COMMIT_IDLE_SECONDS
-        and since_commit >= COMMIT_SPACING_SECONDS
-    )
-
-
 class _Consumer(faust_aiokafka.Consumer):
     """faust's consumer that re-reads a hole in an input partition before accepting it.
 
@@ -317,11 +287,6 @@ class _Consumer(faust_aiokafka.Consumer):
         # next offset they should deliver once it has ended (nothing else would re-read them
         # when no newer record arrives to show the hole)
         self._withheld: set[TP] = set()
-        # commit_due's inputs: when the last commit began, the last record was acknowledged,
-        # and whether one was since that commit began
-        self._last_commit = monotonic()
-        self._last_ack = 0.0
-        self._acked_since_commit = False
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -374,24 +339,7 @@ class _Consumer(faust_aiokafka.Consumer):
         records are redone and their offsets committed after the rebalance."""
         if self.in_transaction and self.app.rebalancing:
             return False
-        self._last_commit = monotonic()
-        self._acked_since_commit = False
         return bool(await super().commit(topics, start_new_transaction))
-
-    @Service.task
-    async def _commit_handler(self) -> None:
-        """faust's commit timer, replaced: commits when :func:`commit_due` says so, looking every
-        :data:`COMMIT_TICK_SECONDS`. The commit itself is faust's (and :meth:`commit`'s), called
-        from here as faust's timer and its ``broker_commit_every`` count call it; faust lets one
-        commit run at a time. A failed commit stops the worker as before
-        (:meth:`_Producer.commit_transactions`)."""
-        interval = self.commit_interval
-        while not self.should_stop:
-            await self.sleep(COMMIT_TICK_SECONDS)
-            if commit_due(
-                monotonic(), self._last_commit, self._last_ack, self._acked_since_commit, interval
-            ):
-                await self.commit()
 
     def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         """faust's offsets to commit, without those of a partition whose transaction a last
@@ -457,9 +405,6 @@ class _Consumer(faust_aiokafka.Consumer):
         ):
             return False
         acked: bool = super().ack(message)
-        if acked:
-            self._last_ack = monotonic()
-            self._acked_since_commit = True
         return acked
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:

@@ -1,8 +1,7 @@
 """The consumer's hole check (app.faust_app.hole_to_reread): re-read a hole once, then accept;
 the input partitions it reads from their beginning after a rebalance (never_committed); the
-transactional producer's commit bound and safe retirement (_Producer); a stop's commits
-(nothing through a transaction a last commit ended, no ack of a record the stream dropped);
-and when the consumer commits (commit_due: faust's interval, or once the input is drained)."""
+transactional producer's commit bound and safe retirement (_Producer); and a stop's commits
+(nothing through a transaction a last commit ended, no ack of a record the stream dropped)."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from app import faust_app
 from app.faust_app import (
     _Consumer,
     _Producer,
-    commit_due,
     create_app,
     hole_to_reread,
     never_committed,
@@ -287,59 +285,3 @@ def test_a_record_the_stream_dropped_unprocessed_is_not_acknowledged(
     # flowing, same generation: faust's own ack (e.g. its conductor's, on a decode error)
     assert consumer.ack(_record("batches", 8, generation)) is True
     assert list(consumer._acked[tp]) == [7, 8]
-
-
-INTERVAL = 2.8  # faust's broker_commit_interval
-
-
-@pytest.mark.parametrize(
-    ("now", "last_commit", "last_ack", "acked_since_commit", "due"),
-    [
-        # faust's own rule: the interval since the last commit, acked or not
-        (12.8, 10.0, 12.79, True, True),
-        (12.8, 10.0, 0.0, False, True),
-        # acks still arriving (a backlog): only the interval commits
-        (12.0, 10.0, 11.99, True, False),
-        (12.0, 10.0, 12.0, True, False),
-        # drained: nothing acked for COMMIT_IDLE_SECONDS, spacing passed -> commit now
-        (10.5, 10.0, 10.4, True, True),
-        (10.25, 10.0, 10.2, True, True),
-        # drained, but nothing acknowledged since the last commit began: nothing to hurry
-        (10.5, 10.0, 9.9, False, False),
-        # drained, but the last commit began under COMMIT_SPACING_SECONDS ago
-        (10.15, 10.0, 10.05, True, False),
-    ],
-)
-def test_a_commit_is_due_at_the_interval_or_once_the_input_is_drained(
-    now: float, last_commit: float, last_ack: float, acked_since_commit: bool, due: bool
-) -> None:
-    assert commit_due(now, last_commit, last_ack, acked_since_commit, INTERVAL) is due
-
-
-async def test_the_commit_task_commits_once_acks_stop_not_at_faust_s_interval(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    app = create_app(load_settings(forwarding_enabled=False, processing_guarantee="exactly_once"))
-    consumer = app.consumer
-    assert isinstance(consumer, _Consumer)
-    monkeypatch.setattr(app.topics, "_acking_topics", {"batches"})
-    app.flow_control.resume()
-    committed = asyncio.Event()
-
-    async def commit(*_: object, **__: object) -> bool:
-        committed.set()
-        return True
-
-    monkeypatch.setattr(faust_aiokafka.Consumer, "commit", commit)
-    consumer.commit_interval = 3600.0  # faust's timer alone would not commit in this test
-    consumer._last_commit -= faust_app.COMMIT_SPACING_SECONDS  # the last commit long enough ago
-    processed = _record("batches", 7, app.consumer_generation_id)
-    processed.tracked = True
-    assert consumer.ack(processed) is True
-
-    task = asyncio.ensure_future(consumer._commit_handler.fun(consumer))
-    try:
-        await asyncio.wait_for(committed.wait(), timeout=10)
-    finally:
-        task.cancel()
-    assert consumer._acked_since_commit is False
