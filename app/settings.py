@@ -257,8 +257,9 @@ class Settings(BaseSettings):
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "asyncio",
         description="The worker's event loop: Python's own asyncio loop, or uvloop (libuv), "
-        "which bench.e2e's ours-uvloop contender compares; it did not win on a busy 2-core "
-        "machine (README 'Benchmarks and reliability').",
+        "which bench.e2e's ours-uvloop contender compares: 9-15 % less CPU per event for the "
+        "same events/s on a quiet 2-core machine, no better on a busy one (README 'Benchmarks "
+        "and reliability').",
     )
     store: str = Field(
         "rocksdb://",
