@@ -81,8 +81,10 @@ class ErasureRequest:
 
 
 HASH_ENCODINGS = frozenset({"md5", "sha1", "sha256"})
-# an unknown identity encoding quoted in a rejection: a word, never a value put there
-_PLAIN_WORD = re.compile(r"[A-Za-z0-9_-]{1,16}")
+# an unknown identity encoding quoted in a rejection: a short word of ASCII letters, maybe
+# with a few digits after them (``sha512``, ``sha-512``), never a value put there (a card or
+# phone number, an address)
+_PLAIN_WORD = re.compile(r"[A-Za-z]{1,12}(?:[-_]?[0-9]{1,3})?")
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,9 +246,15 @@ def test_identity_encodings_are_read_in_any_case(
     ("encoding", "shown"),
     [
         ("sha512", "encoding 'sha512'"),
+        ("SHA-512", "encoding 'SHA-512'"),
         ("base64", "encoding 'base64'"),
         ("", "an encoding of 0 characters"),
         ("jane.doe@example.com", "an encoding of 20 characters"),
+        # a number put in the field (a card, a phone) is never echoed, even after a letter
+        ("4111111111111111", "an encoding of 16 characters"),
+        ("x4111111111111111", "an encoding of 17 characters"),
+        ("t4111111", "an encoding of 8 characters"),
+        ("15551234567", "an encoding of 11 characters"),
         (None, "an encoding that is not a string"),
         (256, "an encoding that is not a string"),
     ],
