@@ -4,12 +4,15 @@ Accepted record values (JSON, on ``mparticle-erasure``, key = mpid when known), 
 shape as mParticle's DSR API uses it:
 
 ``{"subject_request_id": "...", "subject_request_type": "erasure", "mpid": 123,
-"subject_identities": [{"identity_type": "email", "identity_value": "a@b.c"}, ...]}``;
-``subject_identities`` may also be mParticle's map ``{"email": {"value": ...},
-"customer_id": {"value": ...}}``, which is the Firehose ``dsr_processing_request`` shape:
-``{"<type>": {"encoding": "raw" | "md5" | "sha1" | "sha256", "value": ...}}`` with type
-``email`` or ``controller_customer_id`` (other types, device ids, are ignored); the encoding
-is read in any case and without surrounding whitespace (``"SHA256"``), and raw when absent.
+"subject_identities": [{"identity_type": "email", "identity_value": "a@b.c",
+"identity_format": "raw"}, ...]}`` (OpenDSR's ``identity_format``; ``encoding`` is read too
+when it is absent); ``subject_identities`` may also be mParticle's map
+``{"email": {"value": ...}, "customer_id": {"value": ...}}``, which is the Firehose
+``dsr_processing_request`` shape:
+``{"<type>": {"encoding": "raw" | "md5" | "sha1" | "sha256", "value": ...}}``. In both forms
+the type is ``email``, ``customer_id`` or ``controller_customer_id`` (other types, device
+ids, are ignored) and the encoding (format) is read the same way: in any case and without
+surrounding whitespace (``"SHA256"``), raw when absent.
 Every identity named counts: a list may name two emails or two customer ids, the map both
 ``customer_id`` and ``controller_customer_id``. A raw email that is not an address (``N/A``;
 :mod:`app.core.emails`) is ignored. Other request types (access, portability) are acknowledged
@@ -217,24 +220,28 @@ def _subject_identities(
     ``controller_customer_id``) erases the person under each (module docstring)."""
     raw: dict[str, list[str]] = {"email": [], "customer_id": []}
     hashed: list[tuple[str, str, str]] = []
+    named: list[tuple[object, object, object]] = []  # (type, value, encoding), raw if absent
     if type(value) is dict:
         for kind, entry in value.items():
-            text = entry.get("value") if type(entry) is dict else entry
-            if type(text) not in (str, int) or _kind(kind) not in raw:
-                continue
-            encoding = _encoding(
-                kind, entry.get("encoding", "raw") if type(entry) is dict else "raw"
-            )
-            if encoding in HASH_ENCODINGS:
-                hashed.append((_kind(kind), encoding, str(text).strip().lower()))
+            if type(entry) is dict:
+                named.append((kind, entry.get("value"), entry.get("encoding", "raw")))
             else:
-                raw[_kind(kind)].append(str(text).strip())
+                named.append((kind, entry, "raw"))
     elif type(value) is list:
         for entry in value:
-            if type(entry) is dict and type(entry.get("identity_type")) is str:
+            if type(entry) is dict:
+                # OpenDSR names the encoding ``identity_format``; mParticle's map ``encoding``
+                encoding = entry.get("identity_format", entry.get("encoding", "raw"))
                 text = entry.get("identity_value", entry.get("value"))
-                if type(text) in (str, int) and _kind(entry["identity_type"]) in raw:
-                    raw[_kind(entry["identity_type"])].append(str(text).strip())
+                named.append((entry.get("identity_type"), text, encoding))
+    for kind, text, encoding in named:
+        if type(kind) is not str or type(text) not in (str, int) or _kind(kind) not in raw:
+            continue
+        name = _encoding(kind, encoding)
+        if name in HASH_ENCODINGS:
+            hashed.append((_kind(kind), name, str(text).strip().lower()))
+        else:
+            raw[_kind(kind)].append(str(text).strip())
     # a placeholder such as "N/A" names no person (app.core.emails)
     emails = [email for email in raw["email"] if email and is_email_address(email)]
     customer_ids = [customer_id for customer_id in raw["customer_id"] if customer_id]

@@ -14,6 +14,7 @@ from app.core.erasure import (
     CLOCK_AHEAD_TOLERANCE_MS,
     ErasureRequest,
     erasure_time,
+    matches,
     parse_erasure_record,
     plan_erasure,
 )
@@ -273,6 +274,126 @@ def test_an_identity_of_unknown_encoding_rejects_the_request(encoding: object, s
     assert (caught.value.reason, caught.value.detail) == (
         "erasure_invalid",
         f"subject identity email has {shown}, not raw, md5, sha1 or sha256",
+    )
+
+
+MD5_OF_CZ = hashlib.md5(b"cz").hexdigest()
+
+
+def _listed(kind: str, value: str, **encoding: str) -> dict[str, str]:
+    """One identity of the OpenDSR list form."""
+    return {"identity_type": kind, "identity_value": value, **encoding}
+
+
+@pytest.mark.parametrize(
+    ("identity", "emails", "customer_ids", "hashed"),
+    [
+        (_listed("email", "a@x.io"), ("a@x.io",), (), ()),
+        (_listed("email", "a@x.io", identity_format=" RAW "), ("a@x.io",), (), ()),
+        (_listed("customer_id", " cz ", encoding="raw"), (), ("cz",), ()),
+        (
+            _listed("customer_id", MD5_OF_CZ, identity_format="md5"),
+            (),
+            (),
+            (("customer_id", "md5", MD5_OF_CZ),),
+        ),
+        (
+            _listed("customer_id", MD5_OF_CZ, encoding="MD5"),
+            (),
+            (),
+            (("customer_id", "md5", MD5_OF_CZ),),
+        ),
+        (
+            _listed("email", SHA256_OF_A.upper(), identity_format="SHA256"),
+            (),
+            (),
+            (("email", "sha256", SHA256_OF_A),),
+        ),
+        (
+            _listed("email", SHA256_OF_A, encoding="sha256"),
+            (),
+            (),
+            (("email", "sha256", SHA256_OF_A),),
+        ),
+        (
+            _listed("controller_customer_id", "ab12", identity_format="Sha1"),
+            (),
+            (),
+            (("customer_id", "sha1", "ab12"),),
+        ),
+        # OpenDSR's own field wins over the map's name
+        (
+            _listed("email", "ab12", identity_format="md5", encoding="raw"),
+            (),
+            (),
+            (("email", "md5", "ab12"),),
+        ),
+    ],
+)
+def test_list_form_identity_format_is_read_as_the_map_encoding(
+    identity: dict[str, str],
+    emails: tuple[str, ...],
+    customer_ids: tuple[str, ...],
+    hashed: tuple[tuple[str, ...], ...],
+) -> None:
+    request = parse_erasure_record(
+        orjson.dumps({"subject_request_type": "erasure", "subject_identities": [identity]})
+    )
+    assert (request.emails, request.customer_ids, request.hashed) == (emails, customer_ids, hashed)
+
+
+@pytest.mark.parametrize(
+    ("identity", "state"),
+    [
+        (
+            _listed("customer_id", MD5_OF_CZ, identity_format="md5"),
+            UserState(email="zed@example.com", customer_id="cz"),
+        ),
+        (
+            _listed("email", SHA256_OF_A, encoding="sha256"),
+            UserState(email=" A@x.io", customer_id="c1"),
+        ),
+    ],
+)
+def test_list_form_hashed_identity_erases_its_user_not_the_hash(
+    identity: dict[str, str], state: UserState
+) -> None:
+    """A hashed customer id was once deleted as a person whose id is the hash itself, and the
+    real user was left in Customer.io (tester finding F3)."""
+    value = orjson.dumps({"subject_request_type": "erasure", "subject_identities": [identity]})
+    assert matches(parse_erasure_record(value), state)
+    stored = [("71", encode_state(state))]
+    result = process_erasure_record(
+        None, value, SOURCE, {}.get, record_ms=5000, scan_states=lambda: stored
+    )
+    assert result.purged == ["71"]
+    assert [item["identifiers"] for item in _items(result)] == [
+        {"id": state.customer_id},
+        {"email": state.email},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "encoding", "shown"),
+    [
+        ("identity_format", "rot13", "encoding 'rot13'"),
+        ("encoding", "rot13", "encoding 'rot13'"),
+        ("identity_format", "4111111111111111", "an encoding of 16 characters"),
+        ("identity_format", None, "an encoding that is not a string"),
+    ],
+)
+def test_list_form_identity_of_unknown_format_rejects_the_request(
+    field: str, encoding: object, shown: str
+) -> None:
+    identity = {"identity_type": "customer_id", "identity_value": "cz", field: encoding}
+    value = orjson.dumps(
+        {"subject_request_type": "erasure", "mpid": 7, "subject_identities": [identity]}
+    )
+    with pytest.raises(InvalidRecordError) as caught:
+        parse_erasure_record(value)
+    assert (caught.value.reason, caught.value.detail) == (
+        "erasure_invalid",
+        f"subject identity customer_id has {shown}, not raw, md5, sha1 or sha256",
     )
 
 
