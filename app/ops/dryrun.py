@@ -281,9 +281,13 @@ def _erasure_line(line: bytes, run: _Run) -> list[bytes]:
 
 def _firehose_line(line: bytes, run: _Run) -> list[bytes]:
     """Apply one Firehose message as the ingress and the worker would; any rejection is
-    reported as ``firehose: <detail>``."""
-    message = orjson.loads(line)
+    reported as ``firehose: <detail>``, a body the ingress's plain ``orjson.loads`` refuses
+    (a number beyond a double, which :func:`load_json` keeps) included."""
     run.summary.firehose_messages += 1
+    try:
+        message = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecordError(Reason.FIREHOSE, str(exc)) from exc
     try:
         plan = plan_message(validate(message), message, now_ms=0, new_id=lambda: "dry-run")
     except (FirehoseSchemaError, InvalidRecordError) as exc:

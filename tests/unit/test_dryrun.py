@@ -385,3 +385,24 @@ def test_dry_run_erasure_never_acts_on_later_lines(case: str) -> None:
         ("identify", None), ("event", "After"),
     ]  # fmt: skip
     assert errors.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b'{"type":"dsr_processing_request","n":' + b"9" * 400 + b"}",
+        b'{"type":"audience_membership_change_request","x":1e400}',
+    ],
+    ids=["400-digit integer", "1e400"],
+)
+def test_dry_run_reports_a_firehose_number_beyond_a_double(first: bytes) -> None:
+    # load_json keeps such a number; the ingress's orjson.loads refuses it (a 400)
+    out, errors = io.BytesIO(), io.StringIO()
+    summary = dry_run([first, _lines(ANN)], load_settings(forwarding_enabled="false"), out, errors)
+    assert errors.getvalue().startswith(
+        "line 1: firehose: number is infinity when parsed as double"
+    )
+    assert (summary.lines, summary.invalid_lines, summary.batches) == (2, 1, 1)
+    assert [item["action"] for item in map(orjson.loads, out.getvalue().splitlines())] == [
+        "identify"
+    ]
