@@ -18,17 +18,25 @@ one input record of any of the worker's input topics, told apart by :func:`line_
 
 Every record goes through the worker's own pure step of its topic (:mod:`app.core.pipeline`:
 parsing, mpid checks, re-keying of other users' parts, erasure-marker and identity-marker
-drops, the redelivery guard, opt-outs, limits), keyed as ``mpcio replay`` keys it (the first
-user's mpid), and its items are read from its operations record as the sink reads them. So a
-file can mix batches, membership changes and DSRs in the order they would arrive. Each kind
-has one handler in ``_HANDLERS``; a new input kind is one more entry there and one more test in
+drops, the redelivery guard, opt-outs, limits), keyed by its first user's mpid (a record
+without one, such as an erasure by identities, is keyless, as the ingress writes it), and its
+items are read from its operations record as the sink reads them. So a file can mix batches,
+membership changes and DSRs in the order they would arrive. Each kind has one handler in
+``_HANDLERS``; a new input kind is one more entry there and one more test in
 :func:`line_kind`.
 
-Kafka time: a batch line reached Kafka at its batches' time (the latest
-``timestamp_unixtime_ms``; unknown without one), any other line at the latest time of the
-lines before it (unknown when none has one). So an erased user's batch whose time is not after
-the erasure's is dropped, as the worker drops a batch that reached Kafka before its user's
-erasure; a later one starts a new person.
+Kafka time: every record reaches Kafka in file order, when it is handled (the wall clock) and
+always later than the record before it, as ``mpcio replay`` and mParticle's own Kafka output
+send records; the worker applies an erasure at its Kafka time. So an erasure acts on the lines
+before it (their person is deleted) and never on the lines after it, whatever their batches'
+``timestamp_unixtime_ms``: a later line of the erased user starts a new person.
+
+Where ``mpcio replay`` differs: replay validates every line as a batch, so it refuses a line
+without an mpid (an erasure by identities, an audience feed's ``user_profiles``), and a
+record over the producer's 1,000,000 bytes stops it (a bulk line of thousands of batches),
+while dry-run steps both. Dry-run tells the inputs apart by content,
+the worker by topic: a batch that also carries ``subject_request_type`` or a top-level
+``audiences`` list is stepped here as that kind, there as a batch.
 
 A user not forwarded, and whatever the parser or the transform counted (placeholder emails,
 renamed names, cut values, ...), is noted on ``errors`` as ``line N: note: mpid M: ...``.
@@ -64,7 +72,7 @@ from app.core.pipeline import (
 from app.errors import FirehoseSchemaError, InvalidRecordError, Reason
 from app.ingress.messages import plan_message
 from app.ingress.schemas import validate
-from app.records import SourcePosition, decode_dead_letter, decode_operation_batch
+from app.records import SourcePosition, decode_dead_letter, decode_operation_batch, now_ms
 from app.topics import rekey_headers
 from app.wiring import core_options
 
@@ -102,28 +110,25 @@ _QUIET: Final = frozenset({"forwarded", "rejected", "rekeyed"})
 @dataclass(slots=True)
 class _Run:
     """One dry run: its core options, counts, where notes go, the line being handled (1-based),
-    whether it wrote a dead letter, the latest Kafka time so far, and the store: every user's
-    encoded state and every erasure marker (key → time), as the worker's tables hold them;
-    ``offsets``: the last offset given per topic."""
+    whether it wrote a dead letter, the Kafka time of the last record (module docstring), and
+    the store: every user's encoded state and every erasure marker (key → time), as the
+    worker's tables hold them; ``offsets``: the last offset given per topic."""
 
     options: CoreOptions
     summary: DryRunSummary
     notes: IO[str]
     line: int = 0
     rejected: bool = False
-    kafka_ms: int | None = None
+    kafka_ms: int = 0
     states: dict[str, bytes] = field(default_factory=dict)
     markers: dict[str, int] = field(default_factory=dict)
     offsets: Counter[str] = field(default_factory=Counter)
 
-    def record(
-        self, kind: RekeyKind, key: bytes | None, value: bytes, own_ms: int | None = None
-    ) -> list[bytes]:
-        """Step one input record of ``kind`` (Kafka time ``own_ms``, else :attr:`kafka_ms`)
-        and its re-keyed parts, as the worker would; the payloads of their items, in order."""
-        record_ms = self.kafka_ms if own_ms is None else own_ms
-        if record_ms is not None and (self.kafka_ms is None or record_ms > self.kafka_ms):
-            self.kafka_ms = record_ms
+    def record(self, kind: RekeyKind, key: bytes | None, value: bytes) -> list[bytes]:
+        """Step one input record of ``kind``, sent now and after the record before it (its
+        Kafka time: module docstring), and its re-keyed parts, as the worker would; the
+        payloads of their items, in order."""
+        self.kafka_ms = record_ms = max(now_ms(), self.kafka_ms + 1)
         position = self._position(kind, record_ms)
         result = _STEPS[kind](self, key, value, position)
         if result.rekeyed:
@@ -135,7 +140,7 @@ class _Run:
             payloads += self._apply(kind, part_key, from_rekey_topic(stepped, part_position))
         return payloads
 
-    def _position(self, topic: str, record_ms: int | None) -> SourcePosition:
+    def _position(self, topic: str, record_ms: int) -> SourcePosition:
         """The next record of ``topic``: each line is a new record, never a redelivery."""
         self.offsets[topic] += 1
         return SourcePosition(
@@ -211,13 +216,15 @@ def _erasure_step(
     run: _Run, key: bytes | None, value: bytes, position: SourcePosition
 ) -> IngestResult:
     """The erasure step: the request's user (by mpid), or every user whose state matches its
-    identities (the dry run's one partition holds every user)."""
+    identities (the dry run's one partition holds every user), applied as soon as it is sent
+    (the worker's clock is the record's Kafka time)."""
     return process_erasure_record(
         key,
         value,
         position,
         run.states.get,
         record_ms=position.timestamp_ms,
+        clock=lambda: run.kafka_ms,
         scan_states=lambda: list(run.states.items()),
     )
 
@@ -244,15 +251,14 @@ def line_kind(document: Any) -> str:
 
 
 def _batch_line(line: bytes, run: _Run) -> list[bytes]:
-    """Keyed by its first batch's mpid, at its batches' latest time (module docstring); a line
-    that does not parse is the step's dead letter."""
+    """Keyed by its first batch's mpid; a line that does not parse is the step's dead
+    letter."""
     try:
         batches = parse_record(line)
     except InvalidRecordError:
         return run.record("batches", None, line)
     run.summary.batches += len(batches)
-    times = [batch.timestamp_ms for batch in batches if batch.timestamp_ms is not None]
-    return run.record("batches", batches[0].mpid.encode(), line, max(times, default=None))
+    return run.record("batches", batches[0].mpid.encode(), line)
 
 
 def _audience_line(line: bytes, run: _Run) -> list[bytes]:
@@ -275,9 +281,13 @@ def _erasure_line(line: bytes, run: _Run) -> list[bytes]:
 
 def _firehose_line(line: bytes, run: _Run) -> list[bytes]:
     """Apply one Firehose message as the ingress and the worker would; any rejection is
-    reported as ``firehose: <detail>``."""
-    message = orjson.loads(line)
+    reported as ``firehose: <detail>``, a body the ingress's plain ``orjson.loads`` refuses
+    (a number beyond a double, which :func:`load_json` keeps) included."""
     run.summary.firehose_messages += 1
+    try:
+        message = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecordError(Reason.FIREHOSE, str(exc)) from exc
     try:
         plan = plan_message(validate(message), message, now_ms=0, new_id=lambda: "dry-run")
     except (FirehoseSchemaError, InvalidRecordError) as exc:

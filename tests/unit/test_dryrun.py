@@ -107,23 +107,20 @@ def test_line_kind_tells_the_three_inputs_apart(document: Any, kind: str) -> Non
 
 
 def test_dry_run_audience_and_erasure_lines() -> None:
-    later = {**ANN, "timestamp_unixtime_ms": ANN["timestamp_unixtime_ms"] + 60_000}
-    result = _dry_run("-", stdin=_lines(ANN, AUDIENCE, ERASURE, ANN, later))
+    result = _dry_run("-", stdin=_lines(ANN, AUDIENCE, ERASURE, ANN))
     assert result.returncode == 0
     assert [(item["action"], item["identifiers"]) for item in _items(result)] == [
         ("identify", {"id": "c-5"}),
         ("identify", {"id": "c-5"}),
         ("delete", {"id": "c-5"}),
         ("delete", {"email": "ann@example.com"}),
-        # line 4 reached Kafka before the erasure: dropped
-        ("identify", {"id": "c-5"}),  # the state was forgotten: a new person
+        ("identify", {"id": "c-5"}),  # after the erasure, whatever its time: a new person
     ]
     assert _items(result)[1]["attributes"]["SegmentMembership"] == "'12'"
     assert "In VIPs" not in _items(result)[1]["attributes"]
     assert result.stderr.decode().splitlines() == [
-        "line 4: note: mpid 5: not forwarded: erased",
         (
-            "dry-run: 5 lines, 0 invalid, 3 batches, 1 audience updates, 1 erasures, "
+            "dry-run: 4 lines, 0 invalid, 2 batches, 1 audience updates, 1 erasures, "
             "0 Firehose messages, 5 operations"
         ),
     ]
@@ -221,10 +218,9 @@ def test_dry_run_masks_addresses_in_bad_line_reports() -> None:
 
 # What the worker sends for the same records: its pure steps (app.core.pipeline) against
 # in-memory tables, and the sink's planning of the operations records they write. Each line
-# of a case is (input topic, document, Kafka time); a user's records are keyed by their mpid
-# and a DSR without one is keyless, as `mpcio replay` and the ingress key them. The Kafka times
-# are those dry-run assumes (its module docstring): a batch's own time, another line's the
-# latest time before it.
+# of a case is (input topic, document); a user's records are keyed by their mpid and a DSR
+# without one is keyless, as the ingress keys them. Each line reaches Kafka after the line
+# before it, as `mpcio replay` sends them (dry-run's module docstring).
 T0 = 1_764_400_000_000
 _AFTER = T0 + 60_000
 _LONG_ID = "c" * 151  # over Customer.io's 150 bytes
@@ -246,55 +242,52 @@ _MEMBERSHIP = {"mpid": 31, "audiences": [{"audience_id": 4, "audience_name": "Ch
                                           "action": "add"}]}  # fmt: skip
 _REDELIVERED = _batch(41, T0, _event("Paid", T0), email="rae@example.com")
 
-Line = tuple[str, Any, int]
+Line = tuple[str, Any]
 PIPELINE_CASES: dict[str, tuple[list[Line], list[str]]] = {
     "normal batches": (
-        [("batches", _batch(11, T0, _event("Viewed", T0), email="ida@example.com"), T0),
+        [("batches", _batch(11, T0, _event("Viewed", T0), email="ida@example.com")),
          ("batches", _batch(11, _AFTER, _event("Bought", _AFTER), email="ida@example.com",
-                            customer_id="c-11"), _AFTER)],
+                            customer_id="c-11"))],
         [],
     ),
     "mpid 0": (
-        [("batches", _batch(0, T0, _event("Viewed", T0), email="nobody@example.com"), T0),
-         ("batches", _batch(12, T0, email="jo@example.com"), T0)],
+        [("batches", _batch(0, T0, _event("Viewed", T0), email="nobody@example.com")),
+         ("batches", _batch(12, T0, email="jo@example.com"))],
         ["line 1: mpid_missing"],
     ),
     "customer id over 150 bytes": (
         [("batches", _batch(13, T0, _event("Viewed", T0), email="kim@example.com",
-                            customer_id=_LONG_ID), T0)],
+                            customer_id=_LONG_ID))],
         ["line 1: person_id_invalid"],
     ),
     "opted-out user": (
-        [("batches", _batch(21, T0, _OPT_OUT, _event("Viewed", T0), email="lu@example.com"),
-          T0),
-         ("batches", _batch(21, _AFTER, _event("Bought", _AFTER), email="lu@example.com"),
-          _AFTER)],
+        [("batches", _batch(21, T0, _OPT_OUT, _event("Viewed", T0), email="lu@example.com")),
+         ("batches", _batch(21, _AFTER, _event("Bought", _AFTER), email="lu@example.com"))],
         [],
     ),
     "redelivered batch (mParticle sends it again: a new record)": (
-        [("batches", _REDELIVERED, T0), ("batches", _REDELIVERED, T0)],
+        [("batches", _REDELIVERED), ("batches", _REDELIVERED)],
         [],
     ),
     "erasure, then the erased user's older and newer batches": (
-        [("batches", _batch(51, _AFTER, _event("Viewed", _AFTER), email="max@example.com"),
-          _AFTER),
-         ("erasure", {"subject_request_type": "erasure", "mpid": 51}, _AFTER),
-         ("batches", _batch(51, T0, _event("Late", T0), email="max@example.com"), T0),
-         ("batches", _batch(51, _AFTER + 1, email="max@example.com"), _AFTER + 1)],
+        [("batches", _batch(51, _AFTER, _event("Viewed", _AFTER), email="max@example.com")),
+         ("erasure", {"subject_request_type": "erasure", "mpid": 51}),
+         ("batches", _batch(51, T0, _event("Late", T0), email="max@example.com")),
+         ("batches", _batch(51, _AFTER + 1, email="max@example.com"))],
         [],
     ),
     "erasure by identity, then an older batch of that identity": (
-        [("batches", _batch(52, _AFTER, email="other@example.com"), _AFTER),
+        [("batches", _batch(52, _AFTER, email="other@example.com")),
          ("erasure", {"subject_request_type": "erasure", "subject_identities": [
-             {"identity_type": "email", "identity_value": "ned@example.com"}]}, _AFTER),
-         ("batches", _batch(53, T0, _event("Late", T0), email="ned@example.com"), T0)],
+             {"identity_type": "email", "identity_value": "ned@example.com"}]}),
+         ("batches", _batch(53, T0, _event("Late", T0), email="ned@example.com"))],
         [],
     ),
     "audience change": (
-        [("batches", _batch(31, T0, email="ola@example.com"), T0),
-         ("audiences", _MEMBERSHIP, T0),
+        [("batches", _batch(31, T0, email="ola@example.com")),
+         ("audiences", _MEMBERSHIP),
          ("audiences", {**_MEMBERSHIP, "audiences": [
-             {**_MEMBERSHIP["audiences"][0], "action": "delete"}]}, T0)],
+             {**_MEMBERSHIP["audiences"][0], "action": "delete"}]})],
         [],
     ),
 }  # fmt: skip
@@ -308,7 +301,8 @@ def _worker_sends(lines: list[Line]) -> tuple[list[bytes], list[str]]:
     markers: dict[str, int] = {}
     operations: list[Fetched] = []
     letters: list[str] = []
-    for offset, (topic, document, at) in enumerate(lines):
+    for offset, (topic, document) in enumerate(lines):
+        at = T0 + offset  # sent in file order
         value = orjson.dumps(document)
         mpid = document.get("mpid")
         key = None if mpid is None else str(mpid).encode()
@@ -340,7 +334,7 @@ def test_dry_run_sends_what_the_worker_sends(case: str) -> None:
     lines, dead_letters = PIPELINE_CASES[case]
     out, errors = io.BytesIO(), io.StringIO()
     summary = dry_run(
-        [orjson.dumps(document) for _, document, _ in lines],
+        [orjson.dumps(document) for _, document in lines],
         load_settings(forwarding_enabled="false"),
         out,
         errors,
@@ -351,3 +345,64 @@ def test_dry_run_sends_what_the_worker_sends(case: str) -> None:
     reported = [line for line in errors.getvalue().splitlines() if ": note: " not in line]
     assert [re.sub(r"^(line \d+: \w+): .*", r"\1", line) for line in reported] == letters
     assert summary.invalid_lines == len({letter.split(":")[0] for letter in letters})
+
+
+def _person(mpid: int, name: str, at: int | None) -> dict[str, Any]:
+    event = {"event_type": "custom_event", "data": {"event_name": name}}
+    timed = {} if at is None else {"timestamp_unixtime_ms": at}
+    return {"mpid": mpid, "environment": "production", **timed,
+            "user_identities": {"email": f"a{mpid}@example.com"}, "events": [event]}  # fmt: skip
+
+
+_YEAR_2100 = 4_102_444_800_000
+# The tester's repros (breaker9 F2): an erasure acts on the lines before it, never on a line
+# after it, whatever that line's batch time: the worker creates the person again.
+ERASURE_ORDER_CASES: dict[str, list[Any]] = {
+    "A: no times": [_person(8821, "Before", None),
+                    {"subject_request_type": "erasure", "mpid": 8821},
+                    _person(8821, "After", None)],
+    "B: a late batch after the erasure": [_person(888001, "Before", T0),
+                                          {"subject_request_type": "erasure", "mpid": 888001},
+                                          _person(888001, "After", T0 - 60_000)],
+    "C: a batch dated 2100, then the erasure": [_person(7, "Before", _YEAR_2100),
+                                                {"subject_request_type": "erasure", "mpid": 7},
+                                                _person(7, "After", T0)],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(ERASURE_ORDER_CASES))
+def test_dry_run_erasure_never_acts_on_later_lines(case: str) -> None:
+    out, errors = io.BytesIO(), io.StringIO()
+    dry_run(
+        [orjson.dumps(document) for document in ERASURE_ORDER_CASES[case]],
+        load_settings(forwarding_enabled="false"),
+        out,
+        errors,
+    )
+    items = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert [(item["action"], item.get("name")) for item in items] == [
+        ("identify", None), ("event", "Before"), ("delete", None),
+        ("identify", None), ("event", "After"),
+    ]  # fmt: skip
+    assert errors.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b'{"type":"dsr_processing_request","n":' + b"9" * 400 + b"}",
+        b'{"type":"audience_membership_change_request","x":1e400}',
+    ],
+    ids=["400-digit integer", "1e400"],
+)
+def test_dry_run_reports_a_firehose_number_beyond_a_double(first: bytes) -> None:
+    # load_json keeps such a number; the ingress's orjson.loads refuses it (a 400)
+    out, errors = io.BytesIO(), io.StringIO()
+    summary = dry_run([first, _lines(ANN)], load_settings(forwarding_enabled="false"), out, errors)
+    assert errors.getvalue().startswith(
+        "line 1: firehose: number is infinity when parsed as double"
+    )
+    assert (summary.lines, summary.invalid_lines, summary.batches) == (2, 1, 1)
+    assert [item["action"] for item in map(orjson.loads, out.getvalue().splitlines())] == [
+        "identify"
+    ]
