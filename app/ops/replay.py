@@ -2,7 +2,10 @@
 
 Each line is one record exactly as mParticle's Kafka output writes it: one batch object, or a
 bulk array of batches. Lines are validated with the worker's own parser
-(:func:`app.core.mparticle.parse_record`), so replay accepts exactly what the worker accepts, and
+(:func:`app.core.mparticle.parse_record`), so replay accepts exactly what the worker's batches
+agent accepts (it writes to the batches topic only, and validates an erasure request or an
+audience feed line as a batch: one without a top-level mpid is refused as ``mpid_missing``;
+``mpcio dry-run`` tells those kinds apart), and
 each record is keyed by its batch's mpid as canonical decimal text (a bulk array by its first
 batch's mpid), so a user's records land on the partition the worker expects. The input may be
 gzip-compressed (detected by its magic bytes or a ``.gz`` name).
