@@ -53,7 +53,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
@@ -77,7 +77,7 @@ from app.topics import rekey_headers
 from app.wiring import core_options
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     from app.core.options import CoreOptions
     from app.settings import Settings
@@ -250,24 +250,35 @@ def line_kind(document: Any) -> str:
     return "batch"
 
 
-def _batch_line(line: bytes, run: _Run) -> list[bytes]:
-    """Keyed by its first batch's mpid; a line that does not parse is the step's dead
-    letter."""
+class _PerUser(Protocol):
+    """A parsed part of a per-user record: a batch or an audience membership update."""
+
+    @property
+    def mpid(self) -> str: ...
+
+
+def _first_user(
+    parse: Callable[[bytes], Sequence[_PerUser]], line: bytes
+) -> tuple[bytes | None, int]:
+    """The key of a per-user record (its first user's mpid) and how many users' parts it holds;
+    ``(None, 0)`` when it does not parse (the step then dead-letters it)."""
     try:
-        batches = parse_record(line)
+        parts = parse(line)
     except InvalidRecordError:
-        return run.record("batches", None, line)
-    run.summary.batches += len(batches)
-    return run.record("batches", batches[0].mpid.encode(), line)
+        return None, 0
+    return parts[0].mpid.encode(), len(parts)
+
+
+def _batch_line(line: bytes, run: _Run) -> list[bytes]:
+    key, batches = _first_user(parse_record, line)
+    run.summary.batches += batches
+    return run.record("batches", key, line)
 
 
 def _audience_line(line: bytes, run: _Run) -> list[bytes]:
-    try:
-        updates = parse_audience_record(line)
-    except InvalidRecordError:
-        return run.record("audiences", None, line)
-    run.summary.audience_updates += len(updates)
-    return run.record("audiences", updates[0].mpid.encode(), line)
+    key, updates = _first_user(parse_audience_record, line)
+    run.summary.audience_updates += updates
+    return run.record("audiences", key, line)
 
 
 def _erasure_line(line: bytes, run: _Run) -> list[bytes]:
